@@ -1,0 +1,48 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything else is set up here.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+SYSTEM := $(VENV)/.system
+N ?= 1000000
+
+.PHONY: demo test bench bench-pipeline compile venv system clean
+
+demo: $(INSTALLED)
+	$(BIN)/fraud-rollout demo
+
+test: $(INSTALLED) $(SYSTEM)
+	$(BIN)/pytest -q
+
+bench: bench-pipeline
+
+bench-pipeline: $(INSTALLED)
+	$(BIN)/fraud-rollout bench pipeline --n-transactions $(N)
+
+compile: $(INSTALLED)
+	$(BIN)/fraud-rollout pipeline compile
+
+venv: $(INSTALLED)
+
+# Locked Python dependencies into .venv (uv installs the lock exactly; the project itself editable).
+$(INSTALLED): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q uv==0.13.9
+	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	touch $@
+
+# Debian packages the tests use: Prometheus (promtool, a real scrape) and wrk (load for benchmarks).
+$(SYSTEM): | $(INSTALLED)
+	command -v promtool >/dev/null && command -v wrk >/dev/null || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus wrk; }
+	touch $@
+
+system: $(SYSTEM)
+
+# Regenerate the lock after changing dependencies in pyproject.toml.
+lock: $(INSTALLED)
+	$(BIN)/uv pip compile -q pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .fraud-rollout

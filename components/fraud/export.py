@@ -1,0 +1,126 @@
+"""Export a trained model as a SavedModel in Triton's model-repository layout, and load it back.
+
+    <root>/<model_name>/config.pbtxt
+    <root>/<model_name>/<version>/model.savedmodel/     serving_default: scaled_features → fraud_probability, is_fraud
+    <root>/<model_name>/<version>/metadata.json         version, contract id, threshold, window, metrics
+    <root>/feature_contract.json                         the contract the model was trained with
+
+The decision threshold lives inside the signature (and as the variable collection `threshold`),
+so every runtime that serves the artifact decides the same way.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fraud.contract import FeatureContract
+
+MODEL_NAME = "fraud-detector"
+INPUT_NAME = "scaled_features"
+OUTPUTS = ("fraud_probability", "is_fraud")
+CONTRACT_FILE = "feature_contract.json"
+METADATA_FILE = "metadata.json"
+SAVEDMODEL_DIR = "model.savedmodel"
+
+
+def version_label(version: int) -> str:
+    """The model_version clients see ("v2") for the numeric Triton version directory (2)."""
+    return f"v{version}"
+
+
+def triton_config(model_name: str, n_features: int, version: int) -> str:
+    return f"""name: "{model_name}"
+platform: "tensorflow_savedmodel"
+max_batch_size: 0
+input [
+  {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ -1, {n_features} ] }}
+]
+output [
+  {{ name: "fraud_probability" data_type: TYPE_FP32 dims: [ -1 ] }},
+  {{ name: "is_fraud" data_type: TYPE_INT32 dims: [ -1 ] }}
+]
+version_policy: {{ specific: {{ versions: [ {version} ] }} }}
+"""
+
+
+def export_model(model, threshold: float, contract: FeatureContract, root: str | Path, version: int,
+                 metadata: dict, model_name: str = MODEL_NAME) -> Path:
+    """Write the artifact under `root`; returns the version directory."""
+    import keras
+    import tensorflow as tf
+
+    if version < 1:
+        raise ValueError(f"version must be a positive integer, got {version}")
+    root = Path(root)
+    version_dir = root / model_name / str(version)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    n_features = len(contract.features)
+    threshold_var = tf.Variable(float(threshold), dtype=tf.float32, trainable=False, name="threshold")
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_variable_collection("threshold", [threshold_var])
+
+    def serve(scaled_features):
+        probability = tf.reshape(model(scaled_features, training=False), [-1])
+        return {"fraud_probability": probability,
+                "is_fraud": tf.cast(probability >= threshold_var, tf.int32)}
+
+    archive.add_endpoint("serving_default", serve,
+                         input_signature=[tf.TensorSpec([None, n_features], tf.float32, name=INPUT_NAME)])
+    archive.write_out(str(version_dir / SAVEDMODEL_DIR), verbose=False)
+
+    (root / model_name / "config.pbtxt").write_text(triton_config(model_name, n_features, version))
+    contract.save(root / CONTRACT_FILE)
+    body = {"model_name": model_name, "version": version, "model_version": version_label(version),
+            "contract_id": contract.id, "threshold": float(threshold), **metadata}
+    (version_dir / METADATA_FILE).write_text(json.dumps(body, indent=2, default=str))
+    return version_dir
+
+
+def find_version_dir(root: str | Path, model_name: str = MODEL_NAME) -> Path:
+    """The single version directory of an artifact root (or the root itself if it is one)."""
+    root = Path(root)
+    if (root / METADATA_FILE).exists():
+        return root
+    versions = sorted(p for p in (root / model_name).glob("*") if p.is_dir() and p.name.isdigit())
+    if len(versions) != 1:
+        raise FileNotFoundError(f"{root}: expected one version directory under {model_name}/, found "
+                                f"{[p.name for p in versions] or 'none'}")
+    return versions[0]
+
+
+def read_metadata(root: str | Path) -> dict:
+    return json.loads((find_version_dir(root) / METADATA_FILE).read_text())
+
+
+def read_contract(root: str | Path) -> FeatureContract:
+    root = Path(root)
+    for candidate in (root / CONTRACT_FILE, find_version_dir(root).parent.parent / CONTRACT_FILE):
+        if candidate.exists():
+            return FeatureContract.load(candidate)
+    raise FileNotFoundError(f"{root}: no {CONTRACT_FILE}")
+
+
+class SignatureScorer:
+    """Scores with the artifact's own serving signature (the reference every other path must match)."""
+
+    def __init__(self, root: str | Path) -> None:
+        import tensorflow as tf
+
+        self.version_dir = find_version_dir(root)
+        self.loaded = tf.saved_model.load(str(self.version_dir / SAVEDMODEL_DIR))
+        self.signature = self.loaded.signatures["serving_default"]
+
+    def __call__(self, scaled: np.ndarray, batch_size: int = 65_536) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in OUTPUTS}
+        for start in range(0, len(scaled), batch_size):
+            batch = tf.constant(np.asarray(scaled[start:start + batch_size], dtype=np.float32))
+            result = self.signature(**{INPUT_NAME: batch})
+            for name in OUTPUTS:
+                parts[name].append(result[name].numpy())
+        return {name: np.concatenate(chunks) if chunks else np.empty(0) for name, chunks in parts.items()}

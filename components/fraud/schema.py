@@ -1,0 +1,47 @@
+"""The Kaggle credit-card transaction schema and checks on raw transaction frames."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+#: Model inputs, in the order every artifact and request uses.
+FEATURES: tuple[str, ...] = ("Time", *(f"V{i}" for i in range(1, 29)), "Amount")
+LABEL = "Class"
+COLUMNS: tuple[str, ...] = (*FEATURES, LABEL)
+#: `Time` counts seconds from this instant (midnight UTC, so Time % 86400 is the time of day).
+EPOCH = pd.Timestamp("2025-01-01T00:00:00Z")
+NON_NEGATIVE: tuple[str, ...] = ("Time", "Amount")
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the problem."""
+
+
+def check_transactions(frame: pd.DataFrame, *, labelled: bool = True, source: str = "data") -> None:
+    """Raise DataError naming every missing column, non-numeric column, NaN/Inf or negative value."""
+    wanted = COLUMNS if labelled else FEATURES
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        raise DataError(f"{source}: missing columns {missing}")
+    if frame.empty:
+        raise DataError(f"{source}: no rows")
+    problems = []
+    for column in wanted:
+        values = frame[column]
+        if not pd.api.types.is_numeric_dtype(values):
+            problems.append(f"{column} is not numeric ({values.dtype})")
+            continue
+        bad = ~np.isfinite(values.to_numpy(dtype=float))
+        if bad.any():
+            problems.append(f"{column} has {int(bad.sum())} NaN/Inf values (first at row {int(np.argmax(bad))})")
+        elif column in NON_NEGATIVE and (values < 0).any():
+            problems.append(f"{column} has {int((values < 0).sum())} negative values")
+    if labelled and not problems and not frame[LABEL].isin((0, 1)).all():
+        problems.append(f"{LABEL} must be 0 or 1")
+    if problems:
+        raise DataError(f"{source}: " + "; ".join(problems))
+
+
+def timestamps(time_seconds: pd.Series | np.ndarray) -> pd.DatetimeIndex:
+    """Calendar instants of `Time` values."""
+    return EPOCH + pd.to_timedelta(np.asarray(time_seconds), unit="s")

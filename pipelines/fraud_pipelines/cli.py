@@ -1,0 +1,5 @@
+"""Pipeline subcommands (filled in below)."""
+
+
+def register(commands, bench) -> None:
+    pass

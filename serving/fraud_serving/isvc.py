@@ -1,0 +1,135 @@
+"""The fraud-detector InferenceService as a plain dict, and the patches that move its canary.
+
+One builder serves every target: the deploy step creates it in a cluster, kustomize's base holds
+the same object, and the local runtime reads it from its state dir. Patches are the ones kubectl
+users apply (README "Promote or roll back").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GROUP, VERSION, PLURAL, KIND = "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"
+API_VERSION = f"{GROUP}/{VERSION}"
+NAME = "fraud-detector"
+DEFAULT_IMAGE = "ghcr.io/fraud-rollout/serving:0.1.0"
+DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+#: canaryTrafficPercent only works in Knative mode ("Serverless" is its older name); Standard
+#: ("RawDeployment") ignores it silently, and 0.21's default is Standard.
+CANARY_MODES = frozenset({"Knative", "Serverless"})
+MODEL_VERSION_LABEL = "fraud-rollout/model-version"
+CONTRACT_ANNOTATION = "fraud-rollout/feature-contract-id"
+MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts STORAGE_URI
+
+
+@dataclass(frozen=True)
+class IsvcSpec:
+    """What varies between deployments of the fraud-detector InferenceService."""
+
+    storage_uri: str  # the predictor's model artifact root (s3://… in a cluster, a path locally)
+    model_version: str  # "v1", "v2": label on the predictor, echoed in every response
+    contract_id: str
+    transformer_storage_uri: str = ""  # where the transformer reads feature_contract.json; default storage_uri
+    namespace: str = "default"
+    name: str = NAME
+    image: str = DEFAULT_IMAGE
+    service_account: str = "fraud-detector-serving"
+    canary_percent: int | None = None
+    resources: dict = field(default_factory=lambda: {
+        "requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}})
+
+
+SECURITY_CONTEXT = {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]}}
+
+
+def predictor_spec(spec: IsvcSpec) -> dict:
+    """The predictor component: our container named kserve-container; KServe's storage initializer
+    pulls STORAGE_URI into /mnt/models."""
+    predictor = {
+        "serviceAccountName": spec.service_account,
+        "labels": {MODEL_VERSION_LABEL: spec.model_version},
+        "containers": [{
+            "name": "kserve-container",
+            "image": spec.image,
+            "args": ["predictor", "--model_name", spec.name, "--model_dir", MODEL_DIR, "--http_port", "8080"],
+            "env": [{"name": "STORAGE_URI", "value": spec.storage_uri}],
+            "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+            "resources": spec.resources,
+            "securityContext": SECURITY_CONTEXT,
+        }],
+    }
+    if spec.canary_percent is not None:
+        predictor["canaryTrafficPercent"] = int(spec.canary_percent)
+    return predictor
+
+
+def transformer_spec(spec: IsvcSpec) -> dict:
+    """The transformer: KServe injects --model_name, --predictor_host and --http_port; we add the
+    v2 protocol and the contract location."""
+    return {
+        "serviceAccountName": spec.service_account,
+        "containers": [{
+            "name": "kserve-container",
+            "image": spec.image,
+            "args": ["transformer", "--predictor_protocol", "v2", "--contract_dir", MODEL_DIR],
+            "env": [{"name": "STORAGE_URI", "value": spec.transformer_storage_uri or spec.storage_uri}],
+            "resources": spec.resources,
+            "securityContext": SECURITY_CONTEXT,
+        }],
+    }
+
+
+def inference_service(spec: IsvcSpec) -> dict:
+    """The whole InferenceService manifest."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": spec.name,
+            "namespace": spec.namespace,
+            "annotations": {
+                DEPLOYMENT_MODE_ANNOTATION: "Knative",
+                "serving.kserve.io/enable-tag-routing": "true",
+                "serving.kserve.io/enable-prometheus-scraping": "true",
+                CONTRACT_ANNOTATION: spec.contract_id,
+            },
+        },
+        "spec": {"predictor": predictor_spec(spec), "transformer": transformer_spec(spec)},
+    }
+
+
+def canary_patch(spec: IsvcSpec, percent: int) -> dict:
+    """Merge patch: the predictor moves to `spec`'s model with `percent` % of traffic (a new revision)."""
+    if not 0 <= percent <= 100:
+        raise ValueError(f"canary percent must be within 0..100, got {percent}")
+    return {"spec": {"predictor": predictor_spec(IsvcSpec(**{**spec.__dict__, "canary_percent": percent}))}}
+
+
+def promote_patch() -> list[dict]:
+    """JSON patch: remove canaryTrafficPercent, so the latest ready revision takes 100 %."""
+    return [{"op": "remove", "path": "/spec/predictor/canaryTrafficPercent"}]
+
+
+def rollback_patch() -> dict:
+    """Merge patch: pin the canary to 0 %; the rolled-out revision takes 100 % again."""
+    return {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
+
+
+def predictor_storage_uri(isvc: dict) -> str:
+    """STORAGE_URI of the predictor's kserve-container ('' if absent)."""
+    for container in isvc.get("spec", {}).get("predictor", {}).get("containers", []):
+        if container.get("name") == "kserve-container":
+            for env in container.get("env", []):
+                if env.get("name") == "STORAGE_URI":
+                    return env.get("value", "")
+    return ""
+
+
+def predictor_model_version(isvc: dict) -> str:
+    return isvc.get("spec", {}).get("predictor", {}).get("labels", {}).get(MODEL_VERSION_LABEL, "")
+
+
+def deployment_mode(isvc: dict) -> str:
+    """The mode KServe runs it in: status.deploymentMode if reported, else the annotation."""
+    return (isvc.get("status", {}).get("deploymentMode")
+            or isvc.get("metadata", {}).get("annotations", {}).get(DEPLOYMENT_MODE_ANNOTATION, ""))

@@ -1,0 +1,388 @@
+"""The fraud-detector InferenceService kept in a local state dir, with KServe's canary semantics.
+
+The local runtime's "API server + KServe controller": `create`, `get`, `patch_merge` and
+`patch_json` behave like the Kubernetes calls on an `inferenceservices` object, and after every
+write the status is reconciled the way KServe's controller does in Knative mode (DESIGN
+"KServe canary semantics to mirror"):
+
+- only a change to the predictor spec (other than `canaryTrafficPercent`) makes a new predictor
+  revision `<name>-predictor-0000N`;
+- a revision is ready when its artifact can be served from this machine (a local directory
+  holding an exported model); `latestReadyRevision` is the newest ready one;
+- the first rolled-out revision gets 100 %; with `canaryTrafficPercent: P` the latest ready
+  revision gets P and `latestRolledoutRevision` gets 100-P (tag `prev`);
+- when the latest ready revision receives 100 % it becomes `latestRolledoutRevision` and the old one
+  `previousRolledoutRevision`; when the rolled-out revision is then given less (a rollback),
+  `latestRolledoutRevision` returns to `previousRolledoutRevision`;
+- in Standard/RawDeployment mode `canaryTrafficPercent` is ignored, as KServe does (kserve #5335).
+
+Files: `inferenceservice.json` (the object as `kubectl get -o json` shows it) and
+`revisions.json` (what each predictor revision serves; Knative keeps these as Revision objects).
+Writes are atomic and serialised with a lock file, so `serve` can read while the CLI patches.
+
+No kserve or TensorFlow imports: the pipeline's deploy step uses this module for its `local` target.
+"""
+from __future__ import annotations
+
+import copy
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from fraud.export import SAVEDMODEL_DIR, find_version_dir
+from fraud_serving import isvc
+
+STATE_FILE = "inferenceservice.json"
+REVISIONS_FILE = "revisions.json"
+LOCK_FILE = ".lock"
+DEFAULT_STATE_DIR = Path(".fraud-rollout") / "serving"
+TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
+
+
+class StateError(ValueError):
+    """A request the API server would refuse (409 exists, 422 invalid patch)."""
+
+
+class NotFound(FileNotFoundError):
+    """No InferenceService in this state dir (the API server's 404)."""
+
+
+def local_artifact_path(storage_uri: str) -> Path | None:
+    """The local directory a storage URI points at, or None if it is not a local path."""
+    if storage_uri.startswith("file://"):
+        return Path(storage_uri[len("file://"):])
+    if "://" in storage_uri or not storage_uri:
+        return None
+    return Path(storage_uri)
+
+
+def artifact_is_servable(storage_uri: str) -> bool:
+    """A predictor revision can become ready here only if its exported model is on this machine."""
+    path = local_artifact_path(storage_uri)
+    if path is None:
+        return False
+    try:
+        return (find_version_dir(path) / SAVEDMODEL_DIR).is_dir()
+    except FileNotFoundError:
+        return False
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _revision_template(predictor: dict) -> dict:
+    """What makes a Knative revision: the predictor spec without the traffic split."""
+    template = copy.deepcopy(predictor)
+    template.pop("canaryTrafficPercent", None)
+    return template
+
+
+# --- patches (RFC 7386 merge patch, RFC 6902 JSON patch), as the API server applies them ---
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _pointer(path: str) -> list[str]:
+    if path == "":
+        return []
+    if not path.startswith("/"):
+        raise StateError(f"JSON patch path {path!r} must start with '/'")
+    return [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
+
+
+def _parent(document: Any, parts: list[str], path: str) -> Any:
+    node = document
+    for part in parts[:-1]:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise StateError(f"JSON patch path {path!r} does not exist")
+    return node
+
+
+def json_patch(document: Any, operations: list[dict]) -> Any:
+    """Apply add/remove/replace/test operations; a missing path is an error, as kubectl reports it."""
+    if not isinstance(operations, list):
+        raise StateError("a JSON patch is a list of operations")
+    result = copy.deepcopy(document)
+    for operation in operations:
+        op, path = operation.get("op"), operation.get("path")
+        if op not in {"add", "remove", "replace", "test"} or not isinstance(path, str):
+            raise StateError(f"unsupported JSON patch operation {operation!r}")
+        parts = _pointer(path)
+        if not parts:
+            raise StateError("JSON patch on the whole object is not allowed")
+        parent, key = _parent(result, parts, path), parts[-1]
+        if isinstance(parent, list):
+            index = len(parent) if key == "-" else int(key) if key.isdigit() else -1
+            if op == "add" and 0 <= index <= len(parent):
+                parent.insert(index, copy.deepcopy(operation["value"]))
+                continue
+            if not 0 <= index < len(parent):
+                raise StateError(f"JSON patch path {path!r} does not exist")
+            key = index
+        elif not isinstance(parent, dict) or (op != "add" and key not in parent):
+            raise StateError(f"JSON patch path {path!r} does not exist")
+        if op == "remove":
+            del parent[key]
+        elif op == "test":
+            if parent[key] != operation.get("value"):
+                raise StateError(f"JSON patch test failed at {path!r}")
+        else:
+            parent[key] = copy.deepcopy(operation["value"])
+    return result
+
+
+# --- the controller's part ---
+
+def _predictor_traffic(percent: int | None, latest_ready: str | None, rolled_out: str | None,
+                       canary_mode: bool, tag_routing: bool) -> list[dict]:
+    if latest_ready is None:
+        return []
+    latest = {"latestRevision": True, "revisionName": latest_ready}
+    if tag_routing:
+        latest["tag"] = "latest"
+    if percent is None or not canary_mode or rolled_out is None or rolled_out == latest_ready:
+        return [{**latest, "percent": 100}]
+    entries = [{**latest, "percent": percent}]
+    if percent < 100:
+        entries.append({"latestRevision": False, "revisionName": rolled_out, "percent": 100 - percent,
+                        "tag": "prev"})
+    return entries
+
+
+def reconcile(manifest: dict, revisions: dict[str, dict]) -> tuple[dict, dict[str, dict]]:
+    """Status (and new revisions) for `manifest`, as KServe's controller would report them."""
+    manifest, revisions = copy.deepcopy(manifest), copy.deepcopy(revisions)
+    name = manifest["metadata"]["name"]
+    predictor = manifest.get("spec", {}).get("predictor", {})
+    template = _revision_template(predictor)
+    status = manifest.setdefault("status", {})
+    component = status.setdefault("components", {}).setdefault("predictor", {})
+
+    latest_created = component.get("latestCreatedRevision")
+    if latest_created is None or revisions[latest_created]["template"] != template:
+        latest_created = f"{name}-predictor-{len(revisions) + 1:05d}"
+        storage_uri = isvc.predictor_storage_uri({"spec": {"predictor": predictor}})
+        revisions[latest_created] = {
+            "template": template,
+            "storageUri": storage_uri,
+            "modelVersion": isvc.predictor_model_version({"spec": {"predictor": predictor}}),
+            "generation": manifest["metadata"]["generation"],
+            "created": _now(),
+        }
+    for record in revisions.values():
+        record["ready"] = artifact_is_servable(record["storageUri"])
+    ready = [revision for revision in revisions if revisions[revision]["ready"]]
+    latest_ready = ready[-1] if ready else None
+
+    mode = isvc.deployment_mode({"metadata": manifest["metadata"]}) or "Knative"
+    canary_mode = mode in isvc.CANARY_MODES
+    percent = predictor.get("canaryTrafficPercent")
+    percent = None if percent is None else int(percent)
+    effective = 100 if percent is None or not canary_mode else percent
+    rolled_out = component.get("latestRolledoutRevision")
+    previous = component.get("previousRolledoutRevision")
+    settled = latest_ready is not None and latest_ready == latest_created
+    if settled and effective < 100 and rolled_out == latest_ready and previous is not None:
+        rolled_out = previous  # the rolled-out revision was pinned below 100 %: roll back
+    tag_routing = str(manifest["metadata"].get("annotations", {}).get(TAG_ROUTING_ANNOTATION, "")) == "true"
+    traffic = _predictor_traffic(effective, latest_ready, rolled_out, canary_mode, tag_routing)
+    latest_share = sum(entry["percent"] for entry in traffic if entry["revisionName"] == latest_ready)
+    if settled and latest_share == 100 and rolled_out != latest_ready:
+        previous, rolled_out = rolled_out, latest_ready
+
+    component.update({"latestCreatedRevision": latest_created, "traffic": traffic})
+    for key, value in (("latestReadyRevision", latest_ready), ("latestRolledoutRevision", rolled_out),
+                       ("previousRolledoutRevision", previous)):
+        if value is None:
+            component.pop(key, None)
+        else:
+            component[key] = value
+
+    predictor_ready = latest_ready is not None and latest_ready == latest_created
+    conditions = [_condition("PredictorReady", predictor_ready,
+                             "" if predictor_ready else f"revision {latest_created} has no servable artifact "
+                             f"at {revisions[latest_created]['storageUri']!r}")]
+    if "transformer" in manifest.get("spec", {}):
+        transformer_ready = _transformer_servable(manifest)
+        transformer_name = f"{name}-transformer-00001"
+        status["components"]["transformer"] = {
+            "latestCreatedRevision": transformer_name,
+            **({"latestReadyRevision": transformer_name} if transformer_ready else {}),
+            "traffic": [{"latestRevision": True, "revisionName": transformer_name, "percent": 100}],
+        }
+        conditions.append(_condition("TransformerReady", transformer_ready,
+                                     "" if transformer_ready else "no feature_contract.json at the "
+                                     "transformer's STORAGE_URI"))
+    all_ready = all(c["status"] == "True" for c in conditions)
+    conditions.insert(0, _condition("Ready", all_ready, "" if all_ready else "a component is not ready"))
+    status["conditions"] = _keep_transition_times(status.get("conditions", []), conditions)
+    status["deploymentMode"] = mode
+    status["observedGeneration"] = manifest["metadata"]["generation"]
+    return manifest, revisions
+
+
+def _transformer_servable(manifest: dict) -> bool:
+    for container in manifest["spec"]["transformer"].get("containers", []):
+        for env in container.get("env", []):
+            if env.get("name") == "STORAGE_URI":
+                path = local_artifact_path(env.get("value", ""))
+                if path is None:
+                    return False
+                from fraud.export import read_contract
+                try:
+                    read_contract(path)
+                    return True
+                except (FileNotFoundError, ValueError, KeyError):  # absent or malformed
+                    return False
+    return False
+
+
+def _condition(kind: str, ok: bool, message: str) -> dict:
+    condition = {"type": kind, "status": "True" if ok else "False", "lastTransitionTime": _now()}
+    if message:
+        condition["message"] = message
+    return condition
+
+
+def _keep_transition_times(old: list[dict], new: list[dict]) -> list[dict]:
+    previous = {c["type"]: c for c in old}
+    for condition in new:
+        before = previous.get(condition["type"])
+        if before is not None and before["status"] == condition["status"]:
+            condition["lastTransitionTime"] = before["lastTransitionTime"]
+    return new
+
+
+# --- the store ---
+
+class LocalInferenceService:
+    """The InferenceService in `state_dir`: create, get, merge patch, JSON patch."""
+
+    def __init__(self, state_dir: str | Path = DEFAULT_STATE_DIR) -> None:
+        self.state_dir = Path(state_dir)
+        self.state_file = self.state_dir / STATE_FILE
+        self.revisions_file = self.state_dir / REVISIONS_FILE
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def exists(self) -> bool:
+        return self.state_file.exists()
+
+    def get(self) -> dict:
+        """The stored object, status included (NotFound if none was created)."""
+        try:
+            return json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            raise NotFound(f"no InferenceService in {self.state_dir} (create one with "
+                           "`fraud-rollout serve --baseline … --candidate …` or the pipeline's deploy step)") from None
+
+    def revisions(self) -> dict[str, dict]:
+        """Predictor revisions by name, oldest first: storageUri, modelVersion, ready, generation."""
+        try:
+            return json.loads(self.revisions_file.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def create(self, manifest: dict) -> dict:
+        with self._locked():
+            if self.exists():
+                raise StateError(f"InferenceService already exists in {self.state_dir}")
+            _check_manifest(manifest)
+            body = {key: copy.deepcopy(value) for key, value in manifest.items() if key != "status"}
+            body["metadata"].update({"generation": 1, "creationTimestamp": _now()})
+            return self._write(*reconcile(body, {}))
+
+    def patch_merge(self, patch: dict) -> dict:
+        """A merge patch (`kubectl patch --type merge`)."""
+        if not isinstance(patch, dict):
+            raise StateError("a merge patch is a JSON object")
+        return self._patch(lambda current: merge_patch(current, patch))
+
+    def patch_json(self, operations: list[dict]) -> dict:
+        """A JSON patch (`kubectl patch --type json`)."""
+        return self._patch(lambda current: json_patch(current, operations))
+
+    def delete(self) -> None:
+        with self._locked():
+            for path in (self.state_file, self.revisions_file):
+                path.unlink(missing_ok=True)
+
+    def _patch(self, apply) -> dict:
+        with self._locked():
+            current = self.get()
+            patched = apply(current)
+            # status and the server-owned metadata are not writable through the main resource
+            patched["status"] = current.get("status", {})
+            for key in ("generation", "creationTimestamp", "name", "namespace"):
+                if key in current["metadata"]:
+                    patched.setdefault("metadata", {})[key] = current["metadata"][key]
+            _check_manifest(patched)
+            if patched.get("spec") != current.get("spec"):
+                patched["metadata"]["generation"] = current["metadata"]["generation"] + 1
+            return self._write(*reconcile(patched, self.revisions()))
+
+    def _write(self, manifest: dict, revisions: dict) -> dict:
+        _atomic_write(self.revisions_file, revisions)
+        _atomic_write(self.state_file, manifest)
+        return manifest
+
+
+def _check_manifest(manifest: dict) -> None:
+    if manifest.get("kind") != isvc.KIND or not manifest.get("metadata", {}).get("name"):
+        raise StateError(f"not an {isvc.KIND} with a metadata.name")
+    predictor = manifest.get("spec", {}).get("predictor")
+    if not isinstance(predictor, dict):
+        raise StateError("spec.predictor is required")
+    percent = predictor.get("canaryTrafficPercent")
+    if percent is not None and (not isinstance(percent, int) or isinstance(percent, bool)
+                                or not 0 <= percent <= 100):
+        raise StateError(f"spec.predictor.canaryTrafficPercent must be an integer within 0..100, got {percent!r}")
+
+
+def _atomic_write(path: Path, body: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(body, indent=2, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def revision_status(service: LocalInferenceService) -> dict:
+    """`status.components.predictor` plus each revision's model version and artifact (for `canary status`)."""
+    manifest = service.get()
+    component = manifest.get("status", {}).get("components", {}).get("predictor", {})
+    revisions = service.revisions()
+    return {
+        "name": manifest["metadata"]["name"],
+        "generation": manifest["metadata"].get("generation"),
+        "observedGeneration": manifest.get("status", {}).get("observedGeneration"),
+        "canaryTrafficPercent": manifest["spec"]["predictor"].get("canaryTrafficPercent"),
+        "conditions": {c["type"]: c["status"] for c in manifest.get("status", {}).get("conditions", [])},
+        "predictor": component,
+        "revisions": {name: {"modelVersion": record["modelVersion"], "storageUri": record["storageUri"],
+                             "ready": record.get("ready", False)} for name, record in revisions.items()},
+    }

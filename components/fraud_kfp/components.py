@@ -1,0 +1,152 @@
+"""Thin KFP wrappers around `fraud.steps`: they move artifact paths and parameters into the core
+and log metrics back. Lightweight components on our components image (`install_kfp_package=False`),
+so `kfp.local`'s SubprocessRunner runs the same code a cluster runs (DESIGN decision 10).
+
+The functions are decorated only in `build(image)`, so the image is chosen at compile time and
+importing this module has no side effects. Their docstrings become descriptions in the Kubeflow UI.
+"""
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+DEFAULT_IMAGE = "ghcr.io/fraud-rollout/components:0.1.0"
+
+
+def simulate_drift(n_transactions: int, seed: int, drift_start_month: int, fraud_rate: float, source_csv: str,
+                   reference: Output[Dataset], pre_drift: Output[Dataset], recent: Output[Dataset],
+                   holdout: Output[Dataset], feature_contract: Output[Artifact], summary: Output[Artifact]):
+    """Simulate drifting card transactions and cut the reference, pre-drift, recent and holdout windows.
+
+    Args:
+        n_transactions: Transactions to generate (or to resample from source_csv).
+        seed: Random seed; the same seed gives identical data.
+        drift_start_month: First month (1 = January 2025) with the new fraud pattern.
+        fraud_rate: Share of fraudulent transactions.
+        source_csv: Optional path of a real creditcard.csv to enrich instead of generating.
+    """
+    from fraud.steps import simulate_step
+
+    outputs = {"reference": reference, "pre_drift": pre_drift, "recent": recent, "holdout": holdout}
+    result = simulate_step({name: a.path for name, a in outputs.items()}, feature_contract.path, summary.path,
+                           n_transactions=n_transactions, seed=seed, drift_start_month=drift_start_month,
+                           fraud_rate=fraud_rate, source_csv=source_csv)
+    for name, artifact in outputs.items():
+        artifact.metadata.update(result["windows"][name])
+    feature_contract.metadata["contract_id"] = result["contract_id"]
+
+
+def train_model(dataset: Input[Dataset], feature_contract: Input[Artifact], version: int, window: str,
+                epochs: int, batch_size: int, seed: int, min_precision: float, mlflow_tracking_uri: str,
+                model: Output[Model], metrics: Output[Metrics]):
+    """Train the fraud MLP on one window, tune its threshold on the window's latest rows, export and register it.
+
+    Args:
+        dataset: Training window (parquet).
+        feature_contract: Feature contract fitted on the reference window.
+        version: Model version number (1 = baseline v1, 2 = candidate v2).
+        window: Name of the training window, recorded with the model.
+        epochs: Maximum epochs (early stopping on validation PR-AUC).
+        batch_size: Training batch size.
+        seed: Random seed for weights, dropout and shuffling.
+        min_precision: Threshold policy: highest recall with validation precision at least this.
+        mlflow_tracking_uri: MLflow tracking URI; empty uses MLFLOW_TRACKING_URI, else a local SQLite file.
+    """
+    from fraud.steps import train_config, train_step
+
+    config = train_config(epochs=epochs, batch_size=batch_size, seed=seed, min_precision=min_precision)
+    result = train_step(dataset.path, feature_contract.path, model.path, version=version, window=window,
+                        config=config, mlflow_tracking_uri=mlflow_tracking_uri)
+    model.metadata.update({k: result[k] for k in ("model_version", "contract_id", "threshold", "window")})
+    for key in ("threshold", "validation_precision", "validation_recall", "epochs_run", "train_seconds"):
+        metrics.log_metric(key, float(result[key]))
+
+
+def evaluate_models(baseline: Input[Model], candidate: Input[Model], holdout: Input[Dataset],
+                    pre_drift: Input[Dataset], summary: Input[Artifact], evaluation: Output[Artifact],
+                    metrics: Output[Metrics], baseline_curves: Output[ClassificationMetrics],
+                    candidate_curves: Output[ClassificationMetrics], report: Output[HTML]):
+    """Score baseline and candidate on the holdout and the pre-drift slice; McNemar test v2 vs v1.
+
+    Args:
+        baseline: The baseline model (v1).
+        candidate: The candidate model (v2).
+        holdout: Transactions after every training row.
+        pre_drift: Transactions before the drift that neither model trained on.
+        summary: The simulation summary (windows, drift).
+    """
+    from fraud.report import evaluation_html
+    from fraud.steps import evaluate_step
+
+    result = evaluate_step(baseline.path, candidate.path, holdout.path, pre_drift.path, summary.path, evaluation.path)
+    for name, curves in (("v1", baseline_curves), ("v2", candidate_curves)):
+        model = result["models"][name]
+        holdout_metrics = model["holdout"]
+        for key in ("precision", "recall", "f1", "roc_auc", "pr_auc"):
+            if holdout_metrics[key] == holdout_metrics[key]:  # NaN is not a metric
+                metrics.log_metric(f"{name}_holdout_{key}", holdout_metrics[key])
+        curves.log_confusion_matrix(["legit", "fraud"], [[holdout_metrics["tn"], holdout_metrics["fp"]],
+                                                         [holdout_metrics["fn"], holdout_metrics["tp"]]])
+        roc = model["curves"]["roc"]
+        curves.log_roc_curve(roc["fpr"], roc["tpr"], roc["threshold"])
+    metrics.log_metric("mcnemar_p", result["mcnemar_p"])
+    with open(report.path, "w") as out:
+        out.write(evaluation_html(result))
+
+
+def gate_candidate(evaluation: Input[Artifact], min_f1: float, min_precision: float, min_recall: float,
+                   min_pr_auc: float, min_recall_gain: float, max_precision_loss: float, max_p_value: float,
+                   gate_result: Output[Artifact], reasons: Output[Markdown]) -> NamedTuple("GateOutputs", [("decision", str)]):
+    """Decide whether the candidate may go out as a canary; every rule must pass (fails closed).
+
+    Args:
+        evaluation: Output of evaluate_models.
+        min_f1: Candidate holdout F1 floor.
+        min_precision: Candidate holdout precision floor.
+        min_recall: Candidate holdout recall floor.
+        min_pr_auc: Candidate holdout PR-AUC floor.
+        min_recall_gain: Relative recall gain over the baseline required (0.05 = 5 %).
+        max_precision_loss: Largest absolute precision loss against the baseline allowed.
+        max_p_value: McNemar p-value must be below this.
+    """
+    from collections import namedtuple
+
+    from fraud.gate import GatePolicy
+    from fraud.steps import gate_step
+
+    policy = GatePolicy(min_f1, min_precision, min_recall, min_pr_auc, min_recall_gain, max_precision_loss, max_p_value)
+    result = gate_step(evaluation.path, gate_result.path, reasons.path, policy)
+    gate_result.metadata["decision"] = result.decision
+    return namedtuple("GateOutputs", ["decision"])(result.decision)
+
+
+def register_challenger(baseline: Input[Model], candidate: Input[Model], mlflow_tracking_uri: str):
+    """Point the MLflow alias `challenger` at the candidate (and `champion` at the baseline if unset).
+
+    Args:
+        baseline: The baseline model (v1).
+        candidate: The candidate model (v2).
+        mlflow_tracking_uri: MLflow tracking URI; empty uses MLFLOW_TRACKING_URI, else a local SQLite file.
+    """
+    from fraud.steps import register_step
+
+    print(register_step(baseline.path, candidate.path, mlflow_tracking_uri))
+
+
+@dataclass(frozen=True)
+class Components:
+    simulate_drift: object
+    train_model: object
+    evaluate_models: object
+    gate_candidate: object
+    register_challenger: object
+
+
+def build(image: str = DEFAULT_IMAGE) -> Components:
+    """The pipeline's components, all on `image` (which must have this package installed)."""
+    def component(func):
+        return dsl.component(func, base_image=image, install_kfp_package=False)
+
+    return Components(component(simulate_drift), component(train_model), component(evaluate_models),
+                      component(gate_candidate), component(register_challenger))

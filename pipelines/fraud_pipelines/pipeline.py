@@ -1,0 +1,75 @@
+"""The fraud-rollout pipeline: simulate drift → train v1 and v2 → evaluate → gate → (promote) register.
+
+`build_pipeline(image)` wires the components for one components image; `compile_pipeline` writes
+the YAML the Kubeflow UI uploads. The committed YAML (`fraud_rollout_pipeline.yaml`) is compiled
+with the default image, and a test recompiles and compares it.
+"""
+from pathlib import Path
+from typing import NamedTuple
+
+from kfp import compiler, dsl
+from kfp.dsl import Artifact, Model
+
+from fraud_kfp import DEFAULT_IMAGE, build
+
+PIPELINE_NAME = "fraud-rollout"
+COMPILED = Path(__file__).resolve().parent.parent / "fraud_rollout_pipeline.yaml"
+
+
+def build_pipeline(image: str = DEFAULT_IMAGE):
+    c = build(image)
+
+    @dsl.pipeline(name=PIPELINE_NAME,
+                  description="Simulate card-fraud drift, train baseline v1 and candidate v2, evaluate on a "
+                              "strictly later holdout, gate the candidate, and register it as the challenger.")
+    def fraud_rollout(
+        n_transactions: int = 1_000_000,
+        seed: int = 7,
+        drift_start_month: int = 10,
+        fraud_rate: float = 0.0017,
+        source_csv: str = "",
+        epochs: int = 20,
+        batch_size: int = 2048,
+        min_precision: float = 0.80,
+        gate_min_f1: float = 0.75,
+        gate_min_precision: float = 0.80,
+        gate_min_recall: float = 0.70,
+        gate_min_pr_auc: float = 0.70,
+        gate_min_recall_gain: float = 0.05,
+        gate_max_precision_loss: float = 0.05,
+        gate_max_p_value: float = 0.01,
+        mlflow_tracking_uri: str = "",
+    ) -> NamedTuple("Outputs", [("evaluation", Artifact), ("gate_result", Artifact),
+                                ("baseline_model", Model), ("candidate_model", Model)]):
+        data = c.simulate_drift(n_transactions=n_transactions, seed=seed, drift_start_month=drift_start_month,
+                                fraud_rate=fraud_rate, source_csv=source_csv).set_display_name("simulate drift")
+        trained = {}
+        for version, window in ((1, "reference"), (2, "recent")):
+            trained[version] = c.train_model(
+                dataset=data.outputs[window], feature_contract=data.outputs["feature_contract"], version=version,
+                window=window, epochs=epochs, batch_size=batch_size, seed=seed, min_precision=min_precision,
+                mlflow_tracking_uri=mlflow_tracking_uri).set_display_name(f"train v{version} on {window}")
+        evaluated = c.evaluate_models(
+            baseline=trained[1].outputs["model"], candidate=trained[2].outputs["model"],
+            holdout=data.outputs["holdout"], pre_drift=data.outputs["pre_drift"],
+            summary=data.outputs["summary"]).set_display_name("evaluate v1 vs v2")
+        gated = c.gate_candidate(
+            evaluation=evaluated.outputs["evaluation"], min_f1=gate_min_f1, min_precision=gate_min_precision,
+            min_recall=gate_min_recall, min_pr_auc=gate_min_pr_auc, min_recall_gain=gate_min_recall_gain,
+            max_precision_loss=gate_max_precision_loss, max_p_value=gate_max_p_value).set_display_name("gate")
+        with dsl.If(gated.outputs["decision"] == "promote", name="candidate-promoted"):
+            c.register_challenger(baseline=trained[1].outputs["model"], candidate=trained[2].outputs["model"],
+                                  mlflow_tracking_uri=mlflow_tracking_uri).set_display_name("register challenger")
+        Outputs = NamedTuple("Outputs", [("evaluation", Artifact), ("gate_result", Artifact),
+                                         ("baseline_model", Model), ("candidate_model", Model)])
+        return Outputs(evaluation=evaluated.outputs["evaluation"], gate_result=gated.outputs["gate_result"],
+                       baseline_model=trained[1].outputs["model"], candidate_model=trained[2].outputs["model"])
+
+    return fraud_rollout
+
+
+def compile_pipeline(out: str | Path = COMPILED, image: str = DEFAULT_IMAGE) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(image), str(out))
+    return out

@@ -80,7 +80,8 @@ def test_invalid_objects_get_422(api):
     assert raised.value.status == 422
 
 
-def test_generation_moves_only_on_spec_changes_and_resource_version_on_every_write(api):
+def test_generation_moves_only_on_spec_changes_and_resource_version_on_every_write(api, fake):
+    fake.controller.observe_delay = 60.0  # no status writes by the controller in between
     created = api.create_namespaced_custom_object(G, V, NS, P, manifest())
     labelled = api.patch_namespaced_custom_object(G, V, NS, P, "fraud-detector", {"metadata": {"labels": {"a": "b"}}})
     assert labelled["metadata"]["generation"] == 1

@@ -26,8 +26,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
-#: Version key for rows whose response carried no model_version (e.g. a failed predictor hop).
-UNATTRIBUTED = "unattributed"
+#: Version key for rows no version can be attributed to: a failed request whose response carried
+#: no model_version. Same value as the transformer's metric label for such failures
+#: (`fraud_predictor_errors_total{model_version="unknown"}`: in a cluster Knative splits behind
+#: one address, so the transformer cannot tell which revision failed).
+UNATTRIBUTED = "unknown"
 
 PROMOTE, HOLD, ROLLBACK = "promote", "hold", "rollback"
 Action = Literal["promote", "hold", "rollback"]
@@ -152,7 +155,7 @@ def _versions(model_versions: ArrayLike, n: int) -> np.ndarray:
     raw = np.asarray(model_versions, dtype=object).reshape(-1)
     if raw.shape[0] != n:
         raise ValueError(f"model_versions has {raw.shape[0]} entries, expected {n}")
-    missing = lambda v: v is None or v == "" or (isinstance(v, float) and math.isnan(v))  # noqa: E731
+    missing = lambda v: v is None or v in ("", UNATTRIBUTED) or (isinstance(v, float) and math.isnan(v))  # noqa: E731
     return np.array([UNATTRIBUTED if missing(v) else str(v) for v in raw], dtype=object)
 
 
@@ -179,8 +182,8 @@ def version_metrics(
     Args:
         labels: true class (1 = fraud) per row, or None when unknown.
         decisions: the served decision (1 = flagged as fraud); ignored (may be NaN) on failed rows.
-        model_versions: the `model_version` of the response; None/""/NaN (a failed request that
-            reached no identifiable version) is grouped under `UNATTRIBUTED`.
+        model_versions: the `model_version` of the response; None, "", NaN and "unknown" (a failed
+            request that reached no identifiable version) are grouped under `UNATTRIBUTED`.
         latency_ms: end-to-end latency of the row's request; NaN rows are left out of percentiles.
         errors: True where the row's request failed.
 

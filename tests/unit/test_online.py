@@ -60,9 +60,9 @@ def test_version_metrics_undefined_ratios_are_nan_not_zero():
 
 
 def test_version_metrics_unattributed_and_unlabelled():
-    m = version_metrics(None, [1, 0, math.nan], ["v1", "", None], [1, 2, 3], [0, 0, 1])
-    assert set(m) == {"v1", UNATTRIBUTED}
-    assert m[UNATTRIBUTED].requests == 2 and m[UNATTRIBUTED].errors == 1 and m[UNATTRIBUTED].answered == 1
+    m = version_metrics(None, [1, 0, math.nan, math.nan], ["v1", "", None, "unknown"], [1, 2, 3, 4], [0, 0, 1, 1])
+    assert set(m) == {"v1", "unknown"} and UNATTRIBUTED == "unknown"  # the transformer's label value
+    assert m[UNATTRIBUTED].requests == 3 and m[UNATTRIBUTED].errors == 2 and m[UNATTRIBUTED].answered == 1
     assert m["v1"].confusion is None and math.isnan(m["v1"].recall)
     assert sum(v.traffic_share for v in m.values()) == pytest.approx(1.0)
 

@@ -752,8 +752,9 @@ def recommend(
               else "pass" if low <= share_pct <= high else "fail")
     add("traffic.canary_share", status, HOLD,
         f"canary share {_fmt(share_pct)} %, target {policy.target_canary_percent} ± {policy.canary_percent_tolerance} %")
-    add("traffic.attribution", "pass" if unattributed.answered == 0 else "fail", HOLD,
-        f"{unattributed.answered} answered rows without model_version")
+    others = {v: m.requests for v, m in online.items() if v not in (baseline_version, canary_version, UNATTRIBUTED)}
+    add("traffic.attribution", "pass" if unattributed.answered == 0 and not any(others.values()) else "fail", HOLD,
+        f"{unattributed.answered} answered rows without model_version; rows of other versions: {others or 'none'}")
 
     # Online vs offline, per version: recall (frauds seen), precision (flags), flag rate (answers).
     def agreement(rule: str, successes: int | None, trials: int | None, offline_value: float,

@@ -391,6 +391,14 @@ def test_zero_traffic_to_canary_holds_and_zero_frauds_is_insufficient():
     assert "unknown" in _rule(rec, "evidence.sample_size").detail
 
 
+def test_a_third_version_receiving_traffic_holds():
+    online = _healthy()
+    online["v0"] = _metrics("v0", requests=1_000, share=0.01, frauds=10, caught=8, false_flags=1)
+    rec = recommend(online, OFFLINE, baseline_version="v1", canary_version="v2", policy=POLICY)
+    assert rec.action == HOLD and _rule(rec, "traffic.attribution").status == "fail"
+    assert "v0" in _rule(rec, "traffic.attribution").detail
+
+
 def test_baseline_trouble_holds_rather_than_promoting_or_rolling_back():
     online = _healthy()
     online["v1"] = _metrics("v1", requests=80_000, share=0.8, frauds=800, caught=640, false_flags=80, errors=4_000)

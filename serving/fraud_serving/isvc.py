@@ -133,3 +133,26 @@ def deployment_mode(isvc: dict) -> str:
     """The mode KServe runs it in: status.deploymentMode if reported, else the annotation."""
     return (isvc.get("status", {}).get("deploymentMode")
             or isvc.get("metadata", {}).get("annotations", {}).get(DEPLOYMENT_MODE_ANNOTATION, ""))
+
+
+TRITON_RUNTIME = "kserve-tritonserver"
+
+
+def triton_predictor_spec(spec: IsvcSpec) -> dict:
+    """The predictor on KServe's stock Triton runtime, serving the same artifact: the export's
+    `<root>/fraud-detector/config.pbtxt` + `<n>/model.savedmodel` is a Triton model repository, and
+    Triton's model name equals the InferenceService name the transformer forwards to
+    (manifests/overlays/triton)."""
+    model = {
+        "modelFormat": {"name": "tensorflow"},
+        "protocolVersion": "v2",
+        "runtime": TRITON_RUNTIME,
+        "storageUri": spec.storage_uri,
+        "resources": spec.resources,
+        "securityContext": SECURITY_CONTEXT,
+    }
+    predictor = {"serviceAccountName": spec.service_account,
+                 "labels": {MODEL_VERSION_LABEL: spec.model_version}, "model": model}
+    if spec.canary_percent is not None:
+        predictor["canaryTrafficPercent"] = int(spec.canary_percent)
+    return predictor

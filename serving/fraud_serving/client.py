@@ -1,0 +1,65 @@
+"""A plain v2 client for the transformer: raw transactions in, fraud_probability / is_fraud out.
+
+Requests are standard Open Inference Protocol JSON (what curl or KServe's InferenceRESTClient
+send): one input `transactions`, FP64 `[N, 30]`, raw values in contract order. The transformer
+does the scaling; a client never does.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from fraud.schema import FEATURES
+from fraud_serving.isvc import NAME
+
+INPUT_NAME = "transactions"
+
+
+def v2_request(raw: np.ndarray, request_id: str | None = None) -> dict:
+    """The v2 JSON body for raw `[N, 30]` transactions in contract order."""
+    raw = np.asarray(raw, dtype=np.float64)
+    body = {"inputs": [{"name": INPUT_NAME, "shape": list(raw.shape), "datatype": "FP64", "data": raw.tolist()}]}
+    if request_id is not None:
+        body["id"] = request_id
+    return body
+
+
+def infer_url(url: str, model_name: str = NAME) -> str:
+    """Accept a server base URL or a full infer URL."""
+    url = url.rstrip("/")
+    return url if url.endswith("/infer") else f"{url}/v2/models/{model_name}/infer"
+
+
+def read_transactions(path: str | Path) -> dict:
+    """A v2 request from a CSV (columns by name, extra columns such as Class ignored) or JSON file
+    (a v2 request as is, a list of records, or a {column: values} object)."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        frame = pd.read_csv(path)
+    elif path.suffix.lower() == ".json":
+        body = json.loads(path.read_text())
+        if isinstance(body, dict) and "inputs" in body:
+            return body
+        frame = pd.DataFrame(body)
+    else:
+        raise ValueError(f"{path}: expected a .csv or .json file")
+    missing = [feature for feature in FEATURES if feature not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {', '.join(missing)}")
+    return v2_request(frame.loc[:, list(FEATURES)].to_numpy(dtype=np.float64))
+
+
+def predict(url: str, body: dict, model_name: str = NAME, timeout: float = 30.0) -> dict:
+    """POST a v2 request; raises ValueError with the server's message on a 4xx/5xx."""
+    response = httpx.post(infer_url(url, model_name), json=body, timeout=timeout)
+    if response.status_code != 200:
+        raise ValueError(f"{response.status_code} from {infer_url(url, model_name)}: {response.text[:500]}")
+    return response.json()
+
+
+def outputs(response: dict) -> dict[str, list]:
+    return {output["name"]: output["data"] for output in response["outputs"]}

@@ -1,0 +1,136 @@
+"""Start `python -m fraud_serving …` servers on loopback, wait until they are ready, stop them.
+
+Used by the local runtime, the benchmark and the tests. Readiness is KServe's own
+`/v2/models/<name>/ready` (a predictor turns ready only after its artifact is loaded and checked).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fraud_serving.isvc import NAME
+
+LOOPBACK = "127.0.0.1"
+READY_TIMEOUT_SECONDS = 180.0
+POLL_SECONDS = 0.1
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # a child outliving a killed runtime would hold its port
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class ServerFailed(RuntimeError):
+    """A server process exited or did not turn ready; the message holds the end of its log."""
+
+
+@dataclass
+class ServerProcess:
+    role: str
+    process: subprocess.Popen
+    port: int
+    model_name: str
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def infer_url(self) -> str:
+        return f"{self.url}/v2/models/{self.model_name}/infer"
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/v2/models/{self.model_name}/ready", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> ServerProcess:
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if not self.alive():
+                raise ServerFailed(f"{self.role} on port {self.port} exited with {self.process.returncode}:\n"
+                                   f"{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerFailed(f"{self.role} on port {self.port} not ready after {timeout:.0f} s:\n"
+                                   f"{self.log_tail()}")
+            time.sleep(POLL_SECONDS)  # between readiness polls, not instead of one
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def start_server(role: str, args: list[str], log_dir: Path, model_name: str = NAME, port: int | None = None,
+                 env: dict[str, str] | None = None, label: str | None = None) -> ServerProcess:
+    """Launch `python -m fraud_serving <role>` on a loopback port (gRPC off); does not wait."""
+    port = port or free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{label or role}-{port}.log"
+    command = [sys.executable, "-m", "fraud_serving", role, "--model_name", model_name,
+               "--http_port", str(port), "--enable_grpc", "false", *args]
+    child_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=child_env, preexec_fn=_die_with_parent)
+    return ServerProcess(role, process, port, model_name, log_path, command)
+
+
+def start_predictor(artifact_root: str | Path, log_dir: Path, **kwargs) -> ServerProcess:
+    return start_server("predictor", ["--model_dir", str(artifact_root)], log_dir, **kwargs)
+
+
+def start_transformer(contract_dir: str | Path, log_dir: Path, predictor_url: str | None = None,
+                      routes_file: Path | None = None, max_rows: int | None = None, **kwargs) -> ServerProcess:
+    args = ["--predictor_protocol", "v2", "--contract_dir", str(contract_dir)]
+    if routes_file is not None:
+        args += ["--routes_file", str(routes_file)]
+    else:
+        args += ["--predictor_host", str(predictor_url).removeprefix("http://")]
+    if max_rows is not None:
+        args += ["--max_rows", str(max_rows)]
+    return start_server("transformer", args, log_dir, **kwargs)
+
+
+def stop_all(servers: list[ServerProcess]) -> None:
+    for server in servers:
+        if server.alive():
+            server.process.terminate()
+    for server in servers:
+        server.stop()

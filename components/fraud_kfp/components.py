@@ -6,7 +6,6 @@ The functions are decorated only in `build(image)`, so the image is chosen at co
 importing this module has no side effects. Their docstrings become descriptions in the Kubeflow UI.
 """
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
@@ -97,8 +96,11 @@ def evaluate_models(baseline: Input[Model], candidate: Input[Model], holdout: In
 
 def gate_candidate(evaluation: Input[Artifact], min_f1: float, min_precision: float, min_recall: float,
                    min_pr_auc: float, min_recall_gain: float, max_precision_loss: float, max_p_value: float,
-                   gate_result: Output[Artifact], reasons: Output[Markdown]) -> NamedTuple("GateOutputs", [("decision", str)]):
+                   gate_result: Output[Artifact], reasons: Output[Markdown]) -> str:
     """Decide whether the candidate may go out as a canary; every rule must pass (fails closed).
+
+    Returns "promote" or "reject" as the single output `Output` (kfp.local resolves a dsl.If
+    condition only on an output named `Output`).
 
     Args:
         evaluation: Output of evaluate_models.
@@ -110,15 +112,13 @@ def gate_candidate(evaluation: Input[Artifact], min_f1: float, min_precision: fl
         max_precision_loss: Largest absolute precision loss against the baseline allowed.
         max_p_value: McNemar p-value must be below this.
     """
-    from collections import namedtuple
-
     from fraud.gate import GatePolicy
     from fraud.steps import gate_step
 
     policy = GatePolicy(min_f1, min_precision, min_recall, min_pr_auc, min_recall_gain, max_precision_loss, max_p_value)
     result = gate_step(evaluation.path, gate_result.path, reasons.path, policy)
     gate_result.metadata["decision"] = result.decision
-    return namedtuple("GateOutputs", ["decision"])(result.decision)
+    return result.decision
 
 
 def register_challenger(baseline: Input[Model], candidate: Input[Model], mlflow_tracking_uri: str):

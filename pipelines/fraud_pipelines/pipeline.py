@@ -57,7 +57,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             evaluation=evaluated.outputs["evaluation"], min_f1=gate_min_f1, min_precision=gate_min_precision,
             min_recall=gate_min_recall, min_pr_auc=gate_min_pr_auc, min_recall_gain=gate_min_recall_gain,
             max_precision_loss=gate_max_precision_loss, max_p_value=gate_max_p_value).set_display_name("gate")
-        with dsl.If(gated.outputs["decision"] == "promote", name="candidate-promoted"):
+        with dsl.If(gated.outputs["Output"] == "promote", name="candidate-promoted"):
             c.register_challenger(baseline=trained[1].outputs["model"], candidate=trained[2].outputs["model"],
                                   mlflow_tracking_uri=mlflow_tracking_uri).set_display_name("register challenger")
         Outputs = NamedTuple("Outputs", [("evaluation", Artifact), ("gate_result", Artifact),

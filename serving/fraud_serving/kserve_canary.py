@@ -350,6 +350,31 @@ def spec_for_artifact(artifact_root: str | Path, storage_uri: str, **fields) -> 
                     contract_id=metadata["contract_id"], **fields)
 
 
+# -- manifests ---------------------------------------------------------------------------------
+
+#: The inputs of manifests/base/inferenceservice.yaml: tests keep that file equal to
+#: `manifest_yaml(BASE_MANIFEST_SPEC)` and to what `kubectl kustomize` renders. A real deploy
+#: takes the storage URI and contract id from the uploaded artifact (`spec_for_artifact`).
+BASE_MANIFEST_SPEC = IsvcSpec(storage_uri="s3://fraud-models/fraud-detector/v1", model_version="v1",
+                              contract_id="REPLACE-WITH-FEATURE-CONTRACT-ID", namespace="fraud-rollout")
+MANIFEST_HEADER = """\
+# Generated: the InferenceService the deploy step creates for v1, from
+# fraud_serving.isvc.inference_service(kserve_canary.BASE_MANIFEST_SPEC). Do not edit; regenerate with
+#   python -c 'from fraud_serving.kserve_canary import manifest_yaml; print(manifest_yaml(), end="")' \\
+#     > manifests/base/inferenceservice.yaml
+"""
+
+
+def manifest_yaml(spec: IsvcSpec = BASE_MANIFEST_SPEC) -> str:
+    """The InferenceService the deploy step creates for `spec`, as YAML for kustomize's base."""
+    import json
+
+    import yaml
+
+    plain = json.loads(json.dumps(isvc.inference_service(spec)))  # no shared dicts, so no YAML anchors
+    return MANIFEST_HEADER + yaml.safe_dump(plain, sort_keys=False, width=120)
+
+
 # -- reporting ---------------------------------------------------------------------------------
 
 def traffic_status(obj: dict) -> dict:

@@ -1,0 +1,115 @@
+"""The kustomize manifests render, and hold exactly what the deploy step creates."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fraud_serving import isvc
+from fraud_serving.kserve_canary import BASE_MANIFEST_SPEC, manifest_yaml
+
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+KUSTOMIZATIONS = ["base", *sorted(f"overlays/{p.name}" for p in (MANIFESTS / "overlays").iterdir() if p.is_dir())]
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: `kubectl kustomize` renders the manifests")
+
+
+def render(kustomization: str) -> list[dict]:
+    result = subprocess.run([KUBECTL, "kustomize", str(MANIFESTS / kustomization)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def test_there_are_overlays_to_render():
+    assert {"overlays/kubeflow", "overlays/triton"} <= set(KUSTOMIZATIONS)
+
+
+def test_committed_base_inferenceservice_is_the_builders_output():
+    committed = (MANIFESTS / "base" / "inferenceservice.yaml").read_text()
+    assert committed == manifest_yaml(BASE_MANIFEST_SPEC), (
+        "manifests/base/inferenceservice.yaml is stale; regenerate it with the command in its header")
+
+
+@needs_kubectl
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_every_kustomization_renders_one_inferenceservice_and_least_privilege_rbac(kustomization):
+    docs = render(kustomization)
+    namespaces = {d["metadata"].get("namespace") for d in docs}
+    assert len(namespaces) == 1 and None not in namespaces, "every object in one namespace"
+    one(docs, "InferenceService", isvc.NAME)
+    role = one(docs, "Role", "fraud-rollout-inferenceservices")
+    assert role["rules"] == [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
+                              "verbs": ["get", "list", "watch", "create", "patch", "update"]}]
+    binding = one(docs, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert {"kind": "ServiceAccount", "name": "fraud-rollout-pipeline", "namespace": namespaces.pop()} in binding["subjects"]
+    serving = one(docs, "ServiceAccount", "fraud-detector-serving")
+    assert serving["secrets"] == [{"name": "fraud-detector-s3"}]
+    assert not [d for d in docs if d["kind"] == "Secret"], "the S3 Secret is a template, never applied"
+
+
+@needs_kubectl
+@pytest.mark.parametrize("kustomization, namespace", [("base", BASE_MANIFEST_SPEC.namespace),
+                                                      ("overlays/kubeflow", "kubeflow-user-example-com")])
+def test_rendered_inferenceservice_equals_what_the_deploy_step_creates(kustomization, namespace):
+    rendered = one(render(kustomization), "InferenceService")
+    assert rendered == isvc.inference_service(replace(BASE_MANIFEST_SPEC, namespace=namespace))
+
+
+@needs_kubectl
+def test_kubeflow_overlay_grants_the_profile_runner_the_role():
+    binding = one(render("overlays/kubeflow"), "RoleBinding")
+    assert {"kind": "ServiceAccount", "name": "default-editor", "namespace": "kubeflow-user-example-com"} in binding["subjects"]
+
+
+@needs_kubectl
+def test_triton_overlay_serves_the_same_artifact_with_our_transformer():
+    rendered = one(render("overlays/triton"), "InferenceService")
+    expected = isvc.inference_service(BASE_MANIFEST_SPEC)
+    assert rendered["spec"]["predictor"] == isvc.triton_predictor_spec(BASE_MANIFEST_SPEC)
+    assert rendered["spec"]["transformer"] == expected["spec"]["transformer"]
+    assert rendered["metadata"] == expected["metadata"]
+    model = rendered["spec"]["predictor"]["model"]
+    assert (model["modelFormat"], model["protocolVersion"], model["runtime"]) == (
+        {"name": "tensorflow"}, "v2", "kserve-tritonserver")
+    assert model["storageUri"] == isvc.predictor_storage_uri(expected)
+
+
+def test_canary_manifest_has_the_split_v2_protocol_transformer_and_non_root_containers():
+    """What the deploy step leaves in the cluster for v2 at 20 %."""
+    manifest = isvc.inference_service(replace(BASE_MANIFEST_SPEC, storage_uri="s3://fraud-models/v2",
+                                              model_version="v2", canary_percent=20))
+    predictor, transformer = manifest["spec"]["predictor"], manifest["spec"]["transformer"]
+    assert predictor["canaryTrafficPercent"] == 20
+    args = transformer["containers"][0]["args"]
+    assert args[args.index("--predictor_protocol") + 1] == "v2"
+    for container in predictor["containers"] + transformer["containers"]:
+        assert container["name"] == "kserve-container"
+        assert container["securityContext"]["runAsNonRoot"] is True
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert manifest["metadata"]["annotations"][isvc.DEPLOYMENT_MODE_ANNOTATION] == "Knative"
+
+
+def test_s3_secret_template_holds_placeholders_and_the_keys_both_readers_need():
+    template = yaml.safe_load((MANIFESTS / "base" / "s3-secret.template.yaml").read_text())
+    assert template["metadata"]["name"] == "fraud-detector-s3"
+    annotations = template["metadata"]["annotations"]
+    assert {"serving.kserve.io/s3-endpoint", "serving.kserve.io/s3-usehttps", "serving.kserve.io/s3-region"} <= set(annotations)
+    from fraud_serving.artifact_store import REQUIRED_ENV_VARS
+
+    data = template["stringData"]
+    assert set(REQUIRED_ENV_VARS) <= set(data)
+    assert data["AWS_ACCESS_KEY_ID"].startswith("REPLACE-") and data["AWS_SECRET_ACCESS_KEY"].startswith("REPLACE-")
+    kustomization = yaml.safe_load((MANIFESTS / "base" / "kustomization.yaml").read_text())
+    assert "s3-secret.template.yaml" not in kustomization["resources"]

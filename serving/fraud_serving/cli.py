@@ -36,6 +36,13 @@ def register(commands, bench) -> None:
                         help="local state dir, or the InferenceService in a cluster")
     _state_dir_option(canary)
     canary.add_argument("--json", action="store_true", help="print the status as JSON")
+    kserve = canary.add_argument_group("--target kserve (fraud_serving.kserve_canary)")
+    kserve.add_argument("--namespace", help="namespace of the InferenceService (required with --target kserve)")
+    kserve.add_argument("--name", default="fraud-detector", help="InferenceService name")
+    kserve.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster account, else $KUBECONFIG)")
+    kserve.add_argument("--context", help="kubeconfig context")
+    kserve.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for Ready after a patch")
+    kserve.add_argument("--tracking-uri", default="", help="MLflow server whose aliases follow (default $MLFLOW_TRACKING_URI)")
     canary.set_defaults(func=canary_command)
 
     predict = commands.add_parser("predict", help="send transactions to the transformer as v2 JSON")
@@ -161,6 +168,17 @@ def local_canary(action: str, args: argparse.Namespace) -> int:
 
 
 CANARY_TARGETS["local"] = local_canary
+
+
+def kserve_canary_target(action: str, args: argparse.Namespace) -> int:
+    """status / promote / rollback on the InferenceService in a cluster (imports the kubernetes
+    client only when used: it takes seconds)."""
+    from fraud_serving.kserve_canary import cli_action
+
+    return cli_action(action, args)
+
+
+CANARY_TARGETS["kserve"] = kserve_canary_target
 
 
 def format_status(status: dict) -> str:

@@ -339,6 +339,63 @@ def _require(api: client.CustomObjectsApi, namespace: str, name: str) -> dict:
     return obj
 
 
+# -- CLI: fraud-rollout canary status|promote|rollback --target kserve ---------------------------
+
+def move_registry_aliases(action: str, tracking_uri: str) -> str:
+    """Keep MLflow's aliases true after a cluster operation: promote → `champion` takes the
+    `challenger`'s version and `challenger` is cleared (no canary is left); rollback → `challenger`
+    cleared. Returns a one-line account."""
+    from fraud import registry
+
+    current = registry.aliases(tracking_uri)
+    if action == "promote":
+        if registry.CHALLENGER not in current:
+            return f"MLflow: no {registry.CHALLENGER} alias to promote; aliases unchanged ({current})"
+        registry.set_alias(tracking_uri, registry.CHAMPION, current[registry.CHALLENGER])
+        registry.delete_alias(tracking_uri, registry.CHALLENGER)
+        return f"MLflow: {registry.CHAMPION} = version {current[registry.CHALLENGER]}, {registry.CHALLENGER} cleared"
+    if action == "rollback":
+        registry.delete_alias(tracking_uri, registry.CHALLENGER)
+        return f"MLflow: {registry.CHALLENGER} cleared, {registry.CHAMPION} stays {current.get(registry.CHAMPION, '(unset)')}"
+    return ""
+
+
+def cli_action(action: str, args) -> int:
+    """`canary ACTION --target kserve`: reads args.namespace, args.name, args.kubeconfig,
+    args.context, args.timeout, args.tracking_uri, args.json. Exit 1 on a refused or failed
+    operation (the message says why), 0 otherwise."""
+    import json
+    import sys
+
+    if not getattr(args, "namespace", None):
+        raise ValueError("--namespace is required with --target kserve")
+    name = getattr(args, "name", None) or NAME
+    api = custom_objects_api(getattr(args, "kubeconfig", None), getattr(args, "context", None))
+    timeout_s = float(getattr(args, "timeout", None) or DEFAULT_TIMEOUT_S)
+    try:
+        if action == "status":
+            result = Rollout("status", status(api, args.namespace, name))
+        elif action == "promote":
+            result = promote(api, args.namespace, name, timeout_s=timeout_s)
+        elif action == "rollback":
+            result = rollback(api, args.namespace, name, timeout_s=timeout_s)
+        else:
+            raise ValueError(f"unknown canary action {action!r}")
+    except RolloutError as error:
+        print(f"fraud-rollout canary {action}: {error}", file=sys.stderr)
+        return 1
+    note = ""
+    tracking_uri = getattr(args, "tracking_uri", "") or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if action != "status" and not result.action.startswith("unchanged"):
+        note = (move_registry_aliases(action, tracking_uri) if tracking_uri else
+                "MLflow aliases not moved: no --tracking-uri and no MLFLOW_TRACKING_URI")
+    if getattr(args, "json", False):
+        print(json.dumps({"action": result.action, "status": result.status, "registry": note}, indent=2))
+    else:
+        print(result.markdown + (f"\n{note}" if note else ""))
+    return 0
+
+
 # -- inputs from artifacts ---------------------------------------------------------------------
 
 def spec_for_artifact(artifact_root: str | Path, storage_uri: str, **fields) -> IsvcSpec:

@@ -1,0 +1,95 @@
+"""`fraud-rollout canary status|promote|rollback --target kserve` against the FAKE API server,
+through a kubeconfig, with MLflow aliases following on a temporary SQLite registry."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from kubernetes import client
+
+from fraud import registry
+from fraud_rollout.cli import main
+from fraud_serving import kserve_canary
+from fraud_serving.isvc import IsvcSpec
+from tests.fake_kube import FakeKServeController, FakeKubeApiServer
+
+pytestmark = pytest.mark.integration
+
+NS = "kubeflow-user-example-com"
+V1 = IsvcSpec(storage_uri="s3://fraud-models/fraud-detector/v1-aa", model_version="v1", contract_id="c1", namespace=NS)
+V2 = IsvcSpec(storage_uri="s3://fraud-models/fraud-detector/v2-bb", model_version="v2", contract_id="c1", namespace=NS)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """The fake with v2 at 20 %, and a kubeconfig for it."""
+    with FakeKubeApiServer(FakeKServeController(observe_delay=0.05, ready_delay=0.1)) as fake:
+        configuration = client.Configuration()
+        configuration.host = fake.url
+        with client.ApiClient(configuration) as api_client:
+            kserve_canary.deploy_canary(client.CustomObjectsApi(api_client), V2, V1, timeout_s=10, poll_s=0.02)
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
+            "users": [{"name": "fake", "user": {}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NS}}]}))
+        yield fake, str(kubeconfig)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path):
+    """A registry where version 1 is champion and version 2 the challenger (the canary)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow_client = MlflowClient(uri)
+    mlflow_client.create_registered_model(registry.REGISTERED_MODEL)
+    for _ in range(2):
+        (tmp_path / "model").mkdir(exist_ok=True)
+        mlflow_client.create_model_version(registry.REGISTERED_MODEL, source=(tmp_path / "model").as_uri())
+    registry.set_alias(uri, registry.CHAMPION, 1)
+    registry.set_alias(uri, registry.CHALLENGER, 2)
+    return uri
+
+
+def canary(action, kubeconfig, *extra):
+    return main(["canary", action, "--target", "kserve", "--namespace", NS, "--kubeconfig", kubeconfig, *extra])
+
+
+def test_status_prints_the_split(cluster, capsys):
+    _, kubeconfig = cluster
+    assert canary("status", kubeconfig, "--json") == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [(t["revisionName"], t["percent"]) for t in printed["status"]["traffic"]] == [
+        ("fraud-detector-predictor-00002", 20), ("fraud-detector-predictor-00001", 80)]
+
+
+def test_promote_moves_champion_to_the_canary(cluster, tracking_uri, capsys):
+    fake, kubeconfig = cluster
+    assert canary("promote", kubeconfig, "--tracking-uri", tracking_uri) == 0
+    out = capsys.readouterr().out
+    assert "**promoted v2 to 100 %**" in out and "MLflow: champion = version 2, challenger cleared" in out
+    assert registry.aliases(tracking_uri) == {"champion": 2}
+    assert fake.writes()[-1][3] == "application/json-patch+json"
+
+
+def test_rollback_clears_the_challenger(cluster, tracking_uri, capsys):
+    _, kubeconfig = cluster
+    assert canary("rollback", kubeconfig, "--tracking-uri", tracking_uri) == 0
+    assert "| `fraud-detector-predictor-00001` | prev | 100 % |" in capsys.readouterr().out
+    assert registry.aliases(tracking_uri) == {"champion": 1}
+
+
+def test_a_refusal_exits_1_with_the_reason(cluster, capsys):
+    fake, kubeconfig = cluster
+    fake.forbidden_verbs = {"patch"}
+    assert canary("rollback", kubeconfig) == 1
+    assert "missing RBAC permission: verb 'patch'" in capsys.readouterr().err
+
+
+def test_namespace_is_required(cluster, capsys):
+    _, kubeconfig = cluster
+    assert main(["canary", "status", "--target", "kserve", "--kubeconfig", kubeconfig]) == 2
+    assert "--namespace is required" in capsys.readouterr().err

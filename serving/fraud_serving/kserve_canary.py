@@ -25,13 +25,13 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
-from fraud.export import read_metadata
 from fraud_serving import isvc
 from fraud_serving.isvc import CANARY_MODES, CONTRACT_ANNOTATION, GROUP, NAME, PLURAL, VERSION, IsvcSpec
+
+if TYPE_CHECKING:  # importing the kubernetes client takes seconds: only where a call needs it
+    from kubernetes import client
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Rollout:
 def custom_objects_api(kubeconfig: str | None = None, context: str | None = None) -> client.CustomObjectsApi:
     """A client from the pod's service account when running in a cluster (and no kubeconfig is
     given), else from a kubeconfig (`$KUBECONFIG` or ~/.kube/config)."""
-    from kubernetes import config
+    from kubernetes import client, config
 
     if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         configuration = client.Configuration()
@@ -97,7 +97,7 @@ def custom_objects_api(kubeconfig: str | None = None, context: str | None = None
     return client.CustomObjectsApi(config.new_client_from_config(config_file=kubeconfig, context=context))
 
 
-def _server_message(error: ApiException) -> str:
+def _server_message(error) -> str:
     import json
 
     try:
@@ -106,27 +106,26 @@ def _server_message(error: ApiException) -> str:
         return str(error.reason)
 
 
-def _call(verb: str, namespace: str, name: str, request):
+def _call(verb: str, namespace: str, name: str, request, missing_ok: bool = False):
     """Run one API request; a 403 becomes MissingPermission, other failures a RolloutError that
-    names the request (404 on get is handled by the caller)."""
+    names the request; a 404 gives None when `missing_ok`."""
+    from kubernetes.client.exceptions import ApiException
+
     try:
         return request()
     except ApiException as error:
         if error.status == 403:
             raise MissingPermission(verb, namespace, _server_message(error)) from None
-        if error.status == 404 and verb == "get":
-            raise
+        if error.status == 404 and missing_ok:
+            return None
         raise RolloutError(f"{verb} {RESOURCE} {namespace}/{name} failed: HTTP {error.status} "
                            f"{error.reason}: {_server_message(error)}") from None
 
 
 def get_isvc(api: client.CustomObjectsApi, namespace: str, name: str = NAME) -> dict | None:
     """The InferenceService, or None if it does not exist."""
-    try:
-        return _call("get", namespace, name, lambda: api.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT_S))
-    except ApiException:  # only a 404 gets here
-        return None
+    return _call("get", namespace, name, lambda: api.get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT_S), missing_ok=True)
 
 
 def _create(api: client.CustomObjectsApi, manifest: dict) -> dict:
@@ -402,9 +401,29 @@ def spec_for_artifact(artifact_root: str | Path, storage_uri: str, **fields) -> 
     """The IsvcSpec of an exported model: model version and contract id from its metadata.json;
     `storage_uri` is where KServe pulls it from (the s3:// URI `upload_artifact` returned);
     `fields` are the other IsvcSpec fields (namespace, image, ...)."""
+    from fraud.export import read_metadata
+
     metadata = read_metadata(artifact_root)
     return IsvcSpec(storage_uri=storage_uri, model_version=metadata["model_version"],
                     contract_id=metadata["contract_id"], **fields)
+
+
+def deploy_from_artifacts(champion_root: str | Path, candidate_root: str | Path, *, namespace: str, bucket: str,
+                          image: str = isvc.DEFAULT_IMAGE, canary_percent: int = DEFAULT_CANARY_PERCENT,
+                          supersede: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
+                          poll_s: float = DEFAULT_POLL_S, api: client.CustomObjectsApi | None = None,
+                          s3_settings=None) -> Rollout:
+    """The deploy step's whole cluster side: upload both exported models to S3 (settings from the
+    environment unless given; content-addressed prefixes, so a rerun uploads to the same URIs),
+    then `deploy_canary` in `namespace` (client from the pod's service account unless given)."""
+    from fraud_serving.artifact_store import upload_artifact
+
+    champion = spec_for_artifact(champion_root, upload_artifact(champion_root, bucket, settings=s3_settings),
+                                 namespace=namespace, image=image)
+    candidate = spec_for_artifact(candidate_root, upload_artifact(candidate_root, bucket, settings=s3_settings),
+                                  namespace=namespace, image=image)
+    return deploy_canary(api or custom_objects_api(), candidate, champion, canary_percent=canary_percent,
+                         supersede=supersede, timeout_s=timeout_s, poll_s=poll_s)
 
 
 # -- manifests ---------------------------------------------------------------------------------

@@ -2,59 +2,18 @@
 a real S3 HTTP API, the `minio` client talks to it over the wire), no Docker."""
 from __future__ import annotations
 
-import importlib.util
 import secrets
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from fraud_serving.artifact_store import S3Settings, artifact_prefix, upload_artifact
-
-MOTO = "moto[server]==5.2.5"
-
-
-def _moto_command() -> list[str] | None:
-    if importlib.util.find_spec("moto") and importlib.util.find_spec("flask"):
-        return [sys.executable, "-m", "moto.server"]
-    found = shutil.which("moto_server")
-    return [found] if found else None
+from tests.s3_server import moto_s3_server
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    command = _moto_command()
-    if command is None:
-        pytest.skip(f"no S3-compatible server on this machine: add {MOTO} to the dev dependencies "
-                    "(or put a moto_server on PATH)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([*command, "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    try:
-        while True:  # readiness: the server answers HTTP
-            try:
-                urllib.request.urlopen(f"http://{endpoint}/", timeout=1).close()
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"S3 server did not start (exit code {server.poll()})")
-                time.sleep(0.05)
+    with moto_s3_server() as endpoint:
         yield endpoint
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_settings_come_from_the_secret_env_vars():

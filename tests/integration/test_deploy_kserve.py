@@ -246,3 +246,29 @@ def test_rollback_with_a_single_revision_is_refused(api):
 def test_spec_for_artifact_reads_version_and_contract(tiny_run):
     spec = kserve_canary.spec_for_artifact(tiny_run.v2, "s3://b/p", namespace=NS)
     assert (spec.model_version, spec.contract_id, spec.namespace) == ("v2", tiny_run.contract.id, NS)
+
+
+def test_deploy_from_artifacts_uploads_both_models_and_rolls_out_the_canary(api, fake, tiny_run):
+    """The deploy step's cluster side end to end: real exported models to a real S3 API (moto on
+    loopback), then the canary on the fake API server; a rerun uploads to the same URIs and
+    changes nothing."""
+    import secrets
+
+    from fraud_serving.artifact_store import S3Settings, artifact_prefix
+    from tests.s3_server import moto_s3_server
+
+    with moto_s3_server() as endpoint:
+        settings = S3Settings.from_env({"S3_ENDPOINT": f"http://{endpoint}", "AWS_ACCESS_KEY_ID": secrets.token_hex(8),
+                                        "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16)})
+        run = lambda: kserve_canary.deploy_from_artifacts(  # noqa: E731
+            tiny_run.v1, tiny_run.v2, namespace=NS, bucket="fraud-models", api=api, s3_settings=settings, **FAST)
+        result = run()
+        assert result.action == "created with v1; canary v2 at 20 %"
+        assert result.status["storageUri"] == f"s3://fraud-models/{artifact_prefix(tiny_run.v2)}"
+        assert result.status["featureContractId"] == tiny_run.contract.id
+        writes = len(fake.writes())
+        assert run().action == "unchanged: v2 is already deployed (at 20 %)"
+        assert len(fake.writes()) == writes
+    stored = api.get_namespaced_custom_object(isvc.GROUP, isvc.VERSION, NS, isvc.PLURAL, isvc.NAME)
+    transformer_env = stored["spec"]["transformer"]["containers"][0]["env"]
+    assert transformer_env == [{"name": "STORAGE_URI", "value": f"s3://fraud-models/{artifact_prefix(tiny_run.v1)}"}]

@@ -1,0 +1,109 @@
+"""The compiled pipeline and a real kfp.local run of it on small data."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fraud import export
+from fraud_pipelines.pipeline import COMPILED, compile_pipeline
+
+pytestmark = pytest.mark.integration
+
+
+def test_committed_yaml_is_what_the_code_compiles(tmp_path):
+    fresh = compile_pipeline(tmp_path / "pipeline.yaml")
+    assert fresh.read_text() == COMPILED.read_text(), "run `make compile` and commit pipelines/fraud_rollout_pipeline.yaml"
+
+
+def test_compiled_dag_and_gate_condition():
+    from kfp.pipeline_spec import pipeline_spec_pb2
+    from google.protobuf import json_format
+
+    spec = json_format.ParseDict(yaml.safe_load(COMPILED.read_text()), pipeline_spec_pb2.PipelineSpec(),
+                                 ignore_unknown_fields=True)
+    tasks = spec.root.dag.tasks
+    assert set(tasks) == {"simulate-drift", "train-model", "train-model-2", "evaluate-models", "gate-candidate",
+                          "condition-1"}
+    assert set(tasks["evaluate-models"].dependent_tasks) == {"simulate-drift", "train-model", "train-model-2"}
+    assert list(tasks["train-model"].dependent_tasks) == ["simulate-drift"]
+    condition = tasks["condition-1"].trigger_policy.condition
+    assert condition == "inputs.parameter_values['pipelinechannel--gate-candidate-Output'] == 'promote'"
+    branch = spec.components[tasks["condition-1"].component_ref.name].dag.tasks
+    assert set(branch) == {"register-challenger"}
+    # Every component runs our image without installing kfp at run time.
+    executors = spec.deployment_spec["executors"]
+    images = {e["container"]["image"] for e in executors.values()}
+    assert images == {"ghcr.io/fraud-rollout/components:0.1.0"}
+    assert not any("pip install" in " ".join(e["container"]["command"]) for e in executors.values())
+    # Docstrings become input descriptions in the Kubeflow UI.
+    simulate = spec.components["comp-simulate-drift"].input_definitions.parameters
+    assert "Random seed" in simulate["seed"].description
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    from fraud_pipelines.local import LocalRunOptions, run_local
+
+    out = tmp_path_factory.mktemp("run")
+    options = LocalRunOptions(out_dir=out, n_transactions=60_000, fraud_rate=0.02, epochs=3,
+                              mlflow_tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    # Small data cannot reach the production floors; lower them so the promote branch runs too.
+    report = run_local(options, gate_min_f1=0.5, gate_min_precision=0.5, gate_min_recall=0.5, gate_min_pr_auc=0.5)
+    return out, report
+
+
+def test_local_run_writes_the_report(local_run):
+    out, report = local_run
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    windows = report["data"]["windows"]
+    for name in ("reference", "recent", "holdout"):
+        assert {"start", "end", "rows", "fraud"} <= set(windows[name])
+    assert windows["holdout"]["start"] > windows["recent"]["end"] > windows["reference"]["end"]
+    assert sum(w["rows"] for w in windows.values()) == 60_000
+    for name in ("v1", "v2"):
+        model = report["models"][name]
+        assert model["version"] == name and 0 < model["threshold"] < 1
+        assert model["contract_id"] == report["data"]["contract_id"]
+        for slice_name in ("holdout", "pre_drift"):
+            metrics = model[slice_name]
+            assert {"precision", "recall", "f1", "roc_auc", "pr_auc", "tp", "fp", "tn", "fn"} <= set(metrics)
+        holdout = model["holdout"]
+        assert holdout["tp"] + holdout["fp"] + holdout["tn"] + holdout["fn"] == windows["holdout"]["rows"]
+        assert holdout["tp"] + holdout["fn"] == windows["holdout"]["fraud"]
+    assert 0 <= report["mcnemar_p"] <= 1
+    assert set(report["timings"]["tasks_wall"]) >= {"simulate-drift", "train-model", "evaluate-models"}
+
+
+def test_promote_branch_registers_the_challenger(local_run):
+    _, report = local_run
+    assert report["gate"]["decision"] == "promote", report["gate"]["reasons"]
+    assert len(report["gate"]["reasons"]) == 8 and all(r["passed"] for r in report["gate"]["reasons"])
+    versions = report["mlflow"]["versions"]
+    assert report["mlflow"]["aliases"] == {"champion": versions["v1"], "challenger": versions["v2"]}
+
+
+def test_exported_artifacts_have_the_triton_layout(local_run):
+    _, report = local_run
+    for name, number in (("v1", 1), ("v2", 2)):
+        root = Path(report["models"][name]["artifact"])
+        version_dir = root / export.MODEL_NAME / str(number)
+        assert (version_dir / "model.savedmodel" / "saved_model.pb").exists()
+        config = (root / export.MODEL_NAME / "config.pbtxt").read_text()
+        assert 'platform: "tensorflow_savedmodel"' in config and f"versions: [ {number} ]" in config
+        assert export.read_metadata(root)["model_version"] == name
+        assert export.read_contract(root).id == report["data"]["contract_id"]
+
+
+def test_mlflow_holds_runs_with_epoch_metrics(local_run):
+    import mlflow
+
+    _, report = local_run
+    client = mlflow.MlflowClient(report["mlflow"]["tracking_uri"])
+    for name in ("v1", "v2"):
+        version = client.get_model_version("fraud-detector", str(report["mlflow"]["versions"][name]))
+        history = client.get_metric_history(version.run_id, "epoch_val_pr_auc")
+        assert len(history) == report["models"][name]["epochs_run"] >= 1
+        assert version.tags["model_version"] == name
+        params = client.get_run(version.run_id).data.params
+        assert params["epochs"] == "3" and params["hidden_units"] == "128,64,32"

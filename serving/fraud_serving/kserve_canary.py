@@ -184,17 +184,31 @@ def wait_ready(api: client.CustomObjectsApi, namespace: str, name: str, generati
 
     Raises RolloutTimeout with the InferenceService's conditions when `timeout_s` passes.
     """
+    return _wait(api, namespace, name, generation, lambda obj: _is_true(obj, "Ready"), "Ready", timeout_s, poll_s)
+
+
+def _rolled_out_takes_all(obj: dict) -> bool:
+    predictor = obj.get("status", {}).get("components", {}).get("predictor", {})
+    rolled_out = predictor.get("latestRolledoutRevision")
+    return bool(rolled_out) and sum(t.get("percent", 0) for t in predictor.get("traffic", [])
+                                    if t.get("revisionName") == rolled_out) == 100
+
+
+def _wait(api: client.CustomObjectsApi, namespace: str, name: str, generation: int, done, what: str,
+          timeout_s: float, poll_s: float) -> dict:
+    """Poll (a readiness check, every `poll_s`) until the controller has observed `generation` and
+    `done(obj)`; RolloutTimeout with the conditions after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while True:
         obj = get_isvc(api, namespace, name)
         if obj is None:
-            raise RolloutError(f"InferenceService {namespace}/{name} disappeared while waiting for it to become Ready")
+            raise RolloutError(f"InferenceService {namespace}/{name} disappeared while waiting for it to be {what}")
         observed = obj.get("status", {}).get("observedGeneration", 0)
-        if observed >= generation and _is_true(obj, "Ready"):
+        if observed >= generation and done(obj):
             return obj
         if time.monotonic() >= deadline:
             raise RolloutTimeout(
-                f"InferenceService {namespace}/{name} was not Ready at generation {generation} after "
+                f"InferenceService {namespace}/{name} was not {what} at generation {generation} after "
                 f"{timeout_s:g} s (observedGeneration {observed}). Conditions: "
                 f"{describe_conditions(_conditions(obj))}", _conditions(obj))
         time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
@@ -307,6 +321,11 @@ def promote(api: client.CustomObjectsApi, namespace: str, name: str = NAME, *,
         current = wait_ready(api, namespace, name, current["metadata"]["generation"], timeout_s, poll_s)
         return Rollout(f"unchanged: {isvc.predictor_model_version(current)} already takes 100 %",
                        traffic_status(current))
+    if not traffic_status(current)["ready"]:
+        raise RolloutRefused(
+            f"the canary {isvc.predictor_model_version(current)} of {namespace}/{name} is not Ready at generation "
+            f"{current['metadata'].get('generation')}, so promoting would give 100 % to an older ready revision; "
+            f"roll it back instead. Conditions: {describe_conditions(_conditions(current))}")
     patched = json_patch(api, namespace, name, isvc.promote_patch())
     current = wait_ready(api, namespace, name, patched["metadata"]["generation"], timeout_s, poll_s)
     return Rollout(f"promoted {isvc.predictor_model_version(current)} to 100 %", traffic_status(current))
@@ -315,7 +334,11 @@ def promote(api: client.CustomObjectsApi, namespace: str, name: str = NAME, *,
 def rollback(api: client.CustomObjectsApi, namespace: str, name: str = NAME, *,
              timeout_s: float = DEFAULT_TIMEOUT_S, poll_s: float = DEFAULT_POLL_S) -> Rollout:
     """Pin the canary to 0 % (merge patch): the rolled-out revision takes 100 % again; the
-    candidate's spec stays in place (re-deploy the champion's storage URI to replace it)."""
+    candidate's spec stays in place (re-deploy the champion's storage URI to replace it).
+
+    Done when the controller reports the rolled-out revision at 100 %, not when Ready: a canary
+    that failed keeps Ready False (its revision is the latest created) after its traffic is gone.
+    """
     current = _require(api, namespace, name)
     check_canary_mode(current)
     if canary_percent_of(current) == 0:
@@ -327,8 +350,12 @@ def rollback(api: client.CustomObjectsApi, namespace: str, name: str = NAME, *,
         raise RolloutRefused(f"{namespace}/{name} has a single rolled-out revision ({rolled_out}): "
                              "there is nothing to roll back to")
     patched = merge_patch(api, namespace, name, isvc.rollback_patch())
-    current = wait_ready(api, namespace, name, patched["metadata"]["generation"], timeout_s, poll_s)
-    return Rollout(f"rolled back: canary {isvc.predictor_model_version(current)} at 0 %", traffic_status(current))
+    current = _wait(api, namespace, name, patched["metadata"]["generation"], _rolled_out_takes_all,
+                    "back on its rolled-out revision", timeout_s, poll_s)
+    action = f"rolled back: canary {isvc.predictor_model_version(current)} at 0 %"
+    if not _is_true(current, "Ready"):
+        action += f" (still not Ready: {describe_conditions(_conditions(current))})"
+    return Rollout(action, traffic_status(current))
 
 
 def _require(api: client.CustomObjectsApi, namespace: str, name: str) -> dict:

@@ -272,3 +272,20 @@ def test_deploy_from_artifacts_uploads_both_models_and_rolls_out_the_canary(api,
     stored = api.get_namespaced_custom_object(isvc.GROUP, isvc.VERSION, NS, isvc.PLURAL, isvc.NAME)
     transformer_env = stored["spec"]["transformer"]["containers"][0]["env"]
     assert transformer_env == [{"name": "STORAGE_URI", "value": f"s3://fraud-models/{artifact_prefix(tiny_run.v1)}"}]
+
+
+def test_a_failed_canary_cannot_be_promoted_but_rolls_back_to_v1(api, fake):
+    kserve_canary.deploy_canary(api, V1, V1, **FAST)
+    fake.controller.never_ready = True
+    with pytest.raises(RolloutTimeout):
+        deploy(api, timeout_s=0.5)
+    writes = len(fake.writes())
+    with pytest.raises(RolloutRefused, match=r"canary v2 .* is not Ready .* roll it back instead"):
+        kserve_canary.promote(api, NS, **FAST)
+    assert len(fake.writes()) == writes
+
+    result = kserve_canary.rollback(api, NS, **FAST)  # done although Ready stays False
+    assert result.action.startswith("rolled back: canary v2 at 0 % (still not Ready: ")
+    assert result.status["traffic"] == [
+        {"latestRevision": True, "percent": 0, "revisionName": REV[1], "tag": "latest"},
+        {"latestRevision": False, "percent": 100, "revisionName": REV[1], "tag": "prev"}]

@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from fraud_rollout.cli import UsageError, positive_int
+from fraud_rollout.cli import UsageError, non_negative_int, positive_int
 
 
 def register(commands, bench) -> None:
@@ -40,7 +40,7 @@ def fraction(text: str) -> float:
 
 def add_run_options(parser, default_out: Path = Path(".fraud-rollout/run")) -> None:
     parser.add_argument("--n-transactions", type=positive_int, default=1_000_000, help="transactions to simulate")
-    parser.add_argument("--seed", type=int, default=7, help="random seed")
+    parser.add_argument("--seed", type=non_negative_int, default=7, help="random seed")
     parser.add_argument("--epochs", type=positive_int, default=20, help="maximum training epochs")
     parser.add_argument("--fraud-rate", type=fraction, default=0.0017, help="share of fraud")
     parser.add_argument("--source-csv", type=Path, default=None, help="enrich a real creditcard.csv instead of generating")

@@ -1,0 +1,5 @@
+import sys
+
+from fraud_rollout.cli import main
+
+sys.exit(main())

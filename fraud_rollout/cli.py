@@ -40,6 +40,7 @@ def non_negative_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from fraud_pipelines import cli as pipeline_cli
+    from fraud_rollout import demo
 
     parser = argparse.ArgumentParser(prog="fraud-rollout", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks that print measured numbers and targets")
     bench_commands = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     pipeline_cli.register(commands, bench_commands)
+    demo.register(commands, bench_commands)
     try:
         from fraud_serving import cli as serving_cli
     except ImportError:  # serving commands arrive with the serving package

@@ -22,7 +22,10 @@ a status subresource, so the real `kubernetes` client can drive it unchanged:
   patch list, because kubernetes 30.1 always sends it as `application/merge-patch+json`.
 - `status` is written by `FakeKServeController` (see controller.py) whenever a request reads
   the object, so readiness arrives after real time has passed, never on request.
-- Watches are not served (answered 400 with a message that says so).
+- Watches on the collection (`?watch=true`, optional `fieldSelector=metadata.name=…`,
+  `resourceVersion`, `timeoutSeconds`) stream ADDED/MODIFIED/DELETED events, enough for
+  `kubectl wait`; discovery (`/api`, `/apis`, `/apis/serving.kserve.io/v1beta1`) lets kubectl map
+  `isvc` to the REST path. No OpenAPI, no server-side apply, no Table printing.
 """
 from __future__ import annotations
 
@@ -78,6 +81,24 @@ def invalid(name: str, causes: list[tuple[str, str]]) -> ApiError:
                                 for field, message in causes]})
 
 
+#: Discovery documents, so kubectl can map `isvc` / `inferenceservices` to the REST path.
+DISCOVERY = {
+    "/api": {"kind": "APIVersions", "versions": ["v1"],
+             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]},
+    "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
+        "name": GROUP, "versions": [{"groupVersion": f"{GROUP}/{VERSION}", "version": VERSION}],
+        "preferredVersion": {"groupVersion": f"{GROUP}/{VERSION}", "version": VERSION}}]},
+    f"/apis/{GROUP}": {"kind": "APIGroup", "apiVersion": "v1", "name": GROUP,
+                       "versions": [{"groupVersion": f"{GROUP}/{VERSION}", "version": VERSION}],
+                       "preferredVersion": {"groupVersion": f"{GROUP}/{VERSION}", "version": VERSION}},
+    f"/apis/{GROUP}/{VERSION}": {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{GROUP}/{VERSION}",
+                                 "resources": [{"name": PLURAL, "singularName": "inferenceservice", "namespaced": True,
+                                                "kind": KIND, "shortNames": ["isvc"], "categories": ["all"],
+                                                "verbs": ["delete", "get", "list", "patch", "create", "update", "watch"]}]},
+    "/version": {"major": "1", "minor": "32", "gitVersion": "v1.32.0-fake"},
+}
+
+
 def _timestamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -101,6 +122,7 @@ class FakeKubeApiServer:
         self._objects: dict[tuple[str, str], dict] = {}
         self._states: dict[tuple[str, str], ControllerState] = {}
         self._resource_version = 1000
+        self._stopping = threading.Event()
         self._lock = self.controller.lock
         self._httpd = ThreadingHTTPServer((host, 0), self._handler_class())
         self._httpd.daemon_threads = True
@@ -116,6 +138,7 @@ class FakeKubeApiServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -270,11 +293,44 @@ class FakeKubeApiServer:
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                 "details": {"name": key[1], "group": GROUP, "kind": PLURAL, "uid": obj["metadata"]["uid"]}}
 
+    # -- watch ---------------------------------------------------------------------------------
+
+    def watch_events(self, namespace: str | None, query: dict[str, list[str]]):
+        """Yield watch events (`{"type": ADDED|MODIFIED|DELETED, "object": ...}`) for objects newer
+        than `resourceVersion`, until `timeoutSeconds` (at most 60) or the server stops. The fake
+        controller runs on each poll, as it does on every read."""
+        selector = query.get("fieldSelector", [""])[0]
+        wanted_name = selector.split("=", 1)[1] if selector.startswith("metadata.name=") else None
+        since = int(query.get("resourceVersion", ["0"])[0] or 0)
+        deadline = time.monotonic() + min(float(query.get("timeoutSeconds", ["60"])[0]), 60.0)
+        sent: dict[tuple[str, str], dict] = {}
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            events = []
+            with self._lock:
+                keys = [k for k in self._objects if (namespace is None or k[0] == namespace)
+                        and (wanted_name is None or k[1] == wanted_name)]
+                for key in keys:
+                    obj = self._refresh(key)
+                    version = int(obj["metadata"]["resourceVersion"])
+                    last = sent.get(key)
+                    if last is None and version > since:
+                        events.append({"type": "ADDED" if since == 0 else "MODIFIED", "object": obj})
+                    elif last is not None and version > int(last["metadata"]["resourceVersion"]):
+                        events.append({"type": "MODIFIED", "object": obj})
+                    if last is not None or version > since:
+                        sent[key] = obj
+                for key in [k for k in sent if k not in self._objects]:
+                    events.append({"type": "DELETED", "object": sent.pop(key)})
+            yield from events
+            self._stopping.wait(0.02)
+
     # -- HTTP ----------------------------------------------------------------------------------
 
     def handle(self, method: str, raw_path: str, content_type: str, raw_body: bytes) -> tuple[int, dict]:
         parts = urlsplit(raw_path)
         query = parse_qs(parts.query)
+        if method == "GET" and parts.path.rstrip("/") in DISCOVERY:
+            return 200, DISCOVERY[parts.path.rstrip("/")]
         namespaced = _NAMESPACED.match(parts.path)
         everywhere = _ALL_NAMESPACES.match(parts.path)
         namespace, name = (namespaced.group(1), namespaced.group(2)) if namespaced else (None, None)
@@ -283,14 +339,16 @@ class FakeKubeApiServer:
                                  {"causes": [{"reason": "UnexpectedServerResponse", "message": "404 page not found"}]}).body()
         verb = {"GET": "get" if name else "list", "POST": "create", "PATCH": "patch",
                 "PUT": "update", "DELETE": "delete"}.get(method, method.lower())
-        if method == "GET" and query.get("watch", ["false"])[0] in ("true", "1"):
+        if method == "GET" and query.get("watch", ["false"])[0].lower() in ("true", "1"):
             verb = "watch"
         self.requests.append((verb, method, parts.path, content_type))
         try:
             with self._lock:
                 self._authorize(verb, namespace or "", name)
                 if verb == "watch":
-                    raise ApiError(400, "BadRequest", "watch is not served by this fake API server; poll with get")
+                    if name:
+                        raise ApiError(400, "BadRequest", "watch a collection (with a fieldSelector), not a named object")
+                    return 200, {"watch": {"namespace": namespace, "query": query}}
                 body = None
                 if method in ("POST", "PATCH", "PUT"):
                     try:
@@ -333,12 +391,31 @@ class FakeKubeApiServer:
                 raw_body = self.rfile.read(length) if length else b""
                 content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
                 code, body = fake.handle(self.command, self.path, content_type, raw_body)
+                if code == 200 and set(body) == {"watch"}:
+                    self._stream(fake.watch_events(body["watch"]["namespace"], body["watch"]["query"]))
+                    return
                 payload = json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
+
+            def _stream(self, events) -> None:
+                """A watch: one JSON event per chunk, as the API server streams them."""
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                try:
+                    for event in events:
+                        line = json.dumps(event).encode() + b"\n"
+                        self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client stopped watching
+                self.close_connection = True
 
             do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
 

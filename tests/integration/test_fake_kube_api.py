@@ -121,8 +121,6 @@ def test_patch_media_types(api, fake):
     code, body = fake.handle("PATCH", f"/apis/{G}/{V}/namespaces/{NS}/{P}/fraud-detector",
                              "application/strategic-merge-patch+json", b'{"spec": {}}')
     assert (code, body["reason"]) == (415, "UnsupportedMediaType")
-    code, body = fake.handle("GET", f"/apis/{G}/{V}/namespaces/{NS}/{P}?watch=true", "", b"")
-    assert code == 400 and "watch is not served" in body["message"]
 
 
 def test_status_is_stale_until_the_controller_observes_the_new_generation(api, fake):
@@ -156,3 +154,19 @@ def test_rfc_patches():
                                       {"op": "move", "from": "/a", "path": "/b"}]) == {"b": [0, 2, 3]}
     with pytest.raises(PatchError):
         json_patch({"a": 1}, [{"op": "test", "path": "/a", "value": 2}])
+
+
+def test_watch_streams_the_controllers_status_writes(api):
+    from kubernetes import watch
+
+    api.create_namespaced_custom_object(G, V, NS, P, manifest())
+    seen = []
+    stream = watch.Watch()
+    for event in stream.stream(api.list_namespaced_custom_object, G, V, NS, P,
+                               field_selector="metadata.name=fraud-detector", timeout_seconds=5):
+        conditions = event["object"].get("status", {}).get("conditions", [])
+        seen.append((event["type"], next((c["status"] for c in conditions if c["type"] == "Ready"), None)))
+        if seen[-1][1] == "True":
+            stream.stop()
+    assert seen[0] == ("ADDED", None) and seen[-1] == ("MODIFIED", "True")
+    assert ("MODIFIED", "Unknown") in seen  # observed, revision not ready yet

@@ -1,0 +1,114 @@
+"""The README's kubectl commands for the canary, run with the real kubectl against the FAKE API
+server (which plays KServe's controller): status, promote, roll back, wait."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import time
+
+import pytest
+import yaml
+from kubernetes import client
+
+from fraud_serving import kserve_canary
+from fraud_serving.isvc import IsvcSpec
+from tests.fake_kube import FakeKServeController, FakeKubeApiServer
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")]
+
+NS = "kubeflow-user-example-com"
+#: Exactly as in the README ("Promote or roll back the canary with kubectl"), with NS set.
+COMMANDS = {
+    "get": "kubectl get isvc fraud-detector -n $NS",
+    "traffic": """kubectl get isvc fraud-detector -n $NS -o jsonpath='{range .status.components.predictor.traffic[*]}{.revisionName}{"\\t"}{.tag}{"\\t"}{.percent}{"\\n"}{end}'""",
+    "rolled_out": "kubectl get isvc fraud-detector -n $NS -o jsonpath='{.status.components.predictor.latestRolledoutRevision}'",
+    "promote": """kubectl patch isvc fraud-detector -n $NS --type=json -p '[{"op": "remove", "path": "/spec/predictor/canaryTrafficPercent"}]'""",
+    "rollback": """kubectl patch isvc fraud-detector -n $NS --type=merge -p '{"spec": {"predictor": {"canaryTrafficPercent": 0}}}'""",
+    "wait_ready": "kubectl wait isvc/fraud-detector -n $NS --for=condition=Ready --timeout=600s",
+    "wait_rolled_back": "kubectl wait isvc/fraud-detector -n $NS --for=jsonpath='{.status.components.predictor.traffic[1].percent}'=100 --timeout=600s",
+}
+V1 = IsvcSpec(storage_uri="s3://fraud-models/fraud-detector/v1-aa", model_version="v1", contract_id="c1", namespace=NS)
+V2 = IsvcSpec(storage_uri="s3://fraud-models/fraud-detector/v2-bb", model_version="v2", contract_id="c1", namespace=NS)
+DELAY = 0.6  # observe and ready delays: long enough that a wait that did not wait would be caught
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with FakeKubeApiServer(FakeKServeController(observe_delay=0.05, ready_delay=0.1)) as fake:
+        configuration = client.Configuration()
+        configuration.host = fake.url
+        with client.ApiClient(configuration) as api_client:
+            kserve_canary.deploy_canary(client.CustomObjectsApi(api_client), V2, V1, timeout_s=10, poll_s=0.02)
+        fake.controller.observe_delay = fake.controller.ready_delay = DELAY
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
+            "users": [{"name": "fake", "user": {}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]}))
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "NS": NS, "HOME": str(tmp_path)}
+        yield fake, env
+
+
+def kubectl(which: str, env: dict) -> str:
+    argv = [a.replace("$NS", env["NS"]) for a in shlex.split(COMMANDS[which])]
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, f"{COMMANDS[which]}\n{result.stderr}"
+    return result.stdout
+
+
+def traffic(env: dict) -> list[tuple[str, str, int]]:
+    rows = [line.split("\t") for line in kubectl("traffic", env).splitlines() if line]
+    return [(revision, tag, int(percent)) for revision, tag, percent in rows]
+
+
+def test_status_commands_show_the_canary_split(cluster):
+    _, env = cluster
+    assert "fraud-detector" in kubectl("get", env)
+    assert traffic(env) == [("fraud-detector-predictor-00002", "latest", 20),
+                            ("fraud-detector-predictor-00001", "prev", 80)]
+    assert kubectl("rolled_out", env) == "fraud-detector-predictor-00001"
+
+
+def test_promote_then_wait_ready_waits_for_the_new_generation(cluster):
+    fake, env = cluster
+    fake.controller.observe_delay = 2.0  # longer than two kubectl runs take
+    started = time.monotonic()
+    assert "patched" in kubectl("promote", env)
+    kubectl("wait_ready", env)  # kubectl wait compares status.observedGeneration with the generation
+    # It waited for the controller to observe the new generation, though Ready was True for the
+    # previous one all along (promote makes no new revision).
+    assert time.monotonic() - started >= 2.0
+    status = kserve_canary.traffic_status(json.loads(subprocess.run(
+        ["kubectl", "get", "isvc", "fraud-detector", "-n", NS, "-o", "json"], env=env, capture_output=True,
+        text=True, timeout=60, check=True).stdout))
+    assert status["ready"] and status["observedGeneration"] == status["generation"] == 3
+    assert traffic(env) == [("fraud-detector-predictor-00002", "latest", 100)]
+    assert kubectl("rolled_out", env) == "fraud-detector-predictor-00002"
+    assert [r[3] for r in fake.writes()][-1] == "application/json-patch+json"
+
+
+def test_rollback_then_wait_gives_v1_all_traffic(cluster):
+    _, env = cluster
+    kubectl("rollback", env)
+    kubectl("wait_rolled_back", env)
+    assert traffic(env) == [("fraud-detector-predictor-00002", "latest", 0),
+                            ("fraud-detector-predictor-00001", "prev", 100)]
+    kubectl("wait_ready", env)
+
+
+def test_the_cli_reads_what_kubectl_wrote(cluster, capsys):
+    from fraud_rollout.cli import main
+
+    _, env = cluster
+    kubectl("promote", env)
+    kubectl("wait_ready", env)
+    assert main(["canary", "status", "--target", "kserve", "--namespace", NS, "--kubeconfig", env["KUBECONFIG"],
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)["status"]
+    assert printed["canaryTrafficPercent"] is None
+    assert printed["latestRolledoutRevision"] == "fraud-detector-predictor-00002"

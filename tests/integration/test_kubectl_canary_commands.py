@@ -29,7 +29,7 @@ COMMANDS = {
     "promote": """kubectl patch isvc fraud-detector -n $NS --type=json -p '[{"op": "remove", "path": "/spec/predictor/canaryTrafficPercent"}]'""",
     "rollback": """kubectl patch isvc fraud-detector -n $NS --type=merge -p '{"spec": {"predictor": {"canaryTrafficPercent": 0}}}'""",
     "wait_ready": "kubectl wait isvc/fraud-detector -n $NS --for=condition=Ready --timeout=600s",
-    "wait_rolled_back": "kubectl wait isvc/fraud-detector -n $NS --for=jsonpath='{.status.components.predictor.traffic[1].percent}'=100 --timeout=600s",
+    "wait_rolled_back": """kubectl wait isvc/fraud-detector -n $NS --for=jsonpath='{.status.components.predictor.traffic[?(@.tag=="prev")].percent}'=100 --timeout=600s""",
 }
 V1 = IsvcSpec(storage_uri="s3://fraud-models/fraud-detector/v1-aa", model_version="v1", contract_id="c1", namespace=NS)
 V2 = IsvcSpec(storage_uri="s3://fraud-models/fraud-detector/v2-bb", model_version="v2", contract_id="c1", namespace=NS)

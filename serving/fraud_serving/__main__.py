@@ -62,13 +62,20 @@ def server(args: argparse.Namespace, predictor_config: PredictorConfig | None = 
                        predictor_config=predictor_config)
 
 
+def start(kserve_server: ModelServer, model) -> None:
+    from fraud_serving.fast_route import install_fast_infer_route
+
+    install_fast_infer_route(model_server.app, {model.name: model})
+    kserve_server.start([model])
+
+
 def run_predictor(args: argparse.Namespace) -> None:
     from fraud_serving.predictor import FraudPredictor, resolve_model_dir
 
     model = FraudPredictor(args.model_name, resolve_model_dir(args.model_dir))
     kserve_server = server(args)
     model.load()  # ready (and registered) only once the artifact is loaded and checked
-    kserve_server.start([model])
+    start(kserve_server, model)
 
 
 def run_transformer(args: argparse.Namespace) -> None:
@@ -97,7 +104,7 @@ def run_transformer(args: argparse.Namespace) -> None:
                              timeout_seconds=args.predictor_request_timeout_seconds)
     kserve_server = server(args, predictor_config)
     model.load()
-    kserve_server.start([model])
+    start(kserve_server, model)
 
 
 def main(argv: list[str] | None = None) -> None:

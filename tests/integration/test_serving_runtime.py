@@ -1,0 +1,378 @@
+"""Predictor, transformer and the local canary runtime as real KServe ModelServer processes on loopback.
+
+One `fraud-rollout serve` (v1 rolled out, v2 at 20 %) serves the module; the endpoint tests put a
+cluster-wired transformer (`--predictor_host`) in front of its v1 predictor, the canary tests go
+through the runtime's own transformer.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import threading
+
+import aiohttp
+import httpx
+import numpy as np
+import pytest
+from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+from fraud.export import SignatureScorer
+from fraud.schema import FEATURES
+from fraud_serving import isvc
+from fraud_serving.scoring import TOLERANCE
+from tests.integration.serving_fixtures import canary_runtime, metric_value, serving_stack, v2_json  # noqa: F401
+
+pytestmark = pytest.mark.integration
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def holdout_raw(tiny_run) -> np.ndarray:
+    return tiny_run.windows["holdout"].loc[:, list(FEATURES)].to_numpy(dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def reference_v1(tiny_run, holdout_raw) -> dict[str, np.ndarray]:
+    """The artifact's own signature on contract-scaled holdout features."""
+    return SignatureScorer(tiny_run.v1)(tiny_run.contract.transform(holdout_raw))
+
+
+def assert_matches(body: dict, reference: dict[str, np.ndarray], rows: slice | None = None) -> None:
+    outputs = {output["name"]: output for output in body["outputs"]}
+    assert outputs["fraud_probability"]["datatype"] == "FP32"
+    assert outputs["is_fraud"]["datatype"] in {"INT32", "BOOL"}
+    probability = np.asarray(outputs["fraud_probability"]["data"], dtype=np.float32)
+    expected = reference["fraud_probability"][rows or slice(None)]
+    assert probability.shape == expected.shape
+    np.testing.assert_allclose(probability, expected, atol=TOLERANCE, rtol=0)
+    decided = np.asarray(outputs["is_fraud"]["data"], dtype=np.int32)
+    np.testing.assert_array_equal(decided, reference["is_fraud"][rows or slice(None)])
+
+
+def test_whole_holdout_through_transformer_equals_the_signature(serving_stack, holdout_raw, reference_v1):
+    assert len(holdout_raw) <= 10_000  # one request
+    response = httpx.post(serving_stack.transformer.infer_url, content=v2_json(holdout_raw), headers=JSON,
+                          timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == "v1"
+    assert body["model_name"] == "fraud-detector"
+    assert_matches(body, reference_v1)
+    assert reference_v1["is_fraud"].sum() > 0  # the comparison covers both decisions
+
+
+def test_named_feature_inputs_equal_the_matrix_form(serving_stack, holdout_raw, reference_v1):
+    rows = slice(0, 64)
+    body = {"inputs": [{"name": feature, "shape": [64], "datatype": "FP32" if i % 2 else "FP64",
+                        "data": holdout_raw[rows, i].tolist()} for i, feature in enumerate(FEATURES)][::-1]}
+    response = httpx.post(serving_stack.transformer.infer_url, json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
+    # FP32 columns lose precision before scaling, as the client asked; the model output barely moves
+    np.testing.assert_allclose(outputs["fraud_probability"], reference_v1["fraud_probability"][rows], atol=1e-4)
+
+
+def test_predictor_answers_v2_with_version_and_metadata(serving_stack, tiny_run, holdout_raw, reference_v1):
+    predictor = serving_stack.predictor
+    scaled = tiny_run.contract.transform(holdout_raw[:5])
+    body = {"id": "r-1", "inputs": [{"name": "scaled_features", "shape": [5, 30], "datatype": "FP32",
+                                     "data": scaled.tolist()}]}
+    response = httpx.post(predictor.infer_url, json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == "v1" and response.json()["id"] == "r-1"
+    assert_matches(response.json(), reference_v1, slice(0, 5))
+    metadata = httpx.get(f"{predictor.url}/v2/models/fraud-detector", timeout=10).json()
+    assert metadata["inputs"] == [{"name": "scaled_features", "datatype": "FP32", "shape": [-1, 30]}]
+    assert {o["name"]: o["datatype"] for o in metadata["outputs"]} == {"fraud_probability": "FP32",
+                                                                       "is_fraud": "INT32"}
+    transformer_metadata = httpx.get(f"{serving_stack.transformer.url}/v2/models/fraud-detector", timeout=10).json()
+    assert [i["name"] for i in transformer_metadata["inputs"]] == ["transactions", *FEATURES]
+
+
+@pytest.mark.parametrize("binary_data", [False, True])
+def test_kserve_inference_rest_client_works_unmodified(serving_stack, holdout_raw, reference_v1, binary_data):
+    async def call():
+        request_input = InferInput("transactions", [16, 30], "FP64")
+        request_input.set_data_from_numpy(holdout_raw[:16], binary_data=binary_data)
+        client = InferenceRESTClient(RESTConfig(protocol="v2", retries=0, timeout=30))
+        try:
+            assert await client.is_server_ready(serving_stack.transformer.url)
+            assert await client.is_model_ready(serving_stack.transformer.url, "fraud-detector")
+            return await client.infer(serving_stack.transformer.url, InferRequest("fraud-detector", [request_input]),
+                                      model_name="fraud-detector")
+        finally:
+            await client.close()
+
+    response = asyncio.run(call())
+    # kserve 0.21's client parses v2 responses with InferResponse.from_bytes, which drops
+    # model_version; the field is on the wire (test_whole_holdout_through_transformer_…)
+    assert response.model_name == "fraud-detector"
+    probability = response.get_output_by_name("fraud_probability").as_numpy()
+    np.testing.assert_allclose(probability, reference_v1["fraud_probability"][:16], atol=TOLERANCE, rtol=0)
+    np.testing.assert_array_equal(response.get_output_by_name("is_fraud").as_numpy(), reference_v1["is_fraud"][:16])
+
+
+def _row(**overrides) -> list[float]:
+    values = dict.fromkeys(FEATURES, 0.5)
+    values.update({"Time": 3600.0, "Amount": 12.5, **overrides})
+    return [values[f] for f in FEATURES]
+
+
+def _matrix(rows, datatype="FP64", name="transactions", shape=None):
+    rows = list(rows)
+    return {"inputs": [{"name": name, "shape": shape or [len(rows), len(rows[0]) if rows else 30],
+                        "datatype": datatype, "data": rows}]}
+
+
+def _columns(drop=(), extra=(), duplicate=(), lengths=None, datatype="FP64"):
+    inputs = [{"name": f, "shape": [2], "datatype": datatype, "data": [1.0, 2.0]} for f in FEATURES if f not in drop]
+    inputs += [{"name": f, "shape": [2], "datatype": "FP64", "data": [1.0, 2.0]} for f in (*extra, *duplicate)]
+    for name, n in (lengths or {}).items():
+        for entry in inputs:
+            if entry["name"] == name:
+                entry.update(shape=[n], data=[1.0] * n)
+    return {"inputs": inputs}
+
+
+BAD_REQUESTS: dict[str, tuple[str, object]] = {
+    # name: (expected text in the message, body: dict → JSON, bytes → raw)
+    "invalid_json": ("", b'{"inputs": [ {"name": '),
+    "not_json_at_all": ("", b"transactions=1,2,3"),
+    "empty_body": ("", b""),
+    "json_array_body": ("", b"[1, 2, 3]"),
+    "no_inputs_field": ("", {"id": "x"}),
+    "inputs_not_a_list": ("", {"inputs": {"name": "transactions"}}),
+    "empty_inputs": ("no inputs", {"inputs": []}),
+    "zero_rows": ("no rows", _matrix([], shape=[0, 30])),
+    "too_few_columns": ("[1, 29]", _matrix([_row()[:29]])),
+    "too_many_columns": ("[1, 31]", _matrix([_row() + [1.0]])),
+    "three_dims": ("", _matrix([_row()], shape=[1, 1, 30])),
+    "shape_data_mismatch": ("transactions", _matrix([_row()], shape=[2, 30])),
+    "string_values": ("transactions", _matrix([["a"] * 30])),
+    "one_string_value": ("transactions", _matrix([_row()[:5] + ["x"] + _row()[6:]])),
+    "nested_objects": ("transactions", _matrix([[{"v": 1}] * 30])),
+    "ragged_rows": ("transactions", {"inputs": [{"name": "transactions", "shape": [2, 30], "datatype": "FP64",
+                                                 "data": [_row(), _row()[:10]]}]}),
+    "bytes_datatype": ("BYTES", _matrix([_row()], datatype="BYTES")),
+    "int_datatype": ("INT64", _matrix([[1] * 30], datatype="INT64")),
+    "unknown_datatype": ("", _matrix([_row()], datatype="COMPLEX")),
+    "nan_literal": ("JSON", b'{"inputs":[{"name":"transactions","shape":[1,30],"datatype":"FP64","data":[['
+                    + b",".join(b"NaN" if i == 3 else b"1.0" for i in range(30)) + b"]]}]}"),
+    "nan_string": ("Amount", _matrix([_row(Amount="NaN")])),
+    "infinity": ("JSON", b'{"inputs":[{"name":"transactions","shape":[1,30],"datatype":"FP64","data":[['
+                 + b",".join(b"Infinity" if i == 7 else b"1.0" for i in range(30)) + b"]]}]}"),
+    "huge_float_overflow": ("V1", _matrix([_row(V1="1e999")])),
+    "null_value": ("V2", _matrix([_row(V2=None)])),
+    "negative_amount": ("Amount", _matrix([_row(Amount=-5.0)])),
+    "negative_time": ("Time", _matrix([_row(Time=-1.0)])),
+    "missing_column": ("V5", _columns(drop=("V5",))),
+    "missing_amount": ("Amount", _columns(drop=("Amount",))),
+    "unknown_column": ("Merchant", _columns(extra=("Merchant",))),
+    "duplicate_column": ("V9", _columns(duplicate=("V9",))),
+    "column_lengths_differ": ("different lengths", _columns(lengths={"V4": 3})),
+    "column_2d": ("V1", {"inputs": [{"name": f, "shape": [1, 1] if f == "V1" else [1], "datatype": "FP64",
+                                     "data": [1.0]} for f in FEATURES]}),
+    "column_string_datatype": ("BYTES", _columns(datatype="BYTES")),
+    "over_row_limit": ("10001 rows", _matrix([_row()] * 10_001)),
+    "shape_declares_too_many_rows": ("rows", _matrix([_row()], shape=[50_000, 30])),
+}
+
+
+def test_bad_input_matrix_is_all_4xx_and_the_server_stays_healthy(serving_stack):
+    assert len(BAD_REQUESTS) >= 30
+    transformer = serving_stack.transformer
+    rejected_before = httpx.get(f"{transformer.url}/metrics", timeout=10).text
+    results = {}
+    with httpx.Client(timeout=30) as client:
+        for name, (expected, body) in BAD_REQUESTS.items():
+            content = body if isinstance(body, bytes) else json.dumps(body).encode()
+            response = client.post(transformer.infer_url, content=content, headers=JSON)
+            results[name] = (response.status_code, response.text, expected)
+        unknown_model = client.post(f"{transformer.url}/v2/models/no-such-model/infer",
+                                    content=v2_json([_row()]), headers=JSON)
+        results["unknown_model"] = (unknown_model.status_code, unknown_model.text, "no-such-model")
+        wrong_method = client.get(transformer.infer_url)
+        results["get_on_infer"] = (wrong_method.status_code, wrong_method.text, "")
+
+    failures = {name: (status, text[:200]) for name, (status, text, _) in results.items()
+                if not 400 <= status < 500}
+    assert not failures, failures
+    for name, (status, text, expected) in results.items():
+        assert text.strip(), f"{name}: empty error body"
+        assert expected in text, f"{name}: {expected!r} not in {text[:300]}"
+    # the server is healthy and still answers correctly
+    assert httpx.get(f"{transformer.url}/v2/health/ready", timeout=10).status_code == 200
+    good = httpx.post(transformer.infer_url, content=v2_json([_row()]), headers=JSON, timeout=30)
+    assert good.status_code == 200 and good.json()["model_version"] == "v1"
+    rejected_after = httpx.get(f"{transformer.url}/metrics", timeout=10).text
+    for reason in ("nan", "shape", "row_limit", "missing_column", "unknown_column", "duplicate_column",
+                   "negative_value", "datatype", "data", "empty"):
+        assert (metric_value(rejected_after, "fraud_rejected_requests_total", reason=reason)
+                > metric_value(rejected_before, "fraud_rejected_requests_total", reason=reason)), reason
+
+
+def test_metrics_count_rows_decisions_scores_and_latency(serving_stack, holdout_raw, reference_v1):
+    transformer = serving_stack.transformer
+    before = httpx.get(f"{transformer.url}/metrics", timeout=10).text
+    rows = holdout_raw[:500]
+    response = httpx.post(transformer.infer_url, content=v2_json(rows), headers=JSON, timeout=30)
+    assert response.status_code == 200
+    after = httpx.get(f"{transformer.url}/metrics", timeout=10).text
+    frauds = int(reference_v1["is_fraud"][:500].sum())
+
+    def delta(name, **labels):
+        return metric_value(after, name, **labels) - metric_value(before, name, **labels)
+
+    assert delta("fraud_predictions_total", model_version="v1", decision="fraud") == frauds
+    assert delta("fraud_predictions_total", model_version="v1", decision="legit") == 500 - frauds
+    assert delta("fraud_score_count", model_version="v1") == 500
+    assert delta("fraud_score_sum", model_version="v1") == pytest.approx(
+        float(reference_v1["fraud_probability"][:500].sum()), rel=1e-4)
+    assert delta("fraud_score_bucket", model_version="v1", le="0.5") == int(
+        (reference_v1["fraud_probability"][:500] <= 0.5).sum())
+    assert delta("fraud_request_seconds_count", model_version="v1") == 1
+    assert "request_predict_seconds" in after  # KServe's own metrics sit beside ours
+    assert "fraud_predictor_errors_total" in after or "fraud_predictor_errors" in after
+
+
+def test_predictor_failure_is_counted_and_a_5xx(tiny_run, tmp_path):
+    """With its predictor gone the transformer answers 5xx (not a client error) and counts it."""
+    from fraud_serving.processes import free_port, start_transformer
+
+    transformer = start_transformer(tiny_run.v1, tmp_path, predictor_url=f"127.0.0.1:{free_port()}")
+    try:
+        transformer.wait_ready()
+        response = httpx.post(transformer.infer_url, content=v2_json([_row()]), headers=JSON, timeout=30)
+        assert response.status_code >= 500 and "cannot reach predictor" in response.text
+        metrics = httpx.get(f"{transformer.url}/metrics", timeout=10).text
+        assert metric_value(metrics, "fraud_predictor_errors_total", model_version="unknown") == 1
+    finally:
+        transformer.stop()
+
+
+# --- the local canary runtime ---
+
+async def _send(url: str, body: bytes, n: int, concurrency: int = 16) -> collections.Counter:
+    """n requests, `concurrency` at a time: Counter of (status, model_version)."""
+    counts: collections.Counter = collections.Counter()
+    queue = iter(range(n))
+
+    async def worker(session):
+        for _ in queue:
+            async with session.post(url, data=body, headers=JSON) as response:
+                payload = await response.json(content_type=None)
+                counts[(response.status, payload.get("model_version"))] += 1
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    return counts
+
+
+def send(url: str, body: bytes, n: int) -> collections.Counter:
+    return asyncio.run(_send(url, body, n))
+
+
+@pytest.fixture(scope="module")
+def one_row(tiny_run) -> bytes:
+    return v2_json(tiny_run.windows["holdout"].loc[:, list(FEATURES)].to_numpy()[:1])
+
+
+def test_canary_share_is_twenty_percent(canary_runtime, one_row):
+    counts = send(canary_runtime.infer_url, one_row, 5_000)
+    assert set(counts) == {(200, "v1"), (200, "v2")}, counts
+    share = counts[(200, "v2")] / 5_000
+    assert 0.18 <= share <= 0.22, counts
+
+
+def test_each_answer_matches_the_version_that_gave_it(canary_runtime, tiny_run):
+    raw = tiny_run.windows["holdout"].loc[:, list(FEATURES)].to_numpy()[:200]
+    scaled = tiny_run.contract.transform(raw)
+    reference = {"v1": SignatureScorer(tiny_run.v1)(scaled), "v2": SignatureScorer(tiny_run.v2)(scaled)}
+    assert not np.allclose(reference["v1"]["fraud_probability"], reference["v2"]["fraud_probability"], atol=1e-3)
+    seen = set()
+    with httpx.Client(timeout=30) as client:
+        for _ in range(30):
+            body = client.post(canary_runtime.infer_url, content=v2_json(raw), headers=JSON).json()
+            version = body["model_version"]
+            seen.add(version)
+            outputs = {o["name"]: o["data"] for o in body["outputs"]}
+            np.testing.assert_allclose(outputs["fraud_probability"], reference[version]["fraud_probability"],
+                                       atol=TOLERANCE, rtol=0)
+            np.testing.assert_array_equal(outputs["is_fraud"], reference[version]["is_fraud"])
+            if seen == {"v1", "v2"}:
+                break
+    assert seen == {"v1", "v2"}
+
+
+def test_status_shows_kserve_fields_and_versions(canary_runtime):
+    result = canary_runtime.cli("canary", "status")
+    assert result.returncode == 0, result.stderr
+    for text in ("20%  fraud-detector-predictor-00002 (v2)  tag=latest", "80%  fraud-detector-predictor-00001 (v1)  "
+                 "tag=prev", "latestRolledoutRevision:   fraud-detector-predictor-00001 (v1)",
+                 "latestReadyRevision:       fraud-detector-predictor-00002 (v2)", "canaryTrafficPercent: 20"):
+        assert text in result.stdout, result.stdout
+
+
+class Background:
+    """Requests sent continuously while the split changes; every status is recorded."""
+
+    def __init__(self, url: str, body: bytes) -> None:
+        self.url, self.body = url, body
+        self.statuses: collections.Counter = collections.Counter()
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.post(self.url, content=self.body, headers=JSON)
+                    self.statuses[response.status_code] += 1
+                    if response.status_code != 200:
+                        self.errors.append(response.text[:200])
+                except httpx.HTTPError as error:
+                    self.errors.append(repr(error))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(30)
+
+
+def test_promote_then_rollback_without_a_failed_request(canary_runtime, one_row):
+    with Background(canary_runtime.infer_url, one_row) as traffic:
+        promoted = canary_runtime.cli("canary", "promote")
+        assert promoted.returncode == 0, promoted.stderr
+        canary_runtime.wait_applied()
+        assert send(canary_runtime.infer_url, one_row, 300) == {(200, "v2"): 300}
+
+        rolled_back = canary_runtime.cli("canary", "rollback")
+        assert rolled_back.returncode == 0, rolled_back.stderr
+        assert "latestRolledoutRevision:   fraud-detector-predictor-00001 (v1)" in rolled_back.stdout
+        canary_runtime.wait_applied()
+        assert send(canary_runtime.infer_url, one_row, 300) == {(200, "v1"): 300}
+
+        # promote again through the same API the deploy step uses, then back to the 20 % canary
+        canary_runtime.service.patch_json(isvc.promote_patch())
+        canary_runtime.wait_applied()
+        assert send(canary_runtime.infer_url, one_row, 200) == {(200, "v2"): 200}
+        status = canary_runtime.service.patch_merge({"spec": {"predictor": {"canaryTrafficPercent": 20}}})
+        assert [(e["revisionName"][-5:], e["percent"]) for e in status["status"]["components"]["predictor"][
+            "traffic"]] == [("00002", 20), ("00001", 80)]
+        canary_runtime.wait_applied()
+    assert not traffic.errors, traffic.errors[:5]
+    assert traffic.statuses[200] > 50, traffic.statuses  # the background really ran through the switches
+
+
+def test_predict_command_sends_a_csv(canary_runtime, tiny_run, tmp_path):
+    csv = tmp_path / "transactions.csv"
+    tiny_run.windows["holdout"].head(3).to_csv(csv, index=False)  # Class column included: ignored
+    result = canary_runtime.cli("predict", "--url", canary_runtime.url, "--file", str(csv), state_dir=False)
+    assert result.returncode == 0, result.stderr
+    assert "model_version v" in result.stdout
+    assert len([line for line in result.stdout.splitlines() if line[:3].strip().isdigit()]) == 3

@@ -83,7 +83,7 @@ def run_local(options: LocalRunOptions, **pipeline_arguments) -> dict:
         logging.getLogger().removeFilter(timer)
     wall = time.perf_counter() - started
     paths = {name: _artifact_path(outputs.outputs[name]) for name in
-             ("evaluation", "gate_result", "baseline_model", "candidate_model")}
+             ("evaluation", "gate_result", "baseline_model", "candidate_model", "holdout", "summary")}
     report = build_report(paths, tracking_uri, wall)
     report["timings"]["tasks_wall"] = timer.seconds
     tmp = report_path.with_suffix(".tmp")

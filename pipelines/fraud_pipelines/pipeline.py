@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from kfp import compiler, dsl
-from kfp.dsl import Artifact, Model
+from kfp.dsl import Artifact, Dataset, Model
 
 from fraud_kfp import DEFAULT_IMAGE, build
 
@@ -39,8 +39,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         gate_max_precision_loss: float = 0.05,
         gate_max_p_value: float = 0.01,
         mlflow_tracking_uri: str = "",
-    ) -> NamedTuple("Outputs", [("evaluation", Artifact), ("gate_result", Artifact),
-                                ("baseline_model", Model), ("candidate_model", Model)]):
+    ) -> NamedTuple("Outputs", [("evaluation", Artifact), ("gate_result", Artifact), ("baseline_model", Model),
+                                ("candidate_model", Model), ("holdout", Dataset), ("summary", Artifact)]):
         data = c.simulate_drift(n_transactions=n_transactions, seed=seed, drift_start_month=drift_start_month,
                                 fraud_rate=fraud_rate, source_csv=source_csv).set_display_name("simulate drift")
         trained = {}
@@ -60,10 +60,11 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         with dsl.If(gated.outputs["Output"] == "promote", name="candidate-promoted"):
             c.register_challenger(baseline=trained[1].outputs["model"], candidate=trained[2].outputs["model"],
                                   mlflow_tracking_uri=mlflow_tracking_uri).set_display_name("register challenger")
-        Outputs = NamedTuple("Outputs", [("evaluation", Artifact), ("gate_result", Artifact),
-                                         ("baseline_model", Model), ("candidate_model", Model)])
+        Outputs = NamedTuple("Outputs", [("evaluation", Artifact), ("gate_result", Artifact), ("baseline_model", Model),
+                                         ("candidate_model", Model), ("holdout", Dataset), ("summary", Artifact)])
         return Outputs(evaluation=evaluated.outputs["evaluation"], gate_result=gated.outputs["gate_result"],
-                       baseline_model=trained[1].outputs["model"], candidate_model=trained[2].outputs["model"])
+                       baseline_model=trained[1].outputs["model"], candidate_model=trained[2].outputs["model"],
+                       holdout=data.outputs["holdout"], summary=data.outputs["summary"])
 
     return fraud_rollout
 

@@ -52,11 +52,12 @@ def register(commands, bench) -> None:
     predict.set_defaults(func=predict_command)
 
     bench_serving = bench.add_parser("serving", help="latency and throughput of predictor and transformer")
-    bench_serving.add_argument("--baseline", type=Path, help="artifact root to serve (default: a tiny model "
-                                                             "trained for the benchmark)")
+    bench_serving.add_argument("--baseline", type=Path, help="artifact root to serve on loopback for the run")
+    bench_serving.add_argument("--predictor-url", help="measure running servers instead (with --transformer-url)")
+    bench_serving.add_argument("--transformer-url", help="base URL of the running transformer")
     bench_serving.add_argument("--requests", type=positive_int, default=2_000, help="1-row requests per latency run")
     bench_serving.add_argument("--rows", type=positive_int, default=10_000, help="rows in the large request")
-    bench_serving.add_argument("--duration", type=positive_int, default=10, help="seconds of the wrk run")
+    bench_serving.add_argument("--duration", type=positive_int, default=10, help="seconds of each wrk run")
     bench_serving.add_argument("--connections", type=positive_int, default=32, help="wrk concurrency")
     bench_serving.set_defaults(func=bench_command)
 
@@ -225,9 +226,17 @@ def predict_command(args: argparse.Namespace) -> int:
 # --- bench serving ---
 
 def bench_command(args: argparse.Namespace) -> int:
-    from fraud_serving.bench import run_benchmark
+    from fraud_rollout.cli import UsageError
+    from fraud_serving.bench import measure, run_benchmark
 
-    report = run_benchmark(baseline=args.baseline, requests=args.requests, rows=args.rows,
-                           duration=args.duration, connections=args.connections)
+    if args.baseline is None:
+        raise UsageError("give --baseline ARTIFACT_ROOT (its feature contract and model are served and measured)")
+    options = dict(requests=args.requests, rows=args.rows, duration=args.duration, connections=args.connections)
+    if args.predictor_url or args.transformer_url:
+        if not (args.predictor_url and args.transformer_url):
+            raise UsageError("--predictor-url and --transformer-url go together")
+        report = measure(args.predictor_url.rstrip("/"), args.transformer_url.rstrip("/"), args.baseline, **options)
+    else:
+        report = run_benchmark(args.baseline, **options)
     print(report.format())
     return 0

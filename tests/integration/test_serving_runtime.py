@@ -376,3 +376,17 @@ def test_predict_command_sends_a_csv(canary_runtime, tiny_run, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "model_version v" in result.stdout
     assert len([line for line in result.stdout.splitlines() if line[:3].strip().isdigit()]) == 3
+
+
+def test_bench_serving_runs_and_reports_every_target(serving_stack, tiny_run):
+    """A smoke run with tiny numbers (the real run is `fraud-rollout bench serving`)."""
+    from fraud_serving.bench import measure
+
+    report = measure(serving_stack.predictor.url, serving_stack.transformer.url, tiny_run.v1, requests=30,
+                     rows=300, duration=1, connections=4)
+    text = report.format()
+    for name in ("via transformer p50 (1 row)", "via transformer p99 (1 row)", "p50 ratio transformer/direct",
+                 "300 rows via transformer, JSON", "via transformer req/s (c=4, 1 s)", "via transformer errors (c=4)"):
+        assert name in text, text
+    assert report.value("via transformer errors (c=4)") == 0
+    assert report.value("via transformer req/s (c=4, 1 s)") > 0

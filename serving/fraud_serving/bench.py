@@ -1,0 +1,194 @@
+"""`fraud-rollout bench serving`: latency and throughput of the predictor and the transformer on loopback.
+
+In one run: p50/p99 of one-row requests straight to the predictor and through the transformer
+(keep-alive, concurrency 1) and their ratio; one 10,000-row request end to end; requests per
+second at concurrency 32 with the error count, driven by `wrk` (a Python asyncio client
+saturates before the servers do). Each number is printed next to its target.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from fraud.export import read_contract
+from fraud.schema import FEATURES
+from fraud_serving.client import v2_request
+from fraud_serving.fast_route import INFERENCE_CONTENT_LENGTH_HEADER, binary_request
+from fraud_serving.isvc import NAME
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = io.open("{body}", "rb"):read("*a")
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("WRK requests=%d duration_us=%d status=%d connect=%d read=%d write=%d timeout=%d "
+                         .. "p50_us=%d p99_us=%d\\n", summary.requests, summary.duration, e.status, e.connect,
+                         e.read, e.write, e.timeout, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+@dataclass
+class Measurement:
+    name: str
+    value: float
+    unit: str
+    target: str = ""
+    ok: bool | None = None
+
+
+@dataclass
+class BenchReport:
+    measurements: list[Measurement] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, name: str, value: float, unit: str, limit: float | None = None, at_least: bool = False) -> None:
+        if limit is None:
+            self.measurements.append(Measurement(name, value, unit))
+        else:
+            ok = value >= limit if at_least else value <= limit
+            target = f"{'≥' if at_least else '≤'} {limit:g} {unit}".strip()
+            self.measurements.append(Measurement(name, value, unit, target, ok))
+
+    def value(self, name: str) -> float:
+        return next(m.value for m in self.measurements if m.name == name)
+
+    def format(self) -> str:
+        width = max(len(m.name) for m in self.measurements)
+        lines = [f"{'measurement':<{width}}  {'value':>12}  target"]
+        for m in self.measurements:
+            verdict = "" if m.ok is None else ("  ok" if m.ok else "  MISSED")
+            lines.append(f"{m.name:<{width}}  {m.value:>9.2f} {m.unit:<3}  {m.target}{verdict}")
+        return "\n".join(lines + self.notes)
+
+
+class KeepAliveClient:
+    """One HTTP/1.1 connection, reused: the least client overhead Python offers."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.path = parts.path
+        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+
+    def post(self, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        self.connection.request("POST", self.path, body=body, headers=headers or {"Content-Type": "application/json"})
+        response = self.connection.getresponse()
+        return response.status, response.read()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def latencies(url: str, body: bytes, requests: int, warmup: int = 100,
+              headers: dict[str, str] | None = None) -> np.ndarray:
+    """Seconds per request, one at a time on one keep-alive connection; any non-200 fails the run."""
+    client = KeepAliveClient(url)
+    try:
+        timings = []
+        for index in range(warmup + requests):
+            start = time.perf_counter()
+            status, payload = client.post(body, headers)
+            elapsed = time.perf_counter() - start
+            if status != 200:
+                raise RuntimeError(f"{url} answered {status}: {payload[:200]!r}")
+            if index >= warmup:
+                timings.append(elapsed)
+        return np.asarray(timings)
+    finally:
+        client.close()
+
+
+def run_wrk(url: str, body: bytes, connections: int, duration: int, workdir: Path) -> dict[str, int]:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (make system, or apt-get install wrk)")
+    body_file, script = workdir / "body.json", workdir / "post.lua"
+    body_file.write_bytes(body)
+    script.write_text(WRK_SCRIPT.format(body=body_file))
+    threads = max(1, min(2, connections))
+    result = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "-s", str(script), url],
+                            capture_output=True, text=True, timeout=duration + 60)
+    match = re.search(r"^WRK (.*)$", result.stdout, re.MULTILINE)
+    if result.returncode != 0 or match is None:
+        raise RuntimeError(f"wrk failed ({result.returncode}): {result.stdout[-500:]} {result.stderr[-500:]}")
+    return {key: int(value) for key, value in (pair.split("=") for pair in match.group(1).split())}
+
+
+def sample_transactions(rows: int, seed: int = 0) -> np.ndarray:
+    """Raw transactions in contract order from the simulator (the schema the model was trained on)."""
+    from fraud import simulate
+
+    frame = simulate.generate(max(rows, 1_000), seed)
+    return frame.loc[:, list(FEATURES)].to_numpy(dtype=np.float64)[:rows]
+
+
+def measure(predictor_url: str, transformer_url: str, contract_dir: str | Path, requests: int = 2_000,
+            rows: int = 10_000, duration: int = 10, connections: int = 32, model_name: str = NAME) -> BenchReport:
+    """Benchmark already running servers (base URLs)."""
+    report = BenchReport()
+    contract = read_contract(contract_dir)
+    raw = sample_transactions(max(rows, 1))
+    one_raw = json.dumps(v2_request(raw[:1])).encode()
+    one_scaled = json.dumps({"inputs": [{"name": "scaled_features", "shape": [1, len(FEATURES)], "datatype": "FP32",
+                                         "data": contract.transform(raw[:1]).tolist()}]}).encode()
+    predictor_infer = f"{predictor_url}/v2/models/{model_name}/infer"
+    transformer_infer = f"{transformer_url}/v2/models/{model_name}/infer"
+
+    direct = latencies(predictor_infer, one_scaled, requests) * 1e3
+    through = latencies(transformer_infer, one_raw, requests) * 1e3
+    report.add("predictor direct p50 (1 row)", float(np.percentile(direct, 50)), "ms")
+    report.add("predictor direct p99 (1 row)", float(np.percentile(direct, 99)), "ms")
+    report.add("via transformer p50 (1 row)", float(np.percentile(through, 50)), "ms", 3)
+    report.add("via transformer p99 (1 row)", float(np.percentile(through, 99)), "ms", 8)
+    report.add("p50 ratio transformer/direct", float(np.percentile(through, 50) / np.percentile(direct, 50)), "x",
+               1.6)
+
+    big = json.dumps(v2_request(raw[:rows])).encode()
+    big_runs = latencies(transformer_infer, big, requests=5, warmup=1) * 1e3
+    report.add(f"{rows:,} rows via transformer, JSON (median of 5)", float(np.median(big_runs)), "ms", 60)
+    binary, json_length = binary_request(None, "transactions", raw[:rows], "FP64")
+    binary_runs = latencies(transformer_infer, binary, requests=5, warmup=1, headers={
+        "Content-Type": "application/octet-stream", INFERENCE_CONTENT_LENGTH_HEADER: str(json_length)}) * 1e3
+    report.add(f"{rows:,} rows via transformer, binary tensor (median of 5)", float(np.median(binary_runs)), "ms")
+
+    with tempfile.TemporaryDirectory() as workdir:
+        wrk_transformer = run_wrk(transformer_infer, one_raw, connections, duration, Path(workdir))
+        wrk_predictor = run_wrk(predictor_infer, one_scaled, connections, duration, Path(workdir))
+    for label, result, limit in (("via transformer", wrk_transformer, 600), ("predictor direct", wrk_predictor, None)):
+        seconds = result["duration_us"] / 1e6
+        errors = sum(result[key] for key in ("status", "connect", "read", "write", "timeout"))
+        report.add(f"{label} req/s (c={connections}, {duration} s)", result["requests"] / seconds, "/s", limit,
+                   at_least=True)
+        report.add(f"{label} errors (c={connections})", errors, "", 0)
+        report.add(f"{label} p99 under load (c={connections})", result["p99_us"] / 1e3, "ms")
+    report.notes.append(f"loopback, 1-row bodies {len(one_raw)} B (raw) / {len(one_scaled)} B (scaled); "
+                        f"{rows:,}-row body {len(big) / 1e6:.1f} MB as JSON, {len(binary) / 1e6:.1f} MB binary; "
+                        f"wrk {connections} connections")
+    return report
+
+
+def run_benchmark(baseline: Path, requests: int = 2_000, rows: int = 10_000, duration: int = 10,
+                  connections: int = 32) -> BenchReport:
+    """Start a predictor and a transformer for `baseline` on loopback, measure, stop them."""
+    from fraud_serving.processes import start_predictor, start_transformer, stop_all
+
+    with tempfile.TemporaryDirectory() as logs, ExitStack() as stack:
+        predictor = start_predictor(baseline, Path(logs))
+        stack.callback(stop_all, [predictor])
+        transformer = start_transformer(baseline, Path(logs), predictor_url=predictor.url)
+        stack.callback(stop_all, [transformer])
+        predictor.wait_ready()
+        transformer.wait_ready()
+        return measure(predictor.url, transformer.url, baseline, requests=requests, rows=rows, duration=duration,
+                       connections=connections)

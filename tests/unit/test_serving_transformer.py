@@ -1,0 +1,160 @@
+"""Transformer validation and scaling, routing, metrics and the v2 body parser, in process."""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+import numpy as np
+import orjson
+import pytest
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferInput, InferRequest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from fraud.contract import FeatureContract
+from fraud.schema import FEATURES
+from fraud_serving import isvc
+from fraud_serving.__main__ import build_parser
+from fraud_serving.fast_route import INFERENCE_CONTENT_LENGTH_HEADER, binary_request, parse_request
+from fraud_serving.metrics import ScoreHistogram, TransformerMetrics
+from fraud_serving.routing import Backend, NoPredictor, Routes, write_routes
+from fraud_serving.transformer import FraudTransformer
+
+
+@pytest.fixture
+def contract() -> FeatureContract:
+    rng = np.random.default_rng(1)
+    return FeatureContract(FEATURES, {"Time": "seconds_of_day", "Amount": "log1p"},
+                           tuple(rng.normal(size=len(FEATURES))), tuple(rng.uniform(0.5, 2, size=len(FEATURES))))
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def transformer(contract, registry) -> FraudTransformer:
+    model = FraudTransformer("fraud-detector", contract, Routes([Backend("http://127.0.0.1:1", "r1", "v1", 100)]),
+                             TransformerMetrics(registry), max_rows=100)
+    model.load()
+    return model
+
+
+def raw_rows(n: int, seed: int = 0) -> np.ndarray:
+    rows = np.random.default_rng(seed).normal(size=(n, len(FEATURES)))
+    rows[:, 0] = np.arange(n) * 1000.0  # Time
+    rows[:, -1] = np.abs(rows[:, -1]) * 50  # Amount
+    return rows
+
+
+def matrix_request(rows, datatype="FP64", name="transactions", shape=None) -> InferRequest:
+    rows = np.asarray(rows)
+    return InferRequest("fraud-detector", [InferInput(name, shape or list(rows.shape), datatype,
+                                                      data=rows.tolist())])
+
+
+def column_request(rows: np.ndarray, names=FEATURES) -> InferRequest:
+    return InferRequest("fraud-detector", [InferInput(name, [len(rows)], "FP64", data=rows[:, i].tolist())
+                                           for i, name in enumerate(names)])
+
+
+def test_both_input_forms_scale_with_the_contract(transformer, contract):
+    rows = raw_rows(7)
+    expected = contract.transform(rows)
+    matrix = asyncio.run(transformer.preprocess(matrix_request(rows)))
+    columns = asyncio.run(transformer.preprocess(column_request(rows[:, ::-1], FEATURES[::-1])))
+    for scaled_request in (matrix, columns):
+        tensor = scaled_request.inputs[0]
+        assert (tensor.name, tensor.datatype, tensor.shape) == ("scaled_features", "FP32", [7, 30])
+        np.testing.assert_array_equal(tensor.data, expected)
+
+
+@pytest.mark.parametrize("request_factory, reason, field", [
+    (lambda: matrix_request(raw_rows(2)[:, :29]), "shape", "transactions"),
+    (lambda: matrix_request(raw_rows(2), datatype="INT32"), "datatype", "INT32"),
+    (lambda: matrix_request(np.where(np.eye(2, 30, 4) > 0, np.nan, raw_rows(2))), "nan", "V4"),
+    (lambda: matrix_request(raw_rows(2) * np.r_[1, [1] * 28, -1]), "negative_value", "Amount"),
+    (lambda: matrix_request(raw_rows(101)), "row_limit", "101 rows"),
+    (lambda: matrix_request([["x"] * 30]), "data", "transactions"),
+    (lambda: column_request(raw_rows(2)[:, :-1], FEATURES[:-1]), "missing_column", "Amount"),
+    (lambda: column_request(raw_rows(2), (*FEATURES[:-1], "Amt")), "unknown_column", "Amt"),
+    (lambda: column_request(raw_rows(2), (*FEATURES[:-1], "V1")), "duplicate_column", "V1"),
+    (lambda: InferRequest("fraud-detector", []), "empty", "no inputs"),
+])
+def test_invalid_requests_name_the_field_and_count_the_reason(transformer, registry, request_factory, reason,
+                                                               field):
+    with pytest.raises(InvalidInput, match=field):
+        asyncio.run(transformer.preprocess(request_factory()))
+    assert registry.get_sample_value("fraud_rejected_requests_total", {"reason": reason}) == 1
+
+
+def test_score_histogram_equals_prometheus_histogram(registry):
+    scores = np.r_[np.random.default_rng(2).uniform(size=500), [0.5, 0.01, 1.0, 0.0]].astype(np.float32)
+    ours = ScoreHistogram()
+    ours.observe("v2", scores[:100])
+    ours.observe("v2", scores[100:])
+    registry.register(ours)
+    reference_registry = CollectorRegistry()
+    reference = Histogram("fraud_score", "x", ["model_version"], buckets=ours.bounds.tolist(),
+                          registry=reference_registry)
+    for value in scores:
+        reference.labels("v2").observe(float(value))
+    for le in [*map(repr, ours.bounds.tolist()), "+Inf"]:
+        labels = {"model_version": "v2", "le": le}
+        assert (registry.get_sample_value("fraud_score_bucket", labels)
+                == reference_registry.get_sample_value("fraud_score_bucket", labels)), le
+    assert registry.get_sample_value("fraud_score_sum", {"model_version": "v2"}) == pytest.approx(
+        reference_registry.get_sample_value("fraud_score_sum", {"model_version": "v2"}), rel=1e-6)
+    assert b"# TYPE fraud_score histogram" in generate_latest(registry)
+
+
+def test_routes_split_by_percent_and_follow_the_file(tmp_path):
+    routes_file = tmp_path / "routes.json"
+    write_routes(routes_file, [Backend("http://a", "r2", "v2", 20), Backend("http://b", "r1", "v1", 80)], 2)
+    routes = Routes(routes_file=routes_file, rng=random.Random(0))
+    picks = [routes.pick().model_version for _ in range(10_000)]
+    assert 0.19 <= picks.count("v2") / len(picks) <= 0.21
+    write_routes(routes_file, [Backend("http://a", "r2", "v2", 0), Backend("http://b", "r1", "v1", 100)], 3)
+    import os
+    os.utime(routes_file, ns=(1, 1))  # a distinct mtime even within the same clock tick
+    assert {routes.pick().model_version for _ in range(100)} == {"v1"}
+    assert routes.generation == 3
+    write_routes(routes_file, [], 4)
+    os.utime(routes_file, ns=(2, 2))
+    with pytest.raises(NoPredictor):
+        routes.pick()
+
+
+def test_v2_body_parser_json_binary_and_errors():
+    rows = raw_rows(3)
+    parsed = parse_request(json.dumps({"id": "a", "inputs": [{"name": "transactions", "shape": [3, 30],
+                                                               "datatype": "FP64", "data": rows.tolist()}]}).encode(),
+                           {}, "fraud-detector")
+    assert parsed.id == "a"
+    np.testing.assert_array_equal(parsed.inputs[0].as_numpy(), rows)
+    body, json_length = binary_request("b", "transactions", rows.astype(np.float32), "FP32")
+    parsed = parse_request(body, {INFERENCE_CONTENT_LENGTH_HEADER: str(json_length)}, "fraud-detector")
+    np.testing.assert_array_equal(parsed.inputs[0].as_numpy(), rows.astype(np.float32))
+    for bad in (b"{", b"[]", b'{"inputs": 3}', b'{"inputs": [{"name": 1}]}',
+                b'{"inputs": [{"name": "x", "shape": [-1], "datatype": "FP64", "data": []}]}',
+                orjson.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": "1"}]})):
+        with pytest.raises(InvalidInput):
+            parse_request(bad, {}, "fraud-detector")
+    with pytest.raises(InvalidInput, match="binary_data_size"):
+        parse_request(body[:-4], {INFERENCE_CONTENT_LENGTH_HEADER: str(json_length)}, "fraud-detector")
+
+
+def test_entry_point_accepts_the_container_args_of_the_inference_service():
+    """The args in isvc.py, plus what KServe injects into a transformer, parse unchanged."""
+    manifest = isvc.inference_service(isvc.IsvcSpec(storage_uri="s3://m/v1", model_version="v1", contract_id="c"))
+    predictor_args = manifest["spec"]["predictor"]["containers"][0]["args"]
+    transformer_args = manifest["spec"]["transformer"]["containers"][0]["args"] + [
+        "--model_name", "fraud-detector", "--predictor_host", "fraud-detector-predictor.default", "--http_port", "8080"]
+    predictor = build_parser().parse_args(predictor_args)
+    assert (predictor.role, predictor.model_name, predictor.model_dir, predictor.http_port) == (
+        "predictor", "fraud-detector", "/mnt/models", 8080)
+    transformer = build_parser().parse_args(transformer_args)
+    assert (transformer.role, transformer.predictor_protocol, transformer.contract_dir, transformer.predictor_host,
+            transformer.max_rows) == ("transformer", "v2", "/mnt/models", "fraud-detector-predictor.default", 10_000)

@@ -289,3 +289,26 @@ def test_a_failed_canary_cannot_be_promoted_but_rolls_back_to_v1(api, fake):
     assert result.status["traffic"] == [
         {"latestRevision": True, "percent": 0, "revisionName": REV[1], "tag": "latest"},
         {"latestRevision": False, "percent": 100, "revisionName": REV[1], "tag": "prev"}]
+
+
+@pytest.mark.skipif(__import__("shutil").which("kubectl") is None, reason="kubectl is not installed")
+def test_the_deploy_step_creates_exactly_what_kustomize_renders(api, fake):
+    """Same inputs (the kubeflow overlay's namespace, BASE_MANIFEST_SPEC): the object the deploy
+    step POSTs equals the InferenceService `kubectl kustomize manifests/overlays/kubeflow` renders."""
+    import subprocess
+    from dataclasses import replace
+    from pathlib import Path
+
+    import yaml
+
+    overlay = Path(__file__).resolve().parents[2] / "manifests" / "overlays" / "kubeflow"
+    rendered = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True,
+                              timeout=60, check=True).stdout
+    expected = next(d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "InferenceService")
+    champion = replace(kserve_canary.BASE_MANIFEST_SPEC, namespace=expected["metadata"]["namespace"])
+    kserve_canary.deploy_canary(api, champion, champion, **FAST)  # first deploy: create only
+    stored = api.get_namespaced_custom_object(isvc.GROUP, isvc.VERSION, champion.namespace, isvc.PLURAL, isvc.NAME)
+    server_fields = ("uid", "generation", "creationTimestamp", "resourceVersion")
+    stored["metadata"] = {k: v for k, v in stored["metadata"].items() if k not in server_fields}
+    del stored["status"]
+    assert stored == expected

@@ -90,6 +90,26 @@ def test_invalid_requests_name_the_field_and_count_the_reason(transformer, regis
     assert registry.get_sample_value("fraud_rejected_requests_total", {"reason": reason}) == 1
 
 
+def test_unreachable_predictor_is_an_inference_error_and_counted(contract, registry):
+    """Connection refused on a real socket: a 5xx (InferenceError), never a client error, and counted."""
+    from kserve.errors import InferenceError
+
+    from fraud_serving.processes import free_port
+
+    model = FraudTransformer("fraud-detector", contract, Routes.single(f"127.0.0.1:{free_port()}"),
+                             TransformerMetrics(registry))
+
+    async def call():
+        try:
+            return await model(matrix_request(raw_rows(1)), {})
+        finally:
+            await model.close()
+
+    with pytest.raises(InferenceError, match="cannot reach predictor"):
+        asyncio.run(call())
+    assert registry.get_sample_value("fraud_predictor_errors_total", {"model_version": "unknown"}) == 1
+
+
 def test_score_histogram_equals_prometheus_histogram(registry):
     scores = np.r_[np.random.default_rng(2).uniform(size=500), [0.5, 0.01, 1.0, 0.0]].astype(np.float32)
     ours = ScoreHistogram()

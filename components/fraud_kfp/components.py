@@ -121,16 +121,36 @@ def gate_candidate(evaluation: Input[Artifact], min_f1: float, min_precision: fl
     return result.decision
 
 
-def register_challenger(baseline: Input[Model], candidate: Input[Model], mlflow_tracking_uri: str):
-    """Point the MLflow alias `challenger` at the candidate (and `champion` at the baseline if unset).
+def deploy_canary(baseline: Input[Model], candidate: Input[Model], target: str, namespace: str,
+                  canary_percent: int, supersede: bool, local_state_dir: str, bucket: str, serving_image: str,
+                  timeout_seconds: float, mlflow_tracking_uri: str, traffic: Output[Markdown]):
+    """Roll the candidate out as a KServe canary next to the baseline, then make it the MLflow `challenger`.
 
     Args:
-        baseline: The baseline model (v1).
-        candidate: The candidate model (v2).
+        baseline: The rolled-out model (v1); the InferenceService is created with it if absent.
+        candidate: The model to canary (v2).
+        target: "kserve" (the InferenceService in this cluster) or "local" (the state dir `fraud-rollout serve` reads).
+        namespace: Namespace of the InferenceService (target kserve).
+        canary_percent: Share of traffic for the candidate.
+        supersede: Replace a canary of another candidate that is still running instead of refusing.
+        local_state_dir: State dir of the local runtime (target local).
+        bucket: S3/MinIO bucket the models are uploaded to (target kserve; credentials from the Secret fraud-detector-s3).
+        serving_image: Image of the predictor and transformer containers.
+        timeout_seconds: How long to wait for the InferenceService to become Ready after each change.
         mlflow_tracking_uri: MLflow tracking URI; empty uses MLFLOW_TRACKING_URI, else a local SQLite file.
     """
     from fraud.steps import register_step
+    from fraud_serving.deploy import deploy
 
+    rollout = deploy(target, baseline.path, candidate.path, namespace=namespace, canary_percent=canary_percent,
+                     supersede=supersede, state_dir=local_state_dir, bucket=bucket, image=serving_image,
+                     timeout_s=timeout_seconds)
+    with open(traffic.path, "w") as out:
+        out.write(rollout.markdown)
+    traffic.metadata.update({"action": rollout.action, "traffic": rollout.status["traffic"],
+                             "canaryTrafficPercent": rollout.status["canaryTrafficPercent"],
+                             "latestRolledoutRevision": rollout.status["latestRolledoutRevision"]})
+    print(rollout.markdown)
     print(register_step(baseline.path, candidate.path, mlflow_tracking_uri))
 
 
@@ -140,7 +160,7 @@ class Components:
     train_model: object
     evaluate_models: object
     gate_candidate: object
-    register_challenger: object
+    deploy_canary: object
 
 
 def build(image: str = DEFAULT_IMAGE) -> Components:
@@ -149,4 +169,4 @@ def build(image: str = DEFAULT_IMAGE) -> Components:
         return dsl.component(func, base_image=image, install_kfp_package=False)
 
     return Components(component(simulate_drift), component(train_model), component(evaluate_models),
-                      component(gate_candidate), component(register_challenger))
+                      component(gate_candidate), component(deploy_canary))

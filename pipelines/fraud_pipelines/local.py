@@ -27,6 +27,8 @@ class LocalRunOptions:
     fraud_rate: float = 0.0017
     source_csv: str = ""
     mlflow_tracking_uri: str = ""
+    #: Where the deploy step (target local) writes the InferenceService that `fraud-rollout serve` reads.
+    serving_state_dir: Path = STATE_DIR / "serving"
 
 
 class TaskTimer(logging.Filter):
@@ -50,6 +52,19 @@ class TaskTimer(logging.Filter):
         return True
 
 
+def _forget_local_rollout(state_dir: Path, artifacts_dir: Path) -> None:
+    """A rerun replaces the artifacts the previous run's local InferenceService serves, so that
+    rollout goes with them; a local rollout of other artifacts is left alone (and the deploy step
+    then treats it as it would a cluster's)."""
+    from fraud_serving.local_state import LocalInferenceService
+
+    service = LocalInferenceService(state_dir)
+    served = [record["storageUri"] for record in service.revisions().values()]
+    if any(Path(uri).resolve().is_relative_to(artifacts_dir.resolve()) for uri in served):
+        log.info("removing the local rollout of the previous run in %s", state_dir)
+        service.delete()
+
+
 def _artifact_path(artifact) -> str:
     """Local path of an artifact kfp.local returned."""
     return artifact.path if hasattr(artifact, "path") else str(artifact.uri).removeprefix("file://")
@@ -67,6 +82,7 @@ def run_local(options: LocalRunOptions, **pipeline_arguments) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / "report.json"
     report_path.unlink(missing_ok=True)
+    _forget_local_rollout(options.serving_state_dir, out / "kfp")
     shutil.rmtree(out / "kfp", ignore_errors=True)
     tracking_uri = registry.resolve_tracking_uri(options.mlflow_tracking_uri, STATE_DIR)
 
@@ -78,7 +94,8 @@ def run_local(options: LocalRunOptions, **pipeline_arguments) -> dict:
     try:
         outputs = build_pipeline()(n_transactions=options.n_transactions, seed=options.seed, epochs=options.epochs,
                                    fraud_rate=options.fraud_rate, source_csv=options.source_csv,
-                                   mlflow_tracking_uri=tracking_uri, **pipeline_arguments)
+                                   mlflow_tracking_uri=tracking_uri, deploy_target="local",
+                                   local_state_dir=str(options.serving_state_dir.resolve()), **pipeline_arguments)
     finally:
         logging.getLogger().removeFilter(timer)
     wall = time.perf_counter() - started

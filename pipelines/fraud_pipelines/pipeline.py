@@ -1,4 +1,4 @@
-"""The fraud-rollout pipeline: simulate drift → train v1 and v2 → evaluate → gate → (promote) register.
+"""The fraud-rollout pipeline: simulate drift → train v1 and v2 → evaluate → gate → (promote) canary.
 
 `build_pipeline(image)` wires the components for one components image; `compile_pipeline` writes
 the YAML the Kubeflow UI uploads. The committed YAML (`fraud_rollout_pipeline.yaml`) is compiled
@@ -7,10 +7,15 @@ with the default image, and a test recompiles and compares it.
 from pathlib import Path
 from typing import NamedTuple
 
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Artifact, Dataset, Model
 
 from fraud_kfp import DEFAULT_IMAGE, build
+from fraud_serving.artifact_store import REQUIRED_ENV_VARS
+from fraud_serving.isvc import DEFAULT_IMAGE as SERVING_IMAGE
+
+#: Secret with the S3 (MinIO) endpoint and credentials the deploy step uploads models with.
+S3_SECRET = "fraud-detector-s3"
 
 PIPELINE_NAME = "fraud-rollout"
 COMPILED = Path(__file__).resolve().parent.parent / "fraud_rollout_pipeline.yaml"
@@ -21,7 +26,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
 
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="Simulate card-fraud drift, train baseline v1 and candidate v2, evaluate on a "
-                              "strictly later holdout, gate the candidate, and register it as the challenger.")
+                              "strictly later holdout, gate the candidate, and roll it out as a KServe canary.")
     def fraud_rollout(
         n_transactions: int = 1_000_000,
         seed: int = 7,
@@ -39,6 +44,14 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         gate_max_precision_loss: float = 0.05,
         gate_max_p_value: float = 0.01,
         mlflow_tracking_uri: str = "",
+        deploy_target: str = "kserve",
+        namespace: str = "kubeflow-user-example-com",
+        canary_percent: int = 20,
+        supersede_canary: bool = False,
+        local_state_dir: str = ".fraud-rollout/serving",
+        model_bucket: str = "fraud-models",
+        serving_image: str = SERVING_IMAGE,
+        deploy_timeout_seconds: float = 600.0,
     ) -> NamedTuple("Outputs", [("evaluation", Artifact), ("gate_result", Artifact), ("baseline_model", Model),
                                 ("candidate_model", Model), ("holdout", Dataset), ("summary", Artifact)]):
         data = c.simulate_drift(n_transactions=n_transactions, seed=seed, drift_start_month=drift_start_month,
@@ -58,8 +71,15 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             min_recall=gate_min_recall, min_pr_auc=gate_min_pr_auc, min_recall_gain=gate_min_recall_gain,
             max_precision_loss=gate_max_precision_loss, max_p_value=gate_max_p_value).set_display_name("gate")
         with dsl.If(gated.outputs["Output"] == "promote", name="candidate-promoted"):
-            c.register_challenger(baseline=trained[1].outputs["model"], candidate=trained[2].outputs["model"],
-                                  mlflow_tracking_uri=mlflow_tracking_uri).set_display_name("register challenger")
+            deployed = c.deploy_canary(
+                baseline=trained[1].outputs["model"], candidate=trained[2].outputs["model"], target=deploy_target,
+                namespace=namespace, canary_percent=canary_percent, supersede=supersede_canary,
+                local_state_dir=local_state_dir, bucket=model_bucket, serving_image=serving_image,
+                timeout_seconds=deploy_timeout_seconds,
+                mlflow_tracking_uri=mlflow_tracking_uri).set_display_name("deploy canary")
+            # Ignored by kfp.local; in a cluster the Secret must exist (manifests/base/s3-secret.template.yaml).
+            kubernetes.use_secret_as_env(deployed, secret_name=S3_SECRET,
+                                         secret_key_to_env={name: name for name in (*REQUIRED_ENV_VARS, "S3_USE_HTTPS")})
         Outputs = NamedTuple("Outputs", [("evaluation", Artifact), ("gate_result", Artifact), ("baseline_model", Model),
                                          ("candidate_model", Model), ("holdout", Dataset), ("summary", Artifact)])
         return Outputs(evaluation=evaluated.outputs["evaluation"], gate_result=gated.outputs["gate_result"],

@@ -20,8 +20,8 @@ def test_compiled_dag_and_gate_condition():
     from kfp.pipeline_spec import pipeline_spec_pb2
     from google.protobuf import json_format
 
-    spec = json_format.ParseDict(yaml.safe_load(COMPILED.read_text()), pipeline_spec_pb2.PipelineSpec(),
-                                 ignore_unknown_fields=True)
+    documents = list(yaml.safe_load_all(COMPILED.read_text()))  # pipeline spec, then platform spec
+    spec = json_format.ParseDict(documents[0], pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=True)
     tasks = spec.root.dag.tasks
     assert set(tasks) == {"simulate-drift", "train-model", "train-model-2", "evaluate-models", "gate-candidate",
                           "condition-1"}
@@ -30,7 +30,12 @@ def test_compiled_dag_and_gate_condition():
     condition = tasks["condition-1"].trigger_policy.condition
     assert condition == "inputs.parameter_values['pipelinechannel--gate-candidate-Output'] == 'promote'"
     branch = spec.components[tasks["condition-1"].component_ref.name].dag.tasks
-    assert set(branch) == {"register-challenger"}
+    assert set(branch) == {"deploy-canary"}
+    # The deploy step reads the S3 credentials from a Secret, never from the YAML.
+    secrets = documents[1]["platforms"]["kubernetes"]
+    secret_env = secrets["deploymentSpec"]["executors"]["exec-deploy-canary"]["secretAsEnv"][0]
+    assert secret_env["secretName"] == "fraud-detector-s3"
+    assert {k["envVar"] for k in secret_env["keyToEnv"]} >= {"S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     # Every component runs our image without installing kfp at run time.
     executors = spec.deployment_spec["executors"]
     images = {e["container"]["image"] for e in executors.values()}
@@ -47,7 +52,7 @@ def local_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("run")
     options = LocalRunOptions(out_dir=out, n_transactions=60_000, fraud_rate=0.02, epochs=3,
-                              mlflow_tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+                              mlflow_tracking_uri=f"sqlite:///{out / 'mlflow.db'}", serving_state_dir=out / "serving")
     # Small data cannot reach the production floors; lower them so the promote branch runs too.
     report = run_local(options, gate_min_f1=0.5, gate_min_precision=0.5, gate_min_recall=0.5, gate_min_pr_auc=0.5)
     return out, report
@@ -75,7 +80,7 @@ def test_local_run_writes_the_report(local_run):
     assert set(report["timings"]["tasks_wall"]) >= {"simulate-drift", "train-model", "evaluate-models"}
 
 
-def test_promote_branch_registers_the_challenger(local_run):
+def test_promote_branch_deploys_the_canary_and_registers_the_challenger(local_run):
     _, report = local_run
     assert report["gate"]["decision"] == "promote", report["gate"]["reasons"]
     assert len(report["gate"]["reasons"]) == 8 and all(r["passed"] for r in report["gate"]["reasons"])
@@ -107,3 +112,44 @@ def test_mlflow_holds_runs_with_epoch_metrics(local_run):
         assert version.tags["model_version"] == name
         params = client.get_run(version.run_id).data.params
         assert params["epochs"] == "3" and params["hidden_units"] == "128,64,32"
+
+
+def test_deploy_step_leaves_a_canary_that_serve_splits_80_20(local_run, tmp_path):
+    import subprocess
+
+    import httpx
+    import numpy as np
+
+    from fraud.schema import FEATURES
+    from fraud_serving.client import v2_request
+    from fraud_serving.local_state import LocalInferenceService
+    from fraud_serving.processes import free_port
+    from tests.integration.serving_fixtures import FRAUD_ROLLOUT, REPO, LocalRuntimeHandle
+
+    out, report = local_run
+    state = out / "serving"
+    manifest = LocalInferenceService(state).get()
+    predictor = manifest["status"]["components"]["predictor"]
+    assert manifest["spec"]["predictor"]["canaryTrafficPercent"] == 20
+    assert [t["percent"] for t in predictor["traffic"]] == [20, 80]
+    assert predictor["latestRolledoutRevision"] == "fraud-detector-predictor-00001"
+    assert predictor["latestReadyRevision"] == "fraud-detector-predictor-00002"
+
+    port = free_port()
+    with open(tmp_path / "serve.log", "wb") as log:
+        process = subprocess.Popen([*FRAUD_ROLLOUT, "serve", "--state-dir", str(state), "--http-port", str(port)],
+                                   stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        LocalRuntimeHandle(process, state, port, tmp_path / "serve.log").wait_applied()
+        rows = np.abs(np.random.default_rng(0).normal(size=(2_000, len(FEATURES))))
+        served = []
+        with httpx.Client(timeout=30) as client:
+            for row in rows:
+                response = client.post(f"http://127.0.0.1:{port}/v2/models/fraud-detector/infer", json=v2_request(row[None, :]))
+                assert response.status_code == 200, response.text
+                served.append(response.json()["model_version"])
+    finally:
+        process.terminate()
+        process.wait(60)
+    share = served.count("v2") / len(served)
+    assert set(served) == {"v1", "v2"} and 0.17 <= share <= 0.23, share  # 20 % ± 3 (3.4 standard deviations)

@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # serving commands arrive with the serving package
         serving_cli = None
     if serving_cli is not None:
+        from fraud_rollout import analyze, replay
+
         serving_cli.register(commands, bench_commands)
+        replay.register(commands, bench_commands)
+        analyze.register(commands, bench_commands)  # `canary analyze`, on serving's `canary` command
     return parser
 
 

@@ -1,0 +1,116 @@
+"""`fraud-rollout serve` as a child process of the demo and the replay benchmark.
+
+Started, waited for (the runtime reports the manifest's generation applied, i.e. the transformer
+and every predictor revision in the split answer ready), and stopped on exit: on an exception, on
+Ctrl-C and on SIGTERM alike (`serve` stops its own predictors and transformer on SIGTERM).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fraud_serving.local_state import LocalInferenceService
+from fraud_serving.processes import LOOPBACK, POLL_SECONDS, READY_TIMEOUT_SECONDS, ServerFailed, free_port
+from fraud_serving.runtime import read_runtime
+
+#: `fraud-rollout …` with this interpreter.
+FRAUD_ROLLOUT = [sys.executable, "-m", "fraud_rollout"]
+
+
+class LocalServing:
+    """The local canary runtime for the length of a `with` block.
+
+    With `baseline` (and `candidate`) it creates the InferenceService first, as
+    `fraud-rollout serve --baseline … --candidate … --canary-percent P` does; without, it serves the
+    manifest already in `state_dir` (the one the pipeline's local deploy step writes).
+    """
+
+    def __init__(self, state_dir: Path, *, baseline: str | Path | None = None, candidate: str | Path | None = None,
+                 canary_percent: int = 20, log_dir: Path | None = None, http_port: int | None = None,
+                 drain_seconds: float = 2.0, ready_timeout: float = READY_TIMEOUT_SECONDS) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.baseline, self.candidate, self.canary_percent = baseline, candidate, canary_percent
+        self.log_dir = Path(log_dir or self.state_dir / "logs").resolve()
+        self.port = http_port or free_port()
+        self.drain_seconds = drain_seconds
+        self.ready_timeout = ready_timeout
+        self.process: subprocess.Popen | None = None
+        self.log_path = self.log_dir / f"serve-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def service(self) -> LocalInferenceService:
+        return LocalInferenceService(self.state_dir)
+
+    def command(self) -> list[str]:
+        command = [*FRAUD_ROLLOUT, "serve", "--state-dir", str(self.state_dir), "--http-port", str(self.port),
+                   "--drain-seconds", str(self.drain_seconds)]
+        if self.baseline is not None:
+            command += ["--baseline", str(self.baseline), "--canary-percent", str(self.canary_percent)]
+            if self.candidate is not None:
+                command += ["--candidate", str(self.candidate)]
+        return command
+
+    def start(self) -> "LocalServing":
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL,
+                                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        try:
+            self.wait_applied()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_applied(self, generation: int | None = None) -> dict:
+        """Until this `serve` reports the manifest's generation applied (runtime.json names our pid)."""
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            wanted = generation
+            if wanted is None and self.service.exists():
+                wanted = self.service.get()["metadata"]["generation"]
+            runtime = read_runtime(self.state_dir)
+            if (wanted is not None and runtime.get("pid") == self.process.pid and runtime.get("transformer")
+                    and runtime.get("appliedGeneration") == wanted):
+                return runtime
+            if self.process.poll() is not None:
+                raise ServerFailed(f"fraud-rollout serve exited with {self.process.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise ServerFailed(f"fraud-rollout serve: generation {wanted} not applied after "
+                                   f"{self.ready_timeout:.0f} s:\n{self.log_tail()}")
+            time.sleep(POLL_SECONDS)  # between polls of runtime.json, not instead of one
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM (serve stops its predictors and transformer, then exits); SIGKILL after `timeout`."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def __enter__(self) -> "LocalServing":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -62,10 +62,10 @@ def server(args: argparse.Namespace, predictor_config: PredictorConfig | None = 
                        predictor_config=predictor_config)
 
 
-def start(kserve_server: ModelServer, model) -> None:
+def start(kserve_server: ModelServer, model, on_rejected=None) -> None:
     from fraud_serving.fast_route import install_fast_infer_route
 
-    install_fast_infer_route(model_server.app, {model.name: model})
+    install_fast_infer_route(model_server.app, {model.name: model}, on_rejected)
     kserve_server.start([model])
 
 
@@ -100,11 +100,12 @@ def run_transformer(args: argparse.Namespace) -> None:
         predictor_host=args.predictor_host or "", predictor_protocol=args.predictor_protocol,
         predictor_use_ssl=args.predictor_use_ssl,
         predictor_request_timeout_seconds=args.predictor_request_timeout_seconds)
-    model = FraudTransformer(args.model_name, contract, routes, TransformerMetrics(), max_rows=args.max_rows,
+    metrics = TransformerMetrics()
+    model = FraudTransformer(args.model_name, contract, routes, metrics, max_rows=args.max_rows,
                              timeout_seconds=args.predictor_request_timeout_seconds)
     kserve_server = server(args, predictor_config)
     model.load()
-    start(kserve_server, model)
+    start(kserve_server, model, on_rejected=lambda reason: metrics.rejected.labels(reason).inc())
 
 
 def main(argv: list[str] | None = None) -> None:

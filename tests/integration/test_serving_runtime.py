@@ -207,7 +207,7 @@ def test_bad_input_matrix_is_all_4xx_and_the_server_stays_healthy(serving_stack)
     assert good.status_code == 200 and good.json()["model_version"] == "v1"
     rejected_after = httpx.get(f"{transformer.url}/metrics", timeout=10).text
     for reason in ("nan", "shape", "row_limit", "missing_column", "unknown_column", "duplicate_column",
-                   "negative_value", "datatype", "data", "empty"):
+                   "negative_value", "datatype", "data", "empty", "body", "unknown_model"):
         assert (metric_value(rejected_after, "fraud_rejected_requests_total", reason=reason)
                 > metric_value(rejected_before, "fraud_rejected_requests_total", reason=reason)), reason
 

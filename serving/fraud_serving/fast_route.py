@@ -13,8 +13,9 @@ model; for 10,000 rows it dominates. This route takes the same bytes and gives t
 - the response: NumPy outputs encoded by orjson directly; requests asking for binary outputs get
   KServe's own encoder.
 
-It is registered before KServe adds its routes, so Starlette matches it first; KServe's
-exception handlers (InvalidInput → 400, ModelNotFound → 404, …) apply to it as to KServe's.
+It is a plain Starlette route (no FastAPI dependency solving per request) put first in the app's
+route list, so it matches before KServe's; KServe's exception handlers (InvalidInput → 400,
+ModelNotFound → 404, …) are app-wide and apply to it as to KServe's routes.
 """
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ from typing import Callable
 
 import numpy as np
 import orjson
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from kserve.model import Model
@@ -141,7 +144,8 @@ def install_fast_infer_route(app: FastAPI, models: dict[str, Model],
         if on_rejected is not None:
             on_rejected(reason)
 
-    async def infer(model_name: str, request: Request) -> Response:
+    async def infer(request: Request) -> Response:
+        model_name = request.path_params["model_name"]
         model = models.get(model_name)
         if model is None:
             reject("unknown_model")
@@ -163,4 +167,4 @@ def install_fast_infer_route(app: FastAPI, models: dict[str, Model],
         encoded.headers.update(response_headers or {})
         return encoded
 
-    app.add_api_route(INFER_PATH, infer, methods=["POST"], include_in_schema=False)
+    app.router.routes.insert(0, Route(INFER_PATH, infer, methods=["POST"]))

@@ -1,18 +1,275 @@
-"""`fraud-rollout demo`: the whole story on this machine, with the embedded defaults."""
+"""`fraud-rollout demo`: the whole story on this machine, with the embedded defaults.
+
+    pipeline (kfp.local: simulate drift → train v1, v2 → evaluate → gate → deploy the canary locally)
+    → serve (the local canary runtime: v1 rolled out, v2 at 20 %)
+    → replay the holdout through the transformer → canary analyze → apply the recommendation
+    → report.json and report.html in --out, and the commands to explore further.
+
+Every server it starts is stopped when it ends, fails, or is interrupted (Ctrl-C or SIGTERM).
+`--from-report` skips the pipeline and replays an earlier run's holdout through its models.
+"""
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import signal
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUT = Path(".fraud-rollout/demo")
+#: Requests sent after the decision is applied, to show where traffic goes now.
+TRAFFIC_PROBE_REQUESTS = 200
 
 
 def register(commands, bench) -> None:
     from fraud_pipelines.cli import add_run_options
+    from fraud_rollout.analyze import AUTO, detectable_difference
+    from fraud_rollout.demo_report import DEFAULT_REVIEW_COST
+    from fraud_rollout.replay import non_negative_float
+    from fraud_serving.local_state import DEFAULT_STATE_DIR
 
-    demo = commands.add_parser("demo", help="run the whole story locally (pipeline, then the report)")
-    add_run_options(demo, default_out=Path(".fraud-rollout/run"))
+    demo = commands.add_parser("demo", help="the whole story locally: pipeline, canary, replay, analysis, report")
+    add_run_options(demo, default_out=DEFAULT_OUT)
+    demo.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                      help="local serving state (the InferenceService the pipeline deploys and serve follows)")
+    demo.add_argument("--from-report", type=Path,
+                      help="skip the pipeline: use this earlier run's report.json (its models and holdout)")
+    demo.add_argument("--detectable-recall-difference", type=detectable_difference, default=AUTO,
+                      help="recall drop the canary evidence must be able to detect (default 'auto': the smallest "
+                           "the replay supports, at least 0.10; see README)")
+    demo.add_argument("--review-cost", type=non_negative_float, default=DEFAULT_REVIEW_COST,
+                      help="assumed cost of reviewing one flagged transaction (business-impact estimate)")
+    demo.add_argument("--no-apply", action="store_true", help="recommend only; do not promote or roll back")
+    demo.add_argument("--keep-serving", action="store_true",
+                      help="after the report, keep the runtime serving until Ctrl-C")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar during the replay")
     demo.set_defaults(func=demo_command)
 
 
-def demo_command(args) -> int:
-    from fraud_pipelines.cli import run_command
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
 
-    return run_command(args)
+
+def demo_command(args) -> int:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe request otherwise
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # stop servers on SIGTERM as on Ctrl-C
+    try:
+        return run_demo(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _pipeline(args, out: Path) -> tuple[dict, Path]:
+    """Run the pipeline into out/pipeline (or read --from-report); the report and its path."""
+    from fraud.report import text_summary
+    from fraud_pipelines.cli import _options
+    from fraud_pipelines.local import run_local
+    from fraud_rollout.replay import read_pipeline_report
+
+    if args.from_report is not None:
+        return read_pipeline_report(args.from_report, option="--from-report"), args.from_report.resolve()
+    options = replace(_options(args), out_dir=out / "pipeline", serving_state_dir=args.state_dir)
+    report = run_local(options)
+    print(text_summary(report), flush=True)
+    return report, (out / "pipeline" / "report.json").resolve()
+
+
+def deployed_by_pipeline(state_dir: Path, artifacts: dict[str, str]) -> bool:
+    """Does the InferenceService in `state_dir` already run this run's v2 as a canary (the
+    pipeline's local deploy step wrote it)?"""
+    from fraud_serving.local_state import LocalInferenceService
+
+    service = LocalInferenceService(state_dir)
+    if not service.exists() or "canaryTrafficPercent" not in service.get()["spec"]["predictor"]:
+        return False
+    served = {Path(r["storageUri"]).resolve() for r in service.revisions().values()}
+    return {Path(artifacts["v1"]).resolve(), Path(artifacts["v2"]).resolve()} <= served
+
+
+def serving_for(pipeline: dict, state_dir: Path, log_dir: Path):
+    """`fraud-rollout serve` for the run: the manifest the pipeline deployed as it is, or (a run
+    without the local deploy, or --from-report) a new one with v1 rolled out and v2 at 20 %."""
+    from fraud_rollout.replay import version_artifacts
+    from fraud_rollout.serving_session import LocalServing
+
+    artifacts = version_artifacts(pipeline)
+    if deployed_by_pipeline(state_dir, artifacts):
+        return LocalServing(state_dir, log_dir=log_dir)
+    return LocalServing(state_dir, baseline=artifacts["v1"], candidate=artifacts["v2"], canary_percent=20,
+                        log_dir=log_dir)
+
+
+def probe_traffic(url: str, raw_row: np.ndarray, requests: int = TRAFFIC_PROBE_REQUESTS) -> dict[str, int]:
+    """Send `requests` one-row requests; count the answering versions (and failures)."""
+    import httpx
+
+    from fraud_serving.client import infer_url, v2_request
+
+    counts: dict[str, int] = {}
+    body = v2_request(raw_row.reshape(1, -1))
+    with httpx.Client(timeout=30) as client:
+        for _ in range(requests):
+            response = client.post(infer_url(url), json=body)
+            key = response.json().get("model_version", "?") if response.status_code == 200 else "error"
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def traffic_summary(status: dict, probe: dict[str, int] | None) -> str:
+    revisions = status.get("revisions", {})
+    split = ", ".join(f"{revisions.get(e['revisionName'], {}).get('modelVersion', '?')} {e['percent']} %"
+                      for e in status["predictor"].get("traffic", []))
+    if probe:
+        split += " (probe: " + ", ".join(f"{v} {n}" for v, n in probe.items()) + f" of {sum(probe.values())} requests)"
+    return split
+
+
+def explore_commands(out: Path, pipeline_path: Path, state_dir: Path, tracking_uri: str, raw_row: np.ndarray) -> list[str]:
+    data = json.dumps({"inputs": [{"name": "transactions", "shape": [1, 30], "datatype": "FP64",
+                                   "data": [[round(float(x), 4) for x in raw_row]]}]}, separators=(",", ":"))
+    return [
+        f"fraud-rollout serve --state-dir {state_dir}        # serve what the demo left (Ctrl-C stops)",
+        f"curl -s -H 'content-type: application/json' -d '{data}' "
+        "http://127.0.0.1:8080/v2/models/fraud-detector/infer",
+        f"fraud-rollout canary status --state-dir {state_dir}",
+        f"fraud-rollout replay --url http://127.0.0.1:8080 --report {pipeline_path}",
+        f"fraud-rollout canary analyze --replay-report {out / 'replay.json'} --state-dir {state_dir}",
+        f"mlflow ui --backend-store-uri {tracking_uri}",
+        f"xdg-open {out / 'report.html'}",
+    ]
+
+
+def run_demo(args) -> int:
+    from fraud import registry
+    from fraud.schema import FEATURES
+    from fraud.steps import json_safe, read_json
+    from fraud_rollout import demo_report
+    from fraud_rollout.analyze import analyze, apply_recommendation, format_analysis, metrics_from_replay, offline_metrics
+    from fraud_rollout.replay import ReplayOptions, load_source, offline_decisions, run_replay, summary_lines
+    from fraud_serving.cli import local_status
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("report.json", "report.html"):
+        (out / stale).unlink(missing_ok=True)  # a failed demo never leaves a report that looks valid
+    state_dir = args.state_dir.resolve()
+
+    pipeline, pipeline_path = _pipeline(args, out)
+    timings["pipeline"] = round(time.perf_counter() - started, 1)
+    if pipeline["gate"]["decision"] != "promote":
+        print(f"\nThe gate rejected v2 ({pipeline['gate']['decision']}): no canary to analyze. "
+              f"Offline report: {pipeline_path}")
+        return 0
+    source = load_source(None, pipeline_path)
+    raw = source.frame.loc[:, list(FEATURES)].to_numpy(dtype=np.float64)
+    tracking_uri = pipeline.get("mlflow", {}).get("tracking_uri", "")
+
+    serving = serving_for(pipeline, state_dir, out / "logs")
+    mark = time.perf_counter()
+    print(f"\nstarting the local canary runtime ({'manifest from the pipeline' if serving.baseline is None else 'v1 rolled out, v2 at 20 %'}) …",
+          flush=True)
+    with serving:
+        timings["serve_start"] = round(time.perf_counter() - mark, 1)
+        print(f"serving at {serving.url}", flush=True)
+
+        mark = time.perf_counter()
+        replayed = run_replay(source, ReplayOptions(url=serving.url, progress=not args.no_progress), out / "replay.json")
+        timings["replay_and_skew_check"] = round(time.perf_counter() - mark, 1)
+        print("\n".join(summary_lines(replayed.report)), flush=True)
+
+        analysis = analyze(metrics_from_replay(replayed.report), offline_metrics(pipeline, with_flag_rate=True),
+                           baseline_version=str(pipeline["models"]["v1"]["version"]),
+                           canary_version=str(pipeline["models"]["v2"]["version"]),
+                           canary_percent=float(serving.service.get()["spec"]["predictor"].get("canaryTrafficPercent", 20)),
+                           detectable=args.detectable_recall_difference)
+        print("\n" + format_analysis(analysis), flush=True)
+
+        applied = {"action": analysis["action"], "detail": "not applied (--no-apply)", "exit_code": None}
+        if not args.no_apply:
+            code, detail = apply_recommendation(
+                analysis["action"], argparse.Namespace(target="local", state_dir=state_dir, json=False), tracking_uri)
+            applied = {"action": analysis["action"], "detail": detail, "exit_code": code}
+            serving.wait_applied()  # the runtime has moved traffic as the manifest now says
+        probe = probe_traffic(serving.url, raw[0])
+        status = local_status(state_dir)
+        traffic_after = {"summary": traffic_summary(status, probe), "probe": probe,
+                         "canaryTrafficPercent": status["canaryTrafficPercent"], "traffic": status["predictor"].get("traffic")}
+        print(f"traffic now: {traffic_after['summary']}", flush=True)
+
+        if args.keep_serving:
+            print(f"\nserving at {serving.url} until Ctrl-C", flush=True)
+            signal.pause()
+
+    mark = time.perf_counter()
+    rows = replayed.rows.frame()
+    offline = offline_decisions(raw, source.artifacts)
+    labels, amount = source.frame["Class"].to_numpy(), source.frame["Amount"].to_numpy(dtype=float)
+    online_flags = np.where(rows["error"], 0, np.nan_to_num(rows["decision"].to_numpy(), nan=0)).astype(bool)
+    impact = demo_report.business_impact(labels, amount, {v: o["is_fraud"] for v, o in offline.items()}, online_flags,
+                                         demo_report.ImpactAssumptions(review_cost=args.review_cost))
+    try:
+        aliases = registry.aliases(tracking_uri) if tracking_uri else {}
+    except Exception as error:  # the report still says what happened
+        log.warning("could not read MLflow aliases: %s", error)
+        aliases = {}
+    vs = demo_report.online_vs_offline(pipeline, replayed.report, analysis)
+    report = {
+        "kind": "fraud-rollout demo",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "paths": {"pipeline_report": str(pipeline_path), "replay_report": str(replayed.report_path),
+                  "state_dir": str(state_dir), "html": str(out / "report.html"), "logs": str(out / "logs")},
+        "pipeline": pipeline,
+        "replay": replayed.report,
+        "analysis": analysis,
+        "applied": applied,
+        "traffic_after": traffic_after,
+        "mlflow_aliases_after": aliases,
+        "online_vs_offline": vs,
+        "business_impact": impact,
+        "checks": {"skew_disagreements": (replayed.report.get("skew") or {}).get("disagreements"),
+                   "recall_within_interval": {r["version"]: r["within"] for r in vs if r["metric"] == "recall"},
+                   "recommendation": analysis["action"],
+                   "applied": applied["exit_code"] == 0},
+        "timings": timings,
+        "explore": explore_commands(out, pipeline_path, state_dir, tracking_uri, raw[0]),
+    }
+    summary_path = pipeline.get("artifacts", {}).get("summary")
+    summary = read_json(summary_path) if summary_path and Path(summary_path).is_file() else None
+    html_text = demo_report.report_html(report, summary, rows)
+    timings["report"] = round(time.perf_counter() - mark, 1)
+    timings["total"] = round(time.perf_counter() - started, 1)
+    (out / "report.html").write_text(html_text)
+    tmp = out / "report.json.tmp"
+    tmp.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
+    tmp.replace(out / "report.json")
+
+    print(final_summary(report, out))
+    return 0
+
+
+def final_summary(report: dict, out: Path) -> str:
+    checks, impact = report["checks"], report["business_impact"]
+    lines = ["", "fraud-rollout demo", "=" * 18,
+             f"  recommendation: {checks['recommendation'].upper()}; applied: {report['applied']['detail']}",
+             f"  traffic now: {report['traffic_after']['summary']}",
+             f"  MLflow aliases: {report['mlflow_aliases_after'] or 'n/a'}",
+             f"  skew: {checks['skew_disagreements']} online/offline decision disagreements",
+             "  online recall within the 95 % interval around offline: "
+             + ", ".join(f"{v} {'yes' if ok else 'NO'}" for v, ok in checks["recall_within_interval"].items())]
+    if "difference" in impact:
+        d = impact["difference"]
+        lines.append(f"  business impact over the holdout ({d['versions']}): net {d['net_benefit']:+,.0f} "
+                     f"(assumes {impact['review_cost']:g} per review; see the report)")
+    lines.append(f"  timings (s): {report['timings']}")
+    lines.append(f"\n  report: {out / 'report.html'}  and  {out / 'report.json'}\n\nexplore further:")
+    lines += [f"  {command}" for command in report["explore"]]
+    return "\n".join(lines)

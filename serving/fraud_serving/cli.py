@@ -156,8 +156,13 @@ def local_canary(action: str, args: argparse.Namespace) -> int:
 
     service = LocalInferenceService(args.state_dir)
     if action == "promote":
-        if "canaryTrafficPercent" not in service.get()["spec"]["predictor"]:
+        manifest = service.get()
+        if "canaryTrafficPercent" not in manifest["spec"]["predictor"]:
             raise ValueError("nothing to promote: spec.predictor has no canaryTrafficPercent")
+        predictor = manifest["status"]["components"]["predictor"]
+        if predictor.get("latestReadyRevision") != predictor.get("latestCreatedRevision"):
+            raise ValueError(f"the canary {predictor.get('latestCreatedRevision')} is not ready; promoting would "
+                             f"send all traffic to {predictor.get('latestReadyRevision')} (roll back instead)")
         service.patch_json(isvc.promote_patch())
     elif action == "rollback":
         service.patch_merge(isvc.rollback_patch())

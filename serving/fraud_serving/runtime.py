@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fraud_serving import isvc
 from fraud_serving.local_state import LocalInferenceService, local_artifact_path
-from fraud_serving.processes import ServerProcess, start_predictor, start_transformer, stop_all
+from fraud_serving.processes import ServerFailed, ServerProcess, start_predictor, start_transformer, stop_all
 from fraud_serving.routing import Backend, write_routes
 
 logger = logging.getLogger(__name__)
@@ -136,7 +136,12 @@ class LocalRuntime:
             if manifest["metadata"]["generation"] != self.applied_generation or any(
                     name not in self.predictors or not self.predictors[name].alive()
                     for name in needed_revisions(manifest)):
-                self.apply(manifest)
+                try:
+                    self.apply(manifest)
+                except ServerFailed as error:
+                    # like a Knative revision that never turns ready: the old split keeps serving
+                    logger.error("generation %s not applied, the previous split keeps serving: %s",
+                                 manifest["metadata"]["generation"], error)
         now = time.monotonic()
         for name, (server, deadline) in list(self.retiring.items()):
             if now >= deadline:

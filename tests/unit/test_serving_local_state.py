@@ -150,3 +150,24 @@ def test_patch_helpers_follow_the_rfcs():
     assert document == {"a": [1, 2], "b": {"c": 1}}
     with pytest.raises(StateError):
         json_patch(document, [{"op": "test", "path": "/b/c", "value": 2}])
+
+
+def test_local_promote_and_rollback_apply_kubectls_patches(service, tmp_path, capsys):
+    import argparse
+
+    from fraud_serving.cli import local_canary
+
+    args = argparse.Namespace(state_dir=service.state_dir, json=False)
+    service.create(isvc.inference_service(spec(artifact_root(tmp_path, 1), 1)))
+    service.patch_merge(isvc.canary_patch(spec(tmp_path / "missing", 2), 20))
+    with pytest.raises(ValueError, match="not ready"):  # promoting would move 100 % to nothing new
+        local_canary("promote", args)
+    service.patch_merge(isvc.canary_patch(spec(artifact_root(tmp_path, 2), 2), 20))
+    assert local_canary("promote", args) == 0
+    assert "100%  fraud-detector-predictor-00003 (v2)" in capsys.readouterr().out
+    assert local_canary("rollback", args) == 0
+    out = capsys.readouterr().out
+    assert "latestRolledoutRevision:   fraud-detector-predictor-00001 (v1)" in out and "canaryTrafficPercent: 0" in out
+    service.patch_json(isvc.promote_patch())
+    with pytest.raises(ValueError, match="nothing to promote"):
+        local_canary("promote", args)

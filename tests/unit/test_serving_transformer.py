@@ -178,3 +178,24 @@ def test_entry_point_accepts_the_container_args_of_the_inference_service():
     transformer = build_parser().parse_args(transformer_args)
     assert (transformer.role, transformer.predictor_protocol, transformer.contract_dir, transformer.predictor_host,
             transformer.max_rows) == ("transformer", "v2", "/mnt/models", "fraud-detector-predictor.default", 10_000)
+
+
+def test_predict_reads_csv_and_json_files(tmp_path):
+    import pandas as pd
+
+    from fraud_serving.client import read_transactions
+
+    rows = raw_rows(3)
+    frame = pd.DataFrame(rows, columns=FEATURES).assign(Class=0)
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    frame.to_json(tmp_path / "records.json", orient="records")
+    for name in ("t.csv", "records.json"):
+        body = read_transactions(tmp_path / name)
+        tensor = body["inputs"][0]
+        assert (tensor["name"], tensor["shape"], tensor["datatype"]) == ("transactions", [3, 30], "FP64")
+        np.testing.assert_allclose(tensor["data"], rows)
+    (tmp_path / "v2.json").write_text(json.dumps(body))
+    assert read_transactions(tmp_path / "v2.json") == body  # a v2 request goes as it is
+    frame.drop(columns="V7").to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(ValueError, match="V7"):
+        read_transactions(tmp_path / "short.csv")

@@ -171,3 +171,15 @@ def test_local_promote_and_rollback_apply_kubectls_patches(service, tmp_path, ca
     service.patch_json(isvc.promote_patch())
     with pytest.raises(ValueError, match="nothing to promote"):
         local_canary("promote", args)
+
+
+def test_importable_without_kserve_or_tensorflow():
+    """The deploy step's local target imports this module; it must stay light."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fraud_serving.local_state, fraud_serving.runtime; "
+            "print(sorted(m for m in ('kserve', 'tensorflow', 'fastapi') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

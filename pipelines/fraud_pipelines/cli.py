@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +25,8 @@ def register(commands, bench) -> None:
     run.set_defaults(func=run_command)
 
     bench_pipeline = bench.add_parser("pipeline", help="time the whole local pipeline, per step")
-    add_run_options(bench_pipeline, default_out=Path(".fraud-rollout/bench"))
+    add_run_options(bench_pipeline, default_out=Path(".fraud-rollout/bench"),
+                    default_serving=Path(".fraud-rollout/bench/serving"))
     bench_pipeline.set_defaults(func=bench_command)
 
 
@@ -38,7 +40,8 @@ def fraction(text: str) -> float:
     return value
 
 
-def add_run_options(parser, default_out: Path = Path(".fraud-rollout/run")) -> None:
+def add_run_options(parser, default_out: Path = Path(".fraud-rollout/run"),
+                    default_serving: Path = Path(".fraud-rollout/serving")) -> None:
     parser.add_argument("--n-transactions", type=positive_int, default=1_000_000, help="transactions to simulate")
     parser.add_argument("--seed", type=non_negative_int, default=7, help="random seed")
     parser.add_argument("--epochs", type=positive_int, default=20, help="maximum training epochs")
@@ -46,6 +49,8 @@ def add_run_options(parser, default_out: Path = Path(".fraud-rollout/run")) -> N
     parser.add_argument("--source-csv", type=Path, default=None, help="enrich a real creditcard.csv instead of generating")
     parser.add_argument("--mlflow-tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI, else SQLite under .fraud-rollout/")
     parser.add_argument("--out", type=Path, default=default_out, help="output directory (report.json, artifacts)")
+    parser.add_argument("--serving-state-dir", type=Path, default=default_serving,
+                        help="where the deploy step leaves the InferenceService that `fraud-rollout serve` reads")
 
 
 def compile_command(args) -> int:
@@ -71,7 +76,7 @@ def _options(args):
         source_csv = str(args.source_csv.resolve())
     return LocalRunOptions(out_dir=args.out, n_transactions=args.n_transactions, seed=args.seed, epochs=args.epochs,
                            fraud_rate=args.fraud_rate, source_csv=source_csv,
-                           mlflow_tracking_uri=args.mlflow_tracking_uri)
+                           mlflow_tracking_uri=args.mlflow_tracking_uri, serving_state_dir=args.serving_state_dir)
 
 
 def run_command(args) -> int:
@@ -79,7 +84,11 @@ def run_command(args) -> int:
     from fraud_pipelines.local import run_local
 
     options = _options(args)
-    report = run_local(options)
+    try:
+        report = run_local(options)
+    except RuntimeError as error:  # kfp.local: a task failed; its log above says why
+        print(f"fraud-rollout pipeline: {error}", file=sys.stderr)
+        return 1
     print(text_summary(report))
     print(f"\n  report: {options.out_dir / 'report.json'}")
     return 0

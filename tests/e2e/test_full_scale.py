@@ -11,7 +11,7 @@ def full_run(tmp_path_factory):
     from fraud_pipelines.local import LocalRunOptions, run_local
 
     out = tmp_path_factory.mktemp("full")
-    return run_local(LocalRunOptions(out_dir=out, n_transactions=1_000_000, seed=7,
+    return run_local(LocalRunOptions(out_dir=out, n_transactions=1_000_000, seed=7, serving_state_dir=out / "serving",
                                      mlflow_tracking_uri=f"sqlite:///{out / 'mlflow.db'}"))
 
 
@@ -40,6 +40,7 @@ def test_same_seed_gives_identical_metrics(full_run, tmp_path):
     from fraud_pipelines.local import LocalRunOptions, run_local
 
     again = run_local(LocalRunOptions(out_dir=tmp_path, n_transactions=1_000_000, seed=7,
+                                      serving_state_dir=tmp_path / "serving",
                                       mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
     for name in ("v1", "v2"):
         for key in ("threshold", "holdout", "pre_drift", "epochs_run"):

@@ -31,7 +31,6 @@ TRAFFIC_PROBE_REQUESTS = 200
 def register(commands, bench) -> None:
     from fraud_pipelines.cli import add_run_options
     from fraud_rollout.analyze import AUTO, detectable_difference
-    from fraud_rollout.demo_report import DEFAULT_REVIEW_COST
     from fraud_rollout.replay import non_negative_float
     from fraud_serving.local_state import DEFAULT_STATE_DIR
 
@@ -44,7 +43,7 @@ def register(commands, bench) -> None:
     demo.add_argument("--detectable-recall-difference", type=detectable_difference, default=AUTO,
                       help="recall drop the canary evidence must be able to detect (default 'auto': the smallest "
                            "the replay supports, at least 0.10; see README)")
-    demo.add_argument("--review-cost", type=non_negative_float, default=DEFAULT_REVIEW_COST,
+    demo.add_argument("--review-cost", type=non_negative_float, default=5.0,
                       help="assumed cost of reviewing one flagged transaction (business-impact estimate)")
     demo.add_argument("--no-apply", action="store_true", help="recommend only; do not promote or roll back")
     demo.add_argument("--keep-serving", action="store_true",

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fraud.online import wilson_interval
-
-#: Business-impact assumptions (stated in the report; `fraud-rollout demo --review-cost` changes the first).
+#: Business-impact assumption (stated in the report; `fraud-rollout demo --review-cost` changes it).
 DEFAULT_REVIEW_COST = 5.0
 VERSION_COLOURS = {"v1": "#1f77b4", "v2": "#ff7f0e", "error": "#d62728", "unknown": "#7f7f7f"}
 
@@ -95,6 +93,8 @@ def online_vs_offline(pipeline: dict, replay: dict, analysis: dict, confidence: 
     its Wilson CI (replay counts), and the acceptance interval the analysis used (offline value,
     sized by the online count; see fraud.online.agreement_with_offline)."""
     roles = {analysis["baseline_version"]: "baseline", analysis["canary_version"]: "canary"}
+    from fraud.online import wilson_interval
+
     rows = []
     for name, model in pipeline["models"].items():
         version = str(model.get("version", name))

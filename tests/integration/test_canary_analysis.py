@@ -1,0 +1,314 @@
+"""Online validation on real servers: replay through the local canary runtime, a real Prometheus
+scraping the transformer, and killing the canary predictor mid-replay.
+
+One `fraud-rollout serve` (v1 rolled out, v2 at 20 %) on the tiny models serves the module; the kill
+test rolls the canary back and runs last.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlflow import MlflowClient
+
+from fraud import registry
+from fraud.export import SignatureScorer
+from fraud.schema import FEATURES
+from fraud_rollout.analyze import metrics_from_prometheus
+from fraud_rollout.replay import ReplayOptions, ReplaySource, read_replay, run_replay
+from fraud_serving.processes import free_port
+from fraud_serving.runtime import read_runtime
+from tests.integration.serving_fixtures import canary_runtime, metric_value  # noqa: F401
+
+pytestmark = pytest.mark.integration
+PROMETHEUS = shutil.which("prometheus")
+DEADLINE_SECONDS = 120
+
+
+def _counts(labels: np.ndarray, flagged: np.ndarray) -> dict:
+    fraud, flagged = labels.astype(bool), flagged.astype(bool)
+    tp, fp = int((fraud & flagged).sum()), int((~fraud & flagged).sum())
+    fn, tn = int((fraud & ~flagged).sum()), int((~fraud & ~flagged).sum())
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "precision": tp / (tp + fp) if tp + fp else None,
+            "recall": tp / (tp + fn) if tp + fn else None}
+
+
+@pytest.fixture(scope="module")
+def pipeline_report(tiny_run, tmp_path_factory) -> Path:
+    """A pipeline report for the tiny models: their holdout metrics (their own signatures), the
+    holdout as Parquet, and an MLflow registry where v1 is champion and v2 challenger."""
+    root = tmp_path_factory.mktemp("tiny_pipeline")
+    holdout = tiny_run.windows["holdout"].reset_index(drop=True)
+    holdout.to_parquet(root / "holdout.parquet", index=False)
+    scaled = tiny_run.contract.transform(holdout.loc[:, list(FEATURES)].to_numpy(dtype=np.float64))
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri)
+    client.create_registered_model(registry.REGISTERED_MODEL)
+    models = {}
+    for version, artifact in (("v1", tiny_run.v1), ("v2", tiny_run.v2)):
+        decided = SignatureScorer(artifact)(scaled)["is_fraud"]
+        registered = client.create_model_version(registry.REGISTERED_MODEL, source=str(artifact)).version
+        models[version] = {"version": version, "artifact": str(artifact), "registered_version": int(registered),
+                           "holdout": _counts(holdout["Class"].to_numpy(), decided)}
+    registry.set_alias(tracking_uri, registry.CHAMPION, 1)
+    registry.set_alias(tracking_uri, registry.CHALLENGER, 2)
+    report = {"models": models, "artifacts": {"holdout": str(root / "holdout.parquet")},
+              "mlflow": {"tracking_uri": tracking_uri}, "data": {"n_transactions": 40_000}}
+    (root / "report.json").write_text(json.dumps(report))
+    return root / "report.json"
+
+
+@pytest.fixture(scope="module")
+def source(tiny_run, pipeline_report) -> ReplaySource:
+    from fraud_rollout.replay import load_source
+
+    return load_source(None, pipeline_report)
+
+
+def transformer_metrics(runtime) -> str:
+    with urllib.request.urlopen(f"{runtime.url}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def _no_nan(text: str) -> dict:
+    def refuse(constant):
+        raise AssertionError(f"{constant} in a JSON report")
+    return json.loads(text, parse_constant=refuse)
+
+
+# --- replay ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def replayed(canary_runtime, source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("replay") / "replay.json"
+    before = transformer_metrics(canary_runtime)
+    result = run_replay(source, ReplayOptions(url=canary_runtime.url, progress=False), out)
+    return result, before, transformer_metrics(canary_runtime)
+
+
+def test_replay_counts_add_up_share_is_twenty_percent_and_no_skew(replayed, source):
+    result, _, _ = replayed
+    report = _no_nan(result.report_path.read_text())
+    rows = len(source.frame)
+    versions = report["versions"]
+    assert set(versions) == {"v1", "v2"}, versions
+    assert sum(v["requests"] for v in versions.values()) == rows
+    assert report["totals"]["failed_rows"] == 0 and report["errors"]["requests_by_status"] == {}
+    for m in versions.values():  # confusion counts cover exactly the version's answered rows
+        assert m["tp"] + m["fp"] + m["fn"] + m["tn"] == m["requests"] and m["tp"] + m["fp"] == m["flagged"]
+    assert sum(m["tp"] + m["fn"] for m in versions.values()) == int(source.frame["Class"].sum())
+    assert report["timing"]["requests"] >= 2_000  # default batch: enough requests to measure the split
+    assert 0.16 <= versions["v2"]["traffic_share"] <= 0.24, versions["v2"]["traffic_share"]
+    skew = report["skew"]
+    assert skew["compared_rows"] == rows and skew["disagreements"] == 0, skew
+    assert set(skew["versions"]) == {"v1", "v2"} and skew["versions_without_artifact"] == []
+    assert sum(sum(p["rows"].values()) for p in report["timeline"]) == rows
+    _, frame = read_replay(result.report_path)
+    assert len(frame) == rows and set(frame["model_version"]) == {"v1", "v2"}
+
+
+def test_transformer_counters_equal_the_replay(replayed):
+    result, before, after = replayed
+    for version, m in result.report["versions"].items():
+        for decision, expected in (("fraud", m["flagged"]), ("legit", m["requests"] - m["flagged"])):
+            delta = (metric_value(after, "fraud_predictions_total", model_version=version, decision=decision)
+                     - metric_value(before, "fraud_predictions_total", model_version=version, decision=decision))
+            assert delta == expected, (version, decision)
+
+
+def test_analyze_cli_reads_the_replay_report(replayed, pipeline_report, canary_runtime, tmp_path):
+    result, _, _ = replayed
+    analysis_path = tmp_path / "analysis.json"
+    done = canary_runtime.cli("canary", "analyze", "--replay-report", str(result.report_path),
+                              "--report", str(pipeline_report), "--analysis-out", str(analysis_path))
+    assert done.returncode == 0, done.stderr
+    analysis = _no_nan(analysis_path.read_text())
+    assert f"RECOMMENDATION: {analysis['action'].upper()}" in done.stdout
+    assert len(analysis["reasons"]) == len(analysis["checks"]) >= 14
+    for reason in analysis["reasons"]:
+        assert reason in done.stdout
+    assert analysis["online"]["v2"]["requests"] == result.report["versions"]["v2"]["requests"]
+    # without --apply nothing moves
+    assert canary_runtime.service.get()["spec"]["predictor"]["canaryTrafficPercent"] == 20
+
+
+# --- a real Prometheus ------------------------------------------------------------------------
+
+
+def prometheus_api(url: str, query: str) -> list[dict]:
+    address = f"{url}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    with urllib.request.urlopen(address, timeout=10) as response:
+        return json.loads(response.read())["data"]["result"]
+
+
+def wait_for(predicate, what: str, timeout: float = DEADLINE_SECONDS):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.25)  # between polls of the Prometheus API
+
+
+@pytest.fixture(scope="module")
+def prometheus(canary_runtime, tmp_path_factory):
+    if PROMETHEUS is None:
+        pytest.skip("prometheus not installed (Debian package `prometheus`; `make test` installs it)")
+    root = tmp_path_factory.mktemp("prometheus")
+    target = canary_runtime.url.removeprefix("http://")
+    (root / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: fraud-detector\n    static_configs: [{{targets: ['{target}']}}]\n")
+    port = free_port()
+    with open(root / "prometheus.log", "wb") as log:
+        process = subprocess.Popen([PROMETHEUS, f"--config.file={root / 'prometheus.yml'}",
+                                    f"--storage.tsdb.path={root / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def scraped():
+            if process.poll() is not None:
+                raise AssertionError((root / "prometheus.log").read_text()[-2000:])
+            try:
+                return prometheus_api(url, 'up{job="fraud-detector"} == 1')
+            except OSError:
+                return None
+        wait_for(scraped, "Prometheus to scrape the transformer")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_prometheus_per_version_queries_return_the_replayed_counts(prometheus, canary_runtime, source, tmp_path):
+    def per_version() -> dict[str, float]:
+        return {s["metric"]["model_version"]: float(s["value"][1]) for s in
+                prometheus_api(prometheus, 'sum by (model_version) (fraud_predictions_total{job="fraud-detector"})')}
+
+    # what Prometheus has before: the transformer's current counters, once scraped
+    current = transformer_metrics(canary_runtime)
+    expected_before = {v: metric_value(current, "fraud_predictions_total", model_version=v, decision="fraud")
+                       + metric_value(current, "fraud_predictions_total", model_version=v, decision="legit")
+                       for v in ("v1", "v2")}
+    wait_for(lambda: all(per_version().get(v, 0.0) == n for v, n in expected_before.items()),
+             f"Prometheus to show the counters {expected_before}")
+
+    limit = 3_000
+    result = run_replay(source, ReplayOptions(url=canary_runtime.url, limit=limit, batch=1, concurrency=8,
+                                              progress=False), tmp_path / "replay.json", skew=False)
+    replayed = {v: m["requests"] for v, m in result.report["versions"].items()}
+    assert sum(replayed.values()) == limit and set(replayed) == {"v1", "v2"}
+    expected = {v: expected_before[v] + replayed[v] for v in replayed}
+    wait_for(lambda: per_version() == expected, f"Prometheus to show {expected}")
+
+    flagged = {s["metric"]["model_version"]: float(s["value"][1]) for s in prometheus_api(
+        prometheus, 'sum by (model_version) (increase(fraud_predictions_total{job="fraud-detector",decision="fraud"}[1h]))')}
+    assert set(flagged) <= {"v1", "v2"}
+    # `canary analyze --prometheus` builds its per-version metrics from the same series
+    online, queries = metrics_from_prometheus(prometheus)
+    assert {v: m.answered for v, m in online.items()} == {v: int(n) for v, n in expected.items()}
+    assert all(m.errors == 0 and m.confusion is None for m in online.values())
+    assert 0 < online["v2"].latency_p99_ms < 10_000 and 'job="fraud-detector"' in queries["rows"]
+
+
+def test_analyze_cli_from_prometheus_never_promotes_without_labels(prometheus, canary_runtime, pipeline_report):
+    done = canary_runtime.cli("canary", "analyze", "--prometheus", prometheus, "--report", str(pipeline_report))
+    assert done.returncode == 0, done.stderr
+    assert "RECOMMENDATION: HOLD" in done.stdout
+    assert "INSUFFICIENT canary.recall_vs_offline: labels unknown" in done.stdout
+
+
+# --- kill the canary ---------------------------------------------------------------------------
+
+
+def canary_predictor_pid(runtime) -> int:
+    """The pid of the predictor process serving the canary revision (a child of `serve`)."""
+    status = runtime.service.get()["status"]["components"]["predictor"]
+    port = read_runtime(runtime.state_dir)["predictors"][status["latestReadyRevision"]].rsplit(":", 1)[1]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == runtime.process.pid and b"predictor" in argv and port.encode() in argv:
+            return int(entry.name)
+    raise LookupError(f"no predictor on port {port} under serve (pid {runtime.process.pid})")
+
+
+def test_killing_the_canary_predictor_fails_no_stable_request_and_rollback_applies(
+        canary_runtime, source, pipeline_report, tmp_path):
+    pid = canary_predictor_pid(canary_runtime)
+    before = transformer_metrics(canary_runtime)
+    limit, kill_at = 4_000, 800
+    passed_kill_point = threading.Event()
+    outcome: dict = {}
+
+    def progress(done_rows: int) -> None:
+        if done_rows >= kill_at:
+            passed_kill_point.set()
+
+    def replay() -> None:
+        try:
+            # paced, so that most of the replay happens after the kill
+            outcome["result"] = run_replay(source, ReplayOptions(url=canary_runtime.url, limit=limit, batch=2,
+                                                                 rate=600, concurrency=4, progress=False),
+                                           tmp_path / "replay.json", skew=False, on_progress=progress)
+        except BaseException as error:  # reported by the main thread
+            outcome["error"] = error
+            passed_kill_point.set()
+
+    thread = threading.Thread(target=replay)
+    thread.start()
+    assert passed_kill_point.wait(DEADLINE_SECONDS)
+    os.kill(pid, signal.SIGKILL)
+    thread.join(DEADLINE_SECONDS)
+    assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
+    report = outcome["result"].report
+    after = transformer_metrics(canary_runtime)
+
+    def errors(version: str) -> float:
+        return (metric_value(after, "fraud_predictor_errors_total", model_version=version)
+                - metric_value(before, "fraud_predictor_errors_total", model_version=version))
+
+    failed = report["totals"]["failed_requests"]
+    assert failed > 0, report["totals"]
+    # every failure was a forward to the killed canary; the stable share never failed
+    assert errors("v1") == 0 and errors("v2") == failed
+    assert report["versions"]["v1"]["errors"] == 0
+    assert report["totals"]["unattributed_rows"] == report["totals"]["failed_rows"]
+
+    done = canary_runtime.cli("canary", "analyze", "--replay-report", str(tmp_path / "replay.json"),
+                              "--report", str(pipeline_report), "--apply")
+    assert done.returncode == 0, done.stderr
+    assert "RECOMMENDATION: ROLLBACK" in done.stdout
+    assert "FAIL canary.error_rate" in done.stdout
+    assert "MLflow: challenger cleared, champion stays 1" in done.stdout
+    tracking_uri = json.loads(pipeline_report.read_text())["mlflow"]["tracking_uri"]
+    assert registry.aliases(tracking_uri) == {"champion": 1}
+    manifest = canary_runtime.service.get()
+    assert manifest["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    revisions = canary_runtime.service.revisions()
+    assert {revisions[e["revisionName"]]["modelVersion"]: e["percent"]
+            for e in manifest["status"]["components"]["predictor"]["traffic"] if e["percent"]} == {"v1": 100}
+    canary_runtime.wait_applied()
+    probe = run_replay(source, ReplayOptions(url=canary_runtime.url, limit=300, batch=1, progress=False),
+                       tmp_path / "probe.json", skew=False)
+    assert {v: m["requests"] for v, m in probe.report["versions"].items()} == {"v1": 300}

@@ -15,6 +15,12 @@ rate and a 20 % canary that takes ≈ 500,000–700,000 requests; a replay of on
 detect (`supported_recall_drop`), never less than the default, and the analysis reports both what
 the default policy says and what was decided under the stated one. See README "Reading the
 recommendation".
+
+Flag rates. `recommend` holds when the two versions' flag rates differ by more than ×2 (the alert
+rule's number, meant for unlabelled live traffic). When the online traffic is a replay of the
+holdout, the offline flag rates already say how far apart the versions should be (a candidate that
+catches a new fraud pattern flags more), and each version's online flag rate is checked against its
+own offline value; the ×2 tolerance is then applied around the holdout's ratio.
 """
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ def register(commands, bench) -> None:
     serve.add_argument("--baseline", type=Path, help="artifact root of the rolled-out model (creates the manifest)")
     serve.add_argument("--candidate", type=Path, help="artifact root of the canary model")
     serve.add_argument("--canary-percent", type=int, default=20, help="traffic share of the candidate (0..100)")
-    serve.add_argument("--http-port", type=positive_int, default=8080, help="transformer HTTP port (KServe listens on all interfaces; clients use 127.0.0.1)")
+    serve.add_argument("--http-port", type=positive_int, default=8080,
+                       help="transformer HTTP port (KServe listens on all interfaces; clients use 127.0.0.1)")
     serve.add_argument("--max-rows", type=positive_int, default=10_000, help="most rows per request")
     serve.add_argument("--drain-seconds", type=float, default=5.0,
                        help="keep a predictor leaving the split this long, for requests in flight")

@@ -25,10 +25,12 @@ compile: $(INSTALLED)
 venv: $(INSTALLED)
 
 # Locked Python dependencies into .venv (uv installs the lock exactly; the project itself editable).
+# Bytecode is compiled at install: with PYTHONDONTWRITEBYTECODE set, every server start would
+# otherwise compile kserve and TensorFlow from source.
 $(INSTALLED): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q uv==0.13.9
-	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip sync -q --compile-bytecode --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	touch $@
 

@@ -192,7 +192,8 @@ def reconcile(manifest: dict, revisions: dict[str, dict]) -> tuple[dict, dict[st
     ready = [revision for revision in revisions if revisions[revision]["ready"]]
     latest_ready = ready[-1] if ready else None
 
-    mode = isvc.deployment_mode({"metadata": manifest["metadata"]}) or "Knative"
+    # No annotation means KServe 0.21's default, Standard, where canaryTrafficPercent is ignored.
+    mode = isvc.deployment_mode({"metadata": manifest["metadata"]}) or "Standard"
     canary_mode = mode in isvc.CANARY_MODES
     percent = predictor.get("canaryTrafficPercent")
     percent = None if percent is None else int(percent)

@@ -105,13 +105,19 @@ def test_unservable_canary_never_takes_traffic(service, tmp_path):
     assert conditions["Ready"] == conditions["PredictorReady"] == "False"
 
 
-def test_standard_mode_ignores_canary_percent(service, tmp_path):
+@pytest.mark.parametrize("annotation, mode", [("RawDeployment", "RawDeployment"), ("Standard", "Standard"),
+                                              (None, "Standard")])  # no annotation: KServe 0.21's default
+def test_standard_mode_ignores_canary_percent(service, tmp_path, annotation, mode):
     manifest = isvc.inference_service(spec(artifact_root(tmp_path, 1), 1))
-    manifest["metadata"]["annotations"][isvc.DEPLOYMENT_MODE_ANNOTATION] = "RawDeployment"
+    annotations = manifest["metadata"]["annotations"]
+    if annotation is None:
+        del annotations[isvc.DEPLOYMENT_MODE_ANNOTATION]
+    else:
+        annotations[isvc.DEPLOYMENT_MODE_ANNOTATION] = annotation
     service.create(manifest)
     patched = service.patch_merge(isvc.canary_patch(spec(artifact_root(tmp_path, 2), 2), 20))
     assert split(patched) == {REV2: 100}
-    assert patched["status"]["deploymentMode"] == "RawDeployment"
+    assert patched["status"]["deploymentMode"] == mode
 
 
 def test_status_and_server_fields_are_not_patchable(service, tmp_path):

@@ -6,6 +6,7 @@ Ctrl-C and on SIGTERM alike (`serve` stops its own predictors and transformer on
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -19,6 +20,14 @@ from fraud_serving.runtime import read_runtime
 
 #: `fraud-rollout …` with this interpreter.
 FRAUD_ROLLOUT = [sys.executable, "-m", "fraud_rollout"]
+
+
+def _terminate_with_parent() -> None:
+    """In the child: SIGTERM when the parent dies, even by SIGKILL (serve then stops its servers)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 class LocalServing:
@@ -62,7 +71,7 @@ class LocalServing:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL,
+                                            stdin=subprocess.DEVNULL, preexec_fn=_terminate_with_parent,
                                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         try:
             self.wait_applied()

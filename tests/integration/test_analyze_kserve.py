@@ -1,0 +1,70 @@
+"""`fraud-rollout canary analyze --apply --target kserve` against the FAKE API server: the
+recommendation is carried out with the same patches as `canary promote|rollback`, and the MLflow
+aliases follow (the registry named by the pipeline report)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fraud import registry
+from fraud.online import version_metrics
+from fraud.steps import json_safe
+from fraud_rollout.cli import main
+from tests.integration.test_canary_cli_kserve import NS, cluster, tracking_uri  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+
+def write_reports(tmp_path, tracking_uri: str, canary_errors: int = 0) -> tuple[str, str]:
+    """A replay report (v1 80 %, v2 20 %, v2 catching more fraud) and the pipeline report whose
+    offline metrics those online numbers agree with."""
+    rng = np.random.default_rng(5)
+    versions = np.array(["v1"] * 16_000 + ["v2"] * 4_000)
+    labels = (rng.random(versions.size) < 0.03).astype(int)
+    recall = np.where(versions == "v2", 0.85, 0.40)
+    decisions = np.where(labels == 1, rng.random(versions.size) < recall, rng.random(versions.size) < 0.002)
+    errors = np.zeros(versions.size, dtype=bool)
+    errors[np.flatnonzero(versions == "v2")[:canary_errors]] = True
+    online = version_metrics(labels, decisions.astype(int), versions, rng.uniform(5, 30, versions.size), errors)
+    replay = {"kind": "fraud-rollout replay", "source": {"pipeline_report": None},
+              "versions": {v: m.to_dict() for v, m in online.items()}}
+    models = {v: {"version": v, "holdout": {"precision": m.precision, "recall": m.recall, "tp": m.confusion.tp,
+                                             "fp": m.confusion.fp, "fn": m.confusion.fn, "tn": m.confusion.tn}}
+              for v, m in online.items()}
+    (tmp_path / "replay.json").write_text(json.dumps(json_safe(replay)))
+    (tmp_path / "report.json").write_text(json.dumps({"models": models, "mlflow": {"tracking_uri": tracking_uri}}))
+    return str(tmp_path / "replay.json"), str(tmp_path / "report.json")
+
+
+def analyze(kubeconfig: str, replay: str, report: str) -> int:
+    return main(["canary", "analyze", "--target", "kserve", "--namespace", NS, "--kubeconfig", kubeconfig,
+                 "--replay-report", replay, "--report", report, "--detectable-recall-difference", "auto", "--apply"])
+
+
+def traffic(fake_url: str, kubeconfig: str, capsys) -> list[tuple[str, int]]:
+    capsys.readouterr()
+    assert main(["canary", "status", "--target", "kserve", "--namespace", NS, "--kubeconfig", kubeconfig, "--json"]) == 0
+    return [(t["revisionName"][-5:], t["percent"]) for t in json.loads(capsys.readouterr().out)["status"]["traffic"]]
+
+
+def test_promote_is_applied_to_the_cluster_and_the_registry(cluster, tracking_uri, tmp_path, capsys):
+    fake, kubeconfig = cluster
+    replay, report = write_reports(tmp_path, tracking_uri)
+    assert analyze(kubeconfig, replay, report) == 0
+    out = capsys.readouterr().out
+    assert "RECOMMENDATION: PROMOTE" in out and "MLflow: champion = version 2, challenger cleared" in out
+    assert registry.aliases(tracking_uri) == {"champion": 2}
+    assert traffic(fake.url, kubeconfig, capsys) == [("00002", 100)]
+
+
+def test_a_failing_canary_is_rolled_back(cluster, tracking_uri, tmp_path, capsys):
+    fake, kubeconfig = cluster
+    replay, report = write_reports(tmp_path, tracking_uri, canary_errors=200)  # 5 % of the canary's rows
+    assert analyze(kubeconfig, replay, report) == 0
+    out = capsys.readouterr().out
+    assert "RECOMMENDATION: ROLLBACK" in out and "FAIL canary.error_rate" in out
+    assert "MLflow: challenger cleared, champion stays 1" in out
+    assert registry.aliases(tracking_uri) == {"champion": 1}
+    assert dict(traffic(fake.url, kubeconfig, capsys))["00001"] == 100

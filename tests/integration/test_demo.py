@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fraud.online import agreement_with_offline
 from fraud_serving.runtime import read_runtime
 
 pytestmark = pytest.mark.integration
@@ -66,7 +67,14 @@ def test_demo_tells_the_whole_story(demo_run):
     # the must-shows: no skew, online recall consistent with offline, a decision made and applied
     assert checks["skew_disagreements"] == 0
     assert report["replay"]["skew"]["compared_rows"] == report["replay"]["totals"]["rows"] > 5_000
-    assert checks["recall_within_interval"] == {"v1": True, "v2": True}
+    # online recall agrees with offline: the report says so at 95 % (by chance alone the canary's falls
+    # outside in ≈ 3 % of runs: the split is random), the test at 99.9 % so that it flakes only on skew
+    assert set(checks["recall_within_interval"]) == {"v1", "v2"}
+    for name, comparison in report["analysis"]["comparisons"].items():
+        if name.endswith("recall_vs_offline"):
+            wide = agreement_with_offline(comparison["online_successes"], comparison["online_trials"],
+                                          comparison["offline"], confidence=0.999)
+            assert wide.agrees, (name, comparison)
     assert checks["recommendation"] in {"promote", "hold", "rollback"} and checks["applied"] is True
     analysis = report["analysis"]
     assert analysis["policy"]["detectable_recall_difference"] >= 0.10

@@ -337,8 +337,10 @@ def _note(messages: list[str], message: str) -> None:
 
 def replay(source: ReplaySource, options: ReplayOptions,
            on_progress: Callable[[int], None] | None = None) -> ReplayRows:
-    """Replay `source` (the first `options.limit` rows); `options.batch` must be set."""
+    """Replay `source` (the first `options.limit` rows)."""
     frame = source.frame if options.limit is None else source.frame.iloc[:options.limit]
+    if options.batch is None:
+        options = replace(options, batch=default_batch(len(frame)))
     rows = send(frame.loc[:, list(FEATURES)].to_numpy(dtype=np.float64), options, on_progress)
     rows.labels = frame[LABEL].to_numpy(dtype=np.int8)
     rows.amount = frame["Amount"].to_numpy(dtype=np.float64)
@@ -498,7 +500,7 @@ def run_replay(source: ReplaySource, options: ReplayOptions, out: Path, *, skew:
     """Check the endpoint, replay, write the rows file and the report (with the skew check when
     each answering version's artifact is known)."""
     check_endpoint(options.url, options.model_name)
-    if options.batch is None:
+    if options.batch is None:  # resolved here too, so that the report states it
         options = replace(options, batch=default_batch(min(len(source.frame), options.limit or len(source.frame))))
     rows = replay(source, options, on_progress)
     out = Path(out)

@@ -20,9 +20,10 @@ INPUT_NAME = "transactions"
 
 
 def v2_request(raw: np.ndarray, request_id: str | None = None) -> dict:
-    """The v2 JSON body for raw `[N, 30]` transactions in contract order."""
+    """The v2 JSON body for raw `[N, 30]` transactions in contract order. `data` is flat, in
+    row-major order, as the Open Inference Protocol lays tensors out (half the parse time of nested lists)."""
     raw = np.asarray(raw, dtype=np.float64)
-    body = {"inputs": [{"name": INPUT_NAME, "shape": list(raw.shape), "datatype": "FP64", "data": raw.tolist()}]}
+    body = {"inputs": [{"name": INPUT_NAME, "shape": list(raw.shape), "datatype": "FP64", "data": raw.ravel().tolist()}]}
     if request_id is not None:
         body["id"] = request_id
     return body

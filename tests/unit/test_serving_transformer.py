@@ -193,7 +193,7 @@ def test_predict_reads_csv_and_json_files(tmp_path):
         body = read_transactions(tmp_path / name)
         tensor = body["inputs"][0]
         assert (tensor["name"], tensor["shape"], tensor["datatype"]) == ("transactions", [3, 30], "FP64")
-        np.testing.assert_allclose(tensor["data"], rows)
+        np.testing.assert_allclose(np.reshape(tensor["data"], tensor["shape"]), rows)
     (tmp_path / "v2.json").write_text(json.dumps(body))
     assert read_transactions(tmp_path / "v2.json") == body  # a v2 request goes as it is
     frame.drop(columns="V7").to_csv(tmp_path / "short.csv", index=False)

@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SYSTEM := $(VENV)/.system
 N ?= 1000000
+REPORT ?= .fraud-rollout/demo/pipeline/report.json
 
-.PHONY: demo test bench bench-pipeline compile venv system clean
+.PHONY: demo test bench bench-pipeline bench-replay bench-serving compile venv system lock clean
 
 demo: $(INSTALLED)
 	$(BIN)/fraud-rollout demo
@@ -14,10 +15,18 @@ demo: $(INSTALLED)
 test: $(INSTALLED) $(SYSTEM)
 	$(BIN)/pytest -q
 
-bench: bench-pipeline
+# Benchmarks print measured numbers next to their targets. bench-replay and bench-serving use the
+# models of a pipeline run (REPORT, written by `make demo` or `make bench-pipeline`).
+bench: bench-pipeline bench-replay bench-serving
 
 bench-pipeline: $(INSTALLED)
 	$(BIN)/fraud-rollout bench pipeline --n-transactions $(N)
+
+bench-replay: $(INSTALLED) $(SYSTEM)
+	$(BIN)/fraud-rollout bench replay --report $(REPORT)
+
+bench-serving: $(INSTALLED) $(SYSTEM)
+	$(BIN)/fraud-rollout bench serving --report $(REPORT)
 
 compile: $(INSTALLED)
 	$(BIN)/fraud-rollout pipeline compile

@@ -54,6 +54,7 @@ def register(commands, bench) -> None:
 
     bench_serving = bench.add_parser("serving", help="latency and throughput of predictor and transformer")
     bench_serving.add_argument("--baseline", type=Path, help="artifact root to serve on loopback for the run")
+    bench_serving.add_argument("--report", type=Path, help="a pipeline run's report.json: serve its v1 model")
     bench_serving.add_argument("--predictor-url", help="measure running servers instead (with --transformer-url)")
     bench_serving.add_argument("--transformer-url", help="base URL of the running transformer")
     bench_serving.add_argument("--requests", type=positive_int, default=2_000, help="1-row requests per latency run")
@@ -235,8 +236,14 @@ def bench_command(args: argparse.Namespace) -> int:
     from fraud_rollout.cli import UsageError
     from fraud_serving.bench import measure, run_benchmark
 
+    if args.baseline is None and args.report is not None:
+        try:
+            args.baseline = Path(json.loads(args.report.read_text())["models"]["v1"]["artifact"])
+        except (OSError, ValueError, KeyError) as error:
+            raise UsageError(f"--report {args.report}: not a pipeline report with models.v1.artifact ({error})") from None
     if args.baseline is None:
-        raise UsageError("give --baseline ARTIFACT_ROOT (its feature contract and model are served and measured)")
+        raise UsageError("give --baseline ARTIFACT_ROOT or --report report.json (its feature contract and model are "
+                         "served and measured)")
     options = dict(requests=args.requests, rows=args.rows, duration=args.duration, connections=args.connections)
     if args.predictor_url or args.transformer_url:
         if not (args.predictor_url and args.transformer_url):

@@ -45,13 +45,9 @@ def detectable_difference(text: str) -> float | str:
     """argparse type: a recall difference in (0, 1), or "auto"."""
     if text == AUTO:
         return AUTO
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'auto'") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1 (or 'auto')")
-    return value
+    from fraud_rollout.cli import number_between
+
+    return number_between(0, 1, also=AUTO)(text)
 
 
 def register(commands, bench) -> None:

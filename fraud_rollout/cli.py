@@ -17,25 +17,40 @@ class UsageError(Exception):
     """A bad command-line value; the message names it."""
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number ≥ 1, with an error that names the bad value."""
+def _whole_number(text: str, minimum: int, bound: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r} {bound}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number ≥ 1, with an error that names the bad value."""
+    return _whole_number(text, 1, "must be at least 1")
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
+    """argparse type: a whole number ≥ 0."""
+    return _whole_number(text, 0, "must not be negative")
+
+
+def number_between(low: float, high: float, also: str = ""):
+    """argparse type: a number strictly between `low` and `high` (`also` names a word accepted besides)."""
+    alternative = f" (or {also!r})" if also else ""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number{alternative}") from None
+        if not low < value < high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be between {low:g} and {high:g}{alternative}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:

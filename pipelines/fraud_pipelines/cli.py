@@ -1,12 +1,11 @@
 """`fraud-rollout pipeline compile|run` and `fraud-rollout bench pipeline`."""
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-from fraud_rollout.cli import UsageError, non_negative_int, positive_int
+from fraud_rollout.cli import UsageError, non_negative_int, number_between, positive_int
 
 
 def register(commands, bench) -> None:
@@ -30,22 +29,12 @@ def register(commands, bench) -> None:
     bench_pipeline.set_defaults(func=bench_command)
 
 
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 0.5:
-        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 0.5")
-    return value
-
-
 def add_run_options(parser, default_out: Path = Path(".fraud-rollout/run"),
                     default_serving: Path = Path(".fraud-rollout/serving")) -> None:
     parser.add_argument("--n-transactions", type=positive_int, default=1_000_000, help="transactions to simulate")
     parser.add_argument("--seed", type=non_negative_int, default=7, help="random seed")
     parser.add_argument("--epochs", type=positive_int, default=20, help="maximum training epochs")
-    parser.add_argument("--fraud-rate", type=fraction, default=0.0017, help="share of fraud")
+    parser.add_argument("--fraud-rate", type=number_between(0, 0.5), default=0.0017, help="share of fraud")
     parser.add_argument("--source-csv", type=Path, default=None, help="enrich a real creditcard.csv instead of generating")
     parser.add_argument("--mlflow-tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI, else SQLite under .fraud-rollout/")
     parser.add_argument("--out", type=Path, default=default_out, help="output directory (report.json, artifacts)")

@@ -24,7 +24,6 @@ own offline value; the ×2 tolerance is then applied around the holdout's ratio.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math

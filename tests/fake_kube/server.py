@@ -362,7 +362,7 @@ class FakeKubeApiServer:
                         raise ApiError(400, "BadRequest", "the body of the request must be a JSON object")
                     return 201, self._create(namespace, body)
                 if not name:
-                    raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource")
+                    raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
                 key = (namespace, name)
                 if key not in self._objects:
                     raise not_found(name)

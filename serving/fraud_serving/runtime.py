@@ -106,11 +106,17 @@ class LocalRuntime:
                 started.append(name)
                 self.predictors[name] = start_predictor(local_artifact_path(record["storageUri"]), self.log_dir,
                                                         label=name)
-        for name in started:
-            self.predictors[name].wait_ready()
-            logger.info("predictor %s (%s) ready at %s", name, revisions[name]["modelVersion"],
-                        self.predictors[name].url)
         traffic = manifest["status"]["components"]["predictor"].get("traffic", [])
+        # Routes change once every revision that will take traffic is ready. A revision kept at 0 %
+        # (a rolled-back canary, perhaps restarting after a crash) starts alongside and must not
+        # hold the rollback up.
+        carrying = {entry["revisionName"] for entry in traffic if int(entry["percent"]) > 0}
+        for name in needed:
+            if name in carrying:
+                self.predictors[name].wait_ready()
+            if name in started:
+                logger.info("predictor %s (%s) %s at %s", name, revisions[name]["modelVersion"],
+                            "ready" if name in carrying else "starting (0 % of traffic)", self.predictors[name].url)
         backends = [Backend(self.predictors[entry["revisionName"]].url, entry["revisionName"],
                             revisions[entry["revisionName"]]["modelVersion"], int(entry["percent"]))
                     for entry in traffic]

@@ -370,7 +370,7 @@ def test_bench_serving_runs_and_reports_every_target(serving_stack, tiny_run):
     report = measure(serving_stack.predictor.url, serving_stack.transformer.url, tiny_run.v1, requests=30,
                      rows=300, duration=1, connections=4)
     text = report.format()
-    for name in ("via transformer p50 (1 row)", "via transformer p99 (1 row)", "p50 ratio transformer/direct",
+    for name in ("one-row compute, NumPy path served (median)", "via transformer p50 (1 row)", "via transformer p99 (1 row)", "p50 ratio transformer/direct",
                  "300 rows via transformer, JSON", "via transformer req/s (c=4, 1 s)", "via transformer errors (c=4)"):
         assert name in text, text
     assert report.value("via transformer errors (c=4)") == 0

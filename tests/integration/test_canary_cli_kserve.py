@@ -5,36 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
-from kubernetes import client
 
 from fraud import registry
 from fraud_rollout.cli import main
-from fraud_serving import kserve_canary
-from fraud_serving.isvc import IsvcSpec
-from tests.fake_kube import FakeKServeController, FakeKubeApiServer
+from tests.integration.kube_fixtures import NS, canary_cluster
 
 pytestmark = pytest.mark.integration
-
-NS = "kubeflow-user-example-com"
-V1 = IsvcSpec(storage_uri="s3://fraud-models/fraud-detector/v1-aa", model_version="v1", contract_id="c1", namespace=NS)
-V2 = IsvcSpec(storage_uri="s3://fraud-models/fraud-detector/v2-bb", model_version="v2", contract_id="c1", namespace=NS)
-
 
 @pytest.fixture
 def cluster(tmp_path):
     """The fake with v2 at 20 %, and a kubeconfig for it."""
-    with FakeKubeApiServer(FakeKServeController(observe_delay=0.05, ready_delay=0.1)) as fake:
-        configuration = client.Configuration()
-        configuration.host = fake.url
-        with client.ApiClient(configuration) as api_client:
-            kserve_canary.deploy_canary(client.CustomObjectsApi(api_client), V2, V1, timeout_s=10, poll_s=0.02)
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
-            "users": [{"name": "fake", "user": {}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NS}}]}))
+    with canary_cluster(tmp_path) as (fake, kubeconfig):
         yield fake, str(kubeconfig)
 
 

@@ -10,17 +10,13 @@ import subprocess
 import time
 
 import pytest
-import yaml
-from kubernetes import client
 
 from fraud_serving import kserve_canary
-from fraud_serving.isvc import IsvcSpec
-from tests.fake_kube import FakeKServeController, FakeKubeApiServer
+from tests.integration.kube_fixtures import NS, canary_cluster
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")]
 
-NS = "kubeflow-user-example-com"
 #: Exactly as in the README ("Promote or roll back the canary with kubectl"), with NS set.
 COMMANDS = {
     "get": "kubectl get isvc fraud-detector -n $NS",
@@ -31,25 +27,13 @@ COMMANDS = {
     "wait_ready": "kubectl wait isvc/fraud-detector -n $NS --for=condition=Ready --timeout=600s",
     "wait_rolled_back": """kubectl wait isvc/fraud-detector -n $NS --for=jsonpath='{.status.components.predictor.traffic[?(@.tag=="prev")].percent}'=100 --timeout=600s""",
 }
-V1 = IsvcSpec(storage_uri="s3://fraud-models/fraud-detector/v1-aa", model_version="v1", contract_id="c1", namespace=NS)
-V2 = IsvcSpec(storage_uri="s3://fraud-models/fraud-detector/v2-bb", model_version="v2", contract_id="c1", namespace=NS)
 DELAY = 0.6  # observe and ready delays: long enough that a wait that did not wait would be caught
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    with FakeKubeApiServer(FakeKServeController(observe_delay=0.05, ready_delay=0.1)) as fake:
-        configuration = client.Configuration()
-        configuration.host = fake.url
-        with client.ApiClient(configuration) as api_client:
-            kserve_canary.deploy_canary(client.CustomObjectsApi(api_client), V2, V1, timeout_s=10, poll_s=0.02)
+    with canary_cluster(tmp_path) as (fake, kubeconfig):
         fake.controller.observe_delay = fake.controller.ready_delay = DELAY
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
-            "users": [{"name": "fake", "user": {}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]}))
         env = {**os.environ, "KUBECONFIG": str(kubeconfig), "NS": NS, "HOME": str(tmp_path)}
         yield fake, env
 

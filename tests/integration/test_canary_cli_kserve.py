@@ -12,6 +12,7 @@ from tests.integration.kube_fixtures import NS, canary_cluster
 
 pytestmark = pytest.mark.integration
 
+
 @pytest.fixture
 def cluster(tmp_path):
     """The fake with v2 at 20 %, and a kubeconfig for it."""

@@ -6,28 +6,19 @@ Ctrl-C and on SIGTERM alike (`serve` stops its own predictors and transformer on
 """
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from fraud_serving.local_state import LocalInferenceService
-from fraud_serving.processes import LOOPBACK, POLL_SECONDS, READY_TIMEOUT_SECONDS, ServerFailed, free_port
+from fraud_serving.processes import (LOOPBACK, POLL_SECONDS, READY_TIMEOUT_SECONDS, ServerFailed, die_with_parent,
+                                     free_port, log_tail, stop_process)
 from fraud_serving.runtime import read_runtime
 
 #: `fraud-rollout …` with this interpreter.
 FRAUD_ROLLOUT = [sys.executable, "-m", "fraud_rollout"]
-
-
-def _terminate_with_parent() -> None:
-    """In the child: SIGTERM when the parent dies, even by SIGKILL (serve then stops its servers)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class LocalServing:
@@ -71,7 +62,7 @@ class LocalServing:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, preexec_fn=_terminate_with_parent,
+                                            stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
                                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         try:
             self.wait_applied()
@@ -103,20 +94,10 @@ class LocalServing:
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM (serve stops its predictors and transformer, then exits); SIGKILL after `timeout`."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop_process(self.process, timeout)
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def __enter__(self) -> "LocalServing":
         return self.start()

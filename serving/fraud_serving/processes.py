@@ -30,7 +30,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # a child outliving a killed runtime would hold its port
+def die_with_parent() -> None:
+    """`preexec_fn` for children: SIGTERM when the parent dies, even by SIGKILL (a child outliving
+    a killed runtime would hold its port)."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
@@ -82,19 +84,29 @@ class ServerProcess:
         return self
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self.alive():
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, timeout)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
+
+
+def stop_process(process: subprocess.Popen | None, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it is still running after `timeout` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+def log_tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
 
 
 def start_server(role: str, args: list[str], log_dir: Path, model_name: str = NAME, port: int | None = None,
@@ -110,7 +122,7 @@ def start_server(role: str, args: list[str], log_dir: Path, model_name: str = NA
     child_env = {"OPENBLAS_NUM_THREADS": "1", **os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=child_env, preexec_fn=_die_with_parent)
+                                   env=child_env, preexec_fn=die_with_parent)
     return ServerProcess(role, process, port, model_name, log_path, command)
 
 

@@ -30,12 +30,14 @@ a status subresource, so the real `kubernetes` client can drive it unchanged:
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 import json
 import re
 import threading
 import time
 import uuid
 from datetime import datetime, timezone
+from typing import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -132,6 +134,16 @@ class FakeKubeApiServer:
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
+
+    @contextmanager
+    def custom_objects_api(self) -> Iterator:
+        """The real `kubernetes` client's CustomObjectsApi, pointed at this server."""
+        from kubernetes import client
+
+        configuration = client.Configuration()
+        configuration.host = self.url
+        with client.ApiClient(configuration) as api_client:
+            yield client.CustomObjectsApi(api_client)
 
     def __enter__(self) -> FakeKubeApiServer:
         self._thread.start()

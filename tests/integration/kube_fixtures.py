@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Iterator
 
 import yaml
-from kubernetes import client
 
 from fraud_serving import kserve_canary
 from fraud_serving.isvc import IsvcSpec
@@ -22,10 +21,8 @@ V2 = IsvcSpec(storage_uri="s3://fraud-models/fraud-detector/v2-bb", model_versio
 def canary_cluster(directory: Path) -> Iterator[tuple[FakeKubeApiServer, Path]]:
     """Yields the fake and the path of a kubeconfig (context namespace NS) written in `directory`."""
     with FakeKubeApiServer(FakeKServeController(observe_delay=0.05, ready_delay=0.1)) as fake:
-        configuration = client.Configuration()
-        configuration.host = fake.url
-        with client.ApiClient(configuration) as api_client:
-            kserve_canary.deploy_canary(client.CustomObjectsApi(api_client), V2, V1, timeout_s=10, poll_s=0.02)
+        with fake.custom_objects_api() as api:
+            kserve_canary.deploy_canary(api, V2, V1, timeout_s=10, poll_s=0.02)
         kubeconfig = directory / "kubeconfig"
         kubeconfig.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "fake",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from fraud_serving import isvc, kserve_canary
@@ -35,11 +34,8 @@ def fake():
 
 @pytest.fixture
 def api(fake):
-    configuration = client.Configuration()
-    configuration.host = fake.url
-    api_client = client.ApiClient(configuration)
-    yield client.CustomObjectsApi(api_client)
-    api_client.close()
+    with fake.custom_objects_api() as api:
+        yield api
 
 
 def deploy(api, candidate=V2, champion=V1, **kwargs):

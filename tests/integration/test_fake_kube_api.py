@@ -6,7 +6,6 @@ import json
 import time
 
 import pytest
-from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.fake_kube import FakeKServeController, FakeKubeApiServer
@@ -32,10 +31,8 @@ def fake():
 
 @pytest.fixture
 def api(fake):
-    configuration = client.Configuration()
-    configuration.host = fake.url
-    with client.ApiClient(configuration) as api_client:
-        yield client.CustomObjectsApi(api_client)
+    with fake.custom_objects_api() as api:
+        yield api
 
 
 def status_of(error: ApiException) -> dict:

@@ -5,8 +5,9 @@ import base64
 import html
 import io
 
+from fraud.evaluate import METRICS
+
 SLICES = (("holdout", "holdout (after all training data)"), ("pre_drift", "pre-drift slice"))
-SHOWN = ("precision", "recall", "f1", "roc_auc", "pr_auc", "tp", "fp", "tn", "fn")
 
 
 def _fmt(value) -> str:
@@ -52,11 +53,11 @@ def roc_curve_plot(models: dict) -> str:
 
 
 def metrics_table(models: dict) -> str:
-    head = "".join(f"<th>{m}</th>" for m in SHOWN)
+    head = "".join(f"<th>{m}</th>" for m in METRICS)
     rows = []
     for name, model in models.items():
         for key, label in SLICES:
-            cells = "".join(f"<td>{_fmt(model[key][m])}</td>" for m in SHOWN)
+            cells = "".join(f"<td>{_fmt(model[key][m])}</td>" for m in METRICS)
             rows.append(f"<tr><td>{name}</td><td>{label}</td>{cells}</tr>")
     return f"<table><tr><th>model</th><th>slice</th>{head}</tr>{''.join(rows)}</table>"
 

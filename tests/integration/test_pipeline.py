@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from fraud import export
+from fraud.evaluate import METRICS
 from fraud_pipelines.pipeline import COMPILED, compile_pipeline
 
 pytestmark = pytest.mark.integration
@@ -72,7 +73,7 @@ def test_local_run_writes_the_report(local_run):
         assert model["contract_id"] == report["data"]["contract_id"]
         for slice_name in ("holdout", "pre_drift"):
             metrics = model[slice_name]
-            assert {"precision", "recall", "f1", "roc_auc", "pr_auc", "tp", "fp", "tn", "fn"} <= set(metrics)
+            assert set(METRICS) <= set(metrics)
         holdout = model["holdout"]
         assert holdout["tp"] + holdout["fp"] + holdout["tn"] + holdout["fn"] == windows["holdout"]["rows"]
         assert holdout["tp"] + holdout["fn"] == windows["holdout"]["fraud"]

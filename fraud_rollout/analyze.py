@@ -3,7 +3,7 @@
 Online evidence comes from a replay report (labelled: confusion counts per version) or from
 Prometheus (the transformer's per-version counters; no labels, so recall and precision stay
 "insufficient" and the analysis can roll back on health but never promote). Offline evidence is the
-pipeline report's holdout metrics per version. `fraud.online.recommend` decides; `--apply`
+pipeline report's holdout metrics per version. `fraud_canary.online.recommend` decides; `--apply`
 carries the decision out with the same functions `canary promote|rollback` use (local state dir or
 the cluster) and keeps MLflow's aliases true (promote: `champion` = the canary's registered
 version, `challenger` cleared; rollback: `challenger` cleared). Hold changes nothing.
@@ -32,57 +32,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from fraud.schema import DataError
+from fraud_rollout.args import AUTO, UsageError, detectable_difference
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SELECTOR = 'job="fraud-detector"'
-AUTO = "auto"
 DIFFERENCE_STEP = 0.01
-
-
-def detectable_difference(text: str) -> float | str:
-    """argparse type: a recall difference in (0, 1), or "auto"."""
-    if text == AUTO:
-        return AUTO
-    from fraud_rollout.cli import number_between
-
-    return number_between(0, 1, also=AUTO)(text)
-
-
-def register(commands, bench) -> None:
-    """Add `analyze` to the serving package's `canary` command (its --target, --state-dir and
-    cluster options apply to --apply as they do to promote and rollback)."""
-    canary = commands.choices.get("canary")
-    if canary is None:
-        raise RuntimeError("canary analyze needs the serving commands (fraud_serving.cli) registered first")
-    positional = next(a for a in canary._actions if a.dest == "action")
-    positional.choices = [*positional.choices, "analyze"]
-    add_analyze_options(canary.add_argument_group("analyze (fraud_rollout.analyze)"))
-    original = canary.get_default("func")
-
-    def dispatch(args) -> int:
-        return analyze_command(args) if args.action == "analyze" else original(args)
-
-    canary.set_defaults(func=dispatch)
-
-
-def add_analyze_options(group) -> None:
-    group.add_argument("--replay-report", type=Path, help="online evidence: a `fraud-rollout replay` report")
-    group.add_argument("--prometheus", metavar="URL", help="online evidence: Prometheus scraping the transformer")
-    group.add_argument("--selector", default=DEFAULT_SELECTOR,
-                       help=f"label matchers of the transformer's series (default {DEFAULT_SELECTOR})")
-    group.add_argument("--window", default="",
-                       help="Prometheus range, e.g. 15m (default: the counters' whole lifetime)")
-    group.add_argument("--report", type=Path, dest="pipeline_report",
-                       help="pipeline report.json with the offline metrics (default: the replay report's, "
-                            "else .fraud-rollout/run/report.json)")
-    group.add_argument("--expected-canary-percent", type=float,
-                       help="canaryTrafficPercent the share is checked against (default: the local manifest's, else 20)")
-    group.add_argument("--detectable-recall-difference", type=detectable_difference,
-                       help="recall drop the evidence must be able to detect (default 0.10; 'auto': the smallest "
-                            "the evidence supports, at least 0.10)")
-    group.add_argument("--apply", action="store_true", help="promote or roll back as recommended (hold: no change)")
-    group.add_argument("--analysis-out", type=Path, help="write the analysis as JSON here")
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,7 +47,7 @@ def add_analyze_options(group) -> None:
 
 def metrics_from_replay(report: dict) -> dict:
     """VersionMetrics per version from a replay report's `versions` block."""
-    from fraud.online import Confusion, VersionMetrics
+    from fraud_canary.online import Confusion, VersionMetrics
 
     def number(x):
         return math.nan if x is None else float(x)
@@ -153,7 +108,7 @@ def metrics_from_prometheus(url: str, selector: str = DEFAULT_SELECTOR, window: 
     Units: `fraud_predictions_total` counts scored rows, `fraud_predictor_errors_total` failed
     requests; with live traffic (one transaction per request) they are the same unit. Labels are
     unknown, so `confusion` is None. Latency percentiles come from the histogram buckets."""
-    from fraud.online import VersionMetrics
+    from fraud_canary.online import VersionMetrics
 
     queries = prometheus_queries(selector, window)
     answered: dict[str, int] = {}
@@ -185,7 +140,7 @@ def metrics_from_prometheus(url: str, selector: str = DEFAULT_SELECTOR, window: 
 def offline_metrics(pipeline_report: dict, with_flag_rate: bool) -> dict:
     """OfflineMetrics per model_version from the pipeline report's holdout metrics. The flag rate
     only when online traffic is drawn like the holdout (a replay of it)."""
-    from fraud.online import OfflineMetrics
+    from fraud_canary.online import OfflineMetrics
 
     out = {}
     for name, model in pipeline_report["models"].items():
@@ -196,8 +151,8 @@ def offline_metrics(pipeline_report: dict, with_flag_rate: bool) -> dict:
 
 def supported_recall_drop(baseline_recall: float, candidate_frauds: int, baseline_frauds: int, policy) -> float | None:
     """The smallest recall drop (in steps of 0.01) that the frauds each version saw can detect at
-    the policy's alpha and power (`fraud.online.plan_recall_evidence`); None if even 0.99 cannot."""
-    from fraud.online import plan_recall_evidence
+    the policy's alpha and power (`fraud_canary.online.plan_recall_evidence`); None if even 0.99 cannot."""
+    from fraud_canary.online import plan_recall_evidence
 
     if not (math.isfinite(baseline_recall) and 0 <= baseline_recall <= 1):
         return None
@@ -226,7 +181,7 @@ def analyze(online: dict, offline: dict, *, baseline_version: str, canary_versio
     Returns a JSON-ready dict: action, reasons, checks, evidence, comparisons, the policy used
     (with how its detectable difference was chosen) and `default_policy` (action and evidence
     message of `CanaryPolicy()` at the same canary percent)."""
-    from fraud.online import CanaryPolicy, recommend
+    from fraud_canary.online import CanaryPolicy, recommend
 
     default = CanaryPolicy(target_canary_percent=canary_percent)
     choice = "default"
@@ -298,82 +253,3 @@ def format_analysis(analysis: dict) -> str:
                      + (f": ≈ {remaining:,} more requests needed" if remaining else ""))
     lines.append(f"RECOMMENDATION: {analysis['action'].upper()}")
     return "\n".join(lines)
-
-
-def expected_canary_percent(args) -> float:
-    if args.expected_canary_percent is not None:
-        if not 0 < args.expected_canary_percent < 100:
-            raise DataError(f"--expected-canary-percent {args.expected_canary_percent:g}: must be between 0 and 100")
-        return args.expected_canary_percent
-    if args.target == "local":
-        from fraud_serving.local_state import LocalInferenceService
-
-        service = LocalInferenceService(args.state_dir)
-        if service.exists():
-            percent = service.get()["spec"]["predictor"].get("canaryTrafficPercent")
-            if percent is not None and 0 < percent < 100:
-                return float(percent)
-    return 20.0
-
-
-def apply_recommendation(action: str, args, tracking_uri: str) -> tuple[int, str]:
-    """Promote or roll back through `canary promote|rollback`'s own functions; move MLflow aliases.
-    Returns (exit code, one-line account)."""
-    from fraud_serving.cli import CANARY_TARGETS
-
-    if action not in ("promote", "rollback"):
-        return 0, "hold: nothing changed"
-    if args.target == "kserve":
-        args.tracking_uri = getattr(args, "tracking_uri", "") or tracking_uri  # cli_action moves the aliases
-        code = CANARY_TARGETS["kserve"](action, args)
-        return code, f"{action} applied to the InferenceService" if code == 0 else f"{action} refused"
-    code = CANARY_TARGETS["local"](action, args)
-    note = ""
-    if code == 0 and tracking_uri:
-        from fraud_serving.kserve_canary import move_registry_aliases
-
-        note = move_registry_aliases(action, tracking_uri)
-        print(note)
-    return code, f"{action} applied to {args.state_dir}" + (f"; {note}" if note else "")
-
-
-def analyze_command(args) -> int:
-    from fraud_rollout.cli import UsageError
-    from fraud_rollout.replay import DEFAULT_PIPELINE_REPORT, read_pipeline_report, read_replay
-    from fraud.steps import json_safe
-
-    if (args.replay_report is None) == (args.prometheus is None):
-        raise UsageError("canary analyze: give exactly one of --replay-report FILE and --prometheus URL")
-    replay_report = None
-    if args.replay_report is not None:
-        replay_report, _ = read_replay(args.replay_report)
-    pipeline_path = args.pipeline_report
-    if pipeline_path is None and replay_report and replay_report["source"].get("pipeline_report"):
-        pipeline_path = Path(replay_report["source"]["pipeline_report"])
-    pipeline = read_pipeline_report(pipeline_path or DEFAULT_PIPELINE_REPORT, option="--report")
-    baseline_version, canary_version = (str(pipeline["models"][name].get("version", name)) for name in ("v1", "v2"))
-
-    if replay_report is not None:
-        online = metrics_from_replay(replay_report)
-        evidence = {"source": "replay", "replay_report": str(args.replay_report)}
-    else:
-        online, queries = metrics_from_prometheus(args.prometheus, args.selector, args.window)
-        evidence = {"source": "prometheus", "url": args.prometheus, "queries": queries}
-    offline = offline_metrics(pipeline, with_flag_rate=replay_report is not None)
-    analysis = analyze(online, offline, baseline_version=baseline_version, canary_version=canary_version,
-                       canary_percent=expected_canary_percent(args), detectable=args.detectable_recall_difference)
-    analysis["evidence_source"] = evidence
-    print(format_analysis(analysis))
-
-    code = 0
-    if args.apply:
-        tracking_uri = (getattr(args, "tracking_uri", "") or os.environ.get("MLFLOW_TRACKING_URI", "")
-                        or pipeline.get("mlflow", {}).get("tracking_uri", ""))
-        code, applied = apply_recommendation(analysis["action"], args, tracking_uri)
-        analysis["applied"] = {"action": analysis["action"], "target": args.target, "exit_code": code,
-                               "detail": applied}
-        print(f"applied: {applied}")
-    if args.analysis_out:
-        args.analysis_out.parent.mkdir(parents=True, exist_ok=True)
-        args.analysis_out.write_text(json.dumps(json_safe(analysis), indent=2, allow_nan=False))
-    return code

@@ -29,10 +29,9 @@ TRAFFIC_PROBE_REQUESTS = 200
 
 
 def register(commands, bench) -> None:
-    from fraud_pipelines.cli import add_run_options
-    from fraud_rollout.analyze import AUTO, detectable_difference
-    from fraud_rollout.replay import non_negative_float
-    from fraud_serving.local_state import DEFAULT_STATE_DIR
+    from fraud_rollout.pipeline_cli import add_run_options
+    from fraud_rollout.args import AUTO, detectable_difference, non_negative_float
+    from fraud_control.local_state import DEFAULT_STATE_DIR
 
     demo = commands.add_parser("demo", help="the whole story locally: pipeline, canary, replay, analysis, report")
     add_run_options(demo, default_out=DEFAULT_OUT)
@@ -68,7 +67,7 @@ def demo_command(args) -> int:
 def _pipeline(args, out: Path) -> tuple[dict, Path]:
     """Run the pipeline into out/pipeline (or read --from-report); the report and its path."""
     from fraud.report import text_summary
-    from fraud_pipelines.cli import _options
+    from fraud_rollout.pipeline_cli import _options
     from fraud_pipelines.local import run_local
     from fraud_rollout.replay import read_pipeline_report
 
@@ -83,7 +82,7 @@ def _pipeline(args, out: Path) -> tuple[dict, Path]:
 def deployed_by_pipeline(state_dir: Path, artifacts: dict[str, str]) -> bool:
     """Does the InferenceService in `state_dir` already run this run's v2 as a canary (the
     pipeline's local deploy step wrote it)?"""
-    from fraud_serving.local_state import LocalInferenceService
+    from fraud_control.local_state import LocalInferenceService
 
     service = LocalInferenceService(state_dir)
     if not service.exists() or "canaryTrafficPercent" not in service.get()["spec"]["predictor"]:
@@ -148,11 +147,11 @@ def explore_commands(out: Path, pipeline_path: Path, state_dir: Path, tracking_u
 def run_demo(args) -> int:
     from fraud import registry
     from fraud.schema import FEATURES
-    from fraud.steps import json_safe, read_json
+    from fraud.files import read_json, write_json
     from fraud_rollout import demo_report
-    from fraud_rollout.analyze import analyze, apply_recommendation, format_analysis, metrics_from_replay, offline_metrics
+    from fraud_rollout.analyze import analyze, format_analysis, metrics_from_replay, offline_metrics
+    from fraud_rollout.canary_cli import apply_recommendation, local_status
     from fraud_rollout.replay import ReplayOptions, load_source, offline_decisions, run_replay, summary_lines
-    from fraud_serving.cli import local_status
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -247,9 +246,7 @@ def run_demo(args) -> int:
     timings["report"] = round(time.perf_counter() - mark, 1)
     timings["total"] = round(time.perf_counter() - started, 1)
     (out / "report.html").write_text(html_text)
-    tmp = out / "report.json.tmp"
-    tmp.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
-    tmp.replace(out / "report.json")
+    write_json(out / "report.json", report)
 
     print(final_summary(report, out))
     return 0

@@ -91,9 +91,9 @@ def business_impact(labels: np.ndarray, amount: np.ndarray, offline_flags: dict[
 def online_vs_offline(pipeline: dict, replay: dict, analysis: dict, confidence: float = 0.95) -> list[dict]:
     """Per version and metric: offline value with its Wilson CI (holdout counts), online value with
     its Wilson CI (replay counts), and the acceptance interval the analysis used (offline value,
-    sized by the online count; see fraud.online.agreement_with_offline)."""
+    sized by the online count; see fraud_canary.online.agreement_with_offline)."""
     roles = {analysis["baseline_version"]: "baseline", analysis["canary_version"]: "canary"}
-    from fraud.online import wilson_interval
+    from fraud_canary.online import wilson_interval
 
     rows = []
     for name, model in pipeline["models"].items():

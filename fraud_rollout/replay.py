@@ -3,7 +3,7 @@
 The replay is a client like any other: it sends raw transactions as Open Inference Protocol v2
 JSON to the transformer (which validates, scales with the feature contract and splits between the
 predictor revisions), and records for every transaction the `model_version` that answered, the
-decision, the score, the request's latency and whether it failed. From those rows `fraud.online`
+decision, the score, the request's latency and whether it failed. From those rows `fraud_canary.online`
 computes per-version confusion counts, precision, recall, F1, flag rate, traffic share, latency
 percentiles and error rate.
 
@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from fraud.schema import FEATURES, LABEL, DataError, check_transactions
+from fraud_rollout.args import non_negative_float, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +57,6 @@ MAX_DEFAULT_BATCH = 100
 
 def default_batch(rows: int) -> int:
     return max(1, min(MAX_DEFAULT_BATCH, rows // MIN_REQUESTS))
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite number ≥ 0, with an error that names the bad value."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number ≥ 0")
-    return value
 
 
 def register(commands, bench) -> None:
@@ -97,7 +87,6 @@ def register(commands, bench) -> None:
 
 
 def add_replay_options(parser: argparse.ArgumentParser) -> None:
-    from fraud_rollout.cli import positive_int
 
     parser.add_argument("--limit", type=positive_int, help="replay only the first N transactions")
     parser.add_argument("--rate", type=non_negative_float, default=0.0,
@@ -353,8 +342,8 @@ def replay(source: ReplaySource, options: ReplayOptions,
 
 
 def online_metrics(rows: ReplayRows | pd.DataFrame, labelled: bool = True) -> dict:
-    """`fraud.online.version_metrics` over the replayed rows (a ReplayRows or its frame)."""
-    from fraud.online import version_metrics
+    """`fraud_canary.online.version_metrics` over the replayed rows (a ReplayRows or its frame)."""
+    from fraud_canary.online import version_metrics
 
     frame = rows.frame() if isinstance(rows, ReplayRows) else rows
     error = frame["error"].to_numpy(dtype=bool)
@@ -425,7 +414,7 @@ def skew_check(rows: pd.DataFrame, raw: np.ndarray, artifacts: dict[str, str]) -
 
 def build_report(source: ReplaySource, options: ReplayOptions, rows: ReplayRows, rows_file: Path,
                  skew: dict | None) -> dict:
-    from fraud.online import UNATTRIBUTED
+    from fraud_canary.online import UNATTRIBUTED
 
     metrics = online_metrics(rows)
     n = len(rows.labels)
@@ -459,13 +448,9 @@ def build_report(source: ReplaySource, options: ReplayOptions, rows: ReplayRows,
 
 
 def write_report(report: dict, path: Path) -> Path:
-    from fraud.steps import json_safe
+    from fraud.files import write_json
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
-    tmp.replace(path)
-    return path
+    return write_json(path, report)
 
 
 def rows_path(report_path: Path) -> Path:
@@ -543,7 +528,7 @@ def summary_lines(report: dict) -> list[str]:
 
 
 def replay_command(args) -> int:
-    from fraud_rollout.cli import UsageError
+    from fraud_rollout.args import UsageError
 
     if args.batch is not None and args.batch > 10_000:
         raise UsageError(f"--batch {args.batch}: the transformer accepts at most 10,000 rows per request")

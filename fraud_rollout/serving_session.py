@@ -12,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from fraud_serving.local_state import LocalInferenceService
-from fraud_serving.processes import (LOOPBACK, POLL_SECONDS, READY_TIMEOUT_SECONDS, ServerFailed, die_with_parent,
+from fraud_control.local_state import LocalInferenceService
+from fraud_control.processes import (LOOPBACK, POLL_SECONDS, READY_TIMEOUT_SECONDS, ServerFailed, die_with_parent,
                                      free_port, log_tail, stop_process)
-from fraud_serving.runtime import read_runtime
+from fraud_control.runtime import read_runtime
 
 #: `fraud-rollout …` with this interpreter.
 FRAUD_ROLLOUT = [sys.executable, "-m", "fraud_rollout"]

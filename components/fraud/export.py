@@ -17,7 +17,8 @@ import numpy as np
 
 from fraud.contract import FeatureContract
 
-MODEL_NAME = "fraud-detector"
+MODEL_NAME = "fraud-detector"  # also the InferenceService's name: the transformer forwards to its own name
+MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts STORAGE_URI
 INPUT_NAME = "scaled_features"
 OUTPUTS = ("fraud_probability", "is_fraud")
 CONTRACT_FILE = "feature_contract.json"

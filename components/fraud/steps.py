@@ -14,35 +14,12 @@ import pandas as pd
 
 from fraud import evaluate, export, gate, registry, simulate
 from fraud.contract import FeatureContract, fit_contract
+from fraud.files import json_safe, read_json, write_json
 from fraud.schema import LABEL, DataError, check_transactions
 from fraud.train import TrainConfig, config_params, train
 
 log = logging.getLogger(__name__)
 WINDOW_NAMES = ("reference", "pre_drift", "recent", "holdout")
-
-
-def _write_json(path: str | Path, body: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(json_safe(body), indent=2, allow_nan=False))
-
-
-def json_safe(value):
-    """Plain JSON: NumPy scalars become Python numbers, undefined (NaN/Inf) metrics become null."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
-def read_json(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
 
 
 def simulate_step(window_paths: dict[str, str], contract_path: str, summary_path: str, *,
@@ -78,7 +55,7 @@ def simulate_step(window_paths: dict[str, str], contract_path: str, summary_path
         "contract_id": contract.id,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    _write_json(summary_path, summary)
+    write_json(summary_path, summary)
     return summary
 
 
@@ -117,7 +94,7 @@ def train_step(dataset_path: str, contract_path: str, model_dir: str, *, version
                  "validation_recall": trained.threshold.recall},
         tags={"model_version": export.version_label(version), "window": window, "contract_id": contract.id})
     metadata = {**export.read_metadata(model_dir), "mlflow": {**mlflow_info, "tracking_uri": tracking_uri}}
-    _write_json(export.find_version_dir(model_dir) / export.METADATA_FILE, metadata)
+    write_json(export.find_version_dir(model_dir) / export.METADATA_FILE, metadata)
     return metadata
 
 
@@ -154,7 +131,7 @@ def evaluate_step(baseline_dir: str, candidate_dir: str, holdout_path: str, pre_
                            "contract_id": summary["contract_id"], "simulate_seconds": summary["seconds"]},
                   "models": models, "mcnemar": mcnemar, "mcnemar_p": mcnemar["p_value"],
                   "seconds": round(time.perf_counter() - started, 2)}
-    _write_json(evaluation_path, evaluation)
+    write_json(evaluation_path, evaluation)
     return evaluation
 
 
@@ -163,7 +140,7 @@ def gate_step(evaluation_path: str, gate_path: str, markdown_path: str, policy: 
     evaluation = read_json(evaluation_path)
     v1, v2 = evaluation["models"]["v1"], evaluation["models"]["v2"]
     result = gate.decide(v1["holdout"], v2["holdout"], evaluation["mcnemar_p"], v1["contract_id"], v2["contract_id"], policy)
-    _write_json(gate_path, {**result.to_dict(), "policy": policy.__dict__})
+    write_json(gate_path, {**result.to_dict(), "policy": policy.__dict__})
     Path(markdown_path).write_text(result.to_markdown(policy))
     log.info("gate decision: %s", result.decision)
     for reason in result.reasons:

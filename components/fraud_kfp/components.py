@@ -140,7 +140,7 @@ def deploy_canary(baseline: Input[Model], candidate: Input[Model], target: str, 
         mlflow_tracking_uri: MLflow tracking URI; empty uses MLFLOW_TRACKING_URI, else a local SQLite file.
     """
     from fraud.steps import register_step
-    from fraud_serving.deploy import deploy
+    from fraud_control.deploy import deploy
 
     rollout = deploy(target, baseline.path, candidate.path, namespace=namespace, canary_percent=canary_percent,
                      supersede=supersede, state_dir=local_state_dir, bucket=bucket, image=serving_image,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fraud import registry
-from fraud.steps import json_safe, read_json
+from fraud.files import read_json, write_json
 
 log = logging.getLogger(__name__)
 STATE_DIR = Path(".fraud-rollout")
@@ -56,7 +56,7 @@ def _forget_local_rollout(state_dir: Path, artifacts_dir: Path) -> None:
     """A rerun replaces the artifacts the previous run's local InferenceService serves, so that
     rollout goes with them; a local rollout of other artifacts is left alone (and the deploy step
     then treats it as it would a cluster's)."""
-    from fraud_serving.local_state import LocalInferenceService
+    from fraud_control.local_state import LocalInferenceService
 
     service = LocalInferenceService(state_dir)
     served = [record["storageUri"] for record in service.revisions().values()]
@@ -103,9 +103,7 @@ def run_local(options: LocalRunOptions, **pipeline_arguments) -> dict:
              ("evaluation", "gate_result", "baseline_model", "candidate_model", "holdout", "summary")}
     report = build_report(paths, tracking_uri, wall)
     report["timings"]["tasks_wall"] = timer.seconds
-    tmp = report_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
-    tmp.replace(report_path)
+    write_json(report_path, report)
     log.info("report: %s", report_path)
     return report
 

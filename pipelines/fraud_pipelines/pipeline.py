@@ -11,8 +11,8 @@ from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Artifact, Dataset, Model
 
 from fraud_kfp import DEFAULT_IMAGE, build
-from fraud_serving.artifact_store import REQUIRED_ENV_VARS
-from fraud_serving.isvc import DEFAULT_IMAGE as SERVING_IMAGE
+from fraud_control.artifact_store import REQUIRED_ENV_VARS
+from fraud_control.isvc import DEFAULT_IMAGE as SERVING_IMAGE
 
 #: Secret with the S3 (MinIO) endpoint and credentials the deploy step uploads models with.
 S3_SECRET = "fraud-detector-s3"

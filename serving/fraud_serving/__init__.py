@@ -1,2 +1,2 @@
-"""fraud_serving: KServe predictor and transformer for the fraud model, the InferenceService
-manifest and its canary patches, and the local canary runtime."""
+"""fraud_serving: the data plane. KServe predictor and transformer for the fraud model, and a v2
+client. Imports only the core (`fraud`): the serving image holds this package and nothing else."""

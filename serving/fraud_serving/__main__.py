@@ -18,7 +18,7 @@ from kserve.utils.utils import strtobool
 from kserve.predictor_config import PredictorConfig
 
 from fraud.export import read_contract
-from fraud_serving.isvc import MODEL_DIR
+from fraud.export import MODEL_DIR
 
 
 def build_parser() -> argparse.ArgumentParser:

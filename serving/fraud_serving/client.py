@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from fraud.schema import FEATURES
-from fraud_serving.isvc import NAME
+from fraud.export import MODEL_NAME as NAME
 
 INPUT_NAME = "transactions"
 

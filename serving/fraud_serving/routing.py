@@ -1,38 +1,21 @@
 """Where the transformer sends a request: the predictor address, split like KServe splits it.
 
-In a cluster there is one address (`--predictor_host`) and Knative splits behind it. The local
-runtime (`fraud-rollout serve`) instead writes a routes file: one entry per predictor revision that
-receives traffic, with its loopback URL and percent, taken from the InferenceService status. The
-transformer re-reads it when it changes, so promote, rollback and a new canary apply without a
-restart; a request that already picked a predictor finishes there.
+In a cluster there is one address (`--predictor_host`) and Knative splits behind it. Locally the
+transformer follows the runtime's routes file (`fraud.routes`), re-read when it changes, so
+promote, rollback and a new canary apply without a restart; a request that already picked a
+predictor finishes there.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class Backend:
-    url: str  # http://host:port
-    revision: str
-    model_version: str  # "" when unknown until the predictor answers
-    percent: int
+from fraud.routes import Backend, read_routes
 
 
 class NoPredictor(RuntimeError):
     """No predictor revision receives traffic."""
-
-
-def write_routes(path: Path, backends: list[Backend], generation: int) -> None:
-    """Atomically replace the routes file (the runtime's side)."""
-    body = {"generation": generation, "backends": [b.__dict__ for b in backends]}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(body, indent=2))
-    os.replace(tmp, path)
 
 
 class Routes:
@@ -75,9 +58,8 @@ class Routes:
             return  # keep the last known routes
         if stamp == self._stamp:
             return
-        body = json.loads(self.routes_file.read_text())
-        self._set([Backend(**entry) for entry in body["backends"]])
-        self.generation = int(body.get("generation", 0))
+        backends, self.generation = read_routes(self.routes_file)
+        self._set(backends)
         self._stamp = stamp
 
     def pick(self) -> Backend:

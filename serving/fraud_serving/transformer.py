@@ -34,7 +34,8 @@ from fraud.contract import FeatureContract
 from fraud.export import INPUT_NAME
 from fraud_serving.fast_route import binary_request
 from fraud_serving.metrics import UNKNOWN_VERSION, TransformerMetrics
-from fraud_serving.routing import Backend, NoPredictor, Routes
+from fraud.routes import Backend
+from fraud_serving.routing import NoPredictor, Routes
 
 DEFAULT_MAX_ROWS = 10_000
 INLINE_ROWS = 256

@@ -8,8 +8,8 @@ from typing import Iterator
 
 import yaml
 
-from fraud_serving import kserve_canary
-from fraud_serving.isvc import IsvcSpec
+from fraud_control import kserve_canary
+from fraud_control.isvc import IsvcSpec
 from tests.fake_kube import FakeKServeController, FakeKubeApiServer
 
 NS = "kubeflow-user-example-com"

@@ -30,10 +30,10 @@ from typing import Iterator
 
 import pytest
 
-from fraud_serving.local_state import LocalInferenceService
-from fraud_serving.processes import (POLL_SECONDS, READY_TIMEOUT_SECONDS, ServerFailed, ServerProcess,
+from fraud_control.local_state import LocalInferenceService
+from fraud_control.processes import (POLL_SECONDS, READY_TIMEOUT_SECONDS, ServerFailed, ServerProcess,
                                      free_port, start_predictor, start_transformer, stop_all)
-from fraud_serving.runtime import read_runtime
+from fraud_control.runtime import read_runtime
 
 REPO = Path(__file__).resolve().parents[2]
 #: `fraud-rollout …` with this interpreter (what the console script runs)

@@ -6,7 +6,7 @@ import secrets
 
 import pytest
 
-from fraud_serving.artifact_store import S3Settings, artifact_prefix, upload_artifact
+from fraud_control.artifact_store import S3Settings, artifact_prefix, upload_artifact
 from tests.s3_server import moto_s3_server
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fraud.online import agreement_with_offline
-from fraud_serving.runtime import read_runtime
+from fraud_canary.online import agreement_with_offline
+from fraud_control.runtime import read_runtime
 
 pytestmark = pytest.mark.integration
 

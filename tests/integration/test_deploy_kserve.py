@@ -7,9 +7,9 @@ import time
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from fraud_serving import isvc, kserve_canary
-from fraud_serving.isvc import IsvcSpec
-from fraud_serving.kserve_canary import MissingPermission, RolloutRefused, RolloutTimeout
+from fraud_control import isvc, kserve_canary
+from fraud_control.isvc import IsvcSpec
+from fraud_control.kserve_canary import MissingPermission, RolloutRefused, RolloutTimeout
 from tests.fake_kube import FakeKServeController, FakeKubeApiServer
 
 pytestmark = pytest.mark.integration
@@ -250,7 +250,7 @@ def test_deploy_from_artifacts_uploads_both_models_and_rolls_out_the_canary(api,
     changes nothing."""
     import secrets
 
-    from fraud_serving.artifact_store import S3Settings, artifact_prefix
+    from fraud_control.artifact_store import S3Settings, artifact_prefix
     from tests.s3_server import moto_s3_server
 
     with moto_s3_server() as endpoint:

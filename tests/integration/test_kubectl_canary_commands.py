@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from fraud_serving import kserve_canary
+from fraud_control import kserve_canary
 from tests.integration.kube_fixtures import NS, canary_cluster
 
 pytestmark = [pytest.mark.integration,

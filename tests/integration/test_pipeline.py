@@ -123,8 +123,8 @@ def test_deploy_step_leaves_a_canary_that_serve_splits_80_20(local_run, tmp_path
 
     from fraud.schema import FEATURES
     from fraud_serving.client import v2_request
-    from fraud_serving.local_state import LocalInferenceService
-    from fraud_serving.processes import free_port
+    from fraud_control.local_state import LocalInferenceService
+    from fraud_control.processes import free_port
     from tests.integration.serving_fixtures import FRAUD_ROLLOUT, REPO, LocalRuntimeHandle
 
     out, report = local_run

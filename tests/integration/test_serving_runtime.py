@@ -19,7 +19,7 @@ from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
 from fraud.export import SignatureScorer
 from fraud.schema import FEATURES
-from fraud_serving import isvc
+from fraud_control import isvc
 from fraud_serving.scoring import TOLERANCE
 from tests.integration.serving_fixtures import canary_runtime, metric_value, serving_stack, v2_json  # noqa: F401
 
@@ -365,7 +365,7 @@ def test_predict_command_sends_a_csv(canary_runtime, tiny_run, tmp_path):
 
 def test_bench_serving_runs_and_reports_every_target(serving_stack, tiny_run):
     """A smoke run with tiny numbers (the real run is `fraud-rollout bench serving`)."""
-    from fraud_serving.bench import measure
+    from fraud_rollout.bench_serving import measure
 
     report = measure(serving_stack.predictor.url, serving_stack.transformer.url, tiny_run.v1, requests=30,
                      rows=300, duration=1, connections=4)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fraud_serving import isvc
-from fraud_serving.kserve_canary import BASE_MANIFEST_SPEC, manifest_yaml
+from fraud_control import isvc
+from fraud_control.kserve_canary import BASE_MANIFEST_SPEC, manifest_yaml
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 KUSTOMIZATIONS = ["base", *sorted(f"overlays/{p.name}" for p in (MANIFESTS / "overlays").iterdir() if p.is_dir())]
@@ -106,7 +106,7 @@ def test_s3_secret_template_holds_placeholders_and_the_keys_both_readers_need():
     assert template["metadata"]["name"] == "fraud-detector-s3"
     annotations = template["metadata"]["annotations"]
     assert {"serving.kserve.io/s3-endpoint", "serving.kserve.io/s3-usehttps", "serving.kserve.io/s3-region"} <= set(annotations)
-    from fraud_serving.artifact_store import REQUIRED_ENV_VARS
+    from fraud_control.artifact_store import REQUIRED_ENV_VARS
 
     data = template["stringData"]
     assert set(REQUIRED_ENV_VARS) <= set(data)

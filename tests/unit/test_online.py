@@ -1,4 +1,4 @@
-"""fraud.online against known values (textbook examples, closed forms, SciPy) and by behaviour."""
+"""fraud_canary.online against known values (textbook examples, closed forms, SciPy) and by behaviour."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fraud.online import (
+from fraud_canary.online import (
     HOLD, PROMOTE, ROLLBACK, UNATTRIBUTED, CanaryPolicy, Confusion, OfflineMetrics, VersionMetrics,
     agreement_with_offline, clopper_pearson_interval, compare_proportions, evidence_status,
     offline_acceptance_interval, plan_recall_evidence, recommend, two_proportion_sample_size, version_metrics,

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from fraud import simulate
-from fraud.online import CanaryPolicy, plan_recall_evidence, version_metrics
+from fraud_canary.online import CanaryPolicy, plan_recall_evidence, version_metrics
 from fraud_rollout.cli import main
 from fraud_rollout.analyze import analyze, metrics_from_replay, prometheus_queries, supported_recall_drop
 from fraud_rollout.demo_report import ImpactAssumptions, business_impact
 from fraud_rollout.replay import default_batch
-from fraud_serving.processes import free_port
+from fraud_control.processes import free_port
 
 
 @dataclass
@@ -116,7 +116,7 @@ def _online(n_base=8_000, n_canary=2_000, seed=1, canary_recall=0.85, base_recal
 
 
 def _offline(online):
-    from fraud.online import OfflineMetrics
+    from fraud_canary.online import OfflineMetrics
 
     return {v: OfflineMetrics(m.precision, m.recall, m.flag_rate) for v, m in online.items()}
 
@@ -134,7 +134,7 @@ def test_auto_policy_states_its_detectable_difference_and_what_the_default_says(
 
 
 def test_replay_report_metrics_round_trip(tmp_path):
-    from fraud.steps import json_safe
+    from fraud.files import json_safe
 
     online = _online()
     text = json.dumps(json_safe({"versions": {v: m.to_dict() for v, m in online.items()}}), allow_nan=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from fraud_serving import isvc
+from fraud_control import isvc
 from fraud_serving.__main__ import build_parser
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ import pytest
 
 from fraud.contract import FeatureContract
 from fraud.schema import FEATURES
-from fraud_serving import isvc
-from fraud_serving.local_state import (LocalInferenceService, NotFound, StateError, json_patch,
+from fraud_control import isvc
+from fraud_control.local_state import (LocalInferenceService, NotFound, StateError, json_patch,
                                        merge_patch, revision_status)
 
 
@@ -161,7 +161,7 @@ def test_patch_helpers_follow_the_rfcs():
 def test_local_promote_and_rollback_apply_kubectls_patches(service, tmp_path, capsys):
     import argparse
 
-    from fraud_serving.cli import local_canary
+    from fraud_rollout.canary_cli import local_canary
 
     args = argparse.Namespace(state_dir=service.state_dir, json=False)
     service.create(isvc.inference_service(spec(artifact_root(tmp_path, 1), 1)))
@@ -184,7 +184,7 @@ def test_importable_without_kserve_or_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys, fraud_serving.local_state, fraud_serving.runtime; "
+    code = ("import sys, fraud_control.local_state, fraud_control.runtime; "
             "print(sorted(m for m in ('kserve', 'tensorflow', 'fastapi') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

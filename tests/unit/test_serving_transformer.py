@@ -14,11 +14,12 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from fraud.contract import FeatureContract
 from fraud.schema import FEATURES
-from fraud_serving import isvc
+from fraud_control import isvc
 from fraud_serving.__main__ import build_parser
 from fraud_serving.fast_route import INFERENCE_CONTENT_LENGTH_HEADER, binary_request, parse_request
 from fraud_serving.metrics import ScoreHistogram, TransformerMetrics
-from fraud_serving.routing import Backend, NoPredictor, Routes, write_routes
+from fraud.routes import Backend, write_routes
+from fraud_serving.routing import NoPredictor, Routes
 from fraud_serving.transformer import FraudTransformer
 
 
@@ -94,7 +95,7 @@ def test_unreachable_predictor_is_an_inference_error_and_counted(contract, regis
     """Connection refused on a real socket: a 5xx (InferenceError), never a client error, and counted."""
     from kserve.errors import InferenceError
 
-    from fraud_serving.processes import free_port
+    from fraud_control.processes import free_port
 
     model = FraudTransformer("fraud-detector", contract, Routes.single(f"127.0.0.1:{free_port()}"),
                              TransformerMetrics(registry))

@@ -17,10 +17,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fraud_serving import isvc
-from fraud_serving.local_state import LocalInferenceService, local_artifact_path
-from fraud_serving.processes import ServerFailed, ServerProcess, start_predictor, start_transformer, stop_all
-from fraud_serving.routing import Backend, write_routes
+from fraud.files import write_json
+from fraud_control import isvc
+from fraud_control.local_state import LocalInferenceService, local_artifact_path
+from fraud_control.processes import ServerFailed, ServerProcess, start_predictor, start_transformer, stop_all
+from fraud.routes import Backend, write_routes
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +184,4 @@ class LocalRuntime:
             "predictors": {name: server.url for name, server in self.predictors.items()},
             "draining": sorted(self.retiring),
         }
-        tmp = self.state_dir / f".{RUNTIME_FILE}.tmp"
-        tmp.write_text(json.dumps(body, indent=2))
-        os.replace(tmp, self.state_dir / RUNTIME_FILE)
+        write_json(self.state_dir / RUNTIME_FILE, body)

@@ -25,7 +25,7 @@ from fraud.export import read_contract
 from fraud.schema import FEATURES
 from fraud_serving.client import v2_request
 from fraud_serving.fast_route import INFERENCE_CONTENT_LENGTH_HEADER, binary_request
-from fraud_serving.isvc import NAME
+from fraud_control.isvc import NAME
 
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -207,7 +207,7 @@ def measure(predictor_url: str, transformer_url: str, contract_dir: str | Path, 
 def run_benchmark(baseline: Path, requests: int = 2_000, rows: int = 10_000, duration: int = 10,
                   connections: int = 32) -> BenchReport:
     """Start a predictor and a transformer for `baseline` on loopback, measure, stop them."""
-    from fraud_serving.processes import start_predictor, start_transformer, stop_all
+    from fraud_control.processes import start_predictor, start_transformer, stop_all
 
     with tempfile.TemporaryDirectory() as logs, ExitStack() as stack:
         predictor = start_predictor(baseline, Path(logs))

@@ -1,4 +1,4 @@
-"""Serving commands of `fraud-rollout`: serve, canary, predict, bench serving."""
+"""Serving commands of `fraud-rollout`: serve, predict, bench serving."""
 from __future__ import annotations
 
 import argparse
@@ -8,19 +8,14 @@ import signal
 from pathlib import Path
 from typing import Callable
 
-from fraud_serving.local_state import DEFAULT_STATE_DIR
+from fraud_rollout.args import UsageError, positive_int, state_dir_option
 
 logger = logging.getLogger(__name__)
 
-#: `canary --target` → function(action, args) -> exit code. The cluster target registers "kserve".
-CANARY_TARGETS: dict[str, Callable[[str, argparse.Namespace], int]] = {}
-
-
 def register(commands, bench) -> None:
-    from fraud_rollout.cli import positive_int
 
     serve = commands.add_parser("serve", help="run the local canary runtime (transformer + predictors)")
-    _state_dir_option(serve)
+    state_dir_option(serve)
     serve.add_argument("--baseline", type=Path, help="artifact root of the rolled-out model (creates the manifest)")
     serve.add_argument("--candidate", type=Path, help="artifact root of the canary model")
     serve.add_argument("--canary-percent", type=int, default=20, help="traffic share of the candidate (0..100)")
@@ -30,21 +25,6 @@ def register(commands, bench) -> None:
     serve.add_argument("--drain-seconds", type=float, default=5.0,
                        help="keep a predictor leaving the split this long, for requests in flight")
     serve.set_defaults(func=serve_command)
-
-    canary = commands.add_parser("canary", help="canary status, promote or rollback (same patches as kubectl)")
-    canary.add_argument("action", choices=["status", "promote", "rollback"])
-    canary.add_argument("--target", choices=["local", "kserve"], default="local",
-                        help="local state dir, or the InferenceService in a cluster")
-    _state_dir_option(canary)
-    canary.add_argument("--json", action="store_true", help="print the status as JSON")
-    kserve = canary.add_argument_group("--target kserve (fraud_serving.kserve_canary)")
-    kserve.add_argument("--namespace", help="namespace of the InferenceService (required with --target kserve)")
-    kserve.add_argument("--name", default="fraud-detector", help="InferenceService name")
-    kserve.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster account, else $KUBECONFIG)")
-    kserve.add_argument("--context", help="kubeconfig context")
-    kserve.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for Ready after a patch")
-    kserve.add_argument("--tracking-uri", default="", help="MLflow server whose aliases follow (default $MLFLOW_TRACKING_URI)")
-    canary.set_defaults(func=canary_command)
 
     predict = commands.add_parser("predict", help="send transactions to the transformer as v2 JSON")
     predict.add_argument("--url", required=True, help="transformer base URL (or the full infer URL)")
@@ -64,18 +44,13 @@ def register(commands, bench) -> None:
     bench_serving.set_defaults(func=bench_command)
 
 
-def _state_dir_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                        help="local runtime state (the InferenceService manifest)")
-
-
 # --- serve ---
 
 def write_canary_manifest(state_dir: Path, baseline: Path, candidate: Path | None, canary_percent: int) -> dict:
     """Create the InferenceService with `baseline`, then patch in `candidate` as a canary (DESIGN 6)."""
     from fraud.export import read_contract, read_metadata
-    from fraud_serving import isvc
-    from fraud_serving.local_state import LocalInferenceService
+    from fraud_control import isvc
+    from fraud_control.local_state import LocalInferenceService
 
     if not 0 <= canary_percent <= 100:
         raise ValueError(f"--canary-percent {canary_percent}: must be within 0..100")
@@ -101,9 +76,9 @@ def write_canary_manifest(state_dir: Path, baseline: Path, candidate: Path | Non
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from fraud_rollout.cli import UsageError
-    from fraud_serving.local_state import LocalInferenceService
-    from fraud_serving.runtime import LocalRuntime
+    from fraud_control.local_state import LocalInferenceService
+    from fraud_control.runtime import LocalRuntime
+    from fraud_rollout import canary_cli
 
     if args.candidate is not None and args.baseline is None:
         raise UsageError("--candidate needs --baseline")
@@ -118,7 +93,7 @@ def serve_command(args: argparse.Namespace) -> int:
         runtime.start()
         print(f"serving {service.get()['metadata']['name']} at {runtime.transformer.url} "
               f"(state {args.state_dir}); Ctrl-C stops", flush=True)
-        print(format_status(local_status(args.state_dir)), flush=True)
+        print(canary_cli.format_status(canary_cli.local_status(args.state_dir)), flush=True)
         runtime.follow()
     except KeyboardInterrupt:
         pass
@@ -129,91 +104,6 @@ def serve_command(args: argparse.Namespace) -> int:
 
 def _interrupt(*_) -> None:
     raise KeyboardInterrupt
-
-
-# --- canary ---
-
-def canary_command(args: argparse.Namespace) -> int:
-    from fraud_rollout.cli import UsageError
-
-    target = CANARY_TARGETS.get(args.target)
-    if target is None:
-        raise UsageError(f"--target {args.target}: not available in this installation")
-    return target(args.action, args)
-
-
-def local_status(state_dir: Path) -> dict:
-    from fraud_serving.local_state import LocalInferenceService, revision_status
-    from fraud_serving.runtime import read_runtime
-
-    status = revision_status(LocalInferenceService(state_dir))
-    status["runtime"] = read_runtime(state_dir)
-    return status
-
-
-def local_canary(action: str, args: argparse.Namespace) -> int:
-    """status / promote / rollback on the InferenceService in the local state dir."""
-    from fraud_serving import isvc
-    from fraud_serving.local_state import LocalInferenceService, StateError
-
-    service = LocalInferenceService(args.state_dir)
-    if action == "promote":
-        manifest = service.get()
-        if "canaryTrafficPercent" not in manifest["spec"]["predictor"]:
-            raise ValueError("nothing to promote: spec.predictor has no canaryTrafficPercent")
-        predictor = manifest["status"]["components"]["predictor"]
-        if predictor.get("latestReadyRevision") != predictor.get("latestCreatedRevision"):
-            raise ValueError(f"the canary {predictor.get('latestCreatedRevision')} is not ready; promoting would "
-                             f"send all traffic to {predictor.get('latestReadyRevision')} (roll back instead)")
-        service.patch_json(isvc.promote_patch())
-    elif action == "rollback":
-        service.patch_merge(isvc.rollback_patch())
-    elif action != "status":
-        raise StateError(f"unknown action {action!r}")
-    status = local_status(args.state_dir)
-    print(json.dumps(status, indent=2) if getattr(args, "json", False) else format_status(status))
-    return 0
-
-
-CANARY_TARGETS["local"] = local_canary
-
-
-def kserve_canary_target(action: str, args: argparse.Namespace) -> int:
-    """status / promote / rollback on the InferenceService in a cluster (imports the kubernetes
-    client only when used: it takes seconds)."""
-    from fraud_serving.kserve_canary import cli_action
-
-    return cli_action(action, args)
-
-
-CANARY_TARGETS["kserve"] = kserve_canary_target
-
-
-def format_status(status: dict) -> str:
-    predictor = status["predictor"]
-    revisions = status["revisions"]
-
-    def named(revision: str | None) -> str:
-        if not revision:
-            return "-"
-        return f"{revision} ({revisions.get(revision, {}).get('modelVersion', '?')})"
-
-    lines = [f"InferenceService {status['name']}: generation {status['generation']}, observedGeneration "
-             f"{status['observedGeneration']}, " + ", ".join(f"{k} {v}" for k, v in status["conditions"].items()),
-             f"canaryTrafficPercent: {status['canaryTrafficPercent'] if status['canaryTrafficPercent'] is not None else '(absent)'}",
-             "traffic:"]
-    for entry in predictor.get("traffic", []):
-        lines.append(f"  {entry['percent']:>3}%  {named(entry['revisionName'])}  tag={entry.get('tag', '-')}  "
-                     f"latestRevision={str(entry.get('latestRevision', False)).lower()}")
-    for key in ("latestCreatedRevision", "latestReadyRevision", "latestRolledoutRevision",
-                "previousRolledoutRevision"):
-        lines.append(f"{key + ':':<27}{named(predictor.get(key))}")
-    runtime = status.get("runtime") or {}
-    if runtime.get("transformer"):
-        lines.append(f"serving: {runtime['transformer']} (generation {runtime.get('appliedGeneration')} applied)")
-    else:
-        lines.append("serving: not running (fraud-rollout serve)")
-    return "\n".join(lines)
 
 
 # --- predict ---
@@ -233,8 +123,7 @@ def predict_command(args: argparse.Namespace) -> int:
 # --- bench serving ---
 
 def bench_command(args: argparse.Namespace) -> int:
-    from fraud_rollout.cli import UsageError
-    from fraud_serving.bench import measure, run_benchmark
+    from fraud_rollout.bench_serving import measure, run_benchmark
 
     if args.baseline is None and args.report is not None:
         try:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fraud_serving import isvc, kserve_canary
-from fraud_serving.local_state import DEFAULT_STATE_DIR, LocalInferenceService
+from fraud_control import isvc, kserve_canary
+from fraud_control.local_state import DEFAULT_STATE_DIR, LocalInferenceService
 
 TARGETS = ("kserve", "local")
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fraud.export import MODEL_DIR, MODEL_NAME as NAME
+
 GROUP, VERSION, PLURAL, KIND = "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"
 API_VERSION = f"{GROUP}/{VERSION}"
-NAME = "fraud-detector"
 DEFAULT_IMAGE = "ghcr.io/fraud-rollout/serving:0.1.0"
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 #: canaryTrafficPercent only works in Knative mode ("Serverless" is its older name); Standard
@@ -18,7 +19,6 @@ DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 CANARY_MODES = frozenset({"Knative", "Serverless"})
 MODEL_VERSION_LABEL = "fraud-rollout/model-version"
 CONTRACT_ANNOTATION = "fraud-rollout/feature-contract-id"
-MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts STORAGE_URI
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fraud_serving.isvc import NAME
+from fraud_control.isvc import NAME
 
 LOOPBACK = "127.0.0.1"
 READY_TIMEOUT_SECONDS = 180.0

@@ -5,7 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-from fraud_rollout.cli import UsageError, non_negative_int, number_between, positive_int
+from fraud_rollout.args import UsageError, non_negative_int, number_between, positive_int
 
 
 def register(commands, bench) -> None:

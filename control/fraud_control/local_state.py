@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from fraud.export import SAVEDMODEL_DIR, find_version_dir
-from fraud_serving import isvc
+from fraud.files import write_json
+from fraud_control import isvc
 
 STATE_FILE = "inferenceservice.json"
 REVISIONS_FILE = "revisions.json"
@@ -349,8 +350,8 @@ class LocalInferenceService:
             return self._write(*reconcile(patched, self.revisions()))
 
     def _write(self, manifest: dict, revisions: dict) -> dict:
-        _atomic_write(self.revisions_file, revisions)
-        _atomic_write(self.state_file, manifest)
+        write_json(self.revisions_file, revisions)
+        write_json(self.state_file, manifest)
         return manifest
 
 
@@ -364,12 +365,6 @@ def _check_manifest(manifest: dict) -> None:
     if percent is not None and (not isinstance(percent, int) or isinstance(percent, bool)
                                 or not 0 <= percent <= 100):
         raise StateError(f"spec.predictor.canaryTrafficPercent must be an integer within 0..100, got {percent!r}")
-
-
-def _atomic_write(path: Path, body: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(body, indent=2, sort_keys=False))
-    os.replace(tmp, path)
 
 
 def revision_status(service: LocalInferenceService) -> dict:

@@ -1,7 +1,7 @@
 """The fraud-detector canary on a KServe cluster: deploy, status, promote, roll back.
 
 Everything goes through `kubernetes.client.CustomObjectsApi` with the plain dict manifest and
-patches of `fraud_serving.isvc` (DESIGN decision 9), with KServe's Knative-mode semantics
+patches of `fraud_control.isvc` (DESIGN decision 9), with KServe's Knative-mode semantics
 (decision 6):
 
 - deploy: if the InferenceService is absent, create it with the champion (v1) and wait until
@@ -27,8 +27,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fraud_serving import isvc
-from fraud_serving.isvc import CANARY_MODES, CONTRACT_ANNOTATION, GROUP, NAME, PLURAL, VERSION, IsvcSpec
+from fraud_control import isvc
+from fraud_control.isvc import CANARY_MODES, CONTRACT_ANNOTATION, GROUP, NAME, PLURAL, VERSION, IsvcSpec
 
 if TYPE_CHECKING:  # importing the kubernetes client takes seconds: only where a call needs it
     from kubernetes import client
@@ -443,7 +443,7 @@ def deploy_from_artifacts(champion_root: str | Path, candidate_root: str | Path,
     """The deploy step's whole cluster side: upload both exported models to S3 (settings from the
     environment unless given; content-addressed prefixes, so a rerun uploads to the same URIs),
     then `deploy_canary` in `namespace` (client from the pod's service account unless given)."""
-    from fraud_serving.artifact_store import upload_artifact
+    from fraud_control.artifact_store import upload_artifact
 
     champion = spec_for_artifact(champion_root, upload_artifact(champion_root, bucket, settings=s3_settings),
                                  namespace=namespace, image=image)
@@ -462,8 +462,8 @@ BASE_MANIFEST_SPEC = IsvcSpec(storage_uri="s3://fraud-models/fraud-detector/v1",
                               contract_id="REPLACE-WITH-FEATURE-CONTRACT-ID", namespace="fraud-rollout")
 MANIFEST_HEADER = """\
 # Generated: the InferenceService the deploy step creates for v1, from
-# fraud_serving.isvc.inference_service(kserve_canary.BASE_MANIFEST_SPEC). Do not edit; regenerate with
-#   python -c 'from fraud_serving.kserve_canary import manifest_yaml; print(manifest_yaml(), end="")' \\
+# fraud_control.isvc.inference_service(kserve_canary.BASE_MANIFEST_SPEC). Do not edit; regenerate with
+#   python -c 'from fraud_control.kserve_canary import manifest_yaml; print(manifest_yaml(), end="")' \\
 #     > manifests/base/inferenceservice.yaml
 """
 

@@ -1,0 +1,76 @@
+"""Command-line values: `UsageError` and the argparse types every command shares. Each error
+names the bad value, so `fraud-rollout` can print it on one line and exit 2."""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Callable
+
+from fraud_control.local_state import DEFAULT_STATE_DIR
+
+
+class UsageError(Exception):
+    """A bad command-line value; the message names it."""
+
+
+def _whole_number(text: str, minimum: int, bound: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r} {bound}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number ≥ 1, with an error that names the bad value."""
+    return _whole_number(text, 1, "must be at least 1")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number ≥ 0."""
+    return _whole_number(text, 0, "must not be negative")
+
+
+def number_between(low: float, high: float, also: str = "") -> Callable[[str], float]:
+    """argparse type: a number strictly between `low` and `high` (`also` names a word accepted besides)."""
+    alternative = f" (or {also!r})" if also else ""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number{alternative}") from None
+        if not low < value < high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be between {low:g} and {high:g}{alternative}")
+        return value
+
+    return parse
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number ≥ 0, with an error that names the bad value."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number ≥ 0")
+    return value
+
+
+AUTO = "auto"
+
+
+def detectable_difference(text: str) -> float | str:
+    """argparse type: a recall difference in (0, 1), or "auto"."""
+    if text == AUTO:
+        return AUTO
+    return number_between(0, 1, also=AUTO)(text)
+
+
+def state_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                        help="local runtime state (the InferenceService manifest)")

@@ -7,13 +7,19 @@ SYSTEM := $(VENV)/.system
 N ?= 1000000
 REPORT ?= .fraud-rollout/demo/pipeline/report.json
 
-.PHONY: demo test bench bench-pipeline bench-replay bench-serving compile venv system lock clean
+.PHONY: demo test lint bench bench-pipeline bench-replay bench-serving compile venv system lock clean
 
 demo: $(INSTALLED)
 	$(BIN)/fraud-rollout demo
 
-test: $(INSTALLED) $(SYSTEM)
+test: lint $(SYSTEM)
 	$(BIN)/pytest -q
+
+# Layers (import-linter contracts in pyproject.toml), lint and types: part of `make test`.
+lint: $(INSTALLED)
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Benchmarks print measured numbers next to their targets. bench-replay and bench-serving use the
 # models of a pipeline run (REPORT, written by `make demo` or `make bench-pipeline`).
@@ -43,17 +49,22 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	touch $@
 
-# Debian packages the tests use: Prometheus (promtool, a real scrape) and wrk (load for benchmarks).
+# Debian packages the tests use: Prometheus (promtool, a real scrape), wrk (load for benchmarks) and
+# kubectl (the README's commands, kustomize). A fresh machine of this kind ships kubectl; where it
+# does not, Debian's kubernetes-client provides one. Every tool is checked after: missing fails here.
 $(SYSTEM): | $(INSTALLED)
-	command -v promtool >/dev/null && command -v wrk >/dev/null || \
-	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus wrk; }
+	command -v promtool >/dev/null && command -v wrk >/dev/null && command -v kubectl >/dev/null || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	      prometheus wrk $$(command -v kubectl >/dev/null || echo kubernetes-client); }
+	for tool in promtool prometheus wrk kubectl; do command -v $$tool >/dev/null || { echo "missing $$tool" >&2; exit 1; }; done
 	touch $@
 
 system: $(SYSTEM)
 
 # Regenerate the lock after changing dependencies in pyproject.toml.
 lock: $(INSTALLED)
-	$(BIN)/uv pip compile -q pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+	$(BIN)/uv pip compile -q pyproject.toml --extra rollout --extra dev --python-version 3.11 -o requirements.lock
+	$(BIN)/uv pip compile -q pyproject.toml --python-version 3.11 -o serving/requirements.lock
 
 clean:
 	rm -rf $(VENV) .fraud-rollout

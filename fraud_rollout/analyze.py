@@ -27,12 +27,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import replace
-from pathlib import Path
 
 from fraud.schema import DataError
-from fraud_rollout.args import AUTO, UsageError, detectable_difference
+
+from fraud_rollout.args import AUTO
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from fraud_control.local_state import DEFAULT_STATE_DIR
 

@@ -20,12 +20,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
-
 from fraud.export import read_contract
 from fraud.schema import FEATURES
+from fraud_control.isvc import NAME
 from fraud_serving.client import v2_request
 from fraud_serving.fast_route import INFERENCE_CONTENT_LENGTH_HEADER, binary_request
-from fraud_control.isvc import NAME
 
 WRK_SCRIPT = """
 wrk.method = "POST"

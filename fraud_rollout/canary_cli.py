@@ -4,12 +4,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from fraud.schema import DataError
-from fraud_rollout.analyze import (DEFAULT_SELECTOR, analyze, format_analysis, metrics_from_prometheus,
-                                   metrics_from_replay, offline_metrics)
+
+from fraud_rollout.analyze import (
+    DEFAULT_SELECTOR,
+    analyze,
+    format_analysis,
+    metrics_from_prometheus,
+    metrics_from_replay,
+    offline_metrics,
+)
 from fraud_rollout.args import UsageError, detectable_difference, state_dir_option
 
 #: `canary --target` → function(action, args) -> exit code.
@@ -172,8 +179,9 @@ def apply_recommendation(action: str, args, tracking_uri: str) -> tuple[int, str
 
 
 def analyze_command(args) -> int:
-    from fraud_rollout.replay import DEFAULT_PIPELINE_REPORT, read_pipeline_report, read_replay
     from fraud.files import json_safe
+
+    from fraud_rollout.replay import DEFAULT_PIPELINE_REPORT, read_pipeline_report, read_replay
 
     if (args.replay_report is None) == (args.prometheus is None):
         raise UsageError("canary analyze: give exactly one of --replay-report FILE and --prometheus URL")

@@ -11,6 +11,7 @@ import logging
 import sys
 
 from fraud.schema import DataError
+
 from fraud_rollout.args import UsageError
 
 

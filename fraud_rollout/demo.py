@@ -16,7 +16,7 @@ import logging
 import signal
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +29,10 @@ TRAFFIC_PROBE_REQUESTS = 200
 
 
 def register(commands, bench) -> None:
-    from fraud_rollout.pipeline_cli import add_run_options
-    from fraud_rollout.args import AUTO, detectable_difference, non_negative_float
     from fraud_control.local_state import DEFAULT_STATE_DIR
+
+    from fraud_rollout.args import AUTO, detectable_difference, non_negative_float
+    from fraud_rollout.pipeline_cli import add_run_options
 
     demo = commands.add_parser("demo", help="the whole story locally: pipeline, canary, replay, analysis, report")
     add_run_options(demo, default_out=DEFAULT_OUT)
@@ -67,8 +68,9 @@ def demo_command(args) -> int:
 def _pipeline(args, out: Path) -> tuple[dict, Path]:
     """Run the pipeline into out/pipeline (or read --from-report); the report and its path."""
     from fraud.report import text_summary
-    from fraud_rollout.pipeline_cli import _options
     from fraud_pipelines.local import run_local
+
+    from fraud_rollout.pipeline_cli import _options
     from fraud_rollout.replay import read_pipeline_report
 
     if args.from_report is not None:
@@ -107,7 +109,6 @@ def serving_for(pipeline: dict, state_dir: Path, log_dir: Path):
 def probe_traffic(url: str, raw_row: np.ndarray, requests: int = TRAFFIC_PROBE_REQUESTS) -> dict[str, int]:
     """Send `requests` one-row requests; count the answering versions (and failures)."""
     import httpx
-
     from fraud_serving.client import infer_url, v2_request
 
     counts: dict[str, int] = {}
@@ -146,8 +147,9 @@ def explore_commands(out: Path, pipeline_path: Path, state_dir: Path, tracking_u
 
 def run_demo(args) -> int:
     from fraud import registry
-    from fraud.schema import FEATURES
     from fraud.files import read_json, write_json
+    from fraud.schema import FEATURES
+
     from fraud_rollout import demo_report
     from fraud_rollout.analyze import analyze, format_analysis, metrics_from_replay, offline_metrics
     from fraud_rollout.canary_cli import apply_recommendation, local_status
@@ -222,7 +224,7 @@ def run_demo(args) -> int:
     vs = demo_report.online_vs_offline(pipeline, replayed.report, analysis)
     report = {
         "kind": "fraud-rollout demo",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "paths": {"pipeline_report": str(pipeline_path), "replay_report": str(replayed.report_path),
                   "state_dir": str(state_dir), "html": str(out / "report.html"), "logs": str(out / "logs")},
         "pipeline": pipeline,

@@ -29,17 +29,16 @@ import argparse
 import asyncio
 import json
 import logging
-import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
-
 from fraud.schema import FEATURES, LABEL, DataError, check_transactions
+
 from fraud_rollout.args import non_negative_float, positive_int
 
 log = logging.getLogger(__name__)
@@ -240,9 +239,8 @@ def send(raw: np.ndarray, options: ReplayOptions, on_progress: Callable[[int], N
 async def _send(raw: np.ndarray, options: ReplayOptions, on_progress) -> ReplayRows:
     import aiohttp
     import orjson
-    from tqdm import tqdm
-
     from fraud_serving.client import INPUT_NAME, infer_url
+    from tqdm import tqdm
 
     n = len(raw)
     url = infer_url(options.url, options.model_name)
@@ -290,7 +288,7 @@ async def _send(raw: np.ndarray, options: ReplayOptions, on_progress) -> ReplayR
                     version[i] = str(answer.get("model_version") or "")
                 else:
                     _note(messages, f"HTTP {status[i]}: {payload[:200].decode(errors='replace')}")
-            except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, TypeError, ValueError) as error:
+            except (TimeoutError, aiohttp.ClientError, KeyError, TypeError, ValueError) as error:
                 latency[i] = 1000 * (time.perf_counter() - began)
                 if status[i] == 200:  # answered, but not a usable v2 response
                     status[i] = -1
@@ -423,7 +421,7 @@ def build_report(source: ReplaySource, options: ReplayOptions, rows: ReplayRows,
     answered_versions = sorted({v for v in rows.request_version.tolist() if v})
     return {
         "kind": "fraud-rollout replay",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "url": options.url,
         "source": {"holdout": str(source.holdout_path.resolve()),
                    "pipeline_report": str(source.pipeline_report) if source.pipeline_report else None,

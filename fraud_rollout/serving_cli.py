@@ -6,7 +6,6 @@ import json
 import logging
 import signal
 from pathlib import Path
-from typing import Callable
 
 from fraud_rollout.args import UsageError, positive_int, state_dir_option
 
@@ -78,6 +77,7 @@ def write_canary_manifest(state_dir: Path, baseline: Path, candidate: Path | Non
 def serve_command(args: argparse.Namespace) -> int:
     from fraud_control.local_state import LocalInferenceService
     from fraud_control.runtime import LocalRuntime
+
     from fraud_rollout import canary_cli
 
     if args.candidate is not None and args.baseline is None:

@@ -13,8 +13,16 @@ import time
 from pathlib import Path
 
 from fraud_control.local_state import LocalInferenceService
-from fraud_control.processes import (LOOPBACK, POLL_SECONDS, READY_TIMEOUT_SECONDS, ServerFailed, die_with_parent,
-                                     free_port, log_tail, stop_process)
+from fraud_control.processes import (
+    LOOPBACK,
+    POLL_SECONDS,
+    READY_TIMEOUT_SECONDS,
+    ServerFailed,
+    die_with_parent,
+    free_port,
+    log_tail,
+    stop_process,
+)
 from fraud_control.runtime import read_runtime
 
 #: `fraud-rollout …` with this interpreter.
@@ -58,7 +66,7 @@ class LocalServing:
                 command += ["--candidate", str(self.candidate)]
         return command
 
-    def start(self) -> "LocalServing":
+    def start(self) -> LocalServing:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
@@ -99,7 +107,7 @@ class LocalServing:
     def log_tail(self, lines: int = 40) -> str:
         return log_tail(self.log_path, lines)
 
-    def __enter__(self) -> "LocalServing":
+    def __enter__(self) -> LocalServing:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-
 from fraud import simulate
 from fraud.contract import FeatureContract, fit_contract
 from fraud.export import export_model

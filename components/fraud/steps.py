@@ -2,9 +2,7 @@
 outputs and returns what the KFP wrapper logs. The wrappers in `fraud_kfp` only move paths."""
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +12,7 @@ import pandas as pd
 
 from fraud import evaluate, export, gate, registry, simulate
 from fraud.contract import FeatureContract, fit_contract
-from fraud.files import json_safe, read_json, write_json
+from fraud.files import read_json, write_json
 from fraud.schema import LABEL, DataError, check_transactions
 from fraud.train import TrainConfig, config_params, train
 

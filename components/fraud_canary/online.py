@@ -19,8 +19,9 @@ Three questions, each answered with the sample size it actually has:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -583,7 +584,7 @@ class OfflineMetrics:
     flag_rate: float = math.nan
 
     @classmethod
-    def from_mapping(cls, metrics: Mapping[str, float]) -> "OfflineMetrics":
+    def from_mapping(cls, metrics: Mapping[str, float]) -> OfflineMetrics:
         """From a dict with precision and recall, and either flag_rate or tp/fp/fn/tn."""
         flag_rate = metrics.get("flag_rate", math.nan)
         counts = [metrics.get(k) for k in ("tp", "fp", "fn", "tn")]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fraud.export import MODEL_DIR, MODEL_NAME as NAME
+from fraud.export import MODEL_DIR
+from fraud.export import MODEL_NAME as NAME
 
 GROUP, VERSION, PLURAL, KIND = "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"
 API_VERSION = f"{GROUP}/{VERSION}"

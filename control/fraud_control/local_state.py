@@ -27,14 +27,15 @@ from __future__ import annotations
 import copy
 import fcntl
 import json
-import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from fraud.export import SAVEDMODEL_DIR, find_version_dir
 from fraud.files import write_json
+
 from fraud_control import isvc
 
 STATE_FILE = "inferenceservice.json"
@@ -73,7 +74,7 @@ def artifact_is_servable(storage_uri: str) -> bool:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _revision_template(predictor: dict) -> dict:

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fraud.files import write_json
+from fraud.routes import Backend, write_routes
+
 from fraud_control import isvc
 from fraud_control.local_state import LocalInferenceService, local_artifact_path
 from fraud_control.processes import ServerFailed, ServerProcess, start_predictor, start_transformer, stop_all
-from fraud.routes import Backend, write_routes
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 components import this package from the current environment) and write `report.json`."""
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil

@@ -7,12 +7,11 @@ with the default image, and a test recompiles and compares it.
 from pathlib import Path
 from typing import NamedTuple
 
-from kfp import compiler, dsl, kubernetes
-from kfp.dsl import Artifact, Dataset, Model
-
-from fraud_kfp import DEFAULT_IMAGE, build
 from fraud_control.artifact_store import REQUIRED_ENV_VARS
 from fraud_control.isvc import DEFAULT_IMAGE as SERVING_IMAGE
+from fraud_kfp import DEFAULT_IMAGE, build
+from kfp import compiler, dsl, kubernetes
+from kfp.dsl import Artifact, Dataset, Model
 
 #: Secret with the S3 (MinIO) endpoint and credentials the deploy step uploads models with.
 S3_SECRET = "fraud-detector-s3"
@@ -80,8 +79,9 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             # Ignored by kfp.local; in a cluster the Secret must exist (manifests/base/s3-secret.template.yaml).
             kubernetes.use_secret_as_env(deployed, secret_name=S3_SECRET,
                                          secret_key_to_env={name: name for name in (*REQUIRED_ENV_VARS, "S3_USE_HTTPS")})
-        Outputs = NamedTuple("Outputs", [("evaluation", Artifact), ("gate_result", Artifact), ("baseline_model", Model),
-                                         ("candidate_model", Model), ("holdout", Dataset), ("summary", Artifact)])
+        Outputs = NamedTuple("Outputs", [("evaluation", Artifact), ("gate_result", Artifact),  # noqa: UP014
+                                         ("baseline_model", Model), ("candidate_model", Model),
+                                         ("holdout", Dataset), ("summary", Artifact)])
         return Outputs(evaluation=evaluated.outputs["evaluation"], gate_result=gated.outputs["gate_result"],
                        baseline_model=trained[1].outputs["model"], candidate_model=trained[2].outputs["model"],
                        holdout=data.outputs["holdout"], summary=data.outputs["summary"])

@@ -12,13 +12,11 @@ import os
 import sys
 from pathlib import Path
 
+from fraud.export import MODEL_DIR, read_contract
 from kserve import ModelServer, model_server
 from kserve.logging import KSERVE_LOG_CONFIG, configure_logging
-from kserve.utils.utils import strtobool
 from kserve.predictor_config import PredictorConfig
-
-from fraud.export import read_contract
-from fraud.export import MODEL_DIR
+from kserve.utils.utils import strtobool
 
 
 def build_parser() -> argparse.ArgumentParser:

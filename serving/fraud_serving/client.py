@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
-
-from fraud.schema import FEATURES
 from fraud.export import MODEL_NAME as NAME
+from fraud.schema import FEATURES
 
 INPUT_NAME = "transactions"
 

@@ -20,18 +20,18 @@ ModelNotFound → 404, …) are app-wide and apply to it as to KServe's routes.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import orjson
 from fastapi import FastAPI
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from kserve.model import Model
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, RequestedOutput
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 INFER_PATH = "/v2/models/{model_name}/infer"
 #: Bodies above this many bytes are decoded on a worker thread (a 10,000-row JSON body takes

@@ -12,11 +12,11 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from fraud.export import INPUT_NAME
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from fraud.export import INPUT_NAME
 from fraud_serving.scoring import LoadedArtifact, load_artifact
 
 #: Above this many rows the matrix products leave the event loop for a worker thread; below it the

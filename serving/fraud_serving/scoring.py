@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from fraud.export import INPUT_NAME, SAVEDMODEL_DIR, find_version_dir, read_metadata
 
 logger = logging.getLogger(__name__)

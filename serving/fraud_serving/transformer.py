@@ -24,17 +24,17 @@ from dataclasses import dataclass
 import aiohttp
 import numpy as np
 import orjson
+from fraud.contract import FeatureContract
+from fraud.export import INPUT_NAME
+from fraud.routes import Backend
 from kserve import Model
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import InferenceError, InvalidInput
 from kserve.model import InferenceVerb, append_forwardable_headers
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 
-from fraud.contract import FeatureContract
-from fraud.export import INPUT_NAME
 from fraud_serving.fast_route import binary_request
 from fraud_serving.metrics import UNKNOWN_VERSION, TransformerMetrics
-from fraud.routes import Backend
 from fraud_serving.routing import NoPredictor, Routes
 
 DEFAULT_MAX_ROWS = 10_000
@@ -226,7 +226,7 @@ class FraudTransformer(Model):
                 if attempt == 1:
                     continue
                 self._predictor_failed(backend, f"cannot reach predictor {backend.revision or backend.url}: {error}")
-            except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            except (TimeoutError, aiohttp.ClientError) as error:
                 self._predictor_failed(backend, f"predictor {backend.revision or backend.url} failed: "
                                                 f"{type(error).__name__} {error}")
             if status != 200:

@@ -1,6 +1,5 @@
 """The story at full size: 1,000,000 transactions, seed 7, the pipeline's own defaults."""
 import pytest
-
 from fraud import simulate
 
 pytestmark = pytest.mark.e2e

@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
@@ -36,7 +36,7 @@ COMPONENTS = ("predictor", "transformer")
 
 
 def _now_rfc3339() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass

@@ -30,14 +30,14 @@ a status subresource, so the real `kubernetes` client can drive it unchanged:
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 import json
 import re
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
-from typing import Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -102,7 +102,7 @@ DISCOVERY = {
 
 
 def _timestamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class FakeKubeApiServer:
@@ -338,7 +338,7 @@ class FakeKubeApiServer:
 
     # -- HTTP ----------------------------------------------------------------------------------
 
-    def handle(self, method: str, raw_path: str, content_type: str, raw_body: bytes) -> tuple[int, dict]:
+    def handle(self, method: str, raw_path: str, content_type: str, raw_body: bytes) -> tuple[int, dict]:  # noqa: C901
         parts = urlsplit(raw_path)
         query = parse_qs(parts.query)
         if method == "GET" and parts.path.rstrip("/") in DISCOVERY:

@@ -2,14 +2,14 @@
 20 %) by the real deploy code through the real `kubernetes` client, and a kubeconfig for it."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import yaml
-
 from fraud_control import kserve_canary
 from fraud_control.isvc import IsvcSpec
+
 from tests.fake_kube import FakeKServeController, FakeKubeApiServer
 
 NS = "kubeflow-user-example-com"

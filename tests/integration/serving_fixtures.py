@@ -23,16 +23,23 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from fraud_control.local_state import LocalInferenceService
-from fraud_control.processes import (POLL_SECONDS, READY_TIMEOUT_SECONDS, ServerFailed, ServerProcess,
-                                     free_port, start_predictor, start_transformer, stop_all)
+from fraud_control.processes import (
+    POLL_SECONDS,
+    READY_TIMEOUT_SECONDS,
+    ServerFailed,
+    ServerProcess,
+    free_port,
+    start_predictor,
+    start_transformer,
+    stop_all,
+)
 from fraud_control.runtime import read_runtime
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
-
 from fraud import registry
-from fraud_canary.online import version_metrics
 from fraud.files import json_safe
+from fraud_canary.online import version_metrics
+
 from fraud_rollout.cli import main
 from tests.integration.test_canary_cli_kserve import NS, cluster, tracking_uri  # noqa: F401
 

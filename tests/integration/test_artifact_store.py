@@ -5,8 +5,8 @@ from __future__ import annotations
 import secrets
 
 import pytest
-
 from fraud_control.artifact_store import S3Settings, artifact_prefix, upload_artifact
+
 from tests.s3_server import moto_s3_server
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from fraud import registry
+
 from fraud_rollout.cli import main
 from tests.integration.kube_fixtures import NS, canary_cluster
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from kubernetes.client.exceptions import ApiException
-
 from fraud_control import isvc, kserve_canary
 from fraud_control.isvc import IsvcSpec
 from fraud_control.kserve_canary import MissingPermission, RolloutRefused, RolloutTimeout
+from kubernetes.client.exceptions import ApiException
+
 from tests.fake_kube import FakeKServeController, FakeKubeApiServer
 
 pytestmark = pytest.mark.integration
@@ -251,6 +251,7 @@ def test_deploy_from_artifacts_uploads_both_models_and_rolls_out_the_canary(api,
     import secrets
 
     from fraud_control.artifact_store import S3Settings, artifact_prefix
+
     from tests.s3_server import moto_s3_server
 
     with moto_s3_server() as endpoint:

@@ -10,8 +10,8 @@ import subprocess
 import time
 
 import pytest
-
 from fraud_control import kserve_canary
+
 from tests.integration.kube_fixtures import NS, canary_cluster
 
 pytestmark = [pytest.mark.integration,

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fraud import export
 from fraud.evaluate import METRICS
 from fraud_pipelines.pipeline import COMPILED, compile_pipeline
@@ -18,8 +17,8 @@ def test_committed_yaml_is_what_the_code_compiles(tmp_path):
 
 
 def test_compiled_dag_and_gate_condition():
-    from kfp.pipeline_spec import pipeline_spec_pb2
     from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
 
     documents = list(yaml.safe_load_all(COMPILED.read_text()))  # pipeline spec, then platform spec
     spec = json_format.ParseDict(documents[0], pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=True)
@@ -120,11 +119,11 @@ def test_deploy_step_leaves_a_canary_that_serve_splits_80_20(local_run, tmp_path
 
     import httpx
     import numpy as np
-
     from fraud.schema import FEATURES
-    from fraud_serving.client import v2_request
     from fraud_control.local_state import LocalInferenceService
     from fraud_control.processes import free_port
+    from fraud_serving.client import v2_request
+
     from tests.integration.serving_fixtures import FRAUD_ROLLOUT, REPO, LocalRuntimeHandle
 
     out, report = local_run

@@ -15,12 +15,12 @@ import aiohttp
 import httpx
 import numpy as np
 import pytest
-from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
-
 from fraud.export import SignatureScorer
 from fraud.schema import FEATURES
 from fraud_control import isvc
 from fraud_serving.scoring import TOLERANCE
+from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
 from tests.integration.serving_fixtures import canary_runtime, metric_value, serving_stack, v2_json  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -198,7 +198,7 @@ def test_bad_input_matrix_is_all_4xx_and_the_server_stays_healthy(serving_stack)
     failures = {name: (status, text[:200]) for name, (status, text, _) in results.items()
                 if not 400 <= status < 500}
     assert not failures, failures
-    for name, (status, text, expected) in results.items():
+    for name, (_status, text, expected) in results.items():
         assert text.strip(), f"{name}: empty error body"
         assert expected in text, f"{name}: {expected!r} not in {text[:300]}"
     # the server is healthy and still answers correctly

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from fraud import simulate
 from fraud.contract import FeatureContract, fit_contract
 from fraud.schema import FEATURES

@@ -2,10 +2,9 @@ import math
 
 import numpy as np
 import pytest
+from fraud.evaluate import classification_metrics, curve_points, mcnemar_exact
 from scipy.stats import binomtest
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
-
-from fraud.evaluate import classification_metrics, curve_points, mcnemar_exact
 
 
 def test_metrics_match_scikit_learn():

@@ -1,7 +1,6 @@
 import math
 
 import pytest
-
 from fraud.gate import PROMOTE, REJECT, GatePolicy, decide
 
 BASELINE = {"precision": 0.85, "recall": 0.40, "f1": 0.54, "pr_auc": 0.45}

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fraud_control import isvc
 from fraud_control.kserve_canary import BASE_MANIFEST_SPEC, manifest_yaml
 

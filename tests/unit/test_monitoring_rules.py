@@ -230,9 +230,8 @@ def test_dashboard_promql_is_accepted_by_promtool(tmp_path):
 
 
 def test_metric_names_are_the_ones_the_transformer_exports():
-    from prometheus_client import CollectorRegistry
-
     from fraud_serving.metrics import TransformerMetrics
+    from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry()
     TransformerMetrics(registry=registry)

@@ -5,14 +5,27 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
-
 from fraud_canary.online import (
-    HOLD, PROMOTE, ROLLBACK, UNATTRIBUTED, CanaryPolicy, Confusion, OfflineMetrics, VersionMetrics,
-    agreement_with_offline, clopper_pearson_interval, compare_proportions, evidence_status,
-    offline_acceptance_interval, plan_recall_evidence, recommend, two_proportion_sample_size, version_metrics,
+    HOLD,
+    PROMOTE,
+    ROLLBACK,
+    UNATTRIBUTED,
+    CanaryPolicy,
+    Confusion,
+    OfflineMetrics,
+    VersionMetrics,
+    agreement_with_offline,
+    clopper_pearson_interval,
+    compare_proportions,
+    evidence_status,
+    offline_acceptance_interval,
+    plan_recall_evidence,
+    recommend,
+    two_proportion_sample_size,
+    version_metrics,
     wilson_interval,
 )
+from scipy import stats
 
 # ---------------------------------------------------------------------------------------------
 # version_metrics

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-
 from fraud import simulate
 from fraud_canary.online import CanaryPolicy, plan_recall_evidence, version_metrics
-from fraud_rollout.cli import main
+from fraud_control.processes import free_port
+
 from fraud_rollout.analyze import analyze, metrics_from_replay, prometheus_queries, supported_recall_drop
+from fraud_rollout.cli import main
 from fraud_rollout.demo_report import ImpactAssumptions, business_impact
 from fraud_rollout.replay import default_batch
-from fraud_control.processes import free_port
 
 
 @dataclass

@@ -5,12 +5,17 @@ import json
 from pathlib import Path
 
 import pytest
-
 from fraud.contract import FeatureContract
 from fraud.schema import FEATURES
 from fraud_control import isvc
-from fraud_control.local_state import (LocalInferenceService, NotFound, StateError, json_patch,
-                                       merge_patch, revision_status)
+from fraud_control.local_state import (
+    LocalInferenceService,
+    NotFound,
+    StateError,
+    json_patch,
+    merge_patch,
+    revision_status,
+)
 
 
 def artifact_root(tmp_path: Path, version: int) -> Path:

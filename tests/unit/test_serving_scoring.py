@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from fraud.export import SignatureScorer
 from fraud.schema import FEATURES
 from fraud_serving.scoring import TOLERANCE, NumpyMLP, disagreement, load_artifact, probe_inputs

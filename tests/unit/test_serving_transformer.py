@@ -8,19 +8,18 @@ import random
 import numpy as np
 import orjson
 import pytest
-from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferInput, InferRequest
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-
 from fraud.contract import FeatureContract
+from fraud.routes import Backend, write_routes
 from fraud.schema import FEATURES
 from fraud_control import isvc
 from fraud_serving.__main__ import build_parser
 from fraud_serving.fast_route import INFERENCE_CONTENT_LENGTH_HEADER, binary_request, parse_request
 from fraud_serving.metrics import ScoreHistogram, TransformerMetrics
-from fraud.routes import Backend, write_routes
 from fraud_serving.routing import NoPredictor, Routes
 from fraud_serving.transformer import FraudTransformer
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferInput, InferRequest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 
 @pytest.fixture
@@ -93,9 +92,8 @@ def test_invalid_requests_name_the_field_and_count_the_reason(transformer, regis
 
 def test_unreachable_predictor_is_an_inference_error_and_counted(contract, registry):
     """Connection refused on a real socket: a 5xx (InferenceError), never a client error, and counted."""
-    from kserve.errors import InferenceError
-
     from fraud_control.processes import free_port
+    from kserve.errors import InferenceError
 
     model = FraudTransformer("fraud-detector", contract, Routes.single(f"127.0.0.1:{free_port()}"),
                              TransformerMetrics(registry))
@@ -183,7 +181,6 @@ def test_entry_point_accepts_the_container_args_of_the_inference_service():
 
 def test_predict_reads_csv_and_json_files(tmp_path):
     import pandas as pd
-
     from fraud_serving.client import read_transactions
 
     rows = raw_rows(3)

@@ -1,9 +1,8 @@
 import numpy as np
 import pandas as pd
 import pytest
-
 from fraud import simulate
-from fraud.schema import COLUMNS, DataError, LABEL
+from fraud.schema import COLUMNS, LABEL, DataError
 
 SPEC = simulate.DriftSpec()
 

@@ -1,7 +1,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-
 from fraud.train import split_time_ordered, tune_threshold
 
 

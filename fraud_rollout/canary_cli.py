@@ -8,15 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fraud.schema import DataError
+from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics
+from fraud_control.prometheus import DEFAULT_SELECTOR, metrics_from_prometheus
 
-from fraud_rollout.analyze import (
-    DEFAULT_SELECTOR,
-    analyze,
-    format_analysis,
-    metrics_from_prometheus,
-    metrics_from_replay,
-    offline_metrics,
-)
 from fraud_rollout.args import UsageError, detectable_difference, state_dir_option
 
 #: `canary --target` → function(action, args) -> exit code.

@@ -149,9 +149,9 @@ def run_demo(args) -> int:
     from fraud import registry
     from fraud.files import read_json, write_json
     from fraud.schema import FEATURES
+    from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics
 
     from fraud_rollout import demo_report
-    from fraud_rollout.analyze import analyze, format_analysis, metrics_from_replay, offline_metrics
     from fraud_rollout.canary_cli import apply_recommendation, local_status
     from fraud_rollout.replay import ReplayOptions, load_source, offline_decisions, run_replay, summary_lines
 

@@ -93,7 +93,7 @@ def online_vs_offline(pipeline: dict, replay: dict, analysis: dict, confidence: 
     its Wilson CI (replay counts), and the acceptance interval the analysis used (offline value,
     sized by the online count; see fraud_canary.online.agreement_with_offline)."""
     roles = {analysis["baseline_version"]: "baseline", analysis["canary_version"]: "canary"}
-    from fraud_canary.online import wilson_interval
+    from fraud_canary.proportions import wilson_interval
 
     rows = []
     for name, model in pipeline["models"].items():

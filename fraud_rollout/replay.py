@@ -341,7 +341,7 @@ def replay(source: ReplaySource, options: ReplayOptions,
 
 def online_metrics(rows: ReplayRows | pd.DataFrame, labelled: bool = True) -> dict:
     """`fraud_canary.online.version_metrics` over the replayed rows (a ReplayRows or its frame)."""
-    from fraud_canary.online import version_metrics
+    from fraud_canary.metrics import version_metrics
 
     frame = rows.frame() if isinstance(rows, ReplayRows) else rows
     error = frame["error"].to_numpy(dtype=bool)
@@ -412,7 +412,7 @@ def skew_check(rows: pd.DataFrame, raw: np.ndarray, artifacts: dict[str, str]) -
 
 def build_report(source: ReplaySource, options: ReplayOptions, rows: ReplayRows, rows_file: Path,
                  skew: dict | None) -> dict:
-    from fraud_canary.online import UNATTRIBUTED
+    from fraud_canary.metrics import UNATTRIBUTED
 
     metrics = online_metrics(rows)
     n = len(rows.labels)

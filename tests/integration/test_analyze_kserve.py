@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fraud import registry
 from fraud.files import json_safe
-from fraud_canary.online import version_metrics
+from fraud_canary.metrics import version_metrics
 
 from fraud_rollout.cli import main
 from tests.integration.test_canary_cli_kserve import NS, cluster, tracking_uri  # noqa: F401

@@ -23,10 +23,10 @@ from fraud import registry
 from fraud.export import SignatureScorer
 from fraud.schema import FEATURES
 from fraud_control.processes import free_port
+from fraud_control.prometheus import metrics_from_prometheus
 from fraud_control.runtime import read_runtime
 from mlflow import MlflowClient
 
-from fraud_rollout.analyze import metrics_from_prometheus
 from fraud_rollout.replay import ReplayOptions, ReplaySource, read_replay, run_replay
 from tests.integration.serving_fixtures import canary_runtime, metric_value  # noqa: F401
 

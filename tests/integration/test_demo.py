@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fraud_canary.online import agreement_with_offline
+from fraud_canary.agreement import agreement_with_offline
 from fraud_control.runtime import read_runtime
 
 pytestmark = pytest.mark.integration

@@ -1,28 +1,20 @@
-"""fraud_canary.online against known values (textbook examples, closed forms, SciPy) and by behaviour."""
+"""fraud_canary's statistics against known values (textbook examples, closed forms, SciPy) and by behaviour."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import pytest
-from fraud_canary.online import (
-    HOLD,
-    PROMOTE,
-    ROLLBACK,
-    UNATTRIBUTED,
-    CanaryPolicy,
-    Confusion,
-    OfflineMetrics,
-    VersionMetrics,
-    agreement_with_offline,
+from fraud_canary.agreement import agreement_with_offline, offline_acceptance_interval
+from fraud_canary.checks import HOLD, PROMOTE, ROLLBACK
+from fraud_canary.decision import recommend
+from fraud_canary.evidence import evidence_status, plan_recall_evidence
+from fraud_canary.metrics import UNATTRIBUTED, Confusion, VersionMetrics, version_metrics
+from fraud_canary.policy import CanaryPolicy, OfflineMetrics
+from fraud_canary.proportions import (
     clopper_pearson_interval,
     compare_proportions,
-    evidence_status,
-    offline_acceptance_interval,
-    plan_recall_evidence,
-    recommend,
     two_proportion_sample_size,
-    version_metrics,
     wilson_interval,
 )
 from scipy import stats

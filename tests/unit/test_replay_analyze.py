@@ -9,10 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from fraud import simulate
-from fraud_canary.online import CanaryPolicy, plan_recall_evidence, version_metrics
+from fraud_canary.analysis import analyze, metrics_from_replay, supported_recall_drop
+from fraud_canary.evidence import plan_recall_evidence
+from fraud_canary.metrics import version_metrics
+from fraud_canary.policy import CanaryPolicy, OfflineMetrics
 from fraud_control.processes import free_port
+from fraud_control.prometheus import prometheus_queries
 
-from fraud_rollout.analyze import analyze, metrics_from_replay, prometheus_queries, supported_recall_drop
 from fraud_rollout.cli import main
 from fraud_rollout.demo_report import ImpactAssumptions, business_impact
 from fraud_rollout.replay import default_batch
@@ -116,8 +119,6 @@ def _online(n_base=8_000, n_canary=2_000, seed=1, canary_recall=0.85, base_recal
 
 
 def _offline(online):
-    from fraud_canary.online import OfflineMetrics
-
     return {v: OfflineMetrics(m.precision, m.recall, m.flag_rate) for v, m in online.items()}
 
 

@@ -1,0 +1,73 @@
+"""What the canary is held to: the objectives and thresholds of `recommend`, and each version's
+offline (holdout) metrics."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from fraud_canary.counts import finite, ratio
+from fraud_canary.proportions import IntervalMethod
+
+
+@dataclass(frozen=True)
+class OfflineMetrics:
+    """A version's holdout metrics, as `fraud.evaluate.classification_metrics` reports them."""
+
+    precision: float
+    recall: float
+    #: Share of holdout rows flagged. It depends on the traffic's fraud rate, so give it only when
+    #: online traffic is drawn like the holdout (the replay); NaN skips the flag-rate check.
+    flag_rate: float = math.nan
+
+    @classmethod
+    def from_mapping(cls, metrics: Mapping[str, float]) -> OfflineMetrics:
+        """From a dict with precision and recall, and either flag_rate or tp/fp/fn/tn."""
+        flag_rate = metrics.get("flag_rate", math.nan)
+        keys = ("tp", "fp", "fn", "tn")
+        if not finite(flag_rate) and all(finite(metrics.get(k)) for k in keys):
+            tp, fp, fn, tn = (float(metrics[k]) for k in keys)
+            flag_rate = ratio(tp + fp, tp + fp + fn + tn)
+        return cls(precision=float(metrics.get("precision", math.nan)),
+                   recall=float(metrics.get("recall", math.nan)), flag_rate=float(flag_rate))
+
+
+@dataclass(frozen=True)
+class CanaryPolicy:
+    """Objectives and thresholds for `recommend`. The alert rules in manifests/monitoring use the
+    same numbers (error rate, p99, share ± tolerance, flag-rate ratio): change both together."""
+
+    #: `canaryTrafficPercent` the canary was deployed with.
+    target_canary_percent: float = 20.0
+    #: Allowed distance (percentage points) of the observed canary share from the target.
+    canary_percent_tolerance: float = 5.0
+    #: Error-rate objective, per version.
+    max_error_rate: float = 0.01
+    #: p99 latency objective (end-to-end, answered requests), per version.
+    max_p99_latency_ms: float = 250.0
+    #: Significance level of every test, and power of the recall comparison.
+    alpha: float = 0.05
+    power: float = 0.8
+    #: Smallest absolute recall drop (canary vs baseline) the evidence must be able to detect.
+    detectable_recall_difference: float = 0.10
+    #: Level and kind of the online-vs-offline acceptance intervals.
+    confidence: float = 0.95
+    interval_method: IntervalMethod = "wilson"
+    #: The canary may lose at most this much precision (absolute) vs the baseline, when significant.
+    max_precision_drop: float = 0.05
+    #: Flag rates may differ by at most this factor either way, when significant.
+    max_flag_rate_ratio: float = 2.0
+    #: Failed requests without a model_version count against the canary (worst case: the
+    #: baseline has a rolled-out track record, the canary does not).
+    unattributed_errors_against_canary: bool = True
+
+    def __post_init__(self) -> None:
+        values = {k: v for k, v in asdict(self).items() if isinstance(v, float)}
+        if not all(map(math.isfinite, values.values())):
+            raise ValueError(f"policy values must be finite: {values}")
+        if not (0 < self.target_canary_percent < 100 and 0 <= self.canary_percent_tolerance < 100):
+            raise ValueError("target_canary_percent must be in (0, 100) and the tolerance in [0, 100)")
+        if not (0 < self.alpha < 1 and 0 < self.power < 1 and 0 < self.confidence < 1):
+            raise ValueError("alpha, power and confidence must be in (0, 1)")
+        if not (0 <= self.max_error_rate < 1 and self.max_p99_latency_ms > 0 and self.max_flag_rate_ratio >= 1):
+            raise ValueError("need 0 ≤ max_error_rate < 1, max_p99_latency_ms > 0, max_flag_rate_ratio ≥ 1")

@@ -153,6 +153,37 @@ def test_intervals_match_newcombe_table(x, n, wilson, exact):
     assert (e.low, e.high) == pytest.approx(exact, abs=6e-5)
 
 
+def _wilson_closed_form(x: int, n: int, confidence: float) -> tuple[float, float]:
+    z = stats.norm.isf((1 - confidence) / 2)
+    centre = (x + z * z / 2) / (n + z * z)
+    half = z / (n + z * z) * math.sqrt(x * (n - x) / n + z * z / 4)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _clopper_pearson_beta(x: int, n: int, confidence: float) -> tuple[float, float]:
+    a = 1 - confidence
+    return (0.0 if x == 0 else stats.beta.ppf(a / 2, x, n - x + 1),
+            1.0 if x == n else stats.beta.ppf(1 - a / 2, x + 1, n - x))
+
+
+@pytest.mark.parametrize("confidence", [0.8, 0.95, 0.99])
+@pytest.mark.parametrize("n", [1, 2, 7, 40, 263, 4000])
+def test_scipy_intervals_equal_the_closed_forms(n, confidence):
+    """binomtest(...).proportion_ci gives the numbers of the formulas it replaced, to 1e-10."""
+    for x in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+        w, e = wilson_interval(x, n, confidence), clopper_pearson_interval(x, n, confidence)
+        assert (w.low, w.high) == pytest.approx(_wilson_closed_form(x, n, confidence), abs=1e-10), (x, n)
+        assert (e.low, e.high) == pytest.approx(_clopper_pearson_beta(x, n, confidence), abs=1e-10), (x, n)
+        assert (w.method, e.method, w.confidence) == ("wilson", "exact", confidence)
+
+
+def test_bad_interval_arguments_are_named():
+    with pytest.raises(ValueError, match=r"confidence 1.5 must be in \(0, 1\)"):
+        wilson_interval(1, 2, 1.5)
+    with pytest.raises(ValueError, match=r"clopper_pearson_interval: need 0 ≤ successes \(3\) ≤ trials \(2\)"):
+        clopper_pearson_interval(3, 2)
+
+
 def test_intervals_with_no_trials_contain_nothing():
     assert not wilson_interval(0, 0).contains(0.5)
     assert not clopper_pearson_interval(0, 0).contains(0.5)

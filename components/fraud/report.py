@@ -1,22 +1,46 @@
-"""Human-readable reports: the evaluation as HTML (rendered by the Kubeflow UI) and a text summary."""
+"""Human-readable reports: the evaluation as HTML (rendered by the Kubeflow UI) and a text summary.
+
+HTML comes from Jinja2 templates (package data under `templates/`) with autoescape on: every value
+is escaped unless it is `Markup`, which only our own inlined plots and rendered tables are.
+"""
 from __future__ import annotations
 
 import base64
-import html
 import io
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from fraud.evaluate import METRICS
 
 SLICES = (("holdout", "holdout (after all training data)"), ("pre_drift", "pre-drift slice"))
 
 
-def _fmt(value) -> str:
+def _fmt(value: object) -> str:
     if value is None:
         return "n/a"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _figure_png(draw) -> str:
+def render(package: str, template: str, context: Mapping[str, Any],
+           filters: Mapping[str, Callable[..., str]] | None = None) -> str:
+    """`template` from `package`'s templates/, rendered with autoescape on."""
+    # Imported here: the serving image holds the core without Jinja2 (and without Matplotlib).
+    import jinja2
+
+    environment = jinja2.Environment(loader=jinja2.PackageLoader(package, "templates"), autoescape=True,
+                                     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    environment.filters.update({"fmt": _fmt, **(filters or {})})
+    return environment.get_template(template).render(context)
+
+
+def inline_png(png: bytes) -> str:
+    """An <img> carrying the PNG itself (a report is one file), as markup the templates keep."""
+    from markupsafe import Markup
+
+    return Markup('<img alt="plot" src="data:image/png;base64,{}"/>').format(base64.b64encode(png).decode())
+
+
+def _figure_png(draw: Callable[[Any], None]) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,11 +52,11 @@ def _figure_png(draw) -> str:
     fig.tight_layout()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"/>'
+    return inline_png(buffer.getvalue())
 
 
 def pr_curve_plot(models: dict) -> str:
-    def draw(ax):
+    def draw(ax: Any) -> None:
         for name, model in models.items():
             pr = model["curves"]["pr"]
             ax.plot(pr["recall"], pr["precision"], label=f"{name} (PR-AUC {_fmt(model['holdout']['pr_auc'])})")
@@ -43,7 +67,7 @@ def pr_curve_plot(models: dict) -> str:
 
 
 def roc_curve_plot(models: dict) -> str:
-    def draw(ax):
+    def draw(ax: Any) -> None:
         for name, model in models.items():
             roc = model["curves"]["roc"]
             ax.plot(roc["fpr"], roc["tpr"], label=f"{name} (ROC-AUC {_fmt(model['holdout']['roc_auc'])})")
@@ -53,40 +77,19 @@ def roc_curve_plot(models: dict) -> str:
 
 
 def metrics_table(models: dict) -> str:
-    head = "".join(f"<th>{m}</th>" for m in METRICS)
-    rows = []
-    for name, model in models.items():
-        for key, label in SLICES:
-            cells = "".join(f"<td>{_fmt(model[key][m])}</td>" for m in METRICS)
-            rows.append(f"<tr><td>{name}</td><td>{label}</td>{cells}</tr>")
-    return f"<table><tr><th>model</th><th>slice</th>{head}</tr>{''.join(rows)}</table>"
+    """Every model's metrics on each slice, one row per (model, slice)."""
+    from markupsafe import Markup
+
+    return Markup(render("fraud", "metrics_table.html.j2", {"models": models, "slices": SLICES, "metrics": METRICS}))
 
 
 def evaluation_html(evaluation: dict, gate: dict | None = None) -> str:
+    """The evaluate step's HTML artifact: windows, metrics, McNemar, curves and (if given) the gate."""
     models = evaluation["models"]
-    windows = evaluation["data"]["windows"]
-    window_rows = "".join(f"<tr><td>{n}</td><td>{w['start']}</td><td>{w['end']}</td><td>{w['rows']}</td><td>{w['fraud']}</td></tr>"
-                          for n, w in windows.items())
-    mcnemar = evaluation["mcnemar"]
-    parts = [
-        "<html><head><meta charset='utf-8'><title>fraud-rollout evaluation</title>",
-        "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style></head><body>",
-        "<h1>Offline evaluation: baseline v1 vs candidate v2</h1>",
-        "<h2>Windows</h2><table><tr><th>window</th><th>first</th><th>last</th><th>rows</th><th>fraud</th></tr>"
-        f"{window_rows}</table>",
-        "<h2>Metrics at each model's own threshold</h2>", metrics_table(models),
-        f"<p>McNemar exact test on holdout correctness: only v1 right {mcnemar['a_only']}, only v2 right "
-        f"{mcnemar['b_only']}, p = {mcnemar['p_value']:.3g}.</p>",
-        f"<p>v1 recall change pre-drift → holdout: {_fmt(models['v1'].get('recall_change_pre_drift_to_holdout'))} (relative).</p>",
-        pr_curve_plot(models), roc_curve_plot(models),
-    ]
-    if gate:
-        rows = "".join(f"<tr><td>{html.escape(r['rule'])}</td><td>{'pass' if r['passed'] else '<b>FAIL</b>'}</td>"
-                       f"<td>{html.escape(r['detail'])}</td></tr>" for r in gate["reasons"])
-        parts.append(f"<h2>Gate: {gate['decision']}</h2><table>{rows}</table>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return render("fraud", "evaluation.html.j2", {
+        "windows": evaluation["data"]["windows"], "metrics_table": metrics_table(models),
+        "mcnemar": evaluation["mcnemar"], "recall_change": models["v1"].get("recall_change_pre_drift_to_holdout"),
+        "pr_curve": pr_curve_plot(models), "roc_curve": roc_curve_plot(models), "gate": gate})
 
 
 def text_summary(report: dict) -> str:

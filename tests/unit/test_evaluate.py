@@ -44,3 +44,36 @@ def test_curves_are_thinned_and_finite():
     curves = curve_points(labels, rng.random(5_000), points=50)
     assert len(curves["roc"]["fpr"]) <= 50 and len(curves["pr"]["recall"]) <= 50
     assert all(math.isfinite(t) for t in curves["roc"]["threshold"])
+
+
+def _evaluation() -> dict:
+    def model(tp: int, fp: int, fn: int, tn: int) -> dict:
+        holdout = {"precision": tp / (tp + fp), "recall": tp / (tp + fn), "f1": 0.75, "roc_auc": 0.97,
+                   "pr_auc": 0.8, "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+        curve = [0.0, 0.5, 1.0]
+        return {"holdout": holdout, "pre_drift": {**holdout, "precision": None},
+                "curves": {"pr": {"recall": curve, "precision": curve}, "roc": {"fpr": [1e-4, 0.5, 1.0], "tpr": curve}},
+                "recall_change_pre_drift_to_holdout": -0.25}
+
+    windows = {"reference": {"start": "2023-01-01", "end": "2023-06-30", "rows": 6000, "fraud": 11},
+               "holdout <script>": {"start": "2023-10-01", "end": "2023-12-31", "rows": 3000, "fraud": 7}}
+    return {"data": {"windows": windows}, "models": {"v1": model(30, 10, 20, 940), "v2": model(45, 12, 5, 938)},
+            "mcnemar": {"a_only": 2, "b_only": 17, "p_value": 0.000728}}
+
+
+def test_evaluation_html_shows_windows_metrics_test_curves_and_gate_escaped():
+    from fraud.report import evaluation_html
+
+    gate = {"decision": "promote", "reasons": [{"rule": "candidate f1 ≥ 0.75", "passed": True, "detail": "f1 = 0.7500"},
+                                               {"rule": "McNemar p < 0.01", "passed": False, "detail": "<b>p</b> & co"}]}
+    page = evaluation_html(_evaluation(), gate)
+    assert "<tr><td>reference</td><td>2023-01-01</td><td>2023-06-30</td><td>6000</td><td>11</td></tr>" in page
+    assert "<td>holdout &lt;script&gt;</td>" in page and "<script>" not in page
+    assert "<tr><td>v2</td><td>holdout (after all training data)</td><td>0.7895</td><td>0.9000</td>" in page
+    assert "<tr><td>v1</td><td>pre-drift slice</td><td>n/a</td>" in page
+    assert "only v1 right 2, only v2 right 17, p = 0.000728." in page
+    assert "v1 recall change pre-drift → holdout: -0.2500 (relative)." in page
+    assert page.count('<img alt="plot" src="data:image/png;base64,') == 2
+    assert "<h2>Gate: promote</h2>" in page and "<td>McNemar p &lt; 0.01</td><td><b>FAIL</b></td>" in page
+    assert "<td>&lt;b&gt;p&lt;/b&gt; &amp; co</td>" in page
+    assert "<h2>Gate" not in evaluation_html(_evaluation())

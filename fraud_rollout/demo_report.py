@@ -2,12 +2,11 @@
 decision and what it is worth, in one file.
 
 Plot functions take a Matplotlib `Axes` (or `Figure`) and plain report data, so notebook 02 draws
-the same figures inline. `report_html` embeds them as PNGs (no external files).
+the same figures inline. `report_html` embeds them as PNGs (no external files) in the Jinja2 template
+`templates/demo_report.html.j2` (autoescape on).
 """
 from __future__ import annotations
 
-import base64
-import html
 import io
 import math
 from dataclasses import dataclass
@@ -22,11 +21,6 @@ VERSION_COLOURS = {"v1": "#1f77b4", "v2": "#ff7f0e", "error": "#d62728", "unknow
 
 def colour(version: str) -> str:
     return VERSION_COLOURS.get(version, "#2ca02c")
-
-
-# --------------------------------------------------------------------------------------------
-# Business impact
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -83,15 +77,10 @@ def business_impact(labels: np.ndarray, amount: np.ndarray, offline_flags: dict[
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# Online vs offline
-# --------------------------------------------------------------------------------------------
-
-
 def online_vs_offline(pipeline: dict, replay: dict, analysis: dict, confidence: float = 0.95) -> list[dict]:
     """Per version and metric: offline value with its Wilson CI (holdout counts), online value with
     its Wilson CI (replay counts), and the acceptance interval the analysis used (offline value,
-    sized by the online count; see fraud_canary.online.agreement_with_offline)."""
+    sized by the online count; see fraud_canary.agreement.agreement_with_offline)."""
     roles = {analysis["baseline_version"]: "baseline", analysis["canary_version"]: "canary"}
     from fraud_canary.proportions import wilson_interval
 
@@ -121,11 +110,6 @@ def online_vs_offline(pipeline: dict, replay: dict, analysis: dict, confidence: 
     return rows
 
 
-# --------------------------------------------------------------------------------------------
-# Plots
-# --------------------------------------------------------------------------------------------
-
-
 def _pyplot():
     import matplotlib
 
@@ -137,12 +121,14 @@ def _pyplot():
 
 def png(fig) -> str:
     """An <img> with the figure inlined; closes the figure."""
+    from fraud.report import inline_png
+
     plt = _pyplot()
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
-    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"/>'
+    return inline_png(buffer.getvalue())
 
 
 def plot_confusions(axes, matrices: dict[str, dict]) -> None:
@@ -248,63 +234,31 @@ def plot_scores(ax, rows: pd.DataFrame) -> None:
     ax.legend(fontsize=8)
 
 
-# --------------------------------------------------------------------------------------------
-# HTML
-# --------------------------------------------------------------------------------------------
-
-
-def _f(x, spec: str = ".4f") -> str:
+def _f(x: object, spec: str = ".4f") -> str:
+    """A number in `spec`, "n/a" for None and non-finite floats; anything else as text (the template escapes it)."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
-    return format(x, spec) if isinstance(x, (int, float)) else html.escape(str(x))
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return format(x, spec) if isinstance(x, (int, float)) else str(x)
 
 
 CSS = ("body{font-family:sans-serif;margin:1.5em;max-width:1200px}table{border-collapse:collapse;margin:.6em 0}"
        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}"
        ".box{border:2px solid #444;padding:.6em 1em;margin:1em 0}.fail{color:#b00;font-weight:bold}"
        ".pass{color:#070}.insufficient{color:#a60}code{background:#f4f4f4}")
+CHECK_ORDER = {"fail": 0, "insufficient": 1, "pass": 2}
 
 
-def report_html(report: dict, summary: dict | None, rows: pd.DataFrame | None) -> str:
-    from fraud.report import metrics_table, pr_curve_plot
+def figures(report: dict, summary: dict | None, rows: pd.DataFrame | None) -> dict[str, str | None]:
+    """The report's plots as inlined <img> markup; None where there is nothing to draw."""
+    from fraud.report import pr_curve_plot
 
     plt = _pyplot()
-    pipeline, replay, analysis = report["pipeline"], report["replay"], report["analysis"]
-    models = pipeline["models"]
-    parts = [f"<html><head><meta charset='utf-8'><title>fraud-rollout demo report</title><style>{CSS}</style>"
-             "</head><body>", "<h1>fraud-rollout: the rollout of v2, start to finish</h1>"]
-
-    # headline
-    applied = report.get("applied") or {}
-    skew = replay.get("skew") or {}
-    headline = [f"<b>Recommendation: {analysis['action'].upper()}</b>, applied: "
-                f"{html.escape(applied.get('detail', 'not applied'))}.",
-                f"Traffic after: {html.escape(report.get('traffic_after', {}).get('summary', 'n/a'))}.",
-                f"Training/serving skew: <b>{skew.get('disagreements', 'n/a')}</b> of {skew.get('compared_rows', 0):,} "
-                "online decisions differ from the offline decision of the version that served them.",
-                "Online recall within the 95 % interval around offline: " + ", ".join(
-                    f"{v}: {'yes' if ok else 'NO'}" for v, ok in report["checks"]["recall_within_interval"].items()) + "."]
-    parts.append("<div class='box'>" + "<br/>".join(headline) + "</div>")
-
-    # offline
-    windows = pipeline["data"]["windows"]
-    parts.append("<h2>1. Data and drift</h2>")
-    parts.append(_table(["window", "first", "last", "rows", "fraud"],
-                        [[n, w["start"][:10], w["end"][:10], f"{w['rows']:,}", f"{w['fraud']:,}"] for n, w in windows.items()]))
+    models, replay = report["pipeline"]["models"], report["replay"]
+    out: dict[str, str | None] = {"drift": None, "scores": None, "pr_curve": pr_curve_plot(models)}
     if summary and summary.get("monthly_profile"):
         fig = plt.figure(figsize=(12, 6))
         plot_drift(fig, summary)
-        parts.append("<p>Monthly means of the features whose fraud pattern moved most, and the fraud rate; "
-                     "purple: drift start, grey: holdout months.</p>" + png(fig))
-    parts.append("<h2>2. Offline evaluation on the holdout (strictly after all training data)</h2>")
-    parts.append(metrics_table(models))
-    parts.append(pr_curve_plot(models))
+        out["drift"] = png(fig)
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.4))
     matrices = {f"{v} offline (holdout)": models[v]["holdout"] for v in models}
     for version, m in replay["versions"].items():
@@ -313,81 +267,28 @@ def report_html(report: dict, summary: dict | None, rows: pd.DataFrame | None) -
     plot_confusions(axes, matrices)
     for ax in np.ravel(axes)[len(matrices):]:
         ax.axis("off")
-    parts.append(png(fig))
-    gate = pipeline["gate"]
-    parts.append(f"<p>Gate: <b>{html.escape(gate['decision'])}</b>; McNemar p (v2 vs v1, paired on the holdout) = "
-                 f"{_f(pipeline.get('mcnemar_p'), '.3g')}.</p>")
-
-    # online
-    parts.append("<h2>3. The canary online: replay of the holdout through the local runtime</h2>")
-    t = replay["timing"]
-    parts.append(f"<p>{replay['totals']['rows']:,} transactions in {t['requests']:,} v2 requests of ≤ "
-                 f"{replay['options']['batch']} rows, {t['wall_seconds']:.1f} s ({_f(t['rows_per_second'], ',.0f')} "
-                 f"transactions/s); failed rows {replay['totals']['failed_rows']:,}.</p>")
-    parts.append(_table(["version", "rows", "share", "errors", "frauds", "recall", "precision", "F1", "flag rate",
-                         "p50 ms", "p99 ms"],
-                        [[v, f"{m['requests']:,}", _f(m['traffic_share'], '.1%'), f"{m['errors']:,}",
-                          _f(None if m['tp'] is None else m['tp'] + m['fn'], ','), _f(m['recall']), _f(m['precision']),
-                          _f(m['f1']), _f(m['flag_rate']), _f(m['latency_p50_ms'], '.1f'), _f(m['latency_p99_ms'], '.1f')]
-                         for v, m in replay["versions"].items()]))
+    out["confusions"] = png(fig)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4))
-    plot_traffic(axes[0], replay.get("timeline", []), analysis["policy"]["target_canary_percent"])
+    plot_traffic(axes[0], replay.get("timeline", []), report["analysis"]["policy"]["target_canary_percent"])
     plot_online_offline(axes[1], report["online_vs_offline"])
-    parts.append(png(fig))
-    parts.append(_table(["version", "metric", "offline", "offline 95 % CI", "online", "online 95 % CI",
-                         "acceptance interval", "within"],
-                        [[r["version"], r["metric"], _f(r["offline"]), f"[{_f(r['offline_low'])}, {_f(r['offline_high'])}]",
-                          _f(r["online"]), f"[{_f(r['online_low'])}, {_f(r['online_high'])}]",
-                          f"[{_f(r['acceptance_low'])}, {_f(r['acceptance_high'])}]",
-                          "n/a" if r["within"] is None else ("yes" if r["within"] else "<span class='fail'>NO</span>")]
-                         for r in report["online_vs_offline"]]))
-    parts.append("<p>The acceptance interval is centred on the offline value and sized by the online count: the "
-                 "online values a model with the offline metric would produce 95 % of the time.</p>")
+    out["traffic_online_offline"] = png(fig)
     if rows is not None and len(rows):
         fig, ax = plt.subplots(figsize=(6, 3.6))
         plot_scores(ax, rows)
-        parts.append(png(fig))
-    parts.append("<h3>Training/serving skew</h3>")
-    parts.append(_table(["version", "rows compared", "decision disagreements", "max |Δ probability|"],
-                        [[v, f"{s['rows']:,}", s["disagreements"], _f(s["max_abs_probability_difference"], '.2e')]
-                         for v, s in skew.get("versions", {}).items()]))
+        out["scores"] = png(fig)
+    return out
 
-    # decision
-    policy = analysis["policy"]
-    parts.append(f"<h2>4. Recommendation: {analysis['action'].upper()}</h2>")
-    default = analysis["default_policy"]
-    parts.append(f"<p>Policy: detect a recall drop of {policy['detectable_recall_difference']:.2f} at α "
-                 f"{policy['alpha']}, power {policy['power']} ({html.escape(policy['detectable_recall_difference_choice'])}); "
-                 f"flag-rate ratio within ×{policy['max_flag_rate_ratio']:g} "
-                 f"({html.escape(policy['max_flag_rate_ratio_choice'])}). The default policy (a drop of "
-                 f"{default['detectable_recall_difference']:.2f}) says <b>{default['action'].upper()}</b>"
-                 + (f": {html.escape(default['evidence'] or '')}" if default["action"] != analysis["action"] else "")
-                 + ".</p>")
-    rows_html = [[html.escape(c["rule"]), f"<span class='{c['status']}'>{c['status']}</span>",
-                  html.escape(c["on_failure"]) if c["status"] != "pass" else "", html.escape(c["detail"])]
-                 for c in sorted(analysis["checks"], key=lambda c: {"fail": 0, "insufficient": 1, "pass": 2}[c["status"]])]
-    parts.append(_table(["check", "status", "if not passed", "detail"], rows_html))
-    parts.append(f"<p>Applied: {html.escape(applied.get('detail', 'no'))}. Traffic after: "
-                 f"{html.escape(report.get('traffic_after', {}).get('summary', 'n/a'))}.</p>")
 
-    # business
+def report_html(report: dict, summary: dict | None, rows: pd.DataFrame | None) -> str:
+    """The demo's report.html (template `templates/demo_report.html.j2`): headline, data and drift,
+    offline evaluation, the canary online, the recommendation, business impact, what to explore."""
+    from fraud.report import metrics_table, render
+
     impact = report["business_impact"]
-    parts.append("<h2>5. Business impact (estimate)</h2><p>Assumptions:</p><ul>"
-                 + "".join(f"<li>{html.escape(a)}</li>" for a in impact["assumptions"]) + "</ul>")
     scenarios = [(f"{v} serving all of the holdout", i) for v, i in impact["if_serving_all"].items()]
     if "as_replayed" in impact:
         scenarios.append(("as replayed (the canary split)", impact["as_replayed"]))
-    parts.append(_table(["scenario", "frauds caught", "false alarms", "fraud amount caught", "fraud amount missed",
-                         "review cost", "net benefit"],
-                        [[name, f"{i['frauds_caught']:,} / {i['frauds']:,}", f"{i['false_alarms']:,}",
-                          f"{i['fraud_amount_caught']:,.0f}", f"{i['fraud_amount_missed']:,.0f}",
-                          f"{i['review_cost']:,.0f}", f"{i['net_benefit']:,.0f}"] for name, i in scenarios]))
-    if "difference" in impact:
-        d = impact["difference"]
-        parts.append(f"<p>{d['versions']}: net benefit {d['net_benefit']:+,.0f}, fraud amount caught "
-                     f"{d['fraud_amount_caught']:+,.0f}, frauds caught {d['frauds_caught']:+,}, false alarms "
-                     f"{d['false_alarms']:+,} over the holdout.</p>")
-
-    parts.append("<h2>6. Explore further</h2><pre>" + html.escape("\n".join(report["explore"])) + "</pre>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    checks = sorted(report["analysis"]["checks"], key=lambda c: CHECK_ORDER[c["status"]])
+    return render("fraud_rollout", "demo_report.html.j2", {
+        "report": report, "css": CSS, "figures": figures(report, summary, rows), "checks": checks,
+        "metrics_table": metrics_table(report["pipeline"]["models"]), "scenarios": scenarios}, filters={"f": _f})

@@ -160,3 +160,53 @@ def test_business_impact_arithmetic_and_stated_assumptions():
     assert (v2["frauds_caught"], v2["false_alarms"], v2["net_benefit"]) == (3, 0, 174)
     assert impact["difference"]["net_benefit"] == 78
     assert any("2 per review" in a for a in impact["assumptions"])
+
+
+def _demo_report(online):
+    """A demo report.json as `fraud-rollout demo` assembles it, from `online` and a made-up holdout."""
+    from fraud.files import json_safe
+
+    from fraud_rollout.demo_report import online_vs_offline
+
+    curve = [0.0, 0.5, 1.0]
+    models = {v: {"version": v, "holdout": {**m.to_dict(), "roc_auc": 0.97, "pr_auc": 0.8}, "threshold": 0.5,
+                  "pre_drift": {**m.to_dict(), "roc_auc": 0.96, "pr_auc": 0.7},
+                  "curves": {"pr": {"recall": curve, "precision": curve}, "roc": {"fpr": [1e-4, .5, 1], "tpr": curve}}}
+              for v, m in online.items()}
+    pipeline = {"models": models, "gate": {"decision": "promote"}, "mcnemar_p": 1.2e-9,
+                "data": {"windows": {"holdout <i>": {"start": "2023-10-01T00:00", "end": "2023-12-31T23:59",
+                                                      "rows": 10_000, "fraud": 200}}}}
+    replay = {"versions": json_safe({v: m.to_dict() for v, m in online.items()}), "options": {"batch": 5},
+              "skew": {"disagreements": 0, "compared_rows": 10_000,
+                       "versions": {"v1": {"rows": 8_000, "disagreements": 0, "max_abs_probability_difference": 1.5e-7}}},
+              "timing": {"requests": 2_000, "wall_seconds": 4.25, "rows_per_second": 2352.9},
+              "totals": {"rows": 10_000, "failed_rows": 0}, "timeline": [{"start_s": 0, "rows": {"v1": 80, "v2": 20}}]}
+    analysis = json_safe(analyze(online, _offline(online), baseline_version="v1", canary_version="v2"))
+    vs = online_vs_offline(pipeline, replay, analysis)
+    labels, amount = np.array([1, 0, 0]), np.array([100.0, 5.0, 7.0])
+    impact = business_impact(labels, amount, {"v1": np.array([0, 0, 1]), "v2": np.array([1, 0, 0])})
+    return {"pipeline": pipeline, "replay": replay, "analysis": analysis, "applied": {"detail": "not applied <yet>"},
+            "traffic_after": {"summary": "v1 80 %, v2 20 %"}, "online_vs_offline": vs, "business_impact": impact,
+            "checks": {"recall_within_interval": {r["version"]: r["within"] for r in vs if r["metric"] == "recall"}},
+            "explore": ["fraud-rollout canary status", "curl -s 'http://127.0.0.1:8080' <&>"]}
+
+
+def test_demo_report_html_shows_every_section_escaped():
+    from fraud_rollout.demo_report import report_html
+
+    report = _demo_report(_online())
+    page = report_html(report, None, None)
+    for heading in ("<h2>1. Data and drift</h2>", "<h2>2. Offline evaluation", "<h2>3. The canary online",
+                    "<h2>4. Recommendation: HOLD</h2>", "<h2>5. Business impact (estimate)</h2>",
+                    "<h2>6. Explore further</h2>", "<h3>Training/serving skew</h3>"):
+        assert heading in page, heading
+    assert page.count('<img alt="plot" src="data:image/png;base64,') == 3  # PR curve, confusions, traffic + intervals
+    assert "<b>Recommendation: HOLD</b>, applied: not applied &lt;yet&gt;." in page
+    assert "<tr><td>holdout &lt;i&gt;</td><td>2023-10-01</td><td>2023-12-31</td><td>10,000</td><td>200</td></tr>" in page
+    assert "10,000 transactions in 2,000 v2 requests of ≤ 5 rows, 4.2 s (2,353 transactions/s)" in page
+    assert "<td>v1</td><td>8,000</td><td>0</td><td>1.50e-07</td>" in page
+    assert "<span class='insufficient'>insufficient</span></td><td>hold</td>" in page
+    assert "<pre>fraud-rollout canary status\ncurl -s &#39;http://127.0.0.1:8080&#39; &lt;&amp;&gt;</pre>" in page
+    v2 = report["business_impact"]["if_serving_all"]["v2"]
+    assert f"<tr><td>v2 serving all of the holdout</td><td>1 / 1</td><td>0</td><td>100</td><td>0</td>" \
+           f"<td>{v2['review_cost']:,.0f}</td><td>{v2['net_benefit']:,.0f}</td></tr>" in page

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TypeGuard
 
 PROMOTE, REJECT = "promote", "reject"
 
@@ -50,8 +51,9 @@ class GateResult:
         return "\n".join(lines) + "\n"
 
 
-def _finite(*values: object) -> bool:
-    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+def _finite(value: object) -> TypeGuard[float]:
+    """A real, finite number (the guard lets the type checker see the metric is one)."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def decide(baseline: dict, candidate: dict, mcnemar_p: float, baseline_contract_id: str,
@@ -69,7 +71,7 @@ def decide(baseline: dict, candidate: dict, mcnemar_p: float, baseline_contract_
         rule(f"candidate {metric} ≥ {floor}", ok, f"{metric} = {value:.4f}" if _finite(value) else f"{metric} missing or not finite")
 
     b_recall, c_recall = baseline.get("recall"), candidate.get("recall")
-    if _finite(b_recall, c_recall) and b_recall > 0:
+    if _finite(b_recall) and _finite(c_recall) and b_recall > 0:
         gain = (c_recall - b_recall) / b_recall
         rule(f"recall gain ≥ {policy.min_recall_gain:.0%} relative", gain >= policy.min_recall_gain,
              f"{b_recall:.4f} → {c_recall:.4f} ({gain:+.1%})")
@@ -77,7 +79,7 @@ def decide(baseline: dict, candidate: dict, mcnemar_p: float, baseline_contract_
         rule(f"recall gain ≥ {policy.min_recall_gain:.0%} relative", False, "baseline or candidate recall missing, not finite or zero")
 
     b_precision, c_precision = baseline.get("precision"), candidate.get("precision")
-    if _finite(b_precision, c_precision):
+    if _finite(b_precision) and _finite(c_precision):
         loss = b_precision - c_precision
         rule(f"precision loss ≤ {policy.max_precision_loss}", loss <= policy.max_precision_loss,
              f"{b_precision:.4f} → {c_precision:.4f} ({-loss:+.4f})")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from fraud_canary.agreement import agreement_with_offline
 from fraud_canary.counts import finite, ratio
@@ -17,8 +17,10 @@ from fraud_canary.metrics import UNATTRIBUTED, VersionMetrics
 from fraud_canary.policy import CanaryPolicy, OfflineMetrics
 from fraud_canary.proportions import compare_proportions
 
-PROMOTE, HOLD, ROLLBACK = "promote", "hold", "rollback"
 Action = Literal["promote", "hold", "rollback"]
+PROMOTE: Final = "promote"
+HOLD: Final = "hold"
+ROLLBACK: Final = "rollback"
 CheckStatus = Literal["pass", "fail", "insufficient"]
 
 
@@ -80,8 +82,9 @@ def check_error_rates(o: Observations, policy: CanaryPolicy) -> list[Check]:
     if policy.unattributed_errors_against_canary and o.unattributed.errors:
         errors, requests = errors + o.unattributed.errors, requests + o.unattributed.errors
         note = f" (incl. {o.unattributed.errors} unattributed failures)"
-    rules = (("canary", ratio(errors, requests), requests, ROLLBACK, note),
-             ("baseline", o.baseline.error_rate, o.baseline.requests, HOLD, ""))
+    rules: tuple[tuple[str, float, int, Action, str], ...] = (
+        ("canary", ratio(errors, requests), requests, ROLLBACK, note),
+        ("baseline", o.baseline.error_rate, o.baseline.requests, HOLD, ""))
     return [Check(f"{name}.error_rate", _status(rate, rate <= policy.max_error_rate), action,
                   f"error rate {fmt(rate)} of {n} requests, objective ≤ {policy.max_error_rate}{suffix}")
             for name, rate, n, action, suffix in rules]
@@ -92,7 +95,8 @@ def check_latency(o: Observations, policy: CanaryPolicy) -> list[Check]:
     (both slow points at the platform, not the model)."""
     limit = policy.max_p99_latency_ms
     baseline_ok = finite(o.baseline.latency_p99_ms) and o.baseline.latency_p99_ms <= limit
-    rules = (("canary", o.canary, ROLLBACK if baseline_ok else HOLD), ("baseline", o.baseline, HOLD))
+    rules: tuple[tuple[str, VersionMetrics, Action], ...] = (
+        ("canary", o.canary, ROLLBACK if baseline_ok else HOLD), ("baseline", o.baseline, HOLD))
     return [Check(f"{name}.latency_p99", _status(m.latency_p99_ms, m.latency_p99_ms <= limit), action,
                   f"p99 {fmt(m.latency_p99_ms)} ms, objective ≤ {limit} ms")
             for name, m, action in rules]
@@ -136,9 +140,10 @@ def check_agreement(rule: str, counts: tuple[int, int] | None, offline_value: fl
 def check_offline_agreement(o: Observations, policy: CanaryPolicy) -> list[Check]:
     """Per version, online vs offline: recall (frauds seen), precision (flags), flag rate (answers;
     only with an offline flag rate, i.e. traffic drawn like the holdout)."""
+    versions: tuple[tuple[str, VersionMetrics, OfflineMetrics, Action], ...] = (
+        ("canary", o.canary, o.offline_canary, ROLLBACK), ("baseline", o.baseline, o.offline_baseline, HOLD))
     checks = []
-    for name, m, off, recall_action in (("canary", o.canary, o.offline_canary, ROLLBACK),
-                                        ("baseline", o.baseline, o.offline_baseline, HOLD)):
+    for name, m, off, recall_action in versions:
         c = m.confusion
         recall, precision = (None, None) if c is None else ((c.tp, c.frauds), (c.tp, c.tp + c.fp))
         checks.append(check_agreement(f"{name}.recall_vs_offline", recall, off.recall, recall_action, policy))

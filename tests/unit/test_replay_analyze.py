@@ -1,5 +1,6 @@
-"""replay, canary analyze and the demo report without model servers: bad input exits 2 naming the value,
-the evidence policy, metrics round trips, the business-impact arithmetic, the demo report's HTML and Prometheus answers (a loopback HTTP server)."""
+"""replay, canary analyze and the demo report without model servers: bad input exits 2 naming the
+value, the evidence policy, metrics round trips, the business-impact arithmetic, the demo report's
+HTML, and Prometheus answers (from a loopback HTTP server)."""
 from __future__ import annotations
 
 import json

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from fraud_canary.analysis import AUTO
 from fraud_control.local_state import DEFAULT_STATE_DIR
 
 
@@ -59,9 +60,6 @@ def non_negative_float(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number ≥ 0")
     return value
-
-
-AUTO = "auto"
 
 
 def detectable_difference(text: str) -> float | str:

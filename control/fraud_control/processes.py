@@ -158,12 +158,14 @@ def log_tail(path: Path, lines: int) -> str:
 
 def start_server(role: str, args: list[str], log_dir: Path, model_name: str = NAME, port: int | None = None,
                  env: dict[str, str] | None = None, label: str | None = None,
-                 port_option: str | None = None, python: str = sys.executable) -> ServerProcess:
+                 port_option: str | None = None, python: str = sys.executable,
+                 cwd: Path | None = None) -> ServerProcess:
     """Launch `python -m fraud_serving <role>` on a loopback port (gRPC off); does not wait.
 
     The port is checked first (PortInUse names its holder; `port_option` is the flag that chose it),
     so a taken port is one error line instead of a server that dies with a traceback in its log.
-    `python` is the interpreter (another venv's, to prove the serving image's package set)."""
+    `python` and `cwd`: another venv's interpreter, run outside the repository, prove that the serving
+    image's package set is enough (`python -m` would import packages from the working directory)."""
     port = port or free_port()
     check_port_free(port, port_option)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +177,7 @@ def start_server(role: str, args: list[str], log_dir: Path, model_name: str = NA
     child_env = {"OPENBLAS_NUM_THREADS": "1", **os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=child_env, preexec_fn=die_with_parent)
+                                   env=child_env, cwd=cwd, preexec_fn=die_with_parent)
     return ServerProcess(role, process, port, model_name, log_path, command)
 
 

@@ -52,8 +52,6 @@ def register(commands, bench) -> None:
     bench_serving.set_defaults(func=bench_command)
 
 
-# --- serve ---
-
 def write_canary_manifest(state_dir: Path, baseline: Path, candidate: Path | None, canary_percent: int) -> dict:
     """Create the InferenceService with `baseline`, then patch in `candidate` as a canary (DESIGN 6)."""
     from fraud.export import read_contract, read_metadata
@@ -142,8 +140,6 @@ def check_artifact_root(option: str, root: Path) -> None:
                          f"{SAVEDMODEL_DIR}); give the artifact root of an exported model")
 
 
-# --- predict ---
-
 def predict_command(args: argparse.Namespace) -> int:
     import httpx
     from fraud_serving.client import outputs, predict, read_transactions
@@ -176,8 +172,6 @@ def check_url(option: str, url: str) -> None:
     except ValueError:
         raise UsageError(f"{option} {url}: the port is not a number within 0..65535") from None
 
-
-# --- bench serving ---
 
 def bench_command(args: argparse.Namespace) -> int:
     from fraud_rollout.bench_serving import measure, run_benchmark

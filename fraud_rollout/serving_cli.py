@@ -173,6 +173,20 @@ def check_url(option: str, url: str) -> None:
         raise UsageError(f"{option} {url}: the port is not a number within 0..65535") from None
 
 
+def check_ready(option: str, url: str) -> None:
+    """A running KServe server at `url`: ready on /v2/health/ready, or a UsageError saying what to do."""
+    import httpx
+
+    check_url(option, url)
+    try:
+        status = httpx.get(f"{url}/v2/health/ready", timeout=5).status_code
+    except httpx.TransportError as error:
+        raise UsageError(f"{option} {url}: cannot reach it ({type(error).__name__}: {error}); start the server "
+                         "or give its base URL") from None
+    if status != 200:
+        raise UsageError(f"{option} {url}: /v2/health/ready answered {status}; wait until it is ready")
+
+
 def bench_command(args: argparse.Namespace) -> int:
     from fraud_rollout.bench_serving import measure, run_benchmark
 
@@ -190,8 +204,8 @@ def bench_command(args: argparse.Namespace) -> int:
     if args.predictor_url or args.transformer_url:
         if not (args.predictor_url and args.transformer_url):
             raise UsageError("--predictor-url and --transformer-url go together")
-        check_url("--predictor-url", args.predictor_url)
-        check_url("--transformer-url", args.transformer_url)
+        for option, url in (("--predictor-url", args.predictor_url), ("--transformer-url", args.transformer_url)):
+            check_ready(option, url.rstrip("/"))
         report = measure(args.predictor_url.rstrip("/"), args.transformer_url.rstrip("/"), args.baseline, **options)
     else:
         report = run_benchmark(args.baseline, **options)

@@ -32,6 +32,17 @@ def transactions(tmp_path_factory) -> Path:
     return csv
 
 
+@pytest.fixture
+def tiny_artifact_root(tmp_path) -> Path:
+    """An artifact root's layout (`<root>/fraud-detector/1/model.savedmodel`): all the argument check looks at,
+    so the URL checks after it are reached without training a model."""
+    from fraud.export import MODEL_NAME, SAVEDMODEL_DIR
+
+    root = tmp_path / "v1"
+    (root / MODEL_NAME / "1" / SAVEDMODEL_DIR).mkdir(parents=True)
+    return root
+
+
 @pytest.mark.parametrize("url, message", [
     ("localhost:8080", "--url localhost:8080: not an http(s) URL; give one like http://127.0.0.1:8080"),
     ("127.0.0.1:8080", "--url 127.0.0.1:8080: not an http(s) URL; give one like http://127.0.0.1:8080"),
@@ -91,3 +102,15 @@ def test_serve_names_a_baseline_that_does_not_exist(tmp_path):
                                   "root of an exported model (a pipeline run's models/v1, or report.json's "
                                   "models.v1.artifact)")
     assert not (tmp_path / "state").exists()
+
+
+def test_bench_serving_names_running_servers_it_cannot_reach(tmp_path, tiny_artifact_root):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result = fraud_rollout("bench", "serving", "--baseline", str(tiny_artifact_root), "--predictor-url", url,
+                           "--transformer-url", url, cwd=tmp_path)
+    assert error_line(result) == (f"fraud-rollout bench: error: --predictor-url {url}: cannot reach it (ConnectError: "
+                                  "[Errno 111] Connection refused); start the server or give its base URL")
+    result = fraud_rollout("bench", "serving", "--baseline", str(tiny_artifact_root), "--predictor-url", "localhost:1",
+                           "--transformer-url", url, cwd=tmp_path)
+    assert error_line(result) == ("fraud-rollout bench: error: --predictor-url localhost:1: not an http(s) URL; give "
+                                  "one like http://127.0.0.1:8080")

@@ -130,7 +130,9 @@ def claim_state_dir(state_dir: Path, url: str) -> StateDirOwner:
         handle.close()
         try:
             running = json.loads(text)
-        except ValueError:  # the owner has the lock but has not written itself in yet
+        except ValueError:
+            running = {}
+        if not _alive(running.get("pid")):  # the owner has the lock but has not written itself in yet
             running = {}
         raise StateDirBusy(f"--state-dir {state_dir}: already served by `fraud-rollout serve` pid "
                            f"{running.get('pid', '?')} at {running.get('url', '?')}; stop it (kill "

@@ -97,7 +97,7 @@ def _alive(pid: object) -> bool:
 
 
 class StateDirBusy(ValueError):
-    """Another `serve` owns this state dir; the message names it."""
+    """Another `serve` owns this state dir (or it cannot be a directory); the message names it."""
 
 
 @dataclass
@@ -120,8 +120,12 @@ class StateDirOwner:
 def claim_state_dir(state_dir: Path, url: str) -> StateDirOwner:
     """Own `state_dir` or raise StateDirBusy naming the `serve` that does. Touches no other file."""
     state_dir = Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(state_dir / LOCK_FILE, "a+")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(state_dir / LOCK_FILE, "a+")
+    except OSError as error:
+        raise StateDirBusy(f"--state-dir {state_dir}: cannot be used ({error.strerror}); pass a directory "
+                           "this user can write") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

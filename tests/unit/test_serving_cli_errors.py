@@ -114,3 +114,10 @@ def test_bench_serving_names_running_servers_it_cannot_reach(tmp_path, tiny_arti
                            "--transformer-url", url, cwd=tmp_path)
     assert error_line(result) == ("fraud-rollout bench: error: --predictor-url localhost:1: not an http(s) URL; give "
                                   "one like http://127.0.0.1:8080")
+
+
+def test_serve_names_a_state_dir_that_cannot_be_a_directory(tmp_path):
+    (tmp_path / "state").write_text("not a directory")
+    result = fraud_rollout("serve", "--state-dir", str(tmp_path / "state" / "serving"), cwd=tmp_path)
+    assert error_line(result) == (f"fraud-rollout serve: error: --state-dir {tmp_path / 'state' / 'serving'}: cannot "
+                                  "be used (Not a directory); pass a directory this user can write")

@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import signal
+import sys
 from pathlib import Path
 
 from fraud_rollout.args import UsageError, positive_int, state_dir_option
@@ -83,7 +84,7 @@ def write_canary_manifest(state_dir: Path, baseline: Path, candidate: Path | Non
 
 def serve_command(args: argparse.Namespace) -> int:
     from fraud_control.local_state import LocalInferenceService
-    from fraud_control.processes import LOOPBACK, check_port_free
+    from fraud_control.processes import LOOPBACK, ServerFailed, check_port_free
     from fraud_control.runtime import LocalRuntime, claim_state_dir
 
     from fraud_rollout import canary_cli
@@ -115,6 +116,9 @@ def serve_command(args: argparse.Namespace) -> int:
         runtime.follow()
     except KeyboardInterrupt:
         pass
+    except ServerFailed as error:  # a server that will not start (a broken artifact, say): one line, no traceback
+        print(f"fraud-rollout serve: error: {error.one_line()}", file=sys.stderr)
+        return 1
     finally:
         runtime.stop()
     return 0

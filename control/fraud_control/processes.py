@@ -89,6 +89,18 @@ def die_with_parent() -> None:
 class ServerFailed(RuntimeError):
     """A server process exited or did not turn ready; the message holds the end of its log."""
 
+    def __init__(self, message: str, log_path: Path | None = None) -> None:
+        super().__init__(message)
+        self.log_path = log_path
+
+    def one_line(self) -> str:
+        """What failed, the last line its log has (usually the exception), and where the log is."""
+        summary = str(self).splitlines()[0].rstrip(":")
+        if self.log_path is None:
+            return summary
+        last = next((line.strip() for line in reversed(log_tail(self.log_path, 30).splitlines()) if line.strip()), "")
+        return f"{summary} ({last}); full log: {self.log_path}"
+
 
 @dataclass
 class ServerProcess:
@@ -122,11 +134,11 @@ class ServerProcess:
         while not self.ready():
             if not self.alive():
                 raise ServerFailed(f"{self.role} on port {self.port} exited with {self.process.returncode}:\n"
-                                   f"{self.log_tail()}")
+                                   f"{self.log_tail()}", self.log_path)
             if time.monotonic() > deadline:
                 self.stop()
                 raise ServerFailed(f"{self.role} on port {self.port} not ready after {timeout:.0f} s:\n"
-                                   f"{self.log_tail()}")
+                                   f"{self.log_tail()}", self.log_path)
             time.sleep(POLL_SECONDS)  # between readiness polls, not instead of one
         return self
 

@@ -5,11 +5,21 @@ import argparse
 import json
 import logging
 import signal
+import sys
 from pathlib import Path
 
 from fraud_rollout.args import UsageError, positive_int, state_dir_option
 
 logger = logging.getLogger(__name__)
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1..65535."""
+    port = positive_int(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1..65535)")
+    return port
+
 
 def register(commands, bench) -> None:
 
@@ -18,7 +28,7 @@ def register(commands, bench) -> None:
     serve.add_argument("--baseline", type=Path, help="artifact root of the rolled-out model (creates the manifest)")
     serve.add_argument("--candidate", type=Path, help="artifact root of the canary model")
     serve.add_argument("--canary-percent", type=int, default=20, help="traffic share of the candidate (0..100)")
-    serve.add_argument("--http-port", type=positive_int, default=8080,
+    serve.add_argument("--http-port", type=port_number, default=8080,
                        help="transformer HTTP port (KServe listens on all interfaces; clients use 127.0.0.1)")
     serve.add_argument("--max-rows", type=positive_int, default=10_000, help="most rows per request")
     serve.add_argument("--drain-seconds", type=float, default=5.0,
@@ -42,8 +52,6 @@ def register(commands, bench) -> None:
     bench_serving.add_argument("--connections", type=positive_int, default=32, help="wrk concurrency")
     bench_serving.set_defaults(func=bench_command)
 
-
-# --- serve ---
 
 def write_canary_manifest(state_dir: Path, baseline: Path, candidate: Path | None, canary_percent: int) -> dict:
     """Create the InferenceService with `baseline`, then patch in `candidate` as a canary (DESIGN 6)."""
@@ -76,18 +84,29 @@ def write_canary_manifest(state_dir: Path, baseline: Path, candidate: Path | Non
 
 def serve_command(args: argparse.Namespace) -> int:
     from fraud_control.local_state import LocalInferenceService
-    from fraud_control.runtime import LocalRuntime
+    from fraud_control.processes import LOOPBACK, ServerFailed, check_port_free
+    from fraud_control.runtime import LocalRuntime, claim_state_dir
 
     from fraud_rollout import canary_cli
 
     if args.candidate is not None and args.baseline is None:
         raise UsageError("--candidate needs --baseline")
-    if args.baseline is not None:
-        write_canary_manifest(args.state_dir, args.baseline, args.candidate, args.canary_percent)
-    service = LocalInferenceService(args.state_dir)
-    service.get()  # NotFound with a hint when nothing was deployed
+    for option, root in (("--baseline", args.baseline), ("--candidate", args.candidate)):
+        if root is not None:
+            check_artifact_root(option, root)
+    # Own the state dir before anything is written to it: a second serve must leave the first's files alone.
+    owner = claim_state_dir(args.state_dir, f"http://{LOOPBACK}:{args.http_port}")
+    try:
+        check_port_free(args.http_port, "--http-port")
+        if args.baseline is not None:
+            write_canary_manifest(args.state_dir, args.baseline, args.candidate, args.canary_percent)
+        service = LocalInferenceService(args.state_dir)
+        service.get()  # NotFound with a hint when nothing was deployed
+    except BaseException:
+        owner.release()
+        raise
     runtime = LocalRuntime(service, http_port=args.http_port, max_rows=args.max_rows,
-                           drain_seconds=args.drain_seconds)
+                           drain_seconds=args.drain_seconds, owner=owner)
     signal.signal(signal.SIGTERM, _interrupt)  # stop the children the same way as on Ctrl-C
     try:
         runtime.start()
@@ -97,6 +116,9 @@ def serve_command(args: argparse.Namespace) -> int:
         runtime.follow()
     except KeyboardInterrupt:
         pass
+    except ServerFailed as error:  # a server that will not start (a broken artifact, say): one line, no traceback
+        print(f"fraud-rollout serve: error: {error.one_line()}", file=sys.stderr)
+        return 1
     finally:
         runtime.stop()
     return 0
@@ -106,12 +128,35 @@ def _interrupt(*_) -> None:
     raise KeyboardInterrupt
 
 
-# --- predict ---
+def check_artifact_root(option: str, root: Path) -> None:
+    """An exported model's artifact root (`<root>/<model>/<version>/model.savedmodel`), or a UsageError."""
+    from fraud.export import SAVEDMODEL_DIR, find_version_dir
+
+    if not root.exists():
+        raise UsageError(f"{option} {root}: no such directory; give the artifact root of an exported model "
+                         "(a pipeline run's models/v1, or report.json's models.v1.artifact)")
+    try:
+        found = (find_version_dir(root) / SAVEDMODEL_DIR).is_dir()
+    except FileNotFoundError:
+        found = False
+    if not found:
+        raise UsageError(f"{option} {root}: no exported model in it (expected <root>/<model>/<version>/"
+                         f"{SAVEDMODEL_DIR}); give the artifact root of an exported model")
+
 
 def predict_command(args: argparse.Namespace) -> int:
+    import httpx
     from fraud_serving.client import outputs, predict, read_transactions
 
-    response = predict(args.url, read_transactions(args.file), model_name=args.model_name)
+    check_url("--url", args.url)
+    if not args.file.is_file():
+        raise UsageError(f"--file {args.file}: no such file; give a transactions .csv or .json")
+    body = read_transactions(args.file)
+    try:
+        response = predict(args.url, body, model_name=args.model_name)
+    except httpx.TransportError as error:
+        raise UsageError(f"--url {args.url}: cannot reach it ({type(error).__name__}: {error}); start "
+                         "`fraud-rollout serve` or give the URL it prints") from None
     scores = outputs(response)
     print(f"model_version {response.get('model_version')}")
     print("row  fraud_probability  is_fraud")
@@ -120,7 +165,31 @@ def predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- bench serving ---
+def check_url(option: str, url: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise UsageError(f"{option} {url}: not an http(s) URL; give one like http://127.0.0.1:8080")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number or out of range
+    except ValueError:
+        raise UsageError(f"{option} {url}: the port is not a number within 0..65535") from None
+
+
+def check_ready(option: str, url: str) -> None:
+    """A running KServe server at `url`: ready on /v2/health/ready, or a UsageError saying what to do."""
+    import httpx
+
+    check_url(option, url)
+    try:
+        status = httpx.get(f"{url}/v2/health/ready", timeout=5).status_code
+    except httpx.TransportError as error:
+        raise UsageError(f"{option} {url}: cannot reach it ({type(error).__name__}: {error}); start the server "
+                         "or give its base URL") from None
+    if status != 200:
+        raise UsageError(f"{option} {url}: /v2/health/ready answered {status}; wait until it is ready")
+
 
 def bench_command(args: argparse.Namespace) -> int:
     from fraud_rollout.bench_serving import measure, run_benchmark
@@ -133,10 +202,14 @@ def bench_command(args: argparse.Namespace) -> int:
     if args.baseline is None:
         raise UsageError("give --baseline ARTIFACT_ROOT or --report report.json (its feature contract and model are "
                          "served and measured)")
+    check_artifact_root("--baseline" if args.report is None else f"--report {args.report}: models.v1.artifact",
+                        args.baseline)
     options = dict(requests=args.requests, rows=args.rows, duration=args.duration, connections=args.connections)
     if args.predictor_url or args.transformer_url:
         if not (args.predictor_url and args.transformer_url):
             raise UsageError("--predictor-url and --transformer-url go together")
+        for option, url in (("--predictor-url", args.predictor_url), ("--transformer-url", args.transformer_url)):
+            check_ready(option, url.rstrip("/"))
         report = measure(args.predictor_url.rstrip("/"), args.transformer_url.rstrip("/"), args.baseline, **options)
     else:
         report = run_benchmark(args.baseline, **options)

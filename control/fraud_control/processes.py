@@ -6,6 +6,7 @@ Used by the local runtime, the benchmark and the tests. Readiness is KServe's ow
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from pathlib import Path
 from fraud_control.isvc import NAME
 
 LOOPBACK = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"  # where KServe's HTTP server listens
 READY_TIMEOUT_SECONDS = 180.0
 POLL_SECONDS = 0.1
 
@@ -28,6 +30,51 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((LOOPBACK, 0))
         return probe.getsockname()[1]
+
+
+class PortInUse(ValueError):
+    """A port a server needs is taken; the message names the port and the process holding it."""
+
+
+def port_holder(port: int) -> str | None:
+    """`pid N (command)` of the process listening on TCP `port`, as /proc shows it (None if unseen)."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()  # local_address is HEXIP:HEXPORT, state 0A is LISTEN, field 9 the inode
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                sockets.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or not sockets:
+            continue
+        try:
+            if any(os.readlink(fd) in sockets for fd in (proc / "fd").iterdir()):
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                return f"pid {proc.name} ({command[:100]})"
+        except OSError:  # the process ended or hides its descriptors
+            continue
+    return None
+
+
+def check_port_free(port: int, option: str | None = None) -> None:
+    """Raise PortInUse naming the holder when `port` cannot be bound on all interfaces, as KServe binds it
+    (SO_REUSEADDR as uvicorn sets it, so a closed connection in TIME_WAIT does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((ALL_INTERFACES, port))
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise PortInUse(f"{option or 'port'} {port}: cannot listen there ({error.strerror}); "
+                                f"{'pass another ' + option if option else 'use another port'}") from None
+            holder = port_holder(port) or "another process"
+            instead = f" or pass another {option}" if option else ""
+            raise PortInUse(f"{option or 'port'} {port}: already in use by {holder}; stop that process{instead}") \
+                from None
 
 
 def die_with_parent() -> None:
@@ -41,6 +88,18 @@ def die_with_parent() -> None:
 
 class ServerFailed(RuntimeError):
     """A server process exited or did not turn ready; the message holds the end of its log."""
+
+    def __init__(self, message: str, log_path: Path | None = None) -> None:
+        super().__init__(message)
+        self.log_path = log_path
+
+    def one_line(self) -> str:
+        """What failed, the last line its log has (usually the exception), and where the log is."""
+        summary = str(self).splitlines()[0].rstrip(":")
+        if self.log_path is None:
+            return summary
+        last = next((line.strip() for line in reversed(log_tail(self.log_path, 30).splitlines()) if line.strip()), "")
+        return f"{summary} ({last}); full log: {self.log_path}"
 
 
 @dataclass
@@ -75,11 +134,11 @@ class ServerProcess:
         while not self.ready():
             if not self.alive():
                 raise ServerFailed(f"{self.role} on port {self.port} exited with {self.process.returncode}:\n"
-                                   f"{self.log_tail()}")
+                                   f"{self.log_tail()}", self.log_path)
             if time.monotonic() > deadline:
                 self.stop()
                 raise ServerFailed(f"{self.role} on port {self.port} not ready after {timeout:.0f} s:\n"
-                                   f"{self.log_tail()}")
+                                   f"{self.log_tail()}", self.log_path)
             time.sleep(POLL_SECONDS)  # between readiness polls, not instead of one
         return self
 
@@ -110,19 +169,27 @@ def log_tail(path: Path, lines: int) -> str:
 
 
 def start_server(role: str, args: list[str], log_dir: Path, model_name: str = NAME, port: int | None = None,
-                 env: dict[str, str] | None = None, label: str | None = None) -> ServerProcess:
-    """Launch `python -m fraud_serving <role>` on a loopback port (gRPC off); does not wait."""
+                 env: dict[str, str] | None = None, label: str | None = None,
+                 port_option: str | None = None, python: str = sys.executable,
+                 cwd: Path | None = None) -> ServerProcess:
+    """Launch `python -m fraud_serving <role>` on a loopback port (gRPC off); does not wait.
+
+    The port is checked first (PortInUse names its holder; `port_option` is the flag that chose it),
+    so a taken port is one error line instead of a server that dies with a traceback in its log.
+    `python` and `cwd`: another venv's interpreter, run outside the repository, prove that the serving
+    image's package set is enough (`python -m` would import packages from the working directory)."""
     port = port or free_port()
+    check_port_free(port, port_option)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{label or role}-{port}.log"
-    command = [sys.executable, "-m", "fraud_serving", role, "--model_name", model_name,
+    command = [python, "-m", "fraud_serving", role, "--model_name", model_name,
                "--http_port", str(port), "--enable_grpc", "false", *args]
     # one BLAS thread per server: several servers share the cores (10,000 rows score in 15 ms with
     # one thread and 32 ms with OpenBLAS's default two on this shared 2-core machine)
     child_env = {"OPENBLAS_NUM_THREADS": "1", **os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=child_env, preexec_fn=die_with_parent)
+                                   env=child_env, cwd=cwd, preexec_fn=die_with_parent)
     return ServerProcess(role, process, port, model_name, log_path, command)
 
 

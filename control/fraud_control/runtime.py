@@ -7,27 +7,42 @@ percents. On a manifest change it starts the predictors the new status needs and
 are ready, then swaps the transformer's routes file (the transformer picks it up on its next
 request); predictors no longer needed are stopped only after `drain_seconds`, so requests already
 on their way finish. `runtime.json` in the state dir reports the URLs and the applied generation.
+
+One runtime owns a state dir (DESIGN 12): it holds an exclusive `flock` on `runtime.lock` for its
+whole life, with its pid and URL written in it and in `runtime.json`. A second `serve` on the same
+state dir fails before touching any file and names the owner. The kernel drops a flock when its
+process dies, so a killed `serve` leaves no lock behind.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from fraud.files import write_json
 from fraud.routes import Backend, write_routes
 
 from fraud_control import isvc
 from fraud_control.local_state import LocalInferenceService, local_artifact_path
-from fraud_control.processes import ServerFailed, ServerProcess, start_predictor, start_transformer, stop_all
+from fraud_control.processes import (
+    LOOPBACK,
+    ServerFailed,
+    ServerProcess,
+    start_predictor,
+    start_transformer,
+    stop_all,
+)
 
 logger = logging.getLogger(__name__)
 
 ROUTES_FILE = "routes.json"
 RUNTIME_FILE = "runtime.json"
+LOCK_FILE = "runtime.lock"
 
 
 def transformer_contract_dir(manifest: dict) -> Path:
@@ -43,6 +58,14 @@ def transformer_contract_dir(manifest: dict) -> Path:
     return path
 
 
+def revision_artifact(revisions: dict[str, dict], name: str) -> Path:
+    """The local artifact a predictor revision serves (the store marks only local ones ready)."""
+    path = local_artifact_path(revisions[name]["storageUri"])
+    if path is None:
+        raise ServerFailed(f"revision {name}: {revisions[name]['storageUri']!r} is not a local artifact")
+    return path
+
+
 def needed_revisions(manifest: dict) -> list[str]:
     """Revisions to keep running: every one in the traffic block, plus rollback/promote targets."""
     predictor = manifest.get("status", {}).get("components", {}).get("predictor", {})
@@ -53,11 +76,76 @@ def needed_revisions(manifest: dict) -> list[str]:
 
 
 def read_runtime(state_dir: Path) -> dict:
-    """What a running `serve` reports (empty if none)."""
+    """What a running `serve` reports (empty if none, or if its process is gone: a killed serve)."""
     try:
-        return json.loads((Path(state_dir) / RUNTIME_FILE).read_text())
+        body = json.loads((Path(state_dir) / RUNTIME_FILE).read_text())
     except FileNotFoundError:
         return {}
+    return body if _alive(body.get("pid")) else {}
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+class StateDirBusy(ValueError):
+    """Another `serve` owns this state dir (or it cannot be a directory); the message names it."""
+
+
+@dataclass
+class StateDirOwner:
+    """This process's exclusive flock on `<state_dir>/runtime.lock` (see the module docstring)."""
+
+    state_dir: Path
+    url: str
+    handle: IO[str]
+
+    @property
+    def owner(self) -> dict:
+        return {"pid": os.getpid(), "url": self.url}
+
+    def release(self) -> None:
+        if not self.handle.closed:
+            self.handle.close()  # closing the descriptor drops the flock
+
+
+def claim_state_dir(state_dir: Path, url: str) -> StateDirOwner:
+    """Own `state_dir` or raise StateDirBusy naming the `serve` that does. Touches no other file."""
+    state_dir = Path(state_dir)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(state_dir / LOCK_FILE, "a+")
+    except OSError as error:
+        raise StateDirBusy(f"--state-dir {state_dir}: cannot be used ({error.strerror}); pass a directory "
+                           "this user can write") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        text = handle.read()
+        handle.close()
+        try:
+            running = json.loads(text)
+        except ValueError:
+            running = {}
+        if not _alive(running.get("pid")):  # the owner has the lock but has not written itself in yet
+            running = {}
+        raise StateDirBusy(f"--state-dir {state_dir}: already served by `fraud-rollout serve` pid "
+                           f"{running.get('pid', '?')} at {running.get('url', '?')}; stop it (kill "
+                           f"{running.get('pid', 'it')}) or pass another --state-dir") from None
+    owner = StateDirOwner(state_dir, url, handle)
+    handle.truncate(0)
+    handle.write(json.dumps(owner.owner))
+    handle.flush()
+    return owner
 
 
 @dataclass
@@ -72,27 +160,34 @@ class LocalRuntime:
     retiring: dict[str, tuple[ServerProcess, float]] = field(default_factory=dict)
     transformer: ServerProcess | None = None
     applied_generation: int = 0
+    owner: StateDirOwner | None = None
+    serving: bool = False  # the transformer answered ready: runtime.json names it only from then on
     _stamp: int | None = None
 
     def __post_init__(self) -> None:
         self.state_dir = self.service.state_dir
         self.routes_file = self.state_dir / ROUTES_FILE
-        self.log_dir = self.log_dir or self.state_dir / "logs"
+        self.logs: Path = self.log_dir or self.state_dir / "logs"
 
     def start(self) -> None:
         """Transformer and predictors start together; returns once the transformer is ready, which it
         reports only when its routes name a ready predictor."""
-        manifest = self.service.get()
-        self.routes_file.unlink(missing_ok=True)  # a stale file would name dead ports
-        self.transformer = start_transformer(transformer_contract_dir(manifest), self.log_dir,
-                                             routes_file=self.routes_file, max_rows=self.max_rows,
-                                             port=self.http_port, label="transformer")
+        if self.owner is None:
+            self.owner = claim_state_dir(self.state_dir, f"http://{LOOPBACK}:{self.http_port}")
         try:
+            manifest = self.service.get()
+            self.routes_file.unlink(missing_ok=True)  # a stale file (a killed serve's) would name dead ports
+            self._write_runtime()
+            self.transformer = start_transformer(transformer_contract_dir(manifest), self.logs,
+                                                 routes_file=self.routes_file, max_rows=self.max_rows,
+                                                 port=self.http_port, label="transformer",
+                                                 port_option="--http-port")
             self.apply(manifest)
             self.transformer.wait_ready()
         except BaseException:
             self.stop()
             raise
+        self.serving = True
         self._write_runtime()
 
     def apply(self, manifest: dict) -> None:
@@ -104,10 +199,8 @@ class LocalRuntime:
             if name in self.retiring:
                 self.predictors[name] = self.retiring.pop(name)[0]
             if name not in self.predictors or not self.predictors[name].alive():
-                record = revisions[name]
                 started.append(name)
-                self.predictors[name] = start_predictor(local_artifact_path(record["storageUri"]), self.log_dir,
-                                                        label=name)
+                self.predictors[name] = start_predictor(revision_artifact(revisions, name), self.logs, label=name)
         traffic = manifest["status"]["components"]["predictor"].get("traffic", [])
         # Routes change once every revision that will take traffic is ready. A revision kept at 0 %
         # (a rolled-back canary, perhaps restarting after a crash) starts alongside and must not
@@ -174,13 +267,16 @@ class LocalRuntime:
         if self.transformer is not None:
             servers.append(self.transformer)
         stop_all(servers)
-        (self.state_dir / RUNTIME_FILE).unlink(missing_ok=True)
-        self.routes_file.unlink(missing_ok=True)
+        if self.owner is not None:  # only the owner's files are ours to remove
+            (self.state_dir / RUNTIME_FILE).unlink(missing_ok=True)
+            self.routes_file.unlink(missing_ok=True)
+            self.owner.release()
+            self.owner = None
 
     def _write_runtime(self) -> None:
         body = {
-            "pid": os.getpid(),
-            "transformer": self.transformer.url if self.transformer else None,
+            **(self.owner.owner if self.owner else {"pid": os.getpid()}),
+            "transformer": self.transformer.url if self.transformer and self.serving else None,
             "appliedGeneration": self.applied_generation,
             "predictors": {name: server.url for name, server in self.predictors.items()},
             "draining": sorted(self.retiring),

@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import os
 import sys
 from pathlib import Path
 
 from fraud.export import MODEL_DIR, read_contract
+from fraud.settings import Settings
 from kserve import ModelServer, model_server
 from kserve.logging import KSERVE_LOG_CONFIG, configure_logging
 from kserve.predictor_config import PredictorConfig
@@ -72,16 +72,20 @@ def start(kserve_server: ModelServer, model, on_rejected=None) -> None:
     kserve_server.start([model])
 
 
-def run_predictor(args: argparse.Namespace) -> None:
+def run_predictor(args: argparse.Namespace, settings: Settings) -> None:
     from fraud_serving.predictor import FraudPredictor, resolve_model_dir
 
-    model = FraudPredictor(args.model_name, resolve_model_dir(args.model_dir))
+    try:
+        model_dir = resolve_model_dir(args.model_dir, settings.STORAGE_URI)
+    except ValueError as error:
+        raise SystemExit(f"python -m fraud_serving predictor: {error}") from None
+    model = FraudPredictor(args.model_name, model_dir)
     kserve_server = server(args)
     model.load()  # ready (and registered) only once the artifact is loaded and checked
     start(kserve_server, model)
 
 
-def run_transformer(args: argparse.Namespace) -> None:
+def run_transformer(args: argparse.Namespace, settings: Settings) -> None:
     from fraud_serving.metrics import TransformerMetrics
     from fraud_serving.routing import Routes
     from fraud_serving.transformer import FraudTransformer
@@ -97,7 +101,7 @@ def run_transformer(args: argparse.Namespace) -> None:
         routes = Routes.single(args.predictor_host, args.predictor_use_ssl)
     else:
         raise SystemExit("give --predictor_host (KServe injects it) or --routes_file (local runtime)")
-    contract_dir = args.contract_dir or os.environ.get("STORAGE_URI") or MODEL_DIR
+    contract_dir = args.contract_dir or settings.STORAGE_URI or MODEL_DIR
     contract = read_contract(contract_dir.removeprefix("file://"))
     predictor_config = PredictorConfig(
         predictor_host=args.predictor_host or "", predictor_protocol=args.predictor_protocol,
@@ -113,7 +117,7 @@ def run_transformer(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    {"predictor": run_predictor, "transformer": run_transformer}[args.role](args)
+    {"predictor": run_predictor, "transformer": run_transformer}[args.role](args, Settings())
 
 
 if __name__ == "__main__":

@@ -54,11 +54,22 @@ def read_transactions(path: str | Path) -> dict:
 
 
 def predict(url: str, body: dict, model_name: str = NAME, timeout: float = 30.0) -> dict:
-    """POST a v2 request; raises ValueError with the server's message on a 4xx/5xx."""
+    """POST a v2 request; raises ValueError with the server's message, on one line, on a 4xx/5xx."""
     response = httpx.post(infer_url(url, model_name), json=body, timeout=timeout)
     if response.status_code != 200:
-        raise ValueError(f"{response.status_code} from {infer_url(url, model_name)}: {response.text[:500]}")
+        raise ValueError(f"{response.status_code} from {infer_url(url, model_name)}: {error_message(response)}")
     return response.json()
+
+
+def error_message(response: httpx.Response, limit: int = 300) -> str:
+    """The Open Inference Protocol's `{"error": …}`, else the body's text squeezed onto one line."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    text = body["error"] if isinstance(body, dict) and isinstance(body.get("error"), str) else response.text
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def outputs(response: dict) -> dict[str, list]:

@@ -15,7 +15,9 @@ model; for 10,000 rows it dominates. This route takes the same bytes and gives t
 
 It is a plain Starlette route (no FastAPI dependency solving per request) put first in the app's
 route list, so it matches before KServe's; KServe's exception handlers (InvalidInput → 400,
-ModelNotFound → 404, …) are app-wide and apply to it as to KServe's routes.
+ModelNotFound → 404, …) are app-wide and apply to it as to KServe's routes. Starlette's own HTTP
+errors (405 for a GET on the infer path, 404 for an unknown path) get the protocol's `{"error": …}`
+too, instead of FastAPI's `{"detail": …}`.
 """
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from kserve.model import Model
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, RequestedOutput
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 INFER_PATH = "/v2/models/{model_name}/infer"
@@ -168,3 +171,11 @@ def install_fast_infer_route(app: FastAPI, models: dict[str, Model],
         return encoded
 
     app.router.routes.insert(0, Route(INFER_PATH, infer, methods=["POST"]))
+    app.add_exception_handler(HTTPException, protocol_error)
+
+
+async def protocol_error(request: Request, error: Exception) -> Response:
+    """Starlette's HTTP errors in the Open Inference Protocol's error shape."""
+    assert isinstance(error, HTTPException)  # registered for HTTPException only
+    return JSONResponse({"error": f"{request.method} {request.url.path}: {error.detail}"},
+                        status_code=error.status_code, headers=error.headers)

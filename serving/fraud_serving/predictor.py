@@ -7,7 +7,6 @@ metadata. Clients never call it directly in production: the transformer does the
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from pathlib import Path
 
@@ -25,15 +24,15 @@ INLINE_ROWS = 256
 ACCEPTED_DATATYPES = {"FP32": np.float32, "FP64": np.float64}
 
 
-def resolve_model_dir(model_dir: str | None) -> Path:
-    """`--model_dir`, else `STORAGE_URI` when it is a local path (KServe's storage initializer
-    downloads remote URIs into /mnt/models, which the container passes as --model_dir)."""
-    candidate = model_dir or os.environ.get("STORAGE_URI", "")
+def resolve_model_dir(model_dir: str | None, storage_uri: str = "") -> Path:
+    """`--model_dir`, else `storage_uri` (the STORAGE_URI setting) when it is a local path (KServe's
+    storage initializer downloads remote URIs into /mnt/models, which the container passes as --model_dir)."""
+    candidate = model_dir or storage_uri
     if candidate.startswith("file://"):
         candidate = candidate[len("file://"):]
     if not candidate or "://" in candidate:
-        raise ValueError(f"no local model directory: --model_dir {model_dir!r}, "
-                         f"STORAGE_URI {os.environ.get('STORAGE_URI')!r}")
+        raise ValueError(f"no local model directory: --model_dir {model_dir!r}, STORAGE_URI {storage_uri!r}; "
+                         "pass --model_dir")
     return Path(candidate)
 
 

@@ -41,6 +41,7 @@ DEFAULT_MAX_ROWS = 10_000
 INLINE_ROWS = 256
 ACCEPTED_DATATYPES = {"FP32": np.float32, "FP64": np.float64}
 NON_NEGATIVE = ("Time", "Amount")
+MATRIX_INPUT = "transactions"  # the [N, 30] form; the other form is one [N] input per feature
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class FraudTransformer(Model):
         return self.ready and bool(self.routes.backends)
 
     def get_input_types(self) -> list[dict]:
-        return [{"name": "transactions", "datatype": "FP64", "shape": [-1, len(self.features)]}] + [
+        return [{"name": MATRIX_INPUT, "datatype": "FP64", "shape": [-1, len(self.features)]}] + [
             {"name": feature, "datatype": "FP64", "shape": [-1]} for feature in self.features]
 
     def get_output_types(self) -> list[dict]:
@@ -93,16 +94,12 @@ class FraudTransformer(Model):
                 timeout=aiohttp.ClientTimeout(total=self.timeout_seconds))
         return self._session
 
-    # --- the request as a whole: end-to-end latency by the version that answered ---
-
     async def __call__(self, body, headers=None, verb: InferenceVerb = InferenceVerb.PREDICT):
         start = time.perf_counter()
         response, response_headers = await super().__call__(body, headers, verb)
         version = getattr(response, "model_version", None) or UNKNOWN_VERSION
         self.metrics.request_seconds.labels(version).observe(time.perf_counter() - start)
         return response, response_headers
-
-    # --- preprocess: validate and scale ---
 
     async def preprocess(self, payload, headers: dict | None = None) -> InferRequest:
         if not isinstance(payload, InferRequest):
@@ -123,7 +120,7 @@ class FraudTransformer(Model):
         inputs = request.inputs
         if not inputs:
             self._reject("empty", "the request has no inputs")
-        if len(inputs) == 1 and len(inputs[0].shape) == 2:
+        if len(inputs) == 1 and (len(inputs[0].shape) == 2 or inputs[0].name == MATRIX_INPUT):
             raw = self._matrix(inputs[0])
         else:
             raw = self._columns(inputs)
@@ -142,7 +139,7 @@ class FraudTransformer(Model):
         n_features = len(self.features)
         shape = list(tensor.shape)
         self._check_datatype(tensor)
-        if shape[1] != n_features:
+        if len(shape) != 2 or shape[1] != n_features:
             self._reject("shape", f"input {tensor.name!r}: shape {shape} is not [N, {n_features}] "
                                   f"(columns in contract order: {self.features[0]}, {self.features[1]} … "
                                   f"{self.features[-1]})")
@@ -189,15 +186,15 @@ class FraudTransformer(Model):
         try:
             values = tensor.as_numpy()
         except (ValueError, TypeError) as error:
+            # NumPy's ragged-list message runs on for 300 characters; the first clause is the cause
+            reason = "rows of different lengths" if "inhomogeneous" in str(error) else str(error)[:120]
             self._reject("data", f"input {tensor.name!r}: data does not fit shape {list(tensor.shape)} and "
-                                 f"datatype {tensor.datatype} ({str(error)[:120]})")
+                                 f"datatype {tensor.datatype} ({reason})")
         return values.astype(np.float64, copy=False)
 
     def _reject(self, reason: str, message: str):
         self.metrics.rejected.labels(reason).inc()
         raise InvalidInput(message)
-
-    # --- predict: forward to a predictor revision ---
 
     async def predict(self, payload: InferRequest, headers: dict | None = None,
                       response_headers: dict | None = None) -> PredictorAnswer:
@@ -238,8 +235,6 @@ class FraudTransformer(Model):
     def _predictor_failed(self, backend: Backend, message: str):
         self.metrics.predictor_errors.labels(backend.model_version or UNKNOWN_VERSION).inc()
         raise InferenceError(message)
-
-    # --- postprocess: outputs, version, metrics ---
 
     async def postprocess(self, answer: PredictorAnswer, headers: dict | None = None,
                           response_headers: dict | None = None) -> InferResponse:

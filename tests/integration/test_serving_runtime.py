@@ -18,6 +18,7 @@ import pytest
 from fraud.export import SignatureScorer
 from fraud.schema import FEATURES
 from fraud_control import isvc
+from fraud_control.processes import free_port
 from fraud_serving.scoring import TOLERANCE
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
@@ -135,72 +136,94 @@ def _columns(drop=(), extra=(), duplicate=(), lengths=None, datatype="FP64"):
     return {"inputs": inputs}
 
 
-BAD_REQUESTS: dict[str, tuple[str, object]] = {
-    # name: (expected text in the message, body: dict → JSON, bytes → raw)
-    "invalid_json": ("", b'{"inputs": [ {"name": '),
-    "not_json_at_all": ("", b"transactions=1,2,3"),
-    "empty_body": ("", b""),
-    "json_array_body": ("", b"[1, 2, 3]"),
-    "no_inputs_field": ("", {"id": "x"}),
-    "inputs_not_a_list": ("", {"inputs": {"name": "transactions"}}),
-    "empty_inputs": ("no inputs", {"inputs": []}),
-    "zero_rows": ("no rows", _matrix([], shape=[0, 30])),
-    "too_few_columns": ("[1, 29]", _matrix([_row()[:29]])),
-    "too_many_columns": ("[1, 31]", _matrix([_row() + [1.0]])),
-    "three_dims": ("", _matrix([_row()], shape=[1, 1, 30])),
-    "shape_data_mismatch": ("transactions", _matrix([_row()], shape=[2, 30])),
-    "string_values": ("transactions", _matrix([["a"] * 30])),
-    "one_string_value": ("transactions", _matrix([_row()[:5] + ["x"] + _row()[6:]])),
-    "nested_objects": ("transactions", _matrix([[{"v": 1}] * 30])),
-    "ragged_rows": ("transactions", {"inputs": [{"name": "transactions", "shape": [2, 30], "datatype": "FP64",
-                                                 "data": [_row(), _row()[:10]]}]}),
-    "bytes_datatype": ("BYTES", _matrix([_row()], datatype="BYTES")),
-    "int_datatype": ("INT64", _matrix([[1] * 30], datatype="INT64")),
-    "unknown_datatype": ("", _matrix([_row()], datatype="COMPLEX")),
-    "nan_literal": ("JSON", b'{"inputs":[{"name":"transactions","shape":[1,30],"datatype":"FP64","data":[['
-                    + b",".join(b"NaN" if i == 3 else b"1.0" for i in range(30)) + b"]]}]}"),
-    "nan_string": ("Amount", _matrix([_row(Amount="NaN")])),
-    "infinity": ("JSON", b'{"inputs":[{"name":"transactions","shape":[1,30],"datatype":"FP64","data":[['
-                 + b",".join(b"Infinity" if i == 7 else b"1.0" for i in range(30)) + b"]]}]}"),
-    "huge_float_overflow": ("V1", _matrix([_row(V1="1e999")])),
-    "null_value": ("V2", _matrix([_row(V2=None)])),
-    "negative_amount": ("Amount", _matrix([_row(Amount=-5.0)])),
-    "negative_time": ("Time", _matrix([_row(Time=-1.0)])),
-    "missing_column": ("V5", _columns(drop=("V5",))),
-    "missing_amount": ("Amount", _columns(drop=("Amount",))),
-    "unknown_column": ("Merchant", _columns(extra=("Merchant",))),
-    "duplicate_column": ("V9", _columns(duplicate=("V9",))),
-    "column_lengths_differ": ("different lengths", _columns(lengths={"V4": 3})),
-    "column_2d": ("V1", {"inputs": [{"name": f, "shape": [1, 1] if f == "V1" else [1], "datatype": "FP64",
-                                     "data": [1.0]} for f in FEATURES]}),
-    "column_string_datatype": ("BYTES", _columns(datatype="BYTES")),
-    "over_row_limit": ("10001 rows", _matrix([_row()] * 10_001)),
-    "shape_declares_too_many_rows": ("rows", _matrix([_row()], shape=[50_000, 30])),
+SHAPE_HINT = "(columns in contract order: Time, V1 … Amount)"
+ALL_COLUMNS_BUT_V4 = ", ".join(f"{f} [3]" if f == "V4" else f"{f} [2]" for f in FEATURES)
+
+
+def _literal(token: bytes, at: int) -> bytes:
+    """A 1×30 FP64 request whose value at column `at` is the bare `token` (not JSON)."""
+    return (b'{"inputs":[{"name":"transactions","shape":[1,30],"datatype":"FP64","data":[['
+            + b",".join(token if i == at else b"1.0" for i in range(30)) + b"]]}]}")
+
+
+#: name: (status, the exact {"error": …} message, body: dict → JSON, bytes → raw)
+BAD_REQUESTS: dict[str, tuple[int, str, object]] = {
+    "invalid_json": (400, "request body is not valid JSON: unexpected end of data: line 1 column 23 (char 22)",
+                     b'{"inputs": [ {"name": '),
+    "not_json_at_all": (400, "request body is not valid JSON: invalid literal, expected 'true': line 1 column 1 "
+                             "(char 0)", b"transactions=1,2,3"),
+    "empty_body": (400, "request body is not valid JSON: Input is a zero-length, empty document: line 1 column 1 "
+                        "(char 0)", b""),
+    "json_array_body": (400, "a v2 request is a JSON object with an 'inputs' list", b"[1, 2, 3]"),
+    "no_inputs_field": (400, "a v2 request needs 'inputs': a list of tensors", {"id": "x"}),
+    "inputs_not_a_list": (400, "a v2 request needs 'inputs': a list of tensors", {"inputs": {"name": "transactions"}}),
+    "empty_inputs": (400, "the request has no inputs", {"inputs": []}),
+    "zero_rows": (400, "input 'transactions' has no rows", _matrix([], shape=[0, 30])),
+    "too_few_columns": (400, f"input 'transactions': shape [1, 29] is not [N, 30] {SHAPE_HINT}",
+                        _matrix([_row()[:29]])),
+    "too_many_columns": (400, f"input 'transactions': shape [1, 31] is not [N, 30] {SHAPE_HINT}",
+                         _matrix([_row() + [1.0]])),
+    "three_dims": (400, f"input 'transactions': shape [1, 1, 30] is not [N, 30] {SHAPE_HINT}",
+                   _matrix([_row()], shape=[1, 1, 30])),
+    "shape_data_mismatch": (400, "input 'transactions': data does not fit shape [2, 30] and datatype FP64 (cannot "
+                                 "reshape array of size 30 into shape (2,30))", _matrix([_row()], shape=[2, 30])),
+    "string_values": (400, "input 'transactions': data does not fit shape [1, 30] and datatype FP64 (could not "
+                           "convert string to float: 'a')", _matrix([["a"] * 30])),
+    "one_string_value": (400, "input 'transactions': data does not fit shape [1, 30] and datatype FP64 (could not "
+                              "convert string to float: 'x')", _matrix([_row()[:5] + ["x"] + _row()[6:]])),
+    "nested_objects": (400, "input 'transactions': data does not fit shape [1, 30] and datatype FP64 (float() "
+                            "argument must be a string or a real number, not 'dict')", _matrix([[{"v": 1}] * 30])),
+    "ragged_rows": (400, "input 'transactions': data does not fit shape [2, 30] and datatype FP64 (rows of different "
+                         "lengths)", {"inputs": [{"name": "transactions", "shape": [2, 30], "datatype": "FP64",
+                                                  "data": [_row(), _row()[:10]]}]}),
+    "bytes_datatype": (400, "input 'transactions': datatype BYTES is not FP32 or FP64", _matrix([_row()], datatype="BYTES")),
+    "int_datatype": (400, "input 'transactions': datatype INT64 is not FP32 or FP64", _matrix([[1] * 30], datatype="INT64")),
+    "unknown_datatype": (400, "input 'transactions': datatype COMPLEX is not FP32 or FP64",
+                         _matrix([_row()], datatype="COMPLEX")),
+    "nan_literal": (400, "request body is not valid JSON: unexpected character, expected a JSON value: line 1 "
+                         "column 89 (char 88)", _literal(b"NaN", 3)),
+    "nan_string": (400, "NaN or infinite values in Amount", _matrix([_row(Amount="NaN")])),
+    "infinity": (400, "request body is not valid JSON: unexpected character, expected a JSON value: line 1 column "
+                      "105 (char 104)", _literal(b"Infinity", 7)),
+    "huge_float_overflow": (400, "NaN or infinite values in V1", _matrix([_row(V1="1e999")])),
+    "null_value": (400, "NaN or infinite values in V2", _matrix([_row(V2=None)])),
+    "negative_amount": (400, "Amount must not be negative (row 0: -5.0)", _matrix([_row(Amount=-5.0)])),
+    "negative_time": (400, "Time must not be negative (row 0: -1.0)", _matrix([_row(Time=-1.0)])),
+    "missing_column": (400, "missing inputs: V5", _columns(drop=("V5",))),
+    "missing_amount": (400, "missing inputs: Amount", _columns(drop=("Amount",))),
+    "unknown_column": (400, "unknown inputs: Merchant (send one [N, 30] input or one [N] input per feature)",
+                       _columns(extra=("Merchant",))),
+    "duplicate_column": (400, "duplicate inputs: V9", _columns(duplicate=("V9",))),
+    "column_lengths_differ": (400, f"inputs have different lengths: {ALL_COLUMNS_BUT_V4}", _columns(lengths={"V4": 3})),
+    "column_2d": (400, "input 'V1': shape [1, 1] is not [N]",
+                  {"inputs": [{"name": f, "shape": [1, 1] if f == "V1" else [1], "datatype": "FP64", "data": [1.0]}
+                              for f in FEATURES]}),
+    "column_string_datatype": (400, "input 'Time': datatype BYTES is not FP32 or FP64", _columns(datatype="BYTES")),
+    "over_row_limit": (400, "input 'transactions': 10001 rows exceed the limit of 10000 per request",
+                       _matrix([_row()] * 10_001)),
+    "shape_declares_too_many_rows": (400, "input 'transactions': 50000 rows exceed the limit of 10000 per request",
+                                     _matrix([_row()], shape=[50_000, 30])),
 }
 
 
-def test_bad_input_matrix_is_all_4xx_and_the_server_stays_healthy(serving_stack):
+def test_bad_input_matrix_answers_each_case_with_its_exact_status_and_message(serving_stack):
     assert len(BAD_REQUESTS) >= 30
     transformer = serving_stack.transformer
     rejected_before = httpx.get(f"{transformer.url}/metrics", timeout=10).text
-    results = {}
+    expected = {name: (status, {"error": message}) for name, (status, message, _) in BAD_REQUESTS.items()}
+    expected["unknown_model"] = (404, {"error": "Model with name no-such-model does not exist."})
+    expected["get_on_infer"] = (405, {"error": "GET /v2/models/fraud-detector/infer: Method Not Allowed"})
+    expected["unknown_path"] = (404, {"error": "POST /v2/no-such-path: Not Found"})
+    answers = {}
     with httpx.Client(timeout=30) as client:
-        for name, (expected, body) in BAD_REQUESTS.items():
+        for name, (_status, _message, body) in BAD_REQUESTS.items():
             content = body if isinstance(body, bytes) else json.dumps(body).encode()
-            response = client.post(transformer.infer_url, content=content, headers=JSON)
-            results[name] = (response.status_code, response.text, expected)
-        unknown_model = client.post(f"{transformer.url}/v2/models/no-such-model/infer",
-                                    content=v2_json([_row()]), headers=JSON)
-        results["unknown_model"] = (unknown_model.status_code, unknown_model.text, "no-such-model")
-        wrong_method = client.get(transformer.infer_url)
-        results["get_on_infer"] = (wrong_method.status_code, wrong_method.text, "")
-
-    failures = {name: (status, text[:200]) for name, (status, text, _) in results.items()
-                if not 400 <= status < 500}
-    assert not failures, failures
-    for name, (_status, text, expected) in results.items():
-        assert text.strip(), f"{name}: empty error body"
-        assert expected in text, f"{name}: {expected!r} not in {text[:300]}"
+            answers[name] = client.post(transformer.infer_url, content=content, headers=JSON)
+        answers["unknown_model"] = client.post(f"{transformer.url}/v2/models/no-such-model/infer",
+                                               content=v2_json([_row()]), headers=JSON)
+        answers["get_on_infer"] = client.get(transformer.infer_url)
+        answers["unknown_path"] = client.post(f"{transformer.url}/v2/no-such-path", content=b"{}", headers=JSON)
+    assert {name: (answer.status_code, answer.json()) for name, answer in answers.items()} == expected
     # the server is healthy and still answers correctly
     assert httpx.get(f"{transformer.url}/v2/health/ready", timeout=10).status_code == 200
     good = httpx.post(transformer.infer_url, content=v2_json([_row()]), headers=JSON, timeout=30)
@@ -235,8 +258,6 @@ def test_metrics_count_rows_decisions_scores_and_latency(serving_stack, holdout_
     assert "request_predict_seconds" in after  # KServe's own metrics sit beside ours
     assert "fraud_predictor_errors_total" in after or "fraud_predictor_errors" in after
 
-
-# --- the local canary runtime ---
 
 async def _send(url: str, body: bytes, n: int, concurrency: int = 16) -> collections.Counter:
     """n requests, `concurrency` at a time: Counter of (status, model_version)."""
@@ -297,6 +318,22 @@ def test_status_shows_kserve_fields_and_versions(canary_runtime):
                  "tag=prev", "latestRolledoutRevision:   fraud-detector-predictor-00001 (v1)",
                  "latestReadyRevision:       fraud-detector-predictor-00002 (v2)", "canaryTrafficPercent: 20"):
         assert text in result.stdout, result.stdout
+
+
+def test_a_second_serve_on_the_same_state_dir_exits_2_names_the_first_and_touches_nothing(canary_runtime, tiny_run,
+                                                                                         one_row):
+    state_dir, pid = canary_runtime.state_dir, canary_runtime.process.pid
+    files = ("inferenceservice.json", "revisions.json", "routes.json", "runtime.json", "runtime.lock")
+    before = {name: (state_dir / name).read_bytes() for name in files}
+    second = canary_runtime.cli("serve", "--baseline", str(tiny_run.v2), "--http-port", str(free_port()))
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.splitlines() == [
+        f"fraud-rollout serve: error: --state-dir {state_dir}: already served by `fraud-rollout serve` pid {pid} at "
+        f"{canary_runtime.url}; stop it (kill {pid}) or pass another --state-dir"]
+    assert {name: (state_dir / name).read_bytes() for name in files} == before
+    assert set(send(canary_runtime.infer_url, one_row, 200)) == {(200, "v1"), (200, "v2")}
+    status = canary_runtime.cli("canary", "status")
+    assert f"serving: {canary_runtime.url} (generation 2 applied)" in status.stdout, status.stdout
 
 
 class Background:

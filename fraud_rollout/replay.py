@@ -40,6 +40,7 @@ import pandas as pd
 from fraud.schema import FEATURES, LABEL, DataError, check_transactions
 
 from fraud_rollout.args import non_negative_float, positive_int
+from fraud_rollout.targets import add_target_options, current_subject
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def register(commands, bench) -> None:
     add_replay_options(replay)
     replay.add_argument("--out", type=Path, help="replay report JSON (default: replay.json beside the pipeline "
                                                  "report, else in the current directory)")
+    add_target_options(replay)  # the InferenceService the evidence is about, recorded as its subject
     replay.add_argument("--no-skew-check", action="store_true",
                         help="skip comparing online decisions with each version's offline signature")
     replay.set_defaults(func=replay_command)
@@ -411,7 +413,9 @@ def skew_check(rows: pd.DataFrame, raw: np.ndarray, artifacts: dict[str, str]) -
 
 
 def build_report(source: ReplaySource, options: ReplayOptions, rows: ReplayRows, rows_file: Path,
-                 skew: dict | None) -> dict:
+                 skew: dict | None, subject: dict | None = None) -> dict:
+    """The replay report; `subject` is the InferenceService replayed against (fraud_control.subject),
+    which `canary analyze --apply` compares with what is deployed then."""
     from fraud_canary.online import UNATTRIBUTED
 
     metrics = online_metrics(rows)
@@ -442,6 +446,7 @@ def build_report(source: ReplaySource, options: ReplayOptions, rows: ReplayRows,
         "timeline": timeline(rows),
         "rows_file": rows_file.name,
         "skew": skew,
+        "subject": subject,
     }
 
 
@@ -479,7 +484,7 @@ class ReplayResult:
 
 
 def run_replay(source: ReplaySource, options: ReplayOptions, out: Path, *, skew: bool = True,
-               on_progress: Callable[[int], None] | None = None) -> ReplayResult:
+               on_progress: Callable[[int], None] | None = None, subject: dict | None = None) -> ReplayResult:
     """Check the endpoint, replay, write the rows file and the report (with the skew check when
     each answering version's artifact is known)."""
     check_endpoint(options.url, options.model_name)
@@ -494,7 +499,7 @@ def run_replay(source: ReplaySource, options: ReplayOptions, out: Path, *, skew:
     if skew and source.artifacts:
         raw = source.frame.loc[:, list(FEATURES)].to_numpy(dtype=np.float64)[: len(frame)]
         skew_result = skew_check(frame, raw, source.artifacts)
-    report = build_report(source, options, rows, rows_path(out), skew_result)
+    report = build_report(source, options, rows, rows_path(out), skew_result, subject)
     write_report(report, out)
     return ReplayResult(report, out, rows)
 
@@ -537,7 +542,7 @@ def replay_command(args) -> int:
     options = ReplayOptions(url=args.url, limit=args.limit, rate=args.rate, batch=args.batch,
                             concurrency=args.concurrency, timeout=args.timeout, model_name=args.model_name,
                             progress=not args.no_progress)
-    result = run_replay(source, options, out, skew=not args.no_skew_check)
+    result = run_replay(source, options, out, skew=not args.no_skew_check, subject=current_subject(args))
     print("\n".join(summary_lines(result.report)))
     print(f"  report: {result.report_path}")
     skew = result.report.get("skew")

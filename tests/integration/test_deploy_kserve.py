@@ -6,8 +6,8 @@ import time
 
 import pytest
 from fraud_control import canary, isvc, kserve_canary
-from fraud_control.isvc import IsvcSpec
 from fraud_control.deploy import deploy_from_artifacts, spec_for_artifact
+from fraud_control.isvc import IsvcSpec
 from fraud_control.kube_store import KubeStore, MissingPermission
 from fraud_control.store import RolloutError, RolloutRefused, RolloutTimeout
 from kubernetes.client.exceptions import ApiException

@@ -51,7 +51,7 @@ SECURITY_CONTEXT = {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEsca
 def predictor_spec(spec: IsvcSpec) -> dict:
     """The predictor component: our container named kserve-container; KServe's storage initializer
     pulls STORAGE_URI into /mnt/models."""
-    predictor = {
+    predictor: dict = {
         "serviceAccountName": spec.service_account,
         "labels": {MODEL_VERSION_LABEL: spec.model_version},
         "containers": [{
@@ -161,7 +161,7 @@ def triton_predictor_spec(spec: IsvcSpec) -> dict:
         "resources": spec.resources,
         "securityContext": SECURITY_CONTEXT,
     }
-    predictor = {"serviceAccountName": spec.service_account,
+    predictor: dict = {"serviceAccountName": spec.service_account,
                  "labels": {MODEL_VERSION_LABEL: spec.model_version}, "model": model}
     if spec.canary_percent is not None:
         predictor["canaryTrafficPercent"] = int(spec.canary_percent)

@@ -95,6 +95,12 @@ def mismatch(evidence: dict | None, current: Subject | None) -> str | None:
 
 
 def _describe(evidence: dict) -> str:
-    known = {k: evidence.get(k) for k in Subject.__dataclass_fields__}
-    known["rolled_out_model"] = known["rolled_out_model"] or {}
-    return f"{evidence.get('where', '?')}: " + Subject(**known).describe()
+    recorded = Subject(
+        where=str(evidence.get("where", "?")), uid=str(evidence.get("uid", "")),
+        generation=int(evidence.get("generation") or 0),
+        latest_rolled_out_revision=str(evidence.get("latest_rolled_out_revision") or ""),
+        latest_ready_revision=str(evidence.get("latest_ready_revision") or ""),
+        latest_created_revision=str(evidence.get("latest_created_revision") or ""),
+        canary_percent=evidence.get("canary_percent"), rolled_out_model=evidence.get("rolled_out_model") or {},
+        canary_model=evidence.get("canary_model"))
+    return f"{recorded.where}: {recorded.describe()}"

@@ -148,3 +148,49 @@ def test_evidence_is_bound_to_its_subject(store, specs):
     assert stale is not None and stale.endswith("replay again against the current canary")
     assert "differs in generation, latest_ready_revision, latest_created_revision, canary_model" in stale
     assert mismatch(None, read_subject(store)).endswith("replay again against the current canary")
+
+
+def test_cli_apply_refuses_stale_local_evidence_and_applies_a_matching_replay(specs, tiny_run, tmp_path, capsys):
+    """`canary analyze --replay-report R --apply` on the local target: R was recorded against one
+    canary, then another run's v2 (same version name, another storage URI) superseded it."""
+    import argparse
+    import shutil
+
+    from fraud_rollout.cli import main
+    from fraud_rollout.targets import current_subject
+    from tests.integration.test_analyze_kserve import write_reports
+
+    v1, v2 = specs
+    state = tmp_path / "serving"
+    store = LocalStore(state)
+    canary.deploy_canary(store, v2, v1, **FAST)
+    target = argparse.Namespace(target="local", state_dir=state, name="fraud-detector")
+    seen = current_subject(target)
+    other = shutil.copytree(tiny_run.v2, tmp_path / "other-run" / "v2")
+    canary.deploy_canary(store, replace(v2, storage_uri=str(other.resolve())), v1, supersede=True, **FAST)
+
+    def apply(subject: dict | None) -> int:
+        replay, report = write_reports(tmp_path / "evidence", "", subject=subject)
+        capsys.readouterr()
+        return main(["canary", "analyze", "--state-dir", str(state), "--replay-report", replay, "--report", report,
+                     "--detectable-recall-difference", "auto", "--apply"])
+
+    (tmp_path / "evidence").mkdir()
+    assert apply(seen) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1, captured.err
+    assert err[0].startswith(f"fraud-rollout canary analyze --apply: refused: the evidence was gathered against "
+                             f"fraud-detector in {state}: generation 2, ")
+    assert f"v2 {v2.storage_uri}) at 20 %, but fraud-detector in {state} now has generation 3, " in err[0]
+    assert f"v2 {other.resolve()}) at 20 %" in err[0]
+    assert err[0].endswith("replay again against the current canary")
+    assert "RECOMMENDATION: PROMOTE" in captured.out and "applied: promote refused: " in captured.out
+    assert canary.canary_percent_of(store.get()) == 20  # nothing was applied
+
+    assert apply(current_subject(target)) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert f"applied: promote applied to {state}" in captured.out
+    assert canary.canary_percent_of(store.get()) is None
+    assert isvc.predictor_storage_uri(store.get()) == str(other.resolve())

@@ -5,7 +5,9 @@ request. Importing the kubernetes client takes seconds, so it happens only where
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fraud_control.isvc import GROUP, NAME, PLURAL, VERSION
@@ -46,7 +48,10 @@ def custom_objects_api(kubeconfig: str | None = None, context: str | None = None
         return client.CustomObjectsApi(config.new_client_from_config(config_file=kubeconfig, context=context))
     except (ConfigException, FileNotFoundError) as error:
         shown = kubeconfig or "$KUBECONFIG or ~/.kube/config"
-        raise TargetUnavailable(f"--target kserve: no usable kubeconfig ({shown}: {error}); pass --kubeconfig "
+        # the client says "Invalid kube-config file" for a file that is not there at all
+        files = [Path(f) for f in (kubeconfig or "").split(os.pathsep) if f]
+        reason = "no such file" if files and not any(f.exists() for f in files) else str(error)
+        raise TargetUnavailable(f"--target kserve: no usable kubeconfig ({shown}: {reason}); pass --kubeconfig "
                                 "FILE (and --context) or run inside the cluster") from None
 
 

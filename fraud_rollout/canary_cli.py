@@ -153,15 +153,26 @@ def expected_canary_percent(args) -> float:
     return 20.0
 
 
-def apply_recommendation(action: str, args, tracking_uri: str) -> tuple[int, str]:
+def apply_recommendation(action: str, args, tracking_uri: str, subject: dict | None) -> tuple[int, str]:
     """Promote or roll back through `canary promote|rollback`'s own operation (which moves the
-    MLflow aliases). Returns (exit code, one-line account)."""
+    MLflow aliases), only on the deployment the evidence is about: `subject`, recorded by its
+    replay (`local_subject`, `targets.current_subject`); refused (exit 1, one line on stderr) when
+    what is deployed now differs. Returns (exit code, one-line account)."""
+    stale = evidence_mismatch(args, subject)
+    if stale:
+        print(f"fraud-rollout canary analyze --apply: refused: {stale}", file=sys.stderr)
+        return 1, f"{action} refused: {stale}"
     if action not in ("promote", "rollback"):
         return 0, "hold: nothing changed"
     args.tracking_uri = getattr(args, "tracking_uri", "") or tracking_uri
     code = run_operation(action, args, Settings())
     where = args.state_dir if getattr(args, "target", "local") == "local" else "the InferenceService"
     return code, f"{action} applied to {where}" if code == 0 else f"{action} refused"
+
+
+def local_subject(state_dir: Path) -> dict | None:
+    """What the local state dir has deployed now: the subject a replay against it records."""
+    return current_subject(argparse.Namespace(target="local", state_dir=state_dir))
 
 
 def evidence_mismatch(args, evidence_subject: dict | None) -> str | None:
@@ -206,12 +217,7 @@ def analyze_command(args) -> int:
     if args.apply:
         tracking_uri = (getattr(args, "tracking_uri", "") or Settings().MLFLOW_TRACKING_URI
                         or pipeline.get("mlflow", {}).get("tracking_uri", ""))
-        stale = evidence_mismatch(args, subject)
-        if stale:
-            print(f"fraud-rollout canary analyze --apply: refused: {stale}", file=sys.stderr)
-            code, applied = 1, f"{analysis['action']} refused: {stale}"
-        else:
-            code, applied = apply_recommendation(analysis["action"], args, tracking_uri)
+        code, applied = apply_recommendation(analysis["action"], args, tracking_uri, subject)
         analysis["applied"] = {"action": analysis["action"], "target": args.target, "exit_code": code,
                                "detail": applied}
         print(f"applied: {applied}")

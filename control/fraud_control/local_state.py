@@ -182,14 +182,23 @@ def reconcile(manifest: dict, revisions: dict[str, dict]) -> tuple[dict, dict[st
         else:
             component[key] = value
 
+    status["conditions"] = _keep_transition_times(
+        status.get("conditions", []), _conditions(manifest, latest_created, latest_ready, revisions))
+    status["deploymentMode"] = mode
+    status["observedGeneration"] = manifest["metadata"]["generation"]
+    return manifest, revisions
+
+
+def _conditions(manifest: dict, latest_created: str, latest_ready: str | None, revisions: dict[str, dict]) -> list[dict]:
+    """Ready, PredictorReady and TransformerReady; records the transformer's status in `manifest`."""
     predictor_ready = latest_ready is not None and latest_ready == latest_created
     conditions = [_condition("PredictorReady", predictor_ready,
                              "" if predictor_ready else f"revision {latest_created} has no servable artifact "
                              f"at {revisions[latest_created]['storageUri']!r}")]
     if "transformer" in manifest.get("spec", {}):
         transformer_ready = _transformer_servable(manifest)
-        transformer_name = f"{name}-transformer-00001"
-        status["components"]["transformer"] = {
+        transformer_name = f"{manifest['metadata']['name']}-transformer-00001"
+        manifest["status"]["components"]["transformer"] = {
             "latestCreatedRevision": transformer_name,
             **({"latestReadyRevision": transformer_name} if transformer_ready else {}),
             "traffic": [{"latestRevision": True, "revisionName": transformer_name, "percent": 100}],
@@ -199,10 +208,7 @@ def reconcile(manifest: dict, revisions: dict[str, dict]) -> tuple[dict, dict[st
                                      "transformer's STORAGE_URI"))
     all_ready = all(c["status"] == "True" for c in conditions)
     conditions.insert(0, _condition("Ready", all_ready, "" if all_ready else "a component is not ready"))
-    status["conditions"] = _keep_transition_times(status.get("conditions", []), conditions)
-    status["deploymentMode"] = mode
-    status["observedGeneration"] = manifest["metadata"]["generation"]
-    return manifest, revisions
+    return conditions
 
 
 def _transformer_servable(manifest: dict) -> bool:

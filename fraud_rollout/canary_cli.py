@@ -3,34 +3,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from fraud.schema import DataError
+from fraud.settings import Settings
 from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics
 from fraud_control.prometheus import DEFAULT_SELECTOR, metrics_from_prometheus
 
-from fraud_rollout.args import UsageError, detectable_difference, state_dir_option
+from fraud_rollout.args import UsageError, detectable_difference
+from fraud_rollout.targets import add_target_options, current_subject, open_store
 
-#: `canary --target` → function(action, args) -> exit code.
-CANARY_TARGETS: dict[str, Callable[[str, argparse.Namespace], int]] = {}
+DEFAULT_TIMEOUT_S = 600.0  # fraud_control.canary.DEFAULT_TIMEOUT_S, without importing it at parse time
 
 
 def register(commands) -> None:
     canary = commands.add_parser("canary", help="canary status, promote or rollback (same patches as kubectl)")
     canary.add_argument("action", choices=["status", "promote", "rollback", "analyze"])
-    canary.add_argument("--target", choices=["local", "kserve"], default="local",
-                        help="local state dir, or the InferenceService in a cluster")
-    state_dir_option(canary)
+    add_target_options(canary)
     canary.add_argument("--json", action="store_true", help="print the status as JSON")
-    kserve = canary.add_argument_group("--target kserve (fraud_control.kserve_canary)")
-    kserve.add_argument("--namespace", help="namespace of the InferenceService (required with --target kserve)")
-    kserve.add_argument("--name", default="fraud-detector", help="InferenceService name")
-    kserve.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster account, else $KUBECONFIG)")
-    kserve.add_argument("--context", help="kubeconfig context")
-    kserve.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for Ready after a patch")
-    kserve.add_argument("--tracking-uri", default="", help="MLflow server whose aliases follow (default $MLFLOW_TRACKING_URI)")
+    canary.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help="seconds to wait for Ready after a patch (--target kserve)")
+    canary.add_argument("--tracking-uri", default="",
+                        help="MLflow server whose aliases follow (default $MLFLOW_TRACKING_URI)")
     add_analyze_options(canary.add_argument_group("analyze"))
     canary.set_defaults(func=canary_command)
 
@@ -57,10 +53,7 @@ def add_analyze_options(group) -> None:
 def canary_command(args: argparse.Namespace) -> int:
     if args.action == "analyze":
         return analyze_command(args)
-    target = CANARY_TARGETS.get(args.target)
-    if target is None:
-        raise UsageError(f"--target {args.target}: not available in this installation")
-    return target(args.action, args)
+    return run_operation(args.action, args, Settings())
 
 
 def local_status(state_dir: Path) -> dict:
@@ -72,42 +65,43 @@ def local_status(state_dir: Path) -> dict:
     return status
 
 
-def local_canary(action: str, args: argparse.Namespace) -> int:
-    """status / promote / rollback on the InferenceService in the local state dir."""
-    from fraud_control import isvc
-    from fraud_control.local_state import LocalInferenceService, StateError
+def run_operation(action: str, args: argparse.Namespace, settings: Settings) -> int:
+    """status / promote / rollback through `fraud_control.canary`, the same for both targets.
+    Exit 1 on a refused or failed operation (the message says why), 2 when nothing is deployed."""
+    from fraud_control import canary
+    from fraud_control.store import NotDeployed, RolloutError
 
-    service = LocalInferenceService(args.state_dir)
-    if action == "promote":
-        manifest = service.get()
-        if "canaryTrafficPercent" not in manifest["spec"]["predictor"]:
-            raise ValueError("nothing to promote: spec.predictor has no canaryTrafficPercent")
-        predictor = manifest["status"]["components"]["predictor"]
-        if predictor.get("latestReadyRevision") != predictor.get("latestCreatedRevision"):
-            raise ValueError(f"the canary {predictor.get('latestCreatedRevision')} is not ready; promoting would "
-                             f"send all traffic to {predictor.get('latestReadyRevision')} (roll back instead)")
-        service.patch_json(isvc.promote_patch())
-    elif action == "rollback":
-        service.patch_merge(isvc.rollback_patch())
-    elif action != "status":
-        raise StateError(f"unknown action {action!r}")
-    status = local_status(args.state_dir)
-    print(json.dumps(status, indent=2) if getattr(args, "json", False) else format_status(status))
+    store = open_store(args, settings)
+    tracking_uri = getattr(args, "tracking_uri", "") or settings.MLFLOW_TRACKING_URI
+    timeout_s = float(getattr(args, "timeout", None) or DEFAULT_TIMEOUT_S)
+    operations: dict[str, Callable[[], canary.Rollout]] = {
+        "status": lambda: canary.Rollout("status", canary.status(store)),
+        "promote": lambda: canary.promote(store, tracking_uri=tracking_uri, timeout_s=timeout_s),
+        "rollback": lambda: canary.rollback(store, tracking_uri=tracking_uri, timeout_s=timeout_s)}
+    try:
+        result = operations[action]()
+    except NotDeployed as error:
+        raise UsageError(str(error)) from None
+    except RolloutError as error:
+        print(f"fraud-rollout canary {action}: {error}", file=sys.stderr)
+        return 1
+    note = result.registry
+    if action != "status" and not result.unchanged and not tracking_uri:
+        note = "MLflow aliases not moved: no --tracking-uri and no MLFLOW_TRACKING_URI"
+    print_result(result, note, args)
     return 0
 
 
-CANARY_TARGETS["local"] = local_canary
-
-
-def kserve_canary_target(action: str, args: argparse.Namespace) -> int:
-    """status / promote / rollback on the InferenceService in a cluster (imports the kubernetes
-    client only when used: it takes seconds)."""
-    from fraud_control.kserve_canary import cli_action
-
-    return cli_action(action, args)
-
-
-CANARY_TARGETS["kserve"] = kserve_canary_target
+def print_result(result, note: str, args: argparse.Namespace) -> None:
+    local = getattr(args, "target", "local") == "local"
+    if getattr(args, "json", False):
+        extra = {"local": local_status(args.state_dir)} if local else {}
+        print(json.dumps({"action": result.action, "status": result.status, "registry": note, **extra}, indent=2))
+    elif local:
+        lines = [] if result.action == "status" else [result.action]
+        print("\n".join([*lines, format_status(local_status(args.state_dir)), *([note] if note else [])]))
+    else:
+        print(result.markdown + (f"\n{note}" if note else ""))
 
 
 def format_status(status: dict) -> str:
@@ -153,23 +147,33 @@ def expected_canary_percent(args) -> float:
     return 20.0
 
 
-def apply_recommendation(action: str, args, tracking_uri: str) -> tuple[int, str]:
-    """Promote or roll back through `canary promote|rollback`'s own functions; move MLflow aliases.
-    Returns (exit code, one-line account)."""
+def apply_recommendation(action: str, args, tracking_uri: str, subject: dict | None) -> tuple[int, str]:
+    """Promote or roll back through `canary promote|rollback`'s own operation (which moves the
+    MLflow aliases), only on the deployment the evidence is about: `subject`, recorded by its
+    replay (`local_subject`, `targets.current_subject`); refused (exit 1, one line on stderr) when
+    what is deployed now differs. Returns (exit code, one-line account)."""
+    stale = evidence_mismatch(args, subject)
+    if stale:
+        print(f"fraud-rollout canary analyze --apply: refused: {stale}", file=sys.stderr)
+        return 1, f"{action} refused: {stale}"
     if action not in ("promote", "rollback"):
         return 0, "hold: nothing changed"
-    if args.target == "kserve":
-        args.tracking_uri = getattr(args, "tracking_uri", "") or tracking_uri  # cli_action moves the aliases
-        code = CANARY_TARGETS["kserve"](action, args)
-        return code, f"{action} applied to the InferenceService" if code == 0 else f"{action} refused"
-    code = CANARY_TARGETS["local"](action, args)
-    note = ""
-    if code == 0 and tracking_uri:
-        from fraud_control.kserve_canary import move_registry_aliases
+    args.tracking_uri = getattr(args, "tracking_uri", "") or tracking_uri
+    code = run_operation(action, args, Settings())
+    where = args.state_dir if getattr(args, "target", "local") == "local" else "the InferenceService"
+    return code, f"{action} applied to {where}" if code == 0 else f"{action} refused"
 
-        note = move_registry_aliases(action, tracking_uri)
-        print(note)
-    return code, f"{action} applied to {args.state_dir}" + (f"; {note}" if note else "")
+
+def local_subject(state_dir: Path) -> dict | None:
+    """What the local state dir has deployed now: the subject a replay against it records."""
+    return current_subject(argparse.Namespace(target="local", state_dir=state_dir))
+
+
+def evidence_mismatch(args, evidence_subject: dict | None) -> str | None:
+    """Why the evidence must not be applied to what is deployed now, or None."""
+    from fraud_control.subject import mismatch, read_subject
+
+    return mismatch(evidence_subject, read_subject(open_store(args, Settings())))
 
 
 def analyze_command(args) -> int:
@@ -191,20 +195,23 @@ def analyze_command(args) -> int:
     if replay_report is not None:
         online = metrics_from_replay(replay_report)
         evidence = {"source": "replay", "replay_report": str(args.replay_report)}
-    else:
+        subject = replay_report.get("subject")
+    else:  # live evidence: about what is deployed now
         online, queries = metrics_from_prometheus(args.prometheus, args.selector, args.window)
         evidence = {"source": "prometheus", "url": args.prometheus, "queries": queries}
+        subject = current_subject(args)
     offline = offline_metrics(pipeline, with_flag_rate=replay_report is not None)
     analysis = analyze(online, offline, baseline_version=baseline_version, canary_version=canary_version,
                        canary_percent=expected_canary_percent(args), detectable=args.detectable_recall_difference)
     analysis["evidence_source"] = evidence
+    analysis["subject"] = subject
     print(format_analysis(analysis))
 
     code = 0
     if args.apply:
-        tracking_uri = (getattr(args, "tracking_uri", "") or os.environ.get("MLFLOW_TRACKING_URI", "")
+        tracking_uri = (getattr(args, "tracking_uri", "") or Settings().MLFLOW_TRACKING_URI
                         or pipeline.get("mlflow", {}).get("tracking_uri", ""))
-        code, applied = apply_recommendation(analysis["action"], args, tracking_uri)
+        code, applied = apply_recommendation(analysis["action"], args, tracking_uri, subject)
         analysis["applied"] = {"action": analysis["action"], "target": args.target, "exit_code": code,
                                "detail": applied}
         print(f"applied: {applied}")

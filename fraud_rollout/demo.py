@@ -152,7 +152,7 @@ def run_demo(args) -> int:
     from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics
 
     from fraud_rollout import demo_report
-    from fraud_rollout.canary_cli import apply_recommendation, local_status
+    from fraud_rollout.canary_cli import apply_recommendation, local_status, local_subject
     from fraud_rollout.replay import ReplayOptions, load_source, offline_decisions, run_replay, summary_lines
 
     started = time.perf_counter()
@@ -182,7 +182,7 @@ def run_demo(args) -> int:
         print(f"serving at {serving.url}", flush=True)
 
         mark = time.perf_counter()
-        replayed = run_replay(source, ReplayOptions(url=serving.url, progress=not args.no_progress), out / "replay.json")
+        replayed = run_replay(source, ReplayOptions(url=serving.url, progress=not args.no_progress), out / "replay.json", subject=local_subject(state_dir))
         timings["replay_and_skew_check"] = round(time.perf_counter() - mark, 1)
         print("\n".join(summary_lines(replayed.report)), flush=True)
 
@@ -196,7 +196,7 @@ def run_demo(args) -> int:
         applied = {"action": analysis["action"], "detail": "not applied (--no-apply)", "exit_code": None}
         if not args.no_apply:
             code, detail = apply_recommendation(
-                analysis["action"], argparse.Namespace(target="local", state_dir=state_dir, json=False), tracking_uri)
+                analysis["action"], argparse.Namespace(target="local", state_dir=state_dir, json=False), tracking_uri, replayed.report["subject"])
             applied = {"action": analysis["action"], "detail": detail, "exit_code": code}
             serving.wait_applied()  # the runtime has moved traffic as the manifest now says
         probe = probe_traffic(serving.url, raw[0])

@@ -3,7 +3,7 @@
 The replay is a client like any other: it sends raw transactions as Open Inference Protocol v2
 JSON to the transformer (which validates, scales with the feature contract and splits between the
 predictor revisions), and records for every transaction the `model_version` that answered, the
-decision, the score, the request's latency and whether it failed. From those rows `fraud_canary.online`
+decision, the score, the request's latency and whether it failed. From those rows `fraud_canary`
 computes per-version confusion counts, precision, recall, F1, flag rate, traffic share, latency
 percentiles and error rate.
 
@@ -40,6 +40,7 @@ import pandas as pd
 from fraud.schema import FEATURES, LABEL, DataError, check_transactions
 
 from fraud_rollout.args import non_negative_float, positive_int
+from fraud_rollout.targets import add_target_options, current_subject
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def register(commands, bench) -> None:
     add_replay_options(replay)
     replay.add_argument("--out", type=Path, help="replay report JSON (default: replay.json beside the pipeline "
                                                  "report, else in the current directory)")
+    add_target_options(replay)  # the InferenceService the evidence is about, recorded as its subject
     replay.add_argument("--no-skew-check", action="store_true",
                         help="skip comparing online decisions with each version's offline signature")
     replay.set_defaults(func=replay_command)
@@ -340,7 +342,7 @@ def replay(source: ReplaySource, options: ReplayOptions,
 
 
 def online_metrics(rows: ReplayRows | pd.DataFrame, labelled: bool = True) -> dict:
-    """`fraud_canary.online.version_metrics` over the replayed rows (a ReplayRows or its frame)."""
+    """`fraud_canary.metrics.version_metrics` over the replayed rows (a ReplayRows or its frame)."""
     from fraud_canary.metrics import version_metrics
 
     frame = rows.frame() if isinstance(rows, ReplayRows) else rows
@@ -411,7 +413,9 @@ def skew_check(rows: pd.DataFrame, raw: np.ndarray, artifacts: dict[str, str]) -
 
 
 def build_report(source: ReplaySource, options: ReplayOptions, rows: ReplayRows, rows_file: Path,
-                 skew: dict | None) -> dict:
+                 skew: dict | None, subject: dict | None = None) -> dict:
+    """The replay report; `subject` is the InferenceService replayed against (fraud_control.subject),
+    which `canary analyze --apply` compares with what is deployed then."""
     from fraud_canary.metrics import UNATTRIBUTED
 
     metrics = online_metrics(rows)
@@ -442,6 +446,7 @@ def build_report(source: ReplaySource, options: ReplayOptions, rows: ReplayRows,
         "timeline": timeline(rows),
         "rows_file": rows_file.name,
         "skew": skew,
+        "subject": subject,
     }
 
 
@@ -479,7 +484,7 @@ class ReplayResult:
 
 
 def run_replay(source: ReplaySource, options: ReplayOptions, out: Path, *, skew: bool = True,
-               on_progress: Callable[[int], None] | None = None) -> ReplayResult:
+               on_progress: Callable[[int], None] | None = None, subject: dict | None = None) -> ReplayResult:
     """Check the endpoint, replay, write the rows file and the report (with the skew check when
     each answering version's artifact is known)."""
     check_endpoint(options.url, options.model_name)
@@ -494,7 +499,7 @@ def run_replay(source: ReplaySource, options: ReplayOptions, out: Path, *, skew:
     if skew and source.artifacts:
         raw = source.frame.loc[:, list(FEATURES)].to_numpy(dtype=np.float64)[: len(frame)]
         skew_result = skew_check(frame, raw, source.artifacts)
-    report = build_report(source, options, rows, rows_path(out), skew_result)
+    report = build_report(source, options, rows, rows_path(out), skew_result, subject)
     write_report(report, out)
     return ReplayResult(report, out, rows)
 
@@ -537,7 +542,7 @@ def replay_command(args) -> int:
     options = ReplayOptions(url=args.url, limit=args.limit, rate=args.rate, batch=args.batch,
                             concurrency=args.concurrency, timeout=args.timeout, model_name=args.model_name,
                             progress=not args.no_progress)
-    result = run_replay(source, options, out, skew=not args.no_skew_check)
+    result = run_replay(source, options, out, skew=not args.no_skew_check, subject=current_subject(args))
     print("\n".join(summary_lines(result.report)))
     print(f"  report: {result.report_path}")
     skew = result.report.get("skew")

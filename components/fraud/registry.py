@@ -43,9 +43,11 @@ def _experiment_id(mlflow, client, tracking_uri: str) -> str:
     location = None
     if tracking_uri.startswith("sqlite:///"):  # keep local artifacts beside the database
         location = Path(tracking_uri.removeprefix("sqlite:///")).parent.joinpath("mlartifacts").as_uri()
+    from mlflow.exceptions import MlflowException
+
     try:
         return client.create_experiment(EXPERIMENT, artifact_location=location)
-    except Exception:  # created concurrently by the other training task
+    except MlflowException:  # created concurrently by the other training task
         return client.get_experiment_by_name(EXPERIMENT).experiment_id
 
 
@@ -63,9 +65,11 @@ def log_training(tracking_uri: str, *, run_name: str, params: dict, history: dic
         mlflow.set_tags(tags)
         mlflow.log_artifacts(str(artifact_root), artifact_path="model")
         source = f"{run.info.artifact_uri}/model"
+    from mlflow.exceptions import MlflowException
+
     try:
         client.create_registered_model(REGISTERED_MODEL)
-    except Exception:  # already registered (or concurrently): fine
+    except MlflowException:  # already registered (or concurrently): fine
         pass
     version = client.create_model_version(REGISTERED_MODEL, source=source, run_id=run.info.run_id, tags=tags)
     log.info("MLflow: run %s, registered %s version %s", run.info.run_id, REGISTERED_MODEL, version.version)
@@ -79,10 +83,12 @@ def set_alias(tracking_uri: str, alias: str, version: int) -> None:
 
 
 def delete_alias(tracking_uri: str, alias: str) -> None:
+    from mlflow.exceptions import MlflowException
+
     _, client = _client(tracking_uri)
     try:
         client.delete_registered_model_alias(REGISTERED_MODEL, alias)
-    except Exception as error:  # alias not set: nothing to clear
+    except MlflowException as error:  # alias not set: nothing to clear
         log.info("MLflow: alias %s not cleared (%s)", alias, error)
 
 
@@ -91,3 +97,13 @@ def aliases(tracking_uri: str) -> dict[str, int]:
     _, client = _client(tracking_uri)
     model = client.get_registered_model(REGISTERED_MODEL)
     return {alias: int(version) for alias, version in (model.aliases or {}).items()}
+
+
+def find_version(tracking_uri: str, model_version: str, run_id: str = "") -> int | None:
+    """The registered version of a model: the one logged by `run_id` if given, else the newest
+    registered with the tag `model_version` (log_training's tags; "v1"/"v2" recur in every run, so
+    a run id, where known, is the exact answer). None if the registry has none."""
+    _, client = _client(tracking_uri)
+    query = f"run_id = '{run_id}'" if run_id else f"tags.model_version = '{model_version}'"
+    found = client.search_model_versions(f"name = '{REGISTERED_MODEL}' and {query}")
+    return max((int(v.version) for v in found), default=None)

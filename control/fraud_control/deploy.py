@@ -1,58 +1,76 @@
-"""The pipeline's deploy step: v2 out as a canary next to the rolled-out v1, on either target.
+"""The pipeline's deploy step: v2 out as a canary next to the rolled-out v1, on either target,
+through the one `canary.deploy_canary`:
 
-- `kserve`: both artifacts to S3 (MinIO), then `kserve_canary.deploy_canary` through the cluster's
-  API server.
-- `local`: the same `deploy_canary` against the local state dir that `fraud-rollout serve` reads,
-  with file paths as storage URIs. `LocalCustomObjects` answers the three CustomObjectsApi calls
-  deploy_canary makes from `LocalInferenceService`, so create-then-canary, idempotency and every
-  refusal are one implementation for both targets.
+- `kserve`: both artifacts to S3 (MinIO), then the InferenceService through the cluster's API
+  server (`kube_store.KubeStore`);
+- `local`: the local state dir that `fraud-rollout serve` reads (`local_store.LocalStore`), with
+  file paths as storage URIs.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from fraud_control import isvc, kserve_canary
-from fraud_control.local_state import DEFAULT_STATE_DIR, LocalInferenceService
+from fraud.settings import Settings
+
+from fraud_control import isvc
+from fraud_control.canary import DEFAULT_CANARY_PERCENT, DEFAULT_POLL_S, DEFAULT_TIMEOUT_S, Rollout, deploy_canary
+from fraud_control.isvc import IsvcSpec
+from fraud_control.local_state import DEFAULT_STATE_DIR
+from fraud_control.local_store import LocalStore
+
+if TYPE_CHECKING:
+    from kubernetes import client
 
 TARGETS = ("kserve", "local")
 
 
-class LocalCustomObjects:
-    """The subset of `kubernetes.client.CustomObjectsApi` that deploy_canary uses, on the local
-    state dir (one InferenceService; a missing one is a 404 like the API server's)."""
+def spec_for_artifact(artifact_root: str | Path, storage_uri: str, **fields: Any) -> IsvcSpec:
+    """The IsvcSpec of an exported model: model version and contract id from its metadata.json;
+    `storage_uri` is where KServe pulls it from (the s3:// URI `upload_artifact` returned);
+    `fields` are the other IsvcSpec fields (namespace, image, ...)."""
+    from fraud.export import read_metadata
 
-    def __init__(self, state_dir: str | Path = DEFAULT_STATE_DIR) -> None:
-        self.service = LocalInferenceService(state_dir)
+    metadata = read_metadata(artifact_root)
+    return IsvcSpec(storage_uri=storage_uri, model_version=metadata["model_version"],
+                    contract_id=metadata["contract_id"], **fields)
 
-    def get_namespaced_custom_object(self, group, version, namespace, plural, name, **_):
-        if not self.service.exists() or self.service.get()["metadata"]["name"] != name:
-            from kubernetes.client.exceptions import ApiException
 
-            raise ApiException(status=404, reason="Not Found")
-        return self.service.get()
+def deploy_from_artifacts(champion_root: str | Path, candidate_root: str | Path, *, namespace: str, bucket: str,
+                          image: str = isvc.DEFAULT_IMAGE, canary_percent: int = DEFAULT_CANARY_PERCENT,
+                          supersede: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
+                          poll_s: float = DEFAULT_POLL_S, api: client.CustomObjectsApi | None = None,
+                          s3_settings: Any = None, in_cluster: bool = False) -> Rollout:
+    """The deploy step's whole cluster side: upload both exported models to S3 (settings from the
+    environment unless given; content-addressed prefixes, so a rerun uploads to the same URIs),
+    then `deploy_canary` in `namespace` (client from the pod's service account unless given)."""
+    from fraud_control.artifact_store import upload_artifact
+    from fraud_control.kube_store import KubeStore, custom_objects_api
 
-    def create_namespaced_custom_object(self, group, version, namespace, plural, body, **_):
-        return self.service.create(body)
-
-    def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body, **_):
-        return self.service.patch_merge(body)
+    champion = spec_for_artifact(champion_root, upload_artifact(champion_root, bucket, settings=s3_settings),
+                                 namespace=namespace, image=image)
+    candidate = spec_for_artifact(candidate_root, upload_artifact(candidate_root, bucket, settings=s3_settings),
+                                  namespace=namespace, image=image)
+    store = KubeStore(api or custom_objects_api(in_cluster=in_cluster), namespace, candidate.name)
+    return deploy_canary(store, candidate, champion, canary_percent=canary_percent, supersede=supersede,
+                         timeout_s=timeout_s, poll_s=poll_s)
 
 
 def deploy(target: str, champion_root: str | Path, candidate_root: str | Path, *, namespace: str = "default",
-           canary_percent: int = kserve_canary.DEFAULT_CANARY_PERCENT, supersede: bool = False,
+           canary_percent: int = DEFAULT_CANARY_PERCENT, supersede: bool = False,
            state_dir: str | Path = DEFAULT_STATE_DIR, bucket: str = "fraud-models", image: str = isvc.DEFAULT_IMAGE,
-           timeout_s: float = kserve_canary.DEFAULT_TIMEOUT_S) -> kserve_canary.Rollout:
+           timeout_s: float = DEFAULT_TIMEOUT_S, settings: Settings | None = None) -> Rollout:
     """Create the InferenceService with the champion if absent, then canary the candidate."""
     if target == "kserve":
-        return kserve_canary.deploy_from_artifacts(champion_root, candidate_root, namespace=namespace, bucket=bucket,
-                                                   image=image, canary_percent=canary_percent, supersede=supersede,
-                                                   timeout_s=timeout_s)
+        in_cluster = (settings or Settings()).in_cluster
+        return deploy_from_artifacts(champion_root, candidate_root, namespace=namespace, bucket=bucket, image=image,
+                                     canary_percent=canary_percent, supersede=supersede, timeout_s=timeout_s,
+                                     in_cluster=in_cluster)
     if target == "local":
-        champion = kserve_canary.spec_for_artifact(champion_root, str(Path(champion_root).resolve()),
-                                                   namespace=namespace, image=image)
-        candidate = kserve_canary.spec_for_artifact(candidate_root, str(Path(candidate_root).resolve()),
-                                                    namespace=namespace, image=image)
-        return kserve_canary.deploy_canary(LocalCustomObjects(state_dir), candidate, champion,
-                                           canary_percent=canary_percent, supersede=supersede, timeout_s=timeout_s,
-                                           poll_s=0.2)
+        champion = spec_for_artifact(champion_root, str(Path(champion_root).resolve()), namespace=namespace,
+                                     image=image)
+        candidate = spec_for_artifact(candidate_root, str(Path(candidate_root).resolve()), namespace=namespace,
+                                      image=image)
+        return deploy_canary(LocalStore(state_dir, candidate.name), candidate, champion,
+                             canary_percent=canary_percent, supersede=supersede, timeout_s=timeout_s)
     raise ValueError(f"deploy target must be one of {TARGETS}, got {target!r}")

@@ -6,6 +6,7 @@ users apply (README "Promote or roll back").
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from fraud.export import MODEL_DIR
@@ -20,6 +21,10 @@ DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 CANARY_MODES = frozenset({"Knative", "Serverless"})
 MODEL_VERSION_LABEL = "fraud-rollout/model-version"
 CONTRACT_ANNOTATION = "fraud-rollout/feature-contract-id"
+#: What the rolled-out revision served when the canary was opened (JSON: revision, modelVersion,
+#: storageUri): once the canary's patch replaced the predictor spec, the InferenceService itself no
+#: longer says what its rolled-out revision serves (Knative's Revision objects would).
+ROLLED_OUT_ANNOTATION = "fraud-rollout/rolled-out-model"
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ SECURITY_CONTEXT = {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEsca
 def predictor_spec(spec: IsvcSpec) -> dict:
     """The predictor component: our container named kserve-container; KServe's storage initializer
     pulls STORAGE_URI into /mnt/models."""
-    predictor = {
+    predictor: dict = {
         "serviceAccountName": spec.service_account,
         "labels": {MODEL_VERSION_LABEL: spec.model_version},
         "containers": [{
@@ -99,11 +104,15 @@ def inference_service(spec: IsvcSpec) -> dict:
     }
 
 
-def canary_patch(spec: IsvcSpec, percent: int) -> dict:
-    """Merge patch: the predictor moves to `spec`'s model with `percent` % of traffic (a new revision)."""
+def canary_patch(spec: IsvcSpec, percent: int, rolled_out: dict | None = None) -> dict:
+    """Merge patch: the predictor moves to `spec`'s model with `percent` % of traffic (a new revision);
+    `rolled_out` (revision, modelVersion, storageUri) is recorded in ROLLED_OUT_ANNOTATION."""
     if not 0 <= percent <= 100:
         raise ValueError(f"canary percent must be within 0..100, got {percent}")
-    return {"spec": {"predictor": predictor_spec(IsvcSpec(**{**spec.__dict__, "canary_percent": percent}))}}
+    patch: dict = {"spec": {"predictor": predictor_spec(IsvcSpec(**{**spec.__dict__, "canary_percent": percent}))}}
+    if rolled_out:
+        patch["metadata"] = {"annotations": {ROLLED_OUT_ANNOTATION: json.dumps(rolled_out, sort_keys=True)}}
+    return patch
 
 
 def promote_patch() -> list[dict]:
@@ -152,7 +161,7 @@ def triton_predictor_spec(spec: IsvcSpec) -> dict:
         "resources": spec.resources,
         "securityContext": SECURITY_CONTEXT,
     }
-    predictor = {"serviceAccountName": spec.service_account,
+    predictor: dict = {"serviceAccountName": spec.service_account,
                  "labels": {MODEL_VERSION_LABEL: spec.model_version}, "model": model}
     if spec.canary_percent is not None:
         predictor["canaryTrafficPercent"] = int(spec.canary_percent)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import fcntl
 import json
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -84,9 +85,8 @@ def _revision_template(predictor: dict) -> dict:
     return template
 
 
-# --- patches (RFC 7386 merge patch, RFC 6902 JSON patch), as the API server applies them ---
-
 def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: a small function, no library needed."""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
     result = copy.deepcopy(target) if isinstance(target, dict) else {}
@@ -98,60 +98,23 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-def _pointer(path: str) -> list[str]:
-    if path == "":
-        return []
-    if not path.startswith("/"):
-        raise StateError(f"JSON patch path {path!r} must start with '/'")
-    return [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
-
-
-def _parent(document: Any, parts: list[str], path: str) -> Any:
-    node = document
-    for part in parts[:-1]:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            raise StateError(f"JSON patch path {path!r} does not exist")
-    return node
-
-
 def json_patch(document: Any, operations: list[dict]) -> Any:
-    """Apply add/remove/replace/test operations; a missing path is an error, as kubectl reports it."""
+    """RFC 6902 through `jsonpatch`; a missing path or a failed test is a StateError, as kubectl
+    reports it (the API server answers 422)."""
+    import jsonpatch
+    import jsonpointer
+
     if not isinstance(operations, list):
         raise StateError("a JSON patch is a list of operations")
-    result = copy.deepcopy(document)
-    for operation in operations:
-        op, path = operation.get("op"), operation.get("path")
-        if op not in {"add", "remove", "replace", "test"} or not isinstance(path, str):
-            raise StateError(f"unsupported JSON patch operation {operation!r}")
-        parts = _pointer(path)
-        if not parts:
-            raise StateError("JSON patch on the whole object is not allowed")
-        parent, key = _parent(result, parts, path), parts[-1]
-        if isinstance(parent, list):
-            index = len(parent) if key == "-" else int(key) if key.isdigit() else -1
-            if op == "add" and 0 <= index <= len(parent):
-                parent.insert(index, copy.deepcopy(operation["value"]))
-                continue
-            if not 0 <= index < len(parent):
-                raise StateError(f"JSON patch path {path!r} does not exist")
-            key = index
-        elif not isinstance(parent, dict) or (op != "add" and key not in parent):
-            raise StateError(f"JSON patch path {path!r} does not exist")
-        if op == "remove":
-            del parent[key]
-        elif op == "test":
-            if parent[key] != operation.get("value"):
-                raise StateError(f"JSON patch test failed at {path!r}")
-        else:
-            parent[key] = copy.deepcopy(operation["value"])
-    return result
+    if any(isinstance(op, dict) and op.get("path") == "" for op in operations):
+        raise StateError("JSON patch on the whole object is not allowed")
+    try:
+        return jsonpatch.apply_patch(document, operations)  # a copy: `document` is left as it was
+    except jsonpatch.JsonPatchTestFailed as error:
+        raise StateError(f"JSON patch test failed: {error}") from None
+    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as error:
+        raise StateError(f"JSON patch path does not exist or is invalid: {error}") from None
 
-
-# --- the controller's part ---
 
 def _predictor_traffic(percent: int | None, latest_ready: str | None, rolled_out: str | None,
                        canary_mode: bool, tag_routing: bool) -> list[dict]:
@@ -219,14 +182,23 @@ def reconcile(manifest: dict, revisions: dict[str, dict]) -> tuple[dict, dict[st
         else:
             component[key] = value
 
+    status["conditions"] = _keep_transition_times(
+        status.get("conditions", []), _conditions(manifest, latest_created, latest_ready, revisions))
+    status["deploymentMode"] = mode
+    status["observedGeneration"] = manifest["metadata"]["generation"]
+    return manifest, revisions
+
+
+def _conditions(manifest: dict, latest_created: str, latest_ready: str | None, revisions: dict[str, dict]) -> list[dict]:
+    """Ready, PredictorReady and TransformerReady; records the transformer's status in `manifest`."""
     predictor_ready = latest_ready is not None and latest_ready == latest_created
     conditions = [_condition("PredictorReady", predictor_ready,
                              "" if predictor_ready else f"revision {latest_created} has no servable artifact "
                              f"at {revisions[latest_created]['storageUri']!r}")]
     if "transformer" in manifest.get("spec", {}):
         transformer_ready = _transformer_servable(manifest)
-        transformer_name = f"{name}-transformer-00001"
-        status["components"]["transformer"] = {
+        transformer_name = f"{manifest['metadata']['name']}-transformer-00001"
+        manifest["status"]["components"]["transformer"] = {
             "latestCreatedRevision": transformer_name,
             **({"latestReadyRevision": transformer_name} if transformer_ready else {}),
             "traffic": [{"latestRevision": True, "revisionName": transformer_name, "percent": 100}],
@@ -236,10 +208,7 @@ def reconcile(manifest: dict, revisions: dict[str, dict]) -> tuple[dict, dict[st
                                      "transformer's STORAGE_URI"))
     all_ready = all(c["status"] == "True" for c in conditions)
     conditions.insert(0, _condition("Ready", all_ready, "" if all_ready else "a component is not ready"))
-    status["conditions"] = _keep_transition_times(status.get("conditions", []), conditions)
-    status["deploymentMode"] = mode
-    status["observedGeneration"] = manifest["metadata"]["generation"]
-    return manifest, revisions
+    return conditions
 
 
 def _transformer_servable(manifest: dict) -> bool:
@@ -273,8 +242,6 @@ def _keep_transition_times(old: list[dict], new: list[dict]) -> list[dict]:
             condition["lastTransitionTime"] = before["lastTransitionTime"]
     return new
 
-
-# --- the store ---
 
 class LocalInferenceService:
     """The InferenceService in `state_dir`: create, get, merge patch, JSON patch."""
@@ -318,7 +285,7 @@ class LocalInferenceService:
                 raise StateError(f"InferenceService already exists in {self.state_dir}")
             _check_manifest(manifest)
             body = {key: copy.deepcopy(value) for key, value in manifest.items() if key != "status"}
-            body["metadata"].update({"generation": 1, "creationTimestamp": _now()})
+            body["metadata"].update({"generation": 1, "creationTimestamp": _now(), "uid": str(uuid.uuid4())})
             return self._write(*reconcile(body, {}))
 
     def patch_merge(self, patch: dict) -> dict:
@@ -342,7 +309,7 @@ class LocalInferenceService:
             patched = apply(current)
             # status and the server-owned metadata are not writable through the main resource
             patched["status"] = current.get("status", {})
-            for key in ("generation", "creationTimestamp", "name", "namespace"):
+            for key in ("generation", "creationTimestamp", "name", "namespace", "uid"):
                 if key in current["metadata"]:
                     patched.setdefault("metadata", {})[key] = current["metadata"][key]
             _check_manifest(patched)

@@ -7,8 +7,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
-from fraud_control import kserve_canary
+from fraud_control import canary
 from fraud_control.isvc import IsvcSpec
+from fraud_control.kube_store import KubeStore
 
 from tests.fake_kube import FakeKServeController, FakeKubeApiServer
 
@@ -22,7 +23,7 @@ def canary_cluster(directory: Path) -> Iterator[tuple[FakeKubeApiServer, Path]]:
     """Yields the fake and the path of a kubeconfig (context namespace NS) written in `directory`."""
     with FakeKubeApiServer(FakeKServeController(observe_delay=0.05, ready_delay=0.1)) as fake:
         with fake.custom_objects_api() as api:
-            kserve_canary.deploy_canary(api, V2, V1, timeout_s=10, poll_s=0.02)
+            canary.deploy_canary(KubeStore(api, NS), V2, V1, timeout_s=10, poll_s=0.02)
         kubeconfig = directory / "kubeconfig"
         kubeconfig.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "fake",

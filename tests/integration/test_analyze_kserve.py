@@ -17,7 +17,17 @@ from tests.integration.test_canary_cli_kserve import NS, cluster, tracking_uri  
 pytestmark = pytest.mark.integration
 
 
-def write_reports(tmp_path, tracking_uri: str, canary_errors: int = 0) -> tuple[str, str]:
+def cluster_subject(kubeconfig: str) -> dict:
+    """What `fraud-rollout replay --target kserve` records: the canary the evidence is about."""
+    import argparse
+
+    from fraud_rollout.targets import current_subject
+
+    return current_subject(argparse.Namespace(target="kserve", namespace=NS, name="fraud-detector",
+                                              kubeconfig=kubeconfig, context=None))
+
+
+def write_reports(tmp_path, tracking_uri: str, canary_errors: int = 0, subject: dict | None = None) -> tuple[str, str]:
     """A replay report (v1 80 %, v2 20 %, v2 catching more fraud) and the pipeline report whose
     offline metrics those online numbers agree with."""
     rng = np.random.default_rng(5)
@@ -29,7 +39,7 @@ def write_reports(tmp_path, tracking_uri: str, canary_errors: int = 0) -> tuple[
     errors[np.flatnonzero(versions == "v2")[:canary_errors]] = True
     online = version_metrics(labels, decisions.astype(int), versions, rng.uniform(5, 30, versions.size), errors)
     replay = {"kind": "fraud-rollout replay", "source": {"pipeline_report": None},
-              "versions": {v: m.to_dict() for v, m in online.items()}}
+              "versions": {v: m.to_dict() for v, m in online.items()}, "subject": subject}
     models = {v: {"version": v, "holdout": {"precision": m.precision, "recall": m.recall, "tp": m.confusion.tp,
                                              "fp": m.confusion.fp, "fn": m.confusion.fn, "tn": m.confusion.tn}}
               for v, m in online.items()}
@@ -51,7 +61,7 @@ def traffic(fake_url: str, kubeconfig: str, capsys) -> list[tuple[str, int]]:
 
 def test_promote_is_applied_to_the_cluster_and_the_registry(cluster, tracking_uri, tmp_path, capsys):
     fake, kubeconfig = cluster
-    replay, report = write_reports(tmp_path, tracking_uri)
+    replay, report = write_reports(tmp_path, tracking_uri, subject=cluster_subject(kubeconfig))
     assert analyze(kubeconfig, replay, report) == 0
     out = capsys.readouterr().out
     assert "RECOMMENDATION: PROMOTE" in out and "MLflow: champion = version 2, challenger cleared" in out
@@ -61,10 +71,23 @@ def test_promote_is_applied_to_the_cluster_and_the_registry(cluster, tracking_ur
 
 def test_a_failing_canary_is_rolled_back(cluster, tracking_uri, tmp_path, capsys):
     fake, kubeconfig = cluster
-    replay, report = write_reports(tmp_path, tracking_uri, canary_errors=200)  # 5 % of the canary's rows
+    replay, report = write_reports(tmp_path, tracking_uri, canary_errors=200, subject=cluster_subject(kubeconfig))  # 5 % of the canary's rows
     assert analyze(kubeconfig, replay, report) == 0
     out = capsys.readouterr().out
     assert "RECOMMENDATION: ROLLBACK" in out and "FAIL canary.error_rate" in out
     assert "MLflow: challenger cleared, champion stays 1" in out
     assert registry.aliases(tracking_uri) == {"champion": 1}
     assert dict(traffic(fake.url, kubeconfig, capsys))["00001"] == 100
+
+
+def test_stale_evidence_is_refused(cluster, tracking_uri, tmp_path, capsys):
+    fake, kubeconfig = cluster
+    seen = cluster_subject(kubeconfig)
+    assert main(["canary", "rollback", "--target", "kserve", "--namespace", NS, "--kubeconfig", kubeconfig]) == 0
+    replay, report = write_reports(tmp_path, tracking_uri, subject=seen)
+    capsys.readouterr()
+    assert analyze(kubeconfig, replay, report) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fraud-rollout canary analyze --apply: refused: the evidence was gathered")
+    assert err[0].endswith("replay again against the current canary")
+    assert dict(traffic(fake.url, kubeconfig, capsys))["00001"] == 100  # nothing was applied

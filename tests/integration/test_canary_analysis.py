@@ -27,6 +27,7 @@ from fraud_control.prometheus import metrics_from_prometheus
 from fraud_control.runtime import read_runtime
 from mlflow import MlflowClient
 
+from fraud_rollout.canary_cli import local_subject
 from fraud_rollout.replay import ReplayOptions, ReplaySource, read_replay, run_replay
 from tests.integration.serving_fixtures import canary_runtime, metric_value  # noqa: F401
 
@@ -259,6 +260,7 @@ def test_killing_the_canary_predictor_fails_no_stable_request_and_rollback_appli
     limit, kill_at = 4_000, 800
     passed_kill_point = threading.Event()
     outcome: dict = {}
+    seen = local_subject(canary_runtime.service.state_dir)  # what the replay's evidence is about
 
     def progress(done_rows: int) -> None:
         if done_rows >= kill_at:
@@ -269,7 +271,7 @@ def test_killing_the_canary_predictor_fails_no_stable_request_and_rollback_appli
             # paced, so that most of the replay happens after the kill
             outcome["result"] = run_replay(source, ReplayOptions(url=canary_runtime.url, limit=limit, batch=2,
                                                                  rate=600, concurrency=4, progress=False),
-                                           tmp_path / "replay.json", skew=False, on_progress=progress)
+                                           tmp_path / "replay.json", skew=False, on_progress=progress, subject=seen)
         except BaseException as error:  # reported by the main thread
             outcome["error"] = error
             passed_kill_point.set()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from fraud_control import isvc, kserve_canary
+from fraud_control import canary, isvc, kserve_canary
+from fraud_control.deploy import deploy_from_artifacts, spec_for_artifact
 from fraud_control.isvc import IsvcSpec
-from fraud_control.kserve_canary import MissingPermission, RolloutRefused, RolloutTimeout
+from fraud_control.kube_store import KubeStore, MissingPermission
+from fraud_control.store import RolloutError, RolloutRefused, RolloutTimeout
 from kubernetes.client.exceptions import ApiException
 
 from tests.fake_kube import FakeKServeController, FakeKubeApiServer
@@ -39,7 +41,7 @@ def api(fake):
 
 
 def deploy(api, candidate=V2, champion=V1, **kwargs):
-    return kserve_canary.deploy_canary(api, candidate, champion, **{**FAST, **kwargs})
+    return canary.deploy_canary(KubeStore(api, NS), candidate, champion, **{**FAST, **kwargs})
 
 
 def test_first_deploy_creates_champion_waits_then_opens_a_20_percent_canary(api, fake):
@@ -68,8 +70,9 @@ def test_first_deploy_creates_champion_waits_then_opens_a_20_percent_canary(api,
     expected = isvc.inference_service(V1)
     assert stored["spec"]["transformer"] == expected["spec"]["transformer"]
     assert stored["spec"]["predictor"] == isvc.predictor_spec(IsvcSpec(**{**V2.__dict__, "canary_percent": 20}))
-    assert stored["metadata"]["annotations"] == expected["metadata"]["annotations"]
-    assert kserve_canary.status(api, NS) == s
+    assert stored["metadata"]["annotations"] == {**expected["metadata"]["annotations"], isvc.ROLLED_OUT_ANNOTATION: (
+        f'{{"modelVersion": "v1", "revision": "{REV[1]}", "storageUri": "{V1.storage_uri}"}}')}
+    assert canary.status(KubeStore(api, NS)) == s
 
 
 def test_canary_on_an_existing_rolled_out_service_patches_only(api, fake):
@@ -108,7 +111,7 @@ def test_another_candidate_is_refused_while_a_canary_runs_unless_superseded(api,
 
 def test_promote_removes_the_field_with_a_json_patch_and_v2_becomes_rolled_out(api, fake):
     deploy(api)
-    result = kserve_canary.promote(api, NS, **FAST)
+    result = canary.promote(KubeStore(api, NS), **FAST)
     assert fake.writes()[-1][0] == "patch" and fake.writes()[-1][3] == "application/json-patch+json"
     s = result.status
     assert result.action == "promoted v2 to 100 %"
@@ -118,13 +121,13 @@ def test_promote_removes_the_field_with_a_json_patch_and_v2_becomes_rolled_out(a
     assert s["ready"] and s["observedGeneration"] == 3
 
     writes = len(fake.writes())
-    assert kserve_canary.promote(api, NS, **FAST).action == "unchanged: v2 already takes 100 %"
+    assert canary.promote(KubeStore(api, NS), **FAST).action == "unchanged: v2 already takes 100 %"
     assert len(fake.writes()) == writes
 
 
 def test_rollback_pins_the_canary_to_zero_and_v1_takes_all_traffic(api, fake):
     deploy(api)
-    result = kserve_canary.rollback(api, NS, **FAST)
+    result = canary.rollback(KubeStore(api, NS), **FAST)
     s = result.status
     assert result.action == "rolled back: canary v2 at 0 %"
     assert fake.writes()[-1][3] == "application/merge-patch+json"
@@ -140,8 +143,8 @@ def test_rollback_pins_the_canary_to_zero_and_v1_takes_all_traffic(api, fake):
 
 def test_rollback_after_promote_returns_to_the_previous_rolled_out_revision(api):
     deploy(api)
-    kserve_canary.promote(api, NS, **FAST)
-    s = kserve_canary.rollback(api, NS, **FAST).status
+    canary.promote(KubeStore(api, NS), **FAST)
+    s = canary.rollback(KubeStore(api, NS), **FAST).status
     assert s["latestRolledoutRevision"] == REV[1]
     assert s["traffic"] == [
         {"latestRevision": True, "percent": 0, "revisionName": REV[2], "tag": "latest"},
@@ -149,7 +152,7 @@ def test_rollback_after_promote_returns_to_the_previous_rolled_out_revision(api)
 
 
 def test_a_canary_that_never_becomes_ready_times_out_with_the_conditions(api, fake):
-    kserve_canary.deploy_canary(api, V1, V1, **FAST)
+    canary.deploy_canary(KubeStore(api, NS), V1, V1, **FAST)
     fake.controller.never_ready = True
     with pytest.raises(RolloutTimeout) as raised:
         deploy(api, timeout_s=0.8)
@@ -159,7 +162,7 @@ def test_a_canary_that_never_becomes_ready_times_out_with_the_conditions(api, fa
     assert "Ready=False" in message and "TransformerReady=True" in message
     assert any(c["type"] == "PredictorReady" and c["status"] == "False" for c in raised.value.conditions)
     # latestRevision means latest *ready*: the failed canary gets nothing, v1 keeps all traffic.
-    s = kserve_canary.status(api, NS)
+    s = canary.status(KubeStore(api, NS))
     assert s["latestCreatedRevision"] == REV[2] and s["latestReadyRevision"] == REV[1]
     assert {t["revisionName"] for t in s["traffic"]} == {REV[1]}
 
@@ -177,13 +180,13 @@ def test_standard_mode_is_refused_because_kserve_ignores_the_split(api, fake, an
     else:
         manifest["metadata"]["annotations"][isvc.DEPLOYMENT_MODE_ANNOTATION] = annotation
     api.create_namespaced_custom_object(isvc.GROUP, isvc.VERSION, NS, isvc.PLURAL, manifest)
-    kserve_canary.wait_ready(api, NS, isvc.NAME, 1, **FAST)
-    assert kserve_canary.status(api, NS)["deploymentMode"] == shown
+    canary.wait_ready(KubeStore(api, NS), 1, **FAST)
+    assert canary.status(KubeStore(api, NS))["deploymentMode"] == shown
 
     with pytest.raises(RolloutRefused, match=f"runs in {shown} mode: KServe ignores canaryTrafficPercent"):
         deploy(api)
     with pytest.raises(RolloutRefused, match="ignores canaryTrafficPercent"):
-        kserve_canary.promote(api, NS, **FAST)
+        canary.promote(KubeStore(api, NS), **FAST)
     assert [r[0] for r in fake.writes()] == ["create"]
 
 
@@ -197,14 +200,14 @@ def test_a_candidate_with_another_feature_contract_is_refused(api, fake):
     # Creating: champion and candidate must share the contract, or nothing is created.
     fresh = {"namespace": "fraud-staging"}
     with pytest.raises(RolloutRefused, match="different feature contracts"):
-        kserve_canary.deploy_canary(api, IsvcSpec(**{**other.__dict__, **fresh}), IsvcSpec(**{**V1.__dict__, **fresh}), **FAST)
+        canary.deploy_canary(KubeStore(api, "fraud-staging"), IsvcSpec(**{**other.__dict__, **fresh}), IsvcSpec(**{**V1.__dict__, **fresh}), **FAST)
     assert len(fake.writes()) == writes
 
 
 @pytest.mark.parametrize("verb", ["create", "patch", "get"])
 def test_missing_rbac_is_reported_with_verb_resource_and_namespace(api, fake, verb):
     if verb == "patch":
-        kserve_canary.deploy_canary(api, V1, V1, **FAST)
+        canary.deploy_canary(KubeStore(api, NS), V1, V1, **FAST)
     fake.forbidden_verbs = {verb}
     with pytest.raises(MissingPermission) as raised:
         deploy(api)
@@ -227,20 +230,20 @@ def test_promote_json_patch_through_patch_namespaced_custom_object_fails_as_on_a
 
 
 def test_status_and_operations_on_a_missing_service_say_so(api):
-    with pytest.raises(kserve_canary.RolloutError, match=f"{NS}/fraud-detector does not exist"):
-        kserve_canary.status(api, NS)
-    with pytest.raises(kserve_canary.RolloutError, match="does not exist"):
-        kserve_canary.promote(api, NS, **FAST)
+    with pytest.raises(RolloutError, match=f"{NS}/fraud-detector does not exist"):
+        canary.status(KubeStore(api, NS))
+    with pytest.raises(RolloutError, match="does not exist"):
+        canary.promote(KubeStore(api, NS), **FAST)
 
 
 def test_rollback_with_a_single_revision_is_refused(api):
-    kserve_canary.deploy_canary(api, V1, V1, **FAST)
+    canary.deploy_canary(KubeStore(api, NS), V1, V1, **FAST)
     with pytest.raises(RolloutRefused, match="nothing to roll back to"):
-        kserve_canary.rollback(api, NS, **FAST)
+        canary.rollback(KubeStore(api, NS), **FAST)
 
 
 def test_spec_for_artifact_reads_version_and_contract(tiny_run):
-    spec = kserve_canary.spec_for_artifact(tiny_run.v2, "s3://b/p", namespace=NS)
+    spec = spec_for_artifact(tiny_run.v2, "s3://b/p", namespace=NS)
     assert (spec.model_version, spec.contract_id, spec.namespace) == ("v2", tiny_run.contract.id, NS)
 
 
@@ -257,7 +260,7 @@ def test_deploy_from_artifacts_uploads_both_models_and_rolls_out_the_canary(api,
     with moto_s3_server() as endpoint:
         settings = S3Settings.from_env({"S3_ENDPOINT": f"http://{endpoint}", "AWS_ACCESS_KEY_ID": secrets.token_hex(8),
                                         "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16)})
-        run = lambda: kserve_canary.deploy_from_artifacts(  # noqa: E731
+        run = lambda: deploy_from_artifacts(  # noqa: E731
             tiny_run.v1, tiny_run.v2, namespace=NS, bucket="fraud-models", api=api, s3_settings=settings, **FAST)
         result = run()
         assert result.action == "created with v1; canary v2 at 20 %"
@@ -272,16 +275,16 @@ def test_deploy_from_artifacts_uploads_both_models_and_rolls_out_the_canary(api,
 
 
 def test_a_failed_canary_cannot_be_promoted_but_rolls_back_to_v1(api, fake):
-    kserve_canary.deploy_canary(api, V1, V1, **FAST)
+    canary.deploy_canary(KubeStore(api, NS), V1, V1, **FAST)
     fake.controller.never_ready = True
     with pytest.raises(RolloutTimeout):
         deploy(api, timeout_s=0.5)
     writes = len(fake.writes())
     with pytest.raises(RolloutRefused, match=r"canary v2 .* is not Ready .* roll it back instead"):
-        kserve_canary.promote(api, NS, **FAST)
+        canary.promote(KubeStore(api, NS), **FAST)
     assert len(fake.writes()) == writes
 
-    result = kserve_canary.rollback(api, NS, **FAST)  # done although Ready stays False
+    result = canary.rollback(KubeStore(api, NS), **FAST)  # done although Ready stays False
     assert result.action.startswith("rolled back: canary v2 at 0 % (still not Ready: ")
     assert result.status["traffic"] == [
         {"latestRevision": True, "percent": 0, "revisionName": REV[1], "tag": "latest"},
@@ -303,7 +306,7 @@ def test_the_deploy_step_creates_exactly_what_kustomize_renders(api, fake):
                               timeout=60, check=True).stdout
     expected = next(d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "InferenceService")
     champion = replace(kserve_canary.BASE_MANIFEST_SPEC, namespace=expected["metadata"]["namespace"])
-    kserve_canary.deploy_canary(api, champion, champion, **FAST)  # first deploy: create only
+    canary.deploy_canary(KubeStore(api, NS), champion, champion, **FAST)  # first deploy: create only
     stored = api.get_namespaced_custom_object(isvc.GROUP, isvc.VERSION, champion.namespace, isvc.PLURAL, isvc.NAME)
     server_fields = ("uid", "generation", "creationTimestamp", "resourceVersion")
     stored["metadata"] = {k: v for k, v in stored["metadata"].items() if k not in server_fields}

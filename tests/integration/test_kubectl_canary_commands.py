@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from fraud_control import kserve_canary
+from fraud_control.traffic import traffic_status
 
 from tests.integration.kube_fixtures import NS, canary_cluster
 
@@ -67,7 +67,7 @@ def test_promote_then_wait_ready_waits_for_the_new_generation(cluster):
     # It waited for the controller to observe the new generation, though Ready was True for the
     # previous one all along (promote makes no new revision).
     assert time.monotonic() - started >= 2.0
-    status = kserve_canary.traffic_status(json.loads(subprocess.run(
+    status = traffic_status(json.loads(subprocess.run(
         ["kubectl", "get", "isvc", "fraud-detector", "-n", NS, "-o", "json"], env=env, capture_output=True,
         text=True, timeout=60, check=True).stdout))
     assert status["ready"] and status["observedGeneration"] == status["generation"] == 3

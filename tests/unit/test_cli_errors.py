@@ -49,3 +49,19 @@ def test_bad_source_csv_is_refused_before_any_work(tmp_path, mutate, message):
 def test_unreadable_csv_is_named(tmp_path):
     result = fraud_rollout("pipeline", "run", "--local", "--source-csv", str(tmp_path / "nope.csv"), cwd=tmp_path)
     assert result.returncode == 2 and "nope.csv" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("action", ["status", "promote"])
+def test_kserve_target_without_a_kubeconfig_is_one_line(tmp_path, action):
+    import os
+
+    missing = tmp_path / "no-kubeconfig"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}  # not in a pod
+    env["KUBECONFIG"] = str(missing)
+    result = subprocess.run([sys.executable, "-m", "fraud_rollout", "canary", action, "--target", "kserve",
+                             "--namespace", "fraud"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == (f"fraud-rollout canary: error: --target kserve: no usable kubeconfig ({missing}: "
+                             "no such file); pass --kubeconfig FILE (and --context) or run inside the cluster\n")
+    assert result.stdout == ""

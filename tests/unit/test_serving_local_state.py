@@ -164,24 +164,40 @@ def test_patch_helpers_follow_the_rfcs():
 
 
 def test_local_promote_and_rollback_apply_kubectls_patches(service, tmp_path, capsys):
+    """`canary promote|rollback` on the local target: the shared operations, the cluster's answers."""
     import argparse
 
-    from fraud_rollout.canary_cli import local_canary
+    from fraud.settings import Settings
 
-    args = argparse.Namespace(state_dir=service.state_dir, json=False)
+    from fraud_rollout.canary_cli import run_operation
+
+    args = argparse.Namespace(target="local", state_dir=service.state_dir, json=False, tracking_uri="", timeout=1.0)
+    settings = Settings(MLFLOW_TRACKING_URI="", KUBECONFIG="", KUBERNETES_SERVICE_HOST="")
+    where = f"fraud-detector in {service.state_dir}"
     service.create(isvc.inference_service(spec(artifact_root(tmp_path, 1), 1)))
     service.patch_merge(isvc.canary_patch(spec(tmp_path / "missing", 2), 20))
-    with pytest.raises(ValueError, match="not ready"):  # promoting would move 100 % to nothing new
-        local_canary("promote", args)
+    # promoting would move 100 % to nothing new: refused, exit 1, nothing changed
+    assert run_operation("promote", args, settings) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"fraud-rollout canary promote: the canary v2 of {where} is not Ready at generation 2")
+    assert len(err.splitlines()) == 1
+    assert service.get()["spec"]["predictor"]["canaryTrafficPercent"] == 20
     service.patch_merge(isvc.canary_patch(spec(artifact_root(tmp_path, 2), 2), 20))
-    assert local_canary("promote", args) == 0
-    assert "100%  fraud-detector-predictor-00003 (v2)" in capsys.readouterr().out
-    assert local_canary("rollback", args) == 0
+    assert run_operation("promote", args, settings) == 0
     out = capsys.readouterr().out
+    assert out.startswith("promoted v2 to 100 %\n")
+    assert "100%  fraud-detector-predictor-00003 (v2)" in out
+    assert out.rstrip().endswith("MLflow aliases not moved: no --tracking-uri and no MLFLOW_TRACKING_URI")
+    assert run_operation("rollback", args, settings) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("rolled back: canary v2 at 0 %\n")
     assert "latestRolledoutRevision:   fraud-detector-predictor-00001 (v1)" in out and "canaryTrafficPercent: 0" in out
     service.patch_json(isvc.promote_patch())
-    with pytest.raises(ValueError, match="nothing to promote"):
-        local_canary("promote", args)
+    # promote without a canary: the cluster's answer, not an error
+    assert run_operation("promote", args, settings) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "unchanged: v2 already takes 100 %"
+    assert "MLflow aliases not moved" not in out
 
 
 def test_importable_without_kserve_or_tensorflow():

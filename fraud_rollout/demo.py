@@ -29,15 +29,17 @@ TRAFFIC_PROBE_REQUESTS = 200
 
 
 def register(commands, bench) -> None:
-    from fraud_control.local_state import DEFAULT_STATE_DIR
+    from fraud_pipelines.local import DEMO_SERVING_STATE_DIR
 
     from fraud_rollout.args import AUTO, detectable_difference, non_negative_float
     from fraud_rollout.pipeline_cli import add_run_options
 
     demo = commands.add_parser("demo", help="the whole story locally: pipeline, canary, replay, analysis, report")
-    add_run_options(demo, default_out=DEFAULT_OUT)
-    demo.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                      help="local serving state (the InferenceService the pipeline deploys and serve follows)")
+    add_run_options(demo, default_out=DEFAULT_OUT, default_serving=DEMO_SERVING_STATE_DIR)
+    demo.add_argument("--state-dir", type=Path, default=DEMO_SERVING_STATE_DIR,
+                      help="local serving state (the InferenceService the pipeline deploys and serve follows); "
+                           f"the demo's own by default ({DEMO_SERVING_STATE_DIR}), so it never meets the canary of "
+                           "a `pipeline run` (which deploys to .fraud-rollout/serving)")
     demo.add_argument("--from-report", type=Path,
                       help="skip the pipeline: use this earlier run's report.json (its models and holdout)")
     demo.add_argument("--detectable-recall-difference", type=detectable_difference, default=AUTO,
@@ -153,6 +155,7 @@ def run_demo(args) -> int:
     from fraud_rollout import demo_report
     from fraud_rollout.analyze import analyze, format_analysis, metrics_from_replay, offline_metrics
     from fraud_rollout.canary_cli import apply_recommendation, local_status
+    from fraud_rollout.pipeline_cli import gate_rejection
     from fraud_rollout.replay import ReplayOptions, load_source, offline_decisions, run_replay, summary_lines
 
     started = time.perf_counter()
@@ -166,8 +169,8 @@ def run_demo(args) -> int:
     pipeline, pipeline_path = _pipeline(args, out)
     timings["pipeline"] = round(time.perf_counter() - started, 1)
     if pipeline["gate"]["decision"] != "promote":
-        print(f"\nThe gate rejected v2 ({pipeline['gate']['decision']}): no canary to analyze. "
-              f"Offline report: {pipeline_path}")
+        print(gate_rejection(pipeline))
+        print(f"  No canary to analyze. Offline report: {pipeline_path}")
         return 0
     source = load_source(None, pipeline_path)
     raw = source.frame.loc[:, list(FEATURES)].to_numpy(dtype=np.float64)

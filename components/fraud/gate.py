@@ -1,6 +1,6 @@
 """The deployment gate: one rule set, failing closed.
 
-The candidate is promoted to a canary only if it meets absolute floors on the holdout, beats the
+The candidate is promoted to a canary only if the holdout holds enough frauds to judge it, it meets absolute floors on the holdout, beats the
 baseline's recall by a relative margin while losing at most a set amount of precision, the
 difference is significant (McNemar), and it uses the baseline's feature contract (the serving
 transformer is shared by both revisions during a canary). Missing or non-finite metrics reject.
@@ -25,6 +25,9 @@ class GatePolicy:
     max_precision_loss: float = 0.05
     #: McNemar p-value must be below this.
     max_p_value: float = 0.01
+    #: Frauds the holdout must hold for the other rules to mean anything (recall over a dozen
+    #: frauds moves by 8 points per case).
+    min_holdout_frauds: int = 100
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,12 @@ def _finite(*values: object) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
 
 
+def holdout_frauds(metrics: dict) -> int | None:
+    """Frauds in the holdout, from a model's confusion counts (None if missing)."""
+    tp, fn = metrics.get("tp"), metrics.get("fn")
+    return int(tp + fn) if _finite(tp, fn) else None
+
+
 def decide(baseline: dict, candidate: dict, mcnemar_p: float, baseline_contract_id: str,
            candidate_contract_id: str, policy: GatePolicy = GatePolicy()) -> GateResult:
     """Apply every rule to holdout metrics of baseline and candidate; promote only if all pass."""
@@ -62,6 +71,9 @@ def decide(baseline: dict, candidate: dict, mcnemar_p: float, baseline_contract_
     def rule(name: str, ok: bool, detail: str) -> None:
         reasons.append(Reason(name, bool(ok), detail))
 
+    frauds = holdout_frauds(candidate)
+    rule(f"holdout frauds ≥ {policy.min_holdout_frauds}", frauds is not None and frauds >= policy.min_holdout_frauds,
+         f"{frauds} frauds in the holdout" if frauds is not None else "holdout fraud count missing")
     for metric, floor in (("f1", policy.min_f1), ("precision", policy.min_precision),
                           ("recall", policy.min_recall), ("pr_auc", policy.min_pr_auc)):
         value = candidate.get(metric)

@@ -49,3 +49,28 @@ def test_bad_source_csv_is_refused_before_any_work(tmp_path, mutate, message):
 def test_unreadable_csv_is_named(tmp_path):
     result = fraud_rollout("pipeline", "run", "--local", "--source-csv", str(tmp_path / "nope.csv"), cwd=tmp_path)
     assert result.returncode == 2 and "nope.csv" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("n, rate, expected", [
+    ("10", "0.0017", "--n-transactions 10 is too small: at fraud rate 0.0017 its holdout holds about 0 frauds and the "
+                     "gate needs 100; use at least --n-transactions 363,108"),
+    ("1000", "0.0017", "--n-transactions 1,000 is too small: at fraud rate 0.0017 its holdout holds about 0 frauds and "
+                       "the gate needs 100; use at least --n-transactions 363,108"),
+    ("60000", "0.0017", "--n-transactions 60,000 is too small: at fraud rate 0.0017 its holdout holds about 20 frauds "
+                        "and the gate needs 100; use at least --n-transactions 363,108"),
+    ("10", "0.4", "--n-transactions 10 is too small: at fraud rate 0.4 its holdout holds about 1 frauds and the gate "
+                  "needs 100; use at least --n-transactions 1,544"),
+])
+def test_too_small_a_run_is_refused_up_front_with_the_minimum(tmp_path, n, rate, expected):
+    result = fraud_rollout("pipeline", "run", "--local", "--n-transactions", n, "--fraud-rate", rate,
+                           "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"fraud-rollout pipeline: error: {expected}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_refuses_too_small_a_run_too(tmp_path):
+    result = fraud_rollout("demo", "--n-transactions", "10", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("fraud-rollout demo: error: --n-transactions 10 is too small")
+    assert len(result.stderr.splitlines()) == 1

@@ -104,8 +104,10 @@ def new_run_dir(runs_dir: Path) -> Path:
 
 
 def prune_runs(runs_dir: Path, current: Path, state_dirs: list[Path], keep: int = KEEP_RUNS) -> list[Path]:
-    """Delete runs older than the newest `keep` that no manifest in `state_dirs` references."""
-    older = sorted((d for d in runs_dir.iterdir() if d.is_dir() and d != current), reverse=True)[keep - 1:]
+    """Delete runs older than the newest `keep` (the current one counted) that no manifest in
+    `state_dirs` references; return them, oldest first."""
+    earlier = sorted(d for d in runs_dir.iterdir() if d.is_dir() and d != current)
+    older = earlier[:max(0, len(earlier) - (keep - 1))]
     removed = [d for d in older if not any(_serves_from(state_dir, d) for state_dir in state_dirs)]
     for run_dir in removed:
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -122,7 +122,7 @@ def gate_rejection(report: dict) -> str:
     lines += [f"  FAIL {r['rule']}: {r['detail']}" for r in failed]
     if needed and rate > 0:
         minimum = simulate.minimum_transactions(needed, rate)
-        lines.append(f"  Enough evidence ({needed} holdout frauds at this fraud rate, {rate:.4g}): "
+        lines.append(f"  Enough evidence ({needed} holdout frauds at this fraud rate, {rate:.3g}): "
                      f"--n-transactions {max(minimum, report['data']['n_transactions']):,} or more")
     return "\n".join(lines)
 

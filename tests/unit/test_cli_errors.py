@@ -74,3 +74,24 @@ def test_demo_refuses_too_small_a_run_too(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("fraud-rollout demo: error: --n-transactions 10 is too small")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_gate_rejection_says_nothing_was_deployed_each_failed_rule_and_the_size_needed():
+    from fraud.gate import GatePolicy, decide
+
+    from fraud_rollout.pipeline_cli import gate_rejection
+
+    candidate = {"precision": 0.86, "recall": 0.81, "f1": 0.83, "pr_auc": 0.8, "tp": 13, "fn": 3}
+    result = decide({**candidate, "recall": 0.4}, candidate, 0.02, "c", "c")
+    windows = {"reference": {"rows": 28_000, "fraud": 48}, "pre_drift": {"rows": 4_000, "fraud": 7},
+               "recent": {"rows": 16_000, "fraud": 27}, "holdout": {"rows": 12_000, "fraud": 16}}
+    report = {"data": {"n_transactions": 60_000, "windows": windows},
+              "gate": {**result.to_dict(), "policy": GatePolicy().__dict__}}
+    assert gate_rejection(report).splitlines() == [
+        "",
+        "The gate rejected v2: nothing was deployed (2 of 9 rules failed)",
+        "  FAIL holdout frauds ≥ 100: 16 frauds in the holdout",
+        "  FAIL McNemar p < 0.01: p = 0.02",
+        f"  Enough evidence (100 holdout frauds at this fraud rate, 0.00163): --n-transactions "
+        f"{simulate.minimum_transactions(100, 98 / 60_000):,} or more",
+    ]

@@ -21,13 +21,12 @@ from typing import TextIO
 from fraud import registry
 from fraud.files import read_json, write_json
 from fraud.pipeline_config import DEFAULTS, PipelineConfig
+from fraud_control.local_state import DEFAULT_STATE_DIR as SERVING_STATE_DIR
 
 from fraud_pipelines.console import PipelineConsole
 
 log = logging.getLogger(__name__)
 STATE_DIR = Path(".fraud-rollout")
-#: Where `pipeline run --local` deploys (and `fraud-rollout serve` reads) by default.
-SERVING_STATE_DIR = STATE_DIR / "serving"
 #: The demo's own serving state, so a demo never meets a `pipeline run`'s canary.
 DEMO_SERVING_STATE_DIR = STATE_DIR / "demo" / "serving"
 #: Earlier runs kept besides any a manifest in a known state dir references.
@@ -53,6 +52,8 @@ class PipelineFailed(RuntimeError):
 
 
 def known_state_dirs(options: LocalRunOptions) -> list[Path]:
+    """Serving state dirs whose manifests keep a run's artifacts: this run's and the two defaults
+    (`pipeline run` / `serve`, and the demo's)."""
     return [Path(d).resolve() for d in {options.serving_state_dir, SERVING_STATE_DIR, DEMO_SERVING_STATE_DIR}]
 
 

@@ -17,7 +17,13 @@ def register(commands, bench) -> None:
     compile_.add_argument("--image", default=None, help="components image (default: the released one)")
     compile_.set_defaults(func=compile_command)
 
-    run = actions.add_parser("run", help="run the pipeline")
+    run = actions.add_parser(
+        "run", help="run the pipeline",
+        description="Run the pipeline with kfp.local. Like a KFP run on a cluster, each run keeps its own artifacts "
+                    "(--out/runs/<UTC time>/) and its deploy step acts on the InferenceService in --serving-state-dir "
+                    "as on a cluster's: a rerun replaces its own earlier, idle local rollout; a canary that a running "
+                    "`fraud-rollout serve` follows is refused unless --supersede. The console shows one line per "
+                    "task; kfp.local's full output is in --out/logs/pipeline.log.")
     run.add_argument("--local", action="store_true", required=True,
                      help="run on this machine with kfp.local (submit to a cluster from notebooks/01_submit_pipeline.ipynb)")
     add_run_options(run)
@@ -44,7 +50,7 @@ def add_run_options(parser, default_out: Path = Path(".fraud-rollout/run"),
     parser.add_argument("--out", type=Path, default=default_out,
                         help="output directory: each run writes runs/<UTC time>/ (artifacts, report.json), "
                              "report.json is the latest run's, logs/pipeline.log kfp.local's full output. "
-                             "Artifacts that a serving manifest references are never deleted")
+                             "Runs older than the last 3 are removed unless a serving manifest references them")
     parser.add_argument("--serving-state-dir", type=Path, default=default_serving or SERVING_STATE_DIR,
                         help="where the deploy step leaves the InferenceService that `fraud-rollout serve` reads. "
                              "An earlier run's local rollout there is replaced unless a `serve` is running it; then, "

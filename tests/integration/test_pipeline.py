@@ -84,7 +84,7 @@ def test_console_shows_one_line_per_task_start_and_finish_and_the_log_the_rest(l
         assert finished.split()[-2:] == [f"{report['timings']['tasks_wall'][task]:.1f}", "s"]
     log_text = (out / "logs" / "pipeline.log").read_text()
     assert "\x1b" not in log_text
-    assert log_text.count("Executing task '") == len(tasks) and '"executorInput"' in log_text
+    assert log_text.count("Executing task '") == len(tasks) and 'Got executor_input:' in log_text
     assert "v2 epoch 3/3" in log_text
 
 

@@ -53,13 +53,13 @@ def test_unreadable_csv_is_named(tmp_path):
 
 @pytest.mark.parametrize("n, rate, expected", [
     ("10", "0.0017", "--n-transactions 10 is too small: at fraud rate 0.0017 its holdout holds about 0 frauds and the "
-                     "gate needs 100; use at least --n-transactions 363,108"),
+                     "gate needs 140; use at least --n-transactions 492,913"),
     ("1000", "0.0017", "--n-transactions 1,000 is too small: at fraud rate 0.0017 its holdout holds about 0 frauds and "
-                       "the gate needs 100; use at least --n-transactions 363,108"),
+                       "the gate needs 140; use at least --n-transactions 492,913"),
     ("60000", "0.0017", "--n-transactions 60,000 is too small: at fraud rate 0.0017 its holdout holds about 20 frauds "
-                        "and the gate needs 100; use at least --n-transactions 363,108"),
+                        "and the gate needs 140; use at least --n-transactions 492,913"),
     ("10", "0.4", "--n-transactions 10 is too small: at fraud rate 0.4 its holdout holds about 1 frauds and the gate "
-                  "needs 100; use at least --n-transactions 1,544"),
+                  "needs 140; use at least --n-transactions 2,095"),
 ])
 def test_too_small_a_run_is_refused_up_front_with_the_minimum(tmp_path, n, rate, expected):
     result = fraud_rollout("pipeline", "run", "--local", "--n-transactions", n, "--fraud-rate", rate,
@@ -90,8 +90,8 @@ def test_a_gate_rejection_says_nothing_was_deployed_each_failed_rule_and_the_siz
     assert gate_rejection(report).splitlines() == [
         "",
         "The gate rejected v2: nothing was deployed (2 of 9 rules failed)",
-        "  FAIL holdout frauds ≥ 100: 16 frauds in the holdout",
+        "  FAIL holdout frauds ≥ 140: 16 frauds in the holdout",
         "  FAIL McNemar p < 0.01: p = 0.02",
-        f"  Enough evidence (100 holdout frauds at this fraud rate, 0.00163): --n-transactions "
-        f"{simulate.minimum_transactions(100, 98 / 60_000):,} or more",
+        f"  Enough evidence (140 holdout frauds at this fraud rate, 0.00163): --n-transactions "
+        f"{simulate.minimum_transactions(140, 98 / 60_000):,} or more",
     ]

@@ -219,9 +219,11 @@ def run_demo(args) -> int:
     online_flags = np.where(rows["error"], 0, np.nan_to_num(rows["decision"].to_numpy(), nan=0)).astype(bool)
     impact = demo_report.business_impact(labels, amount, {v: o["is_fraud"] for v, o in offline.items()}, online_flags,
                                          demo_report.ImpactAssumptions(review_cost=args.review_cost))
+    from mlflow.exceptions import MlflowException
+
     try:
         aliases = registry.aliases(tracking_uri) if tracking_uri else {}
-    except Exception as error:  # the report still says what happened
+    except MlflowException as error:  # the report still says what happened
         log.warning("could not read MLflow aliases: %s", error)
         aliases = {}
     vs = demo_report.online_vs_offline(pipeline, replayed.report, analysis)

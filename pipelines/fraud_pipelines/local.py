@@ -174,9 +174,11 @@ def build_report(paths: dict[str, str], tracking_uri: str, wall_seconds: float) 
     models["v2"]["artifact"] = paths["candidate_model"]
     timings = {"simulate": evaluation["data"].get("simulate_seconds"), "train_v1": models["v1"].get("train_seconds"), "train_v2": models["v2"].get("train_seconds"),
                "evaluate": evaluation.get("seconds"), "total_wall": round(wall_seconds, 2)}
+    from mlflow.exceptions import MlflowException
+
     try:
         current_aliases = registry.aliases(tracking_uri)
-    except Exception as error:  # registry unreachable: the report still says what ran
+    except MlflowException as error:  # registry unreachable: the report still says what ran
         log.warning("could not read MLflow aliases: %s", error)
         current_aliases = {}
     return {

@@ -92,6 +92,11 @@ def test_a_gate_rejection_says_nothing_was_deployed_each_failed_rule_and_the_siz
         "The gate rejected v2: nothing was deployed (2 of 9 rules failed)",
         "  FAIL holdout frauds ≥ 140: 16 frauds in the holdout",
         "  FAIL McNemar p < 0.01: p = 0.02",
-        f"  Enough evidence (140 holdout frauds at this fraud rate, 0.00163): --n-transactions "
-        f"{simulate.minimum_transactions(140, 98 / 60_000):,} or more",
+        # 16 holdout frauds where 140 are needed: 60,000 × 140 / 16 (more than the expected minimum, 513,032)
+        "  Enough evidence (140 holdout frauds at this fraud rate, 0.00163): --n-transactions 525,000 or more",
     ]
+    enough = {**candidate, "tp": 160, "fn": 40}
+    report["gate"] = {**decide({**enough, "recall": 0.4}, enough, 0.02, "c", "c").to_dict(), "policy": GatePolicy().__dict__}
+    assert gate_rejection(report).splitlines()[-2:] == [
+        "  FAIL McNemar p < 0.01: p = 0.02",
+        "  The evidence was enough (≥ 140 holdout frauds): the candidate itself fell short"]

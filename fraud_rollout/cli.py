@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from fraud.schema import DataError
@@ -32,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A process started in the background by a non-interactive shell (`make test &`, many CI
+    # runners) inherits SIGINT ignored, and Python then keeps it ignored: Ctrl-C or SIGINT would
+    # do nothing and a demo would run on to exit 0. Every command here stops what it started on it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -29,15 +29,17 @@ TRAFFIC_PROBE_REQUESTS = 200
 
 
 def register(commands, bench) -> None:
-    from fraud_control.local_state import DEFAULT_STATE_DIR
+    from fraud_pipelines.local import DEMO_SERVING_STATE_DIR
 
     from fraud_rollout.args import AUTO, detectable_difference, non_negative_float
     from fraud_rollout.pipeline_cli import add_run_options
 
     demo = commands.add_parser("demo", help="the whole story locally: pipeline, canary, replay, analysis, report")
-    add_run_options(demo, default_out=DEFAULT_OUT)
-    demo.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                      help="local serving state (the InferenceService the pipeline deploys and serve follows)")
+    add_run_options(demo, default_out=DEFAULT_OUT, default_serving=DEMO_SERVING_STATE_DIR)
+    demo.add_argument("--state-dir", type=Path, default=DEMO_SERVING_STATE_DIR,
+                      help="local serving state (the InferenceService the pipeline deploys and serve follows); "
+                           f"the demo's own by default ({DEMO_SERVING_STATE_DIR}), so it never meets the canary of "
+                           "a `pipeline run` (which deploys to .fraud-rollout/serving)")
     demo.add_argument("--from-report", type=Path,
                       help="skip the pipeline: use this earlier run's report.json (its models and holdout)")
     demo.add_argument("--detectable-recall-difference", type=detectable_difference, default=AUTO,
@@ -153,6 +155,7 @@ def run_demo(args) -> int:
 
     from fraud_rollout import demo_report
     from fraud_rollout.canary_cli import apply_recommendation, local_status, local_subject
+    from fraud_rollout.pipeline_cli import gate_rejection
     from fraud_rollout.replay import ReplayOptions, load_source, offline_decisions, run_replay, summary_lines
 
     started = time.perf_counter()
@@ -166,8 +169,8 @@ def run_demo(args) -> int:
     pipeline, pipeline_path = _pipeline(args, out)
     timings["pipeline"] = round(time.perf_counter() - started, 1)
     if pipeline["gate"]["decision"] != "promote":
-        print(f"\nThe gate rejected v2 ({pipeline['gate']['decision']}): no canary to analyze. "
-              f"Offline report: {pipeline_path}")
+        print(gate_rejection(pipeline))
+        print(f"  No canary to analyze. Offline report: {pipeline_path}")
         return 0
     source = load_source(None, pipeline_path)
     raw = source.frame.loc[:, list(FEATURES)].to_numpy(dtype=np.float64)
@@ -216,9 +219,11 @@ def run_demo(args) -> int:
     online_flags = np.where(rows["error"], 0, np.nan_to_num(rows["decision"].to_numpy(), nan=0)).astype(bool)
     impact = demo_report.business_impact(labels, amount, {v: o["is_fraud"] for v, o in offline.items()}, online_flags,
                                          demo_report.ImpactAssumptions(review_cost=args.review_cost))
+    from mlflow.exceptions import MlflowException
+
     try:
         aliases = registry.aliases(tracking_uri) if tracking_uri else {}
-    except Exception as error:  # the report still says what happened
+    except MlflowException as error:  # the report still says what happened
         log.warning("could not read MLflow aliases: %s", error)
         aliases = {}
     vs = demo_report.online_vs_offline(pipeline, replayed.report, analysis)

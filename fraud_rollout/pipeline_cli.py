@@ -1,6 +1,7 @@
 """`fraud-rollout pipeline compile|run` and `fraud-rollout bench pipeline`."""
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,13 @@ def register(commands, bench) -> None:
     compile_.add_argument("--image", default=None, help="components image (default: the released one)")
     compile_.set_defaults(func=compile_command)
 
-    run = actions.add_parser("run", help="run the pipeline")
+    run = actions.add_parser(
+        "run", help="run the pipeline",
+        description="Run the pipeline with kfp.local. Like a KFP run on a cluster, each run keeps its own artifacts "
+                    "(--out/runs/<UTC time>/) and its deploy step acts on the InferenceService in --serving-state-dir "
+                    "as on a cluster's: a rerun replaces its own earlier, idle local rollout; a canary that a running "
+                    "`fraud-rollout serve` follows is refused unless --supersede. The console shows one line per "
+                    "task; kfp.local's full output is in --out/logs/pipeline.log.")
     run.add_argument("--local", action="store_true", required=True,
                      help="run on this machine with kfp.local (submit to a cluster from notebooks/01_submit_pipeline.ipynb)")
     add_run_options(run)
@@ -30,16 +37,27 @@ def register(commands, bench) -> None:
 
 
 def add_run_options(parser, default_out: Path = Path(".fraud-rollout/run"),
-                    default_serving: Path = Path(".fraud-rollout/serving")) -> None:
-    parser.add_argument("--n-transactions", type=positive_int, default=1_000_000, help="transactions to simulate")
-    parser.add_argument("--seed", type=non_negative_int, default=7, help="random seed")
-    parser.add_argument("--epochs", type=positive_int, default=20, help="maximum training epochs")
-    parser.add_argument("--fraud-rate", type=number_between(0, 0.5), default=0.0017, help="share of fraud")
+                    default_serving: Path | None = None) -> None:
+    from fraud.pipeline_config import DEFAULTS
+    from fraud_pipelines.local import SERVING_STATE_DIR
+
+    parser.add_argument("--n-transactions", type=positive_int, default=DEFAULTS.n_transactions,
+                        help="transactions to simulate; too few to pass the gate are refused with the minimum")
+    parser.add_argument("--seed", type=non_negative_int, default=DEFAULTS.seed, help="random seed")
+    parser.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, help="maximum training epochs")
+    parser.add_argument("--fraud-rate", type=number_between(0, 0.5), default=DEFAULTS.fraud_rate, help="share of fraud")
     parser.add_argument("--source-csv", type=Path, default=None, help="enrich a real creditcard.csv instead of generating")
     parser.add_argument("--mlflow-tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI, else SQLite under .fraud-rollout/")
-    parser.add_argument("--out", type=Path, default=default_out, help="output directory (report.json, artifacts)")
-    parser.add_argument("--serving-state-dir", type=Path, default=default_serving,
-                        help="where the deploy step leaves the InferenceService that `fraud-rollout serve` reads")
+    parser.add_argument("--out", type=Path, default=default_out,
+                        help="output directory: each run writes runs/<UTC time>/ (artifacts, report.json), "
+                             "report.json is the latest run's, logs/pipeline.log kfp.local's full output. "
+                             "Runs older than the last 3 are removed unless a serving manifest references them")
+    parser.add_argument("--serving-state-dir", type=Path, default=default_serving or SERVING_STATE_DIR,
+                        help="where the deploy step leaves the InferenceService that `fraud-rollout serve` reads. "
+                             "An earlier run's local rollout there is replaced unless a `serve` is running it; then, "
+                             "as on a cluster, its running canary is refused unless --supersede")
+    parser.add_argument("--supersede", action="store_true",
+                        help="replace a canary of an earlier run that is still running (KServe: supersede_canary)")
 
 
 def compile_command(args) -> int:
@@ -50,36 +68,90 @@ def compile_command(args) -> int:
     return 0
 
 
+def _fraud_rate(args) -> float:
+    """The fraud rate the run's data will have: the source CSV's, else --fraud-rate."""
+    from fraud.schema import LABEL, DataError
+
+    if args.source_csv is None:
+        return args.fraud_rate
+    from fraud.steps import _read_csv
+
+    try:
+        frame = _read_csv(str(args.source_csv))  # fail before any work is done
+    except DataError as error:
+        raise UsageError(f"--source-csv: {error}") from None
+    rate = float(frame[LABEL].mean())
+    if rate <= 0:
+        raise UsageError(f"--source-csv {args.source_csv}: no row has {LABEL} 1; the models need fraud to learn")
+    return rate
+
+
+def check_enough_evidence(n_transactions: int, fraud_rate: float) -> None:
+    """Refuse a run too small for the gate to judge: its holdout would hold too few frauds."""
+    from fraud import simulate
+    from fraud.gate import GatePolicy
+
+    needed = GatePolicy().min_holdout_frauds
+    minimum = simulate.minimum_transactions(needed, fraud_rate)
+    if n_transactions < minimum:
+        expected = n_transactions * fraud_rate * simulate.window_share(simulate.WindowSpec(), "holdout", simulate.DriftSpec.months)
+        raise UsageError(f"--n-transactions {n_transactions:,} is too small: at fraud rate {fraud_rate:g} its holdout "
+                         f"holds about {expected:.0f} frauds and the gate needs {needed}; use at least "
+                         f"--n-transactions {minimum:,}")
+
+
 def _options(args):
-    from fraud.schema import DataError
+    from dataclasses import replace
+
+    from fraud.pipeline_config import DEFAULTS
+    from fraud.settings import Settings
     from fraud_pipelines.local import LocalRunOptions
 
-    source_csv = ""
-    if args.source_csv is not None:
-        from fraud.steps import _read_csv
+    fraud_rate = _fraud_rate(args)
+    check_enough_evidence(args.n_transactions, fraud_rate)
+    config = replace(DEFAULTS, n_transactions=args.n_transactions, seed=args.seed, epochs=args.epochs,
+                     fraud_rate=args.fraud_rate)
+    return LocalRunOptions(out_dir=args.out, config=config,
+                           source_csv=str(args.source_csv.resolve()) if args.source_csv is not None else "",
+                           mlflow_tracking_uri=args.mlflow_tracking_uri or Settings().MLFLOW_TRACKING_URI,
+                           serving_state_dir=args.serving_state_dir, supersede_canary=args.supersede)
 
-        try:
-            _read_csv(str(args.source_csv))  # fail before any work is done
-        except DataError as error:
-            raise UsageError(f"--source-csv: {error}") from None
-        source_csv = str(args.source_csv.resolve())
-    return LocalRunOptions(out_dir=args.out, n_transactions=args.n_transactions, seed=args.seed, epochs=args.epochs,
-                           fraud_rate=args.fraud_rate, source_csv=source_csv,
-                           mlflow_tracking_uri=args.mlflow_tracking_uri, serving_state_dir=args.serving_state_dir)
+
+def gate_rejection(report: dict) -> str:
+    """What a rejection means: nothing deployed, each failed rule, and the size with enough evidence."""
+    from fraud import simulate
+
+    gate, windows = report["gate"], report["data"]["windows"]
+    failed = [r for r in gate["reasons"] if not r["passed"]]
+    rate = sum(w["fraud"] for w in windows.values()) / max(1, sum(w["rows"] for w in windows.values()))
+    needed = gate["policy"].get("min_holdout_frauds")
+    lines = [f"\nThe gate rejected v2: nothing was deployed ({len(failed)} of {len(gate['reasons'])} rules failed)"]
+    lines += [f"  FAIL {r['rule']}: {r['detail']}" for r in failed]
+    short = any(r["rule"].startswith("holdout frauds") for r in failed)
+    if needed and rate > 0 and short:
+        # the expected minimum, or more if this run's holdout drew fewer frauds than expected
+        scaled = math.ceil(report["data"]["n_transactions"] * needed / max(1, windows["holdout"]["fraud"]))
+        lines.append(f"  Enough evidence ({needed} holdout frauds at this fraud rate, {rate:.3g}): "
+                     f"--n-transactions {max(simulate.minimum_transactions(needed, rate), scaled):,} or more")
+    elif needed:
+        lines.append(f"  The evidence was enough (≥ {needed} holdout frauds): the candidate itself fell short")
+    return "\n".join(lines)
 
 
 def run_command(args) -> int:
     from fraud.report import text_summary
-    from fraud_pipelines.local import run_local
+    from fraud_pipelines.local import PipelineFailed, run_local
 
     options = _options(args)
     try:
         report = run_local(options)
-    except RuntimeError as error:  # kfp.local: a task failed; its log above says why
+    except PipelineFailed as error:
         print(f"fraud-rollout pipeline: {error}", file=sys.stderr)
         return 1
     print(text_summary(report))
-    print(f"\n  report: {options.out_dir / 'report.json'}")
+    if report["gate"]["decision"] != "promote":
+        print(gate_rejection(report))
+    print(f"\n  report: {options.out_dir / 'report.json'} (run {report['run']['id']})")
     return 0
 
 

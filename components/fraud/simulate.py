@@ -9,11 +9,13 @@ over the same calendar and applies the same drift.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from fraud.pipeline_config import DEFAULTS
 from fraud.schema import COLUMNS, EPOCH, FEATURES, LABEL, DataError, check_transactions, timestamps
 
 COMPONENTS = tuple(f"V{i}" for i in range(1, 29))
@@ -37,8 +39,8 @@ class DriftSpec:
     """What changes from `drift_start_month` on (README: "The simulated drift")."""
 
     months: int = 15
-    drift_start_month: int = 10
-    fraud_rate: float = 0.0017
+    drift_start_month: int = DEFAULTS.drift_start_month
+    fraud_rate: float = DEFAULTS.fraud_rate
     #: Share of fraud in drift months that follows the new pattern.
     new_pattern_share: float = 0.6
     #: New-pattern fraud: a legitimate transaction's components plus these absolute shifts, each
@@ -83,6 +85,23 @@ def check_specs(drift: DriftSpec, windows: WindowSpec) -> None:
                         f"{windows.recent} after its first month, so v2 trains on early drift")
     if not 0 < drift.fraud_rate < 0.5:
         raise DataError(f"fraud_rate {drift.fraud_rate} must be in (0, 0.5)")
+
+
+def window_share(windows: WindowSpec, name: str, months: int) -> float:
+    """Expected share of transactions in window `name`: every transaction's day is uniform over the calendar."""
+    days = month_starts(months) / 86_400
+    start, end = dict(windows.items())[name]
+    return float((days[end] - days[start - 1]) / days[-1])
+
+
+def minimum_transactions(min_holdout_frauds: int, fraud_rate: float, windows: WindowSpec = WindowSpec(),
+                         months: int = DriftSpec.months) -> int:
+    """Smallest `n_transactions` whose holdout holds `min_holdout_frauds` frauds in ≈ 98 % of seeds.
+
+    Holdout frauds are Poisson with mean λ = n · fraud_rate · holdout share; asking λ − 2√λ ≥ m
+    (two standard deviations of margin) gives √λ = 1 + √(1 + m)."""
+    expected = (1 + math.sqrt(1 + min_holdout_frauds)) ** 2
+    return math.ceil(expected / (fraud_rate * window_share(windows, "holdout", months)))
 
 
 def month_starts(months: int) -> np.ndarray:

@@ -13,6 +13,7 @@ import pandas as pd
 from fraud import evaluate, export, gate, registry, simulate
 from fraud.contract import FeatureContract, fit_contract
 from fraud.files import read_json, write_json
+from fraud.pipeline_config import DEFAULTS
 from fraud.schema import LABEL, DataError, check_transactions
 from fraud.train import TrainConfig, config_params, train
 
@@ -21,8 +22,8 @@ WINDOW_NAMES = ("reference", "pre_drift", "recent", "holdout")
 
 
 def simulate_step(window_paths: dict[str, str], contract_path: str, summary_path: str, *,
-                  n_transactions: int, seed: int, drift_start_month: int = 10,
-                  fraud_rate: float = 0.0017, source_csv: str = "") -> dict:
+                  n_transactions: int, seed: int, drift_start_month: int = DEFAULTS.drift_start_month,
+                  fraud_rate: float = DEFAULTS.fraud_rate, source_csv: str = "") -> dict:
     """Generate (or enrich `source_csv`), cut the windows, fit the feature contract on reference."""
     started = time.perf_counter()
     drift = simulate.DriftSpec(drift_start_month=drift_start_month, fraud_rate=fraud_rate)

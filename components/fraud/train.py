@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from fraud.contract import FeatureContract
+from fraud.pipeline_config import DEFAULTS
 from fraud.schema import LABEL, DataError
 
 log = logging.getLogger(__name__)
@@ -23,17 +24,17 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Hyper-parameters; the defaults train a 1,000,000-transaction run's windows in about a minute."""
 
-    epochs: int = 20
-    batch_size: int = 2048
+    epochs: int = DEFAULTS.epochs
+    batch_size: int = DEFAULTS.batch_size
     learning_rate: float = 1e-3
     hidden_units: tuple[int, ...] = (128, 64, 32)
     dropout: tuple[float, ...] = (0.3, 0.2, 0.0)
     #: Time-ordered tail of the training window used for early stopping and the threshold.
     validation_fraction: float = 0.2
     patience: int = 4
-    seed: int = 7
+    seed: int = DEFAULTS.seed
     #: Threshold policy: the highest recall whose validation precision is at least this.
-    min_precision: float = 0.80
+    min_precision: float = DEFAULTS.min_precision
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:

@@ -52,11 +52,12 @@ def train_model(dataset: Input[Dataset], feature_contract: Input[Artifact], vers
         min_precision: Threshold policy: highest recall with validation precision at least this.
         mlflow_tracking_uri: MLflow tracking URI; empty uses MLFLOW_TRACKING_URI, else a local SQLite file.
     """
+    from fraud.settings import Settings
     from fraud.steps import train_config, train_step
 
     config = train_config(epochs=epochs, batch_size=batch_size, seed=seed, min_precision=min_precision)
     result = train_step(dataset.path, feature_contract.path, model.path, version=version, window=window,
-                        config=config, mlflow_tracking_uri=mlflow_tracking_uri)
+                        config=config, mlflow_tracking_uri=mlflow_tracking_uri or Settings().MLFLOW_TRACKING_URI)
     model.metadata.update({k: result[k] for k in ("model_version", "contract_id", "threshold", "window")})
     for key in ("threshold", "validation_precision", "validation_recall", "epochs_run", "train_seconds"):
         metrics.log_metric(key, float(result[key]))
@@ -96,7 +97,7 @@ def evaluate_models(baseline: Input[Model], candidate: Input[Model], holdout: In
 
 def gate_candidate(evaluation: Input[Artifact], min_f1: float, min_precision: float, min_recall: float,
                    min_pr_auc: float, min_recall_gain: float, max_precision_loss: float, max_p_value: float,
-                   gate_result: Output[Artifact], reasons: Output[Markdown]) -> str:
+                   min_holdout_frauds: int, gate_result: Output[Artifact], reasons: Output[Markdown]) -> str:
     """Decide whether the candidate may go out as a canary; every rule must pass (fails closed).
 
     Returns "promote" or "reject" as the single output `Output` (kfp.local resolves a dsl.If
@@ -111,11 +112,14 @@ def gate_candidate(evaluation: Input[Artifact], min_f1: float, min_precision: fl
         min_recall_gain: Relative recall gain over the baseline required (0.05 = 5 %).
         max_precision_loss: Largest absolute precision loss against the baseline allowed.
         max_p_value: McNemar p-value must be below this.
+        min_holdout_frauds: Frauds the holdout must hold for the other rules to be judged at all.
     """
     from fraud.gate import GatePolicy
     from fraud.steps import gate_step
 
-    policy = GatePolicy(min_f1, min_precision, min_recall, min_pr_auc, min_recall_gain, max_precision_loss, max_p_value)
+    policy = GatePolicy(min_f1=min_f1, min_precision=min_precision, min_recall=min_recall, min_pr_auc=min_pr_auc,
+                        min_recall_gain=min_recall_gain, max_precision_loss=max_precision_loss,
+                        max_p_value=max_p_value, min_holdout_frauds=min_holdout_frauds)
     result = gate_step(evaluation.path, gate_result.path, reasons.path, policy)
     gate_result.metadata["decision"] = result.decision
     return result.decision

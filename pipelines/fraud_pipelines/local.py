@@ -1,67 +1,118 @@
 """Run the pipeline on this machine with `kfp.local` (SubprocessRunner, no virtualenv: the
-components import this package from the current environment) and write `report.json`."""
+components import this package from the current environment) and write `report.json`.
+
+Each run writes its artifacts into `<out>/runs/<UTC time>/` and never deletes one that a manifest
+in a known serving state dir references (a running `serve` keeps its models); `<out>/report.json`
+is the latest run's report."""
 from __future__ import annotations
 
+import json
 import logging
-import re
+import os
 import shutil
+import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 from fraud import registry
 from fraud.files import read_json, write_json
+from fraud.pipeline_config import DEFAULTS, PipelineConfig
+from fraud_control.local_state import DEFAULT_STATE_DIR as SERVING_STATE_DIR
+
+from fraud_pipelines.console import PipelineConsole
 
 log = logging.getLogger(__name__)
 STATE_DIR = Path(".fraud-rollout")
+#: The demo's own serving state, so a demo never meets a `pipeline run`'s canary.
+DEMO_SERVING_STATE_DIR = STATE_DIR / "demo" / "serving"
+#: Earlier runs kept besides any a manifest in a known state dir references.
+KEEP_RUNS = 3
 
 
 @dataclass(frozen=True)
 class LocalRunOptions:
+    """A local run: where it writes, and the pipeline parameters (defaults from `PipelineConfig`)."""
+
     out_dir: Path = STATE_DIR / "run"
-    n_transactions: int = 1_000_000
-    seed: int = 7
-    epochs: int = 20
-    fraud_rate: float = 0.0017
+    config: PipelineConfig = DEFAULTS
     source_csv: str = ""
     mlflow_tracking_uri: str = ""
     #: Where the deploy step (target local) writes the InferenceService that `fraud-rollout serve` reads.
-    serving_state_dir: Path = STATE_DIR / "serving"
+    serving_state_dir: Path = SERVING_STATE_DIR
+    #: Replace a canary of an earlier run that a running `serve` still splits traffic to (KServe: supersede).
+    supersede_canary: bool = False
 
 
-class TaskTimer(logging.Filter):
-    """Wall time of each kfp.local task, from kfp.local's own start and finish log records.
-    A filter on the root logger, because kfp.local swaps the root logger's handlers while it runs."""
-
-    START = re.compile(r"Executing task '([^']+)'")
-    END = re.compile(r"Task '([^']+)' finished with status")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.started: dict[str, float] = {}
-        self.seconds: dict[str, float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage())  # kfp colours task names
-        if match := self.START.search(message):
-            self.started[match.group(1)] = record.created
-        elif (match := self.END.search(message)) and match.group(1) in self.started:
-            self.seconds[match.group(1)] = round(record.created - self.started[match.group(1)], 2)
-        return True
+class PipelineFailed(RuntimeError):
+    """A pipeline task failed; the message names it, its error and the log file."""
 
 
-def _forget_local_rollout(state_dir: Path, artifacts_dir: Path) -> None:
-    """A rerun replaces the artifacts the previous run's local InferenceService serves, so that
-    rollout goes with them; a local rollout of other artifacts is left alone (and the deploy step
-    then treats it as it would a cluster's)."""
+def known_state_dirs(options: LocalRunOptions) -> list[Path]:
+    """Serving state dirs whose manifests keep a run's artifacts: this run's and the two defaults
+    (`pipeline run` / `serve`, and the demo's)."""
+    return [Path(d).resolve() for d in {options.serving_state_dir, SERVING_STATE_DIR, DEMO_SERVING_STATE_DIR}]
+
+
+def _serves_from(state_dir: Path, directory: Path) -> bool:
+    """Does the InferenceService in `state_dir` serve an artifact under `directory`?"""
     from fraud_control.local_state import LocalInferenceService
 
     service = LocalInferenceService(state_dir)
-    served = [record["storageUri"] for record in service.revisions().values()]
-    if any(Path(uri).resolve().is_relative_to(artifacts_dir.resolve()) for uri in served):
-        log.info("removing the local rollout of the previous run in %s", state_dir)
-        service.delete()
+    return service.exists() and f"{directory.resolve()}/" in json.dumps([service.get(), service.revisions()])
+
+
+def _serve_running(state_dir: Path) -> bool:
+    from fraud_control.runtime import read_runtime
+
+    pid = read_runtime(state_dir).get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _forget_local_rollout(state_dir: Path, runs_dir: Path) -> None:
+    """A rerun replaces the local rollout of this `--out`'s earlier runs (their artifacts stay), unless
+    a `serve` is running it: then the deploy step treats it as it would a cluster's (a running canary
+    is refused unless superseded). A local rollout of other artifacts is left alone."""
+    from fraud_control.local_state import LocalInferenceService
+
+    if _serves_from(state_dir, runs_dir) and not _serve_running(state_dir):
+        log.info("removing the local rollout of an earlier run in %s", state_dir)
+        LocalInferenceService(state_dir).delete()
+
+
+def new_run_dir(runs_dir: Path) -> Path:
+    """`runs/<UTC time>`: every run writes its artifacts into a directory of its own."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", *(f"-{i}" for i in range(2, 100))):
+        try:
+            (runs_dir / f"{stamp}{suffix}").mkdir()
+        except FileExistsError:
+            continue
+        return runs_dir / f"{stamp}{suffix}"
+    raise PipelineFailed(f"more than 99 runs started in {runs_dir} within one second")
+
+
+def prune_runs(runs_dir: Path, current: Path, state_dirs: list[Path], keep: int = KEEP_RUNS) -> list[Path]:
+    """Delete runs older than the newest `keep` (the current one counted) that no manifest in
+    `state_dirs` references; return them, oldest first."""
+    earlier = sorted(d for d in runs_dir.iterdir() if d.is_dir() and d != current)
+    older = earlier[:max(0, len(earlier) - (keep - 1))]
+    removed = [d for d in older if not any(_serves_from(state_dir, d) for state_dir in state_dirs)]
+    for run_dir in removed:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return removed
 
 
 def _artifact_path(artifact) -> str:
@@ -69,42 +120,50 @@ def _artifact_path(artifact) -> str:
     return artifact.path if hasattr(artifact, "path") else str(artifact.uri).removeprefix("file://")
 
 
-def run_local(options: LocalRunOptions, **pipeline_arguments) -> dict:
-    """Run the whole pipeline; return the report (also written to `out_dir/report.json`).
+def run_local(options: LocalRunOptions, console: TextIO | None = None, **pipeline_arguments) -> dict:
+    """Run the whole pipeline into a new `out_dir/runs/<time>`; return the report (written there
+    and to `out_dir/report.json`). kfp.local's output goes to `out_dir/logs/pipeline.log`.
 
-    A previous report in `out_dir` is removed first, so a failed run never leaves one that looks valid."""
-    from kfp import local
-
-    from fraud_pipelines.pipeline import build_pipeline
-
+    The previous `out_dir/report.json` is removed first, so a failed run never leaves one that looks valid."""
     out = options.out_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    report_path = out / "report.json"
-    report_path.unlink(missing_ok=True)
-    _forget_local_rollout(options.serving_state_dir, out / "kfp")
-    shutil.rmtree(out / "kfp", ignore_errors=True)
+    (out / "report.json").unlink(missing_ok=True)
+    _forget_local_rollout(options.serving_state_dir, out / "runs")
+    run_dir = new_run_dir(out / "runs")
     tracking_uri = registry.resolve_tracking_uri(options.mlflow_tracking_uri, STATE_DIR)
-
-    warnings.filterwarnings("ignore", message=".*non-Python base image.*")  # our image has Python
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"), raise_on_error=True)
-    timer = TaskTimer()
-    logging.getLogger().addFilter(timer)
+    log_path = out / "logs" / "pipeline.log"
+    (console or sys.stdout).write(f"pipeline run {run_dir.name} (kfp.local); its log: {log_path}\n")
     started = time.perf_counter()
-    try:
-        outputs = build_pipeline()(n_transactions=options.n_transactions, seed=options.seed, epochs=options.epochs,
-                                   fraud_rate=options.fraud_rate, source_csv=options.source_csv,
-                                   mlflow_tracking_uri=tracking_uri, deploy_target="local",
-                                   local_state_dir=str(options.serving_state_dir.resolve()), **pipeline_arguments)
-    finally:
-        logging.getLogger().removeFilter(timer)
+    with PipelineConsole(log_path, console) as shown:
+        outputs = _run_pipeline(shown, options, run_dir, tracking_uri, pipeline_arguments)
     wall = time.perf_counter() - started
     paths = {name: _artifact_path(outputs.outputs[name]) for name in
              ("evaluation", "gate_result", "baseline_model", "candidate_model", "holdout", "summary")}
     report = build_report(paths, tracking_uri, wall)
-    report["timings"]["tasks_wall"] = timer.seconds
-    write_json(report_path, report)
-    log.info("report: %s", report_path)
+    report["timings"]["tasks_wall"] = shown.seconds
+    report["run"] = {"id": run_dir.name, "dir": str(run_dir), "log": str(log_path)}
+    write_json(run_dir / "report.json", report)
+    write_json(out / "report.json", report)
+    for removed in prune_runs(out / "runs", run_dir, known_state_dirs(options)):
+        log.info("removed the unreferenced earlier run %s", removed)
     return report
+
+
+def _run_pipeline(shown: PipelineConsole, options: LocalRunOptions, run_dir: Path, tracking_uri: str,
+                  pipeline_arguments: dict):
+    from kfp import local
+
+    from fraud_pipelines.pipeline import build_pipeline
+
+    config = options.config
+    warnings.filterwarnings("ignore", message=".*non-Python base image.*")  # our image has Python
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"), raise_on_error=True)
+    try:
+        return build_pipeline()(**asdict(config), source_csv=options.source_csv, mlflow_tracking_uri=tracking_uri,
+                                deploy_target="local", local_state_dir=str(options.serving_state_dir.resolve()),
+                                supersede_canary=options.supersede_canary, **pipeline_arguments)
+    except RuntimeError as error:  # kfp.local: "Pipeline … finished with status FAILURE. Inner task failed: …"
+        raise PipelineFailed(f"{shown.failure()} (full log: {shown.log_path})") from error
 
 
 def build_report(paths: dict[str, str], tracking_uri: str, wall_seconds: float) -> dict:
@@ -115,9 +174,11 @@ def build_report(paths: dict[str, str], tracking_uri: str, wall_seconds: float) 
     models["v2"]["artifact"] = paths["candidate_model"]
     timings = {"simulate": evaluation["data"].get("simulate_seconds"), "train_v1": models["v1"].get("train_seconds"), "train_v2": models["v2"].get("train_seconds"),
                "evaluate": evaluation.get("seconds"), "total_wall": round(wall_seconds, 2)}
+    from mlflow.exceptions import MlflowException
+
     try:
         current_aliases = registry.aliases(tracking_uri)
-    except Exception as error:  # registry unreachable: the report still says what ran
+    except MlflowException as error:  # registry unreachable: the report still says what ran
         log.warning("could not read MLflow aliases: %s", error)
         current_aliases = {}
     return {

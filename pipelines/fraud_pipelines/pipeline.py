@@ -7,6 +7,8 @@ with the default image, and a test recompiles and compares it.
 from pathlib import Path
 from typing import NamedTuple
 
+from fraud.gate import GatePolicy
+from fraud.pipeline_config import DEFAULTS
 from fraud_control.artifact_store import REQUIRED_ENV_VARS
 from fraud_control.isvc import DEFAULT_IMAGE as SERVING_IMAGE
 from fraud_kfp import DEFAULT_IMAGE, build
@@ -17,6 +19,7 @@ from kfp.dsl import Artifact, Dataset, Model
 S3_SECRET = "fraud-detector-s3"
 
 PIPELINE_NAME = "fraud-rollout"
+GATE = GatePolicy()
 COMPILED = Path(__file__).resolve().parent.parent / "fraud_rollout_pipeline.yaml"
 
 
@@ -27,21 +30,22 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
                   description="Simulate card-fraud drift, train baseline v1 and candidate v2, evaluate on a "
                               "strictly later holdout, gate the candidate, and roll it out as a KServe canary.")
     def fraud_rollout(
-        n_transactions: int = 1_000_000,
-        seed: int = 7,
-        drift_start_month: int = 10,
-        fraud_rate: float = 0.0017,
+        n_transactions: int = DEFAULTS.n_transactions,
+        seed: int = DEFAULTS.seed,
+        drift_start_month: int = DEFAULTS.drift_start_month,
+        fraud_rate: float = DEFAULTS.fraud_rate,
         source_csv: str = "",
-        epochs: int = 20,
-        batch_size: int = 2048,
-        min_precision: float = 0.80,
-        gate_min_f1: float = 0.75,
-        gate_min_precision: float = 0.80,
-        gate_min_recall: float = 0.70,
-        gate_min_pr_auc: float = 0.70,
-        gate_min_recall_gain: float = 0.05,
-        gate_max_precision_loss: float = 0.05,
-        gate_max_p_value: float = 0.01,
+        epochs: int = DEFAULTS.epochs,
+        batch_size: int = DEFAULTS.batch_size,
+        min_precision: float = DEFAULTS.min_precision,
+        gate_min_f1: float = GATE.min_f1,
+        gate_min_precision: float = GATE.min_precision,
+        gate_min_recall: float = GATE.min_recall,
+        gate_min_pr_auc: float = GATE.min_pr_auc,
+        gate_min_recall_gain: float = GATE.min_recall_gain,
+        gate_max_precision_loss: float = GATE.max_precision_loss,
+        gate_max_p_value: float = GATE.max_p_value,
+        gate_min_holdout_frauds: int = GATE.min_holdout_frauds,
         mlflow_tracking_uri: str = "",
         deploy_target: str = "kserve",
         namespace: str = "kubeflow-user-example-com",
@@ -68,7 +72,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         gated = c.gate_candidate(
             evaluation=evaluated.outputs["evaluation"], min_f1=gate_min_f1, min_precision=gate_min_precision,
             min_recall=gate_min_recall, min_pr_auc=gate_min_pr_auc, min_recall_gain=gate_min_recall_gain,
-            max_precision_loss=gate_max_precision_loss, max_p_value=gate_max_p_value).set_display_name("gate")
+            max_precision_loss=gate_max_precision_loss, max_p_value=gate_max_p_value,
+            min_holdout_frauds=gate_min_holdout_frauds).set_display_name("gate")
         with dsl.If(gated.outputs["Output"] == "promote", name="candidate-promoted"):
             deployed = c.deploy_canary(
                 baseline=trained[1].outputs["model"], candidate=trained[2].outputs["model"], target=deploy_target,

@@ -10,7 +10,7 @@ def full_run(tmp_path_factory):
     from fraud_pipelines.local import LocalRunOptions, run_local
 
     out = tmp_path_factory.mktemp("full")
-    return run_local(LocalRunOptions(out_dir=out, n_transactions=1_000_000, seed=7, serving_state_dir=out / "serving",
+    return run_local(LocalRunOptions(out_dir=out, serving_state_dir=out / "serving",  # defaults: 1,000,000, seed 7
                                      mlflow_tracking_uri=f"sqlite:///{out / 'mlflow.db'}"))
 
 
@@ -38,8 +38,7 @@ def test_candidate_meets_the_floors_and_is_promoted(full_run):
 def test_same_seed_gives_identical_metrics(full_run, tmp_path):
     from fraud_pipelines.local import LocalRunOptions, run_local
 
-    again = run_local(LocalRunOptions(out_dir=tmp_path, n_transactions=1_000_000, seed=7,
-                                      serving_state_dir=tmp_path / "serving",
+    again = run_local(LocalRunOptions(out_dir=tmp_path, serving_state_dir=tmp_path / "serving",
                                       mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
     for name in ("v1", "v2"):
         for key in ("threshold", "holdout", "pre_drift", "epochs_run"):

@@ -105,10 +105,13 @@ def test_ctrl_c_stops_every_server_the_demo_started(demo_run, tmp_path):
     if not demo_run.pipeline_report.is_file():
         pytest.skip("the demo run failed (see test_demo_tells_the_whole_story)")
     state_dir, out = tmp_path / "serving", tmp_path / "out"
+    # Started with SIGINT ignored, as a background job of a non-interactive shell (`make test &`,
+    # CI runners) inherits it: the demo must still stop on SIGINT (it once ran on to exit 0).
     process = subprocess.Popen(
         [sys.executable, "-m", "fraud_rollout", "demo", "--from-report", str(demo_run.pipeline_report),
          "--out", str(out), "--state-dir", str(state_dir), "--no-progress"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         deadline = time.monotonic() + 300
         while not read_runtime(state_dir).get("transformer"):  # serving: the replay starts now

@@ -1,4 +1,5 @@
 """The compiled pipeline and a real kfp.local run of it on small data."""
+import io
 import json
 from pathlib import Path
 
@@ -46,16 +47,53 @@ def test_compiled_dag_and_gate_condition():
     assert "Random seed" in simulate["seed"].description
 
 
+#: Small data cannot reach the production floors; lower them so the promote branch runs too.
+LOW_FLOORS = {"gate_min_f1": 0.5, "gate_min_precision": 0.5, "gate_min_recall": 0.5, "gate_min_pr_auc": 0.5}
+
+
+def small_run_options(out: Path):
+    from fraud.pipeline_config import PipelineConfig
+    from fraud_pipelines.local import LocalRunOptions
+
+    return LocalRunOptions(out_dir=out, config=PipelineConfig(n_transactions=60_000, fraud_rate=0.02, epochs=3),
+                           mlflow_tracking_uri=f"sqlite:///{out / 'mlflow.db'}", serving_state_dir=out / "serving")
+
+
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
-    from fraud_pipelines.local import LocalRunOptions, run_local
+    from fraud_pipelines.local import run_local
 
     out = tmp_path_factory.mktemp("run")
-    options = LocalRunOptions(out_dir=out, n_transactions=60_000, fraud_rate=0.02, epochs=3,
-                              mlflow_tracking_uri=f"sqlite:///{out / 'mlflow.db'}", serving_state_dir=out / "serving")
-    # Small data cannot reach the production floors; lower them so the promote branch runs too.
-    report = run_local(options, gate_min_f1=0.5, gate_min_precision=0.5, gate_min_recall=0.5, gate_min_pr_auc=0.5)
+    console = io.StringIO()
+    report = run_local(small_run_options(out), console=console, **LOW_FLOORS)
+    (out / "console.txt").write_text(console.getvalue())
     return out, report
+
+
+def test_console_shows_one_line_per_task_start_and_finish_and_the_log_the_rest(local_run):
+    out, report = local_run
+    lines = (out / "console.txt").read_text().splitlines()
+    tasks = ["simulate-drift", "train-model", "train-model-2", "evaluate-models", "gate-candidate", "deploy-canary"]
+    assert lines[0] == f"pipeline run {report['run']['id']} (kfp.local); its log: {out / 'logs' / 'pipeline.log'}"
+    # kfp.local runs one task at a time, in an order of its choosing (train-model-2 may come first)
+    pairs = [(a.split()[:2], b.split()[:2]) for a, b in zip(lines[1::2], lines[2::2])]
+    assert sorted(started[0] for started, _ in pairs) == sorted(tasks) and len(lines) == 1 + 2 * len(tasks)
+    assert all(started[1] == "started" and finished == [started[0], "success"] for started, finished in pairs)
+    for task in tasks:
+        finished = next(line for line in lines if line.split()[:2] == [task, "success"])
+        assert finished.split()[-2:] == [f"{report['timings']['tasks_wall'][task]:.1f}", "s"]
+    log_text = (out / "logs" / "pipeline.log").read_text()
+    assert "\x1b" not in log_text
+    assert log_text.count("Executing task '") == len(tasks) and 'Got executor_input:' in log_text
+    assert "v2 epoch 3/3" in log_text
+
+
+def test_each_run_writes_into_its_own_directory(local_run):
+    out, report = local_run
+    run_dir = out / "runs" / report["run"]["id"]
+    assert json.loads((run_dir / "report.json").read_text()) == json.loads((out / "report.json").read_text())
+    for path in report["artifacts"].values():
+        assert Path(path).is_relative_to(run_dir / "kfp") and Path(path).exists()
 
 
 def test_local_run_writes_the_report(local_run):
@@ -83,7 +121,7 @@ def test_local_run_writes_the_report(local_run):
 def test_promote_branch_deploys_the_canary_and_registers_the_challenger(local_run):
     _, report = local_run
     assert report["gate"]["decision"] == "promote", report["gate"]["reasons"]
-    assert len(report["gate"]["reasons"]) == 8 and all(r["passed"] for r in report["gate"]["reasons"])
+    assert len(report["gate"]["reasons"]) == 9 and all(r["passed"] for r in report["gate"]["reasons"])
     versions = report["mlflow"]["versions"]
     assert report["mlflow"]["aliases"] == {"champion": versions["v1"], "challenger": versions["v2"]}
 
@@ -114,7 +152,7 @@ def test_mlflow_holds_runs_with_epoch_metrics(local_run):
         assert params["epochs"] == "3" and params["hidden_units"] == "128,64,32"
 
 
-def test_deploy_step_leaves_a_canary_that_serve_splits_80_20(local_run, tmp_path):
+def test_deploy_step_leaves_a_canary_that_serve_splits_80_20_and_a_rerun_keeps_its_models(local_run, tmp_path):
     import subprocess
 
     import httpx
@@ -122,6 +160,7 @@ def test_deploy_step_leaves_a_canary_that_serve_splits_80_20(local_run, tmp_path
     from fraud.schema import FEATURES
     from fraud_control.local_state import LocalInferenceService
     from fraud_control.processes import free_port
+    from fraud_pipelines.local import PipelineFailed, run_local
     from fraud_serving.client import v2_request
 
     from tests.integration.serving_fixtures import FRAUD_ROLLOUT, REPO, LocalRuntimeHandle
@@ -148,6 +187,17 @@ def test_deploy_step_leaves_a_canary_that_serve_splits_80_20(local_run, tmp_path
                 response = client.post(f"http://127.0.0.1:{port}/v2/models/fraud-detector/infer", json=v2_request(row[None, :]))
                 assert response.status_code == 200, response.text
                 served.append(response.json()["model_version"])
+        # A rerun into the same --out while serve runs: the served models stay, and the deploy step
+        # refuses the running canary as KServe's would, naming it and the way out.
+        with pytest.raises(PipelineFailed) as refused:
+            run_local(small_run_options(out), console=io.StringIO(), **LOW_FLOORS)
+        assert str(refused.value).startswith("task deploy-canary failed: RolloutRefused: a canary of v2 (")
+        assert "--supersede" in str(refused.value) and not (out / "report.json").exists()
+        for path in report["artifacts"].values():
+            assert Path(path).exists()
+        with httpx.Client(timeout=30) as client:
+            response = client.post(f"http://127.0.0.1:{port}/v2/models/fraud-detector/infer", json=v2_request(rows[:1]))
+        assert response.status_code == 200, response.text
     finally:
         process.terminate()
         process.wait(60)

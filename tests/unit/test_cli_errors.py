@@ -65,3 +65,54 @@ def test_kserve_target_without_a_kubeconfig_is_one_line(tmp_path, action):
     assert result.stderr == (f"fraud-rollout canary: error: --target kserve: no usable kubeconfig ({missing}: "
                              "no such file); pass --kubeconfig FILE (and --context) or run inside the cluster\n")
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("n, rate, expected", [
+    ("10", "0.0017", "--n-transactions 10 is too small: at fraud rate 0.0017 its holdout holds about 0 frauds and the "
+                     "gate needs 140; use at least --n-transactions 492,913"),
+    ("1000", "0.0017", "--n-transactions 1,000 is too small: at fraud rate 0.0017 its holdout holds about 0 frauds and "
+                       "the gate needs 140; use at least --n-transactions 492,913"),
+    ("60000", "0.0017", "--n-transactions 60,000 is too small: at fraud rate 0.0017 its holdout holds about 20 frauds "
+                        "and the gate needs 140; use at least --n-transactions 492,913"),
+    ("10", "0.4", "--n-transactions 10 is too small: at fraud rate 0.4 its holdout holds about 1 frauds and the gate "
+                  "needs 140; use at least --n-transactions 2,095"),
+])
+def test_too_small_a_run_is_refused_up_front_with_the_minimum(tmp_path, n, rate, expected):
+    result = fraud_rollout("pipeline", "run", "--local", "--n-transactions", n, "--fraud-rate", rate,
+                           "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"fraud-rollout pipeline: error: {expected}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_refuses_too_small_a_run_too(tmp_path):
+    result = fraud_rollout("demo", "--n-transactions", "10", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("fraud-rollout demo: error: --n-transactions 10 is too small")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_gate_rejection_says_nothing_was_deployed_each_failed_rule_and_the_size_needed():
+    from fraud.gate import GatePolicy, decide
+
+    from fraud_rollout.pipeline_cli import gate_rejection
+
+    candidate = {"precision": 0.86, "recall": 0.81, "f1": 0.83, "pr_auc": 0.8, "tp": 13, "fn": 3}
+    result = decide({**candidate, "recall": 0.4}, candidate, 0.02, "c", "c")
+    windows = {"reference": {"rows": 28_000, "fraud": 48}, "pre_drift": {"rows": 4_000, "fraud": 7},
+               "recent": {"rows": 16_000, "fraud": 27}, "holdout": {"rows": 12_000, "fraud": 16}}
+    report = {"data": {"n_transactions": 60_000, "windows": windows},
+              "gate": {**result.to_dict(), "policy": GatePolicy().__dict__}}
+    assert gate_rejection(report).splitlines() == [
+        "",
+        "The gate rejected v2: nothing was deployed (2 of 9 rules failed)",
+        "  FAIL holdout frauds ≥ 140: 16 frauds in the holdout",
+        "  FAIL McNemar p < 0.01: p = 0.02",
+        # 16 holdout frauds where 140 are needed: 60,000 × 140 / 16 (more than the expected minimum, 513,032)
+        "  Enough evidence (140 holdout frauds at this fraud rate, 0.00163): --n-transactions 525,000 or more",
+    ]
+    enough = {**candidate, "tp": 160, "fn": 40}
+    report["gate"] = {**decide({**enough, "recall": 0.4}, enough, 0.02, "c", "c").to_dict(), "policy": GatePolicy().__dict__}
+    assert gate_rejection(report).splitlines()[-2:] == [
+        "  FAIL McNemar p < 0.01: p = 0.02",
+        "  The evidence was enough (≥ 140 holdout frauds): the candidate itself fell short"]

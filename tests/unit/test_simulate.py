@@ -77,3 +77,22 @@ def test_drift_start_must_fall_inside_recent_window():
     with pytest.raises(DataError, match="drift_start_month 8"):
         simulate.check_specs(simulate.DriftSpec(drift_start_month=8), simulate.WindowSpec())
     simulate.check_specs(SPEC, simulate.WindowSpec())
+
+
+def test_holdout_share_is_its_calendar_days():
+    # months 13-15 of 15 from January 2025: January-March 2026 (90 days) of 455 days
+    assert simulate.window_share(simulate.WindowSpec(), "holdout", SPEC.months) == pytest.approx(90 / 455)
+    frame = simulate.generate(200_000, 3)
+    rows = len(simulate.split_windows(frame, simulate.WindowSpec(), SPEC.months)["holdout"])
+    assert rows / len(frame) == pytest.approx(90 / 455, abs=0.005)
+
+
+def test_minimum_size_gives_enough_holdout_frauds_with_margin():
+    minimum = simulate.minimum_transactions(100, 0.02)
+    share = simulate.window_share(simulate.WindowSpec(), "holdout", SPEC.months)
+    expected = minimum * 0.02 * share
+    assert expected - 2 * expected ** 0.5 >= 100 > (minimum - 1) * 0.02 * share - 2 * ((minimum - 1) * 0.02 * share) ** 0.5
+    holdout_frauds = [int(simulate.split_windows(simulate.generate(minimum, seed, simulate.DriftSpec(fraud_rate=0.02)),
+                                                 simulate.WindowSpec(), SPEC.months)["holdout"][LABEL].sum())
+                      for seed in range(5)]
+    assert min(holdout_frauds) >= 100, holdout_frauds

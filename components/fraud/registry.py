@@ -7,7 +7,6 @@ the canary.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -18,11 +17,10 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 def resolve_tracking_uri(explicit: str = "", state_dir: str | Path = ".fraud-rollout") -> str:
-    """An explicit URI, else `MLFLOW_TRACKING_URI`, else SQLite under `state_dir`."""
+    """An explicit URI (the caller's `Settings().MLFLOW_TRACKING_URI` when no option gave one), else
+    SQLite under `state_dir`."""
     if explicit:
         return explicit
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
     path = Path(state_dir).resolve()
     path.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path / 'mlflow.db'}"

@@ -143,6 +143,7 @@ def deploy_canary(baseline: Input[Model], candidate: Input[Model], target: str, 
         timeout_seconds: How long to wait for the InferenceService to become Ready after each change.
         mlflow_tracking_uri: MLflow tracking URI; empty uses MLFLOW_TRACKING_URI, else a local SQLite file.
     """
+    from fraud.settings import Settings
     from fraud.steps import register_step
     from fraud_control.deploy import deploy
 
@@ -155,7 +156,7 @@ def deploy_canary(baseline: Input[Model], candidate: Input[Model], target: str, 
                              "canaryTrafficPercent": rollout.status["canaryTrafficPercent"],
                              "latestRolledoutRevision": rollout.status["latestRolledoutRevision"]})
     print(rollout.markdown)
-    print(register_step(baseline.path, candidate.path, mlflow_tracking_uri))
+    print(register_step(baseline.path, candidate.path, mlflow_tracking_uri or Settings().MLFLOW_TRACKING_URI))
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,12 @@ secret_key_to_env={k: k for k in S3_ENV_VARS})`) and KServe (through its annotat
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fraud.export import MODEL_NAME, read_metadata
+from fraud.settings import Settings
 
 S3_ENV_VARS = ("S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_USE_HTTPS",
                "S3_VERIFY_SSL", "AWS_REGION")
@@ -46,8 +46,11 @@ class S3Settings:
     region: str | None = None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> S3Settings:
-        """From the variables above; ValueError names any that are missing."""
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> S3Settings:
+        """From the variables above (default: the process's, through `fraud.settings.Settings`);
+        ValueError names any that are missing."""
+        if environ is None:
+            environ = Settings().model_dump()
         missing = [name for name in REQUIRED_ENV_VARS if not environ.get(name)]
         if missing:
             raise ValueError(f"S3 settings missing from the environment: {', '.join(missing)} (set them from the "

@@ -39,3 +39,19 @@ def test_no_function_is_longer_than_60_lines(package):
     assert modules, f"no modules under {package}"
     offenders = [offender for module in modules for offender in long_functions(module)]
     assert not offenders, f"{len(offenders)} functions longer than {MAX_LINES} lines:\n" + "\n".join(offenders)
+
+
+def test_no_module_imports_itself_through_others():
+    """No import cycle between any two modules of the project (import-linter's contracts check
+    packages and siblings; this checks every module, function-level imports included)."""
+    import grimp
+
+    packages = ("fraud", "fraud_canary", "fraud_control", "fraud_serving", "fraud_kfp", "fraud_pipelines", "fraud_rollout")
+    graph = grimp.build_graph(*packages, cache_dir=None)
+    ours = {m for m in graph.modules if m.split(".")[0] in packages}
+    cycles = []
+    for module in sorted(ours):
+        for imported in graph.find_modules_directly_imported_by(module) & ours:
+            if graph.chain_exists(imported=module, importer=imported):
+                cycles.append(f"{module} -> {imported} -> ... -> {module}")
+    assert not cycles, "\n".join(cycles)

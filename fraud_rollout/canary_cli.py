@@ -179,7 +179,8 @@ def evidence_mismatch(args, evidence_subject: dict | None) -> str | None:
 def analyze_command(args) -> int:
     from fraud.files import json_safe
 
-    from fraud_rollout.replay import DEFAULT_PIPELINE_REPORT, read_pipeline_report, read_replay
+    from fraud_rollout.replay_report import read_replay
+    from fraud_rollout.replay_source import DEFAULT_PIPELINE_REPORT, read_pipeline_report
 
     if (args.replay_report is None) == (args.prometheus is None):
         raise UsageError("canary analyze: give exactly one of --replay-report FILE and --prometheus URL")

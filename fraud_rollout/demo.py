@@ -73,7 +73,7 @@ def _pipeline(args, out: Path) -> tuple[dict, Path]:
     from fraud_pipelines.local import run_local
 
     from fraud_rollout.pipeline_cli import _options
-    from fraud_rollout.replay import read_pipeline_report
+    from fraud_rollout.replay_source import read_pipeline_report
 
     if args.from_report is not None:
         return read_pipeline_report(args.from_report, option="--from-report"), args.from_report.resolve()
@@ -98,7 +98,7 @@ def deployed_by_pipeline(state_dir: Path, artifacts: dict[str, str]) -> bool:
 def serving_for(pipeline: dict, state_dir: Path, log_dir: Path):
     """`fraud-rollout serve` for the run: the manifest the pipeline deployed as it is, or (a run
     without the local deploy, or --from-report) a new one with v1 rolled out and v2 at 20 %."""
-    from fraud_rollout.replay import version_artifacts
+    from fraud_rollout.replay_source import version_artifacts
     from fraud_rollout.serving_session import LocalServing
 
     artifacts = version_artifacts(pipeline)
@@ -156,7 +156,10 @@ def run_demo(args) -> int:
     from fraud_rollout import demo_report
     from fraud_rollout.canary_cli import apply_recommendation, local_status, local_subject
     from fraud_rollout.pipeline_cli import gate_rejection
-    from fraud_rollout.replay import ReplayOptions, load_source, offline_decisions, run_replay, summary_lines
+    from fraud_rollout.replay import run_replay
+    from fraud_rollout.replay_load import ReplayOptions
+    from fraud_rollout.replay_report import offline_decisions, summary_lines
+    from fraud_rollout.replay_source import load_source
 
     started = time.perf_counter()
     timings: dict[str, float] = {}

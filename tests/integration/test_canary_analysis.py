@@ -28,7 +28,10 @@ from fraud_control.runtime import read_runtime
 from mlflow import MlflowClient
 
 from fraud_rollout.canary_cli import local_subject
-from fraud_rollout.replay import ReplayOptions, ReplaySource, read_replay, run_replay
+from fraud_rollout.replay import run_replay
+from fraud_rollout.replay_load import ReplayOptions
+from fraud_rollout.replay_report import read_replay
+from fraud_rollout.replay_source import ReplaySource
 from tests.integration.serving_fixtures import canary_runtime, metric_value  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -71,7 +74,7 @@ def pipeline_report(tiny_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def source(tiny_run, pipeline_report) -> ReplaySource:
-    from fraud_rollout.replay import load_source
+    from fraud_rollout.replay_source import load_source
 
     return load_source(None, pipeline_report)
 

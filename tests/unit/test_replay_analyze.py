@@ -23,7 +23,7 @@ from fraud_control.prometheus import metrics_from_prometheus, prometheus_queries
 
 from fraud_rollout.cli import main
 from fraud_rollout.demo_report import ImpactAssumptions, business_impact
-from fraud_rollout.replay import default_batch
+from fraud_rollout.replay_load import default_batch
 
 
 @dataclass

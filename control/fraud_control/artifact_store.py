@@ -66,7 +66,7 @@ class S3Settings:
                    region=environ.get("AWS_REGION") or None)
 
 
-def _client(settings: S3Settings):
+def s3_client(settings: S3Settings):
     import urllib3
     from minio import Minio
 
@@ -103,9 +103,27 @@ def upload_artifact(root: str | Path, bucket: str, prefix: str | None = None,
     if not files:
         raise FileNotFoundError(f"{root}: no files to upload")
     prefix = (prefix or artifact_prefix(root)).strip("/")
-    s3 = _client(settings or S3Settings.from_env())
+    s3 = s3_client(settings or S3Settings.from_env())
     if create_bucket and not s3.bucket_exists(bucket):
         s3.make_bucket(bucket)
     for path in files:
         s3.fput_object(bucket, f"{prefix}/{path.relative_to(root).as_posix()}", str(path))
     return f"s3://{bucket}/{prefix}"
+
+
+def missing_under(uri: str, settings: S3Settings | None = None) -> str:
+    """"" when `s3://bucket/prefix` holds at least one object, else one line saying what is missing
+    (what KServe's storage initializer would fail on)."""
+    from minio.error import S3Error
+
+    if not uri.startswith("s3://"):
+        return f"storage URI {uri!r} is not an s3:// URI"
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    try:
+        objects = s3_client(settings or S3Settings.from_env()).list_objects(
+            bucket, prefix=prefix.rstrip("/") + "/", recursive=True)
+        if next(iter(objects), None) is not None:
+            return ""
+    except S3Error as error:
+        return f"storage URI {uri}: {error.code} ({error.message})"
+    return f"storage URI {uri}: no objects under it"

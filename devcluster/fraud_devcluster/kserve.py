@@ -1,0 +1,72 @@
+"""KServe's CRDs, its `inferenceservice-config`, its admission webhooks and its controller manager,
+all from the pinned github.com/kserve/kserve module, plus Knative Serving's CRDs (the module
+KServe is built against). The webhooks' service references become loopback URLs signed by the
+cluster's CA: KServe's defaulter and validator run on every InferenceService write."""
+from __future__ import annotations
+
+import base64
+import shutil
+from pathlib import Path
+
+import yaml
+from fraud_control.processes import free_port
+
+from fraud_devcluster import gobuild, kubectl, servers
+from fraud_devcluster.pki import LOOPBACK, Pki
+from fraud_devcluster.versions import KNATIVE_SERVING, KSERVE
+
+NAMESPACE = "kserve"
+KSERVE_CRDS = ("inferenceservices", "trainedmodels", "clusterservingruntimes", "servingruntimes", "inferencegraphs")
+KNATIVE_CRDS = ("service", "configuration", "revision", "route")
+
+
+def crd_files() -> list[Path]:
+    kserve = gobuild.module_dir(KSERVE.module, KSERVE.version) / "config" / "crd" / "full"
+    knative = gobuild.module_dir(*KNATIVE_SERVING) / "config" / "core" / "300-resources"
+    return ([kserve / f"serving.kserve.io_{name}.yaml" for name in KSERVE_CRDS]
+            + [knative / f"{name}.yaml" for name in KNATIVE_CRDS])
+
+
+def webhook_configurations(port: int, pki: Pki) -> list[dict]:
+    """KServe's config/webhook/manifests.yaml with each service reference turned into a loopback URL."""
+    source = gobuild.module_dir(KSERVE.module, KSERVE.version) / "config" / "webhook" / "manifests.yaml"
+    ca_bundle = base64.b64encode(pki.ca.read_bytes()).decode()
+    documents = [d for d in yaml.safe_load_all(source.read_text()) if d]
+    for document in documents:
+        for webhook in document["webhooks"]:
+            path = webhook["clientConfig"]["service"]["path"]
+            webhook["clientConfig"] = {"url": f"https://{LOOPBACK}:{port}{path}", "caBundle": ca_bundle}
+    return documents
+
+
+def install(kubeconfig: Path) -> None:
+    """CRDs (server-side: KServe's are too big for client-side apply's annotation), then the
+    namespace and the controller's config map, as KServe ships it."""
+    files = crd_files()
+    kubectl.apply(kubeconfig, *files, server_side=True)
+    kubectl.run(kubeconfig, "wait", "--for", "condition=established", "--timeout", "60s",
+                *[f"crd/{name}.serving.kserve.io" for name in KSERVE_CRDS],
+                *[f"crd/{name}s.serving.knative.dev" for name in KNATIVE_CRDS])
+    kubectl.apply_documents(kubeconfig, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}])
+    configmap = gobuild.module_dir(KSERVE.module, KSERVE.version) / "config" / "configmap" / "inferenceservice.yaml"
+    kubectl.apply(kubeconfig, configmap, server_side=True)
+
+
+def start_controller(directory: Path, kubeconfig: Path, pki: Pki, progress=print) -> servers.Started:
+    """The manager with its webhook server on a loopback port, then the webhook configurations that
+    point there. Ready when its own /readyz (the webhook server started) answers."""
+    binary = gobuild.build(KSERVE, progress)
+    webhook_port, probe_port = free_port(), free_port()
+    # controller-runtime reads the serving certificate from $TMPDIR/k8s-webhook-server/serving-certs
+    tmp = directory / "kserve-tmp"
+    certs = tmp / "k8s-webhook-server" / "serving-certs"
+    certs.mkdir(parents=True, exist_ok=True)
+    shutil.copy(pki.path("webhook.crt"), certs / "tls.crt")
+    shutil.copy(pki.path("webhook.key"), certs / "tls.key")
+    manager = servers.spawn("kserve-controller-manager", [
+        str(binary), "--metrics-addr", "0", "--health-probe-addr", f"{LOOPBACK}:{probe_port}",
+        "--webhook-port", str(webhook_port), "--leader-elect=false"], directory / "logs",
+        env={"KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": NAMESPACE, "TMPDIR": str(tmp)})
+    servers.wait_until(manager, lambda: servers.http_ok(f"http://{LOOPBACK}:{probe_port}/readyz"))
+    kubectl.apply_documents(kubeconfig, webhook_configurations(webhook_port, pki))
+    return manager

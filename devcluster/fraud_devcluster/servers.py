@@ -1,0 +1,87 @@
+"""Start the cluster's server processes in their own sessions (they outlive `fraud-rollout cluster
+up`, which returns once all are ready), wait on each one's own readiness endpoint, stop them."""
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fraud_control.processes import log_tail
+
+READY_TIMEOUT_S = 120.0
+
+
+class ClusterFailed(RuntimeError):
+    """A server of the cluster did not start; the message names it and the end of its log."""
+
+
+@dataclass(frozen=True)
+class Started:
+    name: str
+    pid: int
+    log: Path
+
+
+def spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Started:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, **(env or {})}, start_new_session=True)
+    return Started(name, process.pid, log)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def wait_until(server: Started, ready: Callable[[], bool], timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Poll `ready()` until true; ClusterFailed when the process exits first or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not alive(server.pid):
+            raise ClusterFailed(f"{server.name} exited while starting; end of {server.log}:\n"
+                                f"{log_tail(server.log, 15)}")
+        if ready():
+            return
+        time.sleep(0.2)
+    raise ClusterFailed(f"{server.name} not ready after {timeout_s:.0f} s; end of {server.log}:\n"
+                        f"{log_tail(server.log, 15)}")
+
+
+def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError):
+        return False
+
+
+def stop(pid: int, timeout_s: float = 15.0) -> None:
+    """SIGTERM the process group, SIGKILL what is left after `timeout_s`."""
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and alive(pid):
+            time.sleep(0.1)
+        if not alive(pid):
+            return

@@ -7,12 +7,12 @@ SYSTEM := $(VENV)/.system
 N ?= 1000000
 REPORT ?= .fraud-rollout/demo/pipeline/report.json
 
-.PHONY: demo test lint bench bench-pipeline bench-replay bench-serving compile venv system lock clean
+.PHONY: demo test lint bench bench-pipeline bench-replay bench-serving compile venv system cluster cluster-down go-servers lock clean
 
 demo: $(INSTALLED)
 	$(BIN)/fraud-rollout demo
 
-test: lint $(SYSTEM)
+test: lint $(SYSTEM) go-servers
 	$(BIN)/pytest -q
 
 # Layers (import-linter contracts in pyproject.toml), lint and types: part of `make test`.
@@ -60,6 +60,20 @@ $(SYSTEM): | $(INSTALLED)
 	touch $@
 
 system: $(SYSTEM)
+
+# The third-party servers of the loopback cluster (kube-apiserver, etcd, KServe's controller
+# manager, MinIO), built from their Go modules at the versions fraud_devcluster/versions.py pins,
+# once: binaries are cached in ~/.cache/fraud-rollout/go (a fresh machine: about 15 minutes).
+go-servers: $(INSTALLED)
+	$(BIN)/python -m fraud_devcluster.gobuild
+
+# A real control plane on loopback to try `--target kserve` without a cluster (README "Try the
+# kserve target"); `cluster-down` stops it.
+cluster: $(INSTALLED) $(SYSTEM) go-servers
+	$(BIN)/fraud-rollout cluster up
+
+cluster-down: $(INSTALLED)
+	$(BIN)/fraud-rollout cluster down
 
 # Regenerate the lock after changing dependencies in pyproject.toml.
 lock: $(INSTALLED)

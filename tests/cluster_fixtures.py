@@ -58,11 +58,14 @@ class Namespace:
                 rule["verbs"] = [v for v in rule["verbs"] if v != drop_verb]
         self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
 
-    def token_api(self, account: str = PIPELINE_ACCOUNT) -> client.CustomObjectsApi:
-        """A CustomObjectsApi that authenticates with a real token of `account` (TokenRequest)."""
-        core = client.CoreV1Api(admin_client(self.kube))
-        token = core.create_namespaced_service_account_token(
+    def token(self, account: str = PIPELINE_ACCOUNT) -> str:
+        """A real token of the ServiceAccount `account` here (TokenRequest, as kubectl create token)."""
+        return client.CoreV1Api(admin_client(self.kube)).create_namespaced_service_account_token(
             account, self.name, {"spec": {"expirationSeconds": 3600}}).status.token
+
+    def token_api(self, account: str = PIPELINE_ACCOUNT) -> client.CustomObjectsApi:
+        """A CustomObjectsApi that authenticates with a real token of `account`."""
+        token = self.token(account)
         configuration = client.Configuration(host=self.kube.url)
         configuration.api_key = {"authorization": f"Bearer {token}"}
         configuration.ssl_ca_cert = str(Path(self.kube.directory) / "pki" / "ca.crt")

@@ -68,6 +68,7 @@ class Standin:
 
     def __init__(self, api: client.CustomObjectsApi, storage) -> None:
         self.api, self.storage = api, storage  # storage(uri) -> "" when it resolves, else why not
+        self.seen: dict[str, str] = {}  # uid -> resourceVersion last reconciled
 
     def revisions(self, namespace: str, service: str) -> list[dict]:
         items = self.api.list_namespaced_custom_object(GROUP, VERSION, namespace, "revisions",
@@ -89,21 +90,19 @@ class Standin:
         log.info("revision %s/%s created", meta["namespace"], name)
         return self.api.create_namespaced_custom_object(GROUP, VERSION, meta["namespace"], "revisions", body)
 
-    def mark_revision(self, revision: dict) -> bool:
-        """Ready once its storage URI resolves; returns whether it is ready."""
+    def mark_revision(self, revision: dict) -> str:
+        """Ready once its storage URI resolves; returns "" when ready, else why not."""
         ready = [c for c in revision.get("status", {}).get("conditions", []) if c["type"] == "Ready"]
-        if ready and ready[0]["status"] == "True":
-            return True
+        if ready:  # decided once, as a revision whose storage initializer failed stays failed
+            return "" if ready[0]["status"] == "True" else ready[0].get("message", "failed")
         uri = storage_uri({"metadata": {"annotations": revision["metadata"].get("annotations", {})},
                            "spec": revision.get("spec", {})})
         problem = self.storage(uri) if uri else ""
         status = ("True", "", "") if not problem else ("False", "RevisionFailed", problem)
-        if not ready or ready[0]["status"] != status[0]:
-            meta = revision["metadata"]
-            self.api.patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], "revisions", meta["name"], {
-                "status": {"observedGeneration": meta.get("generation", 1),
-                           "conditions": [condition("Ready", *status)]}})
-        return not problem
+        meta = revision["metadata"]
+        self.api.patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], "revisions", meta["name"], {
+            "status": {"observedGeneration": meta.get("generation", 1), "conditions": [condition("Ready", *status)]}})
+        return problem
 
     def reconcile(self, ksvc: dict) -> None:
         meta = ksvc["metadata"]
@@ -112,11 +111,13 @@ class Standin:
         latest_hash = revisions[-1]["metadata"]["annotations"].get(TEMPLATE_HASH) if revisions else None
         if latest_hash != template_hash(ksvc["spec"]["template"]):
             revisions.append(self.new_revision(ksvc, len(revisions) + 1))
-        ready_names = [r["metadata"]["name"] for r in revisions if self.mark_revision(r)]
+        problems = {r["metadata"]["name"]: self.mark_revision(r) for r in revisions}
         created = revisions[-1]["metadata"]["name"]
-        ready = ready_names[-1] if ready_names else None
+        ready = next((n for n in reversed(problems) if not problems[n]), None)
         traffic = resolve_traffic(ksvc["spec"].get("traffic"), ready, name, namespace)
-        configured = ("True", "", "") if ready == created else ("Unknown", "RevisionMissing", f"revision {created} is not ready")
+        # Knative's words for a latest revision that failed (its route keeps the last ready one)
+        configured = ("True", "", "") if not problems[created] else (
+            "False", "RevisionFailed", f'Revision "{created}" failed with message: {problems[created]}.')
         routed = ("True", "", "") if traffic else ("Unknown", "RevisionMissing", "no ready revision to route to")
         status = {
             "observedGeneration": meta["generation"], "latestCreatedRevisionName": created,
@@ -134,8 +135,12 @@ class Standin:
 
     def reconcile_all(self) -> None:
         for ksvc in self.api.list_cluster_custom_object(GROUP, VERSION, "services")["items"]:
+            meta = ksvc["metadata"]
+            if self.seen.get(meta["uid"]) == meta["resourceVersion"]:
+                continue  # nothing changed since: revisions are decided once
             try:
                 self.reconcile(ksvc)
+                self.seen[meta["uid"]] = meta["resourceVersion"]
             except ApiException as error:
                 if error.status not in (404, 409):  # deleted or changed meanwhile: the next pass sees it
                     raise

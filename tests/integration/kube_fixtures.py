@@ -1,33 +1,53 @@
-"""The FAKE API server with the fraud-detector canary already deployed (v1 rolled out, v2 at
-20 %) by the real deploy code through the real `kubernetes` client, and a kubeconfig for it."""
+"""The fraud-detector canary already deployed on the REAL control plane (v1 rolled out, v2 at
+20 %) by the deploy code through the real `kubernetes` client, as the pipeline's ServiceAccount,
+in a namespace of its own, with a kubeconfig whose context namespace is that one."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import yaml
 from fraud_control import canary
 from fraud_control.isvc import IsvcSpec
 from fraud_control.kube_store import KubeStore
 
-from tests.fake_kube import FakeKServeController, FakeKubeApiServer
+from tests.cluster_fixtures import Namespace, kube_cluster, namespace, s3_settings, store_objects_at  # noqa: F401
 
-NS = "kubeflow-user-example-com"
-V1 = IsvcSpec(storage_uri="s3://fraud-models/fraud-detector/v1-aa", model_version="v1", contract_id="c1", namespace=NS)
-V2 = IsvcSpec(storage_uri="s3://fraud-models/fraud-detector/v2-bb", model_version="v2", contract_id="c1", namespace=NS)
+CONTRACT = "c1"
 
 
-@contextmanager
-def canary_cluster(directory: Path) -> Iterator[tuple[FakeKubeApiServer, Path]]:
-    """Yields the fake and the path of a kubeconfig (context namespace NS) written in `directory`."""
-    with FakeKubeApiServer(FakeKServeController(observe_delay=0.05, ready_delay=0.1)) as fake:
-        with fake.custom_objects_api() as api:
-            canary.deploy_canary(KubeStore(api, NS), V2, V1, timeout_s=10, poll_s=0.02)
-        kubeconfig = directory / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
-            "users": [{"name": "fake", "user": {}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NS}}]}))
-        yield fake, kubeconfig
+@dataclass(frozen=True)
+class CanaryCluster:
+    namespace: Namespace
+    kubeconfig: Path
+
+    @property
+    def ns(self) -> str:
+        return self.namespace.name
+
+
+def model_spec(namespace: str, version: str, s3_settings, stored: bool = True) -> IsvcSpec:
+    uri = f"s3://fraud-models/{namespace}/{version}"
+    if stored:
+        store_objects_at(uri, s3_settings)
+    return IsvcSpec(storage_uri=uri, model_version=version, contract_id=CONTRACT, namespace=namespace)
+
+
+def kubeconfig_for(namespace: Namespace, path: Path, token: str | None = None) -> Path:
+    """The cluster's admin kubeconfig with `namespace` as its context's namespace (and a bearer
+    token instead of the admin certificate when given)."""
+    config = yaml.safe_load(Path(namespace.kube.kubeconfig).read_text())
+    config["contexts"][0]["context"]["namespace"] = namespace.name
+    if token:
+        config["users"][0]["user"] = {"token": token}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def canary_cluster(namespace, s3_settings, tmp_path) -> CanaryCluster:  # noqa: F811
+    namespace.apply_pipeline_rbac()
+    v1, v2 = (model_spec(namespace.name, v, s3_settings) for v in ("v1", "v2"))
+    canary.deploy_canary(KubeStore(namespace.token_api(), namespace.name), v2, v1, timeout_s=60, poll_s=0.05)
+    return CanaryCluster(namespace, kubeconfig_for(namespace, tmp_path / "kubeconfig"))

@@ -1,4 +1,4 @@
-"""`fraud-rollout canary analyze --apply --target kserve` against the FAKE API server: the
+"""`fraud-rollout canary analyze --apply --target kserve` against the real control plane: the
 recommendation is carried out with the same patches as `canary promote|rollback`, and the MLflow
 aliases follow (the registry named by the pipeline report)."""
 from __future__ import annotations
@@ -12,18 +12,19 @@ from fraud.files import json_safe
 from fraud_canary.metrics import version_metrics
 
 from fraud_rollout.cli import main
-from tests.integration.test_canary_cli_kserve import NS, cluster, tracking_uri  # noqa: F401
+from tests.integration.kube_fixtures import canary_cluster, kube_cluster, namespace, s3_settings  # noqa: F401
+from tests.integration.test_canary_cli_kserve import cluster, tracking_uri  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
 
-def cluster_subject(kubeconfig: str) -> dict:
+def cluster_subject(kubeconfig: str, ns: str) -> dict:
     """What `fraud-rollout replay --target kserve` records: the canary the evidence is about."""
     import argparse
 
     from fraud_rollout.targets import current_subject
 
-    return current_subject(argparse.Namespace(target="kserve", namespace=NS, name="fraud-detector",
+    return current_subject(argparse.Namespace(target="kserve", namespace=ns, name="fraud-detector",
                                               kubeconfig=kubeconfig, context=None))
 
 
@@ -48,46 +49,46 @@ def write_reports(tmp_path, tracking_uri: str, canary_errors: int = 0, subject: 
     return str(tmp_path / "replay.json"), str(tmp_path / "report.json")
 
 
-def analyze(kubeconfig: str, replay: str, report: str) -> int:
-    return main(["canary", "analyze", "--target", "kserve", "--namespace", NS, "--kubeconfig", kubeconfig,
+def analyze(kubeconfig: str, ns: str, replay: str, report: str) -> int:
+    return main(["canary", "analyze", "--target", "kserve", "--namespace", ns, "--kubeconfig", kubeconfig,
                  "--replay-report", replay, "--report", report, "--detectable-recall-difference", "auto", "--apply"])
 
 
-def traffic(fake_url: str, kubeconfig: str, capsys) -> list[tuple[str, int]]:
+def traffic(ns: str, kubeconfig: str, capsys) -> list[tuple[str, int]]:
     capsys.readouterr()
-    assert main(["canary", "status", "--target", "kserve", "--namespace", NS, "--kubeconfig", kubeconfig, "--json"]) == 0
+    assert main(["canary", "status", "--target", "kserve", "--namespace", ns, "--kubeconfig", kubeconfig, "--json"]) == 0
     return [(t["revisionName"][-5:], t["percent"]) for t in json.loads(capsys.readouterr().out)["status"]["traffic"]]
 
 
 def test_promote_is_applied_to_the_cluster_and_the_registry(cluster, tracking_uri, tmp_path, capsys):
-    fake, kubeconfig = cluster
-    replay, report = write_reports(tmp_path, tracking_uri, subject=cluster_subject(kubeconfig))
-    assert analyze(kubeconfig, replay, report) == 0
+    deployed, kubeconfig = cluster
+    replay, report = write_reports(tmp_path, tracking_uri, subject=cluster_subject(kubeconfig, deployed.ns))
+    assert analyze(kubeconfig, deployed.ns, replay, report) == 0
     out = capsys.readouterr().out
     assert "RECOMMENDATION: PROMOTE" in out and "MLflow: champion = version 2, challenger cleared" in out
     assert registry.aliases(tracking_uri) == {"champion": 2}
-    assert traffic(fake.url, kubeconfig, capsys) == [("00002", 100)]
+    assert traffic(deployed.ns, kubeconfig, capsys) == [("00002", 100)]
 
 
 def test_a_failing_canary_is_rolled_back(cluster, tracking_uri, tmp_path, capsys):
-    fake, kubeconfig = cluster
-    replay, report = write_reports(tmp_path, tracking_uri, canary_errors=200, subject=cluster_subject(kubeconfig))  # 5 % of the canary's rows
-    assert analyze(kubeconfig, replay, report) == 0
+    deployed, kubeconfig = cluster
+    replay, report = write_reports(tmp_path, tracking_uri, canary_errors=200, subject=cluster_subject(kubeconfig, deployed.ns))  # 5 % of the canary's rows
+    assert analyze(kubeconfig, deployed.ns, replay, report) == 0
     out = capsys.readouterr().out
     assert "RECOMMENDATION: ROLLBACK" in out and "FAIL canary.error_rate" in out
     assert "MLflow: challenger cleared, champion stays 1" in out
     assert registry.aliases(tracking_uri) == {"champion": 1}
-    assert dict(traffic(fake.url, kubeconfig, capsys))["00001"] == 100
+    assert dict(traffic(deployed.ns, kubeconfig, capsys))["00001"] == 100
 
 
 def test_stale_evidence_is_refused(cluster, tracking_uri, tmp_path, capsys):
-    fake, kubeconfig = cluster
-    seen = cluster_subject(kubeconfig)
-    assert main(["canary", "rollback", "--target", "kserve", "--namespace", NS, "--kubeconfig", kubeconfig]) == 0
+    deployed, kubeconfig = cluster
+    seen = cluster_subject(kubeconfig, deployed.ns)
+    assert main(["canary", "rollback", "--target", "kserve", "--namespace", deployed.ns, "--kubeconfig", kubeconfig]) == 0
     replay, report = write_reports(tmp_path, tracking_uri, subject=seen)
     capsys.readouterr()
-    assert analyze(kubeconfig, replay, report) == 1
+    assert analyze(kubeconfig, deployed.ns, replay, report) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fraud-rollout canary analyze --apply: refused: the evidence was gathered")
     assert err[0].endswith("replay again against the current canary")
-    assert dict(traffic(fake.url, kubeconfig, capsys))["00001"] == 100  # nothing was applied
+    assert dict(traffic(deployed.ns, kubeconfig, capsys))["00001"] == 100  # nothing was applied

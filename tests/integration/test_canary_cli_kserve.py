@@ -1,4 +1,4 @@
-"""`fraud-rollout canary status|promote|rollback --target kserve` against the FAKE API server,
+"""`fraud-rollout canary status|promote|rollback --target kserve` against the real control plane,
 through a kubeconfig, with MLflow aliases following on a temporary SQLite registry."""
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ import pytest
 from fraud import registry
 
 from fraud_rollout.cli import main
-from tests.integration.kube_fixtures import NS, canary_cluster
+from tests.integration.kube_fixtures import canary_cluster, kube_cluster, kubeconfig_for, namespace, s3_settings  # noqa: F401,E501
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def cluster(tmp_path):
-    """The fake with v2 at 20 %, and a kubeconfig for it."""
-    with canary_cluster(tmp_path) as (fake, kubeconfig):
-        yield fake, str(kubeconfig)
+def cluster(canary_cluster):  # noqa: F811
+    """v2 at 20 % in a namespace of its own, and an admin kubeconfig for it."""
+    return canary_cluster, str(canary_cluster.kubeconfig)
 
 
 @pytest.fixture
@@ -37,7 +36,10 @@ def tracking_uri(tmp_path):
 
 
 def canary(action, kubeconfig, *extra):
-    return main(["canary", action, "--target", "kserve", "--namespace", NS, "--kubeconfig", kubeconfig, *extra])
+    import yaml
+
+    namespace = yaml.safe_load(open(kubeconfig))["contexts"][0]["context"]["namespace"]
+    return main(["canary", action, "--target", "kserve", "--namespace", namespace, "--kubeconfig", kubeconfig, *extra])
 
 
 def test_status_prints_the_split(cluster, capsys):
@@ -49,12 +51,12 @@ def test_status_prints_the_split(cluster, capsys):
 
 
 def test_promote_moves_champion_to_the_canary(cluster, tracking_uri, capsys):
-    fake, kubeconfig = cluster
+    deployed, kubeconfig = cluster
     assert canary("promote", kubeconfig, "--tracking-uri", tracking_uri) == 0
     out = capsys.readouterr().out
     assert "**promoted v2 to 100 %**" in out and "MLflow: champion = version 2, challenger cleared" in out
     assert registry.aliases(tracking_uri) == {"champion": 2}
-    assert fake.writes()[-1][3] == "application/json-patch+json"
+    assert [w["verb"] for w in deployed.namespace.writes()] == ["create", "patch", "patch"]
 
 
 def test_rollback_clears_the_challenger(cluster, tracking_uri, capsys):
@@ -64,11 +66,14 @@ def test_rollback_clears_the_challenger(cluster, tracking_uri, capsys):
     assert registry.aliases(tracking_uri) == {"champion": 1}
 
 
-def test_a_refusal_exits_1_with_the_reason(cluster, capsys):
-    fake, kubeconfig = cluster
-    fake.forbidden_verbs = {"patch"}
-    assert canary("rollback", kubeconfig) == 1
-    assert "missing RBAC permission: verb 'patch'" in capsys.readouterr().err
+def test_a_refusal_exits_1_with_the_reason(cluster, tmp_path, capsys):
+    deployed, _ = cluster
+    deployed.namespace.apply_pipeline_rbac(drop_verb="patch")
+    kubeconfig = kubeconfig_for(deployed.namespace, tmp_path / "pipeline-kubeconfig", deployed.namespace.token())
+    assert canary("rollback", str(kubeconfig)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"missing RBAC permission: verb 'patch' on resource 'inferenceservices' (apiGroup " \
+        f"'serving.kserve.io') in namespace '{deployed.ns}'" in err[0]
 
 
 def test_namespace_is_required(cluster, capsys):

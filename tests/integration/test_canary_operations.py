@@ -1,8 +1,8 @@
-"""Every canary operation against both InferenceService stores — the Kubernetes API (the FAKE API
-server, through the real client) and the local state dir — with the same results and messages."""
+"""Every canary operation against both InferenceService stores — the Kubernetes API (the real
+control plane with KServe's controller, through the real client) and the local state dir — with the
+same results and messages."""
 from __future__ import annotations
 
-from contextlib import ExitStack
 from dataclasses import replace
 
 import pytest
@@ -14,27 +14,31 @@ from fraud_control.local_store import LocalStore
 from fraud_control.store import NotDeployed, RolloutRefused
 from fraud_control.subject import mismatch, read_subject
 
-from tests.fake_kube import FakeKServeController, FakeKubeApiServer
+from tests.cluster_fixtures import admin_api, kube_cluster, namespace, s3_settings  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
-NS = "kubeflow-user-example-com"
-FAST = {"timeout_s": 10.0, "poll_s": 0.02}
+FAST = {"timeout_s": 60.0, "poll_s": 0.05}
 
 
 @pytest.fixture(params=["kube", "local"])
 def store(request, tmp_path):
-    with ExitStack() as stack:
-        if request.param == "kube":
-            fake = stack.enter_context(FakeKubeApiServer(FakeKServeController(observe_delay=0.02, ready_delay=0.05)))
-            yield KubeStore(stack.enter_context(fake.custom_objects_api()), NS)
-        else:
-            yield LocalStore(tmp_path / "serving")
+    if request.param == "kube":
+        ns = request.getfixturevalue("namespace")
+        return KubeStore(request.getfixturevalue("admin_api"), ns.name)
+    return LocalStore(tmp_path / "serving")
 
 
 @pytest.fixture
-def specs(tiny_run):
-    return tuple(spec_for_artifact(root, str(root.resolve()), namespace=NS) for root in (tiny_run.v1, tiny_run.v2))
+def specs(store, tiny_run, request):
+    """v1 and v2 from real exported models: uploaded to the cluster's MinIO for the kube store."""
+    if isinstance(store, KubeStore):
+        from fraud_control.artifact_store import upload_artifact
+
+        settings = request.getfixturevalue("s3_settings")
+        return tuple(spec_for_artifact(root, upload_artifact(root, "fraud-models", settings=settings),
+                                       namespace=store.namespace) for root in (tiny_run.v1, tiny_run.v2))
+    return tuple(spec_for_artifact(root, str(root.resolve())) for root in (tiny_run.v1, tiny_run.v2))
 
 
 def said(error: pytest.ExceptionInfo, store) -> str:

@@ -1,0 +1,44 @@
+"""`fraud-rollout deploy --target local`: the deploy step's own code from the command line, on
+two real exported models, then `fraud-rollout canary status` reading what it left."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def fraud_rollout(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "fraud_rollout", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_deploy_two_models_locally_then_status_shows_the_20_percent_canary(tiny_run, tmp_path):
+    state = tmp_path / "serving"
+    deploy = ["deploy", "--target", "local", "--state-dir", str(state), "--baseline", str(tiny_run.v1),
+              "--candidate", str(tiny_run.v2)]
+    first = fraud_rollout(*deploy, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert lines[0] == f"fraud-detector in {state}: created with v1; canary v2 at 20 %"
+    assert lines[1].startswith("traffic: 20 % ") and " (latest), 80 % " in lines[1]
+    assert lines[1].endswith(" (prev); generation 2, observedGeneration 2, Ready")
+
+    status = fraud_rollout("canary", "status", "--target", "local", "--state-dir", str(state), "--json", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    shown = json.loads(status.stdout)["status"]
+    assert (shown["canaryTrafficPercent"], shown["modelVersion"]) == (20, "v2")
+    assert sorted(entry["percent"] for entry in shown["traffic"]) == [20, 80]
+    text = fraud_rollout("canary", "status", "--target", "local", "--state-dir", str(state), cwd=tmp_path)
+    assert "canaryTrafficPercent: 20" in text.stdout and " 20%  " in text.stdout and " 80%  " in text.stdout
+
+    again = fraud_rollout(*deploy, cwd=tmp_path)  # the same candidate again changes nothing
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0] == f"fraud-detector in {state}: unchanged: v2 is already deployed (at 20 %)"
+
+    other = fraud_rollout(*deploy[:-1], str(tiny_run.v1), "--canary-percent", "50", cwd=tmp_path)
+    assert other.returncode == 1 and other.stdout == ""
+    assert other.stderr.startswith("fraud-rollout deploy: a canary of v2 ") and len(other.stderr.splitlines()) == 1

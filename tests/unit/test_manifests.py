@@ -132,3 +132,57 @@ def test_s3_secret_template_holds_placeholders_and_the_keys_both_readers_need():
     assert data["AWS_ACCESS_KEY_ID"].startswith("REPLACE-") and data["AWS_SECRET_ACCESS_KEY"].startswith("REPLACE-")
     kustomization = yaml.safe_load((MANIFESTS / "base" / "kustomization.yaml").read_text())
     assert "s3-secret.template.yaml" not in kustomization["resources"]
+
+
+README = MANIFESTS.parent / "README.md"
+
+
+def setup_block() -> list[str]:
+    """The shell block of the README's "One-time cluster setup", as lines."""
+    text = README.read_text()
+    section = text[text.index("### One-time cluster setup"):]
+    block = section[section.index("```sh\n") + len("```sh\n"):]
+    return block[:block.index("```")].splitlines()
+
+
+def test_the_readme_setup_creates_the_secret_first_then_applies_only_the_setup():
+    lines = setup_block()
+    commands = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    secret = next(i for i, line in enumerate(commands) if "create secret generic fraud-detector-s3" in line)
+    applies = [line for line in commands if "kubectl apply" in line]
+    assert applies == ["| kubectl apply -f -", "kubectl apply -k manifests/overlays/kubeflow"]
+    assert secret < commands.index("kubectl apply -k manifests/overlays/kubeflow")
+    assert "inferenceservice" not in "\n".join(commands).lower()
+
+
+@needs_kubectl
+def test_the_readme_secret_command_makes_the_secret_both_readers_need(tmp_path):
+    """Runs the README's Secret command as written, up to its final `kubectl apply -f -` (no API
+    server here), with the settings in the environment; the Secret lands in the setup's namespace
+    under the name the serving account lists, with every key the deploy step maps to env vars."""
+    import base64
+    import os
+
+    from fraud_control.artifact_store import REQUIRED_ENV_VARS
+
+    script = "\n".join(setup_block())
+    script = script[:script.index("| kubectl apply -f -")]
+    values = {"AWS_ACCESS_KEY_ID": "test-access", "AWS_SECRET_ACCESS_KEY": "test-secret",
+              "S3_ENDPOINT": "minio-service.kubeflow:9000", "S3_USE_HTTPS": "0"}
+    env = {**{k: v for k, v in os.environ.items() if k not in values}, **values,
+           "KUBECONFIG": str(tmp_path / "none"), "PATH": f"{Path(KUBECTL).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    secret = yaml.safe_load(result.stdout)
+    setup = render("overlays/kubeflow")
+    serving = one(setup, "ServiceAccount", "fraud-detector-serving")
+    assert secret["kind"] == "Secret" and {"name": secret["metadata"]["name"]} in serving["secrets"]
+    assert secret["metadata"]["namespace"] == serving["metadata"]["namespace"]
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == values
+    assert set(REQUIRED_ENV_VARS) <= set(secret["data"])
+    template = yaml.safe_load((MANIFESTS / "base" / "s3-secret.template.yaml").read_text())
+    assert secret["metadata"]["annotations"] == {
+        "serving.kserve.io/s3-endpoint": "minio-service.kubeflow:9000", "serving.kserve.io/s3-usehttps": "0",
+        "serving.kserve.io/s3-region": "us-east-1"}
+    assert set(secret["metadata"]["annotations"]) == set(template["metadata"]["annotations"])

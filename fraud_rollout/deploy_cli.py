@@ -46,7 +46,7 @@ def register(commands) -> None:
                         help=f"seconds to wait for Ready after each change (default {DEFAULT_TIMEOUT_S:g})")
     add_target_options(deploy, with_name=False)
     kserve = deploy.add_argument_group("--target kserve: where the models go")
-    kserve.add_argument("--bucket", help="S3 bucket the models are uploaded to (default: the deploy step's)")
+    kserve.add_argument("--bucket", help="S3 bucket the models are uploaded to (default: the deploy step's, fraud-models)")
     kserve.add_argument("--serving-image", default=DEFAULT_IMAGE, metavar="IMAGE",
                         help=f"image of the predictor and transformer containers (default {DEFAULT_IMAGE})")
     deploy.set_defaults(func=deploy_command)

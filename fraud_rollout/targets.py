@@ -10,13 +10,15 @@ from fraud_control.store import InferenceServiceStore
 from fraud_rollout.args import UsageError, state_dir_option
 
 
-def add_target_options(parser: argparse.ArgumentParser) -> None:
+def add_target_options(parser: argparse.ArgumentParser, *, with_name: bool = True) -> None:
+    """`with_name=False` for a command that always works on the fraud-detector (deploy)."""
     parser.add_argument("--target", choices=["local", "kserve"], default="local",
                         help="local state dir, or the InferenceService in a cluster")
     state_dir_option(parser)
     kserve = parser.add_argument_group("--target kserve")
     kserve.add_argument("--namespace", help="namespace of the InferenceService (required with --target kserve)")
-    kserve.add_argument("--name", default="fraud-detector", help="InferenceService name")
+    if with_name:
+        kserve.add_argument("--name", default="fraud-detector", help="InferenceService name")
     kserve.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster account, else $KUBECONFIG)")
     kserve.add_argument("--context", help="kubeconfig context")
 

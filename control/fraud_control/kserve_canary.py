@@ -1,14 +1,14 @@
-"""The InferenceService manifest kustomize's base holds (manifests/base/inferenceservice.yaml).
+"""The reference InferenceService manifest (manifests/inferenceservice/inferenceservice.yaml).
 
 The canary operations live in `fraud_control.canary` (over `kube_store` or `local_store`); this
-module keeps only the base manifest, whose generated header names it.
+module keeps only the reference manifest, whose generated header names it.
 """
 from __future__ import annotations
 
 from fraud_control import isvc
 from fraud_control.isvc import IsvcSpec
 
-#: The inputs of manifests/base/inferenceservice.yaml: tests keep that file equal to
+#: The inputs of manifests/inferenceservice/inferenceservice.yaml: tests keep that file equal to
 #: `manifest_yaml(BASE_MANIFEST_SPEC)` and to what `kubectl kustomize` renders. A real deploy
 #: takes the storage URI and contract id from the uploaded artifact (`spec_for_artifact`).
 BASE_MANIFEST_SPEC = IsvcSpec(storage_uri="s3://fraud-models/fraud-detector/v1", model_version="v1",
@@ -17,7 +17,7 @@ MANIFEST_HEADER = """\
 # Generated: the InferenceService the deploy step creates for v1, from
 # fraud_control.isvc.inference_service(kserve_canary.BASE_MANIFEST_SPEC). Do not edit; regenerate with
 #   python -c 'from fraud_control.kserve_canary import manifest_yaml; print(manifest_yaml(), end="")' \\
-#     > manifests/base/inferenceservice.yaml
+#     > manifests/inferenceservice/inferenceservice.yaml
 """
 
 

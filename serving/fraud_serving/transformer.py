@@ -1,5 +1,6 @@
 """The transformer: validates raw transactions, scales them with the feature contract, forwards v2
-to the predictor and returns its outputs with the `model_version` that answered.
+to the predictor and returns its outputs with the `model_version` that answered (Triton's numeric
+version directory "2" as the registered "v2").
 
 Clients send either one input `[N, 30]` (FP32/FP64, columns in contract order) or 30 named inputs
 (`Time`, `V1`…`V28`, `Amount`, each `[N]`). Every client mistake is an `InvalidInput` (HTTP 400)
@@ -25,7 +26,7 @@ import aiohttp
 import numpy as np
 import orjson
 from fraud.contract import FeatureContract
-from fraud.export import INPUT_NAME
+from fraud.export import INPUT_NAME, version_label
 from fraud.routes import Backend
 from kserve import Model
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
@@ -265,5 +266,12 @@ def _answer(body: dict, request_id: str, backend: Backend) -> PredictorAnswer:
         is_fraud = np.asarray(outputs["is_fraud"]["data"], dtype=np.int32).reshape(-1)
     except (KeyError, TypeError, ValueError) as error:
         raise InferenceError(f"predictor {backend.revision or backend.url} sent no usable outputs: {error}") from None
-    version = body.get("model_version") or backend.model_version or UNKNOWN_VERSION
+    version = registered_version(str(body.get("model_version") or "")) or backend.model_version or UNKNOWN_VERSION
     return PredictorAnswer(request_id, version, probability, is_fraud)
+
+
+def registered_version(answered: str) -> str:
+    """The registered model version ("v2") for the `model_version` a predictor answered: ours
+    answers it already; KServe's Triton runtime answers the numeric version directory of the
+    export ("2", `fraud.export.version_label`), so metrics and the analysis see one name."""
+    return version_label(int(answered)) if answered.isdecimal() else answered

@@ -28,6 +28,11 @@ def test_submit_notebook_runs_locally(tmp_path):
     text = execute("01_submit_pipeline.ipynb", tmp_path, {
         "FRAUD_ROLLOUT_RUN_LOCALLY": "1", "FRAUD_ROLLOUT_NOTEBOOK_OUT": str(out),
         "FRAUD_ROLLOUT_N_TRANSACTIONS": "40000", "FRAUD_ROLLOUT_FRAUD_RATE": "0.02", "FRAUD_ROLLOUT_EPOCHS": "2",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "FRAUD_ROLLOUT_SERVING_IMAGE": "registry.example/fraud-rollout/serving:test"})
     assert (out / "fraud_rollout_pipeline.yaml").exists() and (out / "run" / "report.json").exists()
     assert "compiled" in text and "Gate:" in text and "McNemar p" in text
+    # what a cluster run would be given: the pushed serving image as a parameter, the run's account
+    assert ("cluster runs: serving image registry.example/fraud-rollout/serving:test, service account "
+            "fraud-rollout-pipeline") in text
+    assert "9 arguments, all pipeline parameters" in text

@@ -116,3 +116,87 @@ def test_a_gate_rejection_says_nothing_was_deployed_each_failed_rule_and_the_siz
     assert gate_rejection(report).splitlines()[-2:] == [
         "  FAIL McNemar p < 0.01: p = 0.02",
         "  The evidence was enough (≥ 140 holdout frauds): the candidate itself fell short"]
+
+
+def exported_layout(root, version=1):
+    """The directory layout and metadata.json of an exported model (no SavedModel: every check
+    below refuses before one would be read)."""
+    import json
+
+    version_dir = root / "fraud-detector" / str(version)
+    version_dir.mkdir(parents=True)
+    (version_dir / "metadata.json").write_text(json.dumps({"model_version": f"v{version}", "contract_id": "c1"}))
+    return root
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--baseline", "missing", "--candidate", "v2"],
+     "fraud-rollout deploy: error: --baseline missing: no such directory (pass an exported model: a train step's "
+     "model dir)\n"),
+    (["--baseline", "v1", "--candidate", "empty"],
+     "fraud-rollout deploy: error: --candidate empty: not an exported model (expected fraud-detector/<version>/"
+     "metadata.json with model_version and contract_id; empty: expected one version directory under "
+     "fraud-detector/, found none)\n"),
+    (["--baseline", "v1", "--candidate", "v2", "--target", "kserve"],
+     "fraud-rollout deploy: error: --namespace is required with --target kserve\n"),
+])
+def test_deploy_refuses_bad_artifacts_in_one_line(tmp_path, arguments, message):
+    exported_layout(tmp_path / "v1")
+    exported_layout(tmp_path / "v2", 2)
+    (tmp_path / "empty").mkdir()
+    result = fraud_rollout("deploy", "--state-dir", "serving", *arguments, cwd=tmp_path)
+    assert (result.returncode, result.stderr, result.stdout) == (2, message, "")
+    assert not (tmp_path / "serving").exists()
+
+
+@pytest.mark.parametrize("percent, message", [
+    ("0", "'0' must be between 1 and 99 (0 is `fraud-rollout canary rollback`, 100 `fraud-rollout canary promote`)"),
+    ("100", "'100' must be between 1 and 99 (0 is `fraud-rollout canary rollback`, 100 `fraud-rollout canary promote`)"),
+    ("twenty", "'twenty' is not a whole number"),
+])
+def test_deploy_refuses_a_bad_canary_percent(tmp_path, percent, message):
+    exported_layout(tmp_path / "v1")
+    exported_layout(tmp_path / "v2", 2)
+    result = fraud_rollout("deploy", "--baseline", "v1", "--candidate", "v2", "--canary-percent", percent, cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == f"fraud-rollout deploy: error: argument --canary-percent: {message}"
+
+
+def test_deploy_to_kserve_without_a_kubeconfig_fails_before_uploading(tmp_path):
+    """No S3 settings in the environment either: the kubeconfig is checked first, so the message
+    is about it and nothing reached S3."""
+    import os
+
+    exported_layout(tmp_path / "v1")
+    exported_layout(tmp_path / "v2", 2)
+    missing = tmp_path / "no-kubeconfig"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "S3_", "AWS_"))}
+    env["KUBECONFIG"] = str(missing)
+    result = subprocess.run([sys.executable, "-m", "fraud_rollout", "deploy", "--target", "kserve", "--namespace",
+                             "fraud", "--baseline", "v1", "--candidate", "v2"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (f"fraud-rollout deploy: error: --target kserve: no usable kubeconfig ({missing}: "
+                             "no such file); pass --kubeconfig FILE (and --context) or run inside the cluster\n")
+
+
+def test_deploy_to_kserve_without_s3_settings_names_them(tmp_path):
+    import os
+
+    import yaml
+
+    exported_layout(tmp_path / "v1")
+    exported_layout(tmp_path / "v2", 2)
+    kubeconfig = tmp_path / "kubeconfig"  # usable; never contacted, the S3 settings are missing first
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}], "users": [{"name": "u", "user": {}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "S3_", "AWS_", "KUBECONFIG"))}
+    result = subprocess.run([sys.executable, "-m", "fraud_rollout", "deploy", "--target", "kserve", "--namespace",
+                             "fraud", "--kubeconfig", str(kubeconfig), "--baseline", "v1", "--candidate", "v2"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == ("fraud-rollout deploy: error: S3 settings missing from the environment: S3_ENDPOINT, "
+                             "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (set them from the Secret with "
+                             "kfp.kubernetes.use_secret_as_env, see fraud_control.artifact_store)\n")

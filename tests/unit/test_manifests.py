@@ -1,4 +1,6 @@
-"""The kustomize manifests render, and hold exactly what the deploy step creates."""
+"""The kustomize manifests render: the one-time setup (base, the kubeflow overlay) holds the
+namespace-scoped accounts and RBAC and no InferenceService; the reference InferenceService (and its
+Triton overlay) holds exactly what the deploy step creates."""
 from __future__ import annotations
 
 import shutil
@@ -12,7 +14,10 @@ from fraud_control import isvc
 from fraud_control.kserve_canary import BASE_MANIFEST_SPEC, manifest_yaml
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
-KUSTOMIZATIONS = ["base", *sorted(f"overlays/{p.name}" for p in (MANIFESTS / "overlays").iterdir() if p.is_dir())]
+KUSTOMIZATIONS = ["base", "inferenceservice",
+                  *sorted(f"overlays/{p.name}" for p in (MANIFESTS / "overlays").iterdir() if p.is_dir())]
+#: What `kubectl apply -k` in the README's one-time setup applies; the others are for reading.
+SETUP = ["base", "overlays/kubeflow"]
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: `kubectl kustomize` renders the manifests")
 
@@ -32,21 +37,38 @@ def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
 
 def test_there_are_overlays_to_render():
     assert {"overlays/kubeflow", "overlays/triton"} <= set(KUSTOMIZATIONS)
+    assert set(KUSTOMIZATIONS) == {str(p.parent.relative_to(MANIFESTS)) for p in MANIFESTS.rglob("kustomization.yaml")
+                                   if "monitoring" not in p.parts}
 
 
-def test_committed_base_inferenceservice_is_the_builders_output():
-    committed = (MANIFESTS / "base" / "inferenceservice.yaml").read_text()
+def test_committed_reference_inferenceservice_is_the_builders_output():
+    committed = (MANIFESTS / "inferenceservice" / "inferenceservice.yaml").read_text()
     assert committed == manifest_yaml(BASE_MANIFEST_SPEC), (
-        "manifests/base/inferenceservice.yaml is stale; regenerate it with the command in its header")
+        "manifests/inferenceservice/inferenceservice.yaml is stale; regenerate it with the command in its header")
 
 
 @needs_kubectl
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
-def test_every_kustomization_renders_one_inferenceservice_and_least_privilege_rbac(kustomization):
-    docs = render(kustomization)
-    namespaces = {d["metadata"].get("namespace") for d in docs}
+def test_every_kustomization_renders_in_one_namespace(kustomization):
+    namespaces = {d["metadata"].get("namespace") for d in render(kustomization)}
     assert len(namespaces) == 1 and None not in namespaces, "every object in one namespace"
-    one(docs, "InferenceService", isvc.NAME)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("kustomization", [k for k in KUSTOMIZATIONS if k not in SETUP])
+def test_the_reference_kustomizations_render_only_the_inferenceservice(kustomization):
+    docs = render(kustomization)
+    assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [("InferenceService", isvc.NAME)]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("kustomization", SETUP)
+def test_the_setup_creates_accounts_and_least_privilege_rbac_and_no_inferenceservice(kustomization):
+    """No InferenceService with placeholders: the first deploy step creates it from the model, and
+    its contract id then matches every later candidate's."""
+    docs = render(kustomization)
+    namespaces = {d["metadata"]["namespace"] for d in docs}
+    assert sorted(d["kind"] for d in docs) == ["Role", "RoleBinding", "ServiceAccount", "ServiceAccount"]
     role = one(docs, "Role", "fraud-rollout-inferenceservices")
     assert role["rules"] == [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
                               "verbs": ["get", "list", "watch", "create", "patch", "update"]}]
@@ -59,11 +81,9 @@ def test_every_kustomization_renders_one_inferenceservice_and_least_privilege_rb
 
 
 @needs_kubectl
-@pytest.mark.parametrize("kustomization, namespace", [("base", BASE_MANIFEST_SPEC.namespace),
-                                                      ("overlays/kubeflow", "kubeflow-user-example-com")])
-def test_rendered_inferenceservice_equals_what_the_deploy_step_creates(kustomization, namespace):
-    rendered = one(render(kustomization), "InferenceService")
-    assert rendered == isvc.inference_service(replace(BASE_MANIFEST_SPEC, namespace=namespace))
+def test_rendered_inferenceservice_equals_what_the_deploy_step_creates():
+    rendered = one(render("inferenceservice"), "InferenceService")
+    assert rendered == isvc.inference_service(BASE_MANIFEST_SPEC)
 
 
 @needs_kubectl
@@ -112,3 +132,57 @@ def test_s3_secret_template_holds_placeholders_and_the_keys_both_readers_need():
     assert data["AWS_ACCESS_KEY_ID"].startswith("REPLACE-") and data["AWS_SECRET_ACCESS_KEY"].startswith("REPLACE-")
     kustomization = yaml.safe_load((MANIFESTS / "base" / "kustomization.yaml").read_text())
     assert "s3-secret.template.yaml" not in kustomization["resources"]
+
+
+README = MANIFESTS.parent / "README.md"
+
+
+def setup_block() -> list[str]:
+    """The shell block of the README's "One-time cluster setup", as lines."""
+    text = README.read_text()
+    section = text[text.index("### One-time cluster setup"):]
+    block = section[section.index("```sh\n") + len("```sh\n"):]
+    return block[:block.index("```")].splitlines()
+
+
+def test_the_readme_setup_creates_the_secret_first_then_applies_only_the_setup():
+    lines = setup_block()
+    commands = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    secret = next(i for i, line in enumerate(commands) if "create secret generic fraud-detector-s3" in line)
+    applies = [line for line in commands if "kubectl apply" in line]
+    assert applies == ["| kubectl apply -f -", "kubectl apply -k manifests/overlays/kubeflow"]
+    assert secret < commands.index("kubectl apply -k manifests/overlays/kubeflow")
+    assert "inferenceservice" not in "\n".join(commands).lower()
+
+
+@needs_kubectl
+def test_the_readme_secret_command_makes_the_secret_both_readers_need(tmp_path):
+    """Runs the README's Secret command as written, up to its final `kubectl apply -f -` (no API
+    server here), with the settings in the environment; the Secret lands in the setup's namespace
+    under the name the serving account lists, with every key the deploy step maps to env vars."""
+    import base64
+    import os
+
+    from fraud_control.artifact_store import REQUIRED_ENV_VARS
+
+    script = "\n".join(setup_block())
+    script = script[:script.index("| kubectl apply -f -")]
+    values = {"AWS_ACCESS_KEY_ID": "test-access", "AWS_SECRET_ACCESS_KEY": "test-secret",
+              "S3_ENDPOINT": "minio-service.kubeflow:9000", "S3_USE_HTTPS": "0"}
+    env = {**{k: v for k, v in os.environ.items() if k not in values}, **values,
+           "KUBECONFIG": str(tmp_path / "none"), "PATH": f"{Path(KUBECTL).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    secret = yaml.safe_load(result.stdout)
+    setup = render("overlays/kubeflow")
+    serving = one(setup, "ServiceAccount", "fraud-detector-serving")
+    assert secret["kind"] == "Secret" and {"name": secret["metadata"]["name"]} in serving["secrets"]
+    assert secret["metadata"]["namespace"] == serving["metadata"]["namespace"]
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == values
+    assert set(REQUIRED_ENV_VARS) <= set(secret["data"])
+    template = yaml.safe_load((MANIFESTS / "base" / "s3-secret.template.yaml").read_text())
+    assert secret["metadata"]["annotations"] == {
+        "serving.kserve.io/s3-endpoint": "minio-service.kubeflow:9000", "serving.kserve.io/s3-usehttps": "0",
+        "serving.kserve.io/s3-region": "us-east-1"}
+    assert set(secret["metadata"]["annotations"]) == set(template["metadata"]["annotations"])

@@ -197,3 +197,40 @@ def test_predict_reads_csv_and_json_files(tmp_path):
     frame.drop(columns="V7").to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(ValueError, match="V7"):
         read_transactions(tmp_path / "short.csv")
+
+
+@pytest.mark.parametrize("answered, registered", [("2", "v2"), ("1", "v1"), ("v2", "v2"), ("", "unknown")])
+def test_a_triton_version_directory_is_reported_as_the_registered_version(contract, registry, answered, registered):
+    """KServe's Triton runtime answers `model_version` "2" (the export's version directory); the
+    transformer's response and metrics say "v2", as our predictor does and the analysis expects.
+    A real HTTP server answers with Triton's v2 response body."""
+    from aiohttp import web
+
+    async def triton_infer(request: web.Request) -> web.Response:
+        body = await request.json()
+        rows = body["inputs"][0]["shape"][0]
+        return web.json_response({"model_name": "fraud-detector", "model_version": answered, "id": body["id"],
+                                  "outputs": [{"name": "fraud_probability", "datatype": "FP32", "shape": [rows],
+                                               "data": [0.9] * rows},
+                                              {"name": "is_fraud", "datatype": "INT32", "shape": [rows],
+                                               "data": [1] * rows}]})
+
+    async def call():
+        app = web.Application()
+        app.router.add_post("/v2/models/fraud-detector/infer", triton_infer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        model = FraudTransformer("fraud-detector", contract, Routes.single(f"127.0.0.1:{port}"),
+                                 TransformerMetrics(registry))
+        try:
+            return await model(matrix_request(raw_rows(3)), {})
+        finally:
+            await model.close()
+            await runner.cleanup()
+
+    response, _ = asyncio.run(call())
+    assert response.model_version == registered
+    assert registry.get_sample_value("fraud_predictions_total", {"model_version": registered, "decision": "fraud"}) == 3
+    assert registry.get_sample_value("fraud_request_seconds_count", {"model_version": registered}) == 1

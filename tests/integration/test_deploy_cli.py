@@ -1,0 +1,90 @@
+"""`fraud-rollout deploy --target local`: the deploy step's own code from the command line, on
+two real exported models, then `fraud-rollout canary status` reading what it left."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def fraud_rollout(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "fraud_rollout", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_deploy_two_models_locally_then_status_shows_the_20_percent_canary(tiny_run, tmp_path):
+    state = tmp_path / "serving"
+    deploy = ["deploy", "--target", "local", "--state-dir", str(state), "--baseline", str(tiny_run.v1),
+              "--candidate", str(tiny_run.v2)]
+    first = fraud_rollout(*deploy, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert lines[0] == f"fraud-detector in {state}: created with v1; canary v2 at 20 %"
+    assert lines[1].startswith("traffic: 20 % ") and " (latest), 80 % " in lines[1]
+    assert lines[1].endswith(" (prev); generation 2, observedGeneration 2, Ready")
+
+    status = fraud_rollout("canary", "status", "--target", "local", "--state-dir", str(state), "--json", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    shown = json.loads(status.stdout)["status"]
+    assert (shown["canaryTrafficPercent"], shown["modelVersion"]) == (20, "v2")
+    assert sorted(entry["percent"] for entry in shown["traffic"]) == [20, 80]
+    text = fraud_rollout("canary", "status", "--target", "local", "--state-dir", str(state), cwd=tmp_path)
+    assert "canaryTrafficPercent: 20" in text.stdout and " 20%  " in text.stdout and " 80%  " in text.stdout
+
+    again = fraud_rollout(*deploy, cwd=tmp_path)  # the same candidate again changes nothing
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0] == f"fraud-detector in {state}: unchanged: v2 is already deployed (at 20 %)"
+
+    other = fraud_rollout(*deploy[:-1], str(tiny_run.v1), "--canary-percent", "50", cwd=tmp_path)
+    assert other.returncode == 1 and other.stdout == ""
+    assert other.stderr.startswith("fraud-rollout deploy: a canary of v2 ") and len(other.stderr.splitlines()) == 1
+
+
+def test_deploy_to_kserve_uploads_and_canaries_through_the_kubeconfig_given(tiny_run, tmp_path):
+    """The kserve code path from the command line: real exported models to a real S3 API (moto on
+    loopback), the InferenceService through `--kubeconfig`/`--context` on the FAKE API server (the
+    lead's real kube-apiserver + KServe controller test replaces this one's cluster side)."""
+    import os
+    import secrets
+
+    import yaml
+    from fraud_control import isvc
+    from fraud_control.artifact_store import artifact_prefix
+
+    from tests.fake_kube import FakeKServeController, FakeKubeApiServer
+    from tests.s3_server import moto_s3_server
+
+    namespace = "kubeflow-user-example-com"
+    with FakeKubeApiServer(FakeKServeController(observe_delay=0.05, ready_delay=0.1)) as fake, \
+            moto_s3_server() as endpoint:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "other",
+            "clusters": [{"name": "fake", "cluster": {"server": fake.url}},
+                         {"name": "other", "cluster": {"server": "https://127.0.0.1:1"}}],
+            "users": [{"name": "u", "user": {}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}},
+                         {"name": "other", "context": {"cluster": "other", "user": "u"}}]}))
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "KUBECONFIG"))},
+               "S3_ENDPOINT": f"http://{endpoint}", "AWS_ACCESS_KEY_ID": secrets.token_hex(8),
+               "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16)}
+        result = subprocess.run([sys.executable, "-m", "fraud_rollout", "deploy", "--target", "kserve",
+                                 "--namespace", namespace, "--kubeconfig", str(kubeconfig), "--context", "fake",
+                                 "--baseline", str(tiny_run.v1), "--candidate", str(tiny_run.v2),
+                                 "--serving-image", "registry.example/fraud-rollout/serving:test", "--timeout", "30"],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0] == f"{namespace}/fraud-detector: created with v1; canary v2 at 20 %"
+        assert lines[1].endswith("; generation 2, observedGeneration 2, Ready") and " 20 % " in lines[1]
+        with fake.custom_objects_api() as api:
+            stored = api.get_namespaced_custom_object(isvc.GROUP, isvc.VERSION, namespace, isvc.PLURAL, isvc.NAME)
+    predictor = stored["spec"]["predictor"]
+    assert predictor["canaryTrafficPercent"] == 20
+    assert predictor["containers"][0]["image"] == "registry.example/fraud-rollout/serving:test"
+    assert isvc.predictor_storage_uri(stored) == f"s3://fraud-models/{artifact_prefix(tiny_run.v2)}"
+    assert stored["metadata"]["annotations"][isvc.CONTRACT_ANNOTATION] == tiny_run.contract.id

@@ -2,11 +2,13 @@
 
 `up` leaves `kubeconfig`, `env` (KUBECONFIG and MinIO's S3_* / AWS_* variables, for `set -a; .
 env`) and `cluster.json` (pids, URLs) there, and returns once every server is ready: KServe's
-webhooks answer and the Knative stand-in runs. A second `up` on a running cluster returns it."""
+webhooks answer and the Knative stand-in runs. A second `up` on a running cluster returns it; on a
+stopped one it starts an empty cluster (ports change between starts, and etcd's data names them)."""
 from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,7 +80,9 @@ def up(directory: Path = DEFAULT_DIR, progress=print) -> Cluster:
         return existing
     if existing:
         down(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    # A cluster starts empty: etcd's stored member URLs name the ports of the last start.
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
     certificates = pki.create(directory / "pki")
     started: list[servers.Started] = []
     try:

@@ -77,10 +77,10 @@ def start(directory: Path, pki: Pki, progress=print) -> ControlPlane:
         str(binary), "--etcd-servers", etcd_url, "--bind-address", LOOPBACK, "--advertise-address", LOOPBACK,
         "--secure-port", str(port), "--tls-cert-file", str(pki.path("apiserver.crt")),
         "--tls-private-key-file", str(pki.path("apiserver.key")), "--client-ca-file", str(pki.ca),
-        "--service-account-key-file", str(pki.path("sa.key")),
+        "--service-account-key-file", str(pki.path("sa.pub")),
         "--service-account-signing-key-file", str(pki.path("sa.key")),
         "--service-account-issuer", SERVICE_ACCOUNT_ISSUER, "--authorization-mode", "RBAC",
-        "--service-cluster-ip-range", "10.96.0.0/16", "--allow-privileged", "true", "--profiling", "false",
+        "--service-cluster-ip-range", "10.96.0.0/16", "--allow-privileged=true", "--profiling=false",
         "--cert-dir", str(directory / "apiserver-certs"), "--audit-policy-file", str(policy),
         "--audit-log-path", str(directory / "logs" / "audit.log"), "--audit-log-format", "json",
         "--audit-log-mode", "blocking"], directory / "logs")

@@ -1,6 +1,6 @@
 """KServe's CRDs, its `inferenceservice-config`, its admission webhooks and its controller manager,
-all from the pinned github.com/kserve/kserve module, plus Knative Serving's CRDs (the module
-KServe is built against). The webhooks' service references become loopback URLs signed by the
+all from the pinned github.com/kserve/kserve module, plus Knative Serving's CRDs and the config
+maps KServe reads (from the Knative module KServe is built against). The webhooks' service references become loopback URLs signed by the
 cluster's CA: KServe's defaulter and validator run on every InferenceService write."""
 from __future__ import annotations
 
@@ -16,14 +16,18 @@ from fraud_devcluster.pki import LOOPBACK, Pki
 from fraud_devcluster.versions import KNATIVE_SERVING, KSERVE
 
 NAMESPACE = "kserve"
-KSERVE_CRDS = ("inferenceservices", "trainedmodels", "clusterservingruntimes", "servingruntimes", "inferencegraphs")
+KSERVE_CRDS = ("inferenceservices", "trainedmodels", "clusterservingruntimes", "servingruntimes", "inferencegraphs",
+               "clusterstoragecontainers")
 KNATIVE_CRDS = ("service", "configuration", "revision", "route")
+#: Knative Serving's config maps KServe's controller reads (the autoscaler's defaults).
+KNATIVE_CONFIGMAPS = ("autoscaler", "defaults", "deployment", "features")
 
 
 def crd_files() -> list[Path]:
     kserve = gobuild.module_dir(KSERVE.module, KSERVE.version) / "config" / "crd" / "full"
     knative = gobuild.module_dir(*KNATIVE_SERVING) / "config" / "core" / "300-resources"
-    return ([kserve / f"serving.kserve.io_{name}.yaml" for name in KSERVE_CRDS]
+    return ([kserve / f"serving.kserve.io_{name}.yaml" for name in KSERVE_CRDS[:-1]]
+            + [kserve / "clusterstoragecontainer" / "serving.kserve.io_clusterstoragecontainers.yaml"]
             + [knative / f"{name}.yaml" for name in KNATIVE_CRDS])
 
 
@@ -44,12 +48,13 @@ def install(kubeconfig: Path) -> None:
     namespace and the controller's config map, as KServe ships it."""
     files = crd_files()
     kubectl.apply(kubeconfig, *files, server_side=True)
-    kubectl.run(kubeconfig, "wait", "--for", "condition=established", "--timeout", "60s",
-                *[f"crd/{name}.serving.kserve.io" for name in KSERVE_CRDS],
-                *[f"crd/{name}s.serving.knative.dev" for name in KNATIVE_CRDS])
-    kubectl.apply_documents(kubeconfig, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}])
+    kubectl.wait_established(kubeconfig, [f"{name}.serving.kserve.io" for name in KSERVE_CRDS]
+                             + [f"{name}s.serving.knative.dev" for name in KNATIVE_CRDS])
+    kubectl.apply_documents(kubeconfig, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+                                         for name in (NAMESPACE, "knative-serving")])
     configmap = gobuild.module_dir(KSERVE.module, KSERVE.version) / "config" / "configmap" / "inferenceservice.yaml"
-    kubectl.apply(kubeconfig, configmap, server_side=True)
+    knative = gobuild.module_dir(*KNATIVE_SERVING) / "config" / "core" / "configmaps"
+    kubectl.apply(kubeconfig, configmap, *[knative / f"{name}.yaml" for name in KNATIVE_CONFIGMAPS], server_side=True)
 
 
 def start_controller(directory: Path, kubeconfig: Path, pki: Pki, progress=print) -> servers.Started:

@@ -1,7 +1,9 @@
 """kubectl against the cluster: how the setup applies manifests, as a user would."""
 from __future__ import annotations
 
+import json
 import shutil
+import time
 import subprocess
 from pathlib import Path
 
@@ -28,3 +30,18 @@ def apply(kubeconfig: Path, *files: Path, server_side: bool = False) -> None:
 
 def apply_documents(kubeconfig: Path, documents: list[dict]) -> None:
     run(kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
+
+
+def wait_established(kubeconfig: Path, crds: list[str], timeout_s: float = 60.0) -> None:
+    """Until every CRD's Established condition is True (`kubectl wait` fails at once on a CRD
+    that has no conditions yet)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        items = json.loads(run(kubeconfig, "get", "crd", *crds, "-o", "json"))["items"]
+        pending = [i["metadata"]["name"] for i in items if not any(
+            c["type"] == "Established" and c["status"] == "True" for c in (i.get("status") or {}).get("conditions") or [])]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise ClusterFailed(f"CRDs not established after {timeout_s:.0f} s: {', '.join(pending)}")
+        time.sleep(0.2)

@@ -84,5 +84,8 @@ def create(directory: Path) -> Pki:
         cert = _certificate(subject, key.public_key(), ca_name, ca_key, server=server, hosts=hosts if server else ())
         pki.path(f"{name}.crt").write_bytes(_pem(cert))
         _write_key(key, pki.path(f"{name}.key"))
-    _write_key(_key(), pki.path("sa.key"))  # last: its presence marks a complete directory
+    signer = _key()
+    pki.path("sa.pub").write_bytes(signer.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    _write_key(signer, pki.path("sa.key"))  # last: its presence marks a complete directory
     return pki

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tests.cluster_fixtures import kube_cluster, namespace  # noqa: F401
+
 pytestmark = pytest.mark.integration
 
 
@@ -44,45 +46,39 @@ def test_deploy_two_models_locally_then_status_shows_the_20_percent_canary(tiny_
     assert other.stderr.startswith("fraud-rollout deploy: a canary of v2 ") and len(other.stderr.splitlines()) == 1
 
 
-def test_deploy_to_kserve_uploads_and_canaries_through_the_kubeconfig_given(tiny_run, tmp_path):
-    """The kserve code path from the command line: real exported models to a real S3 API (moto on
-    loopback), the InferenceService through `--kubeconfig`/`--context` on the FAKE API server (the
-    lead's real kube-apiserver + KServe controller test replaces this one's cluster side)."""
+def test_deploy_to_kserve_uploads_and_canaries_through_the_kubeconfig_given(tiny_run, namespace, tmp_path):  # noqa: F811
+    """The kserve code path from the command line on the real control plane: real exported models to
+    MinIO, the InferenceService through `--kubeconfig`/`--context` (not the current context) with the
+    pipeline ServiceAccount's token, the split computed by KServe's controller."""
     import os
-    import secrets
 
     import yaml
     from fraud_control import isvc
     from fraud_control.artifact_store import artifact_prefix
 
-    from tests.fake_kube import FakeKServeController, FakeKubeApiServer
-    from tests.s3_server import moto_s3_server
+    from tests.integration.kube_fixtures import kubeconfig_for
 
-    namespace = "kubeflow-user-example-com"
-    with FakeKubeApiServer(FakeKServeController(observe_delay=0.05, ready_delay=0.1)) as fake, \
-            moto_s3_server() as endpoint:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "other",
-            "clusters": [{"name": "fake", "cluster": {"server": fake.url}},
-                         {"name": "other", "cluster": {"server": "https://127.0.0.1:1"}}],
-            "users": [{"name": "u", "user": {}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}},
-                         {"name": "other", "context": {"cluster": "other", "user": "u"}}]}))
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "KUBECONFIG"))},
-               "S3_ENDPOINT": f"http://{endpoint}", "AWS_ACCESS_KEY_ID": secrets.token_hex(8),
-               "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16)}
-        result = subprocess.run([sys.executable, "-m", "fraud_rollout", "deploy", "--target", "kserve",
-                                 "--namespace", namespace, "--kubeconfig", str(kubeconfig), "--context", "fake",
-                                 "--baseline", str(tiny_run.v1), "--candidate", str(tiny_run.v2),
-                                 "--serving-image", "registry.example/fraud-rollout/serving:test", "--timeout", "30"],
-                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr
-        lines = result.stdout.splitlines()
-        assert lines[0] == f"{namespace}/fraud-detector: created with v1; canary v2 at 20 %"
-        assert lines[1].endswith("; generation 2, observedGeneration 2, Ready") and " 20 % " in lines[1]
-        with fake.custom_objects_api() as api:
-            stored = api.get_namespaced_custom_object(isvc.GROUP, isvc.VERSION, namespace, isvc.PLURAL, isvc.NAME)
+    namespace.apply_pipeline_rbac()
+    kubeconfig = kubeconfig_for(namespace, tmp_path / "kubeconfig", namespace.token())
+    config = yaml.safe_load(kubeconfig.read_text())
+    config["contexts"][0]["name"] = "pipeline"
+    config["contexts"].append({"name": "other", "context": {"cluster": "nowhere", "user": "admin"}})
+    config["clusters"].append({"name": "nowhere", "cluster": {"server": "https://127.0.0.1:1"}})
+    config["current-context"] = "other"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "KUBECONFIG"))},
+           **{k: v for k, v in namespace.kube.environment().items() if k != "KUBECONFIG"}}
+    result = subprocess.run([sys.executable, "-m", "fraud_rollout", "deploy", "--target", "kserve",
+                             "--namespace", namespace.name, "--kubeconfig", str(kubeconfig), "--context", "pipeline",
+                             "--baseline", str(tiny_run.v1), "--candidate", str(tiny_run.v2),
+                             "--serving-image", "registry.example/fraud-rollout/serving:test", "--timeout", "60"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{namespace.name}/fraud-detector: created with v1; canary v2 at 20 %"
+    assert lines[1] == ("traffic: 20 % fraud-detector-predictor-00002 (latest), 80 % fraud-detector-predictor-00001 "
+                        "(prev); generation 2, observedGeneration 2, Ready")
+    stored = json.loads(namespace.kubectl("get", "isvc", "fraud-detector", "-o", "json").stdout)
     predictor = stored["spec"]["predictor"]
     assert predictor["canaryTrafficPercent"] == 20
     assert predictor["containers"][0]["image"] == "registry.example/fraud-rollout/serving:test"

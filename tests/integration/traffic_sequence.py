@@ -50,7 +50,7 @@ def settle(store: InferenceServiceStore, poll_s: float, timeout_s: float = 60.0)
 def run_sequence(store: InferenceServiceStore, models: Models, timeout_s: float, poll_s: float,
                  never_ready_timeout_s: float) -> list[dict]:
     fast = {"timeout_s": timeout_s, "poll_s": poll_s}
-    steps: list[tuple[str, Callable[[], object]]] = [
+    steps: list[tuple[str, Callable[[], canary.Rollout]]] = [
         ("first deploy", lambda: canary.deploy_canary(store, models.v1, models.v1, **fast)),
         ("20 % canary", lambda: canary.deploy_canary(store, models.v2, models.v1, **fast)),
         ("a canary that never gets ready", lambda: canary.deploy_canary(
@@ -63,7 +63,7 @@ def run_sequence(store: InferenceServiceStore, models: Models, timeout_s: float,
     record = []
     for name, step in steps:
         try:
-            outcome = getattr(step(), "action")
+            outcome = step().action
         except RolloutTimeout:
             outcome = "timeout: not Ready"
             settle(store, poll_s)

@@ -44,7 +44,7 @@ class Namespace:
 
     def writes(self) -> list[dict]:
         """Writes to InferenceServices here by anyone but KServe's controller (audit log)."""
-        return [w for w in self.kube.writes(self.name) if not w["userAgent"].startswith("manager/")]
+        return [w for w in self.kube.writes(self.name) if not w["userAgent"].startswith("kserve-manager/")]
 
     def apply_pipeline_rbac(self, drop_verb: str | None = None) -> None:
         """manifests/base/pipeline-rbac.yaml in this namespace (as kustomize sets namespaces), with

@@ -163,7 +163,7 @@ def bench_command(args) -> int:
     report = run_local(_options(args))
     wall = time.perf_counter() - started
     t = report["timings"]
-    compute = {"simulate-drift": t["simulate"], "train-model": t["train_v1"], "train-model-2": t["train_v2"],
+    compute = {"simulate-drift": t["simulate"], "baseline-model": t["train_v1"], "train-model": t["train_v2"],
                "evaluate-models": t["evaluate"]}
     print(f"\nbench pipeline: {args.n_transactions:,} transactions, kfp.local SubprocessRunner")
     print(f"  {'task':<22}{'wall s':>8}{'compute s':>11}   (wall includes process start, imports, I/O, MLflow)")

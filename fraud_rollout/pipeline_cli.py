@@ -22,8 +22,9 @@ def register(commands, bench) -> None:
         "run", help="run the pipeline",
         description="Run the pipeline with kfp.local. Like a KFP run on a cluster, each run keeps its own artifacts "
                     "(--out/runs/<UTC time>/) and its deploy step acts on the InferenceService in --serving-state-dir "
-                    "as on a cluster's: a rerun replaces its own earlier, idle local rollout; a canary that a running "
-                    "`fraud-rollout serve` follows is refused unless --supersede. The console shows one line per "
+                    "as on a cluster's: a rerun gates against the champion rolled out there (else MLflow's champion) "
+                    "and canaries its candidate next to it; an earlier run's canary still running is refused "
+                    "unless --supersede (promote or roll it back first: fraud-rollout canary promote --target local). The console shows one line per "
                     "task; kfp.local's full output is in --out/logs/pipeline.log.")
     run.add_argument("--local", action="store_true", required=True,
                      help="run on this machine with kfp.local (submit to a cluster from notebooks/01_submit_pipeline.ipynb)")
@@ -54,8 +55,8 @@ def add_run_options(parser, default_out: Path = Path(".fraud-rollout/run"),
                              "Runs older than the last 3 are removed unless a serving manifest references them")
     parser.add_argument("--serving-state-dir", type=Path, default=default_serving or SERVING_STATE_DIR,
                         help="where the deploy step leaves the InferenceService that `fraud-rollout serve` reads. "
-                             "An earlier run's local rollout there is replaced unless a `serve` is running it; then, "
-                             "as on a cluster, its running canary is refused unless --supersede")
+                             "Its rolled-out model is a rerun's baseline; as on a cluster, an earlier run's "
+                             "running canary there is refused unless --supersede")
     parser.add_argument("--supersede", action="store_true",
                         help="replace a canary of an earlier run that is still running (KServe: supersede_canary)")
 

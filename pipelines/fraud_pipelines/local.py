@@ -145,7 +145,11 @@ def _run_pipeline(shown: PipelineConsole, options: LocalRunOptions, run_dir: Pat
                         deploy_target="local", local_state_dir=str(options.serving_state_dir.resolve()),
                         supersede_canary=options.supersede_canary, **pipeline_arguments)
     except RuntimeError as error:  # kfp.local: "Pipeline … finished with status FAILURE. Inner task failed: …"
-        raise PipelineFailed(f"{shown.failure()} (full log: {shown.log_path})") from error
+        failure = shown.failure()
+        if "RolloutRefused: a canary of" in failure:  # an earlier run's canary still runs: the way on
+            failure += (f"; next: fraud-rollout canary promote (or rollback) --target local --state-dir "
+                        f"{options.serving_state_dir}, then run again")
+        raise PipelineFailed(f"{failure} (full log: {shown.log_path})") from error
 
 
 def build_report(paths: dict[str, str], tracking_uri: str, wall_seconds: float) -> dict:

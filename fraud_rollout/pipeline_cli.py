@@ -158,10 +158,14 @@ def run_command(args) -> int:
 
 def bench_command(args) -> int:
     """Per-step compute times (from the steps themselves) and the whole run's wall time."""
+    from dataclasses import replace
+
     from fraud_pipelines.local import run_local
 
     started = time.perf_counter()
-    report = run_local(_options(args))
+    # Times a whole first run (v1 trained too) in the bench's own state dir, so it supersedes the
+    # canary an earlier bench left there.
+    report = run_local(replace(_options(args), supersede_canary=True), baseline_from="train")
     wall = time.perf_counter() - started
     t = report["timings"]
     compute = {"simulate-drift": t["simulate"], "baseline-model": t["train_v1"], "train-model": t["train_v2"],

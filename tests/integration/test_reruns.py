@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from fraud import registry
+from fraud_control import isvc
 from fraud_control.local_state import LocalInferenceService
 
 from tests.integration.conftest import SMALL_DEMO
@@ -83,7 +84,8 @@ def test_the_second_run_canaries_its_candidate_next_to_the_deployed_champion(rer
     manifest = service.get()
     predictor = manifest["status"]["components"]["predictor"]
     assert manifest["spec"]["predictor"]["canaryTrafficPercent"] == 20
-    assert manifest["spec"]["predictor"]["model"]["storageUri"] == str(Path(second["models"]["v2"]["artifact"]).resolve())
+    assert isvc.predictor_storage_uri(manifest) == str(Path(second["models"]["v2"]["artifact"]).resolve())
+    assert isvc.predictor_model_version(manifest) == "v3"
     rolled_out = service.revisions()[predictor["latestRolledoutRevision"]]
     assert rolled_out["storageUri"] == str(Path(first["models"]["v2"]["artifact"]).resolve())
     assert [t["percent"] for t in predictor["traffic"]] == [20, 80]

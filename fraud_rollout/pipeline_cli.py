@@ -126,7 +126,9 @@ def gate_rejection(report: dict) -> str:
     failed = [r for r in gate["reasons"] if not r["passed"]]
     rate = sum(w["fraud"] for w in windows.values()) / max(1, sum(w["rows"] for w in windows.values()))
     needed = gate["policy"].get("min_holdout_frauds")
-    lines = [f"\nThe gate rejected v2: nothing was deployed ({len(failed)} of {len(gate['reasons'])} rules failed)"]
+    candidate = report.get("models", {}).get("v2", {}).get("version", "v2")  # v3 on a rerun after v2
+    lines = [f"\nThe gate rejected {candidate}: nothing was deployed ({len(failed)} of {len(gate['reasons'])} "
+             "rules failed)"]
     lines += [f"  FAIL {r['rule']}: {r['detail']}" for r in failed]
     short = any(r["rule"].startswith("holdout frauds") for r in failed)
     if needed and rate > 0 and short:

@@ -11,7 +11,7 @@ from fraud import registry
 from fraud.export import read_metadata
 
 from fraud_control.local_state import local_artifact_path
-from fraud_control.store import InferenceServiceStore
+from fraud_control.store import InferenceServiceStore, RolloutRefused
 from fraud_control.subject import subject_of
 
 log = logging.getLogger(__name__)
@@ -81,14 +81,18 @@ def choose_champion(rolled_out: int | None, alias: int | None, where: str) -> Ch
 
 def deployed_champion(store: InferenceServiceStore, tracking_uri: str) -> Champion | None:
     """The champion of the InferenceService in `store` (its rolled-out model, recorded in the
-    rolled-out annotation during a canary), else MLflow's `champion` alias, else None."""
+    rolled-out annotation during a canary), else MLflow's `champion` alias, else None. RolloutRefused
+    when the registry does not know the rolled-out model."""
     obj = store.get()
     rolled_out = None
     if obj is not None:
         model = subject_of(obj, store.where).rolled_out_model
         rolled_out = registered_version(tracking_uri, model) if model.get("storageUri") else None
-        if rolled_out is None:
-            log.warning("%s rolls out %s, which the registry does not know", store.where, model or "an unknown model")
+        if rolled_out is None:  # fail closed: any other baseline is not what the canary runs next to
+            raise RolloutRefused(
+                f"{store.where} rolls out {model.get('modelVersion') or '?'} ({model.get('storageUri') or '?'}), "
+                f"which the MLflow registry at {tracking_uri} does not know, so a rerun cannot gate against it; "
+                "use the registry it was registered in (--mlflow-tracking-uri) or another serving state dir")
     return choose_champion(rolled_out, registry.champion(tracking_uri), store.where)
 
 

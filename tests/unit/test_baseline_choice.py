@@ -10,6 +10,7 @@ from fraud import registry
 from fraud_control import canary
 from fraud_control.local_store import LocalStore
 from fraud_control.registry_aliases import Champion, champion_for, choose_champion, deployed_champion
+from fraud_control.store import RolloutRefused
 
 from tests.unit.test_serving_local_state import artifact_root, spec
 
@@ -56,3 +57,16 @@ def test_the_deployed_champion_through_a_store_before_and_after_promote(tmp_path
 
     canary.promote(store, tracking_uri=tracking_uri)
     assert deployed_champion(store, tracking_uri) == Champion(second, f"rolled-out model of {store.where}", second)
+
+
+def test_a_rolled_out_model_the_registry_does_not_know_is_refused(tmp_path):
+    store = LocalStore(tmp_path / "serving")
+    v1, v2 = artifact_root(tmp_path / "a", 1), artifact_root(tmp_path / "b", 2)
+    canary.deploy_canary(store, spec(v2, 2), spec(v1, 1))
+    other_registry = f"sqlite:///{tmp_path / 'other.db'}"
+    with pytest.raises(RolloutRefused) as refused:
+        deployed_champion(store, other_registry)
+    assert str(refused.value) == (
+        f"{store.where} rolls out v1 ({v1}), which the MLflow registry at {other_registry} does not know, so a "
+        "rerun cannot gate against it; use the registry it was registered in (--mlflow-tracking-uri) or another "
+        "serving state dir")

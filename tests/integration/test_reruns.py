@@ -15,8 +15,8 @@ import pytest
 from fraud import registry
 from fraud_control import isvc
 from fraud_control.local_state import LocalInferenceService
-from fraud_rollout.pipeline_cli import gate_rejection
 
+from fraud_rollout.pipeline_cli import gate_rejection
 from tests.integration.conftest import SMALL_DEMO
 from tests.integration.test_pipeline import LOW_FLOORS, small_run_options
 

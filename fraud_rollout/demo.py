@@ -69,6 +69,7 @@ def demo_command(args) -> int:
 
 def _pipeline(args, out: Path) -> tuple[dict, Path]:
     """Run the pipeline into out/pipeline (or read --from-report); the report and its path."""
+    from fraud import registry
     from fraud.report import text_summary
     from fraud_pipelines.local import run_local
 
@@ -77,35 +78,56 @@ def _pipeline(args, out: Path) -> tuple[dict, Path]:
 
     if args.from_report is not None:
         return read_pipeline_report(args.from_report, option="--from-report"), args.from_report.resolve()
-    options = replace(_options(args), out_dir=out / "pipeline", serving_state_dir=args.state_dir)
-    report = run_local(options)
+    options = _options(args)
+    # The demo's own world: its state dir and (unless one is given) its own registry, so that it
+    # never meets, nor moves the aliases of, a `pipeline run`'s champion; and it always tells the
+    # first run's story (train v1, canary v2), so its earlier rollout is replaced.
+    options = replace(options, out_dir=out / "pipeline", serving_state_dir=args.state_dir,
+                      mlflow_tracking_uri=options.mlflow_tracking_uri or registry.resolve_tracking_uri("", out))
+    _forget_demo_rollout(args.state_dir)
+    report = run_local(options, baseline_from="train")
     print(text_summary(report), flush=True)
     return report, (out / "pipeline" / "report.json").resolve()
 
 
-def deployed_by_pipeline(state_dir: Path, artifacts: dict[str, str]) -> bool:
-    """Does the InferenceService in `state_dir` already run this run's v2 as a canary (the
-    pipeline's local deploy step wrote it)?"""
+def _forget_demo_rollout(state_dir: Path) -> None:
+    """Remove the InferenceService an earlier demo left in the demo's state dir, unless a `serve`
+    runs it (then the deploy step refuses its running canary as KServe would, naming --supersede)."""
+    from fraud_control.local_state import LocalInferenceService
+    from fraud_control.runtime import read_runtime
+
+    service = LocalInferenceService(state_dir)
+    if service.exists() and not read_runtime(state_dir):
+        log.info("removing the earlier demo's rollout in %s", state_dir)
+        service.delete()
+
+
+def _role_artifacts(pipeline: dict) -> tuple[str, str]:
+    """(baseline, candidate) artifact roots: a report's models are keyed by role (v1 = baseline)."""
+    return pipeline["models"]["v1"]["artifact"], pipeline["models"]["v2"]["artifact"]
+
+
+def deployed_by_pipeline(state_dir: Path, artifacts: tuple[str, str]) -> bool:
+    """Does the InferenceService in `state_dir` already run this run's (baseline, candidate), the
+    candidate as a canary (the pipeline's local deploy step wrote it)?"""
     from fraud_control.local_state import LocalInferenceService
 
     service = LocalInferenceService(state_dir)
     if not service.exists() or "canaryTrafficPercent" not in service.get()["spec"]["predictor"]:
         return False
     served = {Path(r["storageUri"]).resolve() for r in service.revisions().values()}
-    return {Path(artifacts["v1"]).resolve(), Path(artifacts["v2"]).resolve()} <= served
+    return {Path(a).resolve() for a in artifacts} <= served
 
 
 def serving_for(pipeline: dict, state_dir: Path, log_dir: Path):
     """`fraud-rollout serve` for the run: the manifest the pipeline deployed as it is, or (a run
     without the local deploy, or --from-report) a new one with v1 rolled out and v2 at 20 %."""
-    from fraud_rollout.replay_source import version_artifacts
     from fraud_rollout.serving_session import LocalServing
 
-    artifacts = version_artifacts(pipeline)
-    if deployed_by_pipeline(state_dir, artifacts):
+    baseline, candidate = _role_artifacts(pipeline)
+    if deployed_by_pipeline(state_dir, (baseline, candidate)):
         return LocalServing(state_dir, log_dir=log_dir)
-    return LocalServing(state_dir, baseline=artifacts["v1"], candidate=artifacts["v2"], canary_percent=20,
-                        log_dir=log_dir)
+    return LocalServing(state_dir, baseline=baseline, candidate=candidate, canary_percent=20, log_dir=log_dir)
 
 
 def probe_traffic(url: str, raw_row: np.ndarray, requests: int = TRAFFIC_PROBE_REQUESTS) -> dict[str, int]:

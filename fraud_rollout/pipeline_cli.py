@@ -22,8 +22,9 @@ def register(commands, bench) -> None:
         "run", help="run the pipeline",
         description="Run the pipeline with kfp.local. Like a KFP run on a cluster, each run keeps its own artifacts "
                     "(--out/runs/<UTC time>/) and its deploy step acts on the InferenceService in --serving-state-dir "
-                    "as on a cluster's: a rerun replaces its own earlier, idle local rollout; a canary that a running "
-                    "`fraud-rollout serve` follows is refused unless --supersede. The console shows one line per "
+                    "as on a cluster's: a rerun gates against the champion rolled out there (else MLflow's champion) "
+                    "and canaries its candidate next to it; an earlier run's canary still running is refused "
+                    "unless --supersede (promote or roll it back first: fraud-rollout canary promote --target local). The console shows one line per "
                     "task; kfp.local's full output is in --out/logs/pipeline.log.")
     run.add_argument("--local", action="store_true", required=True,
                      help="run on this machine with kfp.local (submit to a cluster from notebooks/01_submit_pipeline.ipynb)")
@@ -54,8 +55,8 @@ def add_run_options(parser, default_out: Path = Path(".fraud-rollout/run"),
                              "Runs older than the last 3 are removed unless a serving manifest references them")
     parser.add_argument("--serving-state-dir", type=Path, default=default_serving or SERVING_STATE_DIR,
                         help="where the deploy step leaves the InferenceService that `fraud-rollout serve` reads. "
-                             "An earlier run's local rollout there is replaced unless a `serve` is running it; then, "
-                             "as on a cluster, its running canary is refused unless --supersede")
+                             "Its rolled-out model is a rerun's baseline; as on a cluster, an earlier run's "
+                             "running canary there is refused unless --supersede")
     parser.add_argument("--supersede", action="store_true",
                         help="replace a canary of an earlier run that is still running (KServe: supersede_canary)")
 
@@ -125,7 +126,9 @@ def gate_rejection(report: dict) -> str:
     failed = [r for r in gate["reasons"] if not r["passed"]]
     rate = sum(w["fraud"] for w in windows.values()) / max(1, sum(w["rows"] for w in windows.values()))
     needed = gate["policy"].get("min_holdout_frauds")
-    lines = [f"\nThe gate rejected v2: nothing was deployed ({len(failed)} of {len(gate['reasons'])} rules failed)"]
+    candidate = report.get("models", {}).get("v2", {}).get("version", "v2")  # v3 on a rerun after v2
+    lines = [f"\nThe gate rejected {candidate}: nothing was deployed ({len(failed)} of {len(gate['reasons'])} "
+             "rules failed)"]
     lines += [f"  FAIL {r['rule']}: {r['detail']}" for r in failed]
     short = any(r["rule"].startswith("holdout frauds") for r in failed)
     if needed and rate > 0 and short:
@@ -157,13 +160,17 @@ def run_command(args) -> int:
 
 def bench_command(args) -> int:
     """Per-step compute times (from the steps themselves) and the whole run's wall time."""
+    from dataclasses import replace
+
     from fraud_pipelines.local import run_local
 
     started = time.perf_counter()
-    report = run_local(_options(args))
+    # Times a whole first run (v1 trained too) in the bench's own state dir, so it supersedes the
+    # canary an earlier bench left there.
+    report = run_local(replace(_options(args), supersede_canary=True), baseline_from="train")
     wall = time.perf_counter() - started
     t = report["timings"]
-    compute = {"simulate-drift": t["simulate"], "train-model": t["train_v1"], "train-model-2": t["train_v2"],
+    compute = {"simulate-drift": t["simulate"], "baseline-model": t["train_v1"], "train-model": t["train_v2"],
                "evaluate-models": t["evaluate"]}
     print(f"\nbench pipeline: {args.n_transactions:,} transactions, kfp.local SubprocessRunner")
     print(f"  {'task':<22}{'wall s':>8}{'compute s':>11}   (wall includes process start, imports, I/O, MLflow)")

@@ -105,3 +105,36 @@ def find_version(tracking_uri: str, model_version: str, run_id: str = "") -> int
     query = f"run_id = '{run_id}'" if run_id else f"tags.model_version = '{model_version}'"
     found = client.search_model_versions(f"name = '{REGISTERED_MODEL}' and {query}")
     return max((int(v.version) for v in found), default=None)
+
+
+def champion(tracking_uri: str) -> int | None:
+    """The registered version under alias `champion`, or None (no alias, or nothing registered yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return aliases(tracking_uri).get(CHAMPION)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":  # a registry we cannot read is not "no champion"
+            raise
+        return None
+
+
+def download_version(tracking_uri: str, version: int, destination: str | Path) -> dict:
+    """Copy registered version `version`'s artifact (the exported model `log_training` logged)
+    into `destination`; return its run id and source."""
+    import shutil
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+
+    _, client = _client(tracking_uri)
+    found = client.get_model_version(REGISTERED_MODEL, str(version))
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="champion-") as scratch:
+        # download_artifacts puts a directory URI's files under <dst>/<its last path part>
+        downloaded = Path(download_artifacts(artifact_uri=found.source, dst_path=scratch,
+                                             tracking_uri=tracking_uri))
+        shutil.copytree(downloaded, destination, dirs_exist_ok=True)
+    log.info("MLflow: %s version %s (run %s) copied to %s", REGISTERED_MODEL, version, found.run_id, destination)
+    return {"run_id": found.run_id, "registered_version": int(version), "source": found.source}

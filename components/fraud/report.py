@@ -104,7 +104,11 @@ def text_summary(report: dict) -> str:
             m = model[key]
             lines.append(f"  {name:<6}{key:<11}{_fmt(m['precision']):>10}{_fmt(m['recall']):>8}{_fmt(m['f1']):>8}"
                          f"{_fmt(m['pr_auc']):>8}{_fmt(model['threshold']):>11}")
-    lines.append(f"\n  McNemar p (v2 vs v1 on holdout): {report['mcnemar_p']:.3g}")
+    baseline, candidate = report["models"]["v1"], report["models"]["v2"]
+    source = baseline.get("source", "trained")
+    lines.append(f"\n  baseline (v1 row): {baseline['version']}, {'the deployed champion' if source == 'champion' else 'trained'}"
+                 f" (registry version {baseline.get('registry_version') or 'n/a'}); candidate {candidate['version']}")
+    lines.append(f"  McNemar p (candidate vs baseline on holdout): {report['mcnemar_p']:.3g}")
     lines.append(f"  Gate: {report['gate']['decision'].upper()}")
     for reason in report["gate"]["reasons"]:
         lines.append(f"    [{'pass' if reason['passed'] else 'FAIL'}] {reason['rule']}: {reason['detail']}")

@@ -111,7 +111,9 @@ def evaluate_step(baseline_dir: str, candidate_dir: str, holdout_path: str, pre_
     decisions = {}
     for name, model_dir in (("v1", baseline_dir), ("v2", candidate_dir)):
         meta = export.read_metadata(model_dir)
-        models[name] = {"version": meta["model_version"], "registered_version": meta.get("mlflow", {}).get("registered_version"),
+        registered = meta.get("mlflow", {}).get("registered_version")
+        models[name] = {"version": meta["model_version"], "registered_version": registered,
+                        "source": meta.get("source", "trained"), "registry_version": registered,
                         "threshold": meta["threshold"], "contract_id": meta["contract_id"], "window": meta.get("window"),
                         "train_seconds": meta.get("train_seconds"), "epochs_run": meta.get("epochs_run")}
         for slice_name, frame in data.items():
@@ -145,6 +147,29 @@ def gate_step(evaluation_path: str, gate_path: str, markdown_path: str, policy: 
     for reason in result.reasons:
         log.info("  %s %s: %s", "pass" if reason.passed else "FAIL", reason.rule, reason.detail)
     return result
+
+
+def baseline_step(dataset_path: str, contract_path: str, model_dir: str, contract_out: str, *,
+                  champion_version: int | None, config: TrainConfig, mlflow_tracking_uri: str = "",
+                  found_by: str = "") -> dict:
+    """The baseline a candidate is gated against: registered version `champion_version` copied from
+    the registry, else v1 trained on the reference window (the first run bootstraps). Writes the
+    baseline's feature contract to `contract_out` (the candidate must use the deployed transformer's
+    contract) and returns its metadata with `source`, `registry_version` and `candidate_version`."""
+    tracking_uri = registry.resolve_tracking_uri(mlflow_tracking_uri)
+    if champion_version is None:
+        metadata = {**train_step(dataset_path, contract_path, model_dir, version=1, window="reference",
+                                 config=config, mlflow_tracking_uri=tracking_uri), "source": "trained"}
+    else:
+        mlflow_info = registry.download_version(tracking_uri, champion_version, model_dir)
+        metadata = {**export.read_metadata(model_dir), "source": "champion", "found_by": found_by,
+                    "mlflow": {**mlflow_info, "tracking_uri": tracking_uri}}
+        log.info("baseline: champion %s (registered version %s, %s)", metadata["model_version"],
+                 champion_version, found_by)
+    write_json(export.find_version_dir(model_dir) / export.METADATA_FILE, metadata)
+    export.read_contract(model_dir).save(contract_out)
+    number = int(export.find_version_dir(model_dir).name)
+    return {**metadata, "registry_version": metadata["mlflow"]["registered_version"], "candidate_version": number + 1}
 
 
 def register_step(baseline_dir: str, candidate_dir: str, mlflow_tracking_uri: str = "") -> dict[str, int]:

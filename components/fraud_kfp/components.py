@@ -63,6 +63,48 @@ def train_model(dataset: Input[Dataset], feature_contract: Input[Artifact], vers
         metrics.log_metric(key, float(result[key]))
 
 
+def baseline_model(dataset: Input[Dataset], feature_contract: Input[Artifact], baseline_from: str, target: str,
+                   namespace: str, local_state_dir: str, epochs: int, batch_size: int, seed: int,
+                   min_precision: float, mlflow_tracking_uri: str, model: Output[Model],
+                   baseline_contract: Output[Artifact], metrics: Output[Metrics]) -> int:
+    """The baseline the candidate is gated against: the deployed champion, or v1 trained on the reference window.
+
+    With baseline_from "champion", the InferenceService's rolled-out model (else MLflow's `champion`
+    alias) is copied from the registry; with none (a first run), or baseline_from "train", v1 is
+    trained as the bootstrap. Returns the candidate's version number as the single output `Output`.
+
+    Args:
+        dataset: Reference window (parquet), for a bootstrap v1.
+        feature_contract: Feature contract fitted on the reference window, for a bootstrap v1.
+        baseline_from: "champion" (the deployed champion when there is one) or "train" (always train v1).
+        target: "kserve" or "local": where the deploy step keeps the InferenceService.
+        namespace: Namespace of the InferenceService (target kserve).
+        local_state_dir: State dir of the local runtime (target local).
+        epochs: Maximum epochs for a bootstrap v1.
+        batch_size: Training batch size for a bootstrap v1.
+        seed: Random seed for a bootstrap v1.
+        min_precision: Threshold policy for a bootstrap v1.
+        mlflow_tracking_uri: MLflow tracking URI; empty uses MLFLOW_TRACKING_URI, else a local SQLite file.
+    """
+    from fraud.settings import Settings
+    from fraud.steps import baseline_step, train_config
+    from fraud_control.registry_aliases import champion_for
+
+    settings = Settings()
+    tracking_uri = mlflow_tracking_uri or settings.MLFLOW_TRACKING_URI
+    champion = champion_for(baseline_from, target, namespace, local_state_dir, tracking_uri, settings.in_cluster)
+    result = baseline_step(dataset.path, feature_contract.path, model.path, baseline_contract.path,
+                           champion_version=champion.registry_version if champion else None,
+                           found_by=champion.found_by if champion else "",
+                           config=train_config(epochs=epochs, batch_size=batch_size, seed=seed,
+                                               min_precision=min_precision), mlflow_tracking_uri=tracking_uri)
+    model.metadata.update({k: result[k] for k in ("model_version", "contract_id", "threshold", "window", "source",
+                                                  "registry_version")})
+    baseline_contract.metadata["contract_id"] = result["contract_id"]
+    metrics.log_metric("registry_version", float(result["registry_version"]))
+    return result["candidate_version"]
+
+
 def evaluate_models(baseline: Input[Model], candidate: Input[Model], holdout: Input[Dataset],
                     pre_drift: Input[Dataset], summary: Input[Artifact], evaluation: Output[Artifact],
                     metrics: Output[Metrics], baseline_curves: Output[ClassificationMetrics],
@@ -127,8 +169,8 @@ def gate_candidate(evaluation: Input[Artifact], min_f1: float, min_precision: fl
 
 def deploy_canary(baseline: Input[Model], candidate: Input[Model], target: str, namespace: str,
                   canary_percent: int, supersede: bool, local_state_dir: str, bucket: str, serving_image: str,
-                  timeout_seconds: float, mlflow_tracking_uri: str, traffic: Output[Markdown]):
-    """Roll the candidate out as a KServe canary next to the baseline, then make it the MLflow `challenger`.
+                  timeout_seconds: float, traffic: Output[Markdown]):
+    """Roll the candidate out as a KServe canary next to the baseline (the rolled-out champion).
 
     Args:
         baseline: The rolled-out model (v1); the InferenceService is created with it if absent.
@@ -141,10 +183,7 @@ def deploy_canary(baseline: Input[Model], candidate: Input[Model], target: str, 
         bucket: S3/MinIO bucket the models are uploaded to (target kserve; credentials from the Secret fraud-detector-s3).
         serving_image: Image of the predictor and transformer containers.
         timeout_seconds: How long to wait for the InferenceService to become Ready after each change.
-        mlflow_tracking_uri: MLflow tracking URI; empty uses MLFLOW_TRACKING_URI, else a local SQLite file.
     """
-    from fraud.settings import Settings
-    from fraud.steps import register_step
     from fraud_control.deploy import deploy
 
     rollout = deploy(target, baseline.path, candidate.path, namespace=namespace, canary_percent=canary_percent,
@@ -156,16 +195,31 @@ def deploy_canary(baseline: Input[Model], candidate: Input[Model], target: str, 
                              "canaryTrafficPercent": rollout.status["canaryTrafficPercent"],
                              "latestRolledoutRevision": rollout.status["latestRolledoutRevision"]})
     print(rollout.markdown)
+
+
+def register_models(baseline: Input[Model], candidate: Input[Model], mlflow_tracking_uri: str):
+    """Make the deployed candidate MLflow's `challenger` (and the baseline `champion` if none is set yet).
+
+    Args:
+        baseline: The rolled-out model.
+        candidate: The canary just deployed.
+        mlflow_tracking_uri: MLflow tracking URI; empty uses MLFLOW_TRACKING_URI, else a local SQLite file.
+    """
+    from fraud.settings import Settings
+    from fraud.steps import register_step
+
     print(register_step(baseline.path, candidate.path, mlflow_tracking_uri or Settings().MLFLOW_TRACKING_URI))
 
 
 @dataclass(frozen=True)
 class Components:
     simulate_drift: object
+    baseline_model: object
     train_model: object
     evaluate_models: object
     gate_candidate: object
     deploy_canary: object
+    register_models: object
 
 
 def build(image: str = DEFAULT_IMAGE) -> Components:
@@ -173,5 +227,6 @@ def build(image: str = DEFAULT_IMAGE) -> Components:
     def component(func):
         return dsl.component(func, base_image=image, install_kfp_package=False)
 
-    return Components(component(simulate_drift), component(train_model), component(evaluate_models),
-                      component(gate_candidate), component(deploy_canary))
+    return Components(component(simulate_drift), component(baseline_model), component(train_model),
+                      component(evaluate_models), component(gate_candidate), component(deploy_canary),
+                      component(register_models))

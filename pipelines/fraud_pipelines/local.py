@@ -1,6 +1,10 @@
 """Run the pipeline on this machine with `kfp.local` (SubprocessRunner, no virtualenv: the
 components import this package from the current environment) and write `report.json`.
 
+A rerun is a cluster's rerun: its baseline is the champion the serving state dir rolls out (else
+MLflow's `champion`), and its deploy step canaries the new candidate next to it; a canary still
+running there is refused unless superseded, as KServe's would be.
+
 Each run writes its artifacts into `<out>/runs/<UTC time>/` and never deletes one that a manifest
 in a known serving state dir references (a running `serve` keeps its models); `<out>/report.json`
 is the latest run's report."""
@@ -30,6 +34,8 @@ STATE_DIR = Path(".fraud-rollout")
 DEMO_SERVING_STATE_DIR = STATE_DIR / "demo" / "serving"
 #: Earlier runs kept besides any a manifest in a known state dir references.
 KEEP_RUNS = 3
+#: The compiled pipeline a run executes, in its run dir.
+PIPELINE_YAML = "pipeline.yaml"
 
 
 @dataclass(frozen=True)
@@ -62,23 +68,6 @@ def _serves_from(state_dir: Path, directory: Path) -> bool:
 
     service = LocalInferenceService(state_dir)
     return service.exists() and f"{directory.resolve()}/" in json.dumps([service.get(), service.revisions()])
-
-
-def _serve_running(state_dir: Path) -> bool:
-    from fraud_control.runtime import read_runtime
-
-    return bool(read_runtime(state_dir))  # empty when no serve runs, or its process is gone
-
-
-def _forget_local_rollout(state_dir: Path, runs_dir: Path) -> None:
-    """A rerun replaces the local rollout of this `--out`'s earlier runs (their artifacts stay), unless
-    a `serve` is running it: then the deploy step treats it as it would a cluster's (a running canary
-    is refused unless superseded). A local rollout of other artifacts is left alone."""
-    from fraud_control.local_state import LocalInferenceService
-
-    if _serves_from(state_dir, runs_dir) and not _serve_running(state_dir):
-        log.info("removing the local rollout of an earlier run in %s", state_dir)
-        LocalInferenceService(state_dir).delete()
 
 
 def new_run_dir(runs_dir: Path) -> Path:
@@ -118,7 +107,6 @@ def run_local(options: LocalRunOptions, console: TextIO | None = None, **pipelin
     out = options.out_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").unlink(missing_ok=True)
-    _forget_local_rollout(options.serving_state_dir, out / "runs")
     run_dir = new_run_dir(out / "runs")
     tracking_uri = registry.resolve_tracking_uri(options.mlflow_tracking_uri, STATE_DIR)
     log_path = out / "logs" / "pipeline.log"
@@ -131,7 +119,8 @@ def run_local(options: LocalRunOptions, console: TextIO | None = None, **pipelin
              ("evaluation", "gate_result", "baseline_model", "candidate_model", "holdout", "summary")}
     report = build_report(paths, tracking_uri, wall)
     report["timings"]["tasks_wall"] = shown.seconds
-    report["run"] = {"id": run_dir.name, "dir": str(run_dir), "log": str(log_path)}
+    report["run"] = {"id": run_dir.name, "dir": str(run_dir), "log": str(log_path),
+                     "pipeline_yaml": str(run_dir / PIPELINE_YAML)}
     write_json(run_dir / "report.json", report)
     write_json(out / "report.json", report)
     for removed in prune_runs(out / "runs", run_dir, known_state_dirs(options)):
@@ -141,19 +130,26 @@ def run_local(options: LocalRunOptions, console: TextIO | None = None, **pipelin
 
 def _run_pipeline(shown: PipelineConsole, options: LocalRunOptions, run_dir: Path, tracking_uri: str,
                   pipeline_arguments: dict):
-    from kfp import local
+    """Compile the pipeline into the run dir and execute that YAML (what a cluster would run: the
+    committed YAML is the same bytes, a test compares them), not the Python function."""
+    from kfp import components, local
 
-    from fraud_pipelines.pipeline import build_pipeline
+    from fraud_pipelines.pipeline import compile_pipeline
 
     config = options.config
     warnings.filterwarnings("ignore", message=".*non-Python base image.*")  # our image has Python
+    compiled = components.load_component_from_file(str(compile_pipeline(run_dir / PIPELINE_YAML)))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"), raise_on_error=True)
     try:
-        return build_pipeline()(**asdict(config), source_csv=options.source_csv, mlflow_tracking_uri=tracking_uri,
-                                deploy_target="local", local_state_dir=str(options.serving_state_dir.resolve()),
-                                supersede_canary=options.supersede_canary, **pipeline_arguments)
+        return compiled(**asdict(config), source_csv=options.source_csv, mlflow_tracking_uri=tracking_uri,
+                        deploy_target="local", local_state_dir=str(options.serving_state_dir.resolve()),
+                        supersede_canary=options.supersede_canary, **pipeline_arguments)
     except RuntimeError as error:  # kfp.local: "Pipeline … finished with status FAILURE. Inner task failed: …"
-        raise PipelineFailed(f"{shown.failure()} (full log: {shown.log_path})") from error
+        failure = shown.failure()
+        if "RolloutRefused: a canary of" in failure:  # an earlier run's canary still runs: the way on
+            failure += (f"; next: fraud-rollout canary promote (or rollback) --target local --state-dir "
+                        f"{options.serving_state_dir}, then run again")
+        raise PipelineFailed(f"{failure} (full log: {shown.log_path})") from error
 
 
 def build_report(paths: dict[str, str], tracking_uri: str, wall_seconds: float) -> dict:

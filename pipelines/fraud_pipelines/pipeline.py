@@ -1,4 +1,5 @@
-"""The fraud-rollout pipeline: simulate drift → train v1 and v2 → evaluate → gate → (promote) canary.
+"""The fraud-rollout pipeline: simulate drift → baseline (the deployed champion, or a bootstrap v1)
+and train the candidate → evaluate → gate → (promote) canary next to the champion → register.
 
 `build_pipeline(image)` wires the components for one components image; `compile_pipeline` writes
 the YAML the Kubeflow UI uploads. The committed YAML (`fraud_rollout_pipeline.yaml`) is compiled
@@ -27,8 +28,9 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
     c = build(image)
 
     @dsl.pipeline(name=PIPELINE_NAME,
-                  description="Simulate card-fraud drift, train baseline v1 and candidate v2, evaluate on a "
-                              "strictly later holdout, gate the candidate, and roll it out as a KServe canary.")
+                  description="Simulate card-fraud drift, take the deployed champion as the baseline (a first run "
+                              "trains v1), train the candidate, evaluate both on a strictly later holdout, gate "
+                              "the candidate, and roll it out as a KServe canary next to the champion.")
     def fraud_rollout(
         n_transactions: int = DEFAULTS.n_transactions,
         seed: int = DEFAULTS.seed,
@@ -47,6 +49,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         gate_max_p_value: float = GATE.max_p_value,
         gate_min_holdout_frauds: int = GATE.min_holdout_frauds,
         mlflow_tracking_uri: str = "",
+        baseline_from: str = "champion",
         deploy_target: str = "kserve",
         namespace: str = "kubeflow-user-example-com",
         canary_percent: int = 20,
@@ -59,16 +62,21 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
                                 ("candidate_model", Model), ("holdout", Dataset), ("summary", Artifact)]):
         data = c.simulate_drift(n_transactions=n_transactions, seed=seed, drift_start_month=drift_start_month,
                                 fraud_rate=fraud_rate, source_csv=source_csv).set_display_name("simulate drift")
-        trained = {}
-        for version, window in ((1, "reference"), (2, "recent")):
-            trained[version] = c.train_model(
-                dataset=data.outputs[window], feature_contract=data.outputs["feature_contract"], version=version,
-                window=window, epochs=epochs, batch_size=batch_size, seed=seed, min_precision=min_precision,
-                mlflow_tracking_uri=mlflow_tracking_uri).set_display_name(f"train v{version} on {window}")
+        # Never cached (DESIGN decision 11): the champion, the registry and the cluster change between runs.
+        baseline = c.baseline_model(
+            dataset=data.outputs["reference"], feature_contract=data.outputs["feature_contract"],
+            baseline_from=baseline_from, target=deploy_target, namespace=namespace, local_state_dir=local_state_dir,
+            epochs=epochs, batch_size=batch_size, seed=seed, min_precision=min_precision,
+            mlflow_tracking_uri=mlflow_tracking_uri).set_display_name("baseline: champion or v1").set_caching_options(False)
+        candidate = c.train_model(
+            dataset=data.outputs["recent"], feature_contract=baseline.outputs["baseline_contract"],
+            version=baseline.outputs["Output"], window="recent", epochs=epochs, batch_size=batch_size, seed=seed,
+            min_precision=min_precision, mlflow_tracking_uri=mlflow_tracking_uri,
+        ).set_display_name("train candidate on recent").set_caching_options(False)
         evaluated = c.evaluate_models(
-            baseline=trained[1].outputs["model"], candidate=trained[2].outputs["model"],
+            baseline=baseline.outputs["model"], candidate=candidate.outputs["model"],
             holdout=data.outputs["holdout"], pre_drift=data.outputs["pre_drift"],
-            summary=data.outputs["summary"]).set_display_name("evaluate v1 vs v2")
+            summary=data.outputs["summary"]).set_display_name("evaluate baseline vs candidate")
         gated = c.gate_candidate(
             evaluation=evaluated.outputs["evaluation"], min_f1=gate_min_f1, min_precision=gate_min_precision,
             min_recall=gate_min_recall, min_pr_auc=gate_min_pr_auc, min_recall_gain=gate_min_recall_gain,
@@ -76,19 +84,21 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             min_holdout_frauds=gate_min_holdout_frauds).set_display_name("gate")
         with dsl.If(gated.outputs["Output"] == "promote", name="candidate-promoted"):
             deployed = c.deploy_canary(
-                baseline=trained[1].outputs["model"], candidate=trained[2].outputs["model"], target=deploy_target,
+                baseline=baseline.outputs["model"], candidate=candidate.outputs["model"], target=deploy_target,
                 namespace=namespace, canary_percent=canary_percent, supersede=supersede_canary,
                 local_state_dir=local_state_dir, bucket=model_bucket, serving_image=serving_image,
-                timeout_seconds=deploy_timeout_seconds,
-                mlflow_tracking_uri=mlflow_tracking_uri).set_display_name("deploy canary")
+                timeout_seconds=deploy_timeout_seconds).set_display_name("deploy canary").set_caching_options(False)
             # Ignored by kfp.local; in a cluster the Secret must exist (manifests/base/s3-secret.template.yaml).
             kubernetes.use_secret_as_env(deployed, secret_name=S3_SECRET,
                                          secret_key_to_env={name: name for name in (*REQUIRED_ENV_VARS, "S3_USE_HTTPS")})
+            c.register_models(baseline=baseline.outputs["model"], candidate=candidate.outputs["model"],
+                              mlflow_tracking_uri=mlflow_tracking_uri).after(deployed).set_display_name(
+                "register challenger").set_caching_options(False)
         Outputs = NamedTuple("Outputs", [("evaluation", Artifact), ("gate_result", Artifact),  # noqa: UP014
                                          ("baseline_model", Model), ("candidate_model", Model),
                                          ("holdout", Dataset), ("summary", Artifact)])
         return Outputs(evaluation=evaluated.outputs["evaluation"], gate_result=gated.outputs["gate_result"],
-                       baseline_model=trained[1].outputs["model"], candidate_model=trained[2].outputs["model"],
+                       baseline_model=baseline.outputs["model"], candidate_model=candidate.outputs["model"],
                        holdout=data.outputs["holdout"], summary=data.outputs["summary"])
 
     return fraud_rollout

@@ -24,14 +24,20 @@ def test_compiled_dag_and_gate_condition():
     documents = list(yaml.safe_load_all(COMPILED.read_text()))  # pipeline spec, then platform spec
     spec = json_format.ParseDict(documents[0], pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=True)
     tasks = spec.root.dag.tasks
-    assert set(tasks) == {"simulate-drift", "train-model", "train-model-2", "evaluate-models", "gate-candidate",
+    assert set(tasks) == {"simulate-drift", "baseline-model", "train-model", "evaluate-models", "gate-candidate",
                           "condition-1"}
-    assert set(tasks["evaluate-models"].dependent_tasks) == {"simulate-drift", "train-model", "train-model-2"}
-    assert list(tasks["train-model"].dependent_tasks) == ["simulate-drift"]
+    assert set(tasks["evaluate-models"].dependent_tasks) == {"simulate-drift", "baseline-model", "train-model"}
+    assert list(tasks["baseline-model"].dependent_tasks) == ["simulate-drift"]
+    # the candidate is trained with the baseline's contract and gets the version after the baseline's
+    assert set(tasks["train-model"].dependent_tasks) == {"simulate-drift", "baseline-model"}
+    candidate_inputs = tasks["train-model"].inputs
+    assert candidate_inputs.parameters["version"].task_output_parameter.producer_task == "baseline-model"
+    assert candidate_inputs.artifacts["feature_contract"].task_output_artifact.output_artifact_key == "baseline_contract"
     condition = tasks["condition-1"].trigger_policy.condition
     assert condition == "inputs.parameter_values['pipelinechannel--gate-candidate-Output'] == 'promote'"
     branch = spec.components[tasks["condition-1"].component_ref.name].dag.tasks
-    assert set(branch) == {"deploy-canary"}
+    assert set(branch) == {"deploy-canary", "register-models"}
+    assert list(branch["register-models"].dependent_tasks) == ["deploy-canary"]
     # The deploy step reads the S3 credentials from a Secret, never from the YAML.
     secrets = documents[1]["platforms"]["kubernetes"]
     secret_env = secrets["deploymentSpec"]["executors"]["exec-deploy-canary"]["secretAsEnv"][0]
@@ -45,6 +51,18 @@ def test_compiled_dag_and_gate_condition():
     # Docstrings become input descriptions in the Kubeflow UI.
     simulate = spec.components["comp-simulate-drift"].input_definitions.parameters
     assert "Random seed" in simulate["seed"].description
+
+
+def test_caching_is_off_for_exactly_baseline_training_deploy_and_registration():
+    # KFP caches by default; a cached deploy or registration would skip the rollout (DESIGN decision 11).
+    documents = list(yaml.safe_load_all(COMPILED.read_text()))
+    root = documents[0]["root"]["dag"]["tasks"]
+    branch = documents[0]["components"][root["condition-1"]["componentRef"]["name"]]["dag"]["tasks"]
+    caching = {name: task.get("cachingOptions", {}).get("enableCache", False)
+               for name, task in {**root, **branch}.items() if name != "condition-1"}
+    assert caching == {"simulate-drift": True, "baseline-model": False, "train-model": False,
+                       "evaluate-models": True, "gate-candidate": True, "deploy-canary": False,
+                       "register-models": False}
 
 
 #: Small data cannot reach the production floors; lower them so the promote branch runs too.
@@ -73,9 +91,10 @@ def local_run(tmp_path_factory):
 def test_console_shows_one_line_per_task_start_and_finish_and_the_log_the_rest(local_run):
     out, report = local_run
     lines = (out / "console.txt").read_text().splitlines()
-    tasks = ["simulate-drift", "train-model", "train-model-2", "evaluate-models", "gate-candidate", "deploy-canary"]
+    tasks = ["simulate-drift", "baseline-model", "train-model", "evaluate-models", "gate-candidate", "deploy-canary",
+             "register-models"]
     assert lines[0] == f"pipeline run {report['run']['id']} (kfp.local); its log: {out / 'logs' / 'pipeline.log'}"
-    # kfp.local runs one task at a time, in an order of its choosing (train-model-2 may come first)
+    # kfp.local runs one task at a time, in an order of its choosing
     pairs = [(a.split()[:2], b.split()[:2]) for a, b in zip(lines[1::2], lines[2::2])]
     assert sorted(started[0] for started, _ in pairs) == sorted(tasks) and len(lines) == 1 + 2 * len(tasks)
     assert all(started[1] == "started" and finished == [started[0], "success"] for started, finished in pairs)
@@ -86,6 +105,14 @@ def test_console_shows_one_line_per_task_start_and_finish_and_the_log_the_rest(l
     assert "\x1b" not in log_text
     assert log_text.count("Executing task '") == len(tasks) and 'Got executor_input:' in log_text
     assert "v2 epoch 3/3" in log_text
+
+
+def test_a_local_run_executes_the_compiled_yaml_which_is_the_committed_one(local_run):
+    _, report = local_run
+    executed = Path(report["run"]["pipeline_yaml"])
+    assert executed.parent == Path(report["run"]["dir"]) and executed.read_text() == COMPILED.read_text()
+    assert report["models"]["v1"]["source"] == "trained" and report["models"]["v2"]["source"] == "trained"
+    assert report["models"]["v1"]["registry_version"] == report["mlflow"]["versions"]["v1"]
 
 
 def test_each_run_writes_into_its_own_directory(local_run):

@@ -1,18 +1,15 @@
 """Local pipeline runs: a directory per run, none deleted while a manifest references it, and a
-console that shows one line per task while kfp.local's output goes to a log file."""
+console that shows one line per task while kfp.local's output goes to a log file. (A rerun no longer
+removes an earlier run's rollout: it canaries next to it, tests/integration/test_reruns.py.)"""
 from __future__ import annotations
 
 import io
-import json
 import logging
-import os
-import subprocess
 
 from fraud_control import isvc
 from fraud_control.local_state import LocalInferenceService
-from fraud_control.runtime import RUNTIME_FILE
 from fraud_pipelines.console import PipelineConsole
-from fraud_pipelines.local import _forget_local_rollout, new_run_dir, prune_runs
+from fraud_pipelines.local import new_run_dir, prune_runs
 
 from tests.unit.test_serving_local_state import artifact_root, spec
 
@@ -41,32 +38,6 @@ def test_pruning_keeps_recent_runs_and_every_run_a_manifest_references(tmp_path)
     removed = prune_runs(runs, current, [tmp_path / "serving", tmp_path / "absent"], keep=2)
     assert removed == [old, middle]
     assert sorted(p.name for p in runs.iterdir()) == [oldest.name, newer.name, current.name]
-
-
-def test_a_rerun_replaces_its_own_idle_rollout_but_keeps_the_artifacts(tmp_path):
-    (run,) = make_runs(tmp_path / "runs", ["20260101T000000Z"])
-    serve_from(tmp_path / "serving", artifact_root(run / "kfp", 1))
-    _forget_local_rollout(tmp_path / "serving", tmp_path / "runs")
-    assert not LocalInferenceService(tmp_path / "serving").exists()
-    assert (run / "kfp" / "v1" / "feature_contract.json").is_file()
-
-
-def test_a_rollout_that_a_running_serve_follows_stays(tmp_path):
-    (run,) = make_runs(tmp_path / "runs", ["20260101T000000Z"])
-    serve_from(tmp_path / "serving", artifact_root(run / "kfp", 1))
-    (tmp_path / "serving" / RUNTIME_FILE).write_text(json.dumps({"pid": os.getpid()}))  # this live process
-    _forget_local_rollout(tmp_path / "serving", tmp_path / "runs")
-    assert LocalInferenceService(tmp_path / "serving").exists()
-
-
-def test_a_dead_serves_runtime_file_does_not_keep_a_rollout(tmp_path):
-    (run,) = make_runs(tmp_path / "runs", ["20260101T000000Z"])
-    serve_from(tmp_path / "serving", artifact_root(run / "kfp", 1))
-    finished = subprocess.Popen(["true"])
-    finished.wait()
-    (tmp_path / "serving" / RUNTIME_FILE).write_text(json.dumps({"pid": finished.pid}))
-    _forget_local_rollout(tmp_path / "serving", tmp_path / "runs")
-    assert not LocalInferenceService(tmp_path / "serving").exists()
 
 
 def test_console_shows_task_lines_and_the_log_keeps_the_rest_without_colours(tmp_path):

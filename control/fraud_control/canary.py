@@ -25,7 +25,7 @@ from fraud_control import isvc, registry_aliases
 from fraud_control.isvc import CANARY_MODES, CONTRACT_ANNOTATION, IsvcSpec
 from fraud_control.store import InferenceServiceStore, RolloutError, RolloutRefused, RolloutTimeout, require
 from fraud_control.subject import revision_model, subject_of
-from fraud_control.traffic import conditions_of, describe_conditions, is_true, render_markdown, traffic_status
+from fraud_control.traffic import conditions_of, describe_conditions, is_true, render_markdown, spec_observed, traffic_status
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,11 @@ class Rollout:
 
 
 def wait_ready(store: InferenceServiceStore, generation: int, timeout_s: float = DEFAULT_TIMEOUT_S,
-               poll_s: float = DEFAULT_POLL_S) -> dict:
-    """Poll until `status.observedGeneration >= generation` and Ready is True; returns the object.
-
-    Raises RolloutTimeout with the InferenceService's conditions when `timeout_s` passes.
-    """
-    return _wait(store, generation, lambda obj: is_true(obj, "Ready"), "Ready", timeout_s, poll_s)
+               poll_s: float = DEFAULT_POLL_S, created_before: str | None = None) -> dict:
+    """Poll until the controller has acted on the spec (`traffic.spec_observed`) and Ready is True;
+    returns the object. Raises RolloutTimeout with the InferenceService's conditions when
+    `timeout_s` passes."""
+    return _wait(store, generation, lambda obj: is_true(obj, "Ready"), "Ready", timeout_s, poll_s, created_before)
 
 
 def _rolled_out_takes_all(obj: dict) -> bool:
@@ -70,17 +69,17 @@ def _rolled_out_takes_all(obj: dict) -> bool:
 
 
 def _wait(store: InferenceServiceStore, generation: int, done: Callable[[dict], bool], what: str,
-          timeout_s: float, poll_s: float) -> dict:
-    """Poll (a readiness check, every `poll_s`) until the controller has observed `generation` and
-    `done(obj)`; RolloutTimeout with the conditions after `timeout_s` (at once on a store whose
-    writes reconcile the status, where waiting changes nothing)."""
+          timeout_s: float, poll_s: float, created_before: str | None = None) -> dict:
+    """Poll (a readiness check, every `poll_s`) until the controller has acted on `generation`'s
+    spec and `done(obj)`; RolloutTimeout with the conditions after `timeout_s` (at once on a store
+    whose writes reconcile the status, where waiting changes nothing)."""
     deadline = time.monotonic() + (0.0 if store.reconciles_on_write else timeout_s)
     while True:
         obj = store.get()
         if obj is None:
             raise RolloutError(f"InferenceService {store.where} disappeared while waiting for it to be {what}")
         observed = obj.get("status", {}).get("observedGeneration", 0)
-        if observed >= generation and done(obj):
+        if obj["metadata"]["generation"] >= generation and spec_observed(obj, created_before) and done(obj):
             return obj
         if time.monotonic() >= deadline:
             waited = "" if store.reconciles_on_write else f" after {timeout_s:g} s"
@@ -177,10 +176,11 @@ def deploy_canary(store: InferenceServiceStore, candidate: IsvcSpec, champion: I
 
     rolled_out = subject_of(current, store.where).latest_rolled_out_revision
     record = {"revision": rolled_out, **revision_model(current, rolled_out)} if rolled_out else None
+    created_before = current.get("status", {}).get("components", {}).get("predictor", {}).get("latestCreatedRevision")
     patched = store.merge_patch(isvc.canary_patch(candidate, canary_percent, record))
     log.info("patched %s: canary %s at %d %% (generation %s); waiting for Ready", store.where,
              candidate.model_version, canary_percent, patched["metadata"]["generation"])
-    current = wait_ready(store, patched["metadata"]["generation"], timeout_s, poll_s)
+    current = wait_ready(store, patched["metadata"]["generation"], timeout_s, poll_s, created_before or "")
     actions.append(f"canary {candidate.model_version} at {canary_percent} %")
     return Rollout("; ".join(actions), traffic_status(current))
 

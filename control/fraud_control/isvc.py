@@ -23,7 +23,10 @@ MODEL_VERSION_LABEL = "fraud-rollout/model-version"
 CONTRACT_ANNOTATION = "fraud-rollout/feature-contract-id"
 #: What the rolled-out revision served when the canary was opened (JSON: revision, modelVersion,
 #: storageUri): once the canary's patch replaced the predictor spec, the InferenceService itself no
-#: longer says what its rolled-out revision serves (Knative's Revision objects would).
+#: longer says what its rolled-out revision serves (Knative's Revision objects would). It is a
+#: predictor annotation: KServe copies the InferenceService's own annotations into every component's
+#: template, so one there would give the transformer a new revision on every canary (seen on
+#: KServe's controller).
 ROLLED_OUT_ANNOTATION = "fraud-rollout/rolled-out-model"
 
 
@@ -109,10 +112,10 @@ def canary_patch(spec: IsvcSpec, percent: int, rolled_out: dict | None = None) -
     `rolled_out` (revision, modelVersion, storageUri) is recorded in ROLLED_OUT_ANNOTATION."""
     if not 0 <= percent <= 100:
         raise ValueError(f"canary percent must be within 0..100, got {percent}")
-    patch: dict = {"spec": {"predictor": predictor_spec(IsvcSpec(**{**spec.__dict__, "canary_percent": percent}))}}
+    predictor = predictor_spec(IsvcSpec(**{**spec.__dict__, "canary_percent": percent}))
     if rolled_out:
-        patch["metadata"] = {"annotations": {ROLLED_OUT_ANNOTATION: json.dumps(rolled_out, sort_keys=True)}}
-    return patch
+        predictor["annotations"] = {ROLLED_OUT_ANNOTATION: json.dumps(rolled_out, sort_keys=True)}
+    return {"spec": {"predictor": predictor}}
 
 
 def promote_patch() -> list[dict]:

@@ -105,7 +105,7 @@ class KubeStore:
         """`application/json-patch+json` on the custom object.
 
         kubernetes 30.1's `patch_namespaced_custom_object` always sends merge-patch+json, also for a
-        list body, which the API server rejects with 422 ("cannot unmarshal array",
+        list body, which the API server rejects with 400 ("error decoding patch: json: cannot unmarshal array",
         kubernetes-client/python #2039), so this sends the same request with the right Content-Type.
         """
         path = "/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}"

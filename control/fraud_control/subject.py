@@ -48,7 +48,7 @@ def revision_model(obj: dict, revision: str) -> dict:
     predictor = obj.get("status", {}).get("components", {}).get("predictor", {})
     if revision and revision == predictor.get("latestCreatedRevision"):
         return spec_model(obj)
-    recorded = obj.get("metadata", {}).get("annotations", {}).get(isvc.ROLLED_OUT_ANNOTATION, "")
+    recorded = obj.get("spec", {}).get("predictor", {}).get("annotations", {}).get(isvc.ROLLED_OUT_ANNOTATION, "")
     try:
         record = json.loads(recorded) if recorded else {}
     except ValueError:  # edited by hand: treat as unknown

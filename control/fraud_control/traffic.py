@@ -25,6 +25,26 @@ def describe_conditions(conditions: list[dict]) -> str:
     return "; ".join(parts)
 
 
+def spec_observed(obj: dict, created_before: str | None = None) -> bool:
+    """Has the controller acted on the object's current spec?
+
+    `status.observedGeneration` alone cannot say: KServe copies it from a component's Knative
+    Service (the transformer's, which a predictor patch leaves alone; kserve #6081), so after a
+    traffic-only patch it never reaches `metadata.generation`. The predictor's status says it
+    instead: the latest revision's share is `canaryTrafficPercent` (100 when unset), and when the
+    template changed (`created_before` is the latest created revision before), a newer one exists.
+    """
+    st, predictor_spec = obj.get("status", {}), obj.get("spec", {}).get("predictor", {})
+    if st.get("observedGeneration", 0) >= obj.get("metadata", {}).get("generation", 0):
+        return True
+    predictor = st.get("components", {}).get("predictor", {})
+    percent = predictor_spec.get("canaryTrafficPercent")
+    latest = [t.get("percent") for t in predictor.get("traffic", []) if t.get("latestRevision")]
+    if latest != [100 if percent is None else percent]:
+        return False
+    return created_before is None or predictor.get("latestCreatedRevision", "") not in ("", created_before)
+
+
 def traffic_status(obj: dict) -> dict:
     """The predictor's traffic state in KServe's own field names, plus what the spec asks for.
 
@@ -38,7 +58,7 @@ def traffic_status(obj: dict) -> dict:
         "name": metadata.get("name", ""),
         "namespace": metadata.get("namespace", ""),
         "deploymentMode": isvc.deployment_mode(obj),
-        "ready": is_true(obj, "Ready") and observed >= generation,
+        "ready": is_true(obj, "Ready") and spec_observed(obj),
         "generation": generation,
         "observedGeneration": observed,
         "modelVersion": isvc.predictor_model_version(obj),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from fraud_control import canary
 from fraud_control.isvc import IsvcSpec
 from fraud_control.store import InferenceServiceStore, RolloutTimeout
-from fraud_control.traffic import conditions_of
+from fraud_control.traffic import conditions_of, spec_observed
 
 FIELDS = ("canaryTrafficPercent", "latestCreatedRevision", "latestReadyRevision", "latestRolledoutRevision",
           "previousRolledoutRevision", "modelVersion")
@@ -35,13 +35,13 @@ def observed(status: dict, outcome: str) -> dict:
 
 
 def settle(store: InferenceServiceStore, poll_s: float, timeout_s: float = 60.0) -> None:
-    """Until the controller has observed the latest generation and decided on the predictor (its
+    """Until the controller has acted on the latest spec and decided on the predictor (its
     PredictorReady condition True or False, not Unknown)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         obj = store.get() or {}
         decided = [c for c in conditions_of(obj) if c["type"] == "PredictorReady" and c["status"] in ("True", "False")]
-        if obj.get("status", {}).get("observedGeneration", 0) >= obj["metadata"]["generation"] and decided:
+        if spec_observed(obj) and decided:
             return
         time.sleep(poll_s)
     raise AssertionError(f"the controller did not settle in {timeout_s} s: {conditions_of(obj)}")

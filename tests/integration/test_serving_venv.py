@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 UV = str(Path(sys.executable).with_name("uv"))
 #: Packages the image must not hold (what the lock leaves out, and the layers above the data plane).
 ABSENT = ("fraud_control", "fraud_kfp", "fraud_pipelines", "fraud_rollout", "fraud_canary", "kfp", "mlflow",
-          "minio", "matplotlib", "pytest", "moto")
+          "minio", "matplotlib", "pytest")
 
 
 def run(*command: str, cwd: Path | None = None) -> str:

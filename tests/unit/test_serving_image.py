@@ -10,7 +10,7 @@ from fraud_serving.__main__ import build_parser
 from tests.serving_image import LOCK, REPO, copies, instructions
 
 #: Not in the serving image: the pipeline, the tracking server, the test tools.
-NOT_SERVING = ("kfp", "kfp-kubernetes", "mlflow", "minio", "matplotlib", "pytest", "moto", "ruff", "mypy",
+NOT_SERVING = ("kfp", "kfp-kubernetes", "mlflow", "minio", "matplotlib", "pytest", "ruff", "mypy",
                "import-linter", "nbclient", "ipykernel")
 
 

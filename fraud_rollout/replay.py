@@ -39,7 +39,6 @@ from fraud_rollout.replay_source import (
     ReplaySource,
     load_source,
     read_pipeline_report,
-    version_artifacts,
 )
 from fraud_rollout.targets import add_target_options, current_subject
 
@@ -149,10 +148,12 @@ def bench_command(args) -> int:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-replay-")))
         url = args.url
         if url is None:
-            artifacts = version_artifacts(pipeline)
+            # by role: models.v1 is the baseline and models.v2 the candidate, whatever their labels
+            # (a rerun against the champion labels them v2 and v3)
+            models = pipeline["models"]
             started = time.perf_counter()
-            serving = stack.enter_context(LocalServing(workdir / "serving", baseline=artifacts["v1"],
-                                                       candidate=artifacts["v2"], canary_percent=20,
+            serving = stack.enter_context(LocalServing(workdir / "serving", baseline=models["v1"]["artifact"],
+                                                       candidate=models["v2"]["artifact"], canary_percent=20,
                                                        log_dir=workdir / "logs"))
             print(f"local canary runtime ready in {time.perf_counter() - started:.1f} s at {serving.url} "
                   "(v1 rolled out, v2 at 20 %)")

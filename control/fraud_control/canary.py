@@ -25,7 +25,14 @@ from fraud_control import isvc, registry_aliases
 from fraud_control.isvc import CANARY_MODES, CONTRACT_ANNOTATION, IsvcSpec
 from fraud_control.store import InferenceServiceStore, RolloutError, RolloutRefused, RolloutTimeout, require
 from fraud_control.subject import revision_model, subject_of
-from fraud_control.traffic import conditions_of, describe_conditions, is_true, render_markdown, spec_observed, traffic_status
+from fraud_control.traffic import (
+    conditions_of,
+    describe_conditions,
+    is_true,
+    render_markdown,
+    spec_observed,
+    traffic_status,
+)
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from fraud_control import canary
 from fraud_control.isvc import IsvcSpec
 from fraud_control.kube_store import KubeStore
 
-from tests.cluster_fixtures import Namespace, kube_cluster, namespace, s3_settings, store_objects_at  # noqa: F401
+from tests.cluster_fixtures import Namespace, store_objects_at
 
 CONTRACT = "c1"
 
@@ -46,7 +46,7 @@ def kubeconfig_for(namespace: Namespace, path: Path, token: str | None = None) -
 
 
 @pytest.fixture
-def canary_cluster(namespace, s3_settings, tmp_path) -> CanaryCluster:  # noqa: F811
+def canary_cluster(namespace, s3_settings, tmp_path) -> CanaryCluster:
     namespace.apply_pipeline_rbac()
     v1, v2 = (model_spec(namespace.name, v, s3_settings) for v in ("v1", "v2"))
     canary.deploy_canary(KubeStore(namespace.token_api(), namespace.name), v2, v1, timeout_s=60, poll_s=0.05)

@@ -12,7 +12,6 @@ from fraud.files import json_safe
 from fraud_canary.metrics import version_metrics
 
 from fraud_rollout.cli import main
-from tests.integration.kube_fixtures import canary_cluster, kube_cluster, namespace, s3_settings  # noqa: F401
 from tests.integration.test_canary_cli_kserve import cluster, tracking_uri  # noqa: F401
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,6 @@ import pytest
 from fraud_control.artifact_store import S3Settings, artifact_prefix, missing_under, s3_client, upload_artifact
 from minio.error import S3Error
 
-from tests.cluster_fixtures import kube_cluster, s3_settings  # noqa: F401
-
 
 @pytest.fixture
 def bucket() -> str:

@@ -8,13 +8,13 @@ import pytest
 from fraud import registry
 
 from fraud_rollout.cli import main
-from tests.integration.kube_fixtures import canary_cluster, kube_cluster, kubeconfig_for, namespace, s3_settings  # noqa: F401,E501
+from tests.integration.kube_fixtures import kubeconfig_for
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def cluster(canary_cluster):  # noqa: F811
+def cluster(canary_cluster):
     """v2 at 20 % in a namespace of its own, and an admin kubeconfig for it."""
     return canary_cluster, str(canary_cluster.kubeconfig)
 

@@ -14,8 +14,6 @@ from fraud_control.local_store import LocalStore
 from fraud_control.store import NotDeployed, RolloutRefused
 from fraud_control.subject import mismatch, read_subject
 
-from tests.cluster_fixtures import admin_api, kube_cluster, namespace, s3_settings  # noqa: F401
-
 pytestmark = pytest.mark.integration
 
 FAST = {"timeout_s": 60.0, "poll_s": 0.05}

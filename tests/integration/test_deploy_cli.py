@@ -8,8 +8,6 @@ import sys
 
 import pytest
 
-from tests.cluster_fixtures import kube_cluster, namespace  # noqa: F401
-
 pytestmark = pytest.mark.integration
 
 
@@ -46,7 +44,7 @@ def test_deploy_two_models_locally_then_status_shows_the_20_percent_canary(tiny_
     assert other.stderr.startswith("fraud-rollout deploy: a canary of v2 ") and len(other.stderr.splitlines()) == 1
 
 
-def test_deploy_to_kserve_uploads_and_canaries_through_the_kubeconfig_given(tiny_run, namespace, tmp_path):  # noqa: F811
+def test_deploy_to_kserve_uploads_and_canaries_through_the_kubeconfig_given(tiny_run, namespace, tmp_path):
     """The kserve code path from the command line on the real control plane: real exported models to
     MinIO, the InferenceService through `--kubeconfig`/`--context` (not the current context) with the
     pipeline ServiceAccount's token, the split computed by KServe's controller."""

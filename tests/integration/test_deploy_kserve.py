@@ -14,7 +14,7 @@ from fraud_control.kube_store import KubeStore, MissingPermission
 from fraud_control.store import RolloutError, RolloutRefused, RolloutTimeout
 from kubernetes.client.exceptions import ApiException
 
-from tests.cluster_fixtures import admin_api, kube_cluster, namespace, s3_settings, store_objects_at  # noqa: F401
+from tests.cluster_fixtures import store_objects_at
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ class Target:
 
 
 @pytest.fixture
-def target(namespace, admin_api, s3_settings):  # noqa: F811
+def target(namespace, admin_api, s3_settings):
     return Target(namespace, admin_api, s3_settings)
 
 
@@ -215,7 +215,7 @@ def test_champion_and_candidate_with_different_contracts_create_nothing(target):
 
 
 @pytest.mark.parametrize("verb", ["create", "patch", "get"])
-def test_a_verb_removed_from_the_pipeline_role_is_reported_by_name(namespace, admin_api, s3_settings, verb):  # noqa: F811
+def test_a_verb_removed_from_the_pipeline_role_is_reported_by_name(namespace, admin_api, s3_settings, verb):
     target = Target(namespace, admin_api, s3_settings)
     if verb == "patch":
         deploy(target, candidate="v1")

@@ -10,8 +10,6 @@ import subprocess
 import pytest
 from fraud_control.traffic import traffic_status
 
-from tests.integration.kube_fixtures import canary_cluster, kube_cluster, namespace, s3_settings  # noqa: F401
-
 pytestmark = pytest.mark.integration
 
 #: Exactly as in the README ("Promote or roll back the canary with kubectl"), with NS set.
@@ -27,7 +25,7 @@ COMMANDS = {
 
 
 @pytest.fixture
-def cluster(canary_cluster, tmp_path):  # noqa: F811
+def cluster(canary_cluster, tmp_path):
     env = {**os.environ, "KUBECONFIG": str(canary_cluster.kubeconfig), "NS": canary_cluster.ns, "HOME": str(tmp_path)}
     return canary_cluster, env
 

@@ -16,7 +16,7 @@ from fraud_control.isvc import IsvcSpec
 from fraud_control.kube_store import KubeStore
 from fraud_control.local_store import LocalStore
 
-from tests.cluster_fixtures import admin_api, kube_cluster, namespace, s3_settings, store_objects_at  # noqa: F401
+from tests.cluster_fixtures import store_objects_at
 from tests.integration.traffic_sequence import Models, run_sequence
 
 pytestmark = pytest.mark.integration
@@ -25,7 +25,7 @@ GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "traffic-sequence.json
 CONTRACT = "3f6c2a1b9d0e4f57"
 
 
-def test_kserve_controller_gives_the_recorded_sequence(namespace, admin_api, s3_settings):  # noqa: F811
+def test_kserve_controller_gives_the_recorded_sequence(namespace, admin_api, s3_settings):
     def spec(version: str, stored: bool = True) -> IsvcSpec:
         uri = f"s3://fraud-models/golden-{namespace.name}/{version}"
         if stored:

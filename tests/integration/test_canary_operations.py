@@ -152,7 +152,7 @@ def test_evidence_is_bound_to_its_subject(store, specs):
     assert mismatch(None, read_subject(store)).endswith("replay again against the current canary")
 
 
-def test_cli_apply_refuses_stale_local_evidence_and_applies_a_matching_replay(specs, tiny_run, tmp_path, capsys):
+def test_cli_apply_refuses_stale_local_evidence_and_applies_a_matching_replay(tiny_run, tmp_path, capsys):
     """`canary analyze --replay-report R --apply` on the local target: R was recorded against one
     canary, then another run's v2 (same version name, another storage URI) superseded it."""
     import argparse
@@ -162,7 +162,7 @@ def test_cli_apply_refuses_stale_local_evidence_and_applies_a_matching_replay(sp
     from fraud_rollout.targets import current_subject
     from tests.integration.test_analyze_kserve import write_reports
 
-    v1, v2 = specs
+    v1, v2 = (spec_for_artifact(root, str(root.resolve())) for root in (tiny_run.v1, tiny_run.v2))
     state = tmp_path / "serving"
     store = LocalStore(state)
     canary.deploy_canary(store, v2, v1, **FAST)

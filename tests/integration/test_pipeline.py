@@ -230,3 +230,18 @@ def test_deploy_step_leaves_a_canary_that_serve_splits_80_20_and_a_rerun_keeps_i
         process.wait(60)
     share = served.count("v2") / len(served)
     assert set(served) == {"v1", "v2"} and 0.17 <= share <= 0.23, share  # 20 % ± 3 (3.4 standard deviations)
+
+
+def test_committed_yaml_parses_strictly_into_kfps_protos():
+    """KFP's backend unmarshals the YAML into these protos before its Go compiler turns it into an
+    Argo Workflow; an unknown or misspelt field fails here as it would there. (The Go compiler itself,
+    github.com/kubeflow/pipelines/backend/src/v2/compiler/argocompiler, cannot be built here: the Go
+    module proxy serves no version of github.com/kubeflow/pipelines.)"""
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    pipeline, platform = list(yaml.safe_load_all(COMPILED.read_text()))
+    spec = json_format.ParseDict(pipeline, pipeline_spec_pb2.PipelineSpec())
+    assert spec.pipeline_info.name == "fraud-rollout"
+    platforms = json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())
+    assert set(platforms.platforms) == {"kubernetes"}

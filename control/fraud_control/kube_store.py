@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from kubernetes import client
 
 REQUEST_TIMEOUT_S = 30.0
+#: Every write is validated strictly: a field the CRD's schema does not know fails the request
+#: instead of being pruned silently (a typo would otherwise deploy without it).
+FIELD_VALIDATION = "Strict"
 RESOURCE = f"{PLURAL}.{GROUP}"
 JSON_PATCH = "application/json-patch+json"
 
@@ -92,14 +95,16 @@ class KubeStore:
 
     def create(self, manifest: dict) -> dict:
         return self._call("create", lambda: self.api.create_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, manifest, _request_timeout=REQUEST_TIMEOUT_S))
+            GROUP, VERSION, self.namespace, PLURAL, manifest, field_validation=FIELD_VALIDATION,
+            _request_timeout=REQUEST_TIMEOUT_S))
 
     def merge_patch(self, patch: dict) -> dict:
         """`application/merge-patch+json`: what `patch_namespaced_custom_object` sends for a dict."""
         if not isinstance(patch, dict):
             raise TypeError("a merge patch is a dict; use json_patch for a list of operations")
         return self._call("patch", lambda: self.api.patch_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, self.name, patch, _request_timeout=REQUEST_TIMEOUT_S))
+            GROUP, VERSION, self.namespace, PLURAL, self.name, patch, field_validation=FIELD_VALIDATION,
+            _request_timeout=REQUEST_TIMEOUT_S))
 
     def json_patch(self, operations: list[dict]) -> dict:
         """`application/json-patch+json` on the custom object.
@@ -112,7 +117,7 @@ class KubeStore:
         params = {"group": GROUP, "version": VERSION, "namespace": self.namespace, "plural": PLURAL,
                   "name": self.name}
         return self._call("patch", lambda: self.api.api_client.call_api(
-            path, "PATCH", path_params=params, query_params=[],
+            path, "PATCH", path_params=params, query_params=[("fieldValidation", FIELD_VALIDATION)],
             header_params={"Accept": "application/json", "Content-Type": JSON_PATCH},
             body=operations, post_params=[], files={}, response_type="object", auth_settings=["BearerToken"],
             _return_http_data_only=True, collection_formats={}, _request_timeout=REQUEST_TIMEOUT_S))

@@ -293,3 +293,15 @@ def test_a_failed_canary_cannot_be_promoted_but_rolls_back_to_v1(target):
     assert result.action.startswith("rolled back: canary v2 at 0 % (still not Ready: ")
     assert [(t["revisionName"], t["percent"], t["tag"]) for t in result.status["traffic"]] == [
         (REV[1], 0, "latest"), (REV[1], 100, "prev")]
+
+
+def test_a_field_the_schema_does_not_know_is_refused_not_pruned(target):
+    """Writes go with fieldValidation=Strict: KServe's CRD would otherwise drop the typo silently."""
+    manifest = isvc.inference_service(target.spec("v1"))
+    manifest["spec"]["predictor"]["canaryTrafficPercnt"] = 20
+    with pytest.raises(RolloutError) as raised:
+        target.store.create(manifest)
+    message = str(raised.value)
+    assert message.startswith(f"create inferenceservices.serving.kserve.io {target.name}/fraud-detector failed: HTTP 400 Bad Request")
+    assert 'strict decoding error: unknown field "spec.predictor.canaryTrafficPercnt"' in message
+    assert target.verbs() == []

@@ -304,4 +304,5 @@ def test_a_field_the_schema_does_not_know_is_refused_not_pruned(target):
     message = str(raised.value)
     assert message.startswith(f"create inferenceservices.serving.kserve.io {target.name}/fraud-detector failed: HTTP 400 Bad Request")
     assert 'strict decoding error: unknown field "spec.predictor.canaryTrafficPercnt"' in message
-    assert target.verbs() == []
+    assert [(w["verb"], w["code"]) for w in target.ns.writes()] == [("create", 400)]
+    assert target.store.get() is None

@@ -20,7 +20,9 @@ COMMANDS = {
     "promote": """kubectl patch isvc fraud-detector -n $NS --type=json -p '[{"op": "remove", "path": "/spec/predictor/canaryTrafficPercent"}]'""",
     "rollback": """kubectl patch isvc fraud-detector -n $NS --type=merge -p '{"spec": {"predictor": {"canaryTrafficPercent": 0}}}'""",
     "wait_promoted": """kubectl wait isvc/fraud-detector -n $NS --for=jsonpath='{.status.components.predictor.traffic[?(@.latestRevision==true)].percent}'=100 --timeout=600s""",
-    "wait_rolled_back": """kubectl wait isvc/fraud-detector -n $NS --for=jsonpath='{.status.components.predictor.traffic[?(@.tag=="prev")].percent}'=100 --timeout=600s""",
+    "to_rolled_out": "kubectl get isvc fraud-detector -n $NS -o jsonpath='{.status.components.predictor.latestRolledoutRevision}'",
+    "to_previous": "kubectl get isvc fraud-detector -n $NS -o jsonpath='{.status.components.predictor.previousRolledoutRevision}'",
+    "wait_rolled_back": """kubectl wait isvc/fraud-detector -n $NS --for=jsonpath='{.status.components.predictor.traffic[?(@.tag=="prev")].revisionName}'=$TO --timeout=600s""",
 }
 
 
@@ -31,7 +33,7 @@ def cluster(canary_cluster, tmp_path):
 
 
 def kubectl(which: str, env: dict) -> str:
-    argv = [a.replace("$NS", env["NS"]) for a in shlex.split(COMMANDS[which])]
+    argv = [a.replace("$NS", env["NS"]).replace("$TO", env.get("TO", "")) for a in shlex.split(COMMANDS[which])]
     result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, f"{COMMANDS[which]}\n{result.stderr}"
     return result.stdout
@@ -77,10 +79,25 @@ def test_wait_for_condition_ready_would_hang_after_a_promote(cluster):
 
 def test_rollback_then_wait_gives_v1_all_traffic(cluster):
     _, env = cluster
+    env = {**env, "TO": kubectl("to_rolled_out", env)}
+    assert env["TO"] == "fraud-detector-predictor-00001"
     kubectl("rollback", env)
     kubectl("wait_rolled_back", env)
     assert traffic(env) == [("fraud-detector-predictor-00002", "latest", 0),
                             ("fraud-detector-predictor-00001", "prev", 100)]
+
+
+def test_rollback_after_a_promote_waits_for_the_previous_revision(cluster):
+    _, env = cluster
+    kubectl("promote", env)
+    kubectl("wait_promoted", env)
+    env = {**env, "TO": kubectl("to_previous", env)}
+    assert env["TO"] == "fraud-detector-predictor-00001"
+    kubectl("rollback", env)
+    kubectl("wait_rolled_back", env)
+    assert traffic(env) == [("fraud-detector-predictor-00002", "latest", 0),
+                            ("fraud-detector-predictor-00001", "prev", 100)]
+    assert kubectl("rolled_out", env) == "fraud-detector-predictor-00001"
 
 
 def test_the_cli_reads_what_kubectl_wrote(cluster, capsys):

@@ -29,43 +29,62 @@ def sourced(env_file: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.split("\0") if "=" in line)
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_block() -> list[str]:
+    """The shell lines of the README's "Try the kserve target on this machine" block."""
+    section = README.read_text().split("## Try the kserve target on this machine", 1)[1]
+    return section.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+
+
 def test_cluster_up_deploy_promote_rollback_down(tiny_run, tmp_path):
-    directory = tmp_path / "cluster"
+    lines = readme_block()
+    assert lines[0].startswith("make cluster ") and lines[-1] == "make cluster-down"
+    # a working dir as after `make demo`: the venv, and a pipeline report naming two exported models
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1])
+    report = tmp_path / ".fraud-rollout" / "demo" / "pipeline" / "report.json"
+    report.parent.mkdir(parents=True)
+    report.write_text(json.dumps({"models": {"v1": {"artifact": str(tiny_run.v1)}, "v2": {"artifact": str(tiny_run.v2)}}}))
+    directory = tmp_path / ".fraud-rollout" / "cluster"
     base = {k: v for k, v in os.environ.items() if not k.startswith(("KUBECONFIG", "S3_", "AWS_"))}
     cli = [sys.executable, "-m", "fraud_rollout"]
-    up = run([*cli, "cluster", "up", "--dir", str(directory)], base, tmp_path, timeout=900)
+    up = run([*cli, "cluster", "up"], base, tmp_path, timeout=900)  # what `make cluster` runs
     try:
         assert up.returncode == 0, up.stderr
         assert f"use it from this shell:  set -a; . {directory.resolve() / 'env'}; set +a" in up.stdout
+        # the README's lines between `make cluster` and `make cluster-down`, verbatim, in one shell
+        shown = run(["bash", "-ec", "\n".join(lines[1:-1])], {**base, "HOME": str(tmp_path)}, tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        out = shown.stdout.splitlines()
+        assert out[0].split() == ["NAME", "CREATED", "AT"] and out[1].split()[0] == "inferenceservices.serving.kserve.io"
+        assert "default/fraud-detector: created with v1; canary v2 at 20 %" in out
+        assert [(t["revisionName"], t["percent"]) for t in json.loads(out[-1])] == [
+            ("fraud-detector-predictor-00002", 20), ("fraud-detector-predictor-00001", 80)]
         env = {**base, **sourced(directory / "env"), "NS": "default", "HOME": str(tmp_path)}
-
-        crd = run(["kubectl", "get", "crd", "inferenceservices.serving.kserve.io", "-o", "name"], env, tmp_path)
-        assert crd.stdout.strip() == "customresourcedefinition.apiextensions.k8s.io/inferenceservices.serving.kserve.io"
-
-        deployed = run([*cli, "deploy", "--target", "kserve", "--namespace", "default", "--baseline", str(tiny_run.v1),
-                        "--candidate", str(tiny_run.v2), "--timeout", "120"], env, tmp_path)
-        assert deployed.returncode == 0, deployed.stderr
-        assert deployed.stdout.splitlines()[0] == "default/fraud-detector: created with v1; canary v2 at 20 %"
 
         def split() -> list[tuple[str, int]]:
             shown = run(["kubectl", "get", "isvc", "fraud-detector", "-n", "default", "-o",
                          "jsonpath={.status.components.predictor.traffic}"], env, tmp_path)
             return [(t["revisionName"], t["percent"]) for t in json.loads(shown.stdout)]
 
-        assert split() == [("fraud-detector-predictor-00002", 20), ("fraud-detector-predictor-00001", 80)]
         for step, expected in (("promote", [("fraud-detector-predictor-00002", 100)]),
                                ("rollback", [("fraud-detector-predictor-00002", 0),
                                              ("fraud-detector-predictor-00001", 100)])):
-            wait = "wait_promoted" if step == "promote" else "wait_rolled_back"
-            for which in (step, wait):
-                done = run([a.replace("$NS", "default") for a in shlex.split(COMMANDS[which])], env, tmp_path)
+            commands = ("promote", "wait_promoted") if step == "promote" else ("to_previous", "rollback",
+                                                                               "wait_rolled_back")
+            for which in commands:
+                argv = [a.replace("$NS", "default").replace("$TO", env.get("TO", "")) for a in shlex.split(COMMANDS[which])]
+                done = run(argv, env, tmp_path)
                 assert done.returncode == 0, f"{COMMANDS[which]}\n{done.stderr}"
+                if which == "to_previous":
+                    env["TO"] = done.stdout
             assert split() == expected
 
-        again = run([*cli, "cluster", "up", "--dir", str(directory)], base, tmp_path)  # running: returns it
+        again = run([*cli, "cluster", "up"], base, tmp_path)  # running: returns it
         assert again.returncode == 0 and "cluster ready" in again.stdout
     finally:
-        down = run([*cli, "cluster", "down", "--dir", str(directory)], base, tmp_path)
+        down = run([*cli, "cluster", "down"], base, tmp_path)  # what `make cluster-down` runs
     assert down.stdout.strip() == "stopped etcd, kube-apiserver, minio, kserve-controller-manager, knative-standin"
-    assert run([*cli, "cluster", "down", "--dir", str(directory)], base, tmp_path).stdout.strip() == (
-        f"no cluster running in {directory}")
+    assert run([*cli, "cluster", "down"], base, tmp_path).stdout.strip() == (
+        f"no cluster running in {Path('.fraud-rollout/cluster')}")

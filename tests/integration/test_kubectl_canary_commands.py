@@ -111,3 +111,10 @@ def test_the_cli_reads_what_kubectl_wrote(cluster, capsys):
     printed = json.loads(capsys.readouterr().out)["status"]
     assert printed["canaryTrafficPercent"] is None
     assert printed["latestRolledoutRevision"] == "fraud-detector-predictor-00002"
+
+
+def test_every_command_here_is_in_the_readme_verbatim():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert [name for name, command in COMMANDS.items() if command not in readme] == []

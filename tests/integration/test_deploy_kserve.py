@@ -306,3 +306,31 @@ def test_a_field_the_schema_does_not_know_is_refused_not_pruned(target):
     assert 'strict decoding error: unknown field "spec.predictor.canaryTrafficPercnt"' in message
     assert [(w["verb"], w["code"]) for w in target.ns.writes()] == [("create", 400)]
     assert target.store.get() is None
+
+
+def test_a_reruns_baseline_is_the_champion_the_cluster_rolls_out(target, tiny_run, tmp_path):
+    """The baseline step on the kserve target: the InferenceService's rolled-out model (through the
+    same store as the deploy step), before and after a promote, mapped to its registered version."""
+    import json
+    import shutil
+
+    from fraud import registry
+    from fraud_control.registry_aliases import Champion, deployed_champion
+
+    def register(root, label: str) -> int:  # as train_step does: log, then record the run in metadata.json
+        info = registry.log_training(tracking_uri, run_name=f"train-{label}", params={}, history={}, metrics={},
+                                     artifact_root=root, tags={"model_version": label})
+        path = root / "fraud-detector" / label.removeprefix("v") / "metadata.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "mlflow": info}))
+        return info["registered_version"]
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    roots = [shutil.copytree(source, tmp_path / label) for source, label in ((tiny_run.v1, "v1"), (tiny_run.v2, "v2"))]
+    first, second = (register(root, f"v{n}") for n, root in enumerate(roots, 1))
+    registry.set_alias(tracking_uri, registry.CHAMPION, first)
+    deploy_from_artifacts(*roots, namespace=target.name, bucket="fraud-models", api=target.api,
+                          s3_settings=target.s3, **FAST)
+    where = f"{target.name}/fraud-detector"
+    assert deployed_champion(target.store, tracking_uri) == Champion(first, f"rolled-out model of {where}", first)
+    canary.promote(target.store, tracking_uri=tracking_uri, **FAST)
+    assert deployed_champion(target.store, tracking_uri) == Champion(second, f"rolled-out model of {where}", second)

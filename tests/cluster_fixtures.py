@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fraud_control.artifact_store import S3Settings, s3_client
-from fraud_devcluster import cluster
+from fraud_devcluster import cluster, servers
 from fraud_devcluster.cluster import Cluster
 from kubernetes import client, config
 
@@ -24,6 +24,7 @@ PIPELINE_ACCOUNT = "fraud-rollout-pipeline"
 @pytest.fixture(scope="session")
 def kube_cluster(tmp_path_factory) -> Iterator[Cluster]:
     directory = tmp_path_factory.mktemp("cluster")
+    servers.tie_to_this_process()  # a killed test run takes its cluster with it
     running = cluster.up(directory)
     yield running
     cluster.down(directory)

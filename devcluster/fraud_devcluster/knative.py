@@ -145,7 +145,7 @@ class Standin:
                 if error.status not in (404, 409):  # deleted or changed meanwhile: the next pass sees it
                     raise
 
-    def run(self, interval_s: float = 0.1) -> None:
+    def run(self, interval_s: float = 0.25) -> None:
         log.info("reconciling Knative Services")
         while True:
             self.reconcile_all()

@@ -13,9 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fraud_control.processes import log_tail
+from fraud_control.processes import die_with_parent, log_tail
 
 READY_TIMEOUT_S = 120.0
+#: Set by `tie_to_this_process()`: servers get SIGTERM when the process that started them dies, so
+#: a killed test run leaves no cluster behind (`make cluster`'s servers outlive the command).
+_TIED = False
+
+
+def tie_to_this_process() -> None:
+    global _TIED
+    _TIED = True
 
 
 class ClusterFailed(RuntimeError):
@@ -34,7 +42,8 @@ def spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None 
     log = log_dir / f"{name}.log"
     with log.open("ab") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env={**os.environ, **(env or {})}, start_new_session=True)
+                                   env={**os.environ, **(env or {})}, start_new_session=True,
+                                   preexec_fn=die_with_parent if _TIED else None)
     return Started(name, process.pid, log)
 
 

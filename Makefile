@@ -63,7 +63,7 @@ system: $(SYSTEM)
 
 # The third-party servers of the loopback cluster (kube-apiserver, etcd, KServe's controller
 # manager, MinIO), built from their Go modules at the versions fraud_devcluster/versions.py pins,
-# once: binaries are cached in ~/.cache/fraud-rollout/go (a fresh machine: about 15 minutes).
+# once: binaries are cached in ~/.cache/fraud-rollout/go (a fresh 2-core machine: about 25 minutes).
 go-servers: $(INSTALLED)
 	$(BIN)/python -m fraud_devcluster.gobuild
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fraud_control.artifact_store import S3Settings, s3_client
+from fraud_control.isvc import IsvcSpec
 from fraud_devcluster import cluster, servers
 from fraud_devcluster.cluster import Cluster
 from kubernetes import client, config
@@ -100,3 +101,14 @@ def store_objects_at(uri: str, settings: S3Settings) -> str:
         s3.make_bucket(bucket)
     s3.put_object(bucket, f"{prefix}/metadata.json", io.BytesIO(b"{}"), 2)
     return uri
+
+
+def model_spec(namespace: str, version: str, s3_settings: S3Settings, *, contract_id: str, stored: bool = True,
+               **fields) -> IsvcSpec:
+    """The IsvcSpec of model `version` at `s3://fraud-models/<namespace>/<version>`; with `stored`,
+    an object is put there first, so its revision turns Ready (without, it never does)."""
+    uri = f"s3://fraud-models/{namespace}/{version}"
+    if stored:
+        store_objects_at(uri, s3_settings)
+    return IsvcSpec(**{"storage_uri": uri, "model_version": version, "contract_id": contract_id,
+                       "namespace": namespace, **fields})

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 from fraud_control import canary
-from fraud_control.isvc import IsvcSpec
 from fraud_control.kube_store import KubeStore
 
-from tests.cluster_fixtures import Namespace, store_objects_at
+from tests.cluster_fixtures import Namespace, model_spec
 
 CONTRACT = "c1"
 
@@ -25,13 +24,6 @@ class CanaryCluster:
     @property
     def ns(self) -> str:
         return self.namespace.name
-
-
-def model_spec(namespace: str, version: str, s3_settings, stored: bool = True) -> IsvcSpec:
-    uri = f"s3://fraud-models/{namespace}/{version}"
-    if stored:
-        store_objects_at(uri, s3_settings)
-    return IsvcSpec(storage_uri=uri, model_version=version, contract_id=CONTRACT, namespace=namespace)
 
 
 def kubeconfig_for(namespace: Namespace, path: Path, token: str | None = None) -> Path:
@@ -48,6 +40,6 @@ def kubeconfig_for(namespace: Namespace, path: Path, token: str | None = None) -
 @pytest.fixture
 def canary_cluster(namespace, s3_settings, tmp_path) -> CanaryCluster:
     namespace.apply_pipeline_rbac()
-    v1, v2 = (model_spec(namespace.name, v, s3_settings) for v in ("v1", "v2"))
+    v1, v2 = (model_spec(namespace.name, v, s3_settings, contract_id=CONTRACT) for v in ("v1", "v2"))
     canary.deploy_canary(KubeStore(namespace.token_api(), namespace.name), v2, v1, timeout_s=60, poll_s=0.05)
     return CanaryCluster(namespace, kubeconfig_for(namespace, tmp_path / "kubeconfig"))

@@ -14,7 +14,7 @@ from fraud_control.kube_store import KubeStore, MissingPermission
 from fraud_control.store import RolloutError, RolloutRefused, RolloutTimeout
 from kubernetes.client.exceptions import ApiException
 
-from tests.cluster_fixtures import store_objects_at
+from tests.cluster_fixtures import model_spec
 
 pytestmark = pytest.mark.integration
 
@@ -33,11 +33,7 @@ class Target:
         self.s3 = s3_settings
 
     def spec(self, version: str, stored: bool = True, **fields) -> IsvcSpec:
-        uri = f"s3://fraud-models/{self.name}/{version}"
-        if stored:
-            store_objects_at(uri, self.s3)
-        return IsvcSpec(**{"storage_uri": uri, "model_version": version, "contract_id": CONTRACT,
-                           "namespace": self.name, **fields})
+        return model_spec(self.name, version, self.s3, **{"contract_id": CONTRACT, "stored": stored, **fields})
 
     @property
     def store(self) -> KubeStore:

@@ -16,7 +16,7 @@ from fraud_control.isvc import IsvcSpec
 from fraud_control.kube_store import KubeStore
 from fraud_control.local_store import LocalStore
 
-from tests.cluster_fixtures import store_objects_at
+from tests.cluster_fixtures import model_spec
 from tests.integration.traffic_sequence import Models, run_sequence
 
 pytestmark = pytest.mark.integration
@@ -27,10 +27,7 @@ CONTRACT = "3f6c2a1b9d0e4f57"
 
 def test_kserve_controller_gives_the_recorded_sequence(namespace, admin_api, s3_settings):
     def spec(version: str, stored: bool = True) -> IsvcSpec:
-        uri = f"s3://fraud-models/golden-{namespace.name}/{version}"
-        if stored:
-            store_objects_at(uri, s3_settings)
-        return IsvcSpec(storage_uri=uri, model_version=version, contract_id=CONTRACT, namespace=namespace.name)
+        return model_spec(namespace.name, version, s3_settings, contract_id=CONTRACT, stored=stored)
 
     models = Models(spec("v1"), spec("v2"), spec("v3"), spec("v4"), broken=spec("v9", stored=False))
     record = run_sequence(KubeStore(admin_api, namespace.name), models, timeout_s=60, poll_s=0.05,

@@ -22,7 +22,7 @@ COMMANDS = {
     "wait_promoted": """kubectl wait isvc/fraud-detector -n $NS --for=jsonpath='{.status.components.predictor.traffic[?(@.latestRevision==true)].percent}'=100 --timeout=600s""",
     "to_rolled_out": "kubectl get isvc fraud-detector -n $NS -o jsonpath='{.status.components.predictor.latestRolledoutRevision}'",
     "to_previous": "kubectl get isvc fraud-detector -n $NS -o jsonpath='{.status.components.predictor.previousRolledoutRevision}'",
-    "wait_rolled_back": """kubectl wait isvc/fraud-detector -n $NS --for=jsonpath='{.status.components.predictor.traffic[?(@.tag=="prev")].revisionName}'=$TO --timeout=600s""",
+    "wait_rolled_back": r"""kubectl wait isvc/fraud-detector -n $NS --for=jsonpath="{.status.components.predictor.traffic[?(@.revisionName==\"$TO\")].percent}"=100 --timeout=600s""",
 }
 
 

@@ -40,6 +40,7 @@ class Routes:
         return cls([Backend(host.rstrip("/"), "", "", 100)])
 
     def _set(self, backends: list[Backend]) -> None:
+        self.revisions = list(backends)  # every revision in the split, 0 % ones too
         self.backends = [b for b in backends if b.percent > 0]
         self._cumulative = []
         total = 0
@@ -73,3 +74,11 @@ class Routes:
             if draw < bound:
                 return backend
         return self.backends[-1]
+
+    def other(self, backend: Backend) -> Backend | None:
+        """The revision to use besides `backend` (a retry after it failed, a shadow score): the other
+        revision in the split, one taking traffic first; None when there is no other one."""
+        self.refresh()
+        others = [b for b in self.revisions if b.revision != backend.revision or b.url != backend.url]
+        others.sort(key=lambda b: b.percent <= 0)
+        return others[0] if others else None

@@ -234,3 +234,13 @@ def test_a_triton_version_directory_is_reported_as_the_registered_version(contra
     assert response.model_version == registered
     assert registry.get_sample_value("fraud_predictions_total", {"model_version": registered, "decision": "fraud"}) == 3
     assert registry.get_sample_value("fraud_request_seconds_count", {"model_version": registered}) == 1
+
+
+def test_other_is_the_revision_besides_the_one_given_preferring_one_with_traffic():
+    v1, v2, old = (Backend("http://127.0.0.1:1", "r1", "v1", 80), Backend("http://127.0.0.1:2", "r2", "v2", 20),
+                   Backend("http://127.0.0.1:3", "r0", "v0", 0))
+    routes = Routes([old, v1, v2])
+    assert routes.other(v2) == v1
+    assert routes.other(v1) == v2
+    assert Routes([v1]).other(v1) is None
+    assert Routes([v1, Backend("http://127.0.0.1:2", "r2", "v2", 0)]).other(v1).revision == "r2"

@@ -29,6 +29,7 @@ from typing import Any
 from fraud_canary.decision import Recommendation, recommend
 from fraud_canary.evidence import plan_recall_evidence
 from fraud_canary.metrics import Confusion, VersionMetrics
+from fraud_canary.paired import PairedOutcomes
 from fraud_canary.policy import CanaryPolicy, OfflineMetrics
 
 #: `detectable` value that asks for the smallest recall drop the evidence supports (the CLI's
@@ -138,30 +139,62 @@ def _default_policy_says(by_default: Recommendation, default: CanaryPolicy) -> d
 
 
 def analyze(online: Online, offline: Offline, *, baseline_version: str, canary_version: str,
-            canary_percent: float = 20.0, detectable: float | str | None = None) -> dict[str, Any]:
+            canary_percent: float = 20.0, detectable: float | str | None = None,
+            paired: PairedOutcomes | None = None) -> dict[str, Any]:
     """The recommendation under the stated policy, and what the default policy says.
 
     Returns a JSON-ready dict: action, reasons, checks, evidence, comparisons, the policy used
     (with how its detectable difference was chosen) and `default_policy` (action and evidence
-    message of `CanaryPolicy()` at the same canary percent)."""
+    message of `CanaryPolicy()` at the same canary percent). With `paired` (shadow-scored rows)
+    also `paired` (`PairedOutcomes.to_dict()`) and `without_pairs`: the action and evidence
+    message of the same policy without them."""
     default = CanaryPolicy(target_canary_percent=canary_percent)
     supported = supported_by(online, offline, baseline_version, canary_version, default)
     policy, choice = evidence_policy(default, detectable, supported)
     policy, ratio_choice = flag_rate_policy(policy, default, offline, baseline_version, canary_version)
 
-    def recommend_under(p: CanaryPolicy) -> Recommendation:
-        return recommend(online, offline, baseline_version=baseline_version, canary_version=canary_version, policy=p)
+    def recommend_under(p: CanaryPolicy, pairs: PairedOutcomes | None = paired) -> Recommendation:
+        return recommend(online, offline, baseline_version=baseline_version, canary_version=canary_version, policy=p,
+                         paired=pairs)
 
     decided = recommend_under(policy)
     # What the default evidence requirement says (same flag-rate tolerance: that is not about evidence).
     evidence_default = replace(policy, detectable_recall_difference=default.detectable_recall_difference)
     by_default = decided if policy == evidence_default else recommend_under(evidence_default)
+    with_pairs: dict[str, Any] = {}
+    if paired is not None:
+        unpaired = recommend_under(policy, None)
+        with_pairs = {"paired": paired.to_dict(),
+                      "without_pairs": {"action": unpaired.action,
+                                        "evidence": unpaired.evidence.message if unpaired.evidence else None}}
     return {**decided.to_dict(),
             "policy": {**asdict(policy), "detectable_recall_difference_choice": choice,
                        "supported_recall_drop": supported, "max_flag_rate_ratio_choice": ratio_choice},
             "default_policy": _default_policy_says(by_default, default),
+            **with_pairs,
             "online": {v: m.to_dict() for v, m in online.items()},
             "offline": {v: asdict(m) for v, m in offline.items()}}
+
+
+def _paired_lines(analysis: Mapping[str, Any]) -> list[str]:
+    paired, without = analysis.get("paired"), analysis.get("without_pairs")
+    if paired is None:
+        return []
+    c, b = paired["canary_version"], paired["baseline_version"]
+    decisions = paired["decisions"]
+    p = paired["p_value"]
+    if paired["frauds"] is None:
+        recall = "frauds among them unknown (no labels)"
+    else:
+        recall = (f"frauds caught by one only: {c} {paired['canary_only_right']}, {b} "
+                  f"{paired['baseline_only_right']}, McNemar exact p={p:.3g}" if p is not None and math.isfinite(p)
+                  else "no fraud caught by one version only")
+    lines = [f"  paired: {paired['pairs']:,} rows scored by both, decided differently on "
+             f"{decisions['canary_only'] + decisions['baseline_only']:,}; {recall}"]
+    if without is not None and without["action"] != analysis["action"]:
+        lines.append(f"  without the pairs the same policy would say {without['action'].upper()}"
+                     + (f": {without['evidence']}" if without["evidence"] else ""))
+    return lines
 
 
 def format_analysis(analysis: Mapping[str, Any]) -> str:
@@ -180,5 +213,6 @@ def format_analysis(analysis: Mapping[str, Any]) -> str:
         lines.append(f"  default policy (recall drop {default['detectable_recall_difference']:.2f}) would say "
                      f"{default['action'].upper()}"
                      + (f": ≈ {remaining:,} more requests needed" if remaining else ""))
+    lines += _paired_lines(analysis)
     lines.append(f"RECOMMENDATION: {analysis['action'].upper()}")
     return "\n".join(lines)

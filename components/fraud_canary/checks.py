@@ -10,10 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from scipy import stats
+
 from fraud_canary.agreement import agreement_with_offline
 from fraud_canary.counts import finite, ratio
 from fraud_canary.evidence import EvidenceStatus, evidence_status, plan_recall_evidence
 from fraud_canary.metrics import UNATTRIBUTED, VersionMetrics
+from fraud_canary.paired import Discordant, PairedOutcomes
 from fraud_canary.policy import CanaryPolicy, OfflineMetrics
 from fraud_canary.proportions import compare_proportions
 
@@ -171,26 +174,47 @@ def recall_evidence(o: Observations, policy: CanaryPolicy) -> EvidenceStatus | s
                            requests=o.canary.requests + o.baseline.requests + o.unattributed.requests)
 
 
-def check_evidence(evidence: EvidenceStatus | str, policy: CanaryPolicy) -> Check:
-    if isinstance(evidence, str):
-        return Check("evidence.sample_size", "insufficient", HOLD, evidence)
-    return Check("evidence.sample_size", "pass" if evidence.sufficient else "insufficient", HOLD,
-                 evidence.message + f" (to detect a recall drop of {policy.detectable_recall_difference} "
-                 f"at alpha {policy.alpha}, power {policy.power})")
+def paired_recall_decided(paired: PairedOutcomes | None, policy: CanaryPolicy) -> Discordant | None:
+    """The paired recall table when McNemar's test on it is significant (decisive either way), else None."""
+    frauds = paired.frauds if paired is not None else None
+    return frauds if frauds is not None and _significant(frauds, policy) else None
 
 
-def check_recall_vs_baseline(o: Observations, evidence: EvidenceStatus | None, policy: CanaryPolicy) -> Check:
-    """Significantly worse recall rolls back; passing needs significance or the planned power."""
+def check_evidence(evidence: EvidenceStatus | str, policy: CanaryPolicy,
+                   paired: PairedOutcomes | None = None) -> Check:
+    """The unpaired sample-size plan met, or a significant paired recall test (which needs no plan:
+    its p-value already says the evidence decided)."""
+    rule = "evidence.sample_size"
+    planned = f" (to detect a recall drop of {policy.detectable_recall_difference} at alpha {policy.alpha}, " \
+              f"power {policy.power})"
+    unpaired = evidence if isinstance(evidence, str) else evidence.message + planned
+    if not isinstance(evidence, str) and evidence.sufficient:
+        return Check(rule, "pass", HOLD, unpaired if paired is None else f"unpaired plan met: {unpaired}")
+    decided = paired_recall_decided(paired, policy)
+    if decided is not None:
+        return Check(rule, "pass", HOLD, f"paired recall test decided (McNemar exact p={fmt(decided.p_value, 3)} "
+                     f"< alpha {policy.alpha} on {decided.discordant} discordant frauds); unpaired: {unpaired}")
+    return Check(rule, "insufficient", HOLD, unpaired)
+
+
+def check_recall_vs_baseline(o: Observations, evidence: EvidenceStatus | None, policy: CanaryPolicy,
+                             paired: PairedOutcomes | None = None) -> Check:
+    """Significantly worse recall rolls back; passing needs significance, the planned power, or a
+    paired recall test that found the canary significantly better."""
     rule, cc, bc = "canary.recall_vs_baseline", o.canary.confusion, o.baseline.confusion
     if cc is None or bc is None:
         return Check(rule, "insufficient", HOLD, "labels unknown")
     t = compare_proportions(bc.tp, bc.frauds, cc.tp, cc.frauds, alpha=policy.alpha)
     detail = (f"recall canary {fmt(t.candidate_proportion)} ({cc.tp}/{cc.frauds}) vs baseline "
               f"{fmt(t.baseline_proportion)} ({bc.tp}/{bc.frauds}), {t.method} p={fmt(t.p_value, 3)}")
-    if t.method == "undefined":
-        return Check(rule, "insufficient", HOLD, detail, t.to_dict())
     if t.significant and t.difference < 0:
         return Check(rule, "fail", ROLLBACK, detail + ": significantly worse", t.to_dict())
+    decided = paired_recall_decided(paired, policy)
+    if decided is not None and decided.canary_only > decided.baseline_only:
+        return Check(rule, "pass", ROLLBACK, detail + f": the paired test decided (canary significantly better, "
+                     f"McNemar exact p={fmt(decided.p_value, 3)})", t.to_dict())
+    if t.method == "undefined":
+        return Check(rule, "insufficient", HOLD, detail, t.to_dict())
     if t.significant or (evidence is not None and evidence.sufficient):
         verdict = ": significantly better" if t.significant else ": no significant difference at planned power"
         return Check(rule, "pass", ROLLBACK, detail + verdict, t.to_dict())
@@ -217,12 +241,106 @@ def check_flag_rate_vs_baseline(o: Observations, policy: CanaryPolicy) -> Check:
     rule, base, canary = "canary.flag_rate_vs_baseline", o.baseline, o.canary
     t = compare_proportions(base.flagged, base.answered, canary.flagged, canary.answered, alpha=policy.alpha)
     p_c, p_b = t.candidate_proportion, t.baseline_proportion
-    # inf when only the baseline flags nothing; NaN when neither flags (equal: fine) or no data.
-    flag_ratio = p_c / p_b if p_b else (math.inf if p_c else math.nan)
+    flag_ratio = rate_ratio(p_c, p_b)
     detail = (f"flag rate canary {fmt(p_c)} vs baseline {fmt(p_b)} (ratio {fmt(flag_ratio, 3)}), {t.method} "
               f"p={fmt(t.p_value, 3)}, allowed ratio ×{policy.max_flag_rate_ratio}")
     if t.method == "undefined":
         return Check(rule, "insufficient", HOLD, detail, t.to_dict())
-    r = policy.max_flag_rate_ratio
-    diverged = t.significant and not (1 / r <= flag_ratio <= r)
+    diverged = t.significant and not within_ratio(flag_ratio, policy.max_flag_rate_ratio)
     return Check(rule, "fail" if diverged else "pass", HOLD, detail, t.to_dict())
+
+
+def rate_ratio(canary: float, baseline: float) -> float:
+    """canary / baseline rate: inf when only the baseline's is 0; NaN when neither has any (or no data)."""
+    return canary / baseline if baseline else (math.inf if canary else math.nan)
+
+
+def within_ratio(rate_ratio: float, max_ratio: float) -> bool:
+    """Within ×max_ratio either way (NaN is not within: it never passes a significant difference)."""
+    return 1 / max_ratio <= rate_ratio <= max_ratio
+
+
+def _significant(d: Discordant, policy: CanaryPolicy) -> bool:
+    return finite(d.p_value) and d.p_value < policy.alpha
+
+
+def _split(d: Discordant, paired: PairedOutcomes, what: str) -> str:
+    c, b = paired.canary_version, paired.baseline_version
+    return (f"{c} {what} {d.canary_only} {b} did not, {b} {d.baseline_only} {c} did not, of {d.pairs} pairs, "
+            f"McNemar exact p={fmt(d.p_value, 3)}")
+
+
+#: Why an undecided paired test passes: pairs add evidence, they never block what the unpaired
+#: tests decided with the planned power.
+DEFERS = "; the unpaired plan is met, so the unpaired tests decide"
+
+
+def check_paired_recall(paired: PairedOutcomes, policy: CanaryPolicy, unpaired_sufficient: bool = False) -> Check:
+    """McNemar on the labelled frauds both versions scored: significantly worse rolls back,
+    significantly better passes; anything else (labels unknown, not significant) is insufficient,
+    unless the unpaired evidence plan is met (`unpaired_sufficient`)."""
+    rule, d = "paired.recall", paired.frauds
+    undecided: CheckStatus = "pass" if unpaired_sufficient else "insufficient"
+    if d is None:
+        return Check(rule, undecided, HOLD, "labels unknown" + (DEFERS if unpaired_sufficient else ""))
+    c, b = paired.canary_version, paired.baseline_version
+    detail = (f"{c} caught {d.canary_only} frauds {b} missed, {b} caught {d.baseline_only} {c} missed, "
+              f"of {d.pairs} paired frauds, McNemar exact p={fmt(d.p_value, 3)}")
+    if not _significant(d, policy):
+        return Check(rule, undecided, ROLLBACK, detail + f": not significant at alpha {policy.alpha}"
+                     + (DEFERS if unpaired_sufficient else ""), d.to_dict())
+    worse = d.canary_only < d.baseline_only
+    return Check(rule, "fail" if worse else "pass", ROLLBACK,
+                 detail + (": canary significantly worse" if worse else ": canary significantly better"), d.to_dict())
+
+
+def _paired_rate_check(rule: str, d: Discordant, paired: PairedOutcomes, what: str, policy: CanaryPolicy,
+                       *, only_canary_worse: bool) -> Check:
+    """Fail (hold) when McNemar is significant and the paired rates' ratio is beyond the flag-rate
+    tolerance (`max_flag_rate_ratio`, widened like the unpaired check's); both directions unless
+    `only_canary_worse`."""
+    r = policy.max_flag_rate_ratio
+    rates = rate_ratio(d.canary_rate, d.baseline_rate)
+    detail = (_split(d, paired, what) + f"; rates {fmt(d.canary_rate)} vs {fmt(d.baseline_rate)} "
+              f"(ratio {fmt(rates, 3)}), allowed ratio ×{r}")
+    if d.pairs == 0:
+        return Check(rule, "insufficient", HOLD, "no paired rows", d.to_dict())
+    if not _significant(d, policy) or (only_canary_worse and d.canary_only < d.baseline_only):
+        return Check(rule, "pass", HOLD, detail, d.to_dict())
+    if d.both is None:
+        return Check(rule, "insufficient", HOLD, detail + ": significant, but the rows both versions flag were "
+                     "not counted, so the ratio is unknown", d.to_dict())
+    return Check(rule, "pass" if within_ratio(rates, r) else "fail", HOLD, detail, d.to_dict())
+
+
+def check_paired_false_alarms(paired: PairedOutcomes, policy: CanaryPolicy, unpaired_sufficient: bool = False) -> Check:
+    """The canary's extra false alarms on paired legitimate rows, significant and beyond the ratio:
+    hold. Without labels insufficient, unless the unpaired evidence plan is met."""
+    if paired.legit is None:
+        return Check("paired.false_alarms", "pass" if unpaired_sufficient else "insufficient", HOLD,
+                     "labels unknown" + (DEFERS if unpaired_sufficient else ""))
+    return _paired_rate_check("paired.false_alarms", paired.legit, paired, "falsely flagged", policy,
+                              only_canary_worse=True)
+
+
+def check_paired_flag_rate(paired: PairedOutcomes, policy: CanaryPolicy) -> Check:
+    """Paired flag-rate shift (no labels): McNemar on rows flagged by one version only."""
+    return _paired_rate_check("paired.flag_rate", paired.decisions, paired, "flagged", policy,
+                              only_canary_worse=False)
+
+
+def check_paired_disagreement(paired: PairedOutcomes, policy: CanaryPolicy) -> Check:
+    """Share of paired rows the versions decide differently, against `max_paired_disagreement`.
+    Above it by chance alone is held (insufficient); significantly above it (one-sided binomial
+    test) rolls back: the canary is not the model that was gated."""
+    rule, d, limit = "paired.disagreement", paired.decisions, policy.max_paired_disagreement
+    if d.pairs == 0:
+        return Check(rule, "insufficient", HOLD, "no paired rows")
+    detail = f"versions disagree on {d.discordant} of {d.pairs} paired rows ({fmt(d.rate)}), tolerance ≤ {limit}"
+    if d.rate <= limit:
+        return Check(rule, "pass", ROLLBACK, detail, d.to_dict())
+    p = float(stats.binomtest(d.discordant, d.pairs, limit, alternative="greater").pvalue)
+    detail += f", one-sided binomial p={fmt(p, 3)}"
+    if p < policy.alpha:
+        return Check(rule, "fail", ROLLBACK, detail, d.to_dict())
+    return Check(rule, "insufficient", ROLLBACK, detail + ": above the tolerance, not significantly", d.to_dict())

@@ -21,6 +21,10 @@ from fraud_canary.checks import (
     check_flag_rate_vs_baseline,
     check_latency,
     check_offline_agreement,
+    check_paired_disagreement,
+    check_paired_false_alarms,
+    check_paired_flag_rate,
+    check_paired_recall,
     check_precision_vs_baseline,
     check_recall_vs_baseline,
     check_traffic,
@@ -29,6 +33,7 @@ from fraud_canary.checks import (
 )
 from fraud_canary.evidence import EvidenceStatus
 from fraud_canary.metrics import VersionMetrics
+from fraud_canary.paired import PairedOutcomes
 from fraud_canary.policy import CanaryPolicy, OfflineMetrics
 
 #: The checks that need nothing but the observations, in the order they are reported: health
@@ -36,6 +41,14 @@ from fraud_canary.policy import CanaryPolicy, OfflineMetrics
 #: the evidence they depend on.
 RULES: tuple[Callable[[Observations, CanaryPolicy], list[Check]], ...] = (
     check_error_rates, check_latency, check_traffic, check_offline_agreement)
+
+#: The checks on paired (shadow-scored) rows, when there are any: label-free first (disagreement,
+#: flag-rate shift), then the labelled ones (recall, false alarms), which are told whether the
+#: unpaired evidence plan is met.
+PAIRED_RULES: tuple[Callable[[PairedOutcomes, CanaryPolicy], Check], ...] = (
+    check_paired_disagreement, check_paired_flag_rate)
+PAIRED_LABELLED_RULES: tuple[Callable[[PairedOutcomes, CanaryPolicy, bool], Check], ...] = (
+    check_paired_recall, check_paired_false_alarms)
 
 _ORDER = {"fail": 0, "insufficient": 1, "pass": 2}
 
@@ -81,6 +94,7 @@ def recommend(
     baseline_version: str,
     canary_version: str,
     policy: CanaryPolicy = CanaryPolicy(),
+    paired: PairedOutcomes | None = None,
 ) -> Recommendation:
     """Promote, hold or roll back the canary, with every reason.
 
@@ -96,14 +110,24 @@ def recommend(
         offline: holdout metrics per version; a version missing here cannot be promoted.
         baseline_version: the rolled-out version (v1).
         canary_version: the version under test (v2).
+        paired: both versions' decisions on the same (shadow-scored) rows. Adds the `paired.*`
+            checks; disagreement beyond `max_paired_disagreement` rolls back and a significant
+            paired recall test (McNemar) satisfies the evidence requirement either way.
     """
     if baseline_version == canary_version:
         raise ValueError("baseline_version and canary_version must differ")
+    if paired is not None and (paired.baseline_version, paired.canary_version) != (baseline_version, canary_version):
+        raise ValueError(f"paired outcomes are for {paired.canary_version} vs {paired.baseline_version}, "
+                         f"not {canary_version} vs {baseline_version}")
     o = observe(online, offline, baseline_version, canary_version)
     checks = [check for rule in RULES for check in rule(o, policy)]
     evidence = recall_evidence(o, policy)
     status = evidence if isinstance(evidence, EvidenceStatus) else None
-    checks += [check_evidence(evidence, policy), check_recall_vs_baseline(o, status, policy),
+    checks += [check_evidence(evidence, policy, paired), check_recall_vs_baseline(o, status, policy, paired),
                check_precision_vs_baseline(o, policy), check_flag_rate_vs_baseline(o, policy)]
+    if paired is not None:
+        planned = status is not None and status.sufficient
+        checks += [rule(paired, policy) for rule in PAIRED_RULES]
+        checks += [rule(paired, policy, planned) for rule in PAIRED_LABELLED_RULES]
     return Recommendation(action=action_of(checks), baseline_version=baseline_version,
                           canary_version=canary_version, checks=tuple(checks), evidence=status)

@@ -33,11 +33,14 @@ class Discordant:
     pairs: int
     canary_only: int
     baseline_only: int
+    #: Rows where both versions have it; None when not counted (the rates, and their ratio, are then unknown).
+    both: int | None = None
 
     def __post_init__(self) -> None:
-        if min(self.pairs, self.canary_only, self.baseline_only) < 0 or \
-                self.canary_only + self.baseline_only > self.pairs:
-            raise ValueError(f"need 0 ≤ canary_only + baseline_only ≤ pairs, got {self}")
+        both = self.both or 0
+        if min(self.pairs, self.canary_only, self.baseline_only, both) < 0 or \
+                self.canary_only + self.baseline_only + both > self.pairs:
+            raise ValueError(f"need 0 ≤ canary_only + baseline_only + both ≤ pairs, got {self}")
 
     @property
     def discordant(self) -> int:
@@ -54,6 +57,16 @@ class Discordant:
         return ratio(self.canary_only - self.baseline_only, self.pairs)
 
     @property
+    def canary_rate(self) -> float:
+        """Share of pairs where the canary has it (NaN when `both` was not counted)."""
+        return math.nan if self.both is None else ratio(self.both + self.canary_only, self.pairs)
+
+    @property
+    def baseline_rate(self) -> float:
+        """Share of pairs where the baseline has it (NaN when `both` was not counted)."""
+        return math.nan if self.both is None else ratio(self.both + self.baseline_only, self.pairs)
+
+    @property
     def p_value(self) -> float:
         """McNemar's exact (binomial) two-sided p-value; NaN without discordant pairs (no evidence either way)."""
         if self.discordant == 0:
@@ -62,7 +75,7 @@ class Discordant:
 
     def to_dict(self) -> dict[str, Any]:
         return {"pairs": self.pairs, "canary_only": self.canary_only, "baseline_only": self.baseline_only,
-                "discordant_rate": self.rate, "difference": self.difference, "p_value": self.p_value,
+                "both": self.both, "discordant_rate": self.rate, "difference": self.difference, "p_value": self.p_value,
                 "method": "mcnemar-exact"}
 
 
@@ -100,7 +113,8 @@ def discordant(canary: np.ndarray, baseline: np.ndarray) -> Discordant:
     if canary.shape != baseline.shape:
         raise ValueError(f"paired decisions differ in shape: {canary.shape} vs {baseline.shape}")
     return Discordant(pairs=int(canary.size), canary_only=int(np.count_nonzero(canary & ~baseline)),
-                      baseline_only=int(np.count_nonzero(baseline & ~canary)))
+                      baseline_only=int(np.count_nonzero(baseline & ~canary)),
+                      both=int(np.count_nonzero(canary & baseline)))
 
 
 def paired_outcomes(baseline_flags: np.ndarray, canary_flags: np.ndarray, *, baseline_version: str,
@@ -130,8 +144,10 @@ def combine(parts: list[PairedOutcomes]) -> PairedOutcomes | None:
         if any(t is None for t in tables):
             return None
         known = [t for t in tables if t is not None]
+        both = [t.both for t in known]
         return Discordant(sum(t.pairs for t in known), sum(t.canary_only for t in known),
-                          sum(t.baseline_only for t in known))
+                          sum(t.baseline_only for t in known),
+                          None if any(b is None for b in both) else sum(b for b in both if b is not None))
 
     decisions = total([p.decisions for p in parts])
     assert decisions is not None  # every part has decisions

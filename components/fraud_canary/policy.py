@@ -57,6 +57,14 @@ class CanaryPolicy:
     max_precision_drop: float = 0.05
     #: Flag rates may differ by at most this factor either way, when significant.
     max_flag_rate_ratio: float = 2.0
+    #: Paired (shadow-scored) rows the two versions may decide differently on, as a share of pairs;
+    #: beyond it (significantly, one-sided binomial test) the canary rolls back, labels or not. A row
+    #: only one version flags is flagged by at least one, so the disagreement is at most the sum of
+    #: the two flag rates: at this project's 0.17 % fraud rate each version flags ≈ 0.2 % of rows
+    #: (precision and recall ≈ 0.8), so two sound models disagree on well under 1 %. 0.02 leaves
+    #: room for a candidate that catches a new fraud pattern; a broken canary (wrong scaler,
+    #: inverted threshold) disagrees on far more.
+    max_paired_disagreement: float = 0.02
     #: Failed requests without a model_version count against the canary (worst case: the
     #: baseline has a rolled-out track record, the canary does not).
     unattributed_errors_against_canary: bool = True
@@ -71,3 +79,5 @@ class CanaryPolicy:
             raise ValueError("alpha, power and confidence must be in (0, 1)")
         if not (0 <= self.max_error_rate < 1 and self.max_p99_latency_ms > 0 and self.max_flag_rate_ratio >= 1):
             raise ValueError("need 0 ≤ max_error_rate < 1, max_p99_latency_ms > 0, max_flag_rate_ratio ≥ 1")
+        if not 0 < self.max_paired_disagreement <= 1:
+            raise ValueError(f"max_paired_disagreement must be in (0, 1], got {self.max_paired_disagreement}")

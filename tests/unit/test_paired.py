@@ -18,9 +18,9 @@ def test_paired_outcomes_split_discordant_rows_by_label():
     v1 = np.array([1, 0, 0, 1, 1, 0, 0, 0], dtype=bool)
     v2 = np.array([1, 1, 1, 0, 0, 0, 1, 1], dtype=bool)
     paired = paired_outcomes(v1, v2, baseline_version="v1", canary_version="v2", labels=labels)
-    assert paired.decisions == Discordant(8, 4, 2)
-    assert paired.frauds == Discordant(4, 2, 1)  # caught by v2 only: rows 1, 2; by v1 only: row 3
-    assert paired.legit == Discordant(4, 2, 1)  # false alarms of v2 only: rows 6, 7; of v1 only: row 4
+    assert paired.decisions == Discordant(8, 4, 2, both=1)  # row 0 flagged by both
+    assert paired.frauds == Discordant(4, 2, 1, both=1)  # caught by v2 only: rows 1, 2; by v1 only: row 3
+    assert paired.legit == Discordant(4, 2, 1, both=0)  # false alarms of v2 only: rows 6, 7; of v1 only: row 4
     shown = paired.to_dict()
     assert (shown["pairs"], shown["v2_only_right"], shown["v1_only_right"]) == (8, 2, 1)
     assert shown["p_value"] == pytest.approx(1.0)
@@ -31,15 +31,19 @@ def test_without_labels_only_the_decision_table_exists_and_combine_keeps_that():
     b = paired_outcomes(np.array([1, 0]), np.array([1, 1]), baseline_version="v1", canary_version="v2",
                         labels=np.array([1, 0]))
     both = combine([a, b])
-    assert both.decisions == Discordant(4, 2, 1) and both.frauds is None
+    assert both.decisions == Discordant(4, 2, 1, both=1) and both.frauds is None
+    assert (both.decisions.canary_rate, both.decisions.baseline_rate) == (0.75, 0.5)
     assert both.to_dict()["p_value"] is None
 
 
 def test_inconsistent_inputs_are_refused():
     with pytest.raises(ValueError, match="differ in shape"):
         discordant(np.zeros(3), np.zeros(4))
-    with pytest.raises(ValueError, match="canary_only \\+ baseline_only ≤ pairs"):
+    with pytest.raises(ValueError, match="canary_only \\+ baseline_only \\+ both ≤ pairs"):
         Discordant(2, 2, 1)
+    with pytest.raises(ValueError, match="canary_only \\+ baseline_only \\+ both ≤ pairs"):
+        Discordant(4, 2, 1, both=2)
+    assert math.isnan(Discordant(4, 2, 1).canary_rate)  # both not counted: the rates are unknown
     a = paired_outcomes(np.array([1]), np.array([0]), baseline_version="v1", canary_version="v2")
     c = paired_outcomes(np.array([1]), np.array([0]), baseline_version="v2", canary_version="v3")
     with pytest.raises(ValueError, match="different version pairs"):

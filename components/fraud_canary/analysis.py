@@ -10,8 +10,8 @@ recall drop of `detectable_recall_difference` (default 0.10) with 80 % power. At
 rate and a 20 % canary that takes ≈ 500,000–700,000 requests; a replay of one holdout has far fewer.
 `detectable="auto"` states instead the smallest drop the evidence at hand can detect
 (`supported_recall_drop`), never less than the default, and the analysis reports both what the
-default policy says and what was decided under the stated one. See README "Reading the
-recommendation".
+default policy says and what was decided under the stated one. See README "Check the canary
+online".
 
 Flag rates. `recommend` holds when the two versions' flag rates differ by more than ×2 (the alert
 rule's number, meant for unlabelled live traffic). When the online traffic is a replay of the

@@ -19,23 +19,23 @@ ROWS, FRAUDS, CANARY_SHARE = 190_000, 324, 0.2
 
 
 def _outcomes(fraud_split: tuple[int, int, int], legit_split: tuple[int, int, int], *, seed: int = 7,
-              labelled: bool = True):
+              labelled: bool = True, rows: int = ROWS, frauds: int = FRAUDS):
     """Rows whose frauds are caught by (both, canary only, baseline only) and whose legitimate rows
     are flagged by (both, canary only, baseline only); the rest by neither. Returns the online
     metrics of the 20 % split, each version's offline metrics on all rows, and the pairs."""
     rng = np.random.default_rng(seed)
-    labels = np.zeros(ROWS, bool)
-    labels[rng.choice(ROWS, FRAUDS, replace=False)] = True
-    canary, baseline = np.zeros(ROWS, bool), np.zeros(ROWS, bool)
-    for rows, (both, canary_only, baseline_only) in ((np.flatnonzero(labels), fraud_split),
+    labels = np.zeros(rows, bool)
+    labels[rng.choice(rows, frauds, replace=False)] = True
+    canary, baseline = np.zeros(rows, bool), np.zeros(rows, bool)
+    for group, (both, canary_only, baseline_only) in ((np.flatnonzero(labels), fraud_split),
                                                      (np.flatnonzero(~labels), legit_split)):
-        picked = rng.permutation(rows)[:both + canary_only + baseline_only]
+        picked = rng.permutation(group)[:both + canary_only + baseline_only]
         canary[picked[:both + canary_only]] = True
         baseline[picked[:both]] = baseline[picked[both + canary_only:]] = True
-    versions = np.where(rng.random(ROWS) < CANARY_SHARE, "v2", "v1")
+    versions = np.where(rng.random(rows) < CANARY_SHARE, "v2", "v1")
     served = np.where(versions == "v2", canary, baseline)
-    online = version_metrics(labels if labelled else None, served, versions, rng.uniform(5, 20, ROWS),
-                             np.zeros(ROWS, bool))
+    online = version_metrics(labels if labelled else None, served, versions, rng.uniform(5, 20, rows),
+                             np.zeros(rows, bool))
     offline = {v: OfflineMetrics(precision=float((flags & labels).sum() / flags.sum()),
                                  recall=float((flags & labels).sum() / labels.sum()),
                                  flag_rate=float(flags.mean())) for v, flags in (("v1", baseline), ("v2", canary))}
@@ -79,6 +79,19 @@ def test_paired_evidence_decides_where_the_unpaired_slices_are_insufficient():
            f"v1 3, McNemar exact p={p:.3g}" in text
     assert "  without the pairs the same policy would say HOLD: insufficient evidence" in text
     assert text.endswith("RECOMMENDATION: PROMOTE")
+
+
+def test_a_million_live_rows_meet_the_unpaired_plan_only_for_a_large_drop_and_pairs_decide_a_small_one():
+    # 1,000,000 rows at 0.17 % fraud, 20 % canary: ≈ 340 canary frauds meet the default plan (0.10),
+    # not a plan for a 0.05 drop (≈ 1.5 M more requests); 40 vs 3 discordant of 1,700 paired frauds decide.
+    million = _outcomes((1_200, 40, 3), (300, 80, 70), rows=1_000_000, frauds=1_700)
+    assert _analyze(million)["without_pairs"] == {
+        "action": "promote", "evidence": "sufficient evidence: canary saw 324 frauds (≥ 216), baseline 1376 (≥ 864)"}
+    analysis = _analyze(million, detectable=0.05)
+    assert analysis["without_pairs"]["action"] == "hold"
+    assert analysis["without_pairs"]["evidence"].startswith("insufficient evidence")
+    assert analysis["action"] == "promote", analysis["reasons"]
+    assert analysis["paired"]["p_value"] < 0.01
 
 
 def test_a_significantly_worse_canary_on_the_pairs_rolls_back():

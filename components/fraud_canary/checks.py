@@ -255,9 +255,9 @@ def rate_ratio(canary: float, baseline: float) -> float:
     return canary / baseline if baseline else (math.inf if canary else math.nan)
 
 
-def within_ratio(rate_ratio: float, max_ratio: float) -> bool:
+def within_ratio(value: float, max_ratio: float) -> bool:
     """Within ×max_ratio either way (NaN is not within: it never passes a significant difference)."""
-    return 1 / max_ratio <= rate_ratio <= max_ratio
+    return 1 / max_ratio <= value <= max_ratio
 
 
 def _significant(d: Discordant, policy: CanaryPolicy) -> bool:

@@ -77,7 +77,7 @@ def test_both_input_forms_scale_with_the_contract(transformer, contract):
     (lambda: matrix_request(np.where(np.eye(2, 30, 4) > 0, np.nan, raw_rows(2))), "nan", "V4"),
     (lambda: matrix_request(raw_rows(2) * np.r_[1, [1] * 28, -1]), "negative_value", "Amount"),
     (lambda: matrix_request(raw_rows(101)), "row_limit", "101 rows"),
-    (lambda: matrix_request([["x"] * 30]), "data", "transactions"),
+    (lambda: matrix_request([["x"] * 30]), "element_type", "FP64 data must be numbers; found a string at element 0"),
     (lambda: column_request(raw_rows(2)[:, :-1], FEATURES[:-1]), "missing_column", "Amount"),
     (lambda: column_request(raw_rows(2), (*FEATURES[:-1], "Amt")), "unknown_column", "Amt"),
     (lambda: column_request(raw_rows(2), (*FEATURES[:-1], "V1")), "duplicate_column", "V1"),

@@ -247,11 +247,17 @@ def install_fast_infer_route(app: FastAPI, models: dict[str, Model],
         raise ProtocolError(404, f"{request.url.path}: the v1 protocol is not served; send Open Inference "
                                  f"Protocol v2 to {names}")
 
+    async def no_repository(request: Request) -> Response:
+        # KServe's load/unload would let any client unload the served model
+        raise ProtocolError(404, f"{request.url.path}: the model repository extension is not served; revisions "
+                                 "are deployed and removed through the InferenceService")
+
     every_method = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
     app.router.routes[0:0] = [
         Route(INFER_PATH, infer, methods=["POST"]),
         Route("/v2/models/{model_name}/versions/{model_version}{rest:path}", unversioned, methods=every_method),
         Route("/v1/{rest:path}", no_v1, methods=every_method),
+        Route("/v2/repository/{rest:path}", no_repository, methods=every_method),
     ]
     app.add_exception_handler(HTTPException, protocol_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -20,7 +20,7 @@ import httpx
 import psutil
 import pytest
 from fraud.schema import FEATURES
-from fraud_control.processes import POLL_SECONDS, READY_TIMEOUT_SECONDS
+from fraud_control.processes import POLL_SECONDS, READY_TIMEOUT_SECONDS, start_server, start_transformer, stop_all
 from fraud_serving.fast_route import body_limit
 
 from tests.integration.serving_fixtures import (
@@ -157,3 +157,24 @@ def test_a_300_mb_body_is_refused_without_growing_the_transformer(runtime, one_r
     assert metric_value(metrics, "fraud_rejected_requests_total", reason="body_size") == 2
     good = httpx.post(runtime.infer_url, content=one_row, headers=JSON, timeout=30)
     assert good.status_code == 200, good.text
+
+
+def test_a_predictor_4xx_is_the_clients_answer_and_not_retried(tiny_run, tmp_path):
+    """A predictor whose row limit (1) is below the transformer's: its 413 reaches the client as it is
+    (the other revision would refuse the same body), no retry, no predictor error."""
+    predictor = start_server("predictor", ["--model_dir", str(tiny_run.v1), "--max_rows", "1"], tmp_path)
+    transformer = start_transformer(tiny_run.v1, tmp_path, predictor_url=predictor.url)
+    try:
+        predictor.wait_ready()
+        transformer.wait_ready()
+        rows = tiny_run.windows["holdout"].loc[:, list(FEATURES)].to_numpy()[:256]  # JSON to the predictor: ≈ 85 kB
+        answer = httpx.post(transformer.infer_url, content=v2_json(rows), headers=JSON, timeout=30)
+        metrics = httpx.get(f"{transformer.url}/metrics", timeout=10).text
+    finally:
+        stop_all([transformer, predictor])
+    assert answer.status_code == 413, answer.text
+    assert answer.json() == {"error": f"request body of {answer.json()['error'].split()[3]} bytes exceeds the limit "
+                                      f"of {body_limit(1, len(FEATURES))} bytes (1 rows); send fewer rows per request"}
+    assert int(answer.json()["error"].split()[3]) > body_limit(1, len(FEATURES))
+    assert "fraud_predictor_retries_total{" not in metrics
+    assert "fraud_predictor_errors_total{" not in metrics

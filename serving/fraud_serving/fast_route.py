@@ -5,9 +5,12 @@ value through `InferOutput.set_data_from_numpy` (one `.item()` per element) and 
 response with pydantic again. For a one-row request that framework work costs more than our
 model; for 10,000 rows it dominates. This route takes the same bytes and gives the same answers:
 
-- body: orjson (v2 JSON) or, with `Inference-Header-Content-Length`, the binary tensor extension
-  read with `np.frombuffer` (KServe's `from_bytes` turns every binary value into a Python float);
-  malformed bodies are `InvalidInput` (400);
+- body: refused with 413 past the model's `max_body_bytes` before it is read (Content-Length) or as
+  the stream passes it (chunked), 415 for a content-type other than JSON or octet-stream; orjson
+  (v2 JSON) or, with `Inference-Header-Content-Length`, the binary tensor extension read with
+  `np.frombuffer` (KServe's `from_bytes` turns every binary value into a Python float); malformed
+  bodies, `outputs` that are not objects with a string `name` or that the model lacks, `parameters`
+  that are not objects and an `id` that is not a string are `InvalidInput` (400);
 - the model runs through `Model.__call__` unchanged (preprocess → predict → postprocess, KServe's
   latency histograms, our metrics);
 - the response: NumPy outputs encoded by orjson directly; requests asking for binary outputs get
@@ -17,7 +20,9 @@ It is a plain Starlette route (no FastAPI dependency solving per request) put fi
 route list, so it matches before KServe's; KServe's exception handlers (InvalidInput → 400,
 ModelNotFound → 404, …) are app-wide and apply to it as to KServe's routes. Starlette's own HTTP
 errors (405 for a GET on the infer path, 404 for an unknown path) get the protocol's `{"error": …}`
-too, instead of FastAPI's `{"detail": …}`.
+too, instead of FastAPI's `{"detail": …}`. Paths KServe would answer with a 501 or act on are
+answered 404 here: `/v2/models/{name}/versions/…` (the InferenceService's split picks the
+revision), `/v1/…` (only v2 is served) and `/v2/repository/…` (load/unload).
 """
 from __future__ import annotations
 

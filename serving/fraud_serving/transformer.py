@@ -4,7 +4,13 @@ version directory "2" as the registered "v2").
 
 Clients send either one input `[N, 30]` (FP32/FP64, columns in contract order) or 30 named inputs
 (`Time`, `V1`…`V28`, `Amount`, each `[N]`). Every client mistake is an `InvalidInput` (HTTP 400)
-whose message names the field, counted in `fraud_rejected_requests_total{reason}`.
+whose message names the field, counted in `fraud_rejected_requests_total{reason}`; every element of
+the data must be a JSON number (NumPy would quietly read "NaN", null and true as floats).
+
+The transformer is the safety net (DESIGN 16): a predictor call that fails on the predictor's side
+(no connection, a connection dropped mid-request, a timeout, a 5xx) is retried once on the other
+revision (`Routes.other`) and counted in `fraud_predictor_retries_total{model_version}`; a 4xx is the
+client's and goes back unchanged. Bodies over `max_body_bytes` are refused by the route (413).
 
 The hop to the predictor is REST v2 over one pooled aiohttp session with keep-alive (measured here
 on one row: aiohttp 0.8 ms per hop, httpx's AsyncClient 2.9 ms). Up to `INLINE_ROWS` rows the body

@@ -237,6 +237,9 @@ def install_fast_infer_route(app: FastAPI, models: dict[str, Model],
             raise InvalidInput(f"unknown outputs requested: {', '.join(unknown)} (this model has "
                                f"{', '.join(known)})")
         response, response_headers = await model(infer_request, headers=dict(request.headers))
+        if infer_request.request_outputs:  # the protocol answers only the outputs asked for
+            asked = {o.name for o in infer_request.request_outputs}
+            response.outputs = [o for o in response.outputs if o.name in asked]
         encoded = encode_response(response, infer_request)
         encoded.headers.update(response_headers or {})
         return encoded

@@ -5,7 +5,10 @@ The names are the contract with the alerting rules (manifests/): do not rename t
 - `fraud_predictions_total{model_version, decision}`: rows scored, decision "fraud" or "legit"
 - `fraud_score{model_version}`: histogram of `fraud_probability`, one observation per row
 - `fraud_rejected_requests_total{reason}`: requests refused with a 4xx, reason a short slug
-- `fraud_predictor_errors_total{model_version}`: failed forwards to a predictor ("unknown" if none answered)
+- `fraud_predictor_errors_total{model_version}`: failed forwards to a predictor ("unknown" if none answered),
+  retried ones included
+- `fraud_predictor_retries_total{model_version}`: failed forwards sent again to the other revision, by the
+  version that failed (the client got the other revision's answer)
 - `fraud_request_seconds{model_version}`: end-to-end latency of a transformer request
 """
 from __future__ import annotations
@@ -75,6 +78,9 @@ class TransformerMetrics:
         self.predictor_errors = Counter("fraud_predictor_errors_total",
                                         "Failed forwards to a predictor, by the version it serves",
                                         ["model_version"], registry=registry)
+        self.predictor_retries = Counter("fraud_predictor_retries_total",
+                                         "Failed forwards retried on the other revision, by the version that failed",
+                                         ["model_version"], registry=registry)
         self.request_seconds = Histogram("fraud_request_seconds", "End-to-end transformer request latency",
                                          ["model_version"], buckets=LATENCY_BUCKETS, registry=registry)
 

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 from fraud.export import INPUT_NAME
+from fraud.schema import FEATURES
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from fraud_serving.fast_route import DEFAULT_MAX_ROWS, body_limit
 from fraud_serving.scoring import LoadedArtifact, load_artifact
 
 #: Above this many rows the matrix products leave the event loop for a worker thread; below it the
@@ -39,10 +41,16 @@ def resolve_model_dir(model_dir: str | None, storage_uri: str = "") -> Path:
 class FraudPredictor(Model):
     """Scores `scaled_features` with the artifact's NumPy weights (checked against its signature)."""
 
-    def __init__(self, name: str, model_dir: str | Path) -> None:
+    def __init__(self, name: str, model_dir: str | Path, max_rows: int = DEFAULT_MAX_ROWS) -> None:
         super().__init__(name)
         self.model_dir = Path(model_dir)
+        self.max_rows = max_rows
         self.artifact: LoadedArtifact | None = None
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The transformer's limit: it sends at most `max_rows` rows, binary above 256 (4 bytes a value)."""
+        return body_limit(self.max_rows, self.artifact.n_features if self.artifact else len(FEATURES))
 
     def load(self) -> bool:
         self.artifact = load_artifact(self.model_dir)

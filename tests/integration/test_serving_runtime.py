@@ -126,8 +126,9 @@ def _matrix(rows, datatype="FP64", name="transactions", shape=None):
                         "datatype": datatype, "data": rows}]}
 
 
-def _columns(drop=(), extra=(), duplicate=(), lengths=None, datatype="FP64"):
-    inputs = [{"name": f, "shape": [2], "datatype": datatype, "data": [1.0, 2.0]} for f in FEATURES if f not in drop]
+def _columns(drop=(), extra=(), duplicate=(), lengths=None, datatype="FP64", data=None):
+    inputs = [{"name": f, "shape": [2], "datatype": datatype, "data": (data or {}).get(f, [1.0, 2.0])}
+              for f in FEATURES if f not in drop]
     inputs += [{"name": f, "shape": [2], "datatype": "FP64", "data": [1.0, 2.0]} for f in (*extra, *duplicate)]
     for name, n in (lengths or {}).items():
         for entry in inputs:
@@ -137,7 +138,37 @@ def _columns(drop=(), extra=(), duplicate=(), lengths=None, datatype="FP64"):
 
 
 SHAPE_HINT = "(columns in contract order: Time, V1 … Amount)"
+NUMBERS = "input 'transactions': FP64 data must be numbers; found"
+NUMBERS32 = "input 'transactions': FP32 data must be numbers; found"
+LIMIT = 10_000 * 30 * 48 + 64 * 1024  # fast_route.body_limit for 10,000 rows
+VERSIONS = ("model versions are not addressable (the InferenceService's traffic split picks the revision, the "
+            "answer's model_version names it); use /v2/models/fraud-detector")
+V1 = "the v1 protocol is not served; send Open Inference Protocol v2 to /v2/models/fraud-detector/infer"
+MEDIA = ("is not accepted; send application/json (or application/octet-stream with "
+         "inference-header-content-length)")
 ALL_COLUMNS_BUT_V4 = ", ".join(f"{f} [3]" if f == "V4" else f"{f} [2]" for f in FEATURES)
+
+
+def _with(body: dict, **fields) -> dict:
+    return {**body, **fields}
+
+
+def _binary(size: object = 240, raw: bytes = np.ones(30).tobytes(), json_length: int | None = None,
+            shape=(1, 30)) -> tuple[bytes, dict[str, str]]:
+    """A binary-extension request (one FP64 tensor) with its headers; `size` as binary_data_size."""
+    header = json.dumps({"inputs": [{"name": "transactions", "shape": list(shape), "datatype": "FP64",
+                                     "parameters": {"binary_data_size": size}}]}).encode()
+    return header + raw, {"content-type": "application/octet-stream",
+                          "inference-header-content-length": str(len(header) if json_length is None else json_length)}
+
+
+def _mixed() -> tuple[bytes, dict[str, str]]:
+    """The columns form with V1 binary and the other 29 in JSON."""
+    inputs = [{"name": f, "shape": [1], "datatype": "FP64", "data": [1.0]} for f in FEATURES]
+    inputs[1] = {"name": "V1", "shape": [1], "datatype": "FP64", "parameters": {"binary_data_size": 8}}
+    header = json.dumps({"inputs": inputs}).encode()
+    return header + np.ones(1).tobytes(), {"content-type": "application/octet-stream",
+                                           "inference-header-content-length": str(len(header))}
 
 
 def _literal(token: bytes, at: int) -> bytes:
@@ -167,12 +198,9 @@ BAD_REQUESTS: dict[str, tuple[int, str, object]] = {
                    _matrix([_row()], shape=[1, 1, 30])),
     "shape_data_mismatch": (400, "input 'transactions': data does not fit shape [2, 30] and datatype FP64 (cannot "
                                  "reshape array of size 30 into shape (2,30))", _matrix([_row()], shape=[2, 30])),
-    "string_values": (400, "input 'transactions': data does not fit shape [1, 30] and datatype FP64 (could not "
-                           "convert string to float: 'a')", _matrix([["a"] * 30])),
-    "one_string_value": (400, "input 'transactions': data does not fit shape [1, 30] and datatype FP64 (could not "
-                              "convert string to float: 'x')", _matrix([_row()[:5] + ["x"] + _row()[6:]])),
-    "nested_objects": (400, "input 'transactions': data does not fit shape [1, 30] and datatype FP64 (float() "
-                            "argument must be a string or a real number, not 'dict')", _matrix([[{"v": 1}] * 30])),
+    "string_values": (400, f"{NUMBERS} a string at element 0", _matrix([["a"] * 30])),
+    "one_string_value": (400, f"{NUMBERS} a string at element 5", _matrix([_row()[:5] + ["x"] + _row()[6:]])),
+    "nested_objects": (400, f"{NUMBERS} an object at element 0", _matrix([[{"v": 1}] * 30])),
     "ragged_rows": (400, "input 'transactions': data does not fit shape [2, 30] and datatype FP64 (rows of different "
                          "lengths)", {"inputs": [{"name": "transactions", "shape": [2, 30], "datatype": "FP64",
                                                   "data": [_row(), _row()[:10]]}]}),
@@ -182,11 +210,67 @@ BAD_REQUESTS: dict[str, tuple[int, str, object]] = {
                          _matrix([_row()], datatype="COMPLEX")),
     "nan_literal": (400, "request body is not valid JSON: unexpected character, expected a JSON value: line 1 "
                          "column 89 (char 88)", _literal(b"NaN", 3)),
-    "nan_string": (400, "NaN or infinite values in Amount", _matrix([_row(Amount="NaN")])),
+    "nan_string": (400, f"{NUMBERS} a string at element 29", _matrix([_row(Amount="NaN")])),
     "infinity": (400, "request body is not valid JSON: unexpected character, expected a JSON value: line 1 column "
                       "105 (char 104)", _literal(b"Infinity", 7)),
-    "huge_float_overflow": (400, "NaN or infinite values in V1", _matrix([_row(V1="1e999")])),
-    "null_value": (400, "NaN or infinite values in V2", _matrix([_row(V2=None)])),
+    "huge_float_overflow": (400, f"{NUMBERS} a string at element 1", _matrix([_row(V1="1e999")])),
+    "null_value": (400, f"{NUMBERS} null at element 2", _matrix([_row(V2=None)])),
+    "huge_float_literal": (400, "request body is not valid JSON: number is infinity when parsed as double: line 1 "
+                                "column 85 (char 84)", _literal(b"1e999", 2)),
+    "nan_string_fp32": (400, f"{NUMBERS32} a string at element 29", _matrix([_row(Amount="NaN")], datatype="FP32")),
+    "string_fp32": (400, f"{NUMBERS32} a string at element 7", _matrix([_row(V7="7")], datatype="FP32")),
+    "bool_fp64": (400, f"{NUMBERS} a boolean at element 3", _matrix([_row(V3=True)])),
+    "bool_fp32": (400, f"{NUMBERS32} a boolean at element 0", _matrix([_row(Time=False)], datatype="FP32")),
+    "all_bools": (400, f"{NUMBERS} a boolean at element 0", _matrix([[True] * 30])),
+    "bool_in_second_row": (400, f"{NUMBERS} a boolean at element 37", _matrix([_row(), _row(V7=False)])),
+    "null_fp32": (400, f"{NUMBERS32} null at element 28", _matrix([_row(V28=None)], datatype="FP32")),
+    "all_nulls": (400, f"{NUMBERS} null at element 0", _matrix([[None] * 30])),
+    "list_in_a_cell": (400, f"{NUMBERS} a list at element 1", _matrix([_row(V1=[1.0])])),
+    "list_in_a_cell_fp32": (400, f"{NUMBERS32} a list at element 30", _matrix([_row(), _row(Time=[])], datatype="FP32")),
+    "flat_data_with_a_string": (400, f"{NUMBERS} a string at element 4",
+                                {"inputs": [{"name": "transactions", "shape": [1, 30], "datatype": "FP64",
+                                             "data": _row(V4="4")}]}),
+    "flat_data_with_a_bool": (400, f"{NUMBERS} a boolean at element 31",
+                              {"inputs": [{"name": "transactions", "shape": [2, 30], "datatype": "FP64",
+                                           "data": _row() + _row(V1=True)}]}),
+    "column_string": (400, "input 'Amount': FP64 data must be numbers; found a string at element 1",
+                      _columns(data={"Amount": [1.0, "12.5"]})),
+    "column_nan_string_fp32": (400, "input 'V9': FP32 data must be numbers; found a string at element 0",
+                               _columns(datatype="FP32", data={"V9": ["NaN", 1.0]})),
+    "column_bool": (400, "input 'V2': FP64 data must be numbers; found a boolean at element 1",
+                    _columns(data={"V2": [0.5, True]})),
+    "column_null_fp32": (400, "input 'Time': FP32 data must be numbers; found null at element 0",
+                         _columns(datatype="FP32", data={"Time": [None, 1.0]})),
+    "column_nested_list": (400, "input 'V1': FP64 data must be numbers; found a list at element 0",
+                           _columns(data={"V1": [[1.0], [2.0]]})),
+    "column_object_fp32": (400, "input 'V12': FP32 data must be numbers; found an object at element 1",
+                           _columns(datatype="FP32", data={"V12": [1.0, {"v": 2}]})),
+    "outputs_not_a_list": (400, "'outputs' must be a list of objects with a string 'name', got an object",
+                           _with(_matrix([_row()]), outputs={"name": "is_fraud"})),
+    "output_without_name": (400, "outputs[0] must be an object with a string 'name'",
+                            _with(_matrix([_row()]), outputs=[{}])),
+    "output_name_not_a_string": (400, "outputs[1] must be an object with a string 'name'",
+                                 _with(_matrix([_row()]), outputs=[{"name": "is_fraud"}, {"name": 3}])),
+    "output_as_a_string": (400, "outputs[0] must be an object with a string 'name'",
+                           _with(_matrix([_row()]), outputs=["is_fraud"])),
+    "unknown_output": (400, "unknown outputs requested: score (this model has fraud_probability, is_fraud)",
+                       _with(_matrix([_row()]), outputs=[{"name": "is_fraud"}, {"name": "score"}])),
+    "output_parameters_a_list": (400, "output 'is_fraud': 'parameters' must be an object, got a list",
+                                 _with(_matrix([_row()]), outputs=[{"name": "is_fraud", "parameters": [1]}])),
+    "parameters_a_list": (400, "'parameters' must be an object, got a list", _with(_matrix([_row()]), parameters=[])),
+    "parameters_a_string": (400, "'parameters' must be an object, got a string",
+                            _with(_matrix([_row()]), parameters="binary_data_output")),
+    "input_parameters_a_number": (400, "input 'transactions': 'parameters' must be an object, got a number",
+                                  {"inputs": [{**_matrix([_row()])["inputs"][0], "parameters": 1}]}),
+    "id_a_number": (400, "'id' must be a string, got a number", _with(_matrix([_row()]), id=42)),
+    "id_an_object": (400, "'id' must be a string, got an object", _with(_matrix([_row()]), id={"tx": 1})),
+    "id_a_boolean": (400, "'id' must be a string, got a boolean", _with(_matrix([_row()]), id=True)),
+    "name_not_a_string": (400, "inputs[0]: 'name' must be a string",
+                          {"inputs": [{**_matrix([_row()])["inputs"][0], "name": 1}]}),
+    "shape_negative": (400, "input 'transactions': 'shape' must be a list of non-negative integers",
+                       _matrix([_row()], shape=[-1, 30])),
+    "data_not_a_list": (400, "input 'transactions': 'data' must be a list",
+                        {"inputs": [{**_matrix([_row()])["inputs"][0], "data": "1,2,3"}]}),
     "negative_amount": (400, "Amount must not be negative (row 0: -5.0)", _matrix([_row(Amount=-5.0)])),
     "negative_time": (400, "Time must not be negative (row 0: -1.0)", _matrix([_row(Time=-1.0)])),
     "missing_column": (400, "missing inputs: V5", _columns(drop=("V5",))),
@@ -206,31 +290,144 @@ BAD_REQUESTS: dict[str, tuple[int, str, object]] = {
 }
 
 
+INFER = "/v2/models/fraud-detector/infer"
+ONE_ROW = json.dumps(_matrix([_row()])).encode()
+
+#: name: (status, exact message, method, path, body, headers)
+OTHER_REQUESTS: dict[str, tuple[int, str, str, str, bytes, dict[str, str]]] = {
+    "unknown_model": (404, "Model with name no-such-model does not exist.", "POST",
+                      "/v2/models/no-such-model/infer", ONE_ROW, JSON),
+    "get_on_infer": (405, f"GET {INFER}: Method Not Allowed", "GET", INFER, b"", {}),
+    "put_on_infer": (405, f"PUT {INFER}: Method Not Allowed", "PUT", INFER, ONE_ROW, JSON),
+    "delete_on_infer": (405, f"DELETE {INFER}: Method Not Allowed", "DELETE", INFER, b"", {}),
+    "unknown_path": (404, "POST /v2/no-such-path: Not Found", "POST", "/v2/no-such-path", b"{}", JSON),
+    "metadata_of_unknown_model": (404, "Model with name no-such does not exist.", "GET", "/v2/models/no-such", b"", {}),
+    "ready_of_unknown_model": (404, "Model with name no-such does not exist.", "GET", "/v2/models/no-such/ready",
+                               b"", {}),
+    "versioned_infer": (404, f"/v2/models/fraud-detector/versions/2/infer: {VERSIONS}/infer", "POST",
+                        "/v2/models/fraud-detector/versions/2/infer", ONE_ROW, JSON),
+    "versioned_metadata": (404, f"/v2/models/fraud-detector/versions/v1: {VERSIONS}", "GET",
+                           "/v2/models/fraud-detector/versions/v1", b"", {}),
+    "versioned_ready": (404, f"/v2/models/fraud-detector/versions/1/ready: {VERSIONS}/ready", "GET",
+                        "/v2/models/fraud-detector/versions/1/ready", b"", {}),
+    "v1_predict": (404, f"/v1/models/fraud-detector:predict: {V1}", "POST", "/v1/models/fraud-detector:predict",
+                   b'{"instances": [[1.0]]}', JSON),
+    "v1_metadata": (404, f"/v1/models/fraud-detector: {V1}", "GET", "/v1/models/fraud-detector", b"", {}),
+    "v1_list": (404, f"/v1/models: {V1}", "GET", "/v1/models", b"", {}),
+    "repository_unload": (404, "/v2/repository/models/fraud-detector/unload: the model repository extension is not "
+                               "served; revisions are deployed and removed through the InferenceService", "POST",
+                          "/v2/repository/models/fraud-detector/unload", b"", {}),
+    "text_plain": (415, f"content-type text/plain {MEDIA}", "POST", INFER, ONE_ROW, {"content-type": "text/plain"}),
+    "form_urlencoded": (415, f"content-type application/x-www-form-urlencoded {MEDIA}", "POST", INFER, ONE_ROW,
+                        {"content-type": "application/x-www-form-urlencoded"}),
+    "multipart": (415, f"content-type multipart/form-data {MEDIA}", "POST", INFER, ONE_ROW,
+                  {"content-type": "multipart/form-data; boundary=x"}),
+    "binary_size_negative": (400, "input 'transactions': binary_data_size -1 does not fit the body", "POST", INFER,
+                             *_binary(size=-1)),
+    "binary_size_a_string": (400, "input 'transactions': binary_data_size '240' does not fit the body", "POST",
+                             INFER, *_binary(size="240")),
+    "binary_truncated": (400, "input 'transactions': binary_data_size 240 does not fit the body", "POST", INFER,
+                         *_binary(raw=np.ones(12).tobytes())),
+    "binary_size_not_the_shape": (400, "input 'transactions': data does not fit shape [1, 30] and datatype FP64 "
+                                       "(cannot reshape array of size 2 into shape (1,30))", "POST", INFER,
+                                  *_binary(size=16, raw=np.ones(2).tobytes())),
+    "binary_nan": (400, "NaN or infinite values in V3", "POST", INFER,
+                   *_binary(raw=np.where(np.arange(30) == 3, np.nan, 1.0).tobytes())),
+    "binary_header_length_not_a_number": (400, "malformed binary v2 request: invalid literal for int() with base 10: "
+                                               "'abc'", "POST", INFER,
+                                          _binary()[0], {**_binary()[1], "inference-header-content-length": "abc"}),
+    "binary_header_length_too_short": (400, "malformed binary v2 request: unexpected end of data: line 1 column 11 "
+                                            "(char 10)", "POST", INFER, *_binary(json_length=10)),
+}
+
+
+def _raw_exchange(url: str, head: bytes, body_chunks) -> tuple[int, dict]:
+    """Send a request by hand (headers, then body chunks) and read the whole answer until the server closes."""
+    import socket
+    from urllib.parse import urlsplit
+
+    address = urlsplit(url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as connection:
+        connection.sendall(head)
+        for chunk in body_chunks:
+            connection.sendall(chunk)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+def _chunked(total: int, size: int = 1 << 20):
+    """Chunked transfer encoding of `total` bytes of a JSON-looking body, no terminating chunk."""
+    sent = 0
+    while sent < total:
+        n = min(size, total - sent)
+        yield b"%x\r\n" % n + b" " * n + b"\r\n"
+        sent += n
+
+
+#: name: (status, exact message, request head, body chunks): bodies over the limit, sent by hand so that
+#: the server's refusal can come before the body (a client library would send it all first)
+OVERSIZED = {
+    "content_length_over_the_limit": (
+        413, f"request body of 300000000 bytes exceeds the limit of {LIMIT} bytes (10000 rows); send fewer rows "
+             "per request",
+        b"POST " + INFER.encode() + b" HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: 300000000\r\n\r\n", ()),
+    "content_length_one_byte_over": (
+        413, f"request body of {LIMIT + 1} bytes exceeds the limit of {LIMIT} bytes (10000 rows); send fewer rows "
+             "per request",
+        b"POST " + INFER.encode() + f" HTTP/1.1\r\nhost: x\r\ncontent-length: {LIMIT + 1}\r\n\r\n".encode(), ()),
+    "chunked_over_the_limit": (
+        413, f"request body exceeds the limit of {LIMIT} bytes (10000 rows) (chunked, stopped reading there); send "
+             "fewer rows per request",
+        b"POST " + INFER.encode() + b" HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"transfer-encoding: chunked\r\n\r\n", "chunks"),
+}
+
+
 def test_bad_input_matrix_answers_each_case_with_its_exact_status_and_message(serving_stack):
-    assert len(BAD_REQUESTS) >= 30
+    cases = len(BAD_REQUESTS) + len(OTHER_REQUESTS) + len(OVERSIZED)
+    assert cases >= 60, cases
     transformer = serving_stack.transformer
     rejected_before = httpx.get(f"{transformer.url}/metrics", timeout=10).text
     expected = {name: (status, {"error": message}) for name, (status, message, _) in BAD_REQUESTS.items()}
-    expected["unknown_model"] = (404, {"error": "Model with name no-such-model does not exist."})
-    expected["get_on_infer"] = (405, {"error": "GET /v2/models/fraud-detector/infer: Method Not Allowed"})
-    expected["unknown_path"] = (404, {"error": "POST /v2/no-such-path: Not Found"})
+    expected.update({name: (case[0], {"error": case[1]}) for name, case in (*OTHER_REQUESTS.items(),
+                                                                            *OVERSIZED.items())})
     answers = {}
     with httpx.Client(timeout=30) as client:
         for name, (_status, _message, body) in BAD_REQUESTS.items():
             content = body if isinstance(body, bytes) else json.dumps(body).encode()
-            answers[name] = client.post(transformer.infer_url, content=content, headers=JSON)
-        answers["unknown_model"] = client.post(f"{transformer.url}/v2/models/no-such-model/infer",
-                                               content=v2_json([_row()]), headers=JSON)
-        answers["get_on_infer"] = client.get(transformer.infer_url)
-        answers["unknown_path"] = client.post(f"{transformer.url}/v2/no-such-path", content=b"{}", headers=JSON)
-    assert {name: (answer.status_code, answer.json()) for name, answer in answers.items()} == expected
+            response = client.post(transformer.infer_url, content=content, headers=JSON)
+            answers[name] = (response.status_code, response.json())
+        for name, (_status, _message, method, path, content, headers) in OTHER_REQUESTS.items():
+            response = client.request(method, f"{transformer.url}{path}", content=content, headers=headers)
+            answers[name] = (response.status_code, response.json())
+    for name, (_status, _message, head, chunks) in OVERSIZED.items():
+        answers[name] = _raw_exchange(transformer.url, head, _chunked(LIMIT + 1) if chunks == "chunks" else chunks)
+    assert not [name for name, (status, _) in answers.items() if status >= 500]
+    assert [name for name, (_, body) in answers.items() if list(body) != ["error"]] == []
+    assert answers == expected
     # the server is healthy and still answers correctly
     assert httpx.get(f"{transformer.url}/v2/health/ready", timeout=10).status_code == 200
     good = httpx.post(transformer.infer_url, content=v2_json([_row()]), headers=JSON, timeout=30)
     assert good.status_code == 200 and good.json()["model_version"] == "v1"
+    mixed, mixed_headers = _mixed()  # binary and JSON inputs in one request: KServe's decoder, then our checks
+    assert httpx.post(transformer.infer_url, content=mixed, headers=mixed_headers, timeout=30).status_code == 200
+    for headers in ({"content-type": "application/json; charset=utf-8"}, {}):  # curl --data-binary sends none
+        assert httpx.post(transformer.infer_url, content=ONE_ROW, headers=headers, timeout=30).status_code == 200
+    asked = httpx.post(transformer.infer_url, json=_with(_matrix([_row()]), id="tx-1", parameters={},
+                                                         outputs=[{"name": "is_fraud"}]), timeout=30)
+    assert asked.status_code == 200 and asked.json()["id"] == "tx-1", asked.text
+    assert [o["name"] for o in asked.json()["outputs"]] == ["is_fraud"]
+    assert httpx.get(f"{transformer.url}/v2/models/fraud-detector/ready", timeout=10).json() == {
+        "name": "fraud-detector", "ready": True}
+    assert httpx.get(f"{transformer.url}/v2/models/fraud-detector", timeout=10).json()["name"] == "fraud-detector"
     rejected_after = httpx.get(f"{transformer.url}/metrics", timeout=10).text
     for reason in ("nan", "shape", "row_limit", "missing_column", "unknown_column", "duplicate_column",
-                   "negative_value", "datatype", "data", "empty", "body", "unknown_model"):
+                   "negative_value", "datatype", "data", "empty", "body", "unknown_model", "element_type",
+                   "unknown_output", "content_type", "body_size"):
         assert (metric_value(rejected_after, "fraud_rejected_requests_total", reason=reason)
                 > metric_value(rejected_before, "fraud_rejected_requests_total", reason=reason)), reason
 

@@ -31,6 +31,7 @@ TRANSFORMER_METRICS = frozenset({
     "fraud_score_bucket", "fraud_score_sum", "fraud_score_count",
     "fraud_rejected_requests_total",
     "fraud_predictor_errors_total",
+    "fraud_predictor_retries_total",
     "fraud_request_seconds_bucket", "fraud_request_seconds_sum", "fraud_request_seconds_count",
 })
 SCRAPE_METRICS = frozenset({"up"})

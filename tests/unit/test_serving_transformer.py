@@ -77,7 +77,7 @@ def test_both_input_forms_scale_with_the_contract(transformer, contract):
     (lambda: matrix_request(np.where(np.eye(2, 30, 4) > 0, np.nan, raw_rows(2))), "nan", "V4"),
     (lambda: matrix_request(raw_rows(2) * np.r_[1, [1] * 28, -1]), "negative_value", "Amount"),
     (lambda: matrix_request(raw_rows(101)), "row_limit", "101 rows"),
-    (lambda: matrix_request([["x"] * 30]), "data", "transactions"),
+    (lambda: matrix_request([["x"] * 30]), "element_type", "FP64 data must be numbers; found a string at element 0"),
     (lambda: column_request(raw_rows(2)[:, :-1], FEATURES[:-1]), "missing_column", "Amount"),
     (lambda: column_request(raw_rows(2), (*FEATURES[:-1], "Amt")), "unknown_column", "Amt"),
     (lambda: column_request(raw_rows(2), (*FEATURES[:-1], "V1")), "duplicate_column", "V1"),
@@ -244,3 +244,31 @@ def test_other_is_the_revision_besides_the_one_given_preferring_one_with_traffic
     assert routes.other(v1) == v2
     assert Routes([v1]).other(v1) is None
     assert Routes([v1, Backend("http://127.0.0.1:2", "r2", "v2", 0)]).other(v1).revision == "r2"
+
+
+def test_numbers_equal_to_zero_or_one_are_not_mistaken_for_booleans(transformer, contract):
+    rows = np.tile(np.r_[0.0, 1.0], 15)[None, :].repeat(3, axis=0)  # every value a suspect, none a boolean
+    rows[:, [0, -1]] = 1  # ints too: JSON 1 is a number
+    scaled = asyncio.run(transformer.preprocess(matrix_request(rows.astype(int))))
+    np.testing.assert_allclose(scaled.inputs[0].data, contract.transform(rows), rtol=1e-6)
+
+
+@pytest.mark.parametrize("data, shape, found", [
+    ([[1.0] * 29 + [True]], [1, 30], "a boolean at element 29"),
+    ([[1.0] * 30, [0.0] * 3 + [False] + [0.0] * 26], [2, 30], "a boolean at element 33"),
+    ([1.0] * 30 + [1.0] * 4 + [True] + [1.0] * 25, [2, 30], "a boolean at element 34"),  # flat data
+    ([[1.0] * 10 + ["NaN"] + [1.0] * 19], [1, 30], "a string at element 10"),
+    ([[1.0] * 30, [1.0] * 2 + [None] + [1.0] * 27], [2, 30], "null at element 32"),
+    ([[1.0] * 5 + [[1.0]] + [1.0] * 24], [1, 30], "a list at element 5"),
+])
+def test_a_non_number_is_named_with_its_kind_and_flat_index(transformer, registry, data, shape, found):
+    request = InferRequest("fraud-detector", [InferInput("transactions", shape, "FP32", data=data)])
+    with pytest.raises(InvalidInput) as refused:
+        asyncio.run(transformer.preprocess(request))
+    assert str(refused.value) == f"input 'transactions': FP32 data must be numbers; found {found}"
+    assert registry.get_sample_value("fraud_rejected_requests_total", {"reason": "element_type"}) == 1
+
+
+def test_the_body_limit_follows_the_row_limit(transformer):
+    assert transformer.max_rows == 100
+    assert transformer.max_body_bytes == 100 * 30 * 48 + 64 * 1024

@@ -20,13 +20,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
 
 import aiohttp
 import numpy as np
 import orjson
 from fraud.contract import FeatureContract
-from fraud.export import INPUT_NAME, version_label
+from fraud.export import INPUT_NAME
 from fraud.routes import Backend
 from kserve import Model
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
@@ -34,9 +33,12 @@ from kserve.errors import InferenceError, InvalidInput
 from kserve.model import InferenceVerb, append_forwardable_headers
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 
+from fraud_serving.answer import PredictorAnswer
+from fraud_serving.answer import read_answer as _answer  # the name predict() calls
 from fraud_serving.fast_route import binary_request
 from fraud_serving.metrics import UNKNOWN_VERSION, TransformerMetrics
 from fraud_serving.routing import NoPredictor, Routes
+from fraud_serving.shadow import ShadowScorer
 
 DEFAULT_MAX_ROWS = 10_000
 INLINE_ROWS = 256
@@ -45,19 +47,12 @@ NON_NEGATIVE = ("Time", "Amount")
 MATRIX_INPUT = "transactions"  # the [N, 30] form; the other form is one [N] input per feature
 
 
-@dataclass(frozen=True)
-class PredictorAnswer:
-    request_id: str
-    model_version: str
-    fraud_probability: np.ndarray
-    is_fraud: np.ndarray
-
-
 class FraudTransformer(Model):
     """Validate → scale (feature contract) → predictor → outputs with the answering model_version."""
 
     def __init__(self, name: str, contract: FeatureContract, routes: Routes, metrics: TransformerMetrics,
-                 max_rows: int = DEFAULT_MAX_ROWS, timeout_seconds: float = 30.0) -> None:
+                 max_rows: int = DEFAULT_MAX_ROWS, timeout_seconds: float = 30.0,
+                 shadow: ShadowScorer | None = None) -> None:
         super().__init__(name)
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
@@ -69,6 +64,7 @@ class FraudTransformer(Model):
         self.max_rows = max_rows
         self.timeout_seconds = timeout_seconds
         self._session: aiohttp.ClientSession | None = None
+        self.shadow = shadow
 
     def load(self) -> bool:
         self.ready = True
@@ -230,7 +226,10 @@ class FraudTransformer(Model):
             if status != 200:
                 self._predictor_failed(backend, f"predictor {backend.revision or backend.url} answered "
                                                 f"{status}: {answer[:200].decode(errors='replace')}")
-            return _answer(orjson.loads(answer), payload.id, backend)
+            answered = _answer(orjson.loads(answer), payload.id, backend)
+            if self.shadow is not None:
+                self.shadow.submit(backend, content, forward_headers, answered)
+            return answered
         raise AssertionError("unreachable")
 
     def _predictor_failed(self, backend: Backend, message: str):
@@ -249,7 +248,15 @@ class FraudTransformer(Model):
                            InferOutput("is_fraud", [n], "INT32", answer.is_fraud)],
         )
 
+    def stop(self) -> None:
+        """KServe's shutdown (sync, on the loop): let shadow calls finish, bounded, and flush the pair log."""
+        super().stop()
+        if self.shadow is not None:
+            asyncio.get_running_loop().create_task(self.shadow.close())
+
     async def close(self) -> None:
+        if self.shadow is not None:
+            await self.shadow.close()
         if self._session is not None:
             await self._session.close()
 
@@ -258,20 +265,3 @@ def _declared_rows(request: InferRequest) -> int:
     shape = request.inputs[0].shape if request.inputs else []
     return int(shape[0]) if shape and isinstance(shape[0], int) else 0
 
-
-def _answer(body: dict, request_id: str, backend: Backend) -> PredictorAnswer:
-    outputs = {output["name"]: output for output in body.get("outputs", [])}
-    try:
-        probability = np.asarray(outputs["fraud_probability"]["data"], dtype=np.float32).reshape(-1)
-        is_fraud = np.asarray(outputs["is_fraud"]["data"], dtype=np.int32).reshape(-1)
-    except (KeyError, TypeError, ValueError) as error:
-        raise InferenceError(f"predictor {backend.revision or backend.url} sent no usable outputs: {error}") from None
-    version = registered_version(str(body.get("model_version") or "")) or backend.model_version or UNKNOWN_VERSION
-    return PredictorAnswer(request_id, version, probability, is_fraud)
-
-
-def registered_version(answered: str) -> str:
-    """The registered model version ("v2") for the `model_version` a predictor answered: ours
-    answers it already; KServe's Triton runtime answers the numeric version directory of the
-    export ("2", `fraud.export.version_label`), so metrics and the analysis see one name."""
-    return version_label(int(answered)) if answered.isdecimal() else answered

@@ -10,6 +10,7 @@ import copy
 import gc
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from fraud.export import MODEL_DIR, read_contract
 from fraud.settings import Settings
@@ -96,6 +97,12 @@ def run_predictor(args: argparse.Namespace, settings: Settings) -> None:
     start(kserve_server, model)
 
 
+def usage_error(message: str) -> NoReturn:
+    """A user's mistake in the arguments: one line on stderr, exit 2 (argparse's code)."""
+    print(f"python -m fraud_serving transformer: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def run_transformer(args: argparse.Namespace, settings: Settings) -> None:
     from fraud_serving.metrics import TransformerMetrics
     from fraud_serving.routing import Routes, TagHosts
@@ -118,16 +125,16 @@ def run_transformer(args: argparse.Namespace, settings: Settings) -> None:
         try:
             tag_hosts = TagHosts.parse(args.shadow_hosts)
         except ValueError as error:
-            raise SystemExit(f"--shadow_hosts {args.shadow_hosts}: {error}") from None
+            usage_error(f"--shadow_hosts {args.shadow_hosts}: {error}")
     shadow_percent = DEFAULT_SHADOW_PERCENT if args.shadow_percent is None else args.shadow_percent
     if not 0 <= shadow_percent <= 100:
-        raise SystemExit(f"--shadow_percent {args.shadow_percent:g}: must be within 0..100 (0 turns shadow scoring off)")
+        usage_error(f"--shadow_percent {args.shadow_percent:g}: must be within 0..100 (0 turns shadow scoring off)")
     max_in_flight = DEFAULT_MAX_IN_FLIGHT if args.shadow_max_in_flight is None else args.shadow_max_in_flight
     if max_in_flight < 1:
-        raise SystemExit(f"--shadow_max_in_flight {args.shadow_max_in_flight}: must be at least 1")
+        usage_error(f"--shadow_max_in_flight {args.shadow_max_in_flight}: must be at least 1")
     if args.pairs_log is not None and (args.pairs_log.is_dir() or not args.pairs_log.parent.is_dir()):
-        raise SystemExit(f"--pairs_log {args.pairs_log}: not a file in an existing directory; give a path like "
-                         "<state_dir>/shadow-pairs.jsonl")
+        usage_error(f"--pairs_log {args.pairs_log}: not a file in an existing directory; give a path like "
+                    "<state_dir>/shadow-pairs.jsonl")
     contract_dir = args.contract_dir or settings.STORAGE_URI or MODEL_DIR
     contract = read_contract(contract_dir.removeprefix("file://"))
     predictor_config = PredictorConfig(

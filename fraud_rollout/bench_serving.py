@@ -4,6 +4,12 @@ In one run: p50/p99 of one-row requests straight to the predictor and through th
 (keep-alive, concurrency 1) and their ratio; one 10,000-row request end to end; requests per
 second at concurrency 32 with the error count, driven by `wrk` (a Python asyncio client
 saturates before the servers do). Each number is printed next to its target.
+
+Shadow scoring, side by side in the same run (`shadow_comparison`): three transformers in front of
+the same two predictor processes (one takes all traffic, the other is the revision the shadow
+scores go to), shadow off, at the default share and at 100 %; one-row p50 at concurrency 1 and
+requests per second at concurrency 32 for each, and the default's cost relative to off (targets:
+p50 +10 % at most, throughput −15 % at most).
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from fraud.schema import FEATURES
 from fraud_control.isvc import NAME
 from fraud_serving.client import v2_request
 from fraud_serving.fast_route import INFERENCE_CONTENT_LENGTH_HEADER, binary_request
+from fraud_serving.shadow import DEFAULT_SHADOW_PERCENT
 
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -203,17 +210,55 @@ def measure(predictor_url: str, transformer_url: str, contract_dir: str | Path, 
     return report
 
 
+def shadow_comparison(report: BenchReport, transformer_urls: dict[float, str], requests: int, duration: int,
+                      connections: int, workdir: Path, model_name: str = NAME) -> None:
+    """p50 (c=1) and req/s (c=`connections`) through transformers that differ only in the shadow share."""
+    one_raw = json.dumps(v2_request(sample_transactions(1))).encode()
+    p50, throughput = {}, {}
+    for percent, url in transformer_urls.items():
+        infer = f"{url}/v2/models/{model_name}/infer"
+        p50[percent] = float(np.percentile(latencies(infer, one_raw, requests), 50)) * 1e3
+        result = run_wrk(infer, one_raw, connections, duration, workdir)
+        errors = sum(result[key] for key in ("status", "connect", "read", "write", "timeout"))
+        throughput[percent] = result["requests"] / (result["duration_us"] / 1e6)
+        report.add(f"shadow {percent:g} %: via transformer p50 (1 row)", p50[percent], "ms")
+        report.add(f"shadow {percent:g} %: via transformer req/s (c={connections})", throughput[percent], "/s")
+        report.add(f"shadow {percent:g} %: errors (c={connections})", errors, "", 0)
+    off, default = 0.0, DEFAULT_SHADOW_PERCENT
+    report.add(f"shadow {default:g} % vs off: p50 increase", 100 * (p50[default] / p50[off] - 1), "%", 10)
+    report.add(f"shadow {default:g} % vs off: req/s decrease (c={connections})",
+               100 * (1 - throughput[default] / throughput[off]), "%", 15)
+    report.notes.append("shadow: the same two predictor processes behind every transformer, one at 100 % of "
+                        "the traffic, the other the shadow target; pair log written by each")
+
+
 def run_benchmark(baseline: Path, requests: int = 2_000, rows: int = 10_000, duration: int = 10,
                   connections: int = 32) -> BenchReport:
-    """Start a predictor and a transformer for `baseline` on loopback, measure, stop them."""
+    """Start a predictor and a transformer for `baseline` on loopback, measure, stop them; then the
+    shadow comparison (a second predictor and three transformers with routes files)."""
+    from fraud.routes import Backend, write_routes
     from fraud_control.processes import start_predictor, start_transformer, stop_all
 
     with tempfile.TemporaryDirectory() as logs, ExitStack() as stack:
         predictor = start_predictor(baseline, Path(logs))
         stack.callback(stop_all, [predictor])
-        transformer = start_transformer(baseline, Path(logs), predictor_url=predictor.url)
+        other = start_predictor(baseline, Path(logs), label="predictor-shadow-target")
+        stack.callback(stop_all, [other])
+        transformer = start_transformer(baseline, Path(logs), predictor_url=predictor.url, shadow_percent=0)
         stack.callback(stop_all, [transformer])
-        predictor.wait_ready()
-        transformer.wait_ready()
-        return measure(predictor.url, transformer.url, baseline, requests=requests, rows=rows, duration=duration,
-                       connections=connections)
+        routes = Path(logs) / "routes.json"
+        write_routes(routes, [Backend(predictor.url, "served", "", 100), Backend(other.url, "shadow", "", 0)], 1)
+        shadowed = {}
+        for percent in (0.0, DEFAULT_SHADOW_PERCENT, 100.0):
+            server = start_transformer(baseline, Path(logs), routes_file=routes, shadow_percent=percent,
+                                       pairs_log=Path(logs) / f"pairs-{percent:g}.jsonl",
+                                       label=f"transformer-shadow-{percent:g}")
+            stack.callback(stop_all, [server])
+            shadowed[percent] = server
+        for server in (predictor, other, transformer, *shadowed.values()):
+            server.wait_ready()
+        report = measure(predictor.url, transformer.url, baseline, requests=requests, rows=rows, duration=duration,
+                         connections=connections)
+        shadow_comparison(report, {percent: server.url for percent, server in shadowed.items()}, requests, duration,
+                          connections, Path(logs))
+        return report

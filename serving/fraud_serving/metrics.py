@@ -15,7 +15,8 @@ scores never count in `fraud_predictions_total` or `fraud_score`.
   decided by both, decisions "fraud" or "legit": the label-free 2×2 table per version pair
 - `fraud_shadow_errors_total{model_version}`: shadow calls that failed, by the version asked
 - `fraud_shadow_dropped_total{reason}`: requests drawn for a shadow score but not sent ("busy": the
-  in-flight bound was reached); a request with no other revision to ask is not counted
+  in-flight bound was reached; "same_version": a cluster tag host turned out to serve the served
+  version); a request with no other revision to ask is not counted
 - `fraud_shadow_in_flight`: shadow scores sent and not yet finished (answered and in the pair log,
   or failed); 0 means every pair so far is on disk
 """

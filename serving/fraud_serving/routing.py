@@ -105,6 +105,7 @@ class TagHosts:
         self._hosts = {tag: url.rstrip("/") if "://" in url else f"http://{url.rstrip('/')}"
                        for tag, url in hosts.items()}
         self._versions: dict[str, str] = {}  # url -> the model_version it answered last
+        self.tags = frozenset(self._hosts)
 
     @classmethod
     def parse(cls, text: str) -> TagHosts:

@@ -146,12 +146,12 @@ class ShadowScorer:
             shadow = await self._call(target, content, headers, answer.request_id)
             if shadow is None:
                 return
-            if self.tag_hosts is not None:
+            if self.tag_hosts is not None and target.revision in self.tag_hosts.tags:
                 self.tag_hosts.learn(target.url, shadow.model_version)
-            if shadow.model_version == answer.model_version:
-                # a tag host whose version was not known yet and turned out to be the served one
-                self.metrics.shadow_dropped.labels("same_version").inc()
-                return
+                if shadow.model_version == answer.model_version:
+                    # a tag host not heard from yet (or moved) that serves the served version: no pair
+                    self.metrics.shadow_dropped.labels("same_version").inc()
+                    return
             if len(shadow.is_fraud) != len(answer.is_fraud):
                 self._failed(target, f"{len(shadow.is_fraud)} decisions for {len(answer.is_fraud)} rows")
                 return

@@ -168,3 +168,26 @@ def test_a_replay_with_shadow_on_reports_paired_outcomes(shadow_runtime, tiny_ru
     assert paired["pairs"] == 2_000  # every row of every request, paired at 100 %
     assert paired["frauds"]["pairs"] == int(source.frame["Class"].iloc[:2_000].sum())
     assert paired["decisions"]["method"] == "mcnemar-exact"
+
+
+def test_cluster_wiring_learns_which_tag_host_serves_the_other_version(shadow_runtime, tiny_run, holdout, tmp_path):
+    """One --predictor_host (Knative's split behind it) plus --shadow_hosts, as in a cluster: the first
+    tag asked serves the answered version (no pair, counted), after that only the other tag is asked."""
+    v1, v2 = predictor_of(shadow_runtime, "v1").url, predictor_of(shadow_runtime, "v2").url
+    pairs_log = tmp_path / "tags.jsonl"
+    server = start_server("transformer", ["--predictor_protocol", "v2", "--contract_dir", str(tiny_run.v1),
+                                          "--predictor_host", v1.removeprefix("http://"), "--shadow_percent", "100",
+                                          "--shadow_hosts", f"prev={v1},latest={v2}", "--pairs_log", str(pairs_log)],
+                          tmp_path / "logs")
+    try:
+        server.wait_ready()
+        for i in range(30):
+            assert post(server.infer_url, body(holdout[i:i + 1], f"tag-{i}")).status_code == 200
+            wait_drained(server.url)  # one at a time: each shadow score learns before the next is sent
+        text = metrics(server)
+    finally:
+        server.stop()
+    records = read_pairs(pairs_log)
+    assert metric_value(text, "fraud_shadow_dropped_total", reason="same_version") == 1  # prev, asked first
+    assert [r["id"] for r in records] == [f"tag-{i}" for i in range(1, 30)]
+    assert {(r["served_version"], r["shadow_version"]) for r in records} == {("v1", "v2")}

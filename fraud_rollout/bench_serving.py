@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ import numpy as np
 from fraud.export import read_contract
 from fraud.schema import FEATURES
 from fraud_control.isvc import NAME
+from fraud_control.processes import ServerProcess
 from fraud_serving.client import v2_request
 from fraud_serving.fast_route import INFERENCE_CONTENT_LENGTH_HEADER, binary_request
 from fraud_serving.shadow import DEFAULT_SHADOW_PERCENT
@@ -210,7 +212,13 @@ def measure(predictor_url: str, transformer_url: str, contract_dir: str | Path, 
     return report
 
 
-def shadow_comparison(report: BenchReport, transformer_urls: dict[float, str], requests: int, duration: int,
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def shadow_comparison(report: BenchReport, transformers: dict[float, ServerProcess], requests: int, duration: int,
                       connections: int, workdir: Path, model_name: str = NAME, rounds: int = 6) -> None:
     """p50 (c=1) and req/s (c=`connections`) through transformers that differ only in the shadow share.
 
@@ -218,16 +226,21 @@ def shadow_comparison(report: BenchReport, transformer_urls: dict[float, str], r
     then wrk for at least 2 s), and the cost of the default share is the median over rounds of its
     ratio to shadow off in the same round. On this shared 2-core machine other processes' load
     drifts within seconds: per-round p50s of one configuration ranged 2.8–17 ms, an A/A pair (off
-    vs 0.001 %) differed by 9 % pooled, and one-after-the-other runs put +36 % on a 10 % share."""
+    vs 0.001 %) differed by 9 % pooled, and one-after-the-other runs put +36 % on a 10 % share.
+    The transformer's CPU time per request under wrk (from /proc) is steadier than either: it is
+    the capacity a share costs the transformer, whoever else loads the machine."""
     one_raw = json.dumps(v2_request(sample_transactions(1))).encode()
-    infer = {percent: f"{url}/v2/models/{model_name}/infer" for percent, url in transformer_urls.items()}
+    infer = {percent: server.infer_url for percent, server in transformers.items()}
+    cpu: dict[float, list[float]] = {percent: [] for percent in infer}
     timings: dict[float, list[np.ndarray]] = {percent: [] for percent in infer}
     served: dict[float, list[tuple[int, float, int]]] = {percent: [] for percent in infer}
     wrk_seconds = max(2, duration // 3)
     for _ in range(rounds):
         for percent, url in infer.items():
             timings[percent].append(latencies(url, one_raw, max(1, requests // rounds), warmup=20))
+            before = cpu_seconds(transformers[percent].process.pid)
             result = run_wrk(url, one_raw, connections, wrk_seconds, workdir)
+            cpu[percent].append((cpu_seconds(transformers[percent].process.pid) - before) / max(1, result["requests"]))
             errors = sum(result[key] for key in ("status", "connect", "read", "write", "timeout"))
             served[percent].append((result["requests"], result["duration_us"] / 1e6, errors))
     for percent in infer:
@@ -235,6 +248,8 @@ def shadow_comparison(report: BenchReport, transformer_urls: dict[float, str], r
                    float(np.percentile(np.concatenate(timings[percent]), 50)) * 1e3, "ms")
         report.add(f"shadow {percent:g} %: via transformer req/s (c={connections})",
                    sum(r for r, _, _ in served[percent]) / sum(s for _, s, _ in served[percent]), "/s")
+        report.add(f"shadow {percent:g} %: transformer CPU per request (median)", float(np.median(cpu[percent])) * 1e3,
+                   "ms")
         report.add(f"shadow {percent:g} %: errors (c={connections})", sum(e for _, _, e in served[percent]), "", 0)
     off, default = 0.0, DEFAULT_SHADOW_PERCENT
     p50_ratio = np.median([np.median(d) / np.median(o) for d, o in zip(timings[default], timings[off])])
@@ -242,6 +257,8 @@ def shadow_comparison(report: BenchReport, transformer_urls: dict[float, str], r
     report.add(f"shadow {default:g} % vs off: p50 increase (median of {rounds} rounds)", 100 * (p50_ratio - 1), "%", 10)
     report.add(f"shadow {default:g} % vs off: req/s decrease (c={connections}, median of {rounds} rounds)",
                100 * (1 - rate_ratio), "%", 15)
+    report.add(f"shadow {default:g} % vs off: transformer CPU per request increase",
+               100 * (np.median(cpu[default]) / np.median(cpu[off]) - 1), "%", 15)
     report.notes.append(f"shadow: the same two predictor processes behind every transformer, one at 100 % of "
                         f"the traffic, the other the shadow target; {rounds} interleaved rounds, wrk {wrk_seconds} s each")
 
@@ -273,6 +290,5 @@ def run_benchmark(baseline: Path, requests: int = 2_000, rows: int = 10_000, dur
             server.wait_ready()
         report = measure(predictor.url, transformer.url, baseline, requests=requests, rows=rows, duration=duration,
                          connections=connections)
-        shadow_comparison(report, {percent: server.url for percent, server in shadowed.items()}, requests, duration,
-                          connections, Path(logs))
+        shadow_comparison(report, shadowed, requests, duration, connections, Path(logs))
         return report

@@ -191,3 +191,23 @@ def test_cluster_wiring_learns_which_tag_host_serves_the_other_version(shadow_ru
     assert metric_value(text, "fraud_shadow_dropped_total", reason="same_version") == 1  # prev, asked first
     assert [r["id"] for r in records] == [f"tag-{i}" for i in range(1, 30)]
     assert {(r["served_version"], r["shadow_version"]) for r in records} == {("v1", "v2")}
+
+
+def test_bench_shadow_comparison_runs_and_reports_its_targets(start_v1_transformer, shadow_runtime, tmp_path):
+    """A smoke run with tiny numbers (the real run is `fraud-rollout bench serving`)."""
+    from fraud_serving.shadow import DEFAULT_SHADOW_PERCENT
+
+    from fraud_rollout.bench_serving import BenchReport, shadow_comparison
+
+    v2 = predictor_of(shadow_runtime, "v2").url
+    servers = {percent: start_v1_transformer(v2, percent, tmp_path / f"bench-{percent:g}.jsonl")
+               for percent in (0.0, DEFAULT_SHADOW_PERCENT)}
+    report = BenchReport()
+    shadow_comparison(report, servers, requests=40, duration=1, connections=4, workdir=tmp_path, rounds=2)
+    default = f"{DEFAULT_SHADOW_PERCENT:g}"
+    assert report.value(f"shadow {default} %: errors (c=4)") == 0
+    assert report.value("shadow 0 %: via transformer req/s (c=4)") > 0
+    assert report.value("shadow 0 %: transformer CPU per request (median)") > 0
+    names = [m.name for m in report.measurements if m.target]
+    assert f"shadow {default} % vs off: p50 increase (median of 2 rounds)" in names
+    assert f"shadow {default} % vs off: req/s decrease (c=4, median of 2 rounds)" in names

@@ -58,6 +58,9 @@ def register(commands, bench) -> None:
     replay.add_argument("--out", type=Path, help="replay report JSON (default: replay.json beside the pipeline "
                                                  "report, else in the current directory)")
     add_target_options(replay)  # the InferenceService the evidence is about, recorded as its subject
+    replay.add_argument("--pairs-log", type=Path,
+                        help="the transformer's shadow pair log, joined with the labels for paired evidence "
+                             "(default with --target local: <state-dir>/shadow-pairs.jsonl if it exists)")
     replay.add_argument("--no-skew-check", action="store_true",
                         help="skip comparing online decisions with each version's offline signature")
     replay.set_defaults(func=replay_command)
@@ -95,9 +98,11 @@ class ReplayResult:
 
 
 def run_replay(source: ReplaySource, options: ReplayOptions, out: Path, *, skew: bool = True,
-               on_progress: Callable[[int], None] | None = None, subject: dict | None = None) -> ReplayResult:
+               on_progress: Callable[[int], None] | None = None, subject: dict | None = None,
+               pairs_log: Path | None = None) -> ReplayResult:
     """Check the endpoint, replay, write the rows file and the report (with the skew check when
-    each answering version's artifact is known)."""
+    each answering version's artifact is known, and the paired outcomes when `pairs_log` is the
+    transformer's shadow pair log)."""
     check_endpoint(options.url, options.model_name)
     if options.batch is None:  # resolved here too, so that the report states it
         options = replace(options, batch=default_batch(min(len(source.frame), options.limit or len(source.frame))))
@@ -110,9 +115,34 @@ def run_replay(source: ReplaySource, options: ReplayOptions, out: Path, *, skew:
     if skew and source.artifacts:
         raw = source.frame.loc[:, list(FEATURES)].to_numpy(dtype=np.float64)[: len(frame)]
         skew_result = skew_check(frame, raw, source.artifacts)
-    report = build_report(source, options, rows, rows_path(out), skew_result, subject)
+    paired = shadow_pairs(options.url, pairs_log, rows, subject) if pairs_log is not None else None
+    report = build_report(source, options, rows, rows_path(out), skew_result, subject, paired)
     write_report(report, out)
     return ReplayResult(report, out, rows)
+
+
+def shadow_pairs(url: str, pairs_log: Path, rows: ReplayRows, subject: dict | None) -> dict | None:
+    """The paired outcomes of this replay's shadowed requests (see replay_pairs), once the
+    transformer's shadow work is drained; None (and a warning) when there are none to be had."""
+    from fraud.schema import DataError
+
+    from fraud_rollout.replay_pairs import labels_by_request, paired_from_log, paired_versions, read_pairs, wait_drained
+
+    versions = paired_versions(subject, rows)
+    if versions is None:
+        log.warning("no paired outcomes: fewer than two versions answered")
+        return None
+    try:
+        wait_drained(url)
+    except DataError as error:
+        log.warning("no paired outcomes: %s", error)
+        return None
+    if not Path(pairs_log).is_file():
+        log.warning("no paired outcomes: %s does not exist (shadow scoring off?)", pairs_log)
+        return None
+    paired = paired_from_log(read_pairs(pairs_log), labels_by_request(rows, rows.id_prefix),
+                             baseline_version=versions[0], canary_version=versions[1])
+    return None if paired is None else paired.to_dict()
 
 
 def replay_command(args) -> int:
@@ -127,7 +157,15 @@ def replay_command(args) -> int:
     options = ReplayOptions(url=args.url, limit=args.limit, rate=args.rate, batch=args.batch,
                             concurrency=args.concurrency, timeout=args.timeout, model_name=args.model_name,
                             progress=not args.no_progress)
-    result = run_replay(source, options, out, skew=not args.no_skew_check, subject=current_subject(args))
+    pairs_log = args.pairs_log
+    if pairs_log is None and args.target == "local":
+        from fraud_control.runtime import PAIRS_FILE
+
+        pairs_log = args.state_dir / PAIRS_FILE if (args.state_dir / PAIRS_FILE).is_file() else None
+    elif pairs_log is not None and not pairs_log.is_file():
+        raise UsageError(f"--pairs-log {pairs_log}: no such file; give the transformer's --pairs_log file")
+    result = run_replay(source, options, out, skew=not args.no_skew_check, subject=current_subject(args),
+                        pairs_log=pairs_log)
     print("\n".join(summary_lines(result.report)))
     print(f"  report: {result.report_path}")
     skew = result.report.get("skew")
@@ -139,6 +177,8 @@ def bench_command(args) -> int:
     compare the time with the target."""
     import tempfile
     from contextlib import ExitStack
+
+    from fraud_control.runtime import PAIRS_FILE
 
     from fraud_rollout.serving_session import LocalServing
 
@@ -161,7 +201,8 @@ def bench_command(args) -> int:
         options = ReplayOptions(url=url, limit=args.limit, rate=args.rate, batch=args.batch,
                                 concurrency=args.concurrency, timeout=args.timeout, model_name=args.model_name,
                                 progress=not args.no_progress)
-        result = run_replay(source, options, args.out or workdir / "replay.json", skew=False)
+        result = run_replay(source, options, args.out or workdir / "replay.json", skew=False,
+                            pairs_log=None if args.url else serving.state_dir / PAIRS_FILE)
     t = result.report["timing"]
     rows = result.report["totals"]["rows"]
     print("\n".join(summary_lines(result.report)))

@@ -63,6 +63,7 @@ class ReplayRows:
     request_status: np.ndarray  # int16 HTTP status, 0 = no response
     error_messages: list[str]
     wall_seconds: float
+    id_prefix: str = "replay-"  # request i was sent with the v2 id f"{id_prefix}{i}" (shadow pairs join on it)
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame({"row": np.arange(len(self.labels), dtype=np.int64), "label": self.labels,
@@ -105,6 +106,8 @@ def send(raw: np.ndarray, options: ReplayOptions, on_progress: Callable[[int], N
 
 
 async def _send(raw: np.ndarray, options: ReplayOptions, on_progress) -> ReplayRows:
+    import secrets
+
     import aiohttp
     import orjson
     from fraud_serving.client import INPUT_NAME, infer_url
@@ -123,6 +126,7 @@ async def _send(raw: np.ndarray, options: ReplayOptions, on_progress) -> ReplayR
     messages: list[str] = []
     raw = np.ascontiguousarray(raw, dtype=np.float64)
     pending = iter(range(requests))
+    id_prefix = f"replay-{secrets.token_hex(4)}-"  # unique per replay: a pair log outlives replays
     bar = tqdm(total=n, unit="tx", desc="replay", disable=not options.progress, smoothing=0.1)
     done = 0
     t0 = time.perf_counter()
@@ -135,7 +139,7 @@ async def _send(raw: np.ndarray, options: ReplayOptions, on_progress) -> ReplayR
                 delay = t0 + lo / options.rate - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            body = orjson.dumps({"id": f"replay-{i}", "inputs": [
+            body = orjson.dumps({"id": f"{id_prefix}{i}", "inputs": [
                 {"name": INPUT_NAME, "shape": [hi - lo, raw.shape[1]], "datatype": "FP64", "data": raw[lo:hi]}]},
                 option=orjson.OPT_SERIALIZE_NUMPY)
             began = time.perf_counter()
@@ -182,7 +186,7 @@ async def _send(raw: np.ndarray, options: ReplayOptions, on_progress) -> ReplayR
         decision=decision, probability=probability, latency_ms=latency[request_of_row],
         error=failed[request_of_row], request=request_of_row, request_start_s=started_at,
         request_latency_ms=latency, request_version=version.astype(str), request_status=status,
-        error_messages=messages, wall_seconds=wall)
+        error_messages=messages, wall_seconds=wall, id_prefix=id_prefix)
 
 
 def _note(messages: list[str], message: str) -> None:

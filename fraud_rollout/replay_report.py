@@ -99,9 +99,10 @@ def skew_check(rows: pd.DataFrame, raw: np.ndarray, artifacts: dict[str, str]) -
 
 
 def build_report(source: ReplaySource, options: ReplayOptions, rows: ReplayRows, rows_file: Path,
-                 skew: dict | None, subject: dict | None = None) -> dict:
+                 skew: dict | None, subject: dict | None = None, paired: dict | None = None) -> dict:
     """The replay report; `subject` is the InferenceService replayed against (fraud_control.subject),
-    which `canary analyze --apply` compares with what is deployed then."""
+    which `canary analyze --apply` compares with what is deployed then; `paired` the shadow pairs'
+    `PairedOutcomes.to_dict()` (replay_pairs), None without shadow scoring."""
     from fraud_canary.metrics import UNATTRIBUTED
 
     metrics = online_metrics(rows)
@@ -132,6 +133,7 @@ def build_report(source: ReplaySource, options: ReplayOptions, rows: ReplayRows,
         "timeline": timeline(rows),
         "rows_file": rows_file.name,
         "skew": skew,
+        "paired": paired,
         "subject": subject,
     }
 
@@ -183,6 +185,12 @@ def summary_lines(report: dict) -> list[str]:
     if skew:
         lines.append(f"  skew check: {skew['disagreements']} of {skew['compared_rows']:,} online decisions differ "
                      f"from the offline decision of the version that served them")
+    paired = report.get("paired")
+    if paired:
+        lines.append(f"  paired (shadow): {paired['pairs']:,} rows scored by {paired['baseline_version']} and "
+                     f"{paired['canary_version']}; frauds caught by one only: {paired['canary_version']} "
+                     f"{paired['canary_only_right']}, {paired['baseline_version']} {paired['baseline_only_right']}"
+                     f" (McNemar p {f(paired['p_value'], '.3g')})")
     if report["errors"]["samples"]:
         lines.append(f"  first errors: {report['errors']['samples'][:2]}")
     return lines

@@ -21,6 +21,17 @@ def port_number(text: str) -> int:
     return port
 
 
+def shadow_percent(text: str) -> float:
+    """argparse type: a percent of requests, 0..100."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (0..100)") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not within 0..100")
+    return value
+
+
 def register(commands, bench) -> None:
 
     serve = commands.add_parser("serve", help="run the local canary runtime (transformer + predictors)")
@@ -31,6 +42,10 @@ def register(commands, bench) -> None:
     serve.add_argument("--http-port", type=port_number, default=8080,
                        help="transformer HTTP port (KServe listens on all interfaces; clients use 127.0.0.1)")
     serve.add_argument("--max-rows", type=positive_int, default=10_000, help="most rows per request")
+    serve.add_argument("--shadow-percent", type=shadow_percent, default=None,
+                       help="share of requests also scored on the other revision for paired evidence, 0..100 "
+                            "(0: off; default: the transformer's measured-affordable share); pairs go to "
+                            "<state-dir>/shadow-pairs.jsonl")
     serve.add_argument("--drain-seconds", type=float, default=5.0,
                        help="keep a predictor leaving the split this long, for requests in flight")
     serve.set_defaults(func=serve_command)
@@ -106,7 +121,7 @@ def serve_command(args: argparse.Namespace) -> int:
         owner.release()
         raise
     runtime = LocalRuntime(service, http_port=args.http_port, max_rows=args.max_rows,
-                           drain_seconds=args.drain_seconds, owner=owner)
+                           shadow_percent=args.shadow_percent, drain_seconds=args.drain_seconds, owner=owner)
     signal.signal(signal.SIGTERM, _interrupt)  # stop the children the same way as on Ctrl-C
     try:
         runtime.start()

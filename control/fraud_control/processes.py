@@ -198,7 +198,9 @@ def start_predictor(artifact_root: str | Path, log_dir: Path, **kwargs) -> Serve
 
 
 def start_transformer(contract_dir: str | Path, log_dir: Path, predictor_url: str | None = None,
-                      routes_file: Path | None = None, max_rows: int | None = None, **kwargs) -> ServerProcess:
+                      routes_file: Path | None = None, max_rows: int | None = None,
+                      shadow_percent: float | None = None, pairs_log: Path | None = None, **kwargs) -> ServerProcess:
+    """`shadow_percent` None: the transformer's default share (0 turns shadow scoring off)."""
     args = ["--predictor_protocol", "v2", "--contract_dir", str(contract_dir)]
     if routes_file is not None:
         args += ["--routes_file", str(routes_file)]
@@ -206,6 +208,10 @@ def start_transformer(contract_dir: str | Path, log_dir: Path, predictor_url: st
         args += ["--predictor_host", str(predictor_url).removeprefix("http://")]
     if max_rows is not None:
         args += ["--max_rows", str(max_rows)]
+    if shadow_percent is not None:
+        args += ["--shadow_percent", f"{shadow_percent:g}"]
+    if pairs_log is not None:
+        args += ["--pairs_log", str(pairs_log)]
     return start_server("transformer", args, log_dir, **kwargs)
 
 

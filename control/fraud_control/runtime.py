@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 ROUTES_FILE = "routes.json"
 RUNTIME_FILE = "runtime.json"
 LOCK_FILE = "runtime.lock"
+#: The transformer's shadow pairs (one JSON line per shadowed request; `fraud-rollout replay` joins them).
+PAIRS_FILE = "shadow-pairs.jsonl"
 
 
 def transformer_contract_dir(manifest: dict) -> Path:
@@ -153,6 +155,7 @@ class LocalRuntime:
     service: LocalInferenceService
     http_port: int = 8080
     max_rows: int | None = None
+    shadow_percent: float | None = None  # None: the transformer's default share; 0: off
     drain_seconds: float = 5.0
     poll_seconds: float = 0.2
     log_dir: Path | None = None
@@ -168,6 +171,7 @@ class LocalRuntime:
         self.state_dir = self.service.state_dir
         self.routes_file = self.state_dir / ROUTES_FILE
         self.logs: Path = self.log_dir or self.state_dir / "logs"
+        self.pairs_log = self.state_dir / PAIRS_FILE
 
     def start(self) -> None:
         """Transformer and predictors start together; returns once the transformer is ready, which it
@@ -180,6 +184,7 @@ class LocalRuntime:
             self._write_runtime()
             self.transformer = start_transformer(transformer_contract_dir(manifest), self.logs,
                                                  routes_file=self.routes_file, max_rows=self.max_rows,
+                                                 shadow_percent=self.shadow_percent, pairs_log=self.pairs_log,
                                                  port=self.http_port, label="transformer",
                                                  port_option="--http-port")
             self.apply(manifest)
@@ -280,5 +285,6 @@ class LocalRuntime:
             "appliedGeneration": self.applied_generation,
             "predictors": {name: server.url for name, server in self.predictors.items()},
             "draining": sorted(self.retiring),
+            "pairsLog": str(self.pairs_log),
         }
         write_json(self.state_dir / RUNTIME_FILE, body)

@@ -10,6 +10,7 @@ import copy
 import gc
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from fraud.export import MODEL_DIR, read_contract
 from fraud.settings import Settings
@@ -43,6 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     transformer.add_argument("--routes_file", default=None, type=Path,
                              help="local runtime: predictor revisions and their traffic percent "
                                   "(instead of --predictor_host)")
+    shadow = transformer.add_argument_group("shadow scoring (the same request on the other revision, never returned)")
+    shadow.add_argument("--shadow_percent", type=float, default=None,
+                        help="share of requests also scored on the other revision, 0..100 (0: off; default "
+                             "the share `fraud-rollout bench serving` measured affordable)")
+    shadow.add_argument("--shadow_max_in_flight", type=int, default=None,
+                        help="shadow calls running at once; more are dropped and counted")
+    shadow.add_argument("--pairs_log", type=Path, default=None,
+                        help="JSON lines file, one line per shadowed request: id, both versions, both is_fraud lists")
+    shadow.add_argument("--shadow_hosts", default=None,
+                        help="in a cluster: the tag-routing hosts, latest=URL,prev=URL (the revision of each is "
+                             "learned from the model_version it answers)")
     return parser
 
 
@@ -91,9 +103,16 @@ def run_predictor(args: argparse.Namespace, settings: Settings) -> None:
     start(kserve_server, model)
 
 
+def usage_error(message: str) -> NoReturn:
+    """A user's mistake in the arguments: one line on stderr, exit 2 (argparse's code)."""
+    print(f"python -m fraud_serving transformer: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def run_transformer(args: argparse.Namespace, settings: Settings) -> None:
     from fraud_serving.metrics import TransformerMetrics
-    from fraud_serving.routing import Routes
+    from fraud_serving.routing import Routes, TagHosts
+    from fraud_serving.shadow import DEFAULT_MAX_IN_FLIGHT, DEFAULT_SHADOW_PERCENT, PairLog, ShadowScorer
     from fraud_serving.transformer import FraudTransformer
 
     if args.predictor_protocol != "v2":
@@ -107,6 +126,21 @@ def run_transformer(args: argparse.Namespace, settings: Settings) -> None:
         routes = Routes.single(args.predictor_host, args.predictor_use_ssl)
     else:
         raise SystemExit("give --predictor_host (KServe injects it) or --routes_file (local runtime)")
+    tag_hosts = None
+    if args.shadow_hosts is not None:
+        try:
+            tag_hosts = TagHosts.parse(args.shadow_hosts)
+        except ValueError as error:
+            usage_error(f"--shadow_hosts {args.shadow_hosts}: {error}")
+    shadow_percent = DEFAULT_SHADOW_PERCENT if args.shadow_percent is None else args.shadow_percent
+    if not 0 <= shadow_percent <= 100:
+        usage_error(f"--shadow_percent {args.shadow_percent:g}: must be within 0..100 (0 turns shadow scoring off)")
+    max_in_flight = DEFAULT_MAX_IN_FLIGHT if args.shadow_max_in_flight is None else args.shadow_max_in_flight
+    if max_in_flight < 1:
+        usage_error(f"--shadow_max_in_flight {args.shadow_max_in_flight}: must be at least 1")
+    if args.pairs_log is not None and (args.pairs_log.is_dir() or not args.pairs_log.parent.is_dir()):
+        usage_error(f"--pairs_log {args.pairs_log}: not a file in an existing directory; give a path like "
+                    "<state_dir>/shadow-pairs.jsonl")
     contract_dir = args.contract_dir or settings.STORAGE_URI or MODEL_DIR
     contract = read_contract(contract_dir.removeprefix("file://"))
     predictor_config = PredictorConfig(
@@ -116,6 +150,11 @@ def run_transformer(args: argparse.Namespace, settings: Settings) -> None:
     metrics = TransformerMetrics()
     model = FraudTransformer(args.model_name, contract, routes, metrics, max_rows=args.max_rows,
                              timeout_seconds=args.predictor_request_timeout_seconds)
+    if shadow_percent > 0:
+        model.shadow = ShadowScorer(routes, lambda: model.session, metrics, shadow_percent / 100, max_in_flight,
+                                    args.predictor_request_timeout_seconds,
+                                    PairLog(args.pairs_log) if args.pairs_log else None,
+                                    model_name=args.model_name, tag_hosts=tag_hosts)
     kserve_server = server(args, predictor_config)
     model.load()
     start(kserve_server, model, on_rejected=lambda reason: metrics.rejected.labels(reason).inc())

@@ -10,13 +10,26 @@ The names are the contract with the alerting rules (manifests/): do not rename t
 - `fraud_predictor_retries_total{model_version}`: failed forwards sent again to the other revision, by the
   version that failed (the client got the other revision's answer)
 - `fraud_request_seconds{model_version}`: end-to-end latency of a transformer request
+
+Shadow scoring (`shadow`): the same request scored on the other revision, never returned; its
+scores never count in `fraud_predictions_total` or `fraud_score`.
+
+- `fraud_shadow_rows_total{served_version, shadow_version, served_decision, shadow_decision}`: rows
+  decided by both, decisions "fraud" or "legit": the label-free 2×2 table per version pair
+- `fraud_shadow_errors_total{model_version}`: shadow calls that failed, by the version asked
+- `fraud_shadow_dropped_total{reason}`: requests drawn for a shadow score but not sent ("busy": the
+  in-flight bound was reached; "same_version": a cluster tag host turned out to serve the served
+  version); a request with no other revision to ask is not counted
+- `fraud_shadow_in_flight`: shadow scores sent and not yet finished (answered and in the pair log,
+  or failed); 0 means every pair so far is on disk
 """
+
 from __future__ import annotations
 
 import threading
 
 import numpy as np
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -83,6 +96,16 @@ class TransformerMetrics:
                                          ["model_version"], registry=registry)
         self.request_seconds = Histogram("fraud_request_seconds", "End-to-end transformer request latency",
                                          ["model_version"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.shadow_rows = Counter("fraud_shadow_rows_total",
+                                   "Rows scored by the served and the shadow version, by both decisions",
+                                   ["served_version", "shadow_version", "served_decision", "shadow_decision"],
+                                   registry=registry)
+        self.shadow_errors = Counter("fraud_shadow_errors_total", "Failed shadow scores, by the version asked",
+                                     ["model_version"], registry=registry)
+        self.shadow_dropped = Counter("fraud_shadow_dropped_total", "Shadow scores not sent, by reason",
+                                      ["reason"], registry=registry)
+        self.shadow_in_flight = Gauge("fraud_shadow_in_flight", "Shadow scores sent and not yet finished",
+                                      registry=registry)
 
     def record_scores(self, model_version: str, probability: np.ndarray, is_fraud: np.ndarray) -> None:
         frauds = int(np.count_nonzero(is_fraud))
@@ -91,3 +114,12 @@ class TransformerMetrics:
         if len(is_fraud) - frauds:
             self.predictions.labels(model_version, "legit").inc(len(is_fraud) - frauds)
         self.scores.observe(model_version, probability)
+
+    def record_shadow(self, served_version: str, shadow_version: str, served: np.ndarray, shadow: np.ndarray) -> None:
+        """Add one request's paired decisions to the 2×2 table of its version pair."""
+        served, shadow = np.asarray(served, dtype=bool), np.asarray(shadow, dtype=bool)
+        for served_flag, served_decision in ((True, "fraud"), (False, "legit")):
+            for shadow_flag, shadow_decision in ((True, "fraud"), (False, "legit")):
+                rows = int(np.count_nonzero((served == served_flag) & (shadow == shadow_flag)))
+                if rows:
+                    self.shadow_rows.labels(served_version, shadow_version, served_decision, shadow_decision).inc(rows)

@@ -4,6 +4,17 @@ In a cluster there is one address (`--predictor_host`) and Knative splits behind
 transformer follows the runtime's routes file (`fraud.routes`), re-read when it changes, so
 promote, rollback and a new canary apply without a restart; a request that already picked a
 predictor finishes there.
+
+Shadow scores (`shadow`) need the revision besides the one that answered. Locally that is
+`Routes.other`. In a cluster the one `--predictor_host` hides the revisions behind Knative's split,
+so the transformer is given the tag-routing hosts as well (`--shadow_hosts
+latest=http://latest-<isvc>-predictor.<ns>,prev=http://prev-<isvc>-predictor.<ns>`; our
+InferenceService sets `serving.kserve.io/enable-tag-routing: "true"`, fraud_control.isvc). Which
+version a tag serves changes with every promote and rollback and the transformer is not told, so
+`TagHosts` learns it from the `model_version` each host answers and asks the host whose last
+answer was a version other than the served one; failing that, one not heard from yet, then one
+that served the same version (tags move: it is asked again, and if it still serves the served
+version that shadow score is dropped as "same_version").
 """
 from __future__ import annotations
 
@@ -82,3 +93,42 @@ class Routes:
         others = [b for b in self.revisions if b.revision != backend.revision or b.url != backend.url]
         others.sort(key=lambda b: b.percent <= 0)
         return others[0] if others else None
+
+
+class TagHosts:
+    """The tag-routing hosts of a cluster InferenceService (`latest`, `prev`), with the version each
+    last answered (see the module docstring)."""
+
+    def __init__(self, hosts: dict[str, str]) -> None:
+        if not hosts:
+            raise ValueError("give at least one tag host")
+        self._hosts = {tag: url.rstrip("/") if "://" in url else f"http://{url.rstrip('/')}"
+                       for tag, url in hosts.items()}
+        self._versions: dict[str, str] = {}  # url -> the model_version it answered last
+        self.tags = frozenset(self._hosts)
+
+    @classmethod
+    def parse(cls, text: str) -> TagHosts:
+        """`latest=URL,prev=URL` → TagHosts; ValueError naming the malformed part."""
+        hosts = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            tag, sep, url = part.partition("=")
+            if not sep or not tag.strip() or not url.strip():
+                raise ValueError(f"{part!r} is not TAG=URL (e.g. latest=http://latest-fraud-detector-predictor.ns)")
+            hosts[tag.strip()] = url.strip()
+        return cls(hosts)
+
+    def learn(self, url: str, model_version: str) -> None:
+        self._versions[url] = model_version
+
+    def other_than(self, model_version: str) -> Backend | None:
+        """A host last seen answering another version, else one not heard from yet, else one that
+        answered this version (tags move on promote and rollback: it may serve another one now)."""
+        fallback: list[Backend] = []
+        for tag, url in self._hosts.items():
+            seen = self._versions.get(url)
+            if seen is not None and seen != model_version:
+                return Backend(url, tag, seen, 0)
+            fallback.append(Backend(url, tag, seen or "", 0))
+        fallback.sort(key=lambda b: b.model_version != "")
+        return fallback[0] if fallback else None

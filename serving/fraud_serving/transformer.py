@@ -26,14 +26,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
 from typing import NoReturn
 
 import aiohttp
 import numpy as np
 import orjson
 from fraud.contract import FeatureContract
-from fraud.export import INPUT_NAME, version_label
+from fraud.export import INPUT_NAME
 from fraud.routes import Backend
 from kserve import Model
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
@@ -41,9 +40,11 @@ from kserve.errors import InferenceError, InvalidInput
 from kserve.model import InferenceVerb, append_forwardable_headers
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 
+from fraud_serving.answer import PredictorAnswer, read_answer
 from fraud_serving.fast_route import DEFAULT_MAX_ROWS, ProtocolError, binary_request, body_limit, json_kind
 from fraud_serving.metrics import UNKNOWN_VERSION, TransformerMetrics
 from fraud_serving.routing import NoPredictor, Routes
+from fraud_serving.shadow import ShadowScorer
 
 INLINE_ROWS = 256
 ACCEPTED_DATATYPES = {"FP32": np.float32, "FP64": np.float64}
@@ -59,19 +60,12 @@ class PredictorFailed(Exception):
         self.model_version = model_version
 
 
-@dataclass(frozen=True)
-class PredictorAnswer:
-    request_id: str
-    model_version: str
-    fraud_probability: np.ndarray
-    is_fraud: np.ndarray
-
-
 class FraudTransformer(Model):
     """Validate → scale (feature contract) → predictor → outputs with the answering model_version."""
 
     def __init__(self, name: str, contract: FeatureContract, routes: Routes, metrics: TransformerMetrics,
-                 max_rows: int = DEFAULT_MAX_ROWS, timeout_seconds: float = 30.0) -> None:
+                 max_rows: int = DEFAULT_MAX_ROWS, timeout_seconds: float = 30.0,
+                 shadow: ShadowScorer | None = None) -> None:
         super().__init__(name)
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
@@ -83,6 +77,7 @@ class FraudTransformer(Model):
         self.max_rows = max_rows
         self.timeout_seconds = timeout_seconds
         self._session: aiohttp.ClientSession | None = None
+        self.shadow = shadow
 
     @property
     def max_body_bytes(self) -> int:
@@ -277,6 +272,8 @@ class FraudTransformer(Model):
                 answer = await self._forward(backend, payload.id, content, forward_headers)
             except PredictorFailed as second:
                 raise InferenceError(f"{failure}; retried on the other revision: {second}") from None
+        if self.shadow is not None:
+            self.shadow.submit(backend, content, forward_headers, answer)
         return answer
 
     def _pick(self) -> Backend:
@@ -308,7 +305,7 @@ class FraudTransformer(Model):
             raise self._predictor_failed(backend, f"predictor {name} answered {status}: "
                                                   f"{answer[:200].decode(errors='replace')}")
         try:
-            return _answer(orjson.loads(answer), request_id, backend)
+            return read_answer(orjson.loads(answer), request_id, backend)
         except (orjson.JSONDecodeError, ValueError) as error:
             raise self._predictor_failed(backend, f"predictor {name} sent no usable outputs: {error}") from None
 
@@ -329,7 +326,15 @@ class FraudTransformer(Model):
                            InferOutput("is_fraud", [n], "INT32", answer.is_fraud)],
         )
 
+    def stop(self) -> None:
+        """KServe's shutdown (sync, on the loop): let shadow calls finish, bounded, and flush the pair log."""
+        super().stop()
+        if self.shadow is not None:
+            asyncio.get_running_loop().create_task(self.shadow.close())
+
     async def close(self) -> None:
+        if self.shadow is not None:
+            await self.shadow.close()
         if self._session is not None:
             await self._session.close()
 
@@ -365,24 +370,3 @@ def _error_message(answer: bytes) -> str:
     except orjson.JSONDecodeError:
         return answer[:200].decode(errors="replace")
     return str(body["error"]) if isinstance(body, dict) and "error" in body else str(body)[:200]
-
-
-def _answer(body: object, request_id: str, backend: Backend) -> PredictorAnswer:
-    """The predictor's v2 answer; ValueError when it is not one."""
-    if not isinstance(body, dict) or not isinstance(body.get("outputs"), list):
-        raise ValueError("the answer has no 'outputs' list")
-    try:
-        outputs = {output["name"]: output for output in body["outputs"]}
-        probability = np.asarray(outputs["fraud_probability"]["data"], dtype=np.float32).reshape(-1)
-        is_fraud = np.asarray(outputs["is_fraud"]["data"], dtype=np.int32).reshape(-1)
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{type(error).__name__} {error}") from None
-    version = registered_version(str(body.get("model_version") or "")) or backend.model_version or UNKNOWN_VERSION
-    return PredictorAnswer(request_id, version, probability, is_fraud)
-
-
-def registered_version(answered: str) -> str:
-    """The registered model version ("v2") for the `model_version` a predictor answered: ours
-    answers it already; KServe's Triton runtime answers the numeric version directory of the
-    export ("2", `fraud.export.version_label`), so metrics and the analysis see one name."""
-    return version_label(int(answered)) if answered.isdecimal() else answered

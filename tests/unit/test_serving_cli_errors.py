@@ -96,6 +96,13 @@ def test_serve_refuses_a_port_out_of_range(tmp_path):
                                               "TCP port (1..65535)")
 
 
+def test_serve_refuses_a_shadow_percent_out_of_range(tmp_path):
+    result = fraud_rollout("serve", "--state-dir", str(tmp_path), "--shadow-percent", "101", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == ("fraud-rollout serve: error: argument --shadow-percent: '101' is not "
+                                              "within 0..100")
+
+
 def test_serve_names_a_baseline_that_does_not_exist(tmp_path):
     result = fraud_rollout("serve", "--state-dir", str(tmp_path / "state"), "--baseline", "nope", cwd=tmp_path)
     assert error_line(result) == ("fraud-rollout serve: error: --baseline nope: no such directory; give the artifact "

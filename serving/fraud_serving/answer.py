@@ -1,0 +1,43 @@
+"""A predictor's v2 answer as the transformer reads it: the outputs and the version that answered.
+
+Shared by the answer path (`transformer`) and the shadow path (`shadow`), so both name a version
+the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from fraud.export import version_label
+from fraud.routes import Backend
+
+from fraud_serving.metrics import UNKNOWN_VERSION
+
+
+@dataclass(frozen=True)
+class PredictorAnswer:
+    request_id: str
+    model_version: str
+    fraud_probability: np.ndarray
+    is_fraud: np.ndarray
+
+
+def read_answer(body: object, request_id: str, backend: Backend) -> PredictorAnswer:
+    """The outputs of a predictor's v2 response body; ValueError when it is not one."""
+    if not isinstance(body, dict) or not isinstance(body.get("outputs"), list):
+        raise ValueError("the answer has no 'outputs' list")
+    try:
+        outputs = {output["name"]: output for output in body["outputs"]}
+        probability = np.asarray(outputs["fraud_probability"]["data"], dtype=np.float32).reshape(-1)
+        is_fraud = np.asarray(outputs["is_fraud"]["data"], dtype=np.int32).reshape(-1)
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{type(error).__name__} {error}") from None
+    version = registered_version(str(body.get("model_version") or "")) or backend.model_version or UNKNOWN_VERSION
+    return PredictorAnswer(request_id, version, probability, is_fraud)
+
+
+def registered_version(answered: str) -> str:
+    """The registered model version ("v2") for the `model_version` a predictor answered: ours
+    answers it already; KServe's Triton runtime answers the numeric version directory of the
+    export ("2", `fraud.export.version_label`), so metrics and the analysis see one name."""
+    return version_label(int(answered)) if answered.isdecimal() else answered

@@ -14,5 +14,7 @@ size it actually has:
 Modules: `metrics` (per-version online metrics), `proportions`, `agreement`, `evidence`, `policy`
 (`CanaryPolicy`, `OfflineMetrics`), `checks` (one function per rule), `decision` (`recommend`:
 promote / hold / rollback, failing closed) and `analysis` (the recommendation under the stated
-policy and the default one, as `canary analyze` reports it).
+policy and the default one, as `canary analyze` reports it); `paired` (both versions' decisions on
+the same rows, McNemar's exact test) and `progressive` (`decide_step`: advance, hold, roll back or
+promote one step of a progressive rollout).
 """

@@ -167,9 +167,9 @@ class Controller:
 
     def __init__(self, store: InferenceServiceStore, source: EvidenceSource, states: RolloutStateStore,
                  config: RolloutConfig, recorders: Sequence[StepRecorder] = (),
-                 on_analysis: Callable[[Mapping[str, Any], StepDecision], None] | None = None) -> None:
+                 on_step: Callable[[Mapping[str, Any], Mapping[str, Any] | None], None] | None = None) -> None:
         self.store, self.source, self.states, self.config = store, source, states, config
-        self.recorders, self.on_analysis = list(recorders), on_analysis
+        self.recorders, self.on_step = list(recorders), on_step
         self.state: dict[str, Any] = {
             "where": store.where, "plan": list(config.policy.plan), "max_holds": config.policy.max_holds,
             "baseline_version": config.baseline_version, "canary_version": config.canary_version,
@@ -200,25 +200,32 @@ class Controller:
         if request:
             raise RolloutAborted(f"abort requested: {request}")
 
-    def _record(self, step: dict[str, Any]) -> None:
+    def _record(self, step: dict[str, Any], analysis: Mapping[str, Any] | None = None) -> None:
         self.state["steps"].append(step)
         self.state["last_decision"] = {k: step[k] for k in ("percent", "decision", "next_percent", "reasons")}
         self._save()
         for recorder in self.recorders:
             recorder.record(step)
+        if self.on_step is not None:
+            self.on_step(step, analysis)
+
+    def _busy(self) -> None:
+        """Before a wait for Ready (which does not poll the state): the heartbeat holds until its deadline."""
+        self.state["busy_until"] = datetime.fromtimestamp(time.time() + self.config.timeout_s, UTC).isoformat()
+        self._save()
 
     def _analyze(self, evidence: Evidence, percent: int) -> dict[str, Any]:
         c = self.config
+        # `paired=` only with shadow pairs: analyze takes it from issue 10's paired analysis on
+        paired: dict[str, Any] = {"paired": evidence.paired} if evidence.paired is not None else {}
         return analyze(evidence.online, c.offline, baseline_version=c.baseline_version,
-                       canary_version=c.canary_version, canary_percent=percent, detectable=c.detectable,
-                       paired=evidence.paired)
+                       canary_version=c.canary_version, canary_percent=percent, detectable=c.detectable, **paired)
 
     def run_step(self, percent: int) -> StepDecision:
         """Set the step's percent, then windows until the decision is not hold."""
         c = self.config
         self._check_abort()
-        self.state["busy_until"] = datetime.fromtimestamp(time.time() + c.timeout_s, UTC).isoformat()
-        self._save()
+        self._busy()
         moved = canary.set_canary_percent(self.store, percent, timeout_s=c.timeout_s, poll_s=c.poll_s)
         log.info("rollout %s: %s", self.store.where, moved.action)
         self.state.update(percent=percent, holds=0, busy_until=None)
@@ -230,16 +237,14 @@ class Controller:
             analysis = self._analyze(evidence, percent)
             decision = decide_step(analysis, percent=percent, policy=c.policy, holds=holds)
             log.info("rollout %s at %d %%: %s (%s)", self.store.where, percent, decision.action, decision.reasons[0])
-            self._record(step_record(percent, holds, evidence, analysis, decision))
-            if self.on_analysis is not None:
-                self.on_analysis(analysis, decision)
+            self._record(step_record(percent, holds, evidence, analysis, decision), analysis)
             if decision.action != HOLD:
                 return decision
             holds += 1
             self.state["holds"] = holds
 
     def _finish(self, status: str, outcome: canary.Rollout | None, note: str = "") -> dict[str, Any]:
-        result = {"status": status, "note": note}
+        result: dict[str, Any] = {"status": status, "note": note}
         if outcome is not None:
             result.update(action=outcome.action, registry=outcome.registry, traffic=outcome.status)
         self.state.update(status=status, result=result, finished=now_iso())
@@ -254,6 +259,7 @@ class Controller:
         try:
             for percent in c.policy.plan[:-1]:
                 decision = self.run_step(percent)
+                self._busy()
                 if decision.action == ROLLBACK:
                     outcome = canary.rollback(self.store, tracking_uri=c.tracking_uri, timeout_s=c.timeout_s,
                                               poll_s=c.poll_s)
@@ -264,6 +270,7 @@ class Controller:
                     return self._finish(PROMOTED, outcome, decision.reasons[0])
             raise AssertionError("decide_step promotes or rolls back at the plan's last step below 100")
         except RolloutAborted as aborted:
+            self._busy()
             outcome = canary.rollback(self.store, tracking_uri=c.tracking_uri, timeout_s=c.timeout_s,
                                       poll_s=c.poll_s)
             step = {"time": now_iso(), "percent": self.state["percent"], "decision": "abort", "next_percent": 0,

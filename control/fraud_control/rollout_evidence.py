@@ -17,13 +17,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from fraud.schema import DataError
 from fraud_canary.metrics import VersionMetrics
 from fraud_canary.paired import Discordant, PairedOutcomes
 
 from fraud_control.prometheus import DEFAULT_SELECTOR, PERCENTILES, metrics_from_prometheus, prometheus_query
-from fraud_control.rollout import Evidence, RolloutAborted, Window, now_iso
+from fraud_control.rollout import Evidence, EvidenceSource, RolloutAborted, Window, now_iso
 
 Sample = tuple[str, tuple[tuple[str, str], ...]]
 Snapshot = dict[Sample, float]
@@ -220,3 +221,27 @@ class PrometheusWindow:
         return Evidence(online, Window(started_at, now_iso(), time.monotonic() - started, requests),
                         source=f"prometheus {self.url}")
 
+
+
+class AfterLocalApply:
+    """A source for the local runtime: each window starts only once `fraud-rollout serve` has applied
+    the manifest's generation (the state dir reconciles on write, the servers follow it a poll later;
+    without this a step's first requests would still go by the previous split)."""
+
+    def __init__(self, source: EvidenceSource, state_dir: Path, poll_s: float = 0.2, timeout_s: float = 120.0) -> None:
+        self.source, self.state_dir, self.poll_s, self.timeout_s = source, Path(state_dir), poll_s, timeout_s
+
+    def window(self, percent: int, stop: Callable[[], bool]) -> Evidence:
+        from fraud_control.local_state import LocalInferenceService
+        from fraud_control.runtime import read_runtime
+
+        wanted = LocalInferenceService(self.state_dir).get()["metadata"]["generation"]
+        deadline = time.monotonic() + self.timeout_s
+        while (read_runtime(self.state_dir).get("appliedGeneration") or 0) < wanted:
+            if stop():
+                raise RolloutAborted("abort requested while the runtime applied the step")
+            if time.monotonic() > deadline:
+                raise DataError(f"the local runtime in {self.state_dir} did not apply generation {wanted} in "
+                                f"{self.timeout_s:g} s: is `fraud-rollout serve` running?")
+            time.sleep(self.poll_s)
+        return self.source.window(percent, stop)

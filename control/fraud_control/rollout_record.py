@@ -72,7 +72,7 @@ class KubeEvents:
                 "message": step_line(step)[:MESSAGE_LIMIT],
                 "type": "Normal" if step["decision"] in ("advance", "hold", "promote") else "Warning",
                 "source": {"component": "fraud-rollout"}, "count": 1,
-                "firstTimestamp": now, "lastTimestamp": now, "reportingComponent": "fraud-rollout"}
+                "firstTimestamp": now, "lastTimestamp": now}
         try:
             self.core.create_namespaced_event(self.namespace, body, _request_timeout=REQUEST_TIMEOUT_S)
         except ApiException as error:

@@ -152,7 +152,7 @@ def describe(state: Mapping[str, Any]) -> str:
     last = state.get("last_decision") or {}
     return (f"rollout of {state.get('canary_version')} on {state.get('where')} ({state.get('status')}, started "
             f"{state.get('started')} by pid {state.get('pid')} on {state.get('host')}): step {state.get('percent')} %, "
-            f"{state.get('holds', 0)} holds, last decision {last.get('action', '-')}")
+            f"{state.get('holds', 0)} holds, last decision {last.get('decision', '-')}")
 
 
 def step_record(percent: int, holds: int, evidence: Evidence, analysis: Mapping[str, Any],
@@ -253,7 +253,8 @@ class Controller:
 
     def run(self) -> dict[str, Any]:
         """The whole rollout; returns the final state (`steps[]` is the report's `rollout.steps`).
-        RolloutError from a canary operation (a refusal, a timeout) ends it with status failed."""
+        Anything raised (RolloutError from a canary operation, DataError from the evidence) ends it
+        with status failed, the canary left where it was, and is raised again."""
         c = self.config
         self.begin()
         try:
@@ -278,6 +279,6 @@ class Controller:
                     "analysis_action": None}
             self._record(step)
             return self._finish(ABORTED, outcome, str(aborted))
-        except RolloutError as error:
-            self._finish(FAILED, None, str(error))
+        except BaseException as error:  # a refusal, a timeout, unreachable metrics, Ctrl-C: say so, then raise
+            self._finish(FAILED, None, f"{type(error).__name__}: {error}")
             raise

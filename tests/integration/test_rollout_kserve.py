@@ -87,7 +87,7 @@ def events(cluster) -> list[tuple[str, str]]:
     listed = client.CoreV1Api(admin_client(cluster.namespace.kube)).list_namespaced_event(cluster.ns)
     ordered = sorted(listed.items, key=lambda e: int(e.metadata.resource_version))  # timestamps are in seconds
     return [(e.reason, e.message) for e in ordered if e.involved_object.kind == "InferenceService"
-            and e.involved_object.name == "fraud-detector"]
+            and e.involved_object.name == "fraud-detector" and e.source.component == "fraud-rollout"]
 
 
 def test_a_good_candidate_steps_5_20_50_and_is_promoted(canary_cluster):

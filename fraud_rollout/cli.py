@@ -17,7 +17,7 @@ from fraud_rollout.args import UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fraud_rollout import canary_cli, cluster_cli, demo, deploy_cli, pipeline_cli, replay, serving_cli
+    from fraud_rollout import canary_cli, cluster_cli, demo, deploy_cli, pipeline_cli, replay, rollout_cli, serving_cli
 
     parser = argparse.ArgumentParser(prog="fraud-rollout", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     serving_cli.register(commands, bench_commands)
     deploy_cli.register(commands)
     canary_cli.register(commands)
+    rollout_cli.register(commands)
     cluster_cli.register(commands)
     replay.register(commands, bench_commands)
     return parser

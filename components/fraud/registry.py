@@ -138,3 +138,10 @@ def download_version(tracking_uri: str, version: int, destination: str | Path) -
         shutil.copytree(downloaded, destination, dirs_exist_ok=True)
     log.info("MLflow: %s version %s (run %s) copied to %s", REGISTERED_MODEL, version, found.run_id, destination)
     return {"run_id": found.run_id, "registered_version": int(version), "source": found.source}
+
+
+def set_version_tags(tracking_uri: str, version: int, tags: dict[str, str]) -> None:
+    """Tags on one registered version (e.g. the rollout's decisions, `rollout.step.20 = advance`)."""
+    _, client = _client(tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(REGISTERED_MODEL, str(version), key, value)

@@ -7,7 +7,8 @@ semantics (DESIGN decisions 6 and 12):
   (v2) with `canaryTrafficPercent` and wait until `status.observedGeneration` reaches the new
   `metadata.generation` *and* Ready is True. (KServeClient.wait_isvc_ready reports the previous
   generation's Ready, hence our own wait.)
-- promote: JSON patch removing `canaryTrafficPercent`; roll back: merge patch setting it to 0.
+- promote: JSON patch removing `canaryTrafficPercent`; roll back: merge patch setting it to 0; a
+  rollout step (`set_canary_percent`): merge patch setting it to the step's percent.
 - refusals, each with the reason: Standard/RawDeployment mode (KServe ignores
   `canaryTrafficPercent` there), a feature contract different from the deployed transformer's,
   another candidate's canary still running (unless `supersede`), promoting a canary that is not
@@ -195,6 +196,32 @@ def deploy_canary(store: InferenceServiceStore, candidate: IsvcSpec, champion: I
 def status(store: InferenceServiceStore) -> dict:
     """The traffic status (see `traffic_status`); NotDeployed if the InferenceService is absent."""
     return traffic_status(require(store))
+
+
+def set_canary_percent(store: InferenceServiceStore, percent: int, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                       poll_s: float = DEFAULT_POLL_S) -> Rollout:
+    """Move a running canary to `percent` % (1..99; 100 is `promote`, 0 is `rollback`): merge patch of
+    `canaryTrafficPercent` only, which changes traffic, not the predictor's revision; waits for the new
+    generation to be Ready. The refusals of `promote`: Standard mode, no canary, a canary not Ready."""
+    if not 0 < percent < 100:
+        raise ValueError(f"canary percent must be between 1 and 99 (100 is promote, 0 is rollback), got {percent}")
+    current = require(store)
+    check_canary_mode(current, store.where)
+    running = canary_percent_of(current)
+    if running is None:
+        raise RolloutRefused(f"{store.where} has no canary (canaryTrafficPercent absent: "
+                             f"{isvc.predictor_model_version(current)} takes 100 %); deploy a candidate first")
+    if running == percent:
+        current = wait_ready(store, current["metadata"]["generation"], timeout_s, poll_s)
+        return Rollout(f"unchanged: the canary is already at {percent} %", traffic_status(current))
+    if not traffic_status(current)["ready"]:
+        raise RolloutRefused(
+            f"the canary {isvc.predictor_model_version(current)} of {store.where} is not Ready at generation "
+            f"{current['metadata'].get('generation')}; roll it back instead. "
+            f"Conditions: {describe_conditions(conditions_of(current))}")
+    patched = store.merge_patch(isvc.canary_percent_patch(percent))
+    current = wait_ready(store, patched["metadata"]["generation"], timeout_s, poll_s)
+    return Rollout(f"canary {isvc.predictor_model_version(current)} at {percent} %", traffic_status(current))
 
 
 def promote(store: InferenceServiceStore, *, tracking_uri: str = "", timeout_s: float = DEFAULT_TIMEOUT_S,

@@ -123,9 +123,14 @@ def promote_patch() -> list[dict]:
     return [{"op": "remove", "path": "/spec/predictor/canaryTrafficPercent"}]
 
 
+def canary_percent_patch(percent: int) -> dict:
+    """Merge patch: the canary (latest ready revision) gets `percent` %, the rolled-out one the rest."""
+    return {"spec": {"predictor": {"canaryTrafficPercent": percent}}}
+
+
 def rollback_patch() -> dict:
     """Merge patch: pin the canary to 0 %; the rolled-out revision takes 100 % again."""
-    return {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
+    return canary_percent_patch(0)
 
 
 def predictor_storage_uri(isvc: dict) -> str:

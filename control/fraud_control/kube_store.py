@@ -27,10 +27,11 @@ JSON_PATCH = "application/json-patch+json"
 class MissingPermission(RolloutError):
     """The API server answered 403: the caller's service account lacks an RBAC verb."""
 
-    def __init__(self, verb: str, namespace: str, server_message: str) -> None:
+    def __init__(self, verb: str, namespace: str, server_message: str, resource: str = PLURAL,
+                 group: str = GROUP) -> None:
         self.verb, self.namespace = verb, namespace
         super().__init__(
-            f"missing RBAC permission: verb {verb!r} on resource {PLURAL!r} (apiGroup {GROUP!r}) in namespace "
+            f"missing RBAC permission: verb {verb!r} on resource {resource!r} (apiGroup {group!r}) in namespace "
             f"{namespace!r}. Grant it with a Role and RoleBinding in that namespace for the service account "
             f"the step runs as (manifests/base/pipeline-rbac.yaml). API server said: {server_message}")
 
@@ -58,7 +59,7 @@ def custom_objects_api(kubeconfig: str | None = None, context: str | None = None
                                 "FILE (and --context) or run inside the cluster") from None
 
 
-def _server_message(error: Any) -> str:
+def server_message(error: Any) -> str:
     try:
         return json.loads(error.body).get("message") or error.reason
     except (TypeError, ValueError, AttributeError):
@@ -83,11 +84,11 @@ class KubeStore:
             return request()
         except ApiException as error:
             if error.status == 403:
-                raise MissingPermission(verb, self.namespace, _server_message(error)) from None
+                raise MissingPermission(verb, self.namespace, server_message(error)) from None
             if error.status == 404 and missing_ok:
                 return None
             raise RolloutError(f"{verb} {RESOURCE} {self.where} failed: HTTP {error.status} "
-                               f"{error.reason}: {_server_message(error)}") from None
+                               f"{error.reason}: {server_message(error)}") from None
 
     def get(self) -> dict | None:
         return self._call("get", lambda: self.api.get_namespaced_custom_object(

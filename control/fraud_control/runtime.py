@@ -83,10 +83,11 @@ def read_runtime(state_dir: Path) -> dict:
         body = json.loads((Path(state_dir) / RUNTIME_FILE).read_text())
     except FileNotFoundError:
         return {}
-    return body if _alive(body.get("pid")) else {}
+    return body if pid_alive(body.get("pid")) else {}
 
 
-def _alive(pid: object) -> bool:
+def pid_alive(pid: object) -> bool:
+    """Whether process `pid` runs on this host."""
     if not isinstance(pid, int):
         return False
     try:
@@ -138,7 +139,7 @@ def claim_state_dir(state_dir: Path, url: str) -> StateDirOwner:
             running = json.loads(text)
         except ValueError:
             running = {}
-        if not _alive(running.get("pid")):  # the owner has the lock but has not written itself in yet
+        if not pid_alive(running.get("pid")):  # the owner has the lock but has not written itself in yet
             running = {}
         raise StateDirBusy(f"--state-dir {state_dir}: already served by `fraud-rollout serve` pid "
                            f"{running.get('pid', '?')} at {running.get('url', '?')}; stop it (kill "

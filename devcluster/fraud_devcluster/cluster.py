@@ -37,7 +37,7 @@ class Cluster:
 
     def writes(self, namespace: str) -> list[dict]:
         """Completed writes to InferenceServices in `namespace`, from the API server's audit log:
-        verb, subresource, code, user and userAgent each."""
+        verb, subresource, code, user, userAgent and the request body each."""
         events = []
         for line in (Path(self.directory) / "logs" / "audit.log").read_text().splitlines():
             event = json.loads(line)
@@ -45,7 +45,8 @@ class Cluster:
             if event.get("stage") == "ResponseComplete" and ref.get("namespace") == namespace:
                 events.append({"verb": event["verb"], "subresource": ref.get("subresource", ""),
                                "code": event.get("responseStatus", {}).get("code"),
-                               "user": event["user"]["username"], "userAgent": event.get("userAgent", "")})
+                               "user": event["user"]["username"], "userAgent": event.get("userAgent", ""),
+                               "body": event.get("requestObject")})
         return events
 
     def running(self) -> bool:

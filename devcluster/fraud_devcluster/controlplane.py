@@ -17,9 +17,10 @@ from fraud_devcluster.versions import ETCD, KUBE_APISERVER
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 #: Every write to an InferenceService, one JSON line each in logs/audit.log: tests count what a
-#: command sent (verb, user, user agent) from the API server's own record.
+#: command sent (verb, user, user agent, and the request body: a rollout's canaryTrafficPercent
+#: sequence) from the API server's own record.
 AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"], "rules": [
-    {"level": "Metadata", "verbs": ["create", "update", "patch", "delete"],
+    {"level": "Request", "verbs": ["create", "update", "patch", "delete"],
      "resources": [{"group": "serving.kserve.io", "resources": ["inferenceservices"]}]},
     {"level": "None"}]}
 

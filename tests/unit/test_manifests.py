@@ -71,7 +71,9 @@ def test_the_setup_creates_accounts_and_least_privilege_rbac_and_no_inferenceser
     assert sorted(d["kind"] for d in docs) == ["Role", "RoleBinding", "ServiceAccount", "ServiceAccount"]
     role = one(docs, "Role", "fraud-rollout-inferenceservices")
     assert role["rules"] == [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
-                              "verbs": ["get", "list", "watch", "create", "patch", "update"]}]
+                              "verbs": ["get", "list", "watch", "create", "patch", "update"]},
+                             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch"]},
+                             {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
     binding = one(docs, "RoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert {"kind": "ServiceAccount", "name": "fraud-rollout-pipeline", "namespace": namespaces.pop()} in binding["subjects"]

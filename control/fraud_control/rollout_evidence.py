@@ -1,0 +1,247 @@
+"""Live evidence for a rollout step, from the transformer's counters: label-free, so at 100 % the
+policy needs paired evidence or a labelled source (`fraud_rollout.rollout_replay`) to promote.
+
+- `MetricsWindow`: scrapes the transformer's `/metrics` when a step starts and again once the
+  window is full (`window_s` seconds passed *and* `min_requests` rows counted, polled every
+  `poll_s`), and takes the counters' deltas: `fraud_predictions_total`, `fraud_predictor_errors_total`,
+  `fraud_request_seconds` (percentiles from the bucket deltas, as `histogram_quantile` does) and
+  the shadow pairs `fraud_shadow_rows_total` → `PairedOutcomes` of decisions. A hold extends the
+  step's window (the start snapshot stays), so evidence accumulates until the step moves on.
+- `PrometheusWindow`: the same through a Prometheus server (`increase(…[Ns])` over the step so far).
+"""
+from __future__ import annotations
+
+import math
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fraud.schema import DataError
+from fraud_canary.metrics import VersionMetrics
+from fraud_canary.paired import Discordant, PairedOutcomes
+
+from fraud_control.prometheus import DEFAULT_SELECTOR, PERCENTILES, metrics_from_prometheus, prometheus_query
+from fraud_control.rollout import Evidence, EvidenceSource, RolloutAborted, Window, now_iso
+
+Sample = tuple[str, tuple[tuple[str, str], ...]]
+Snapshot = dict[Sample, float]
+FRAUD = "fraud"
+COUNTED = ("fraud_predictions_total", "fraud_predictor_errors_total", "fraud_request_seconds_bucket",
+           "fraud_shadow_rows_total")
+
+
+def parse_metrics(text: str) -> Snapshot:
+    """The counters a window needs, keyed by (sample name, sorted labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: Snapshot = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in COUNTED:
+                out[(sample.name, tuple(sorted(sample.labels.items())))] = float(sample.value)
+    return out
+
+
+def scrape(url: str, timeout: float = 10.0) -> Snapshot:
+    """The transformer's `/metrics`; DataError naming the URL when it cannot be read."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return parse_metrics(response.read().decode())
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        raise DataError(f"--metrics-url {url}: cannot scrape the transformer ({getattr(error, 'reason', error)})") from None
+
+
+def delta(end: Snapshot, start: Snapshot) -> Snapshot:
+    """Counter increases; a counter that went down was reset (a restarted transformer): its end value."""
+    return {k: (v - start.get(k, 0.0)) if v >= start.get(k, 0.0) else v for k, v in end.items()}
+
+
+def _quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """histogram_quantile over cumulative (le, count) buckets: linear within the bucket."""
+    buckets = sorted(buckets)
+    if not buckets or buckets[-1][1] <= 0:
+        return math.nan
+    rank = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            width = count - lower_count
+            return lower_bound + (bound - lower_bound) * ((rank - lower_count) / width if width else 1.0)
+        lower_bound, lower_count = bound, count
+    return math.nan
+
+
+def _rows(counts: Snapshot) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    answered: dict[str, int] = {}
+    flagged: dict[str, int] = {}
+    failed: dict[str, int] = {}
+    for (name, labels), value in counts.items():
+        label = dict(labels)
+        version = label.get("model_version", "")
+        if name == "fraud_predictions_total":
+            answered[version] = answered.get(version, 0) + round(value)
+            if label.get("decision") == FRAUD:
+                flagged[version] = flagged.get(version, 0) + round(value)
+        elif name == "fraud_predictor_errors_total":
+            failed[version] = failed.get(version, 0) + round(value)
+    return answered, flagged, failed
+
+
+def requests_in(counts: Snapshot) -> int:
+    """Rows answered plus requests failed (the same unit with one transaction per request)."""
+    answered, _, failed = _rows(counts)
+    return sum(answered.values()) + sum(failed.values())
+
+
+def version_metrics(counts: Snapshot) -> dict[str, VersionMetrics]:
+    """VersionMetrics per version from counter deltas (no labels: `confusion` None)."""
+    answered, flagged, failed = _rows(counts)
+    latency: dict[str, list[tuple[float, float]]] = {}
+    for (name, labels), value in counts.items():
+        if name == "fraud_request_seconds_bucket":
+            label = dict(labels)
+            latency.setdefault(label.get("model_version", ""), []).append((float(label["le"]), value))
+    versions = sorted(set(answered) | {v for v, n in failed.items() if n})
+    total = sum(answered.get(v, 0) + failed.get(v, 0) for v in versions)
+    out = {}
+    for version in versions:
+        requests = answered.get(version, 0) + failed.get(version, 0)
+        p50, p95, p99 = (1000 * _quantile(q / 100, latency.get(version, [])) for q in PERCENTILES)
+        out[version] = VersionMetrics(
+            model_version=version, requests=requests, errors=failed.get(version, 0), flagged=flagged.get(version, 0),
+            traffic_share=requests / total if total else math.nan, latency_p50_ms=p50, latency_p95_ms=p95,
+            latency_p99_ms=p99, confusion=None)
+    return out
+
+
+def paired_decisions(counts: Snapshot, baseline_version: str, canary_version: str) -> PairedOutcomes | None:
+    """Both versions' decisions on the shadow-scored rows (either version served); None without pairs."""
+    pairs = canary_only = baseline_only = 0
+    for (name, labels), value in counts.items():
+        if name != "fraud_shadow_rows_total":
+            continue
+        label = dict(labels)
+        decisions = {label.get("served_version"): label.get("served_decision"),
+                     label.get("shadow_version"): label.get("shadow_decision")}
+        if set(decisions) != {baseline_version, canary_version}:
+            continue
+        n = round(value)
+        pairs += n
+        canary_flags, baseline_flags = decisions[canary_version] == FRAUD, decisions[baseline_version] == FRAUD
+        canary_only += n if canary_flags and not baseline_flags else 0
+        baseline_only += n if baseline_flags and not canary_flags else 0
+    if not pairs:
+        return None
+    return PairedOutcomes(baseline_version, canary_version, Discordant(pairs, canary_only, baseline_only))
+
+
+@dataclass
+class WindowSpec:
+    """When a window is full: `seconds` passed and `min_requests` rows counted (both)."""
+
+    seconds: float = 60.0
+    min_requests: int = 0
+    poll_s: float = 2.0
+    #: Give up (DataError) when the requests have not come in this long: no traffic reaches the transformer.
+    max_seconds: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.seconds < 0 or self.min_requests < 0 or self.poll_s <= 0:
+            raise ValueError(f"a window needs seconds ≥ 0, min_requests ≥ 0, poll_s > 0, got {self}")
+
+
+def wait_full(spec: WindowSpec, started: float, counted: Callable[[], int], stop: Callable[[], bool],
+              what: str) -> int:
+    """Poll until the window is full; the requests counted. RolloutAborted when `stop()`."""
+    while True:
+        if stop():
+            raise RolloutAborted("abort requested while the window filled")
+        requests = counted()
+        elapsed = time.monotonic() - started
+        if elapsed >= spec.seconds and requests >= spec.min_requests:
+            return requests
+        if elapsed > spec.max_seconds:
+            raise DataError(f"{what}: only {requests} of {spec.min_requests} requests after {elapsed:.0f} s: "
+                            "is traffic reaching the transformer?")
+        time.sleep(spec.poll_s)
+
+
+class MetricsWindow:
+    """Step windows from the transformer's `/metrics` (e.g. http://127.0.0.1:8080/metrics)."""
+
+    def __init__(self, url: str, spec: WindowSpec, baseline_version: str, canary_version: str) -> None:
+        self.url, self.spec = url, spec
+        self.baseline_version, self.canary_version = baseline_version, canary_version
+        self._step: tuple[int, float, str, Snapshot] | None = None  # percent, monotonic, iso, counters
+
+    def window(self, percent: int, stop: Callable[[], bool]) -> Evidence:
+        if self._step is None or self._step[0] != percent:
+            self._step = (percent, time.monotonic(), now_iso(), scrape(self.url))
+        _, started, started_at, start = self._step
+        latest: dict[str, Snapshot] = {}
+
+        def counted() -> int:
+            latest["end"] = scrape(self.url)
+            return requests_in(delta(latest["end"], start))
+
+        requests = wait_full(self.spec, started, counted, stop, self.url)
+        counts = delta(latest["end"], start)
+        return Evidence(version_metrics(counts),
+                        Window(started_at, now_iso(), time.monotonic() - started, requests),
+                        paired_decisions(counts, self.baseline_version, self.canary_version),
+                        source=f"metrics {self.url}")
+
+
+class PrometheusWindow:
+    """Step windows from a Prometheus server scraping the transformer (`selector` picks its series)."""
+
+    def __init__(self, url: str, spec: WindowSpec, selector: str = DEFAULT_SELECTOR) -> None:
+        self.url, self.spec, self.selector = url, spec, selector
+        self._step: tuple[int, float, str] | None = None
+
+    def _range(self, started: float) -> str:
+        return f"{max(1, math.ceil(time.monotonic() - started))}s"
+
+    def window(self, percent: int, stop: Callable[[], bool]) -> Evidence:
+        if self._step is None or self._step[0] != percent:
+            self._step = (percent, time.monotonic(), now_iso())
+        _, started, started_at = self._step
+
+        def counted() -> int:
+            query = f"sum(increase(fraud_predictions_total{{{self.selector}}}[{self._range(started)}]))"
+            return sum(round(float(s["value"][1])) for s in prometheus_query(self.url, query))
+
+        requests = wait_full(self.spec, started, counted, stop, self.url)
+        online, _ = metrics_from_prometheus(self.url, self.selector, self._range(started))
+        return Evidence(online, Window(started_at, now_iso(), time.monotonic() - started, requests),
+                        source=f"prometheus {self.url}")
+
+
+
+class AfterLocalApply:
+    """A source for the local runtime: each window starts only once `fraud-rollout serve` has applied
+    the manifest's generation (the state dir reconciles on write, the servers follow it a poll later;
+    without this a step's first requests would still go by the previous split)."""
+
+    def __init__(self, source: EvidenceSource, state_dir: Path, poll_s: float = 0.2, timeout_s: float = 120.0) -> None:
+        self.source, self.state_dir, self.poll_s, self.timeout_s = source, Path(state_dir), poll_s, timeout_s
+
+    def window(self, percent: int, stop: Callable[[], bool]) -> Evidence:
+        from fraud_control.local_state import LocalInferenceService
+        from fraud_control.runtime import read_runtime
+
+        wanted = LocalInferenceService(self.state_dir).get()["metadata"]["generation"]
+        deadline = time.monotonic() + self.timeout_s
+        while (read_runtime(self.state_dir).get("appliedGeneration") or 0) < wanted:
+            if stop():
+                raise RolloutAborted("abort requested while the runtime applied the step")
+            if time.monotonic() > deadline:
+                raise DataError(f"the local runtime in {self.state_dir} did not apply generation {wanted} in "
+                                f"{self.timeout_s:g} s: is `fraud-rollout serve` running?")
+            time.sleep(self.poll_s)
+        return self.source.window(percent, stop)

@@ -1,0 +1,288 @@
+"""`fraud-rollout rollout start|status|abort`: the progressive rollout controller
+(`fraud_control.rollout`) on the local state dir or a cluster."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fraud.settings import Settings
+
+from fraud_rollout.args import UsageError, detectable_difference, non_negative_float, non_negative_int
+from fraud_rollout.targets import add_target_options, open_store
+
+DEFAULT_PLAN = "5,20,50,100"  # fraud_canary.progressive.RolloutPolicy().plan, without importing it at parse time
+DEFAULT_TIMEOUT_S = 600.0  # fraud_control.canary.DEFAULT_TIMEOUT_S
+LOG_FILE = "rollout.jsonl"
+
+
+def register(commands) -> None:
+    rollout = commands.add_parser("rollout", help="progressive rollout: canaryTrafficPercent through a plan")
+    rollout.add_argument("action", choices=["start", "status", "abort"])
+    add_target_options(rollout)
+    rollout.add_argument("--json", action="store_true", help="print the state (status) or final report (start) as JSON")
+    rollout.add_argument("--timeout", type=non_negative_float, default=DEFAULT_TIMEOUT_S,
+                         help="seconds to wait for Ready after each patch; abort: for the controller to roll back")
+    rollout.add_argument("--tracking-uri", default="",
+                         help="MLflow server: aliases follow, decisions tag the candidate (default $MLFLOW_TRACKING_URI)")
+    start = rollout.add_argument_group("start")
+    start.add_argument("--plan", default=DEFAULT_PLAN, help=f"canaryTrafficPercent steps, ending at 100 (default {DEFAULT_PLAN})")
+    start.add_argument("--max-holds", type=non_negative_int, default=3,
+                       help="windows a step may hold on insufficient evidence before rolling back (default 3)")
+    start.add_argument("--window", type=non_negative_float, default=60.0, metavar="SECONDS",
+                       help="each window lasts at least this long (default 60)")
+    start.add_argument("--min-requests", type=non_negative_int, default=0, metavar="N",
+                       help="and counts at least N requests (default 0)")
+    start.add_argument("--poll", type=positive_float, default=2.0, metavar="SECONDS",
+                       help="how often the window's counters (and an abort) are checked (default 2)")
+    start.add_argument("--metrics-url", help="the transformer's /metrics (default, local: the runtime's transformer)")
+    start.add_argument("--prometheus", metavar="URL", help="instead: a Prometheus server scraping the transformer")
+    start.add_argument("--selector", default='job="fraud-detector"', help="label matchers of the transformer's series")
+    start.add_argument("--report", type=Path, dest="pipeline_report",
+                       help="pipeline report.json with the offline metrics (default .fraud-rollout/run/report.json if present)")
+    start.add_argument("--detectable-recall-difference", type=detectable_difference,
+                       help="recall drop the evidence must be able to detect (default 0.10; 'auto')")
+    start.add_argument("--log", type=Path, help=f"JSON lines, one per step (default: {LOG_FILE} in the state dir; "
+                                                "stdout for --target kserve)")
+    start.add_argument("--out", type=Path, help="write the final report ({'rollout': {..., 'steps': [...]}}) here")
+    start.add_argument("--analysis-port", type=non_negative_int,
+                       help="serve GET /analysis on this port (200 advance/promote, 425 hold, 409 rollback)")
+    start.add_argument("--analysis-host", default="127.0.0.1", help="address of the analysis endpoint (0.0.0.0 in a pod)")
+    abort = rollout.add_argument_group("abort")
+    abort.add_argument("--reason", default="operator abort", help="recorded with the abort")
+    rollout.set_defaults(func=rollout_command)
+
+
+def positive_float(text: str) -> float:
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def parse_plan(text: str) -> tuple[int, ...]:
+    """`--plan 5,20,50,100`: whole percentages in 1..100, strictly increasing, ending at 100."""
+    steps = []
+    for part in text.split(","):
+        try:
+            steps.append(int(part.strip()))
+        except ValueError:
+            raise UsageError(f"--plan {text!r}: {part.strip()!r} is not a whole number (e.g. --plan {DEFAULT_PLAN})") from None
+    bad = [p for p in steps if not 0 < p <= 100]
+    if bad:
+        raise UsageError(f"--plan {text!r}: {bad[0]} is not a percentage within 1..100 (0 is a rollback, not a step)")
+    if any(a >= b for a, b in zip(steps, steps[1:])):
+        raise UsageError(f"--plan {text!r}: the steps must increase (e.g. --plan {DEFAULT_PLAN})")
+    if steps[-1] != 100:
+        raise UsageError(f"--plan {text!r}: the last step must be 100 (the promotion)")
+    if len(steps) < 2:
+        raise UsageError(f"--plan {text!r}: needs at least one step below 100 to analyse")
+    return tuple(steps)
+
+
+def rollout_command(args: argparse.Namespace) -> int:
+    return {"start": start_command, "status": status_command, "abort": abort_command}[args.action](args)
+
+
+def _states(args: argparse.Namespace, store):
+    from fraud_control.rollout_state import ConfigMapRolloutState, LocalRolloutState
+
+    if args.target == "kserve":
+        return ConfigMapRolloutState(store.api.api_client, store.namespace, store.name)
+    return LocalRolloutState(args.state_dir)
+
+
+def _offline(args: argparse.Namespace) -> dict:
+    from fraud_canary.analysis import offline_metrics
+
+    from fraud_rollout.replay_source import DEFAULT_PIPELINE_REPORT, read_pipeline_report
+
+    path = args.pipeline_report
+    if path is None and not DEFAULT_PIPELINE_REPORT.is_file():
+        return {}
+    return offline_metrics(read_pipeline_report(path or DEFAULT_PIPELINE_REPORT, option="--report"),
+                           with_flag_rate=False)
+
+
+def evidence_source(args: argparse.Namespace, baseline: str, candidate: str):
+    """The live source the options name: the transformer's /metrics, or Prometheus."""
+    from fraud_control.rollout_evidence import AfterLocalApply, MetricsWindow, PrometheusWindow, WindowSpec
+    from fraud_control.runtime import read_runtime
+
+    if args.metrics_url and args.prometheus:
+        raise UsageError("rollout start: give at most one of --metrics-url URL and --prometheus URL")
+    spec = WindowSpec(seconds=args.window, min_requests=args.min_requests, poll_s=args.poll)
+    if args.prometheus:
+        source: Any = PrometheusWindow(args.prometheus, spec, args.selector)
+    else:
+        url = args.metrics_url
+        if not url and args.target == "local":
+            transformer = read_runtime(args.state_dir).get("transformer")
+            if not transformer:
+                raise UsageError(f"rollout start: no local runtime serves {args.state_dir} (start `fraud-rollout "
+                                 "serve` first, or pass --metrics-url URL)")
+            url = f"{transformer}/metrics"
+        if not url:
+            raise UsageError("rollout start --target kserve: pass --metrics-url URL (the transformer's /metrics) "
+                             "or --prometheus URL")
+        source = MetricsWindow(url, spec, baseline, candidate)
+    return AfterLocalApply(source, args.state_dir) if args.target == "local" else source
+
+
+def recorders(args: argparse.Namespace, store, subject, tracking_uri: str) -> list:
+    from fraud_control.rollout_record import JsonLinesLog, KubeEvents, MlflowStepTags
+
+    out: list = []
+    if args.target == "kserve":
+        out.append(JsonLinesLog(args.log) if args.log else JsonLinesLog(stream=sys.stdout))
+        out.append(KubeEvents(store.api.api_client, store.namespace, store.name, subject.uid))
+    else:
+        out.append(JsonLinesLog(args.log or Path(args.state_dir) / LOG_FILE))
+    if tracking_uri and subject.canary_model:
+        out.append(MlflowStepTags(tracking_uri, subject.canary_model))
+    return out
+
+
+def start_command(args: argparse.Namespace, source=None) -> int:
+    """`rollout start`; `source` replaces the live evidence (the demo's labelled replay)."""
+    from fraud_canary.progressive import RolloutPolicy
+    from fraud_control.rollout import Controller, RolloutConfig, RolloutRunning
+    from fraud_control.store import NotDeployed, RolloutError, require
+    from fraud_control.subject import subject_of
+
+    plan = parse_plan(args.plan)
+    settings = Settings()
+    store = open_store(args, settings)
+    try:
+        subject = subject_of(require(store), store.where)
+    except NotDeployed as error:
+        raise UsageError(str(error)) from None
+    if subject.canary_model is None:
+        raise UsageError(f"rollout start: {store.where} has no canary to roll out ({subject.describe()}); deploy a "
+                         "candidate first (`fraud-rollout deploy` or the pipeline)")
+    baseline, candidate = subject.rolled_out_model.get("modelVersion") or "", subject.canary_model.get("modelVersion") or ""
+    tracking_uri = args.tracking_uri or settings.MLFLOW_TRACKING_URI
+    config = RolloutConfig(baseline_version=baseline, canary_version=candidate, offline=_offline(args),
+                           policy=RolloutPolicy(plan=plan, max_holds=args.max_holds),
+                           detectable=args.detectable_recall_difference, tracking_uri=tracking_uri,
+                           timeout_s=args.timeout, poll_s=min(args.poll, 2.0))
+    source = source or evidence_source(args, baseline, candidate)
+    endpoint = None
+    if args.analysis_port is not None:
+        from fraud_control.analysis_endpoint import AnalysisEndpoint
+
+        try:
+            endpoint = AnalysisEndpoint(args.analysis_port, args.analysis_host)
+        except OSError as error:
+            raise UsageError(f"--analysis-port {args.analysis_port}: cannot listen on {args.analysis_host} "
+                             f"({error.strerror})") from None
+        print(f"analysis endpoint: {endpoint.url}", file=sys.stderr, flush=True)
+    controller = Controller(store, source, _states(args, store), config, recorders(args, store, subject, tracking_uri),
+                            on_step=endpoint.update if endpoint else None)
+    try:
+        state = controller.run()
+    except RolloutRunning as error:
+        raise UsageError(str(error)) from None
+    except RolloutError as error:
+        print(f"fraud-rollout rollout start: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+    report = {"rollout": state}
+    if args.out:
+        from fraud.files import write_json
+
+        write_json(args.out, report)
+    if args.json:
+        from fraud.files import json_safe
+
+        print(json.dumps(json_safe(report), indent=2, allow_nan=False))
+    else:
+        print(format_state(state))
+    return 0
+
+
+def format_state(state: dict, running: bool | None = None) -> str:
+    last = state.get("last_decision") or {}
+    shown = state.get("status") if running is not False or state.get("status") != "running" else "stopped (controller gone)"
+    lines = [f"rollout of {state.get('canary_version')} (over {state.get('baseline_version')}) on {state.get('where')}: "
+             f"{shown}", f"plan {state.get('plan')}, step {state.get('percent')} %, holds {state.get('holds', 0)} "
+             f"of {state.get('max_holds')}, started {state.get('started')} (pid {state.get('pid')} on {state.get('host')})"]
+    if last:
+        lines.append(f"last decision: {last.get('decision')} at {last.get('percent')} %: "
+                     f"{(last.get('reasons') or [''])[0]}")
+    result = state.get("result") or {}
+    if result:
+        lines.append(f"result: {result.get('action') or result.get('status')}"
+                     + (f" ({result['note']})" if result.get("note") else ""))
+    return "\n".join(lines)
+
+
+def status_command(args: argparse.Namespace) -> int:
+    store = open_store(args, Settings())
+    states = _states(args, store)
+    state = states.read()
+    if state is None:
+        raise UsageError(f"rollout status: no rollout has run on {store.where} (nothing in {states.where}); "
+                         "start one with `fraud-rollout rollout start`")
+    running = state.get("status") == "running" and states.is_running(state)
+    if args.json:
+        from fraud.files import json_safe
+
+        print(json.dumps(json_safe({**state, "controller_running": running}), indent=2, allow_nan=False))
+    else:
+        print(format_state(state, running))
+    return 0
+
+
+def abort_command(args: argparse.Namespace) -> int:
+    """Ask the running controller to roll back and wait for it; with none running, roll back directly."""
+    from fraud_control import canary
+    from fraud_control.rollout import ABORTED, RUNNING, running_rollout
+    from fraud_control.store import NotDeployed, RolloutError, require
+
+    settings = Settings()
+    store = open_store(args, settings)
+    states = _states(args, store)
+    running = running_rollout(states)
+    if running is not None:
+        states.request_abort(args.reason)
+        print(f"asked the rollout controller (pid {running.get('pid')} on {running.get('host')}) to abort", flush=True)
+        deadline = time.monotonic() + args.timeout
+        while True:
+            state = states.read() or {}
+            if state.get("status") != RUNNING or not states.is_running(state):
+                break
+            if time.monotonic() > deadline:
+                print(f"fraud-rollout rollout abort: the controller did not stop within {args.timeout:g} s "
+                      f"({states.where} still says running)", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        print(format_state(state, False))
+        return 0 if state.get("status") == ABORTED else 1
+    try:
+        current = require(store)
+    except NotDeployed as error:
+        raise UsageError(str(error)) from None
+    percent = canary.canary_percent_of(current)
+    if percent is None or not 0 < percent < 100:
+        raise UsageError(f"rollout abort: nothing to abort on {store.where}: no rollout controller runs and no "
+                         f"canary is in progress (canaryTrafficPercent {'absent' if percent is None else percent})")
+    tracking_uri = args.tracking_uri or settings.MLFLOW_TRACKING_URI
+    try:
+        outcome = canary.rollback(store, tracking_uri=tracking_uri, timeout_s=args.timeout)
+    except RolloutError as error:
+        print(f"fraud-rollout rollout abort: {error}", file=sys.stderr)
+        return 1
+    state = states.read()
+    if state is not None and state.get("status") == RUNNING:  # its controller died: say how it ended
+        state.update(status=ABORTED, result={"status": ABORTED, "action": outcome.action,
+                                              "note": f"no controller running; rolled back directly: {args.reason}"})
+        states.write(state)
+    print(f"no rollout controller runs on {store.where}: rolled back directly: {outcome.action}"
+          + (f"\n{outcome.registry}" if outcome.registry else ""))
+    return 0

@@ -1,0 +1,51 @@
+"""A labelled evidence source for the rollout: each window replays the next slice of the holdout
+through the live transformer (`replay_load.send`, the same client as `fraud-rollout replay`) and
+counts what each version answered against the labels. A hold replays another slice; the step's
+slices are analysed together, so evidence accumulates until the step moves on. When the holdout
+runs out it starts again from the first row (the same transactions are then seen twice: the demo's
+holdout is a sample, not live traffic)."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+from fraud.schema import FEATURES, LABEL
+from fraud_control.rollout import Evidence, RolloutAborted, Window, now_iso
+
+from fraud_rollout.replay_load import ReplayOptions, default_batch, send
+from fraud_rollout.replay_report import online_metrics
+
+
+class ReplayWindow:
+    """`rows_per_window` holdout rows per window, sent to `options.url`."""
+
+    def __init__(self, frame: pd.DataFrame, options: ReplayOptions, rows_per_window: int) -> None:
+        if rows_per_window < 1 or frame.empty:
+            raise ValueError("a replay window needs at least one row and a non-empty holdout")
+        self.frame, self.rows_per_window = frame.reset_index(drop=True), rows_per_window
+        self.options = replace(options, progress=False, batch=options.batch or default_batch(rows_per_window))
+        self.offset = 0
+        self._step: tuple[int, float, str, list[pd.DataFrame]] | None = None
+
+    def _next_slice(self) -> pd.DataFrame:
+        index = (self.offset + np.arange(self.rows_per_window)) % len(self.frame)
+        self.offset = int((self.offset + self.rows_per_window) % len(self.frame))
+        return self.frame.iloc[index]
+
+    def window(self, percent: int, stop: Callable[[], bool]) -> Evidence:
+        if stop():
+            raise RolloutAborted("abort requested before the replay window")
+        if self._step is None or self._step[0] != percent:
+            self._step = (percent, time.monotonic(), now_iso(), [])
+        _, started, started_at, parts = self._step
+        chunk = self._next_slice()
+        rows = send(chunk.loc[:, list(FEATURES)].to_numpy(dtype=np.float64), self.options)
+        rows.labels = chunk[LABEL].to_numpy(dtype=np.int8)
+        rows.amount = chunk["Amount"].to_numpy(dtype=np.float64)
+        parts.append(rows.frame())
+        frame = pd.concat(parts, ignore_index=True)
+        return Evidence(online_metrics(frame), Window(started_at, now_iso(), time.monotonic() - started, len(frame)),
+                        source=f"replay of {len(frame)} holdout rows to {self.options.url}")

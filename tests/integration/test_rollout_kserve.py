@@ -1,0 +1,202 @@
+"""The rollout controller against the REAL control plane (kube-apiserver, KServe's controller), as
+the pipeline's ServiceAccount: the canaryTrafficPercent sequence KServe saw (audit log), the
+Events on the InferenceService, the state in the ConfigMap, abort from another process, the 403
+path, and the analysis endpoint's codes. The evidence is prepared per step (test data through
+the `EvidenceSource` seam); every API call is real."""
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+from fraud_canary.metrics import Confusion, VersionMetrics
+from fraud_canary.policy import OfflineMetrics
+from fraud_canary.progressive import RolloutPolicy
+from fraud_control.analysis_endpoint import AnalysisEndpoint
+from fraud_control.kube_store import KubeStore
+from fraud_control.rollout import Controller, Evidence, RolloutAborted, RolloutConfig, Window, now_iso
+from fraud_control.rollout_record import KubeEvents
+from fraud_control.rollout_state import ConfigMapRolloutState
+from kubernetes import client
+
+from fraud_rollout.cli import main
+from tests.cluster_fixtures import admin_client
+from tests.integration.kube_fixtures import kubeconfig_for
+
+pytestmark = pytest.mark.integration
+OFFLINE = {"v1": OfflineMetrics(precision=0.889, recall=0.8, flag_rate=0.009),
+           "v2": OfflineMetrics(precision=0.889, recall=0.8, flag_rate=0.009)}
+
+
+def _metrics(version: str, requests: int, share: float, errors: int = 0) -> VersionMetrics:
+    """1 % fraud, recall 0.8, 0.1 % false flags of the answered rows, labelled."""
+    answered = requests - errors
+    frauds, false_flags = answered // 100, answered // 1000
+    caught = frauds * 4 // 5
+    return VersionMetrics(version, requests, errors, caught + false_flags, share, 10.0, 30.0, 40.0,
+                          Confusion(tp=caught, fp=false_flags, fn=frauds - caught, tn=answered - frauds - false_flags))
+
+
+class PreparedEvidence:
+    """Labelled windows of 200,000 requests split at the step's percent; the canary fails
+    `canary_error_share` of its requests. Records the percents it was asked for."""
+
+    def __init__(self, canary_error_share: float = 0.0, wait_for_abort: threading.Event | None = None) -> None:
+        self.canary_error_share, self.asked = canary_error_share, []
+        self.wait_for_abort = wait_for_abort
+
+    def window(self, percent: int, stop: Callable[[], bool]) -> Evidence:
+        self.asked.append(percent)
+        if self.wait_for_abort is not None:  # a window that fills only after an abort: poll like a live one
+            self.wait_for_abort.set()
+            while not stop():
+                threading.Event().wait(0.05)
+            raise RolloutAborted("abort requested while the window filled")
+        total = 200_000
+        canary = total * percent // 100
+        online = {"v1": _metrics("v1", total - canary, 1 - percent / 100),
+                  "v2": _metrics("v2", canary, percent / 100, errors=int(canary * self.canary_error_share))}
+        return Evidence(online, Window(now_iso(), now_iso(), 0.0, total), source="prepared")
+
+
+def _controller(cluster, source, **config) -> Controller:
+    ns = cluster.ns
+    api = cluster.namespace.token_api()
+    store = KubeStore(api, ns)
+    uid = store.get()["metadata"]["uid"]
+    return Controller(store, source, ConfigMapRolloutState(api.api_client, ns, "fraud-detector"),
+                      RolloutConfig("v1", "v2", OFFLINE, policy=RolloutPolicy(), detectable=0.12, poll_s=0.05,
+                                    timeout_s=60, **config),
+                      [KubeEvents(api.api_client, ns, "fraud-detector", uid)])
+
+
+def percent_writes(cluster) -> list:
+    """canaryTrafficPercent of each patch after the deploy (None: removed, the promotion's JSON patch)."""
+    out = []
+    for write in cluster.namespace.writes()[2:]:  # create with v1, canary patch with v2 at 20 %
+        body = write["body"]
+        out.append(body["spec"]["predictor"]["canaryTrafficPercent"] if isinstance(body, dict) else
+                   [op["op"] for op in body])
+    return out
+
+
+def events(cluster) -> list[tuple[str, str]]:
+    listed = client.CoreV1Api(admin_client(cluster.namespace.kube)).list_namespaced_event(cluster.ns)
+    ordered = sorted(listed.items, key=lambda e: int(e.metadata.resource_version))  # timestamps are in seconds
+    return [(e.reason, e.message) for e in ordered if e.involved_object.kind == "InferenceService"
+            and e.involved_object.name == "fraud-detector" and e.source.component == "fraud-rollout"]
+
+
+def test_a_good_candidate_steps_5_20_50_and_is_promoted(canary_cluster):
+    source = PreparedEvidence()
+    state = _controller(canary_cluster, source).run()
+    assert source.asked == [5, 20, 50]
+    assert [(s["percent"], s["decision"]) for s in state["steps"]] == [(5, "advance"), (20, "advance"),
+                                                                        (50, "promote")]
+    assert state["status"] == "promoted" and state["result"]["action"] == "promoted v2 to 100 %"
+    assert percent_writes(canary_cluster) == [5, 20, 50, ["remove"]]
+    assert [r for r, _ in events(canary_cluster)] == ["RolloutStep", "RolloutStep", "RolloutPromote"]
+    assert events(canary_cluster)[0][1].startswith("advance at 5 %, 200000 requests in 0 s: all ")
+    stored = ConfigMapRolloutState(admin_client(canary_cluster.namespace.kube), canary_cluster.ns,
+                                   "fraud-detector").read()
+    assert stored["status"] == "promoted" and [s["percent"] for s in stored["steps"]] == [5, 20, 50]
+
+
+def test_a_failing_candidate_is_rolled_back_at_the_first_step(canary_cluster):
+    state = _controller(canary_cluster, PreparedEvidence(canary_error_share=0.1)).run()
+    assert [(s["percent"], s["decision"]) for s in state["steps"]] == [(5, "rollback")]
+    assert state["steps"][0]["reasons"] == ["FAIL canary.error_rate: error rate 0.1 of 10000 requests, "
+                                            "objective ≤ 0.01 → rollback"]
+    assert state["status"] == "rolled_back"
+    assert percent_writes(canary_cluster) == [5, 0]
+    assert [r for r, _ in events(canary_cluster)] == ["RolloutRollback"]
+
+
+def test_abort_from_another_process_rolls_back_within_one_poll(canary_cluster, capsys):
+    filling = threading.Event()
+    controller = _controller(canary_cluster, PreparedEvidence(wait_for_abort=filling))
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(state=controller.run()))
+    thread.start()
+    assert filling.wait(60)
+    kubeconfig = str(canary_cluster.kubeconfig)
+    target = ["--target", "kserve", "--namespace", canary_cluster.ns, "--kubeconfig", kubeconfig]
+    assert main(["rollout", "start", *target, "--metrics-url", "http://127.0.0.1:9/metrics"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is already running; abort it with `fraud-rollout rollout abort`" in err[0]
+    assert f"rollout of v2 on {canary_cluster.ns}/fraud-detector (running" in err[0]
+    assert main(["rollout", "status", *target, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["status"], status["percent"], status["controller_running"]) == ("running", 5, True)
+    assert main(["rollout", "abort", *target, "--reason", "test abort"]) == 0
+    thread.join(60)
+    assert outcome["state"]["status"] == "aborted"
+    assert outcome["state"]["steps"][-1]["decision"] == "abort"
+    assert outcome["state"]["steps"][-1]["reasons"][0].startswith("abort requested: test abort (asked at ")
+    assert percent_writes(canary_cluster) == [5, 0]
+    assert [r for r, _ in events(canary_cluster)] == ["RolloutRollback"]
+    # nothing runs now and the canary is at 0 %: nothing to abort
+    assert main(["rollout", "abort", *target]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fraud-rollout rollout: error: rollout abort: nothing to abort on {canary_cluster.ns}/"
+                   "fraud-detector: no rollout controller runs and no canary is in progress (canaryTrafficPercent 0)"]
+
+
+def test_abort_with_no_controller_rolls_back_directly(canary_cluster, capsys):
+    target = ["--target", "kserve", "--namespace", canary_cluster.ns, "--kubeconfig", str(canary_cluster.kubeconfig)]
+    assert main(["rollout", "abort", *target]) == 0
+    assert capsys.readouterr().out.startswith(f"no rollout controller runs on {canary_cluster.ns}/fraud-detector: "
+                                              "rolled back directly: rolled back: canary v2 at 0 %")
+    assert percent_writes(canary_cluster) == [0]
+
+
+def test_a_missing_configmap_permission_is_one_line(canary_cluster, tmp_path, capsys):
+    canary_cluster.namespace.apply_pipeline_rbac(drop_verb="create")
+    kubeconfig = kubeconfig_for(canary_cluster.namespace, tmp_path / "pipeline", canary_cluster.namespace.token())
+    code = main(["rollout", "start", "--target", "kserve", "--namespace", canary_cluster.ns, "--kubeconfig",
+                 str(kubeconfig), "--metrics-url", "http://127.0.0.1:9/metrics"])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"fraud-rollout rollout start: missing RBAC permission: verb 'create' on resource 'configmaps' (apiGroup '') "
+        f"in namespace '{canary_cluster.ns}'")
+    assert percent_writes(canary_cluster) == []  # refused before any traffic moved
+
+
+def test_no_inferenceservice_exits_2(namespace, tmp_path, capsys):
+    kubeconfig = kubeconfig_for(namespace, tmp_path / "kubeconfig")
+    assert main(["rollout", "start", "--target", "kserve", "--namespace", namespace.name, "--kubeconfig",
+                 str(kubeconfig), "--metrics-url", "http://127.0.0.1:9/metrics"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fraud-rollout rollout: error: InferenceService {namespace.name}/fraud-detector does not exist "
+                   "(deploy it first: the pipeline's deploy step or `fraud-rollout serve --baseline … --candidate …`)"]
+
+
+def _get(url: str, method: str = "GET") -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_the_analysis_endpoint_answers_each_decision_with_its_code(canary_cluster):
+    endpoint = AnalysisEndpoint(0)
+    seen: list[tuple[str, int, str]] = []
+    try:
+        assert _get(endpoint.url) == (425, {"decision": "hold", "reasons": ["no step analysed yet"], "analysis": None})
+
+        def on_step(step, analysis):
+            endpoint.update(step, analysis)
+            code, body = _get(endpoint.url)
+            seen.append((body["decision"], code, body["analysis"]["action"]))
+
+        controller = _controller(canary_cluster, PreparedEvidence())
+        controller.on_step = on_step
+        controller.run()
+        assert seen == [("advance", 200, "hold"), ("advance", 200, "hold"), ("promote", 200, "promote")]
+    finally:
+        endpoint.close()

@@ -61,6 +61,7 @@ class ReplayRows:
     request_latency_ms: np.ndarray
     request_version: np.ndarray  # str
     request_status: np.ndarray  # int16 HTTP status, 0 = no response
+    request_retried_from: np.ndarray  # str: the version whose failure the transformer retried, "" if none
     error_messages: list[str]
     wall_seconds: float
     id_prefix: str = "replay-"  # request i was sent with the v2 id f"{id_prefix}{i}" (shadow pairs join on it)
@@ -70,7 +71,8 @@ class ReplayRows:
                              "amount": self.amount, "model_version": self.model_version,
                              "decision": self.decision, "probability": self.probability,
                              "latency_ms": self.latency_ms, "error": self.error, "request": self.request,
-                             "request_start_s": self.request_start_s[self.request]})
+                             "request_start_s": self.request_start_s[self.request],
+                             "retried_from": self.request_retried_from[self.request]})
 
 
 class EndpointUnreachable(DataError):
@@ -110,6 +112,7 @@ async def _send(raw: np.ndarray, options: ReplayOptions, on_progress) -> ReplayR
 
     import aiohttp
     import orjson
+    from fraud_serving.answer import RETRIED_FROM_HEADER
     from fraud_serving.client import INPUT_NAME, infer_url
     from tqdm import tqdm
 
@@ -119,6 +122,7 @@ async def _send(raw: np.ndarray, options: ReplayOptions, on_progress) -> ReplayR
     requests = len(starts)
     version = np.full(requests, "", dtype=object)
     status = np.zeros(requests, dtype=np.int16)
+    retried_from = np.full(requests, "", dtype=object)
     started_at = np.zeros(requests)
     latency = np.full(requests, np.nan)
     decision = np.full(n, np.nan)
@@ -147,6 +151,7 @@ async def _send(raw: np.ndarray, options: ReplayOptions, on_progress) -> ReplayR
             try:
                 async with session.post(url, data=body, headers={"content-type": "application/json"}) as response:
                     status[i] = response.status
+                    retried_from[i] = response.headers.get(RETRIED_FROM_HEADER, "")
                     payload = await response.read()
                 latency[i] = 1000 * (time.perf_counter() - began)
                 if status[i] == 200:
@@ -186,6 +191,7 @@ async def _send(raw: np.ndarray, options: ReplayOptions, on_progress) -> ReplayR
         decision=decision, probability=probability, latency_ms=latency[request_of_row],
         error=failed[request_of_row], request=request_of_row, request_start_s=started_at,
         request_latency_ms=latency, request_version=version.astype(str), request_status=status,
+        request_retried_from=retried_from.astype(str),
         error_messages=messages, wall_seconds=wall, id_prefix=id_prefix)
 
 

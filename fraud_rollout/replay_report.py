@@ -32,11 +32,17 @@ def online_metrics(rows: ReplayRows | pd.DataFrame, labelled: bool = True) -> di
     from fraud_canary.metrics import version_metrics
 
     frame = rows.frame() if isinstance(rows, ReplayRows) else rows
+    version = frame["model_version"].astype(str).to_numpy()
     error = frame["error"].to_numpy(dtype=bool)
+    if "retried_from" in frame:
+        # a request the transformer retried on the other revision is a failure of the version it was
+        # routed to, though the client got an answer (the safety net must not hide a dying canary)
+        retried_from = frame["retried_from"].astype(str).to_numpy()
+        retried = retried_from != ""
+        version, error = np.where(retried, retried_from, version), error | retried
     return version_metrics(frame["label"].to_numpy() if labelled else None,
                            np.where(error, 0.0, frame["decision"].to_numpy(dtype=float)),
-                           frame["model_version"].astype(str).to_numpy(), frame["latency_ms"].to_numpy(dtype=float),
-                           error)
+                           version, frame["latency_ms"].to_numpy(dtype=float), error)
 
 
 def timeline(rows: ReplayRows, bins: int = TIMELINE_BINS) -> list[dict]:
@@ -125,6 +131,7 @@ def build_report(source: ReplaySource, options: ReplayOptions, rows: ReplayRows,
                                            if rows.wall_seconds else None)},
         "totals": {"rows": n, "answered_rows": int((~rows.error).sum()), "failed_rows": int(rows.error.sum()),
                    "failed_requests": failed_requests,
+                   "retried_requests": int((rows.request_retried_from != "").sum()),
                    "unattributed_rows": int(metrics[UNATTRIBUTED].requests) if UNATTRIBUTED in metrics else 0,
                    "versions_answering": answered_versions},
         "versions": {version: m.to_dict() for version, m in metrics.items()},

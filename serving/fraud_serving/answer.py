@@ -13,6 +13,11 @@ from fraud.routes import Backend
 
 from fraud_serving.metrics import UNKNOWN_VERSION
 
+#: Response header naming the version whose failed call the transformer retried on the other
+#: revision: the client got an answer, and the failure still counts against the version it was
+#: routed to (the replay attributes the request there, so a dying canary's error rate stays visible).
+RETRIED_FROM_HEADER = "fraud-retried-from"
+
 
 @dataclass(frozen=True)
 class PredictorAnswer:

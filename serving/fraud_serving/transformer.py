@@ -40,7 +40,7 @@ from kserve.errors import InferenceError, InvalidInput
 from kserve.model import InferenceVerb, append_forwardable_headers
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 
-from fraud_serving.answer import PredictorAnswer, read_answer
+from fraud_serving.answer import RETRIED_FROM_HEADER, PredictorAnswer, read_answer
 from fraud_serving.fast_route import DEFAULT_MAX_ROWS, ProtocolError, binary_request, body_limit, json_kind
 from fraud_serving.metrics import UNKNOWN_VERSION, TransformerMetrics
 from fraud_serving.routing import NoPredictor, Routes
@@ -66,7 +66,7 @@ class FraudTransformer(Model):
     def __init__(self, name: str, contract: FeatureContract, routes: Routes, metrics: TransformerMetrics,
                  max_rows: int = DEFAULT_MAX_ROWS, timeout_seconds: float = 30.0,
                  shadow: ShadowScorer | None = None) -> None:
-        super().__init__(name)
+        super().__init__(name, return_response_headers=True)  # RETRIED_FROM_HEADER
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         self.contract = contract
@@ -267,6 +267,8 @@ class FraudTransformer(Model):
             # scoring is idempotent: a request the failed revision may already have scored is safe to
             # send again; counted under the version that failed (the canary's error evidence)
             self.metrics.predictor_retries.labels(failure.model_version).inc()
+            if response_headers is not None:
+                response_headers[RETRIED_FROM_HEADER] = failure.model_version
             backend = retry
             try:
                 answer = await self._forward(backend, payload.id, content, forward_headers)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fraud.schema import DataError
 from fraud.settings import Settings
-from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics
+from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics, paired_from_replay
 from fraud_control.prometheus import DEFAULT_SELECTOR, metrics_from_prometheus
 
 from fraud_rollout.args import UsageError, detectable_difference
@@ -195,15 +195,18 @@ def analyze_command(args) -> int:
 
     if replay_report is not None:
         online = metrics_from_replay(replay_report)
+        paired = paired_from_replay(replay_report, baseline_version, canary_version)
         evidence = {"source": "replay", "replay_report": str(args.replay_report)}
         subject = replay_report.get("subject")
     else:  # live evidence: about what is deployed now
         online, queries = metrics_from_prometheus(args.prometheus, args.selector, args.window)
+        paired = None
         evidence = {"source": "prometheus", "url": args.prometheus, "queries": queries}
         subject = current_subject(args)
     offline = offline_metrics(pipeline, with_flag_rate=replay_report is not None)
     analysis = analyze(online, offline, baseline_version=baseline_version, canary_version=canary_version,
-                       canary_percent=expected_canary_percent(args), detectable=args.detectable_recall_difference)
+                       canary_percent=expected_canary_percent(args), detectable=args.detectable_recall_difference,
+                       paired=paired)
     analysis["evidence_source"] = evidence
     analysis["subject"] = subject
     print(format_analysis(analysis))

@@ -10,7 +10,6 @@ Every server it starts is stopped when it ends, fails, or is interrupted (Ctrl-C
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import signal
@@ -26,6 +25,11 @@ log = logging.getLogger(__name__)
 DEFAULT_OUT = Path(".fraud-rollout/demo")
 #: Requests sent after the decision is applied, to show where traffic goes now.
 TRAFFIC_PROBE_REQUESTS = 200
+#: The demo's shadow share: its holdout has about 320 frauds, so every pair counts (`serve` defaults to 10 %).
+DEMO_SHADOW_PERCENT = 100.0
+#: The holdout is replayed once more by the rollout, in windows of this share of it: one window per
+#: step below 100 % of the default plan (5, 20, 50), and one left for a hold before it starts over.
+ROLLOUT_WINDOW_SHARE = 0.25
 
 
 def register(commands, bench) -> None:
@@ -33,6 +37,7 @@ def register(commands, bench) -> None:
 
     from fraud_rollout.args import AUTO, detectable_difference, non_negative_float
     from fraud_rollout.pipeline_cli import add_run_options
+    from fraud_rollout.serving_cli import shadow_percent
 
     demo = commands.add_parser("demo", help="the whole story locally: pipeline, canary, replay, analysis, report")
     add_run_options(demo, default_out=DEFAULT_OUT, default_serving=DEMO_SERVING_STATE_DIR)
@@ -42,9 +47,12 @@ def register(commands, bench) -> None:
                            "a `pipeline run` (which deploys to .fraud-rollout/serving)")
     demo.add_argument("--from-report", type=Path,
                       help="skip the pipeline: use this earlier run's report.json (its models and holdout)")
-    demo.add_argument("--detectable-recall-difference", type=detectable_difference, default=AUTO,
-                      help="recall drop the canary evidence must be able to detect (default 'auto': the smallest "
-                           "the replay supports, at least 0.10; see README)")
+    demo.add_argument("--detectable-recall-difference", type=detectable_difference, default=None,
+                      help="recall drop the canary evidence must be able to detect (default: the default "
+                           f"policy's 0.10, which the shadow pairs decide; {AUTO!r}: the smallest the replay supports)")
+    demo.add_argument("--shadow-percent", type=shadow_percent, default=DEMO_SHADOW_PERCENT,
+                      help="share of requests also scored on the other revision (default 100: the holdout has "
+                           "about 320 frauds, and every pair counts; `serve` defaults to 10)")
     demo.add_argument("--review-cost", type=non_negative_float, default=5.0,
                       help="assumed cost of reviewing one flagged transaction (business-impact estimate)")
     demo.add_argument("--no-apply", action="store_true", help="recommend only; do not promote or roll back")
@@ -119,15 +127,16 @@ def deployed_by_pipeline(state_dir: Path, artifacts: tuple[str, str]) -> bool:
     return {Path(a).resolve() for a in artifacts} <= served
 
 
-def serving_for(pipeline: dict, state_dir: Path, log_dir: Path):
+def serving_for(pipeline: dict, state_dir: Path, log_dir: Path, shadow: float | None = None):
     """`fraud-rollout serve` for the run: the manifest the pipeline deployed as it is, or (a run
     without the local deploy, or --from-report) a new one with v1 rolled out and v2 at 20 %."""
     from fraud_rollout.serving_session import LocalServing
 
     baseline, candidate = _role_artifacts(pipeline)
     if deployed_by_pipeline(state_dir, (baseline, candidate)):
-        return LocalServing(state_dir, log_dir=log_dir)
-    return LocalServing(state_dir, baseline=baseline, candidate=candidate, canary_percent=20, log_dir=log_dir)
+        return LocalServing(state_dir, log_dir=log_dir, shadow_percent=shadow)
+    return LocalServing(state_dir, baseline=baseline, candidate=candidate, canary_percent=20, log_dir=log_dir,
+                        shadow_percent=shadow)
 
 
 def probe_traffic(url: str, raw_row: np.ndarray, requests: int = TRAFFIC_PROBE_REQUESTS) -> dict[str, int]:
@@ -173,10 +182,11 @@ def run_demo(args) -> int:
     from fraud import registry
     from fraud.files import read_json, write_json
     from fraud.schema import FEATURES
-    from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics
+    from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics, paired_from_replay
+    from fraud_control.runtime import PAIRS_FILE
 
     from fraud_rollout import demo_report
-    from fraud_rollout.canary_cli import apply_recommendation, local_status, local_subject
+    from fraud_rollout.canary_cli import local_status, local_subject
     from fraud_rollout.pipeline_cli import gate_rejection
     from fraud_rollout.replay import run_replay
     from fraud_rollout.replay_load import ReplayOptions
@@ -201,7 +211,7 @@ def run_demo(args) -> int:
     raw = source.frame.loc[:, list(FEATURES)].to_numpy(dtype=np.float64)
     tracking_uri = pipeline.get("mlflow", {}).get("tracking_uri", "")
 
-    serving = serving_for(pipeline, state_dir, out / "logs")
+    serving = serving_for(pipeline, state_dir, out / "logs", args.shadow_percent)
     mark = time.perf_counter()
     print(f"\nstarting the local canary runtime ({'manifest from the pipeline' if serving.baseline is None else 'v1 rolled out, v2 at 20 %'}) …",
           flush=True)
@@ -210,22 +220,31 @@ def run_demo(args) -> int:
         print(f"serving at {serving.url}", flush=True)
 
         mark = time.perf_counter()
-        replayed = run_replay(source, ReplayOptions(url=serving.url, progress=not args.no_progress), out / "replay.json", subject=local_subject(state_dir))
+        replayed = run_replay(source, ReplayOptions(url=serving.url, progress=not args.no_progress), out / "replay.json",
+                              subject=local_subject(state_dir), pairs_log=state_dir / PAIRS_FILE)
         timings["replay_and_skew_check"] = round(time.perf_counter() - mark, 1)
         print("\n".join(summary_lines(replayed.report)), flush=True)
 
-        analysis = analyze(metrics_from_replay(replayed.report), offline_metrics(pipeline, with_flag_rate=True),
-                           baseline_version=str(pipeline["models"]["v1"]["version"]),
-                           canary_version=str(pipeline["models"]["v2"]["version"]),
+        baseline_version, canary_version = (str(pipeline["models"][role]["version"]) for role in ("v1", "v2"))
+        holdout_metrics = offline_metrics(pipeline, with_flag_rate=True)
+        analysis = analyze(metrics_from_replay(replayed.report), holdout_metrics,
+                           baseline_version=baseline_version, canary_version=canary_version,
                            canary_percent=float(serving.service.get()["spec"]["predictor"].get("canaryTrafficPercent", 20)),
-                           detectable=args.detectable_recall_difference)
+                           detectable=args.detectable_recall_difference,
+                           paired=paired_from_replay(replayed.report, baseline_version, canary_version))
         print("\n" + format_analysis(analysis), flush=True)
 
         applied = {"action": analysis["action"], "detail": "not applied (--no-apply)", "exit_code": None}
+        rollout = None
         if not args.no_apply:
-            code, detail = apply_recommendation(
-                analysis["action"], argparse.Namespace(target="local", state_dir=state_dir, json=False), tracking_uri, replayed.report["subject"])
-            applied = {"action": analysis["action"], "detail": detail, "exit_code": code}
+            mark = time.perf_counter()
+            print("\nrolling out: canaryTrafficPercent 5 → 20 → 50 → 100, one replay window per step", flush=True)
+            rollout = progressive_rollout(source, serving.url, state_dir, holdout_metrics, tracking_uri,
+                                          (baseline_version, canary_version), args.detectable_recall_difference)
+            timings["rollout"] = round(time.perf_counter() - mark, 1)
+            result = rollout["result"]
+            applied = {"action": rollout["status"], "detail": result.get("action") or result["note"],
+                       "exit_code": 0 if rollout["status"] in ("promoted", "rolled_back") else 1}
             serving.wait_applied()  # the runtime has moved traffic as the manifest now says
         probe = probe_traffic(serving.url, raw[0])
         status = local_status(state_dir)
@@ -261,6 +280,7 @@ def run_demo(args) -> int:
         "replay": replayed.report,
         "analysis": analysis,
         "applied": applied,
+        "rollout": rollout,
         "traffic_after": traffic_after,
         "mlflow_aliases_after": aliases,
         "online_vs_offline": vs,
@@ -284,11 +304,44 @@ def run_demo(args) -> int:
     return 0
 
 
+def progressive_rollout(source, url: str, state_dir: Path, offline: dict, tracking_uri: str,
+                        versions: tuple[str, str], detectable) -> dict:
+    """`fraud-rollout rollout start` on the demo's runtime, its evidence a labelled replay of the
+    holdout in windows (with the shadow pairs); returns the rollout's final state (`steps[]`)."""
+    from fraud_canary.progressive import RolloutPolicy
+    from fraud_control.local_state import LocalInferenceService
+    from fraud_control.rollout import Controller, RolloutConfig
+    from fraud_control.rollout_evidence import AfterLocalApply
+    from fraud_control.rollout_record import JsonLinesLog, step_line
+    from fraud_control.rollout_state import LocalRolloutState
+    from fraud_control.runtime import PAIRS_FILE
+
+    from fraud_rollout.replay_load import ReplayOptions
+    from fraud_rollout.rollout_cli import LOG_FILE
+    from fraud_rollout.rollout_replay import ReplayWindow
+
+    windows = ReplayWindow(source.frame, ReplayOptions(url=url, progress=False),
+                           max(1, int(len(source.frame) * ROLLOUT_WINDOW_SHARE)),
+                           pairs_log=state_dir / PAIRS_FILE, versions=versions)
+    config = RolloutConfig(baseline_version=versions[0], canary_version=versions[1], offline=offline,
+                           policy=RolloutPolicy(), detectable=detectable, tracking_uri=tracking_uri, poll_s=0.2)
+    (state_dir / LOG_FILE).unlink(missing_ok=True)  # this rollout's steps only
+
+    def show(step, _analysis) -> None:
+        print(f"  {step_line(step)}", flush=True)
+
+    controller = Controller(LocalInferenceService(state_dir), AfterLocalApply(windows, state_dir),
+                            LocalRolloutState(state_dir), config, [JsonLinesLog(state_dir / LOG_FILE)], on_step=show)
+    return controller.run()
+
+
 def final_summary(report: dict, out: Path) -> str:
     checks, impact = report["checks"], report["business_impact"]
     lines = ["", "fraud-rollout demo", "=" * 18,
              f"  recommendation: {checks['recommendation'].upper()}; applied: {report['applied']['detail']}",
              f"  traffic now: {report['traffic_after']['summary']}",
+             "  rollout: " + (" → ".join(f"{s['percent']} % {s['decision']}" for s in report["rollout"]["steps"])
+                              if report.get("rollout") else "not run (--no-apply)"),
              f"  MLflow aliases: {report['mlflow_aliases_after'] or 'n/a'}",
              f"  skew: {checks['skew_disagreements']} online/offline decision disagreements",
              "  online recall within the 95 % interval around offline: "

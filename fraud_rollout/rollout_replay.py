@@ -3,31 +3,44 @@ through the live transformer (`replay_load.send`, the same client as `fraud-roll
 counts what each version answered against the labels. A hold replays another slice; the step's
 slices are analysed together, so evidence accumulates until the step moves on. When the holdout
 runs out it starts again from the first row (the same transactions are then seen twice: the demo's
-holdout is a sample, not live traffic)."""
+holdout is a sample, not live traffic).
+
+With the transformer's shadow pair log, each window also joins the shadow-scored requests with
+their labels (`replay_pairs`). The pairs accumulate over the whole rollout, not per step: a pair is
+one transaction decided by both versions, whatever the split was when it came."""
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from fraud.schema import FEATURES, LABEL
+from fraud_canary.paired import PairedOutcomes, combine
 from fraud_control.rollout import Evidence, RolloutAborted, Window, now_iso
 
 from fraud_rollout.replay_load import ReplayOptions, default_batch, send
+from fraud_rollout.replay_pairs import labels_by_request, paired_from_log, read_pairs, wait_drained
 from fraud_rollout.replay_report import online_metrics
 
 
 class ReplayWindow:
     """`rows_per_window` holdout rows per window, sent to `options.url`."""
 
-    def __init__(self, frame: pd.DataFrame, options: ReplayOptions, rows_per_window: int) -> None:
+    def __init__(self, frame: pd.DataFrame, options: ReplayOptions, rows_per_window: int, *,
+                 pairs_log: Path | None = None, versions: tuple[str, str] | None = None) -> None:
+        """`pairs_log` (the transformer's shadow pair log) and `versions` (baseline, canary) add paired
+        evidence to each window."""
         if rows_per_window < 1 or frame.empty:
             raise ValueError("a replay window needs at least one row and a non-empty holdout")
         self.frame, self.rows_per_window = frame.reset_index(drop=True), rows_per_window
         self.options = replace(options, progress=False, batch=options.batch or default_batch(rows_per_window))
         self.offset = 0
+        self.pairs_log, self.versions = pairs_log, versions
+        self.paired: list[PairedOutcomes] = []
+        self.replayed: list[pd.DataFrame] = []  # every window's rows, for the caller's report
         self._step: tuple[int, float, str, list[pd.DataFrame]] | None = None
 
     def _next_slice(self) -> pd.DataFrame:
@@ -46,6 +59,19 @@ class ReplayWindow:
         rows.labels = chunk[LABEL].to_numpy(dtype=np.int8)
         rows.amount = chunk["Amount"].to_numpy(dtype=np.float64)
         parts.append(rows.frame())
+        self.replayed.append(parts[-1].assign(holdout_row=chunk.index.to_numpy(), percent=percent))
         frame = pd.concat(parts, ignore_index=True)
         return Evidence(online_metrics(frame), Window(started_at, now_iso(), time.monotonic() - started, len(frame)),
+                        paired=self._pairs(rows),
                         source=f"replay of {len(frame)} holdout rows to {self.options.url}")
+
+    def _pairs(self, rows) -> PairedOutcomes | None:
+        """Every shadow pair of the rollout so far (None without a pair log)."""
+        if self.pairs_log is None or self.versions is None:
+            return None
+        wait_drained(self.options.url)
+        window = paired_from_log(read_pairs(self.pairs_log), labels_by_request(rows, rows.id_prefix),
+                                 baseline_version=self.versions[0], canary_version=self.versions[1])
+        if window is not None:
+            self.paired.append(window)
+        return combine(self.paired)

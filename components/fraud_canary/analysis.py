@@ -58,6 +58,15 @@ def metrics_from_replay(report: Mapping[str, Any]) -> dict[str, VersionMetrics]:
     return out
 
 
+def paired_from_replay(report: Mapping[str, Any], baseline_version: str, canary_version: str) -> PairedOutcomes | None:
+    """A replay report's shadow pairs for this version pair (None without shadow scoring, or when
+    the pairs are about other versions)."""
+    shown = report.get("paired")
+    if not shown or (shown.get("baseline_version"), shown.get("canary_version")) != (baseline_version, canary_version):
+        return None
+    return PairedOutcomes.from_dict(shown)
+
+
 def offline_metrics(pipeline_report: Mapping[str, Any], with_flag_rate: bool) -> dict[str, OfflineMetrics]:
     """OfflineMetrics per model_version from the pipeline report's holdout metrics. The flag rate
     only when online traffic is drawn like the holdout (a replay of it)."""

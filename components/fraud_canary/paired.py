@@ -17,6 +17,7 @@ Three tables, each from the same rows:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +93,19 @@ class PairedOutcomes:
     @property
     def pairs(self) -> int:
         return self.decisions.pairs
+
+    @classmethod
+    def from_dict(cls, shown: Mapping[str, Any]) -> PairedOutcomes:
+        """Back from `to_dict()` (a replay report's `paired`)."""
+
+        def table(part: Mapping[str, Any] | None) -> Discordant | None:
+            return None if part is None else Discordant(int(part["pairs"]), int(part["canary_only"]),
+                                                        int(part["baseline_only"]), part.get("both"))
+
+        decisions = table(shown["decisions"])
+        assert decisions is not None  # every PairedOutcomes has its decision table
+        return cls(str(shown["baseline_version"]), str(shown["canary_version"]), decisions,
+                   frauds=table(shown.get("frauds")), legit=table(shown.get("legit")))
 
     def to_dict(self) -> dict[str, Any]:
         """The report's `analysis.paired`: pairs, the recall test's discordant counts by version, its p."""

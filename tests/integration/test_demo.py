@@ -78,13 +78,26 @@ def test_demo_tells_the_whole_story(demo_run):
     analysis = report["analysis"]
     assert analysis["policy"]["detectable_recall_difference"] >= 0.10
     assert analysis["default_policy"]["action"] in {"promote", "hold", "rollback"}
-    probe = report["traffic_after"]["probe"]
-    expected = {"promote": {"v2": 200}, "rollback": {"v1": 200}}.get(checks["recommendation"])
-    if expected:
-        assert probe == expected
+    # shadow pairs at 100 %: the answered rows were also scored by the other version (a busy transformer
+    # drops shadow work rather than delay an answer, and counts it: hence not all of them)
+    assert 0.9 * report["replay"]["totals"]["answered_rows"] < analysis["paired"]["pairs"] <= (
+        report["replay"]["totals"]["answered_rows"])
+    # the rollout controller stepped 5 → 20 → 50 over replay windows, and promoted or rolled back
+    rollout = report["rollout"]
+    steps = rollout["steps"]
+    assert rollout["status"] in {"promoted", "rolled_back"}, rollout["result"]
+    assert steps[0]["percent"] == 5 and [s["percent"] for s in steps] == sorted(s["percent"] for s in steps)
+    for step in steps:
+        assert step["window"]["requests"] > 0 and step["evidence"]["paired"]["pairs"] > 0, step
+    moves = [(s["percent"], s["decision"]) for s in steps if s["decision"] != "hold"]
+    if rollout["status"] == "promoted":
+        assert moves == [(5, "advance"), (20, "advance"), (50, "promote")]
     else:
-        assert set(probe) == {"v1", "v2"}
-    if checks["recommendation"] == "promote":
+        assert moves[-1][1] == "rollback"
+    assert f"rollout: {steps[0]['percent']} % {steps[0]['decision']}" in done.stdout
+    probe = report["traffic_after"]["probe"]
+    assert probe == {"promoted": {"v2": 200}, "rolled_back": {"v1": 200}}[rollout["status"]]
+    if rollout["status"] == "promoted":
         versions = report["pipeline"]["mlflow"]["versions"]
         assert report["mlflow_aliases_after"] == {"champion": versions["v2"]}
     # the HTML carries every section and its plots

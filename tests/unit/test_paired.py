@@ -48,3 +48,14 @@ def test_inconsistent_inputs_are_refused():
     c = paired_outcomes(np.array([1]), np.array([0]), baseline_version="v2", canary_version="v3")
     with pytest.raises(ValueError, match="different version pairs"):
         combine([a, c])
+
+
+def test_a_report_round_trips_through_to_dict_and_from_dict():
+    from fraud_canary.paired import PairedOutcomes
+
+    labels = np.array([1, 1, 0, 0, 1], dtype=bool)
+    paired = paired_outcomes(np.array([1, 0, 1, 0, 0]), np.array([1, 1, 0, 0, 1]), baseline_version="v1",
+                             canary_version="v2", labels=labels)
+    assert PairedOutcomes.from_dict(paired.to_dict()) == paired
+    unlabelled = paired_outcomes(np.array([1, 0]), np.array([0, 1]), baseline_version="v1", canary_version="v2")
+    assert PairedOutcomes.from_dict(unlabelled.to_dict()) == unlabelled

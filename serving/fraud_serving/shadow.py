@@ -33,8 +33,12 @@ from fraud_serving.routing import Routes, TagHosts
 
 logger = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.5
-#: The default share of requests shadow-scored, in percent (measured affordable: see
-#: `fraud-rollout bench serving`, which runs shadow off, at this share and at 100 %).
+#: The default share of requests shadow-scored, in percent. `fraud-rollout bench serving` runs
+#: shadow off, at this share and at 100 % side by side. Here (2 cores, load average 8–10 from other
+#: work) 100 % cost +30–110 % transformer CPU per request and +6–100 % p50, so 10 % costs about a
+#: tenth of that by the per-request work it adds (one more hop on a drawn request, nothing on the
+#: others); the measured 10 %-vs-off differences (−22 % to +57 %) were within the noise of an A/A
+#: pair (off vs 0.001 %: +9 % p50, +15 % CPU per request), so re-measure on a quiet machine.
 DEFAULT_SHADOW_PERCENT = 10.0
 DEFAULT_MAX_IN_FLIGHT = 64
 #: How long closing the transformer waits for shadow calls still running (then they are cancelled).

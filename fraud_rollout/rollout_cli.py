@@ -146,6 +146,22 @@ def recorders(args: argparse.Namespace, store, subject, tracking_uri: str) -> li
     return out
 
 
+def model_versions(args: argparse.Namespace, subject) -> tuple[str, str]:
+    """(rolled out, canary) model versions: what the InferenceService records, else (local target)
+    the state dir's revision records (`serve --baseline` records no rolled-out annotation)."""
+    versions = [subject.rolled_out_model.get("modelVersion") or "", subject.canary_model.get("modelVersion") or ""]
+    if args.target == "local":
+        from fraud_control.local_state import LocalInferenceService
+
+        revisions = LocalInferenceService(args.state_dir).revisions()
+        for i, revision in enumerate((subject.latest_rolled_out_revision, subject.latest_ready_revision)):
+            versions[i] = versions[i] or revisions.get(revision, {}).get("modelVersion", "")
+    if not all(versions):
+        raise UsageError(f"rollout start: {subject.where} does not record the model versions of its revisions "
+                         f"({subject.describe()}); redeploy the canary with `fraud-rollout deploy`")
+    return versions[0], versions[1]
+
+
 def start_command(args: argparse.Namespace, source=None) -> int:
     """`rollout start`; `source` replaces the live evidence (the demo's labelled replay)."""
     from fraud_canary.progressive import RolloutPolicy
@@ -163,7 +179,7 @@ def start_command(args: argparse.Namespace, source=None) -> int:
     if subject.canary_model is None:
         raise UsageError(f"rollout start: {store.where} has no canary to roll out ({subject.describe()}); deploy a "
                          "candidate first (`fraud-rollout deploy` or the pipeline)")
-    baseline, candidate = subject.rolled_out_model.get("modelVersion") or "", subject.canary_model.get("modelVersion") or ""
+    baseline, candidate = model_versions(args, subject)
     tracking_uri = args.tracking_uri or settings.MLFLOW_TRACKING_URI
     config = RolloutConfig(baseline_version=baseline, canary_version=candidate, offline=_offline(args),
                            policy=RolloutPolicy(plan=plan, max_holds=args.max_holds),

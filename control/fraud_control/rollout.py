@@ -271,14 +271,16 @@ class Controller:
                     return self._finish(PROMOTED, outcome, decision.reasons[0])
             raise AssertionError("decide_step promotes or rolls back at the plan's last step below 100")
         except RolloutAborted as aborted:
+            request = self.states.abort_request()
+            reason = f"abort requested: {request}" if request else str(aborted)
             self._busy()
             outcome = canary.rollback(self.store, tracking_uri=c.tracking_uri, timeout_s=c.timeout_s,
                                       poll_s=c.poll_s)
             step = {"time": now_iso(), "percent": self.state["percent"], "decision": "abort", "next_percent": 0,
-                    "reasons": [str(aborted)], "window": None, "evidence": None, "holds": self.state["holds"],
+                    "reasons": [reason], "window": None, "evidence": None, "holds": self.state["holds"],
                     "analysis_action": None}
             self._record(step)
-            return self._finish(ABORTED, outcome, str(aborted))
+            return self._finish(ABORTED, outcome, reason)
         except BaseException as error:  # a refusal, a timeout, unreachable metrics, Ctrl-C: say so, then raise
             self._finish(FAILED, None, f"{type(error).__name__}: {error}")
             raise

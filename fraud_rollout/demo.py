@@ -309,7 +309,7 @@ def progressive_rollout(source, url: str, state_dir: Path, offline: dict, tracki
     """`fraud-rollout rollout start` on the demo's runtime, its evidence a labelled replay of the
     holdout in windows (with the shadow pairs); returns the rollout's final state (`steps[]`)."""
     from fraud_canary.progressive import RolloutPolicy
-    from fraud_control.local_state import LocalInferenceService
+    from fraud_control.local_store import LocalStore
     from fraud_control.rollout import Controller, RolloutConfig
     from fraud_control.rollout_evidence import AfterLocalApply
     from fraud_control.rollout_record import JsonLinesLog, step_line
@@ -330,7 +330,7 @@ def progressive_rollout(source, url: str, state_dir: Path, offline: dict, tracki
     def show(step, _analysis) -> None:
         print(f"  {step_line(step)}", flush=True)
 
-    controller = Controller(LocalInferenceService(state_dir), AfterLocalApply(windows, state_dir),
+    controller = Controller(LocalStore(state_dir), AfterLocalApply(windows, state_dir),
                             LocalRolloutState(state_dir), config, [JsonLinesLog(state_dir / LOG_FILE)], on_step=show)
     return controller.run()
 

@@ -105,6 +105,7 @@ def test_demo_tells_the_whole_story(demo_run):
                     "Explore further", "Training/serving skew"):
         assert heading in html, heading
     assert html.count("data:image/png;base64,") >= 5
+    assert "Progressive rollout (" in html and html.count("<td>5 %</td>") >= 1 and "Shadow pairs: " in html
     impact = report["business_impact"]
     assert set(impact["if_serving_all"]) == {"v1", "v2"} and impact["assumptions"]
     assert "mlflow ui --backend-store-uri sqlite:///" in done.stdout and "curl -s" in done.stdout

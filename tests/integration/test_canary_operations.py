@@ -107,15 +107,9 @@ def test_nothing_deployed(store):
 @pytest.fixture
 def tracking_uri(tmp_path):
     """Versions 1 and 2 registered with log_training's model_version tags; champion 1, challenger 2."""
-    from mlflow import MlflowClient
+    from tests.mlflow_registry import registry_with_v1_and_v2
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    client.create_registered_model(registry.REGISTERED_MODEL)
-    (tmp_path / "model").mkdir()
-    for version in ("v1", "v2"):
-        client.create_model_version(registry.REGISTERED_MODEL, source=(tmp_path / "model").as_uri(),
-                                    tags={"model_version": version})
+    uri = registry_with_v1_and_v2(tmp_path)
     registry.set_alias(uri, registry.CHAMPION, 1)
     registry.set_alias(uri, registry.CHALLENGER, 2)
     return uri

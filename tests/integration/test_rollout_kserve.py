@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -24,6 +22,7 @@ from kubernetes import client
 
 from fraud_rollout.cli import main
 from tests.cluster_fixtures import admin_client
+from tests.http_json import get_json
 from tests.integration.kube_fixtures import kubeconfig_for
 
 pytestmark = pytest.mark.integration
@@ -175,23 +174,15 @@ def test_no_inferenceservice_exits_2(namespace, tmp_path, capsys):
                    "(deploy it first: the pipeline's deploy step or `fraud-rollout serve --baseline … --candidate …`)"]
 
 
-def _get(url: str, method: str = "GET") -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def test_the_analysis_endpoint_answers_each_decision_with_its_code(canary_cluster):
     endpoint = AnalysisEndpoint(0)
     seen: list[tuple[str, int, str]] = []
     try:
-        assert _get(endpoint.url) == (425, {"decision": "hold", "reasons": ["no step analysed yet"], "analysis": None})
+        assert get_json(endpoint.url) == (425, {"decision": "hold", "reasons": ["no step analysed yet"], "analysis": None})
 
         def on_step(step, analysis):
             endpoint.update(step, analysis)
-            code, body = _get(endpoint.url)
+            code, body = get_json(endpoint.url)
             seen.append((body["decision"], code, body["analysis"]["action"]))
 
         controller = _controller(canary_cluster, PreparedEvidence())

@@ -2,14 +2,13 @@
 endpoint's status codes (a real HTTP server on loopback)."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 import pytest
 from fraud_control.analysis_endpoint import AnalysisEndpoint
+
+from tests.http_json import get_json
 
 
 def fraud_rollout(*args, cwd):
@@ -50,26 +49,18 @@ def test_status_with_no_rollout_is_one_line(tmp_path):
         f"(nothing in {tmp_path / 'state' / 'rollout.json'}); start one with `fraud-rollout rollout start`"]
 
 
-def _get(url: str, method: str = "GET") -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def test_the_analysis_endpoint_code_is_the_decision():
     endpoint = AnalysisEndpoint(0)
     try:
-        assert _get(endpoint.url) == (425, {"decision": "hold", "reasons": ["no step analysed yet"], "analysis": None})
+        assert get_json(endpoint.url) == (425, {"decision": "hold", "reasons": ["no step analysed yet"], "analysis": None})
         for decision, code in (("advance", 200), ("promote", 200), ("hold", 425), ("rollback", 409), ("abort", 409)):
             endpoint.update({"decision": decision, "percent": 20, "next_percent": None, "reasons": [decision]},
                             {"action": "hold"})
-            assert _get(endpoint.url) == (code, {"decision": decision, "percent": 20, "next_percent": None,
+            assert get_json(endpoint.url) == (code, {"decision": decision, "percent": 20, "next_percent": None,
                                                  "reasons": [decision], "analysis": {"action": "hold"}})
         base = endpoint.url.removesuffix("/analysis")
-        assert _get(f"{base}/metrics") == (404, {"error": "no such path '/metrics': GET /analysis"})
+        assert get_json(f"{base}/metrics") == (404, {"error": "no such path '/metrics': GET /analysis"})
         for method in ("POST", "PUT", "DELETE"):
-            assert _get(endpoint.url, method) == (405, {"error": f"method {method} not allowed: GET /analysis"})
+            assert get_json(endpoint.url, method) == (405, {"error": f"method {method} not allowed: GET /analysis"})
     finally:
         endpoint.close()

@@ -7,6 +7,8 @@ import json
 from fraud import registry
 from fraud_control.rollout_record import JsonLinesLog, MlflowStepTags, step_line
 
+from tests.mlflow_registry import registry_with_v1_and_v2
+
 STEP = {"percent": 20, "decision": "advance", "next_percent": 50, "window": {"requests": 1200, "seconds": 60.0},
         "reasons": ["all 9 fast checks passed at 20 %: advance to 50 %"], "evidence": {"versions": {}}}
 
@@ -23,13 +25,8 @@ def test_step_line_and_json_lines(tmp_path):
 def test_decisions_tag_the_candidates_registered_version(tmp_path):
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = registry_with_v1_and_v2(tmp_path)
     client = MlflowClient(uri)
-    client.create_registered_model(registry.REGISTERED_MODEL)
-    (tmp_path / "model").mkdir()
-    for version in ("v1", "v2"):
-        client.create_model_version(registry.REGISTERED_MODEL, source=(tmp_path / "model").as_uri(),
-                                    tags={"model_version": version})
     tags = MlflowStepTags(uri, {"modelVersion": "v2", "storageUri": "s3://fraud-models/ns/v2"})
     tags.record(STEP)
     tags.record({**STEP, "percent": 50, "decision": "promote"})

@@ -58,6 +58,8 @@ class Namespace:
                 subject["namespace"] = self.name
             for rule in document.get("rules", []):
                 rule["verbs"] = [v for v in rule["verbs"] if v != drop_verb]
+            if "rules" in document:  # a rule left without verbs is invalid (the events rule has only create)
+                document["rules"] = [rule for rule in document["rules"] if rule["verbs"]]
         self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
 
     def token(self, account: str = PIPELINE_ACCOUNT) -> str:

@@ -28,6 +28,10 @@ CONTRACT_ANNOTATION = "fraud-rollout/feature-contract-id"
 #: template, so one there would give the transformer a new revision on every canary (seen on
 #: KServe's controller).
 ROLLED_OUT_ANNOTATION = "fraud-rollout/rolled-out-model"
+#: The traffic tags KServe gives the predictor's Knative route with tag routing on
+#: (kserve@v0.20.0 pkg/controller/v1beta1/inferenceservice/reconcilers/knative/ksvc_reconciler.go:140
+#: `latestTarget.Tag = "latest"`, :150 `Tag: "prev"`; `prev` exists only while the canary is below 100 %).
+TRAFFIC_TAGS = ("latest", "prev")
 
 
 @dataclass(frozen=True)
@@ -72,15 +76,39 @@ def predictor_spec(spec: IsvcSpec) -> dict:
     return predictor
 
 
+def tag_host(name: str, namespace: str, tag: str) -> str:
+    """The cluster-local host of one traffic tag of the InferenceService `name`'s predictor.
+
+    Knative names a tag's host with the tag template, `{{.Tag}}-{{.Name}}` by default
+    (knative.dev/networking pkg/config/config.go:60, applied to the route's name by
+    serving@v0.48.1 pkg/reconciler/route/domains/domains.go:138 `HostnameFromTemplate`), and
+    creates a Kubernetes Service of that name in the route's namespace
+    (pkg/reconciler/route/resources/service.go:45 `MakeK8sPlaceholderService`); the route is the
+    predictor's Knative Service, `<isvc>-predictor` (kserve@v0.20.0 pkg/constants/constants.go:803).
+    The host takes the `<service>.<namespace>` form KServe's own `--predictor_host` has
+    (pkg/apis/serving/v1beta1/transformer_custom.go:77), which Knative's cluster-local ingress
+    accepts besides `.svc` and `.svc.<cluster domain>` (knative.dev/networking pkg/ingress/ingress.go:93
+    `ExpandedHosts`), so it holds whatever the cluster domain is.
+    """
+    return f"{tag}-{name}-predictor.{namespace}"
+
+
+def shadow_hosts_arg(spec: IsvcSpec) -> str:
+    """`--shadow_hosts` for the transformer: each traffic tag's cluster-local URL."""
+    return ",".join(f"{tag}=http://{tag_host(spec.name, spec.namespace, tag)}" for tag in TRAFFIC_TAGS)
+
+
 def transformer_spec(spec: IsvcSpec) -> dict:
     """The transformer: KServe injects --model_name, --predictor_host and --http_port; we add the
-    v2 protocol and the contract location."""
+    v2 protocol, the contract location and the tag hosts (shadow scores and the retry reach each
+    revision there, `fraud_serving.routing`)."""
     return {
         "serviceAccountName": spec.service_account,
         "containers": [{
             "name": "kserve-container",
             "image": spec.image,
-            "args": ["transformer", "--predictor_protocol", "v2", "--contract_dir", MODEL_DIR],
+            "args": ["transformer", "--predictor_protocol", "v2", "--contract_dir", MODEL_DIR,
+                     "--shadow_hosts", shadow_hosts_arg(spec)],
             "env": [{"name": "STORAGE_URI", "value": spec.transformer_storage_uri or spec.storage_uri}],
             "resources": spec.resources,
             "securityContext": SECURITY_CONTEXT,

@@ -149,7 +149,7 @@ def run_transformer(args: argparse.Namespace, settings: Settings) -> None:
         predictor_request_timeout_seconds=args.predictor_request_timeout_seconds)
     metrics = TransformerMetrics()
     model = FraudTransformer(args.model_name, contract, routes, metrics, max_rows=args.max_rows,
-                             timeout_seconds=args.predictor_request_timeout_seconds)
+                             timeout_seconds=args.predictor_request_timeout_seconds, tag_hosts=tag_hosts)
     if shadow_percent > 0:
         model.shadow = ShadowScorer(routes, lambda: model.session, metrics, shadow_percent / 100, max_in_flight,
                                     args.predictor_request_timeout_seconds,

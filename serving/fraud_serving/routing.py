@@ -15,6 +15,16 @@ version a tag serves changes with every promote and rollback and the transformer
 answer was a version other than the served one; failing that, one not heard from yet, then one
 that served the same version (tags move: it is asked again, and if it still serves the served
 version that shadow score is dropped as "same_version").
+
+The retry (DESIGN 16) uses the same hosts in a cluster: a call through `--predictor_host` that
+failed is sent once more to a tag host (`TagHosts.retry_target`). Through the one host the
+transformer cannot tell which revision failed (Knative chose it), so the failed version is unknown
+and the retry goes to `prev`, the rolled-out revision: a canary that dies is the case the retry is
+for, `prev` serves every request the canary does not, and it is the one revision known to have
+carried 100 %. When the failed version is known (a tag host itself failed), the retry goes to the
+host last seen answering another version. If `prev` is what failed the retry fails too and the
+client gets the 500; after a promote there is no `prev` route (KServe tags it only while the canary
+is below 100 %), nothing to fall back on either way.
 """
 from __future__ import annotations
 
@@ -23,6 +33,9 @@ import random
 from pathlib import Path
 
 from fraud.routes import Backend, read_routes
+
+#: The tag of the rolled-out revision (fraud_control.isvc.TRAFFIC_TAGS).
+ROLLED_OUT_TAG = "prev"
 
 
 class NoPredictor(RuntimeError):
@@ -132,3 +145,14 @@ class TagHosts:
             fallback.append(Backend(url, tag, seen or "", 0))
         fallback.sort(key=lambda b: b.model_version != "")
         return fallback[0] if fallback else None
+
+    def retry_target(self, failed_version: str) -> Backend | None:
+        """Where to retry a failed call (see the module docstring): a host last seen answering a
+        version other than `failed_version` if that is known ("" when not), else `prev`."""
+        if failed_version:
+            for tag, url in self._hosts.items():
+                seen = self._versions.get(url)
+                if seen is not None and seen != failed_version:
+                    return Backend(url, tag, seen, 0)
+        url = self._hosts.get(ROLLED_OUT_TAG)
+        return Backend(url, ROLLED_OUT_TAG, self._versions.get(url, ""), 0) if url else None

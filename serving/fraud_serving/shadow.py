@@ -138,10 +138,11 @@ class ShadowScorer:
         task.add_done_callback(self._tasks.discard)
 
     def _target(self, backend: Backend, answer: PredictorAnswer) -> Backend | None:
-        other = self.routes.other(backend)
-        if other is None and self.tag_hosts is not None:
-            other = self.tag_hosts.other_than(answer.model_version)
-        return other
+        if self.tag_hosts is not None:
+            # a cluster: `Routes.other` of a retried answer's tag host would be the split
+            # `--predictor_host`, which may pair a version with itself
+            return self.tag_hosts.other_than(answer.model_version)
+        return self.routes.other(backend)
 
     async def _score(self, target: Backend, content: bytes, headers: dict, answer: PredictorAnswer) -> None:
         written = False

@@ -9,7 +9,7 @@ the data must be a JSON number (NumPy would quietly read "NaN", null and true as
 
 The transformer is the safety net (DESIGN 16): a predictor call that fails on the predictor's side
 (no connection, a connection dropped mid-request, a timeout, a 5xx) is retried once on the other
-revision (`Routes.other`) and counted in `fraud_predictor_retries_total{model_version}`; a 4xx is the
+revision (`Routes.other`; in a cluster a tag host, `TagHosts.retry_target`) and counted in `fraud_predictor_retries_total{model_version}`; a 4xx is the
 client's and goes back unchanged. Bodies over `max_body_bytes` are refused by the route (413).
 
 The hop to the predictor is REST v2 over one pooled aiohttp session with keep-alive (measured here
@@ -43,7 +43,7 @@ from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, In
 from fraud_serving.answer import RETRIED_FROM_HEADER, PredictorAnswer, read_answer
 from fraud_serving.fast_route import DEFAULT_MAX_ROWS, ProtocolError, binary_request, body_limit, json_kind
 from fraud_serving.metrics import UNKNOWN_VERSION, TransformerMetrics
-from fraud_serving.routing import NoPredictor, Routes
+from fraud_serving.routing import NoPredictor, Routes, TagHosts
 from fraud_serving.shadow import ShadowScorer
 
 INLINE_ROWS = 256
@@ -65,7 +65,7 @@ class FraudTransformer(Model):
 
     def __init__(self, name: str, contract: FeatureContract, routes: Routes, metrics: TransformerMetrics,
                  max_rows: int = DEFAULT_MAX_ROWS, timeout_seconds: float = 30.0,
-                 shadow: ShadowScorer | None = None) -> None:
+                 shadow: ShadowScorer | None = None, tag_hosts: TagHosts | None = None) -> None:
         super().__init__(name, return_response_headers=True)  # RETRIED_FROM_HEADER
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
@@ -78,6 +78,7 @@ class FraudTransformer(Model):
         self.timeout_seconds = timeout_seconds
         self._session: aiohttp.ClientSession | None = None
         self.shadow = shadow
+        self.tag_hosts = tag_hosts
 
     @property
     def max_body_bytes(self) -> int:
@@ -262,6 +263,8 @@ class FraudTransformer(Model):
             answer = await self._forward(backend, payload.id, content, forward_headers)
         except PredictorFailed as failure:
             retry = self.routes.other(backend)
+            if retry is None and self.tag_hosts is not None:
+                retry = self.tag_hosts.retry_target(backend.model_version)
             if retry is None:
                 raise InferenceError(str(failure)) from None
             # scoring is idempotent: a request the failed revision may already have scored is safe to
@@ -274,6 +277,8 @@ class FraudTransformer(Model):
                 answer = await self._forward(backend, payload.id, content, forward_headers)
             except PredictorFailed as second:
                 raise InferenceError(f"{failure}; retried on the other revision: {second}") from None
+            if self.tag_hosts is not None and retry.revision in self.tag_hosts.tags:
+                self.tag_hosts.learn(retry.url, answer.model_version)
         if self.shadow is not None:
             self.shadow.submit(backend, content, forward_headers, answer)
         return answer

@@ -87,6 +87,11 @@ def test_first_deploy_creates_champion_waits_then_opens_a_20_percent_canary(targ
     assert container["env"] == [{"name": "STORAGE_URI", "value": f"s3://fraud-models/{target.name}/v2"}]
     assert container["args"] == posted["spec"]["predictor"]["containers"][0]["args"]
     assert stored["spec"]["transformer"]["containers"][0]["args"] == posted["spec"]["transformer"]["containers"][0]["args"]
+    # through KServe's webhooks unchanged: the tag hosts of this namespace's predictor routes, whose
+    # external form the controller reports in status.traffic above
+    args = stored["spec"]["transformer"]["containers"][0]["args"]
+    assert args[args.index("--shadow_hosts") + 1] == (f"latest=http://latest-fraud-detector-predictor.{target.name},"
+                                                      f"prev=http://prev-fraud-detector-predictor.{target.name}")
     # the transformer kept its one revision: the record of the rolled-out model is a predictor annotation
     assert stored["status"]["components"]["transformer"]["latestCreatedRevision"] == "fraud-detector-transformer-00001"
     assert stored["spec"]["predictor"]["annotations"][isvc.ROLLED_OUT_ANNOTATION] == (

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,8 +18,9 @@ import numpy as np
 import pytest
 from fraud.routes import Backend, write_routes
 from fraud.schema import FEATURES
-from fraud_control.processes import ServerProcess, free_port, start_server
+from fraud_control.processes import ServerProcess, free_port, start_predictor, start_server
 from fraud_control.runtime import PAIRS_FILE
+from fraud_serving.answer import RETRIED_FROM_HEADER
 
 from fraud_rollout.replay import run_replay
 from fraud_rollout.replay_load import ReplayOptions
@@ -211,3 +214,46 @@ def test_bench_shadow_comparison_runs_and_reports_its_targets(start_v1_transform
     names = [m.name for m in report.measurements if m.target]
     assert f"shadow {default} % vs off: p50 increase (median of 2 rounds)" in names
     assert f"shadow {default} % vs off: req/s decrease (c=4, median of 2 rounds)" in names
+
+
+def test_cluster_wiring_retries_on_prev_when_the_canary_dies_after_pairing_both(shadow_runtime, tiny_run, holdout,
+                                                                                tmp_path):
+    """As in a cluster: one --predictor_host (here the canary v2 itself) and the tag hosts. While both
+    live, v2's answers are paired with prev (v1); once v2 is killed, every call through the one host
+    fails, of a version the transformer cannot know, and is retried on prev: every client gets v1's 200."""
+    v1 = predictor_of(shadow_runtime, "v1").url
+    canary = start_predictor(tiny_run.v2, tmp_path / "logs")  # our own process: this test kills it
+    pairs_log = tmp_path / "tags.jsonl"
+    server = None
+    try:
+        canary.wait_ready()
+        server = start_server("transformer", ["--predictor_protocol", "v2", "--contract_dir", str(tiny_run.v1),
+                                              "--predictor_host", canary.url.removeprefix("http://"),
+                                              "--shadow_percent", "100", "--shadow_hosts",
+                                              f"latest={canary.url},prev={v1}", "--pairs_log", str(pairs_log)],
+                              tmp_path / "logs").wait_ready()
+        for i in range(5):
+            response = post(server.infer_url, body(holdout[i:i + 1], f"alive-{i}"))
+            assert (response.status_code, response.json()["model_version"]) == (200, "v2")
+            wait_drained(server.url)  # one at a time: each shadow score learns before the next is sent
+        os.kill(canary.process.pid, signal.SIGKILL)
+        canary.process.wait(timeout=30)
+        answers = [post(server.infer_url, body(holdout[i:i + 1], f"dead-{i}")) for i in range(5, 15)]
+        wait_drained(server.url)
+        text = metrics(server)
+    finally:
+        if server is not None:
+            server.stop()
+        canary.stop()
+    assert [(a.status_code, a.json()["model_version"], a.headers.get(RETRIED_FROM_HEADER)) for a in answers] == [
+        (200, "v1", "unknown")] * 10
+    assert metric_value(text, "fraud_predictor_retries_total", model_version="unknown") == 10
+    assert metric_value(text, "fraud_predictor_errors_total", model_version="unknown") == 10
+    assert metric_value(text, "fraud_predictor_errors_total", model_version="v1") == 0
+    # the first shadow score asked latest (v2, the served version: no pair); then prev, every time
+    assert metric_value(text, "fraud_shadow_dropped_total", reason="same_version") == 1
+    records = read_pairs(pairs_log)
+    assert [(r["id"], r["served_version"], r["shadow_version"]) for r in records] == [
+        (f"alive-{i}", "v2", "v1") for i in range(1, 5)]
+    # after the kill v1's answers are shadowed on latest, which is gone: counted, never seen by a client
+    assert metric_value(text, "fraud_shadow_errors_total", model_version="v2") == 10

@@ -122,6 +122,23 @@ def test_canary_manifest_has_the_split_v2_protocol_transformer_and_non_root_cont
     assert manifest["metadata"]["annotations"][isvc.DEPLOYMENT_MODE_ANNOTATION] == "Knative"
 
 
+def test_tag_hosts_follow_knatives_tag_template_and_kserves_predictor_host_form():
+    """Read in the source, not remembered: knative.dev/networking pkg/config/config.go:60
+    `DefaultTagTemplate = "{{.Tag}}-{{.Name}}"`; knative.dev/serving@v0.48.1
+    pkg/reconciler/route/resources/service.go:45-57 names the tag's Service
+    `HostnameFromTemplate(route.Name, tag)` in the route's namespace; kserve@v0.20.0
+    pkg/constants/constants.go:803 names the route `name + "-" + "predictor"` and
+    pkg/apis/serving/v1beta1/transformer_custom.go:77 gives the transformer
+    `fmt.Sprintf("%s.%s", predictorHost[0], metadata.Namespace)`; ksvc_reconciler.go:140,150 tag
+    the targets "latest" and "prev"."""
+    assert isvc.tag_host("fraud-detector", "fraud-rollout", "prev") == "prev-fraud-detector-predictor.fraud-rollout"
+    assert isvc.TRAFFIC_TAGS == ("latest", "prev")
+    args = isvc.transformer_spec(replace(BASE_MANIFEST_SPEC, namespace="team-a"))["containers"][0]["args"]
+    assert args[args.index("--shadow_hosts") + 1] == (
+        "latest=http://latest-fraud-detector-predictor.team-a,prev=http://prev-fraud-detector-predictor.team-a")
+    assert "--shadow_percent" not in args  # the default share
+
+
 def test_s3_secret_template_holds_placeholders_and_the_keys_both_readers_need():
     template = yaml.safe_load((MANIFESTS / "base" / "s3-secret.template.yaml").read_text())
     assert template["metadata"]["name"] == "fraud-detector-s3"

@@ -15,7 +15,7 @@ from fraud_control import isvc
 from fraud_serving.__main__ import build_parser
 from fraud_serving.fast_route import INFERENCE_CONTENT_LENGTH_HEADER, binary_request, parse_request
 from fraud_serving.metrics import ScoreHistogram, TransformerMetrics
-from fraud_serving.routing import NoPredictor, Routes
+from fraud_serving.routing import NoPredictor, Routes, TagHosts
 from fraud_serving.transformer import FraudTransformer
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
@@ -177,6 +177,7 @@ def test_entry_point_accepts_the_container_args_of_the_inference_service():
     transformer = build_parser().parse_args(transformer_args)
     assert (transformer.role, transformer.predictor_protocol, transformer.contract_dir, transformer.predictor_host,
             transformer.max_rows) == ("transformer", "v2", "/mnt/models", "fraud-detector-predictor.default", 10_000)
+    assert TagHosts.parse(transformer.shadow_hosts).retry_target("").url == "http://prev-fraud-detector-predictor.default"
 
 
 def test_predict_reads_csv_and_json_files(tmp_path):

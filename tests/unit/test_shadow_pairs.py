@@ -46,6 +46,26 @@ def test_tag_hosts_ask_the_host_serving_the_other_version_once_learned():
     assert hosts.other_than("v2").url == "http://latest-fraud-detector-predictor.ns"
 
 
+def test_a_failed_call_of_unknown_version_is_retried_on_prev_the_rolled_out_revision():
+    """Through the one --predictor_host the failed revision is unknown: prev, learned or not."""
+    hosts = TagHosts.parse("latest=http://latest-fraud-detector-predictor.ns,prev=http://prev-fraud-detector-predictor.ns")
+    retry = hosts.retry_target("")
+    assert (retry.url, retry.revision, retry.model_version) == ("http://prev-fraud-detector-predictor.ns", "prev", "")
+    hosts.learn("http://prev-fraud-detector-predictor.ns", "v1")
+    hosts.learn("http://latest-fraud-detector-predictor.ns", "v2")
+    assert hosts.retry_target("").model_version == "v1"
+
+
+def test_a_failed_call_of_known_version_is_retried_where_another_version_answered():
+    hosts = TagHosts.parse("latest=http://latest-fraud-detector-predictor.ns,prev=http://prev-fraud-detector-predictor.ns")
+    assert hosts.retry_target("v1").revision == "prev"  # nothing learned yet: the rolled-out one
+    hosts.learn("http://prev-fraud-detector-predictor.ns", "v1")
+    hosts.learn("http://latest-fraud-detector-predictor.ns", "v2")
+    retry = hosts.retry_target("v1")  # e.g. after a rollback the failing v1 is what prev serves
+    assert (retry.revision, retry.model_version) == ("latest", "v2")
+    assert TagHosts.parse("latest=http://l").retry_target("") is None  # no prev route: no retry
+
+
 @pytest.mark.parametrize("text", ["latest", "latest=,prev=x", "=http://x"])
 def test_tag_hosts_name_a_malformed_part(text):
     with pytest.raises(ValueError, match="is not TAG=URL"):

@@ -190,3 +190,21 @@ def start_rollout(options: RolloutOptions, store: InferenceServiceStore, source:
     """Run the rollout to its end; the final state (status, steps, result). RolloutError when a
     patch fails, RolloutRunning when another controller owns the InferenceService."""
     return rollout_controller(options, store, source, on_step).run()
+
+
+def rollout_step(report_path: str | Path, *, target: str, namespace: str = "", name: str = "fraud-detector",
+                 state_dir: str | Path = DEFAULT_STATE_DIR, plan: str = "5,20,50,100", window_s: float = 60.0,
+                 min_requests: int = 0, metrics_url: str = "", prometheus_url: str = "",
+                 max_holds: int = RolloutPolicy().max_holds, tracking_uri: str = "",
+                 timeout_s: float = RolloutConfig.timeout_s) -> dict[str, Any]:
+    """The pipeline step: run the rollout on the canary the target holds and write its report
+    (`{"rollout": state}`, as `rollout start --out` does) to `report_path`; the final state."""
+    from fraud.files import write_json
+
+    options = RolloutOptions(target=target, state_dir=Path(state_dir), plan=parse_plan(plan, option="plan"),
+                             max_holds=max_holds, window_s=window_s, min_requests=min_requests,
+                             metrics_url=metrics_url, prometheus_url=prometheus_url, tracking_uri=tracking_uri,
+                             timeout_s=timeout_s)
+    state = start_rollout(options, open_store(target, namespace=namespace, name=name, state_dir=state_dir))
+    write_json(report_path, {"rollout": state})
+    return state

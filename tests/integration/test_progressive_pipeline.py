@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import yaml
-from fraud_control.local_state import LocalInferenceService
 from fraud_pipelines.local import PipelineFailed
 from fraud_pipelines.progressive import COMPILED, compile_pipeline, run_local
 
@@ -74,7 +73,6 @@ def test_a_bad_plan_fails_the_step_naming_the_parameter(tmp_path):
 
 
 def test_the_compiled_step_rolls_back_a_candidate_that_flags_everything(bad_runtime, traffic, tmp_path):  # noqa: F811
-    LocalInferenceService(bad_runtime.state_dir)  # the runtime's state dir: the step's target
     report = run_local(tmp_path / "run", bad_runtime.state_dir, window_seconds=1.0, min_requests=200, max_holds=1)
     state = report["rollout"]
     assert report["status"] == "rolled_back" == state["status"]

@@ -313,11 +313,11 @@ def progressive_rollout(source, url: str, state_dir: Path, offline: dict, tracki
     from fraud_control.rollout import Controller, RolloutConfig
     from fraud_control.rollout_evidence import AfterLocalApply
     from fraud_control.rollout_record import JsonLinesLog, step_line
+    from fraud_control.rollout_run import LOG_FILE
     from fraud_control.rollout_state import LocalRolloutState
     from fraud_control.runtime import PAIRS_FILE
 
     from fraud_rollout.replay_load import ReplayOptions
-    from fraud_rollout.rollout_cli import LOG_FILE
     from fraud_rollout.rollout_replay import ReplayWindow
 
     windows = ReplayWindow(source.frame, ReplayOptions(url=url, progress=False),

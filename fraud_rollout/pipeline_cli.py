@@ -14,7 +14,9 @@ def register(commands, bench) -> None:
     actions = pipeline.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     compile_ = actions.add_parser("compile", help="write the pipeline YAML for the Kubeflow UI or kfp.Client")
-    compile_.add_argument("--out", type=Path, default=None, help="YAML path (default: the committed pipelines/fraud_rollout_pipeline.yaml)")
+    compile_.add_argument("--out", type=Path, default=None,
+                          help="YAML path (default: the committed pipelines/fraud_rollout_pipeline.yaml); the "
+                               "progressive-rollout pipeline goes next to it as fraud_rollout_progressive.yaml")
     compile_.add_argument("--image", default=None, help="components image (default: the released one)")
     compile_.set_defaults(func=compile_command)
 
@@ -62,10 +64,14 @@ def add_run_options(parser, default_out: Path = Path(".fraud-rollout/run"),
 
 
 def compile_command(args) -> int:
+    from fraud_pipelines import progressive
     from fraud_pipelines.pipeline import COMPILED, DEFAULT_IMAGE, compile_pipeline
 
-    path = compile_pipeline(args.out or COMPILED, args.image or DEFAULT_IMAGE)
+    image = args.image or DEFAULT_IMAGE
+    path = compile_pipeline(args.out or COMPILED, image)
     print(f"compiled {path}")
+    rollout = progressive.compile_pipeline(path.parent / progressive.COMPILED.name, image)
+    print(f"compiled {rollout}")
     return 0
 
 

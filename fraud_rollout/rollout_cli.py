@@ -7,7 +7,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from fraud.settings import Settings
 
@@ -16,7 +15,6 @@ from fraud_rollout.targets import add_target_options, open_store
 
 DEFAULT_PLAN = "5,20,50,100"  # fraud_canary.progressive.RolloutPolicy().plan, without importing it at parse time
 DEFAULT_TIMEOUT_S = 600.0  # fraud_control.canary.DEFAULT_TIMEOUT_S
-LOG_FILE = "rollout.jsonl"
 
 
 def register(commands) -> None:
@@ -45,7 +43,7 @@ def register(commands) -> None:
                        help="pipeline report.json with the offline metrics (default .fraud-rollout/run/report.json if present)")
     start.add_argument("--detectable-recall-difference", type=detectable_difference,
                        help="recall drop the evidence must be able to detect (default 0.10; 'auto')")
-    start.add_argument("--log", type=Path, help=f"JSON lines, one per step (default: {LOG_FILE} in the state dir; "
+    start.add_argument("--log", type=Path, help="JSON lines, one per step (default: rollout.jsonl in the state dir; "
                                                 "stdout for --target kserve)")
     start.add_argument("--out", type=Path, help="write the final report ({'rollout': {..., 'steps': [...]}}) here")
     start.add_argument("--analysis-port", type=non_negative_int,
@@ -63,36 +61,10 @@ def positive_float(text: str) -> float:
     return value
 
 
-def parse_plan(text: str) -> tuple[int, ...]:
-    """`--plan 5,20,50,100`: whole percentages in 1..100, strictly increasing, ending at 100."""
-    steps = []
-    for part in text.split(","):
-        try:
-            steps.append(int(part.strip()))
-        except ValueError:
-            raise UsageError(f"--plan {text!r}: {part.strip()!r} is not a whole number (e.g. --plan {DEFAULT_PLAN})") from None
-    bad = [p for p in steps if not 0 < p <= 100]
-    if bad:
-        raise UsageError(f"--plan {text!r}: {bad[0]} is not a percentage within 1..100 (0 is a rollback, not a step)")
-    if any(a >= b for a, b in zip(steps, steps[1:])):
-        raise UsageError(f"--plan {text!r}: the steps must increase (e.g. --plan {DEFAULT_PLAN})")
-    if steps[-1] != 100:
-        raise UsageError(f"--plan {text!r}: the last step must be 100 (the promotion)")
-    if len(steps) < 2:
-        raise UsageError(f"--plan {text!r}: needs at least one step below 100 to analyse")
-    return tuple(steps)
-
-
-def rollout_command(args: argparse.Namespace) -> int:
-    return {"start": start_command, "status": status_command, "abort": abort_command}[args.action](args)
-
-
 def _states(args: argparse.Namespace, store):
-    from fraud_control.rollout_state import ConfigMapRolloutState, LocalRolloutState
+    from fraud_control.rollout_run import rollout_states
 
-    if args.target == "kserve":
-        return ConfigMapRolloutState(store.api.api_client, store.namespace, store.name)
-    return LocalRolloutState(args.state_dir)
+    return rollout_states(args.target, store, args.state_dir)
 
 
 def _offline(args: argparse.Namespace) -> dict:
@@ -107,86 +79,35 @@ def _offline(args: argparse.Namespace) -> dict:
                            with_flag_rate=False)
 
 
-def evidence_source(args: argparse.Namespace, baseline: str, candidate: str):
-    """The live source the options name: the transformer's /metrics, or Prometheus."""
-    from fraud_control.rollout_evidence import AfterLocalApply, MetricsWindow, PrometheusWindow, WindowSpec
-    from fraud_control.runtime import read_runtime
-
-    if args.metrics_url and args.prometheus:
-        raise UsageError("rollout start: give at most one of --metrics-url URL and --prometheus URL")
-    spec = WindowSpec(seconds=args.window, min_requests=args.min_requests, poll_s=args.poll)
-    if args.prometheus:
-        source: Any = PrometheusWindow(args.prometheus, spec, args.selector)
-    else:
-        url = args.metrics_url
-        if not url and args.target == "local":
-            transformer = read_runtime(args.state_dir).get("transformer")
-            if not transformer:
-                raise UsageError(f"rollout start: no local runtime serves {args.state_dir} (start `fraud-rollout "
-                                 "serve` first, or pass --metrics-url URL)")
-            url = f"{transformer}/metrics"
-        if not url:
-            raise UsageError("rollout start --target kserve: pass --metrics-url URL (the transformer's /metrics) "
-                             "or --prometheus URL")
-        source = MetricsWindow(url, spec, baseline, candidate)
-    return AfterLocalApply(source, args.state_dir) if args.target == "local" else source
+def rollout_command(args: argparse.Namespace) -> int:
+    return {"start": start_command, "status": status_command, "abort": abort_command}[args.action](args)
 
 
-def recorders(args: argparse.Namespace, store, subject, tracking_uri: str) -> list:
-    from fraud_control.rollout_record import JsonLinesLog, KubeEvents, MlflowStepTags
+def rollout_options(args: argparse.Namespace):
+    """`rollout start`'s options as the control layer's `RolloutOptions`."""
+    from fraud_control.rollout_run import RolloutOptions, parse_plan
 
-    out: list = []
-    if args.target == "kserve":
-        out.append(JsonLinesLog(args.log) if args.log else JsonLinesLog(stream=sys.stdout))
-        out.append(KubeEvents(store.api.api_client, store.namespace, store.name, subject.uid))
-    else:
-        out.append(JsonLinesLog(args.log or Path(args.state_dir) / LOG_FILE))
-    if tracking_uri and subject.canary_model:
-        out.append(MlflowStepTags(tracking_uri, subject.canary_model))
-    return out
-
-
-def model_versions(args: argparse.Namespace, subject) -> tuple[str, str]:
-    """(rolled out, canary) model versions: what the InferenceService records, else (local target)
-    the state dir's revision records (`serve --baseline` records no rolled-out annotation)."""
-    versions = [subject.rolled_out_model.get("modelVersion") or "", subject.canary_model.get("modelVersion") or ""]
-    if args.target == "local":
-        from fraud_control.local_state import LocalInferenceService
-
-        revisions = LocalInferenceService(args.state_dir).revisions()
-        for i, revision in enumerate((subject.latest_rolled_out_revision, subject.latest_ready_revision)):
-            versions[i] = versions[i] or revisions.get(revision, {}).get("modelVersion", "")
-    if not all(versions):
-        raise UsageError(f"rollout start: {subject.where} does not record the model versions of its revisions "
-                         f"({subject.describe()}); redeploy the canary with `fraud-rollout deploy`")
-    return versions[0], versions[1]
+    return RolloutOptions(target=args.target, state_dir=args.state_dir, plan=parse_plan(args.plan),
+                          max_holds=args.max_holds, window_s=args.window, min_requests=args.min_requests,
+                          poll_s=args.poll, metrics_url=args.metrics_url or "", prometheus_url=args.prometheus or "",
+                          selector=args.selector, offline=_offline(args),
+                          detectable=args.detectable_recall_difference, tracking_uri=args.tracking_uri,
+                          timeout_s=args.timeout, log=args.log)
 
 
 def start_command(args: argparse.Namespace, source=None) -> int:
     """`rollout start`; `source` replaces the live evidence (the demo's labelled replay)."""
-    from fraud_canary.progressive import RolloutPolicy
-    from fraud_control.rollout import Controller, RolloutConfig, RolloutRunning
-    from fraud_control.store import NotDeployed, RolloutError, require
-    from fraud_control.subject import subject_of
+    from fraud_control.rollout import RolloutRunning
+    from fraud_control.rollout_run import rollout_controller
+    from fraud_control.store import NotDeployed, RolloutError
 
-    plan = parse_plan(args.plan)
-    settings = Settings()
-    store = open_store(args, settings)
+    options = rollout_options(args)
+    store = open_store(args, Settings())
+    endpoint = None
     try:
-        subject = subject_of(require(store), store.where)
+        controller = rollout_controller(options, store, source)
     except NotDeployed as error:
         raise UsageError(str(error)) from None
-    if subject.canary_model is None:
-        raise UsageError(f"rollout start: {store.where} has no canary to roll out ({subject.describe()}); deploy a "
-                         "candidate first (`fraud-rollout deploy` or the pipeline)")
-    baseline, candidate = model_versions(args, subject)
-    tracking_uri = args.tracking_uri or settings.MLFLOW_TRACKING_URI
-    config = RolloutConfig(baseline_version=baseline, canary_version=candidate, offline=_offline(args),
-                           policy=RolloutPolicy(plan=plan, max_holds=args.max_holds),
-                           detectable=args.detectable_recall_difference, tracking_uri=tracking_uri,
-                           timeout_s=args.timeout, poll_s=min(args.poll, 2.0))
-    source = source or evidence_source(args, baseline, candidate)
-    endpoint = None
     if args.analysis_port is not None:
         from fraud_control.analysis_endpoint import AnalysisEndpoint
 
@@ -196,8 +117,7 @@ def start_command(args: argparse.Namespace, source=None) -> int:
             raise UsageError(f"--analysis-port {args.analysis_port}: cannot listen on {args.analysis_host} "
                              f"({error.strerror})") from None
         print(f"analysis endpoint: {endpoint.url}", file=sys.stderr, flush=True)
-    controller = Controller(store, source, _states(args, store), config, recorders(args, store, subject, tracking_uri),
-                            on_step=endpoint.update if endpoint else None)
+        controller.on_step = endpoint.update
     try:
         state = controller.run()
     except RolloutRunning as error:

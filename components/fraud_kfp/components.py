@@ -211,6 +211,36 @@ def register_models(baseline: Input[Model], candidate: Input[Model], mlflow_trac
     print(register_step(baseline.path, candidate.path, mlflow_tracking_uri or Settings().MLFLOW_TRACKING_URI))
 
 
+def progressive_rollout(target: str, namespace: str, local_state_dir: str, plan: str, window_seconds: float,
+                        min_requests: int, metrics_url: str, prometheus_url: str, max_holds: int,
+                        tracking_uri: str, timeout_seconds: float, report: Output[Artifact]) -> str:
+    """Step the deployed canary through the plan on live evidence: advance, hold, promote or roll back.
+
+    Returns the final status (promoted, rolled_back, aborted) as the single output `Output`.
+
+    Args:
+        target: "kserve" (the InferenceService in this cluster) or "local" (the state dir `fraud-rollout serve` reads).
+        namespace: Namespace of the InferenceService (target kserve).
+        local_state_dir: State dir of the local runtime (target local).
+        plan: canaryTrafficPercent steps, increasing, ending at 100 (the promotion).
+        window_seconds: Each step's evidence window lasts at least this long.
+        min_requests: And counts at least this many requests.
+        metrics_url: The transformer's /metrics (target local: empty reads the local runtime's).
+        prometheus_url: Instead of metrics_url: a Prometheus server scraping the transformer.
+        max_holds: Windows a step may hold on insufficient evidence before rolling back.
+        tracking_uri: MLflow tracking URI (aliases follow, decisions tag the candidate); empty uses MLFLOW_TRACKING_URI.
+        timeout_seconds: How long to wait for the InferenceService to become Ready after each patch.
+    """
+    from fraud_control.rollout_run import rollout_step
+
+    state = rollout_step(report.path, target=target, namespace=namespace, state_dir=local_state_dir, plan=plan,
+                         window_s=window_seconds, min_requests=min_requests, metrics_url=metrics_url,
+                         prometheus_url=prometheus_url, max_holds=max_holds, tracking_uri=tracking_uri,
+                         timeout_s=timeout_seconds)
+    report.metadata.update({"status": state["status"], "percent": state["percent"], "steps": len(state["steps"])})
+    return state["status"]
+
+
 @dataclass(frozen=True)
 class Components:
     simulate_drift: object
@@ -220,6 +250,7 @@ class Components:
     gate_candidate: object
     deploy_canary: object
     register_models: object
+    progressive_rollout: object
 
 
 def build(image: str = DEFAULT_IMAGE) -> Components:
@@ -229,4 +260,4 @@ def build(image: str = DEFAULT_IMAGE) -> Components:
 
     return Components(component(simulate_drift), component(baseline_model), component(train_model),
                       component(evaluate_models), component(gate_candidate), component(deploy_canary),
-                      component(register_models))
+                      component(register_models), component(progressive_rollout))

@@ -23,7 +23,8 @@ END = re.compile(r"Task '([^']+)' finished with status (\w+)")
 SKIPPED = re.compile(r"Skipping (?:conditional )?task (\S+?):? (.*)")
 EPOCH = re.compile(r"\b(v\d+) epoch (\d+/\d+)")
 #: The last line of a Python traceback: `package.module.SomeError: message`.
-ERROR = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Refused|Failed|Timeout|Interrupt)): (.+)$")
+#: (`NotDeployed`: the progressive step found no InferenceService.)
+ERROR = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*(?:[A-Za-z_]\w*(?:Error|Exception|Refused|Failed|Timeout|Interrupt)|NotDeployed)): (.+)$")
 
 
 class _LogStream(io.TextIOBase):

@@ -7,14 +7,19 @@ import pytest
 import yaml
 from fraud import export
 from fraud.evaluate import METRICS
-from fraud_pipelines.pipeline import COMPILED, compile_pipeline
+from fraud_pipelines import pipeline, progressive
+from fraud_pipelines.pipeline import COMPILED
 
 pytestmark = pytest.mark.integration
+#: Both committed pipelines: the main one and the one-step progressive rollout.
+PIPELINES = pytest.mark.parametrize("module", [pipeline, progressive], ids=["main", "progressive"])
 
 
-def test_committed_yaml_is_what_the_code_compiles(tmp_path):
-    fresh = compile_pipeline(tmp_path / "pipeline.yaml")
-    assert fresh.read_text() == COMPILED.read_text(), "run `make compile` and commit pipelines/fraud_rollout_pipeline.yaml"
+@PIPELINES
+def test_committed_yaml_is_what_the_code_compiles(tmp_path, module):
+    fresh = module.compile_pipeline(tmp_path / "pipeline.yaml")
+    assert fresh.read_text() == module.COMPILED.read_text(), \
+        f"run `make compile` and commit pipelines/{module.COMPILED.name}"
 
 
 def test_compiled_dag_and_gate_condition():
@@ -232,7 +237,8 @@ def test_deploy_step_leaves_a_canary_that_serve_splits_80_20_and_a_rerun_keeps_i
     assert set(served) == {"v1", "v2"} and 0.17 <= share <= 0.23, share  # 20 % ± 3 (3.4 standard deviations)
 
 
-def test_committed_yaml_parses_strictly_into_kfps_protos():
+@PIPELINES
+def test_committed_yaml_parses_strictly_into_kfps_protos(module):
     """KFP's backend unmarshals the YAML into these protos before its Go compiler turns it into an
     Argo Workflow; an unknown or misspelt field fails here as it would there. (The Go compiler itself,
     github.com/kubeflow/pipelines/backend/src/v2/compiler/argocompiler, cannot be built here: the Go
@@ -240,8 +246,9 @@ def test_committed_yaml_parses_strictly_into_kfps_protos():
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
 
-    pipeline, platform = list(yaml.safe_load_all(COMPILED.read_text()))
-    spec = json_format.ParseDict(pipeline, pipeline_spec_pb2.PipelineSpec())
-    assert spec.pipeline_info.name == "fraud-rollout"
-    platforms = json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())
-    assert set(platforms.platforms) == {"kubernetes"}
+    pipeline_doc, *platform = list(yaml.safe_load_all(module.COMPILED.read_text()))
+    spec = json_format.ParseDict(pipeline_doc, pipeline_spec_pb2.PipelineSpec())
+    assert spec.pipeline_info.name == module.PIPELINE_NAME
+    platforms = [json_format.ParseDict(p, pipeline_spec_pb2.PlatformSpec()) for p in platform]
+    # only the main pipeline's deploy step reads a Secret (kfp-kubernetes); the rollout step needs none
+    assert [set(p.platforms) for p in platforms] == ([{"kubernetes"}] if module is pipeline else [])

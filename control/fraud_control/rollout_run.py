@@ -1,0 +1,210 @@
+"""One way to start a progressive rollout: the store, state, evidence source and recorders a
+target needs, wired around `Controller`. `fraud-rollout rollout start` and the pipeline step
+`progressive_rollout` both call `start_rollout`, so the two cannot wire a target differently."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fraud.settings import Settings
+from fraud_canary.analysis import OfflineMetrics
+from fraud_canary.progressive import RolloutPolicy
+
+from fraud_control.local_state import DEFAULT_STATE_DIR
+from fraud_control.prometheus import DEFAULT_SELECTOR
+from fraud_control.rollout import Controller, EvidenceSource, RolloutConfig
+from fraud_control.store import InferenceServiceStore, require
+from fraud_control.subject import Subject, subject_of
+
+#: The step log in a local state dir (target kserve: stdout, the pod's log).
+LOG_FILE = "rollout.jsonl"
+#: Called with each step's decision and analysis (the CLI's analysis endpoint).
+OnStep = Callable[[Mapping[str, Any], Mapping[str, Any] | None], None]
+
+
+class RolloutStartError(ValueError):
+    """A rollout cannot start as asked (nothing to roll out, no evidence named); the message says
+    what to do. A ValueError: the CLI prints it on one line and exits 2."""
+
+
+def parse_plan(text: str, option: str = "--plan") -> tuple[int, ...]:
+    """`5,20,50,100`: whole percentages in 1..100, strictly increasing, ending at 100."""
+    example = ",".join(map(str, RolloutPolicy().plan))
+    steps = []
+    for part in text.split(","):
+        try:
+            steps.append(int(part.strip()))
+        except ValueError:
+            raise RolloutStartError(f"{option} {text!r}: {part.strip()!r} is not a whole number "
+                                    f"(e.g. {option} {example})") from None
+    bad = [p for p in steps if not 0 < p <= 100]
+    if bad:
+        raise RolloutStartError(f"{option} {text!r}: {bad[0]} is not a percentage within 1..100 "
+                                "(0 is a rollback, not a step)")
+    if any(a >= b for a, b in zip(steps, steps[1:])):
+        raise RolloutStartError(f"{option} {text!r}: the steps must increase (e.g. {option} {example})")
+    if steps[-1] != 100:
+        raise RolloutStartError(f"{option} {text!r}: the last step must be 100 (the promotion)")
+    if len(steps) < 2:
+        raise RolloutStartError(f"{option} {text!r}: needs at least one step below 100 to analyse")
+    return tuple(steps)
+
+
+@dataclass(frozen=True)
+class RolloutOptions:
+    """Where the rollout runs, how it reads evidence, and the policy it follows."""
+
+    target: str = "local"
+    state_dir: Path = DEFAULT_STATE_DIR
+    plan: tuple[int, ...] = RolloutPolicy().plan
+    max_holds: int = RolloutPolicy().max_holds
+    window_s: float = 60.0
+    min_requests: int = 0
+    poll_s: float = 2.0
+    #: The transformer's /metrics (local default: the runtime's transformer) ...
+    metrics_url: str = ""
+    #: ... or a Prometheus server scraping it, with the transformer's label matchers.
+    prometheus_url: str = ""
+    selector: str = DEFAULT_SELECTOR
+    #: Holdout metrics per model version (`fraud_canary.analysis.offline_metrics`), if a report is at hand.
+    offline: Mapping[str, OfflineMetrics] = field(default_factory=dict)
+    detectable: float | str | None = None
+    #: MLflow server (empty: $MLFLOW_TRACKING_URI).
+    tracking_uri: str = ""
+    timeout_s: float = RolloutConfig.timeout_s
+    #: JSON lines, one per step (default: `LOG_FILE` in the state dir; stdout for target kserve).
+    log: Path | None = None
+
+
+def open_store(target: str, *, namespace: str = "", name: str = "fraud-detector",
+               state_dir: str | Path = DEFAULT_STATE_DIR, kubeconfig: str | None = None, context: str | None = None,
+               settings: Settings | None = None) -> InferenceServiceStore:
+    """The InferenceService store of a target: the cluster's API (kserve) or a local state dir."""
+    settings = settings or Settings()
+    if target == "kserve":
+        from fraud_control.kube_store import KubeStore, custom_objects_api
+
+        if not namespace:
+            raise RolloutStartError("a namespace is required with target kserve")
+        api = custom_objects_api(kubeconfig or settings.KUBECONFIG or None, context, in_cluster=settings.in_cluster)
+        return KubeStore(api, namespace, name)
+    if target == "local":
+        from fraud_control.local_store import LocalStore
+
+        return LocalStore(state_dir, name)
+    raise RolloutStartError(f"target must be 'local' or 'kserve', got {target!r}")
+
+
+def rollout_states(target: str, store: Any, state_dir: str | Path):
+    """Where the controller keeps its state: a ConfigMap next to the InferenceService, or the state dir."""
+    from fraud_control.rollout_state import ConfigMapRolloutState, LocalRolloutState
+
+    if target == "kserve":
+        return ConfigMapRolloutState(store.api.api_client, store.namespace, store.name)
+    return LocalRolloutState(state_dir)
+
+
+def model_versions(options: RolloutOptions, subject: Subject) -> tuple[str, str]:
+    """(rolled out, canary) model versions: what the InferenceService records, else (local target)
+    the state dir's revision records (`serve --baseline` records no rolled-out annotation)."""
+    versions = [subject.rolled_out_model.get("modelVersion") or "",
+                (subject.canary_model or {}).get("modelVersion") or ""]
+    if options.target == "local":
+        from fraud_control.local_state import LocalInferenceService
+
+        revisions = LocalInferenceService(options.state_dir).revisions()
+        for i, revision in enumerate((subject.latest_rolled_out_revision, subject.latest_ready_revision)):
+            versions[i] = versions[i] or revisions.get(revision, {}).get("modelVersion", "")
+    if not all(versions):
+        raise RolloutStartError(f"rollout start: {subject.where} does not record the model versions of its revisions "
+                                f"({subject.describe()}); redeploy the canary with `fraud-rollout deploy`")
+    return versions[0], versions[1]
+
+
+def evidence_source(options: RolloutOptions, baseline: str, candidate: str) -> EvidenceSource:
+    """The live source the options name: the transformer's /metrics, or Prometheus."""
+    from fraud_control.rollout_evidence import AfterLocalApply, MetricsWindow, PrometheusWindow, WindowSpec
+    from fraud_control.runtime import read_runtime
+
+    if options.metrics_url and options.prometheus_url:
+        raise RolloutStartError("rollout start: give at most one of --metrics-url URL and --prometheus URL")
+    spec = WindowSpec(seconds=options.window_s, min_requests=options.min_requests, poll_s=options.poll_s)
+    source: EvidenceSource
+    if options.prometheus_url:
+        source = PrometheusWindow(options.prometheus_url, spec, options.selector)
+    else:
+        url = options.metrics_url
+        if not url and options.target == "local":
+            transformer = read_runtime(options.state_dir).get("transformer")
+            if not transformer:
+                raise RolloutStartError(f"rollout start: no local runtime serves {options.state_dir} (start "
+                                        "`fraud-rollout serve` first, or pass --metrics-url URL)")
+            url = f"{transformer}/metrics"
+        if not url:
+            raise RolloutStartError("rollout start --target kserve: pass --metrics-url URL (the transformer's "
+                                    "/metrics) or --prometheus URL")
+        source = MetricsWindow(url, spec, baseline, candidate)
+    return AfterLocalApply(source, Path(options.state_dir)) if options.target == "local" else source
+
+
+def recorders(options: RolloutOptions, store: Any, subject: Subject, tracking_uri: str) -> list:
+    """Where each step is recorded: JSON lines, Kubernetes Events (kserve), MLflow tags on the candidate."""
+    from fraud_control.rollout_record import JsonLinesLog, KubeEvents, MlflowStepTags
+
+    out: list = []
+    if options.target == "kserve":
+        out.append(JsonLinesLog(options.log) if options.log else JsonLinesLog(stream=sys.stdout))
+        out.append(KubeEvents(store.api.api_client, store.namespace, store.name, subject.uid))
+    else:
+        out.append(JsonLinesLog(options.log or Path(options.state_dir) / LOG_FILE))
+    if tracking_uri and subject.canary_model:
+        out.append(MlflowStepTags(tracking_uri, subject.canary_model))
+    return out
+
+
+def rollout_controller(options: RolloutOptions, store: InferenceServiceStore, source: EvidenceSource | None = None,
+                       on_step: OnStep | None = None,
+                       settings: Settings | None = None) -> Controller:
+    """The controller for the canary `store` holds; `source` replaces the live evidence (a replay).
+    NotDeployed when there is no InferenceService, RolloutStartError when it has no canary."""
+    subject = subject_of(require(store), store.where)
+    if subject.canary_model is None:
+        raise RolloutStartError(f"rollout start: {store.where} has no canary to roll out ({subject.describe()}); "
+                                "deploy a candidate first (`fraud-rollout deploy` or the pipeline)")
+    baseline, candidate = model_versions(options, subject)
+    tracking_uri = options.tracking_uri or (settings or Settings()).MLFLOW_TRACKING_URI
+    config = RolloutConfig(baseline_version=baseline, canary_version=candidate, offline=options.offline,
+                           policy=RolloutPolicy(plan=options.plan, max_holds=options.max_holds),
+                           detectable=options.detectable, tracking_uri=tracking_uri,
+                           timeout_s=options.timeout_s, poll_s=min(options.poll_s, 2.0))
+    return Controller(store, source or evidence_source(options, baseline, candidate),
+                      rollout_states(options.target, store, options.state_dir), config,
+                      recorders(options, store, subject, tracking_uri), on_step=on_step)
+
+
+def start_rollout(options: RolloutOptions, store: InferenceServiceStore, source: EvidenceSource | None = None,
+                  on_step: OnStep | None = None) -> dict[str, Any]:
+    """Run the rollout to its end; the final state (status, steps, result). RolloutError when a
+    patch fails, RolloutRunning when another controller owns the InferenceService."""
+    return rollout_controller(options, store, source, on_step).run()
+
+
+def rollout_step(report_path: str | Path, *, target: str, namespace: str = "", name: str = "fraud-detector",
+                 state_dir: str | Path = DEFAULT_STATE_DIR, plan: str = "5,20,50,100", window_s: float = 60.0,
+                 min_requests: int = 0, metrics_url: str = "", prometheus_url: str = "",
+                 max_holds: int = RolloutPolicy().max_holds, tracking_uri: str = "",
+                 timeout_s: float = RolloutConfig.timeout_s) -> dict[str, Any]:
+    """The pipeline step: run the rollout on the canary the target holds and write its report
+    (`{"rollout": state}`, as `rollout start --out` does) to `report_path`; the final state."""
+    from fraud.files import write_json
+
+    options = RolloutOptions(target=target, state_dir=Path(state_dir), plan=parse_plan(plan, option="plan"),
+                             max_holds=max_holds, window_s=window_s, min_requests=min_requests,
+                             metrics_url=metrics_url, prometheus_url=prometheus_url, tracking_uri=tracking_uri,
+                             timeout_s=timeout_s)
+    state = start_rollout(options, open_store(target, namespace=namespace, name=name, state_dir=state_dir))
+    write_json(report_path, {"rollout": state})
+    return state

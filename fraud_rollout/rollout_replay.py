@@ -40,7 +40,6 @@ class ReplayWindow:
         self.offset = 0
         self.pairs_log, self.versions = pairs_log, versions
         self.paired: list[PairedOutcomes] = []
-        self.replayed: list[pd.DataFrame] = []  # every window's rows, for the caller's report
         self._step: tuple[int, float, str, list[pd.DataFrame]] | None = None
 
     def _next_slice(self) -> pd.DataFrame:
@@ -59,7 +58,6 @@ class ReplayWindow:
         rows.labels = chunk[LABEL].to_numpy(dtype=np.int8)
         rows.amount = chunk["Amount"].to_numpy(dtype=np.float64)
         parts.append(rows.frame())
-        self.replayed.append(parts[-1].assign(holdout_row=chunk.index.to_numpy(), percent=percent))
         frame = pd.concat(parts, ignore_index=True)
         return Evidence(online_metrics(frame), Window(started_at, now_iso(), time.monotonic() - started, len(frame)),
                         paired=self._pairs(rows),

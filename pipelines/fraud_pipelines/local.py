@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,26 +131,35 @@ def run_local(options: LocalRunOptions, console: TextIO | None = None, **pipelin
 
 def _run_pipeline(shown: PipelineConsole, options: LocalRunOptions, run_dir: Path, tracking_uri: str,
                   pipeline_arguments: dict):
-    """Compile the pipeline into the run dir and execute that YAML (what a cluster would run: the
-    committed YAML is the same bytes, a test compares them), not the Python function."""
-    from kfp import components, local
-
+    """Compile the pipeline into the run dir and execute that YAML (the committed YAML is the same
+    bytes, a test compares them)."""
     from fraud_pipelines.pipeline import compile_pipeline
 
-    config = options.config
-    warnings.filterwarnings("ignore", message=".*non-Python base image.*")  # our image has Python
-    compiled = components.load_component_from_file(str(compile_pipeline(run_dir / PIPELINE_YAML)))
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"), raise_on_error=True)
-    try:
-        return compiled(**asdict(config), source_csv=options.source_csv, mlflow_tracking_uri=tracking_uri,
-                        deploy_target="local", local_state_dir=str(options.serving_state_dir.resolve()),
-                        supersede_canary=options.supersede_canary, **pipeline_arguments)
-    except RuntimeError as error:  # kfp.local: "Pipeline … finished with status FAILURE. Inner task failed: …"
-        failure = shown.failure()
+    def next_step(failure: str) -> str:
         if "RolloutRefused: a canary of" in failure:  # an earlier run's canary still runs: the way on
             failure += (f"; next: fraud-rollout canary promote (or rollback) --target local --state-dir "
                         f"{options.serving_state_dir}, then run again")
-        raise PipelineFailed(f"{failure} (full log: {shown.log_path})") from error
+        return failure
+
+    warnings.filterwarnings("ignore", message=".*non-Python base image.*")  # our image has Python
+    return execute_compiled(shown, compile_pipeline(run_dir / PIPELINE_YAML), run_dir, next_step,
+                            **asdict(options.config), source_csv=options.source_csv, mlflow_tracking_uri=tracking_uri,
+                            deploy_target="local", local_state_dir=str(options.serving_state_dir.resolve()),
+                            supersede_canary=options.supersede_canary, **pipeline_arguments)
+
+
+def execute_compiled(shown: PipelineConsole, pipeline_yaml: Path, run_dir: Path,
+                     explain: Callable[[str], str] = str, **arguments):
+    """Execute a compiled pipeline YAML with kfp.local (what a cluster would run, not the Python
+    function); PipelineFailed names the failed task and its error (`explain` may add the way on)."""
+    from kfp import components, local
+
+    compiled = components.load_component_from_file(str(pipeline_yaml))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"), raise_on_error=True)
+    try:
+        return compiled(**arguments)
+    except RuntimeError as error:  # kfp.local: "Pipeline … finished with status FAILURE. Inner task failed: …"
+        raise PipelineFailed(f"{explain(shown.failure())} (full log: {shown.log_path})") from error
 
 
 def build_report(paths: dict[str, str], tracking_uri: str, wall_seconds: float) -> dict:

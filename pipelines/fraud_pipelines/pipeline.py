@@ -105,7 +105,12 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
 
 
 def compile_pipeline(out: str | Path = COMPILED, image: str = DEFAULT_IMAGE) -> Path:
+    return write_compiled(build_pipeline(image), out)
+
+
+def write_compiled(pipeline, out: str | Path) -> Path:
+    """Compile a @dsl.pipeline to `out` (its directory created); the path."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(image), str(out))
+    compiler.Compiler().compile(pipeline, str(out))
     return out

@@ -9,7 +9,7 @@ from pathlib import Path
 from fraud_canary.progressive import RolloutPolicy
 from fraud_control.rollout import RolloutConfig
 from fraud_kfp import DEFAULT_IMAGE, build
-from kfp import compiler, dsl
+from kfp import dsl
 
 PIPELINE_NAME = "fraud-rollout-progressive"
 POLICY = RolloutPolicy()
@@ -48,27 +48,20 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
 
 
 def compile_pipeline(out: str | Path = COMPILED, image: str = DEFAULT_IMAGE) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(image), str(out))
-    return out
+    from fraud_pipelines.pipeline import write_compiled
+
+    return write_compiled(build_pipeline(image), out)
 
 
 def run_local(run_dir: str | Path, local_state_dir: str | Path, **arguments) -> dict:
     """Execute the compiled YAML (not the Python function) with kfp.local on the local target:
     the rollout report the step wrote. PipelineFailed names the failed task and its error."""
-    from kfp import components, local
-
     from fraud_pipelines.console import PipelineConsole
-    from fraud_pipelines.local import PIPELINE_YAML, PipelineFailed
+    from fraud_pipelines.local import PIPELINE_YAML, execute_compiled
 
     run_dir = Path(run_dir)
-    compiled = components.load_component_from_file(str(compile_pipeline(run_dir / PIPELINE_YAML)))
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"), raise_on_error=True)
     with PipelineConsole(run_dir / "pipeline.log") as shown:
-        try:
-            task = compiled(target="local", local_state_dir=str(Path(local_state_dir).resolve()), **arguments)
-        except RuntimeError as error:  # kfp.local: "Pipeline … finished with status FAILURE. Inner task failed: …"
-            raise PipelineFailed(f"{shown.failure()} (full log: {shown.log_path})") from error
+        task = execute_compiled(shown, compile_pipeline(run_dir / PIPELINE_YAML), run_dir, target="local",
+                                local_state_dir=str(Path(local_state_dir).resolve()), **arguments)
     reports = sorted((run_dir / "kfp").rglob("report"))
     return {"status": task.output, **json.loads(reports[-1].read_text())}

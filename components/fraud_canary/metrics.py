@@ -54,7 +54,8 @@ class VersionMetrics:
 
     Counts are per transaction (row): a batched request contributes its rows, each with the
     request's latency and error flag. `confusion` is None when labels are unknown (metrics read
-    from Prometheus); precision, recall and F1 are then NaN.
+    from Prometheus); precision, recall and F1 are then NaN. From the prediction log it counts only
+    the answered rows whose label is known (matured), so it may cover fewer rows than `answered`.
     """
 
     model_version: str
@@ -76,8 +77,8 @@ class VersionMetrics:
         if c is not None:
             if min(c.tp, c.fp, c.fn, c.tn) < 0:
                 raise ValueError(f"{self.model_version}: confusion counts must be non-negative")
-            if c.tp + c.fp + c.fn + c.tn != self.answered or c.tp + c.fp != self.flagged:
-                raise ValueError(f"{self.model_version}: confusion counts disagree with answered/flagged rows")
+            if c.tp + c.fp + c.fn + c.tn > self.answered or c.tp + c.fp > self.flagged:
+                raise ValueError(f"{self.model_version}: confusion counts exceed the answered/flagged rows")
 
     @classmethod
     def empty(cls, model_version: str) -> VersionMetrics:
@@ -103,7 +104,8 @@ class VersionMetrics:
 
     @property
     def fraud_rate(self) -> float:
-        return math.nan if self.confusion is None else ratio(self.confusion.frauds, self.answered)
+        c = self.confusion  # over the labelled rows (all answered rows in a replay)
+        return math.nan if c is None else ratio(c.frauds, c.tp + c.fp + c.fn + c.tn)
 
     @property
     def precision(self) -> float:
@@ -160,7 +162,8 @@ def version_metrics(
     """Per-version online metrics from one entry per transaction.
 
     Args:
-        labels: true class (1 = fraud) per row, or None when unknown.
+        labels: true class (1 = fraud) per row, or None when unknown; NaN marks a row whose label
+            is not known yet (the prediction log before its labels mature): confusion counts skip it.
         decisions: the served decision (1 = flagged as fraud); ignored (may be NaN) on failed rows.
         model_versions: the `model_version` of the response; None, "", NaN and "unknown" (a failed
             request that reached no identifiable version) are grouped under `UNATTRIBUTED`.
@@ -175,7 +178,8 @@ def version_metrics(
     answered = ~failed
     versions = _versions(model_versions, n)
     flagged = _binary(decisions, "decisions", answered)
-    fraud = None if labels is None else _binary(labels, "labels", np.ones(n, dtype=bool))
+    known = np.ones(n, dtype=bool) if labels is None else ~np.isnan(np.asarray(labels, dtype=float).reshape(-1))
+    fraud = None if labels is None else _binary(labels, "labels", known)
     latency = np.asarray(latency_ms, dtype=float).reshape(-1)
     if latency.shape[0] != n:
         raise ValueError(f"latency_ms has {latency.shape[0]} entries, expected {n}")
@@ -190,8 +194,9 @@ def version_metrics(
         p50, p95, p99 = (np.percentile(finite, (50, 95, 99)) if finite.size else (math.nan,) * 3)
         confusion = None
         if fraud is not None:
-            confusion = Confusion(tp=int(np.sum(ok & fraud & flagged)), fp=int(np.sum(ok & ~fraud & flagged)),
-                                  fn=int(np.sum(ok & fraud & ~flagged)), tn=int(np.sum(ok & ~fraud & ~flagged)))
+            ok_known = ok & known
+            confusion = Confusion(tp=int(np.sum(ok_known & fraud & flagged)), fp=int(np.sum(ok_known & ~fraud & flagged)),
+                                  fn=int(np.sum(ok_known & fraud & ~flagged)), tn=int(np.sum(ok_known & ~fraud & ~flagged)))
         out[version] = VersionMetrics(
             model_version=version, requests=int(rows.sum()), errors=int((rows & failed).sum()),
             flagged=int((ok & flagged).sum()), traffic_share=ratio(int(rows.sum()), n),

@@ -72,10 +72,18 @@ def test_version_metrics_unattributed_and_unlabelled():
     assert sum(v.traffic_share for v in m.values()) == pytest.approx(1.0)
 
 
+def test_version_metrics_counts_only_known_labels():
+    # The prediction log before every label has matured: NaN rows are served but not yet labelled.
+    m = version_metrics([1, math.nan, 0, math.nan], [1, 1, 0, 0], ["v2"] * 4, [1, 1, 1, 1], [0, 0, 0, 0])["v2"]
+    assert (m.answered, m.flagged) == (4, 2)
+    assert m.confusion == Confusion(tp=1, fp=0, fn=0, tn=1)
+    assert m.fraud_rate == 0.5  # over the labelled rows, not the answered ones
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(decisions=[1, 2]), "decisions must be 0/1"),
     (dict(decisions=[1, math.nan]), "decisions must be 0/1"),
-    (dict(labels=[1, math.nan]), "labels must be 0/1"),
+    (dict(labels=[1, 0.5]), "labels must be 0/1"),
     (dict(latency_ms=[1, -1]), "negative"),
     (dict(model_versions=["v1"]), "expected 2"),
 ])
@@ -86,8 +94,10 @@ def test_version_metrics_rejects_bad_input(kwargs, message):
 
 
 def test_version_metrics_object_rejects_inconsistent_counts():
-    with pytest.raises(ValueError, match="disagree"):
-        VersionMetrics("v1", 10, 0, 2, 1.0, 1, 1, 1, Confusion(tp=1, fp=0, fn=0, tn=9))
+    with pytest.raises(ValueError, match="exceed"):
+        VersionMetrics("v1", 10, 0, 2, 1.0, 1, 1, 1, Confusion(tp=3, fp=0, fn=0, tn=8))
+    with pytest.raises(ValueError, match="exceed"):
+        VersionMetrics("v1", 10, 0, 2, 1.0, 1, 1, 1, Confusion(tp=1, fp=0, fn=0, tn=10))
     with pytest.raises(ValueError, match="errors"):
         VersionMetrics("v1", 1, 2, 0, 1.0, 1, 1, 1)
 

@@ -1,0 +1,83 @@
+"""Per-version metrics from the prediction log: what was served, and the labels that have matured.
+
+The log (`fraud_control.prediction_store`) holds one row per served transaction: the version that
+answered (the response body's `model_version`), its score and decision, when it was requested and
+answered, and, once ingested, its label and when the label arrived. A label arrives weeks to
+months after the prediction (a chargeback), so recall and precision count only the rows whose
+label window has closed: requested at least `label_maturity` before `as_of`, with a label that had
+arrived by `as_of`. Counting younger rows would bias recall: frauds are often reported first.
+Everything else (traffic share, flag rate, latency) counts every answered row.
+
+A request logged without a response failed (KServe's logger sends a response event only for a
+200) unless it is still in flight; the version it failed on is unknown (`UNATTRIBUTED`).
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fraud_canary.metrics import VersionMetrics, version_metrics
+
+#: A request younger than this without its response may still be in flight: not yet an error.
+IN_FLIGHT = timedelta(seconds=60)
+#: Columns `served_metrics` reads (one row per served transaction).
+SERVED_COLUMNS = ("model_version", "decision", "requested_at", "answered_at", "label", "label_time")
+
+
+def mature_labels(served: pd.DataFrame, as_of: datetime, label_maturity: timedelta) -> np.ndarray:
+    """Each row's label where its window has closed by `as_of`, NaN elsewhere."""
+    requested = pd.to_datetime(served["requested_at"], utc=True)
+    arrived = pd.to_datetime(served["label_time"], utc=True)
+    cutoff = pd.Timestamp(as_of)
+    closed = (requested + label_maturity <= cutoff) & (arrived <= cutoff) & served["label"].notna()
+    return np.where(closed.to_numpy(dtype=bool), served["label"].to_numpy(dtype=float, na_value=np.nan), np.nan)
+
+
+def _failed(served: pd.DataFrame, as_of: datetime, in_flight: timedelta) -> tuple[np.ndarray, np.ndarray]:
+    """(failed, still in flight): rows logged without a response, older or younger than `in_flight`."""
+    unanswered = served["model_version"].isna().to_numpy()
+    requested = pd.to_datetime(served["requested_at"], utc=True)
+    young = (requested > pd.Timestamp(as_of) - in_flight).to_numpy(dtype=bool)
+    return unanswered & ~young, unanswered & young
+
+
+def served_metrics(served: pd.DataFrame, *, as_of: datetime, label_maturity: timedelta = timedelta(0),
+                   in_flight: timedelta = IN_FLIGHT) -> dict[str, VersionMetrics]:
+    """`VersionMetrics` per version from the prediction log's rows (`SERVED_COLUMNS`).
+
+    Latency is the logged answer time minus the request time (the component the logger sits on).
+    Confusion counts only rows whose label has matured (`mature_labels`); a version none of whose
+    labels has matured gets an all-zero confusion (evidence: none yet)."""
+    missing = [column for column in SERVED_COLUMNS if column not in served]
+    if missing:
+        raise ValueError(f"the served rows lack {', '.join(missing)}")
+    failed, flying = _failed(served, as_of, in_flight)
+    rows = served[~flying]
+    failed = failed[~flying]
+    latency = (pd.to_datetime(rows["answered_at"], utc=True) - pd.to_datetime(rows["requested_at"], utc=True))
+    latency_ms = (latency.dt.total_seconds() * 1000).to_numpy(dtype=float, na_value=np.nan)
+    decisions = rows["decision"].to_numpy(dtype=float, na_value=np.nan)
+    versions = rows["model_version"].astype(object).where(rows["model_version"].notna(), None).to_numpy()
+    return version_metrics(mature_labels(rows, as_of, label_maturity), np.where(failed, 0.0, decisions),
+                           versions, np.where(failed, np.nan, latency_ms), failed)
+
+
+def feedback_summary(served: pd.DataFrame, *, as_of: datetime, label_maturity: timedelta = timedelta(0),
+                     in_flight: timedelta = IN_FLIGHT) -> dict[str, Any]:
+    """What the log holds: rows logged, answered, labelled (matured), and per version."""
+    labels = mature_labels(served, as_of, label_maturity)
+    failed, flying = _failed(served, as_of, in_flight)
+    answered = served["model_version"].notna().to_numpy()
+    per_version = {}
+    for version in sorted(served.loc[answered, "model_version"].astype(str).unique()):
+        mine = (served["model_version"] == version).to_numpy()
+        known = mine & ~np.isnan(labels)
+        per_version[version] = {"answered": int(mine.sum()), "flagged": int((mine & (served["decision"] == 1)).sum()),
+                                "labelled": int(known.sum()), "frauds": int(np.nansum(labels[known]))}
+    return {"logged": len(served), "answered": int(answered.sum()), "failed": int(failed.sum()),
+            "in_flight": int(flying.sum()), "labelled": int((~np.isnan(labels)).sum()),
+            "label_maturity_days": label_maturity / timedelta(days=1), "as_of": pd.Timestamp(as_of).isoformat(),
+            "per_version": per_version}

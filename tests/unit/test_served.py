@@ -1,0 +1,72 @@
+"""Per-version metrics from the prediction log's rows: labels count only once their window closed."""
+import math
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+from fraud_canary.metrics import UNATTRIBUTED, Confusion
+from fraud_canary.served import feedback_summary, mature_labels, served_metrics
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def rows(*entries) -> pd.DataFrame:
+    """(version, decision, days ago requested, label, days ago the label arrived)."""
+    frame = []
+    for version, decision, requested_days, label, label_days in entries:
+        requested = NOW - timedelta(days=requested_days)
+        frame.append({"model_version": version, "decision": decision, "requested_at": requested,
+                      "answered_at": None if version is None else requested + timedelta(milliseconds=8),
+                      "label": label, "label_time": None if label_days is None else NOW - timedelta(days=label_days)})
+    return pd.DataFrame(frame)
+
+
+SERVED = rows(
+    ("v1", 1, 40, 1, 10),      # mature at 30 days, label arrived
+    ("v1", 0, 40, 1, 5),       # a missed fraud, mature
+    ("v1", 0, 10, 0, 1),       # labelled, window open at 30 days
+    ("v2", 1, 40, 0, 20),      # a false alarm, mature
+    ("v2", 1, 35, None, None), # mature, no label arrived
+    ("v2", 0, 40, 0, -1),      # the label arrives tomorrow: not known as of now
+    (None, None, 2, None, None),  # logged, never answered: failed
+)
+
+
+def test_mature_labels_need_a_closed_window_and_an_arrived_label():
+    labels = mature_labels(SERVED, NOW, timedelta(days=30))
+    assert [None if math.isnan(x) else x for x in labels] == [1, 1, None, 0, None, None, None]
+    # with no maturity, any label that has arrived counts
+    labels = mature_labels(SERVED, NOW, timedelta(0))
+    assert [None if math.isnan(x) else x for x in labels] == [1, 1, 0, 0, None, None, None]
+
+
+def test_served_metrics_counts_all_answered_rows_and_only_matured_labels():
+    m = served_metrics(SERVED, as_of=NOW, label_maturity=timedelta(days=30))
+    assert set(m) == {"v1", "v2", UNATTRIBUTED}
+    assert (m["v1"].requests, m["v1"].flagged, m["v1"].errors) == (3, 1, 0)
+    assert m["v1"].confusion == Confusion(tp=1, fp=0, fn=1, tn=0)
+    assert m["v2"].confusion == Confusion(tp=0, fp=1, fn=0, tn=0)
+    assert (m[UNATTRIBUTED].requests, m[UNATTRIBUTED].errors) == (1, 1)
+    assert m["v1"].latency_p50_ms == pytest.approx(8.0)
+    assert sum(v.traffic_share for v in m.values()) == pytest.approx(1.0)
+
+
+def test_a_request_still_in_flight_is_not_an_error():
+    served = rows(("v1", 0, 1, None, None), (None, None, 0, None, None))
+    m = served_metrics(served, as_of=NOW)
+    assert set(m) == {"v1"} and m["v1"].errors == 0
+    assert feedback_summary(served, as_of=NOW)["in_flight"] == 1
+
+
+def test_feedback_summary_counts():
+    summary = feedback_summary(SERVED, as_of=NOW, label_maturity=timedelta(days=30))
+    assert {k: summary[k] for k in ("logged", "answered", "failed", "in_flight", "labelled")} == {
+        "logged": 7, "answered": 6, "failed": 1, "in_flight": 0, "labelled": 3}
+    assert summary["per_version"] == {"v1": {"answered": 3, "flagged": 1, "labelled": 2, "frauds": 2},
+                                      "v2": {"answered": 3, "flagged": 2, "labelled": 1, "frauds": 0}}
+    assert summary["label_maturity_days"] == 30
+
+
+def test_served_metrics_names_missing_columns():
+    with pytest.raises(ValueError, match="the served rows lack label, label_time"):
+        served_metrics(SERVED.drop(columns=["label", "label_time"]), as_of=NOW)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from fraud_canary.analysis import AUTO
@@ -67,6 +69,24 @@ def detectable_difference(text: str) -> float | str:
     if text == AUTO:
         return AUTO
     return number_between(0, 1, also=AUTO)(text)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def since_time(text: str) -> datetime:
+    """argparse type: an ISO 8601 time (UTC unless it names its zone) or a duration back from now
+    (`30m`, `2h`, `7d`)."""
+    duration = _DURATION.fullmatch(text.strip())
+    if duration:
+        return datetime.now(UTC) - timedelta(**{_UNITS[duration[2]]: float(duration[1])})
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an ISO 8601 time (2026-12-01T09:00) "
+                                         "nor a duration (30m, 2h, 7d)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def state_dir_option(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ from fraud.settings import Settings
 from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics, paired_from_replay
 from fraud_control.prometheus import DEFAULT_SELECTOR, metrics_from_prometheus
 
-from fraud_rollout.args import UsageError, detectable_difference
+from fraud_rollout.args import UsageError, detectable_difference, non_negative_float, since_time
 from fraud_rollout.targets import add_target_options, current_subject, open_store
 
 DEFAULT_TIMEOUT_S = 600.0  # fraud_control.canary.DEFAULT_TIMEOUT_S, without importing it at parse time
@@ -34,6 +34,13 @@ def register(commands) -> None:
 def add_analyze_options(group) -> None:
     group.add_argument("--replay-report", type=Path, help="online evidence: a `fraud-rollout replay` report")
     group.add_argument("--prometheus", metavar="URL", help="online evidence: Prometheus scraping the transformer")
+    group.add_argument("--store", metavar="URL",
+                       help="online evidence: the prediction log (a SQLite file, sqlite:///PATH or postgresql://…)")
+    group.add_argument("--since", type=since_time, metavar="T",
+                       help="--store: predictions from T on (ISO 8601 time, or a duration back from now: 30m, 2h, 7d)")
+    group.add_argument("--label-maturity", type=non_negative_float, default=0.0, metavar="DAYS",
+                       help="--store: recall and precision count a prediction only once it is this many days "
+                            "old and its label has arrived (default 0: any arrived label)")
     group.add_argument("--selector", default=DEFAULT_SELECTOR,
                        help=f"label matchers of the transformer's series (default {DEFAULT_SELECTOR})")
     group.add_argument("--window", default="",
@@ -182,8 +189,8 @@ def analyze_command(args) -> int:
     from fraud_rollout.replay_report import read_replay
     from fraud_rollout.replay_source import DEFAULT_PIPELINE_REPORT, read_pipeline_report
 
-    if (args.replay_report is None) == (args.prometheus is None):
-        raise UsageError("canary analyze: give exactly one of --replay-report FILE and --prometheus URL")
+    if sum(x is not None for x in (args.replay_report, args.prometheus, args.store)) != 1:
+        raise UsageError("canary analyze: give exactly one of --replay-report FILE, --prometheus URL and --store URL")
     replay_report = None
     if args.replay_report is not None:
         replay_report, _ = read_replay(args.replay_report)
@@ -198,6 +205,14 @@ def analyze_command(args) -> int:
         paired = paired_from_replay(replay_report, baseline_version, canary_version)
         evidence = {"source": "replay", "replay_report": str(args.replay_report)}
         subject = replay_report.get("subject")
+    elif args.store is not None:  # the prediction log: what was served, and the labels that have matured
+        from fraud_control.store_evidence import store_evidence
+
+        logged = store_evidence(args.store, since=args.since, label_maturity_days=args.label_maturity,
+                                versions=(baseline_version, canary_version))
+        online, paired = logged.online, logged.paired
+        evidence = {"source": "store", "store": logged.store, "since": args.since.isoformat() if args.since else None, "feedback": logged.feedback}
+        subject = current_subject(args)
     else:  # live evidence: about what is deployed now
         online, queries = metrics_from_prometheus(args.prometheus, args.selector, args.window)
         paired = None

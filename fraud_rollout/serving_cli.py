@@ -46,6 +46,10 @@ def register(commands, bench) -> None:
                        help="share of requests also scored on the other revision for paired evidence, 0..100 "
                             "(0: off; default: the transformer's measured-affordable share); pairs go to "
                             "<state-dir>/shadow-pairs.jsonl")
+    serve.add_argument("--prediction-log", metavar="URL", default=None,
+                       help="store of the prediction log the transformer's CloudEvents go to, as KServe's logger "
+                            "sends them: a SQLite file, sqlite:///PATH or postgresql://… (default "
+                            "<state-dir>/prediction-log.sqlite; 'off': no prediction log)")
     serve.add_argument("--drain-seconds", type=float, default=5.0,
                        help="keep a predictor leaving the split this long, for requests in flight")
     serve.set_defaults(func=serve_command)
@@ -97,6 +101,15 @@ def write_canary_manifest(state_dir: Path, baseline: Path, candidate: Path | Non
     return manifest
 
 
+def prediction_log_url(option: str | None, state_dir: Path) -> str | None:
+    """`--prediction-log`: None for 'off', the state dir's SQLite file by default."""
+    from fraud_control.runtime import PREDICTION_LOG_FILE
+
+    if option == "off":
+        return None
+    return option or str((state_dir / PREDICTION_LOG_FILE).resolve())
+
+
 def serve_command(args: argparse.Namespace) -> int:
     from fraud_control.local_state import LocalInferenceService
     from fraud_control.processes import LOOPBACK, ServerFailed, check_port_free
@@ -121,7 +134,8 @@ def serve_command(args: argparse.Namespace) -> int:
         owner.release()
         raise
     runtime = LocalRuntime(service, http_port=args.http_port, max_rows=args.max_rows,
-                           shadow_percent=args.shadow_percent, drain_seconds=args.drain_seconds, owner=owner)
+                           shadow_percent=args.shadow_percent, drain_seconds=args.drain_seconds, owner=owner,
+                           prediction_log=prediction_log_url(args.prediction_log, args.state_dir))
     signal.signal(signal.SIGTERM, _interrupt)  # stop the children the same way as on Ctrl-C
     try:
         runtime.start()

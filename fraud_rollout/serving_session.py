@@ -40,8 +40,9 @@ class LocalServing:
     def __init__(self, state_dir: Path, *, baseline: str | Path | None = None, candidate: str | Path | None = None,
                  canary_percent: int = 20, log_dir: Path | None = None, http_port: int | None = None,
                  drain_seconds: float = 2.0, ready_timeout: float = READY_TIMEOUT_SECONDS,
-                 shadow_percent: float | None = None) -> None:
+                 shadow_percent: float | None = None, prediction_log: str | None = None) -> None:
         self.state_dir = Path(state_dir).resolve()
+        self.prediction_log = prediction_log  # serve's --prediction-log (None: its default)
         self.shadow_percent = shadow_percent  # None: serve's default share
         self.baseline, self.candidate, self.canary_percent = baseline, candidate, canary_percent
         self.log_dir = Path(log_dir or self.state_dir / "logs").resolve()
@@ -64,6 +65,8 @@ class LocalServing:
                    "--drain-seconds", str(self.drain_seconds)]
         if self.shadow_percent is not None:
             command += ["--shadow-percent", f"{self.shadow_percent:g}"]
+        if self.prediction_log is not None:
+            command += ["--prediction-log", self.prediction_log]
         if self.baseline is not None:
             command += ["--baseline", str(self.baseline), "--canary-percent", str(self.canary_percent)]
             if self.candidate is not None:

@@ -75,7 +75,7 @@ def feedback_summary(served: pd.DataFrame, *, as_of: datetime, label_maturity: t
     for version in sorted(served.loc[answered, "model_version"].astype(str).unique()):
         mine = (served["model_version"] == version).to_numpy()
         known = mine & ~np.isnan(labels)
-        per_version[version] = {"answered": int(mine.sum()), "flagged": int((mine & (served["decision"] == 1)).sum()),
+        per_version[version] = {"answered": int(mine.sum()), "flagged": int((mine & (served["decision"].fillna(0) == 1).to_numpy(dtype=bool)).sum()),
                                 "labelled": int(known.sum()), "frauds": int(np.nansum(labels[known]))}
     return {"logged": len(served), "answered": int(answered.sum()), "failed": int(failed.sum()),
             "in_flight": int(flying.sum()), "labelled": int((~np.isnan(labels)).sum()),

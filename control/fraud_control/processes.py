@@ -1,7 +1,8 @@
 """Start `python -m fraud_serving …` servers on loopback, wait until they are ready, stop them.
 
 Used by the local runtime, the benchmark and the tests. Readiness is KServe's own
-`/v2/models/<name>/ready` (a predictor turns ready only after its artifact is loaded and checked).
+`/v2/models/<name>/ready` (a predictor turns ready only after its artifact is loaded and checked);
+the prediction-log sink's is its `/healthz` (200 once its store is open).
 """
 from __future__ import annotations
 
@@ -110,6 +111,7 @@ class ServerProcess:
     model_name: str
     log_path: Path
     args: list[str] = field(default_factory=list)
+    ready_path: str | None = None  # None: KServe's /v2/models/<name>/ready
 
     @property
     def url(self) -> str:
@@ -121,7 +123,8 @@ class ServerProcess:
 
     def ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/v2/models/{self.model_name}/ready", timeout=2) as response:
+            path = self.ready_path or f"/v2/models/{self.model_name}/ready"
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=2) as response:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
@@ -193,14 +196,35 @@ def start_server(role: str, args: list[str], log_dir: Path, model_name: str = NA
     return ServerProcess(role, process, port, model_name, log_path, command)
 
 
+def start_sink(store_url: str, log_dir: Path, *, retention_days: float | None = None, port: int | None = None,
+               label: str = "prediction-log") -> ServerProcess:
+    """Launch the prediction-log sink (`python -m fraud_control.prediction_sink`) on a loopback port
+    writing to `store_url`; does not wait."""
+    port = port or free_port()
+    check_port_free(port)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{label}-{port}.log"
+    command = [sys.executable, "-m", "fraud_control.prediction_sink", "--store", store_url,
+               "--host", LOOPBACK, "--port", str(port)]
+    if retention_days is not None:
+        command += ["--retention-days", f"{retention_days:g}"]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   preexec_fn=die_with_parent)
+    return ServerProcess("prediction-log sink", process, port, "", log_path, command, ready_path="/healthz")
+
+
 def start_predictor(artifact_root: str | Path, log_dir: Path, **kwargs) -> ServerProcess:
     return start_server("predictor", ["--model_dir", str(artifact_root)], log_dir, **kwargs)
 
 
 def start_transformer(contract_dir: str | Path, log_dir: Path, predictor_url: str | None = None,
                       routes_file: Path | None = None, max_rows: int | None = None,
-                      shadow_percent: float | None = None, pairs_log: Path | None = None, **kwargs) -> ServerProcess:
-    """`shadow_percent` None: the transformer's default share (0 turns shadow scoring off)."""
+                      shadow_percent: float | None = None, pairs_log: Path | None = None,
+                      logger_url: str | None = None, **kwargs) -> ServerProcess:
+    """`shadow_percent` None: the transformer's default share (0 turns shadow scoring off).
+    `logger_url`: the prediction-log sink the transformer posts its CloudEvents to, as KServe's
+    agent would (None: no prediction log)."""
     args = ["--predictor_protocol", "v2", "--contract_dir", str(contract_dir)]
     if routes_file is not None:
         args += ["--routes_file", str(routes_file)]
@@ -212,6 +236,8 @@ def start_transformer(contract_dir: str | Path, log_dir: Path, predictor_url: st
         args += ["--shadow_percent", f"{shadow_percent:g}"]
     if pairs_log is not None:
         args += ["--pairs_log", str(pairs_log)]
+    if logger_url is not None:
+        args += ["--logger_url", logger_url]
     return start_server("transformer", args, log_dir, **kwargs)
 
 

@@ -34,6 +34,7 @@ from fraud_control.processes import (
     ServerFailed,
     ServerProcess,
     start_predictor,
+    start_sink,
     start_transformer,
     stop_all,
 )
@@ -45,6 +46,8 @@ RUNTIME_FILE = "runtime.json"
 LOCK_FILE = "runtime.lock"
 #: The transformer's shadow pairs (one JSON line per shadowed request; `fraud-rollout replay` joins them).
 PAIRS_FILE = "shadow-pairs.jsonl"
+#: The prediction log's default store: a SQLite file in the state dir (one InferenceService, one log).
+PREDICTION_LOG_FILE = "prediction-log.sqlite"
 
 
 def transformer_contract_dir(manifest: dict) -> Path:
@@ -157,12 +160,14 @@ class LocalRuntime:
     http_port: int = 8080
     max_rows: int | None = None
     shadow_percent: float | None = None  # None: the transformer's default share; 0: off
+    prediction_log: str | None = None  # the sink's store URL; None: no prediction log
     drain_seconds: float = 5.0
     poll_seconds: float = 0.2
     log_dir: Path | None = None
     predictors: dict[str, ServerProcess] = field(default_factory=dict)
     retiring: dict[str, tuple[ServerProcess, float]] = field(default_factory=dict)
     transformer: ServerProcess | None = None
+    sink: ServerProcess | None = None
     applied_generation: int = 0
     owner: StateDirOwner | None = None
     serving: bool = False  # the transformer answered ready: runtime.json names it only from then on
@@ -183,9 +188,12 @@ class LocalRuntime:
             manifest = self.service.get()
             self.routes_file.unlink(missing_ok=True)  # a stale file (a killed serve's) would name dead ports
             self._write_runtime()
+            if self.prediction_log is not None:  # first: the transformer's first answer is logged
+                self.sink = start_sink(self.prediction_log, self.logs).wait_ready()
             self.transformer = start_transformer(transformer_contract_dir(manifest), self.logs,
                                                  routes_file=self.routes_file, max_rows=self.max_rows,
                                                  shadow_percent=self.shadow_percent, pairs_log=self.pairs_log,
+                                                 logger_url=self.sink.url if self.sink else None,
                                                  port=self.http_port, label="transformer",
                                                  port_option="--http-port")
             self.apply(manifest)
@@ -273,6 +281,8 @@ class LocalRuntime:
         if self.transformer is not None:
             servers.append(self.transformer)
         stop_all(servers)
+        if self.sink is not None:  # last: the transformer flushes its queued events on its way out
+            self.sink.stop()
         if self.owner is not None:  # only the owner's files are ours to remove
             (self.state_dir / RUNTIME_FILE).unlink(missing_ok=True)
             self.routes_file.unlink(missing_ok=True)
@@ -287,5 +297,6 @@ class LocalRuntime:
             "predictors": {name: server.url for name, server in self.predictors.items()},
             "draining": sorted(self.retiring),
             "pairsLog": str(self.pairs_log),
+            "predictionLog": {"store": self.prediction_log, "sink": self.sink.url if self.sink else None},
         }
         write_json(self.state_dir / RUNTIME_FILE, body)

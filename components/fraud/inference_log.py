@@ -70,12 +70,12 @@ def log_event(event_id: str, event_type: str, time: datetime, body: object) -> L
         raise ValueError("the event has no id")
     if time.tzinfo is None or time.utcoffset() is None:
         raise ValueError(f"event {event_id}: time {time.isoformat()} has no timezone")
-    if event_type == REQUEST_EVENT:
-        parsed: LoggedRequest | LoggedResponse = parse_request(body)
-    elif event_type == RESPONSE_EVENT:
-        parsed = parse_response(body)
-    else:
+    if event_type not in EVENT_TYPES:
         raise ValueError(f"event {event_id}: unknown type {event_type!r} (expected {' or '.join(EVENT_TYPES)})")
+    try:
+        parsed = parse_request(body) if event_type == REQUEST_EVENT else parse_response(body)
+    except ValueError as error:
+        raise ValueError(f"event {event_id}: {error}") from None
     return LogEvent(event_id, event_type, time, parsed)
 
 

@@ -194,9 +194,9 @@ class PredictionStore:
 
         A row whose response is missing (the request was refused, or its event lost) has no
         model_version, score or decision; one whose request is missing has no features."""
-        query = (f"SELECT p.event_id, p.row, p.transaction_id, p.model_version, p.score, p.decision, p.requested_at, "
-                 f"p.answered_at, l.label, l.label_time, p.features FROM predictions p "
-                 f"LEFT JOIN labels l ON l.transaction_id = p.transaction_id")
+        query = ("SELECT p.event_id, p.row, p.transaction_id, p.model_version, p.score, p.decision, p.requested_at, "
+                 "p.answered_at, l.label, l.label_time, p.features FROM predictions p "
+                 "LEFT JOIN labels l ON l.transaction_id = p.transaction_id")
         params: tuple = ()
         if since is not None:
             query += f" WHERE {_PREDICTION_TIME} >= ?"

@@ -168,12 +168,12 @@ def events_of(content_type: str, headers: dict[str, str], body: bytes) -> list[L
         return [_log_event(_structured(item, f"batch event {i}")) for i, item in enumerate(batch)]
     if media_type == STRUCTURED_CONTENT_TYPE:
         return [_log_event(_structured(_json(body, "the event"), "the event"))]
-    if "ce-time" not in headers:
-        raise BadEvent(f"event {headers.get('ce-id', '')}: no ce-time header (when the request was served)")
     try:
         event = from_http(headers, body, data_unmarshaller=lambda data: data)
     except GenericException as error:
         raise BadEvent(f"not a CloudEvent: {_one_line(error)}") from None
+    if "ce-time" not in headers:
+        raise BadEvent(f"event {headers.get('ce-id', '')}: no ce-time header (when the request was served)")
     return [_log_event(event)]
 
 

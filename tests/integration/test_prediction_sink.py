@@ -6,8 +6,8 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import httpx
 import pytest

@@ -49,14 +49,19 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	touch $@
 
-# Debian packages the tests use: Prometheus (promtool, a real scrape), wrk (load for benchmarks) and
-# kubectl (the README's commands, kustomize). A fresh machine of this kind ships kubectl; where it
-# does not, Debian's kubernetes-client provides one. Every tool is checked after: missing fails here.
+# Debian packages the tests use: Prometheus (promtool, a real scrape), wrk (load for benchmarks),
+# kubectl (the README's commands, kustomize) and PostgreSQL (the prediction store; Debian keeps its
+# server binaries in /usr/lib/postgresql/<version>/bin, off PATH). A fresh machine of this kind
+# ships kubectl; where it does not, Debian's kubernetes-client provides one. Every tool is checked
+# after: missing fails here.
 $(SYSTEM): | $(INSTALLED)
-	command -v promtool >/dev/null && command -v wrk >/dev/null && command -v kubectl >/dev/null || \
+	command -v promtool >/dev/null && command -v wrk >/dev/null && command -v kubectl >/dev/null && \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	      prometheus wrk $$(command -v kubectl >/dev/null || echo kubernetes-client); }
+	      prometheus wrk postgresql $$(command -v kubectl >/dev/null || echo kubernetes-client); }
 	for tool in promtool prometheus wrk kubectl; do command -v $$tool >/dev/null || { echo "missing $$tool" >&2; exit 1; }; done
+	pg=$$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1); \
+	  for tool in initdb postgres pg_isready; do test -x "$$pg/$$tool" || { echo "missing PostgreSQL $$tool (in /usr/lib/postgresql/*/bin)" >&2; exit 1; }; done
 	touch $@
 
 system: $(SYSTEM)

@@ -17,7 +17,17 @@ from fraud_rollout.args import UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fraud_rollout import canary_cli, cluster_cli, demo, deploy_cli, pipeline_cli, replay, rollout_cli, serving_cli
+    from fraud_rollout import (
+        canary_cli,
+        cluster_cli,
+        demo,
+        deploy_cli,
+        pipeline_cli,
+        prediction_log_cli,
+        replay,
+        rollout_cli,
+        serving_cli,
+    )
 
     parser = argparse.ArgumentParser(prog="fraud-rollout", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -31,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     canary_cli.register(commands)
     rollout_cli.register(commands)
     cluster_cli.register(commands)
+    prediction_log_cli.register(commands)
     replay.register(commands, bench_commands)
     return parser
 

@@ -2,8 +2,9 @@ import os
 
 import pytest
 
-# The real control plane's fixtures (one cluster per session) and the deployed canary on it.
-pytest_plugins = ["tests.cluster_fixtures", "tests.integration.kube_fixtures"]
+# The real control plane's fixtures (one cluster per session) and the deployed canary on it;
+# PostgreSQL for the prediction store.
+pytest_plugins = ["tests.cluster_fixtures", "tests.integration.kube_fixtures", "tests.postgres_fixtures"]
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -31,6 +31,13 @@ def version_label(version: int) -> str:
     return f"v{version}"
 
 
+def registered_version(answered: str) -> str:
+    """The registered model version ("v2") for the `model_version` a predictor answered: ours
+    answers it already; KServe's Triton runtime answers the numeric version directory of the
+    export ("2", `version_label`), so metrics, the prediction log and the analysis see one name."""
+    return version_label(int(answered)) if answered.isdecimal() else answered
+
+
 def triton_config(model_name: str, n_features: int, version: int) -> str:
     return f"""name: "{model_name}"
 platform: "tensorflow_savedmodel"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from fraud.export import version_label
+from fraud.export import registered_version
 from fraud.routes import Backend
 
 from fraud_serving.metrics import UNKNOWN_VERSION
@@ -40,9 +40,3 @@ def read_answer(body: object, request_id: str, backend: Backend) -> PredictorAns
     version = registered_version(str(body.get("model_version") or "")) or backend.model_version or UNKNOWN_VERSION
     return PredictorAnswer(request_id, version, probability, is_fraud)
 
-
-def registered_version(answered: str) -> str:
-    """The registered model version ("v2") for the `model_version` a predictor answered: ours
-    answers it already; KServe's Triton runtime answers the numeric version directory of the
-    export ("2", `fraud.export.version_label`), so metrics and the analysis see one name."""
-    return version_label(int(answered)) if answered.isdecimal() else answered

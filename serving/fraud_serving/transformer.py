@@ -33,6 +33,7 @@ import numpy as np
 import orjson
 from fraud.contract import FeatureContract
 from fraud.export import INPUT_NAME
+from fraud.inference_log import MATRIX_INPUT  # the [N, 30] form; the other form is one [N] input per feature
 from fraud.routes import Backend
 from kserve import Model
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
@@ -49,7 +50,6 @@ from fraud_serving.shadow import ShadowScorer
 INLINE_ROWS = 256
 ACCEPTED_DATATYPES = {"FP32": np.float32, "FP64": np.float64}
 NON_NEGATIVE = ("Time", "Amount")
-MATRIX_INPUT = "transactions"  # the [N, 30] form; the other form is one [N] input per feature
 
 
 class PredictorFailed(Exception):

@@ -1,0 +1,366 @@
+"""The prediction-log sink: receives KServe's payload-logger CloudEvents over HTTP and records them in
+the prediction store (DESIGN 15).
+
+`POST /` takes one event in binary mode (KServe's agent: `ce-*` headers, the raw v2 body) or
+structured mode (`application/cloudevents+json`), or a list of structured events
+(`application/cloudevents-batch+json`, what the local runtime's poster sends). A request is answered
+200 `{"accepted": n, "duplicates": d}` only once its events are committed; a bad event is a 400
+`{"error": …}` and rejects its whole request (nothing half written); a store failure is a 503 (the
+poster retries; KServe's agent does not). `GET /healthz` is 200 while the store answers,
+`GET /metrics` is Prometheus text.
+
+Group commit: the handlers queue their events; one writer thread takes all that are waiting and
+commits them in one transaction (SQLite: one fsync for all of them), then answers each request.
+
+    python -m fraud_control.prediction_sink --store URL --port P [--host 127.0.0.1] [--retention-days D]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import queue
+import socket
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import uvicorn
+from cloudevents.exceptions import GenericException
+from cloudevents.http import CloudEvent, from_dict, from_http
+from fraud.inference_log import EVENT_TYPES, REQUEST_EVENT, RESPONSE_EVENT, LogEvent, log_event
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from fraud_control.prediction_store import PredictionStore, RecordResult, StoreError, open_store
+from fraud_control.processes import LOOPBACK, port_holder
+
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+DEFAULT_RETENTION_DAYS = 90
+RETENTION_INTERVAL_S = 3600.0
+#: Short names for the metrics' event_type label (a ce-type is free text: unbounded label values).
+EVENT_KINDS = {REQUEST_EVENT: "request", RESPONSE_EVENT: "response"}
+
+log = logging.getLogger(__name__)
+
+
+class BadEvent(ValueError):
+    """An event the sink refuses (400); the message names it and what is wrong."""
+
+
+class SinkMetrics:
+    """The sink's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.events = Counter("fraud_sink_events_total", "CloudEvents received, by type and outcome "
+                              "(accepted | duplicate | rejected; a refused HTTP request counts once, type unknown)", ["event_type", "outcome"], registry=self.registry)
+        self.rows = Counter("fraud_sink_rows_total", "Prediction rows written (request and response rows each count)",
+                            registry=self.registry)
+        self.commit_seconds = Histogram("fraud_sink_commit_seconds", "Time to commit one group of events",
+                                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+                                        registry=self.registry)
+        self.store_errors = Counter("fraud_sink_store_errors_total", "Groups of events the store failed to commit "
+                                    "(their requests got 503)", registry=self.registry)
+
+
+@dataclass
+class _Pending:
+    events: Sequence[LogEvent]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future = field(repr=False)
+
+    def resolve(self, outcome: RecordResult | StoreError) -> None:
+        self.loop.call_soon_threadsafe(_settle, self.future, outcome)
+
+
+def _settle(future: asyncio.Future, outcome: RecordResult | StoreError) -> None:
+    if future.done():  # the client went away; its events are committed anyway (a retry is a duplicate)
+        return
+    if isinstance(outcome, StoreError):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+class GroupCommit:
+    """One writer thread committing every waiting request's events in one transaction."""
+
+    def __init__(self, store: PredictionStore, metrics: SinkMetrics) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="prediction-sink-writer", daemon=True)
+        self._thread.start()
+
+    async def record(self, events: Sequence[LogEvent]) -> RecordResult:
+        """The result of `events` once committed; raises StoreError when the commit failed."""
+        loop = asyncio.get_running_loop()
+        pending = _Pending(events, loop, loop.create_future())
+        self._queue.put(pending)
+        return await pending.future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            while True:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True  # commit what came before the stop, then end
+                    break
+                group.append(more)
+            self._commit(group)
+
+    def _commit(self, group: list[_Pending]) -> None:
+        events = [event for pending in group for event in pending.events]
+        start = time.perf_counter()
+        try:
+            result = self._store.record(events)
+        except StoreError as error:
+            self._metrics.store_errors.inc()
+            log.warning("store failed on %d events: %s", len(events), error)
+            for pending in group:
+                pending.resolve(error)
+            return
+        self._metrics.commit_seconds.observe(time.perf_counter() - start)
+        offset = 0
+        for pending in group:
+            recorded = result.recorded[offset:offset + len(pending.events)]
+            offset += len(pending.events)
+            rows = sum(event.rows for event, new in zip(pending.events, recorded) if new)
+            pending.resolve(RecordResult(recorded, rows))
+        self._metrics.rows.inc(result.rows)
+
+
+def events_of(content_type: str, headers: dict[str, str], body: bytes) -> list[LogEvent]:
+    """The log events of one HTTP request (binary, structured or batch mode); BadEvent naming the first bad one.
+
+    The SDK fills a missing id or time with a fresh one, which would defeat idempotency and date a
+    prediction by its arrival: both are required here."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == BATCH_CONTENT_TYPE:
+        batch = _json(body, "the batch")
+        if not isinstance(batch, list):
+            raise BadEvent("a batch must be a JSON list of structured CloudEvents")
+        return [_log_event(_structured(item, f"batch event {i}")) for i, item in enumerate(batch)]
+    if media_type == STRUCTURED_CONTENT_TYPE:
+        return [_log_event(_structured(_json(body, "the event"), "the event"))]
+    try:
+        event = from_http(headers, body, data_unmarshaller=lambda data: data)
+    except GenericException as error:
+        raise BadEvent(f"not a CloudEvent: {_one_line(error)}") from None
+    if "ce-time" not in headers:
+        raise BadEvent(f"event {headers.get('ce-id', '')}: no ce-time header (when the request was served)")
+    return [_log_event(event)]
+
+
+def _json(body: bytes, what: str) -> object:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise BadEvent(f"{what} is not JSON ({error})") from None
+
+
+def _structured(item: object, where: str) -> CloudEvent:
+    if not isinstance(item, dict):
+        raise BadEvent(f"{where} is not a structured CloudEvent (a JSON object)")
+    missing = [name for name in ("specversion", "id", "source", "type", "time") if not item.get(name)]
+    if missing:
+        raise BadEvent(f"{where}: not a CloudEvent: missing {', '.join(missing)}")
+    if "data_base64" in item:  # binary data in a structured event
+        try:
+            data: object = base64.b64decode(str(item["data_base64"]), validate=True)
+        except binascii.Error:
+            raise BadEvent(f"{where}: data_base64 is not base64") from None
+        item = {**{k: v for k, v in item.items() if k != "data_base64"}, "data": data}
+    try:
+        return from_dict(item)
+    except GenericException as error:
+        raise BadEvent(f"{where}: not a CloudEvent: {_one_line(error)}") from None
+
+
+def _log_event(event: CloudEvent) -> LogEvent:
+    attributes = event.get_attributes()
+    event_id, event_type, stamp = str(attributes.get("id") or ""), attributes.get("type"), attributes.get("time")
+    if event_type not in EVENT_TYPES:
+        raise BadEvent(f"event {event_id}: unknown type {event_type!r} (expected {' or '.join(EVENT_TYPES)})")
+    try:
+        moment = datetime.fromisoformat(str(stamp))
+        return log_event(event_id, event_type, moment, event.get_data())
+    except ValueError as error:
+        message = str(error) if str(error).startswith("event ") else f"event {event_id}: time {stamp!r}: {error}"
+        raise BadEvent(message) from None
+
+
+def build_app(store: PredictionStore, metrics: SinkMetrics | None = None) -> Starlette:
+    """The sink's ASGI app over an open store (its writer thread runs from startup to shutdown)."""
+    metrics = metrics or SinkMetrics()
+    writer: list[GroupCommit] = []
+
+    async def receive(request: Request) -> Response:
+        body = await request.body()
+        try:
+            events = events_of(request.headers.get("content-type", ""), dict(request.headers), body)
+        except BadEvent as error:
+            metrics.events.labels("unknown", "rejected").inc()
+            return JSONResponse({"error": str(error)}, status_code=400)
+        try:
+            result = await writer[0].record(events)
+        except StoreError as error:
+            return JSONResponse({"error": f"the prediction store failed, retry: {error}"}, status_code=503)
+        for event, new in zip(events, result.recorded):
+            metrics.events.labels(EVENT_KINDS[event.event_type], "accepted" if new else "duplicate").inc()
+        return JSONResponse({"accepted": result.accepted, "duplicates": result.duplicates})
+
+    async def healthz(request: Request) -> Response:
+        try:
+            await run_in_threadpool(store.ping)
+        except StoreError as error:
+            return JSONResponse({"error": str(error)}, status_code=503)
+        return JSONResponse({"status": "ok", "store": store.backend})
+
+    async def prometheus(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        writer.append(GroupCommit(store, metrics))
+        try:
+            yield
+        finally:
+            await run_in_threadpool(writer.pop().close)  # commits and answers what is queued
+
+    return Starlette(routes=[Route("/", receive, methods=["POST"]), Route("/healthz", healthz, methods=["GET"]),
+                             Route("/metrics", prometheus, methods=["GET"])], lifespan=lifespan)
+
+
+class Retention(threading.Thread):
+    """Deletes what is older than `days` every hour (the first pass runs before the sink serves)."""
+
+    def __init__(self, store: PredictionStore, days: int) -> None:
+        super().__init__(name="prediction-sink-retention", daemon=True)
+        self.store, self.days = store, days
+        self._stop = threading.Event()
+
+    def sweep(self) -> int:
+        return self.store.delete_older_than(datetime.now(UTC) - timedelta(days=self.days))
+
+    def run(self) -> None:
+        while not self._stop.wait(RETENTION_INTERVAL_S):
+            try:
+                deleted = self.sweep()
+            except StoreError as error:
+                log.warning("retention failed (retried in an hour): %s", error)
+                continue
+            if deleted:
+                log.info("retention: deleted %d predictions older than %d days", deleted, self.days)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _positive_days(text: str) -> int:
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days") from None
+    if days < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1 day")
+    return days
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sink's flags (shared by `python -m fraud_control.prediction_sink` and `fraud-rollout sink serve`)."""
+    parser.add_argument("--store", required=True, help="a SQLite file (path or sqlite:///PATH) or postgresql://… URL")
+    parser.add_argument("--port", type=int, required=True, help="HTTP port (0: a free one, printed at start)")
+    parser.add_argument("--host", default=LOOPBACK, help=f"address to listen on (default {LOOPBACK})")
+    parser.add_argument("--retention-days", type=_positive_days, default=DEFAULT_RETENTION_DAYS,
+                        help=f"delete predictions and labels older than this, at start and hourly "
+                             f"(default {DEFAULT_RETENTION_DAYS})")
+
+
+def serve(args: argparse.Namespace, prog: str = "prediction-sink") -> int:
+    """Run the sink until SIGINT/SIGTERM; exit 2 with one line when it cannot start."""
+    try:
+        listener = _listen(args.host, args.port)
+    except ValueError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        store = open_store(args.store)
+    except (ValueError, StoreError) as error:
+        listener.close()
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    retention = Retention(store, args.retention_days)
+    try:
+        deleted = retention.sweep()
+    except StoreError as error:
+        listener.close()
+        store.close()
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    host, port = listener.getsockname()[:2]
+    print(f"prediction sink on http://{host}:{port}/ → {store.url} ({store.backend}); retention {args.retention_days} "
+          f"days ({deleted} old predictions deleted)", flush=True)
+    retention.start()
+    server = uvicorn.Server(uvicorn.Config(build_app(store), log_level="warning", access_log=False, lifespan="on"))
+    try:
+        server.run(sockets=[listener])
+    finally:
+        retention.stop()
+        store.close()
+        listener.close()
+    return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        holder = port_holder(port) if port else None
+        held = f" (held by {holder})" if holder else ""
+        raise ValueError(f"--host {host} --port {port}: cannot listen there: {error.strerror}{held}") from None
+    listener.listen(2048)
+    return listener
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="prediction-sink", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return serve(parser.parse_args(argv))
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Logged v2 bodies into prediction-log rows: only the contract's features, ids, scores and decisions."""
+import pandas as pd
+import pytest
+from fraud.inference_log import parse_request, parse_response
+from fraud.labels import check_labels
+from fraud.schema import DataError
+
+from tests.prediction_log import features, request_body, response_body
+
+
+def test_ids_come_from_the_transaction_id_input_else_a_one_row_requests_id():
+    assert parse_request(request_body(features(2), ["a", "b"], request_id="r")).transaction_ids == ("a", "b")
+    assert parse_request(request_body(features(1), request_id="r")).transaction_ids == ("r",)
+    assert parse_request(request_body(features(2), request_id="r")).transaction_ids == (None, None)
+    columns = parse_request(request_body(features(3), columns=True))
+    assert columns.features.tolist() == features(3).tolist()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda b: b["inputs"][0]["data"][0].__setitem__(3, True), "'transactions': data must be a list of numbers"),
+    (lambda b: b["inputs"][0].__setitem__("shape", [2, 29]), "input 'transactions': shape [2, 29] is not [N, 30]"),
+    (lambda b: b["inputs"].append({"name": "email", "datatype": "BYTES", "shape": [2], "data": ["x", "y"]}),
+     "unknown inputs: transactions, email"),
+    (lambda b: b["inputs"].append({"name": "transaction_id", "datatype": "BYTES", "shape": [1], "data": ["x"]}),
+     "input 'transaction_id' must be BYTES of shape [2] (one string per row), got BYTES [1]"),
+])
+def test_anything_but_a_v2_request_of_the_contract_is_refused_naming_it(change, message):
+    body = request_body(features(2))
+    change(body)
+    with pytest.raises(ValueError) as error:
+        parse_request(body)
+    assert str(error.value) == message
+
+
+def test_a_response_names_the_registered_version_and_checks_its_outputs():
+    answer = parse_response(response_body([0.2, 0.9], version="2"))
+    assert (answer.model_version, answer.fraud_probability.tolist(), answer.is_fraud.tolist()) == ("v2", [0.2, 0.9], [0, 1])
+    body = response_body([0.2])
+    body["outputs"][1]["data"] = [2]
+    with pytest.raises(ValueError, match="output is_fraud must hold 0 or 1"):
+        parse_response(body)
+
+
+@pytest.mark.parametrize("column, values, message", [
+    ("label", [0, "yes"], "labels: row 1: label 'yes' is not 0 or 1"),
+    ("label_time", ["2025-01-01", "soon"], "labels: row 1: label_time 'soon' is not a time (ISO 8601, e.g. 2025-03-01T12:00:00Z)"),
+    ("transaction_id", ["a", "a"], "labels: transaction_id 'a' appears more than once"),
+])
+def test_bad_labels_are_refused_naming_the_value(column, values, message):
+    frame = pd.DataFrame({"transaction_id": ["a", "b"], "label": [0, 1], "label_time": ["2025-01-01", "2025-01-02"]})
+    frame[column] = values
+    with pytest.raises(DataError) as error:
+        check_labels(frame)
+    assert str(error.value) == message

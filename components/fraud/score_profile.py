@@ -11,19 +11,16 @@ training window, `train.split_time_ordered`): what the label-free signals compar
   Beta(½, ½)): what the interval of `fraud_canary.performance` needs. sklearn's isotonic
   regression interpolates between blocks and keeps no counts.
 
-Written as `monitoring.json` in the model's version directory beside `metadata.json`; the serving
-artifacts are not touched.
+Written as `monitoring.json` in the model's version directory beside `metadata.json`
+(`export.export_model`, read back by `export.read_score_profile`); the serving artifacts are not
+touched.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy.optimize import isotonic_regression
-
-from fraud.export import find_version_dir
-from fraud.files import read_json
 
 MONITORING_FILE = "monitoring.json"
 SCORE_BINS = 10
@@ -111,8 +108,3 @@ def _isotonic_blocks(labels: np.ndarray, scores: np.ndarray) -> tuple[tuple[floa
     edges = (highs[:-1] + lows[1:]) / 2
     return (tuple(float(e) for e in edges), tuple(int(r) for r in block_rows),
             tuple(int(round(f)) for f in block_frauds))
-
-
-def read_score_profile(model_root: str | Path) -> ScoreProfile:
-    """The score profile of the model artifact at `model_root` (its version directory's monitoring.json)."""
-    return ScoreProfile.from_dict(read_json(find_version_dir(model_root) / MONITORING_FILE))

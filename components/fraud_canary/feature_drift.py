@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
-
 from fraud.profile import FeatureProfile
 from fraud.simulate import DriftSpec, month_of
+from scipy import stats
+
 from fraud_canary.score_shift import psi
 
 #: Family-wise error rate per batch (e.g. a month) across the features.

@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
 from fraud.score_profile import ScoreProfile
 
 DRAWS = 4000

@@ -6,9 +6,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
-
 from fraud.score_profile import ScoreProfile
+from scipy import stats
 
 #: PSI floor for a bin's share: an empty bin counts as 0.01 % of rows, so PSI stays finite and a
 #: single empty bin adds at most ≈ p·ln(p / 1e-4) instead of infinity.

@@ -252,8 +252,8 @@ def test_metric_names_are_the_ones_the_transformer_exports():
 
 
 def test_feedback_metric_names_are_the_ones_the_collector_exports():
-    from fraud_canary.feedback import FeedbackSignals, VersionSignals
     from fraud_canary.feature_drift import FeatureDrift
+    from fraud_canary.feedback import FeedbackSignals, VersionSignals
     from fraud_canary.performance import Estimate
     from fraud_control.feedback_metrics import FeedbackCollector
     from prometheus_client import CollectorRegistry

@@ -3,6 +3,7 @@
     <root>/<model_name>/config.pbtxt
     <root>/<model_name>/<version>/model.savedmodel/     serving_default: scaled_features → fraud_probability, is_fraud
     <root>/<model_name>/<version>/metadata.json         version, contract id, threshold, window, metrics
+    <root>/<model_name>/<version>/monitoring.json       offline score profile and calibration (fraud.score_profile)
     <root>/feature_contract.json                         the contract the model was trained with
 
 The decision threshold lives inside the signature (and as the variable collection `threshold`),
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from fraud.contract import FeatureContract
+from fraud.files import read_json, write_json
+from fraud.score_profile import MONITORING_FILE, ScoreProfile
 
 MODEL_NAME = "fraud-detector"  # also the InferenceService's name: the transformer forwards to its own name
 MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts STORAGE_URI
@@ -54,8 +57,9 @@ version_policy: {{ specific: {{ versions: [ {version} ] }} }}
 
 
 def export_model(model, threshold: float, contract: FeatureContract, root: str | Path, version: int,
-                 metadata: dict, model_name: str = MODEL_NAME) -> Path:
-    """Write the artifact under `root`; returns the version directory."""
+                 metadata: dict, model_name: str = MODEL_NAME, monitoring: ScoreProfile | None = None) -> Path:
+    """Write the artifact under `root`; returns the version directory. `monitoring` (the model's
+    offline score profile) goes beside metadata.json, outside what any runtime serves."""
     import keras
     import tensorflow as tf
 
@@ -85,6 +89,8 @@ def export_model(model, threshold: float, contract: FeatureContract, root: str |
     body = {"model_name": model_name, "version": version, "model_version": version_label(version),
             "contract_id": contract.id, "threshold": float(threshold), **metadata}
     (version_dir / METADATA_FILE).write_text(json.dumps(body, indent=2, default=str))
+    if monitoring is not None:
+        write_json(version_dir / MONITORING_FILE, monitoring.to_dict())
     return version_dir
 
 
@@ -102,6 +108,11 @@ def find_version_dir(root: str | Path, model_name: str = MODEL_NAME) -> Path:
 
 def read_metadata(root: str | Path) -> dict:
     return json.loads((find_version_dir(root) / METADATA_FILE).read_text())
+
+
+def read_score_profile(root: str | Path) -> ScoreProfile:
+    """The offline score profile and calibration of the model artifact at `root`."""
+    return ScoreProfile.from_dict(read_json(find_version_dir(root) / MONITORING_FILE))
 
 
 def read_contract(root: str | Path) -> FeatureContract:

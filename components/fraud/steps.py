@@ -14,7 +14,9 @@ from fraud import evaluate, export, gate, registry, simulate
 from fraud.contract import FeatureContract, fit_contract
 from fraud.files import read_json, write_json
 from fraud.pipeline_config import DEFAULTS
+from fraud.profile import fit_feature_profile, profile_path_beside
 from fraud.schema import LABEL, DataError, check_transactions
+from fraud.score_profile import fit_score_profile
 from fraud.train import TrainConfig, config_params, train
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ def simulate_step(window_paths: dict[str, str], contract_path: str, summary_path
         log.info("window %-9s %s", name, simulate.summarize_window(parts[name]))
     contract = fit_contract(parts["reference"])
     contract.save(contract_path)
+    fit_feature_profile(parts["reference"], contract).save(profile_path_beside(contract_path))
     summary = {
         "n_transactions": int(len(frame)), "seed": seed, "source": source_csv or "generated",
         "drift": {"start_month": drift.drift_start_month, "months": drift.months, "fraud_rate": drift.fraud_rate,
@@ -84,7 +87,9 @@ def train_step(dataset_path: str, contract_path: str, model_dir: str, *, version
                 "threshold_policy": trained.threshold.policy, "threshold_policy_met": trained.threshold.policy_met,
                 "validation_precision": trained.threshold.precision, "validation_recall": trained.threshold.recall,
                 "train_seconds": round(trained.seconds, 2)}
-    export.export_model(trained.model, trained.threshold.value, contract, model_dir, version, metadata)
+    monitoring = fit_score_profile(trained.validation_labels, trained.validation_scores, trained.threshold.value)
+    export.export_model(trained.model, trained.threshold.value, contract, model_dir, version, metadata,
+                        monitoring=monitoring)
     tracking_uri = registry.resolve_tracking_uri(mlflow_tracking_uri)
     mlflow_info = registry.log_training(
         tracking_uri, run_name=f"train-{export.version_label(version)}", params=config_params(config),

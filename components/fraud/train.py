@@ -65,6 +65,9 @@ class TrainedModel:
     history: dict[str, list[float]]
     rows: dict[str, int]
     seconds: float
+    #: The validation split's labels and scores (what `score_profile` calibrates on).
+    validation_labels: np.ndarray
+    validation_scores: np.ndarray
 
 
 def split_time_ordered(frame: pd.DataFrame, validation_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -149,7 +152,8 @@ def train(frame: pd.DataFrame, contract: FeatureContract, config: TrainConfig = 
     log.info("threshold %.4f: validation precision %.3f recall %.3f (%s%s)", threshold.value,
              threshold.precision, threshold.recall, threshold.policy, "" if threshold.policy_met else ", NOT met")
     return TrainedModel(model, threshold, {k: [float(v) for v in vs] for k, vs in history.history.items()},
-                        {"train": len(fit_part), "validation": len(validation)}, time.perf_counter() - started)
+                        {"train": len(fit_part), "validation": len(validation)}, time.perf_counter() - started,
+                        y_val.astype(np.int64), scores.astype(np.float64))
 
 
 def config_params(config: TrainConfig) -> dict[str, object]:

@@ -35,6 +35,12 @@ TRANSFORMER_METRICS = frozenset({
     "fraud_request_seconds_bucket", "fraud_request_seconds_sum", "fraud_request_seconds_count",
 })
 SCRAPE_METRICS = frozenset({"up"})
+#: The label-free signals computed from the prediction store (control/fraud_control/feedback_metrics.py).
+FEEDBACK_METRICS = frozenset({
+    "fraud_feedback_rows", "fraud_feedback_flag_rate", "fraud_feedback_score_psi", "fraud_feedback_score_ks",
+    "fraud_feedback_score_ks_p_value", "fraud_feedback_estimated_precision", "fraud_feedback_estimated_recall",
+    "fraud_feature_drift_psi", "fraud_feature_drift_adjusted_p", "fraud_feature_drifted",
+})
 #: Grafana's interval variables, replaced by fixed ranges to check the PromQL.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 
@@ -147,7 +153,7 @@ def test_rules_use_only_exported_metrics_and_their_own_recordings():
     rules = _rules()
     recorded = {rule["record"] for rule in rules if "record" in rule}
     used = set().union(*(metric_names(rule["expr"]) for rule in rules))
-    assert used - recorded - TRANSFORMER_METRICS - SCRAPE_METRICS == set()
+    assert used - recorded - TRANSFORMER_METRICS - SCRAPE_METRICS - FEEDBACK_METRICS == set()
     assert {"fraud_request_seconds_count", "fraud_predictor_errors_total", "fraud_predictions_total",
             "fraud_request_seconds_bucket", "up"} <= used
 
@@ -243,6 +249,23 @@ def test_metric_names_are_the_ones_the_transformer_exports():
         elif family.type == "histogram":
             exported |= {family.name + suffix for suffix in ("_bucket", "_sum", "_count")}
     assert TRANSFORMER_METRICS <= exported
+
+
+def test_feedback_metric_names_are_the_ones_the_collector_exports():
+    from fraud_canary.feature_drift import FeatureDrift
+    from fraud_canary.feedback import FeedbackSignals, VersionSignals
+    from fraud_canary.performance import Estimate
+    from fraud_control.feedback_metrics import FeedbackCollector
+    from prometheus_client import CollectorRegistry
+
+    interval = Estimate(0.5, 0.4, 0.6)
+    signals = FeedbackSignals((VersionSignals("v1", 1, 0.0, 0.0, 0.0, 1.0, interval, interval),),
+                              (FeatureDrift("V4", 0.0, 0.0, 1.0, 1.0, False),))
+    registry = CollectorRegistry()
+    registry.register(FeedbackCollector(lambda: signals))
+    assert {family.name for family in registry.collect()} == FEEDBACK_METRICS
+    used = set().union(*(metric_names(rule["expr"]) for rule in _rules()))
+    assert {"fraud_feature_drift_adjusted_p", "fraud_feedback_score_ks", "fraud_feedback_estimated_recall"} <= used
 
 
 if __name__ == "__main__":

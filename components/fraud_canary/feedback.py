@@ -1,0 +1,51 @@
+"""The label-free signals of live traffic, per version and per feature, in one value that the
+Prometheus collector (`fraud_control.feedback_metrics`) and the report read."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from fraud.profile import FeatureProfile
+from fraud.score_profile import ScoreProfile
+
+from fraud_canary.feature_drift import DRIFT_ALPHA, FeatureDrift, feature_drift
+from fraud_canary.performance import Estimate, estimate_performance
+from fraud_canary.score_shift import flag_rate, score_ks, score_psi
+
+
+@dataclass(frozen=True)
+class VersionSignals:
+    """One version's served rows against its own offline profile."""
+
+    model_version: str
+    rows: int
+    flag_rate: float
+    score_psi: float
+    score_ks: float
+    score_ks_p: float
+    precision: Estimate
+    recall: Estimate
+
+
+@dataclass(frozen=True)
+class FeedbackSignals:
+    versions: tuple[VersionSignals, ...]
+    features: tuple[FeatureDrift, ...]
+
+
+def version_signals(model_version: str, scores: np.ndarray, decisions: np.ndarray, profile: ScoreProfile,
+                    seed: int = 0) -> VersionSignals:
+    """Flag rate, score shift (PSI, KS) and CBPE precision/recall of one version's served rows."""
+    ks = score_ks(scores, profile)
+    performance = estimate_performance(scores, decisions, profile, seed=seed)
+    return VersionSignals(model_version, len(np.asarray(scores)), flag_rate(decisions), score_psi(scores, profile),
+                          ks.statistic, ks.p_value, performance.precision, performance.recall)
+
+
+def feedback_signals(rows: dict[str, tuple[np.ndarray, np.ndarray]], profiles: dict[str, ScoreProfile],
+                     features: np.ndarray, feature_profile: FeatureProfile,
+                     alpha: float = DRIFT_ALPHA) -> FeedbackSignals:
+    """Signals of a window of served rows: `rows[version] = (scores, decisions)` scored against
+    `profiles[version]`, and the drift of every row's raw `features` `[N, F]` (all versions)."""
+    versions = tuple(version_signals(v, scores, decisions, profiles[v]) for v, (scores, decisions) in sorted(rows.items()))
+    return FeedbackSignals(versions, tuple(feature_drift(features, feature_profile, alpha)))

@@ -43,6 +43,7 @@ from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, In
 from fraud_serving.answer import RETRIED_FROM_HEADER, PredictorAnswer, read_answer
 from fraud_serving.fast_route import DEFAULT_MAX_ROWS, ProtocolError, binary_request, body_limit, json_kind
 from fraud_serving.metrics import UNKNOWN_VERSION, TransformerMetrics
+from fraud_serving.payload_log import PayloadLogger
 from fraud_serving.routing import NoPredictor, Routes, TagHosts
 from fraud_serving.shadow import ShadowScorer
 
@@ -79,6 +80,8 @@ class FraudTransformer(Model):
         self._session: aiohttp.ClientSession | None = None
         self.shadow = shadow
         self.tag_hosts = tag_hosts
+        #: the CloudEvents of every answered request (`fast_route` calls it), None: off
+        self.payload_logger: PayloadLogger | None = None
 
     @property
     def max_body_bytes(self) -> int:
@@ -334,14 +337,19 @@ class FraudTransformer(Model):
         )
 
     def stop(self) -> None:
-        """KServe's shutdown (sync, on the loop): let shadow calls finish, bounded, and flush the pair log."""
+        """KServe's shutdown (sync, on the loop): let shadow calls finish, bounded, flush the pair log and the
+        prediction log."""
         super().stop()
         if self.shadow is not None:
             asyncio.get_running_loop().create_task(self.shadow.close())
+        if self.payload_logger is not None:  # flush the prediction log, bounded by its close deadline
+            asyncio.get_running_loop().create_task(self.payload_logger.close())
 
     async def close(self) -> None:
         if self.shadow is not None:
             await self.shadow.close()
+        if self.payload_logger is not None:
+            await self.payload_logger.close()
         if self._session is not None:
             await self._session.close()
 

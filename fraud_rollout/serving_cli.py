@@ -65,6 +65,9 @@ def register(commands, bench) -> None:
     bench_serving.add_argument("--rows", type=positive_int, default=10_000, help="rows in the large request")
     bench_serving.add_argument("--duration", type=positive_int, default=10, help="seconds of each wrk run")
     bench_serving.add_argument("--connections", type=positive_int, default=32, help="wrk concurrency")
+    bench_serving.add_argument("--prediction-sink-url", default=None, metavar="URL",
+                               help="a running prediction-log sink the logging-on transformer posts to (default: a "
+                                    "development stand-in that acknowledges every post; see bench_serving.StandInSink)")
     bench_serving.set_defaults(func=bench_command)
 
 
@@ -227,6 +230,6 @@ def bench_command(args: argparse.Namespace) -> int:
             check_ready(option, url.rstrip("/"))
         report = measure(args.predictor_url.rstrip("/"), args.transformer_url.rstrip("/"), args.baseline, **options)
     else:
-        report = run_benchmark(args.baseline, **options)
+        report = run_benchmark(args.baseline, prediction_sink_url=args.prediction_sink_url, **options)
     print(report.format())
     return 0

@@ -199,8 +199,10 @@ def start_predictor(artifact_root: str | Path, log_dir: Path, **kwargs) -> Serve
 
 def start_transformer(contract_dir: str | Path, log_dir: Path, predictor_url: str | None = None,
                       routes_file: Path | None = None, max_rows: int | None = None,
-                      shadow_percent: float | None = None, pairs_log: Path | None = None, **kwargs) -> ServerProcess:
-    """`shadow_percent` None: the transformer's default share (0 turns shadow scoring off)."""
+                      shadow_percent: float | None = None, pairs_log: Path | None = None,
+                      logger_url: str | None = None, **kwargs) -> ServerProcess:
+    """`shadow_percent` None: the transformer's default share (0 turns shadow scoring off);
+    `logger_url`: the prediction-log sink it posts KServe's CloudEvents to (None: off)."""
     args = ["--predictor_protocol", "v2", "--contract_dir", str(contract_dir)]
     if routes_file is not None:
         args += ["--routes_file", str(routes_file)]
@@ -212,6 +214,8 @@ def start_transformer(contract_dir: str | Path, log_dir: Path, predictor_url: st
         args += ["--shadow_percent", f"{shadow_percent:g}"]
     if pairs_log is not None:
         args += ["--pairs_log", str(pairs_log)]
+    if logger_url is not None:
+        args += ["--logger_url", logger_url]
     return start_server("transformer", args, log_dir, **kwargs)
 
 

@@ -11,8 +11,9 @@ the raw body as data. The local runtime has no agent, so the transformer sends t
 
 Unlike the agent (a queue of 100 that blocks inference when full, no retry), this logger never
 makes an answer wait: `log_request` / `log_response` only append to a bounded queue; a full queue
-drops the event and counts it. A task posts whatever is queued, up to `BATCH_EVENTS` a post, as one
-`application/cloudevents-batch+json` list of structured events, so under load there are few posts.
+drops the event and counts it. A task posts whatever is queued (gathered for `LINGER_SECONDS` unless
+a post is full), up to `BATCH_EVENTS` a post, as one `application/cloudevents-batch+json` list of
+structured events, so there are few posts, under load and at low rates alike.
 The structured JSON is built without re-serialising the body: a body known to be JSON is embedded
 as `data` as it came; anything else (the binary tensor extension) goes as `data_base64`.
 
@@ -53,6 +54,10 @@ DEFAULT_QUEUE_EVENTS = 10_000
 BATCH_EVENTS = 500
 POST_TIMEOUT_SECONDS = 10.0
 BACKOFF_SECONDS = (0.05, 5.0)  # first retry, cap
+#: How long the poster lets events gather before a post that would not be full. One post per
+#: request cost +9 % p50 (0.81 → 0.87 ms) and +16 % transformer CPU per request at c=1 here (the
+#: post's own work on the serving loop); gathered, a post carries the requests of this interval.
+LINGER_SECONDS = 0.02
 CLOSE_SECONDS = 5.0
 #: Data content types whose `data` is a JSON value in a structured event (CloudEvents JSON format
 #: 3.1: a JSON media type, or none); any other type goes as data_base64.
@@ -116,7 +121,8 @@ class PayloadLogger:
     def __init__(self, url: str, source: EventSource, metrics: PayloadLogMetrics,
                  max_queue: int = DEFAULT_QUEUE_EVENTS, batch_events: int = BATCH_EVENTS,
                  post_timeout_seconds: float = POST_TIMEOUT_SECONDS,
-                 backoff_seconds: tuple[float, float] = BACKOFF_SECONDS, close_seconds: float = CLOSE_SECONDS) -> None:
+                 backoff_seconds: tuple[float, float] = BACKOFF_SECONDS, close_seconds: float = CLOSE_SECONDS,
+                 linger_seconds: float = LINGER_SECONDS) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, got {max_queue}")
         self.url = url
@@ -127,6 +133,7 @@ class PayloadLogger:
         self.timeout = aiohttp.ClientTimeout(total=post_timeout_seconds)
         self.backoff_seconds = backoff_seconds
         self.close_seconds = close_seconds
+        self.linger_seconds = linger_seconds
         self._queue: deque[tuple[str, bytes]] = deque()  # (event kind, structured event)
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -173,6 +180,8 @@ class PayloadLogger:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if len(self._queue) < limit and not self._closing:
+                await asyncio.sleep(self.linger_seconds)
             batch = [event for _, event in islice(self._queue, limit)]
             status = await self._post(batch)
             if status is not None and 200 <= status < 300:

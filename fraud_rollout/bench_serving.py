@@ -10,6 +10,10 @@ the same two predictor processes (one takes all traffic, the other is the revisi
 scores go to), shadow off, at the default share and at 100 %; one-row p50 at concurrency 1 and
 requests per second at concurrency 32 for each, and the default's cost relative to off (targets:
 p50 +10 % at most, throughput −15 % at most).
+
+The prediction log the same way (`logging_comparison`): two transformers in front of one predictor,
+without and with `--logger_url`, interleaved; the cost of logging (target: p50 +5 % at most, issue
+11) and the events the sink acknowledged per second against requests per second.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+from urllib.request import urlopen
 
 import numpy as np
 from fraud.export import read_contract
@@ -218,55 +223,159 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def shadow_comparison(report: BenchReport, transformers: dict[float, ServerProcess], requests: int, duration: int,
-                      connections: int, workdir: Path, model_name: str = NAME, rounds: int = 6) -> None:
-    """p50 (c=1) and req/s (c=`connections`) through transformers that differ only in the shadow share.
+@dataclass
+class Rounds:
+    """One transformer's share of an interleaved comparison: per round, one-row latencies (c=1), wrk's
+    (requests, seconds, errors) at c=`connections`, its CPU seconds per request, and the prediction-log
+    events its sink acknowledged during the wrk run."""
 
-    The configurations take turns in `rounds` short runs (`requests / rounds` one-row requests,
-    then wrk for at least 2 s), and the cost of the default share is the median over rounds of its
-    ratio to shadow off in the same round. On this shared 2-core machine other processes' load
-    drifts within seconds: per-round p50s of one configuration ranged 2.8–17 ms, an A/A pair (off
-    vs 0.001 %) differed by 9 % pooled, and one-after-the-other runs put +36 % on a 10 % share.
-    The transformer's CPU time per request under wrk (from /proc) is steadier than either: it is
-    the capacity a share costs the transformer, whoever else loads the machine."""
+    timings: list[np.ndarray] = field(default_factory=list)
+    served: list[tuple[int, float, int]] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    logged: list[float] = field(default_factory=list)
+
+    def p50_ms(self) -> float:
+        return float(np.percentile(np.concatenate(self.timings), 50)) * 1e3
+
+    def rate(self) -> float:
+        return sum(r for r, _, _ in self.served) / sum(s for _, s, _ in self.served)
+
+
+def interleaved(transformers: dict, requests: int, duration: int, connections: int, workdir: Path,
+                rounds: int) -> dict:
+    """The transformers take turns in `rounds` short runs (`requests / rounds` one-row requests, then
+    wrk for at least 2 s); a cost is the median over rounds of the ratio to the baseline in the same
+    round. On this shared 2-core machine other processes' load drifts within seconds: per-round p50s
+    of one configuration ranged 2.8–17 ms, an A/A pair (shadow off vs 0.001 %) differed by 9 % pooled,
+    and one-after-the-other runs put +36 % on a 10 % shadow share. The transformer's CPU time per
+    request under wrk (from /proc) is steadier than either: it is the capacity a feature costs the
+    transformer, whoever else loads the machine."""
     one_raw = json.dumps(v2_request(sample_transactions(1))).encode()
-    infer = {percent: server.infer_url for percent, server in transformers.items()}
-    cpu: dict[float, list[float]] = {percent: [] for percent in infer}
-    timings: dict[float, list[np.ndarray]] = {percent: [] for percent in infer}
-    served: dict[float, list[tuple[int, float, int]]] = {percent: [] for percent in infer}
+    measured = {key: Rounds() for key in transformers}
     wrk_seconds = max(2, duration // 3)
     for _ in range(rounds):
-        for percent, url in infer.items():
-            timings[percent].append(latencies(url, one_raw, max(1, requests // rounds), warmup=20))
-            before = cpu_seconds(transformers[percent].process.pid)
-            result = run_wrk(url, one_raw, connections, wrk_seconds, workdir)
-            cpu[percent].append((cpu_seconds(transformers[percent].process.pid) - before) / max(1, result["requests"]))
+        for key, server in transformers.items():
+            runs = measured[key]
+            runs.timings.append(latencies(server.infer_url, one_raw, max(1, requests // rounds), warmup=20))
+            before, logged_before = cpu_seconds(server.process.pid), logged_events(server.url)
+            result = run_wrk(server.infer_url, one_raw, connections, wrk_seconds, workdir)
+            runs.cpu.append((cpu_seconds(server.process.pid) - before) / max(1, result["requests"]))
+            runs.logged.append(logged_events(server.url) - logged_before)
             errors = sum(result[key] for key in ("status", "connect", "read", "write", "timeout"))
-            served[percent].append((result["requests"], result["duration_us"] / 1e6, errors))
-    for percent in infer:
-        report.add(f"shadow {percent:g} %: via transformer p50 (1 row)",
-                   float(np.percentile(np.concatenate(timings[percent]), 50)) * 1e3, "ms")
-        report.add(f"shadow {percent:g} %: via transformer req/s (c={connections})",
-                   sum(r for r, _, _ in served[percent]) / sum(s for _, s, _ in served[percent]), "/s")
-        report.add(f"shadow {percent:g} %: transformer CPU per request (median)", float(np.median(cpu[percent])) * 1e3,
-                   "ms")
-        report.add(f"shadow {percent:g} %: errors (c={connections})", sum(e for _, _, e in served[percent]), "", 0)
-    off, default = 0.0, DEFAULT_SHADOW_PERCENT
-    p50_ratio = np.median([np.median(d) / np.median(o) for d, o in zip(timings[default], timings[off])])
-    rate_ratio = np.median([(d[0] / d[1]) / (o[0] / o[1]) for d, o in zip(served[default], served[off])])
-    report.add(f"shadow {default:g} % vs off: p50 increase (median of {rounds} rounds)", 100 * (p50_ratio - 1), "%", 10)
-    report.add(f"shadow {default:g} % vs off: req/s decrease (c={connections}, median of {rounds} rounds)",
-               100 * (1 - rate_ratio), "%", 15)
-    report.add(f"shadow {default:g} % vs off: transformer CPU per request increase",
-               100 * (np.median(cpu[default]) / np.median(cpu[off]) - 1), "%", 15)
-    report.notes.append(f"shadow: the same two predictor processes behind every transformer, one at 100 % of "
-                        f"the traffic, the other the shadow target; {rounds} interleaved rounds, wrk {wrk_seconds} s each")
+            runs.served.append((result["requests"], result["duration_us"] / 1e6, errors))
+    return measured
+
+
+def logged_events(server_url: str) -> float:
+    """Prediction-log events the transformer's sink has acknowledged so far (its /metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(f"{server_url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               if family.name == "fraud_payload_log_events" for sample in family.samples
+               if sample.name == "fraud_payload_log_events_total")
+
+
+def add_costs(report: BenchReport, label: str, measured: Rounds, baseline: Rounds, connections: int,
+              rounds: int, p50_limit: float, rate_limit: float) -> None:
+    p50_ratio = np.median([np.median(m) / np.median(b) for m, b in zip(measured.timings, baseline.timings)])
+    rate_ratio = np.median([(m[0] / m[1]) / (b[0] / b[1]) for m, b in zip(measured.served, baseline.served)])
+    report.add(f"{label}: p50 increase (median of {rounds} rounds)", 100 * (p50_ratio - 1), "%", p50_limit)
+    report.add(f"{label}: req/s decrease (c={connections}, median of {rounds} rounds)", 100 * (1 - rate_ratio), "%",
+               rate_limit)
+    report.add(f"{label}: transformer CPU per request increase",
+               100 * (np.median(measured.cpu) / np.median(baseline.cpu) - 1), "%", 15)
+
+
+def add_rounds(report: BenchReport, label: str, runs: Rounds, connections: int) -> None:
+    report.add(f"{label}: via transformer p50 (1 row)", runs.p50_ms(), "ms")
+    report.add(f"{label}: via transformer req/s (c={connections})", runs.rate(), "/s")
+    report.add(f"{label}: transformer CPU per request (median)", float(np.median(runs.cpu)) * 1e3, "ms")
+    report.add(f"{label}: errors (c={connections})", sum(e for _, _, e in runs.served), "", 0)
+
+
+def shadow_comparison(report: BenchReport, transformers: dict[float, ServerProcess], requests: int, duration: int,
+                      connections: int, workdir: Path, rounds: int = 6) -> None:
+    """p50 (c=1) and req/s (c=`connections`) through transformers that differ only in the shadow
+    share, interleaved (`interleaved`)."""
+    measured = interleaved(transformers, requests, duration, connections, workdir, rounds)
+    for percent, runs in measured.items():
+        add_rounds(report, f"shadow {percent:g} %", runs, connections)
+    default = DEFAULT_SHADOW_PERCENT
+    add_costs(report, f"shadow {default:g} % vs off", measured[default], measured[0.0], connections, rounds, 10, 15)
+    report.notes.append(f"shadow: the same two predictor processes behind every transformer, one at 100 % of the "
+                        f"traffic, the other the shadow target; {rounds} interleaved rounds, wrk "
+                        f"{max(2, duration // 3)} s each")
+
+
+def logging_comparison(report: BenchReport, transformers: dict[str, ServerProcess], requests: int, duration: int,
+                       connections: int, workdir: Path, sink: str, rounds: int = 6) -> None:
+    """The prediction log's cost: the same predictor behind a transformer without and one with
+    `--logger_url` (interleaved, `interleaved`), and whether the sink keeps up: the events it
+    acknowledged per second under wrk against the requests answered per second (2 events each)."""
+    measured = interleaved(transformers, requests, duration, connections, workdir, rounds)
+    for label, runs in measured.items():
+        add_rounds(report, f"logging {label}", runs, connections)
+    on = measured["on"]
+    add_costs(report, "logging on vs off", on, measured["off"], connections, rounds, 5, 15)
+    events_rate = sum(on.logged) / sum(s for _, s, _ in on.served)
+    report.add(f"logging on: events acknowledged per second (c={connections})", events_rate, "/s")
+    report.add("logging on: events acknowledged per request answered", events_rate / on.rate(), "", 1.9,
+               at_least=True)
+    report.notes.append(f"logging: one predictor behind both transformers, shadow off; sink {sink}; "
+                        f"{rounds} interleaved rounds")
+
+
+class StandInSink:
+    """DEVELOPMENT ONLY: a CloudEvents receiver that acknowledges every post with 200 and keeps nothing.
+
+    TODO(issue 11): replace with the real sink, `fraud_control.prediction_sink` (helper A's branch),
+    started as its own process on a SQLite store in the bench's workdir, so the numbers include its
+    commits; until then pass `--prediction-sink-url` to measure against a running real sink."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        from aiohttp import web
+
+        self.url = ""
+        ready = threading.Event()
+
+        async def receive(request: web.Request) -> web.Response:
+            await request.read()
+            return web.Response(status=200)
+
+        async def serve() -> None:
+            app = web.Application(client_max_size=64 * 1024 * 1024)
+            app.router.add_post("/", receive)
+            self._runner = web.AppRunner(app, access_log=None)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+            self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/"
+            ready.set()
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="stand-in-sink", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(serve(), self._loop)
+        if not ready.wait(30):
+            raise RuntimeError("the stand-in prediction sink did not start")
+
+    def close(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
 
 
 def run_benchmark(baseline: Path, requests: int = 2_000, rows: int = 10_000, duration: int = 10,
-                  connections: int = 32) -> BenchReport:
+                  connections: int = 32, prediction_sink_url: str | None = None) -> BenchReport:
     """Start a predictor and a transformer for `baseline` on loopback, measure, stop them; then the
-    shadow comparison (a second predictor and three transformers with routes files)."""
+    shadow comparison (a second predictor and three transformers with routes files) and the logging
+    comparison (a transformer posting to `prediction_sink_url`, else to the stand-in sink)."""
     from fraud.routes import Backend, write_routes
     from fraud_control.processes import start_predictor, start_transformer, stop_all
 
@@ -286,9 +395,21 @@ def run_benchmark(baseline: Path, requests: int = 2_000, rows: int = 10_000, dur
                                        label=f"transformer-shadow-{percent:g}")
             stack.callback(stop_all, [server])
             shadowed[percent] = server
-        for server in (predictor, other, transformer, *shadowed.values()):
+        if prediction_sink_url is None:
+            stand_in = StandInSink()  # TODO(issue 11): the real sink (StandInSink's docstring)
+            stack.callback(stand_in.close)
+            sink, sink_label = stand_in.url, "a development stand-in acknowledging every post (NOT the real sink)"
+        else:
+            sink, sink_label = prediction_sink_url, prediction_sink_url
+        logging = {"off": start_transformer(baseline, Path(logs), predictor_url=predictor.url, shadow_percent=0,
+                                            label="transformer-logging-off"),
+                   "on": start_transformer(baseline, Path(logs), predictor_url=predictor.url, shadow_percent=0,
+                                           logger_url=sink, label="transformer-logging-on")}
+        stack.callback(stop_all, list(logging.values()))
+        for server in (predictor, other, transformer, *shadowed.values(), *logging.values()):
             server.wait_ready()
         report = measure(predictor.url, transformer.url, baseline, requests=requests, rows=rows, duration=duration,
                          connections=connections)
         shadow_comparison(report, shadowed, requests, duration, connections, Path(logs))
+        logging_comparison(report, logging, requests, duration, connections, Path(logs), sink_label)
         return report

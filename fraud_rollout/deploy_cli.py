@@ -49,7 +49,22 @@ def register(commands) -> None:
     kserve.add_argument("--bucket", help="S3 bucket the models are uploaded to (default: the deploy step's, fraud-models)")
     kserve.add_argument("--serving-image", default=DEFAULT_IMAGE, metavar="IMAGE",
                         help=f"image of the predictor and transformer containers (default {DEFAULT_IMAGE})")
+    deploy.add_argument("--prediction-log-url", type=prediction_log_url, default="", metavar="URL",
+                        help="the prediction-log sink: the InferenceService's transformer gets KServe's payload "
+                             "logger (mode all) posting to it, e.g. http://fraud-prediction-log.<namespace>.svc."
+                             "cluster.local (default: no logger)")
     deploy.set_defaults(func=deploy_command)
+
+
+def prediction_log_url(value: str) -> str:
+    """An http(s) URL with a host (KServe's webhook accepts any string; the agent would fail at every post)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an http(s) URL; give the sink's address, e.g. "
+                                         "http://fraud-prediction-log.<namespace>.svc.cluster.local")
+    return value
 
 
 def exported_model(option: str, root: Path) -> Path:
@@ -85,7 +100,8 @@ def deploy_command(args: argparse.Namespace) -> int:
         rollout = deploy(args.target, baseline, candidate, namespace=args.namespace or "default",
                          canary_percent=args.canary_percent, supersede=args.supersede, state_dir=args.state_dir,
                          image=args.serving_image, timeout_s=args.timeout, settings=Settings(),
-                         kubeconfig=args.kubeconfig, context=args.context, **optional)
+                         kubeconfig=args.kubeconfig, context=args.context,
+                         prediction_log_url=args.prediction_log_url, **optional)
     except RolloutError as error:
         print(f"fraud-rollout deploy: {error}", file=sys.stderr)
         return 1

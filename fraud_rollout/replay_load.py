@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
-from fraud.schema import FEATURES, LABEL, DataError
+from fraud.schema import FEATURES, LABEL, TRANSACTION_ID, DataError
 
 from fraud_rollout.replay_source import ReplaySource
 
@@ -99,15 +99,27 @@ def check_endpoint(url: str, model_name: str, timeout: float = 10.0) -> None:
         raise EndpointUnreachable(f"--url {url}: model {model_name!r} is not ready ({status} from {ready}: {text})")
 
 
-def send(raw: np.ndarray, options: ReplayOptions, on_progress: Callable[[int], None] | None = None) -> ReplayRows:
+def send(raw: np.ndarray, options: ReplayOptions, on_progress: Callable[[int], None] | None = None,
+         transaction_ids: list[str] | None = None) -> ReplayRows:
     """Send `raw` ([N, 30], contract order) in batches; return what every row got back.
+
+    With `transaction_ids` (one per row) each request carries its rows' ids as the `transaction_id`
+    input. Every request carries the header `Ce-Id: <its request id>`, so the prediction log's
+    events (KServe's logger and ours) are keyed by the request id the replay knows.
 
     Never raises for a failed request: a non-200 answer or a connection error marks its rows as
     errors (the report counts them against the version, or as unattributed)."""
-    return asyncio.run(_send(raw, options, on_progress))
+    if transaction_ids is not None and len(transaction_ids) != len(raw):
+        raise ValueError(f"{len(transaction_ids)} transaction ids for {len(raw)} rows")
+    return asyncio.run(_send(raw, options, on_progress, transaction_ids))
 
 
-async def _send(raw: np.ndarray, options: ReplayOptions, on_progress) -> ReplayRows:
+def transaction_ids(frame: pd.DataFrame) -> list[str] | None:
+    """The frame's `transaction_id` column as a list, None when it has none (a user's own holdout)."""
+    return frame[TRANSACTION_ID].astype(str).tolist() if TRANSACTION_ID in frame.columns else None
+
+
+async def _send(raw: np.ndarray, options: ReplayOptions, on_progress, ids: list[str] | None) -> ReplayRows:
     import secrets
 
     import aiohttp
@@ -143,13 +155,16 @@ async def _send(raw: np.ndarray, options: ReplayOptions, on_progress) -> ReplayR
                 delay = t0 + lo / options.rate - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            body = orjson.dumps({"id": f"{id_prefix}{i}", "inputs": [
-                {"name": INPUT_NAME, "shape": [hi - lo, raw.shape[1]], "datatype": "FP64", "data": raw[lo:hi]}]},
-                option=orjson.OPT_SERIALIZE_NUMPY)
+            inputs = [{"name": INPUT_NAME, "shape": [hi - lo, raw.shape[1]], "datatype": "FP64", "data": raw[lo:hi]}]
+            if ids is not None:
+                inputs.append({"name": TRANSACTION_ID, "shape": [hi - lo], "datatype": "BYTES", "data": ids[lo:hi]})
+            request_id = f"{id_prefix}{i}"
+            body = orjson.dumps({"id": request_id, "inputs": inputs}, option=orjson.OPT_SERIALIZE_NUMPY)
             began = time.perf_counter()
             started_at[i] = began - t0
             try:
-                async with session.post(url, data=body, headers={"content-type": "application/json"}) as response:
+                async with session.post(url, data=body, headers={"content-type": "application/json",
+                                                                 "ce-id": request_id}) as response:
                     status[i] = response.status
                     retried_from[i] = response.headers.get(RETRIED_FROM_HEADER, "")
                     payload = await response.read()
@@ -206,7 +221,8 @@ def replay(source: ReplaySource, options: ReplayOptions,
     frame = source.frame if options.limit is None else source.frame.iloc[:options.limit]
     if options.batch is None:
         options = replace(options, batch=default_batch(len(frame)))
-    rows = send(frame.loc[:, list(FEATURES)].to_numpy(dtype=np.float64), options, on_progress)
+    rows = send(frame.loc[:, list(FEATURES)].to_numpy(dtype=np.float64), options, on_progress,
+                transaction_ids(frame))
     rows.labels = frame[LABEL].to_numpy(dtype=np.int8)
     rows.amount = frame["Amount"].to_numpy(dtype=np.float64)
     return rows

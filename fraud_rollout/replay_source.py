@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from fraud.schema import FEATURES, LABEL, DataError, check_transactions
+from fraud.schema import FEATURES, LABEL, TRANSACTION_ID, DataError, check_transactions
 
 log = logging.getLogger(__name__)
 DEFAULT_PIPELINE_REPORT = Path(".fraud-rollout/run/report.json")
@@ -19,7 +19,7 @@ DEFAULT_PIPELINE_REPORT = Path(".fraud-rollout/run/report.json")
 class ReplaySource:
     """What is replayed: labelled raw transactions, and where they came from."""
 
-    frame: pd.DataFrame  # FEATURES + Class, in replay order
+    frame: pd.DataFrame  # [transaction_id +] FEATURES + Class, in replay order
     holdout_path: Path
     pipeline_report: Path | None = None
     artifacts: dict[str, str] = field(default_factory=dict)  # model_version → artifact root
@@ -54,7 +54,9 @@ def read_holdout(path: Path, option: str = "--holdout") -> pd.DataFrame:
     except (OSError, ValueError) as error:
         raise DataError(f"{option} {path}: cannot read labelled transactions ({error})") from None
     check_transactions(frame, labelled=True, source=f"{option} {path}")
-    return frame.loc[:, [*FEATURES, LABEL]].reset_index(drop=True)
+    # the ids (a simulated holdout has them) travel with the requests; never a feature
+    ids = [TRANSACTION_ID] if TRANSACTION_ID in frame.columns else []
+    return frame.loc[:, [*ids, *FEATURES, LABEL]].reset_index(drop=True)
 
 
 def load_source(holdout: Path | None, report: Path | None) -> ReplaySource:

@@ -21,7 +21,7 @@ from fraud.schema import FEATURES, LABEL
 from fraud_canary.paired import PairedOutcomes, combine
 from fraud_control.rollout import Evidence, RolloutAborted, Window, now_iso
 
-from fraud_rollout.replay_load import ReplayOptions, default_batch, send
+from fraud_rollout.replay_load import ReplayOptions, default_batch, send, transaction_ids
 from fraud_rollout.replay_pairs import labels_by_request, paired_from_log, read_pairs, wait_drained
 from fraud_rollout.replay_report import online_metrics
 
@@ -54,7 +54,8 @@ class ReplayWindow:
             self._step = (percent, time.monotonic(), now_iso(), [])
         _, started, started_at, parts = self._step
         chunk = self._next_slice()
-        rows = send(chunk.loc[:, list(FEATURES)].to_numpy(dtype=np.float64), self.options)
+        rows = send(chunk.loc[:, list(FEATURES)].to_numpy(dtype=np.float64), self.options,
+                    transaction_ids=transaction_ids(chunk))
         rows.labels = chunk[LABEL].to_numpy(dtype=np.int8)
         rows.amount = chunk["Amount"].to_numpy(dtype=np.float64)
         parts.append(rows.frame())

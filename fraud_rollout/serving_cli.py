@@ -48,8 +48,8 @@ def register(commands, bench) -> None:
                             "<state-dir>/shadow-pairs.jsonl")
     serve.add_argument("--prediction-log", metavar="URL", default=None,
                        help="store of the prediction log the transformer's CloudEvents go to, as KServe's logger "
-                            "sends them: a SQLite file, sqlite:///PATH or postgresql://… (default "
-                            "<state-dir>/prediction-log.sqlite; 'off': no prediction log)")
+                            "sends them: a SQLite file, sqlite:///PATH or postgresql://…, or 'default' for "
+                            "<state-dir>/prediction-log.sqlite (default: no prediction log)")
     serve.add_argument("--drain-seconds", type=float, default=5.0,
                        help="keep a predictor leaving the split this long, for requests in flight")
     serve.set_defaults(func=serve_command)
@@ -69,6 +69,9 @@ def register(commands, bench) -> None:
     bench_serving.add_argument("--rows", type=positive_int, default=10_000, help="rows in the large request")
     bench_serving.add_argument("--duration", type=positive_int, default=10, help="seconds of each wrk run")
     bench_serving.add_argument("--connections", type=positive_int, default=32, help="wrk concurrency")
+    bench_serving.add_argument("--prediction-sink-url", default=None, metavar="URL",
+                               help="a running prediction-log sink the logging-on transformer posts to (default: a "
+                                    "development stand-in that acknowledges every post; see bench_serving.StandInSink)")
     bench_serving.set_defaults(func=bench_command)
 
 
@@ -102,12 +105,12 @@ def write_canary_manifest(state_dir: Path, baseline: Path, candidate: Path | Non
 
 
 def prediction_log_url(option: str | None, state_dir: Path) -> str | None:
-    """`--prediction-log`: None for 'off', the state dir's SQLite file by default."""
+    """`--prediction-log`: None when not given, the state dir's SQLite file for 'default'."""
     from fraud_control.runtime import PREDICTION_LOG_FILE
 
-    if option == "off":
-        return None
-    return option or str((state_dir / PREDICTION_LOG_FILE).resolve())
+    if option == "default":
+        return str((state_dir / PREDICTION_LOG_FILE).resolve())
+    return option
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -241,6 +244,6 @@ def bench_command(args: argparse.Namespace) -> int:
             check_ready(option, url.rstrip("/"))
         report = measure(args.predictor_url.rstrip("/"), args.transformer_url.rstrip("/"), args.baseline, **options)
     else:
-        report = run_benchmark(args.baseline, **options)
+        report = run_benchmark(args.baseline, prediction_sink_url=args.prediction_sink_url, **options)
     print(report.format())
     return 0

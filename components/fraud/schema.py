@@ -8,6 +8,12 @@ import pandas as pd
 FEATURES: tuple[str, ...] = ("Time", *(f"V{i}" for i in range(1, 29)), "Amount")
 LABEL = "Class"
 COLUMNS: tuple[str, ...] = (*FEATURES, LABEL)
+#: Each simulated transaction's id (`tx-<seed>-<row>`): the join key of late labels, never a feature.
+#: Clients send it with the features (the transformer's `transaction_id` input).
+TRANSACTION_ID = "transaction_id"
+#: The columns of a simulated dataset and of every window cut from it.
+DATASET_COLUMNS: tuple[str, ...] = (TRANSACTION_ID, *COLUMNS)
+MAX_TRANSACTION_ID_CHARS = 128
 #: `Time` counts seconds from this instant (midnight UTC, so Time % 86400 is the time of day).
 EPOCH = pd.Timestamp("2025-01-01T00:00:00Z")
 NON_NEGATIVE: tuple[str, ...] = ("Time", "Amount")
@@ -38,8 +44,31 @@ def check_transactions(frame: pd.DataFrame, *, labelled: bool = True, source: st
             problems.append(f"{column} has {int((values < 0).sum())} negative values")
     if labelled and not problems and not frame[LABEL].isin((0, 1)).all():
         problems.append(f"{LABEL} must be 0 or 1")
+    if TRANSACTION_ID in frame.columns:
+        problems.extend(transaction_id_problems(frame[TRANSACTION_ID]))
     if problems:
         raise DataError(f"{source}: " + "; ".join(problems))
+
+
+def transaction_id_problems(ids: pd.Series) -> list[str]:
+    """What is wrong with a `transaction_id` column: ids are non-empty strings of at most
+    MAX_TRANSACTION_ID_CHARS characters, unique within the frame."""
+    texts = ids.map(lambda value: value if isinstance(value, str) else None)
+    if texts.isna().any():
+        return [f"{TRANSACTION_ID} must be strings (first other value at row {int(np.argmax(texts.isna()))})"]
+    lengths = texts.str.len()
+    if ((lengths < 1) | (lengths > MAX_TRANSACTION_ID_CHARS)).any():
+        return [f"{TRANSACTION_ID} must be 1..{MAX_TRANSACTION_ID_CHARS} characters "
+                f"(first other at row {int(np.argmax((lengths < 1) | (lengths > MAX_TRANSACTION_ID_CHARS)))})"]
+    repeated = texts.duplicated()
+    if repeated.any():
+        return [f"{TRANSACTION_ID} has {int(repeated.sum())} repeated ids (first {texts[repeated].iloc[0]!r})"]
+    return []
+
+
+def transaction_ids(seed: int, rows: int) -> list[str]:
+    """The ids of a simulated dataset of `rows` rows (after sorting by Time): `tx-<seed>-<row>`."""
+    return [f"tx-{seed}-{row}" for row in range(rows)]
 
 
 def timestamps(time_seconds: pd.Series | np.ndarray) -> pd.DatetimeIndex:

@@ -16,7 +16,18 @@ import numpy as np
 import pandas as pd
 
 from fraud.pipeline_config import DEFAULTS
-from fraud.schema import COLUMNS, EPOCH, FEATURES, LABEL, DataError, check_transactions, timestamps
+from fraud.schema import (
+    COLUMNS,
+    DATASET_COLUMNS,
+    EPOCH,
+    FEATURES,
+    LABEL,
+    TRANSACTION_ID,
+    DataError,
+    check_transactions,
+    timestamps,
+    transaction_ids,
+)
 
 COMPONENTS = tuple(f"V{i}" for i in range(1, 29))
 #: Standard deviations of the Kaggle set's V1…V28 (rounded), so generated data has its scale.
@@ -150,7 +161,7 @@ def generate(n_transactions: int, seed: int, drift: DriftSpec = DriftSpec()) -> 
     frame.insert(0, "Time", time)
     frame["Amount"] = amount
     frame[LABEL] = fraud.astype(np.int64)
-    return _finish(apply_drift(frame, rng, drift))
+    return _finish(apply_drift(frame, rng, drift), seed)
 
 
 def enrich(source: pd.DataFrame, n_transactions: int, seed: int, drift: DriftSpec = DriftSpec()) -> pd.DataFrame:
@@ -164,7 +175,7 @@ def enrich(source: pd.DataFrame, n_transactions: int, seed: int, drift: DriftSpe
     frame = source.loc[rng.integers(0, len(source), n_transactions), list(COLUMNS)].reset_index(drop=True)
     frame["Time"] = rng.integers(0, span_days, n_transactions) * 86_400.0 + np.mod(frame["Time"].to_numpy(float), 86_400)
     frame[LABEL] = frame[LABEL].astype(np.int64)
-    return _finish(apply_drift(frame, rng, drift))
+    return _finish(apply_drift(frame, rng, drift), seed)
 
 
 def apply_drift(frame: pd.DataFrame, rng: np.random.Generator, drift: DriftSpec) -> pd.DataFrame:
@@ -190,9 +201,12 @@ def apply_drift(frame: pd.DataFrame, rng: np.random.Generator, drift: DriftSpec)
     return frame
 
 
-def _finish(frame: pd.DataFrame) -> pd.DataFrame:
+def _finish(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Amounts in cents, rows by Time, each with its id (`schema.transaction_ids`: stable for a seed)."""
     frame["Amount"] = frame["Amount"].round(2)
-    return frame.sort_values("Time", kind="stable").reset_index(drop=True)[list(COLUMNS)]
+    frame = frame.sort_values("Time", kind="stable").reset_index(drop=True)[list(COLUMNS)]
+    frame.insert(0, TRANSACTION_ID, transaction_ids(seed, len(frame)))
+    return frame[list(DATASET_COLUMNS)]
 
 
 def split_windows(frame: pd.DataFrame, windows: WindowSpec, months: int) -> dict[str, pd.DataFrame]:

@@ -169,7 +169,7 @@ def gate_candidate(evaluation: Input[Artifact], min_f1: float, min_precision: fl
 
 def deploy_canary(baseline: Input[Model], candidate: Input[Model], target: str, namespace: str,
                   canary_percent: int, supersede: bool, local_state_dir: str, bucket: str, serving_image: str,
-                  timeout_seconds: float, traffic: Output[Markdown]):
+                  timeout_seconds: float, prediction_log_url: str, traffic: Output[Markdown]):
     """Roll the candidate out as a KServe canary next to the baseline (the rolled-out champion).
 
     Args:
@@ -183,12 +183,13 @@ def deploy_canary(baseline: Input[Model], candidate: Input[Model], target: str, 
         bucket: S3/MinIO bucket the models are uploaded to (target kserve; credentials from the Secret fraud-detector-s3).
         serving_image: Image of the predictor and transformer containers.
         timeout_seconds: How long to wait for the InferenceService to become Ready after each change.
+        prediction_log_url: Sink of KServe's payload logger on the transformer ("" for no logger).
     """
     from fraud_control.deploy import deploy
 
     rollout = deploy(target, baseline.path, candidate.path, namespace=namespace, canary_percent=canary_percent,
                      supersede=supersede, state_dir=local_state_dir, bucket=bucket, image=serving_image,
-                     timeout_s=timeout_seconds)
+                     timeout_s=timeout_seconds, prediction_log_url=prediction_log_url)
     with open(traffic.path, "w") as out:
         out.write(rollout.markdown)
     traffic.metadata.update({"action": rollout.action, "traffic": rollout.status["traffic"],

@@ -41,20 +41,21 @@ def deploy_from_artifacts(champion_root: str | Path, candidate_root: str | Path,
                           supersede: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
                           poll_s: float = DEFAULT_POLL_S, api: client.CustomObjectsApi | None = None,
                           s3_settings: Any = None, in_cluster: bool = False, kubeconfig: str | None = None,
-                          context: str | None = None) -> Rollout:
+                          context: str | None = None, prediction_log_url: str = "") -> Rollout:
     """The deploy step's whole cluster side: upload both exported models to S3 (settings from the
     environment unless given; content-addressed prefixes, so a rerun uploads to the same URIs),
     then `deploy_canary` in `namespace`. The client is `api`, else built from `kubeconfig` /
     `context`, else the pod's service account; it is built before uploading, so a missing
-    kubeconfig fails before anything is written."""
+    kubeconfig fails before anything is written. `prediction_log_url`: the sink of KServe's payload
+    logger on the transformer ("" none)."""
     from fraud_control.artifact_store import upload_artifact
     from fraud_control.kube_store import KubeStore, custom_objects_api
 
     api = api or custom_objects_api(kubeconfig, context, in_cluster=in_cluster)
     champion = spec_for_artifact(champion_root, upload_artifact(champion_root, bucket, settings=s3_settings),
-                                 namespace=namespace, image=image)
+                                 namespace=namespace, image=image, prediction_log_url=prediction_log_url)
     candidate = spec_for_artifact(candidate_root, upload_artifact(candidate_root, bucket, settings=s3_settings),
-                                  namespace=namespace, image=image)
+                                  namespace=namespace, image=image, prediction_log_url=prediction_log_url)
     store = KubeStore(api, namespace, candidate.name)
     return deploy_canary(store, candidate, champion, canary_percent=canary_percent, supersede=supersede,
                          timeout_s=timeout_s, poll_s=poll_s)
@@ -64,20 +65,21 @@ def deploy(target: str, champion_root: str | Path, candidate_root: str | Path, *
            canary_percent: int = DEFAULT_CANARY_PERCENT, supersede: bool = False,
            state_dir: str | Path = DEFAULT_STATE_DIR, bucket: str = "fraud-models", image: str = isvc.DEFAULT_IMAGE,
            timeout_s: float = DEFAULT_TIMEOUT_S, settings: Settings | None = None,
-           kubeconfig: str | None = None, context: str | None = None) -> Rollout:
+           kubeconfig: str | None = None, context: str | None = None, prediction_log_url: str = "") -> Rollout:
     """Create the InferenceService with the champion if absent, then canary the candidate.
-    `kubeconfig` / `context` (target kserve) default to `$KUBECONFIG`, else the pod's account."""
+    `kubeconfig` / `context` (target kserve) default to `$KUBECONFIG`, else the pod's account.
+    `prediction_log_url`: the prediction-log sink KServe's logger posts to ("" none)."""
     if target == "kserve":
         settings = settings or Settings()
         return deploy_from_artifacts(champion_root, candidate_root, namespace=namespace, bucket=bucket, image=image,
                                      canary_percent=canary_percent, supersede=supersede, timeout_s=timeout_s,
                                      in_cluster=settings.in_cluster, kubeconfig=kubeconfig or settings.KUBECONFIG or None,
-                                     context=context)
+                                     context=context, prediction_log_url=prediction_log_url)
     if target == "local":
         champion = spec_for_artifact(champion_root, str(Path(champion_root).resolve()), namespace=namespace,
-                                     image=image)
+                                     image=image, prediction_log_url=prediction_log_url)
         candidate = spec_for_artifact(candidate_root, str(Path(candidate_root).resolve()), namespace=namespace,
-                                      image=image)
+                                      image=image, prediction_log_url=prediction_log_url)
         return deploy_canary(LocalStore(state_dir, candidate.name), candidate, champion,
                              canary_percent=canary_percent, supersede=supersede, timeout_s=timeout_s)
     raise ValueError(f"deploy target must be one of {TARGETS}, got {target!r}")

@@ -32,6 +32,8 @@ ROLLED_OUT_ANNOTATION = "fraud-rollout/rolled-out-model"
 #: (kserve@v0.20.0 pkg/controller/v1beta1/inferenceservice/reconcilers/knative/ksvc_reconciler.go:140
 #: `latestTarget.Tag = "latest"`, :150 `Tag: "prev"`; `prev` exists only while the canary is below 100 %).
 TRAFFIC_TAGS = ("latest", "prev")
+#: The prediction-log sink's Service (`fraud_control.prediction_sink`), which KServe's payload logger posts to.
+PREDICTION_LOG_SERVICE = "fraud-prediction-log"
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class IsvcSpec:
     image: str = DEFAULT_IMAGE
     service_account: str = "fraud-detector-serving"
     canary_percent: int | None = None
+    #: the prediction-log sink KServe's payload logger posts every request and response to ("" none)
+    prediction_log_url: str = ""
     resources: dict = field(default_factory=lambda: {
         "requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}})
 
@@ -101,8 +105,10 @@ def shadow_hosts_arg(spec: IsvcSpec) -> str:
 def transformer_spec(spec: IsvcSpec) -> dict:
     """The transformer: KServe injects --model_name, --predictor_host and --http_port; we add the
     v2 protocol, the contract location and the tag hosts (shadow scores and the retry reach each
-    revision there, `fraud_serving.routing`)."""
-    return {
+    revision there, `fraud_serving.routing`). With a prediction-log URL, KServe's payload logger
+    (`logger`, mode all) on the transformer: its agent sends each client request and answer, the
+    raw transactions with their ids and the `model_version` that answered, as CloudEvents."""
+    transformer: dict = {
         "serviceAccountName": spec.service_account,
         "containers": [{
             "name": "kserve-container",
@@ -114,6 +120,19 @@ def transformer_spec(spec: IsvcSpec) -> dict:
             "securityContext": SECURITY_CONTEXT,
         }],
     }
+    if spec.prediction_log_url:
+        transformer["logger"] = logger_spec(spec.prediction_log_url)
+    return transformer
+
+
+def prediction_log_url(namespace: str) -> str:
+    """The in-cluster URL of the prediction-log sink's Service in `namespace`."""
+    return f"http://{PREDICTION_LOG_SERVICE}.{namespace}.svc.cluster.local"
+
+
+def logger_spec(url: str) -> dict:
+    """KServe's LoggerSpec: every request and response (mode all) to `url`."""
+    return {"mode": "all", "url": url}
 
 
 def inference_service(spec: IsvcSpec) -> dict:

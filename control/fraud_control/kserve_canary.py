@@ -12,7 +12,8 @@ from fraud_control.isvc import IsvcSpec
 #: `manifest_yaml(BASE_MANIFEST_SPEC)` and to what `kubectl kustomize` renders. A real deploy
 #: takes the storage URI and contract id from the uploaded artifact (`spec_for_artifact`).
 BASE_MANIFEST_SPEC = IsvcSpec(storage_uri="s3://fraud-models/fraud-detector/v1", model_version="v1",
-                              contract_id="REPLACE-WITH-FEATURE-CONTRACT-ID", namespace="fraud-rollout")
+                              contract_id="REPLACE-WITH-FEATURE-CONTRACT-ID", namespace="fraud-rollout",
+                              prediction_log_url=isvc.prediction_log_url("fraud-rollout"))
 MANIFEST_HEADER = """\
 # Generated: the InferenceService the deploy step creates for v1, from
 # fraud_control.isvc.inference_service(kserve_canary.BASE_MANIFEST_SPEC). Do not edit; regenerate with

@@ -58,6 +58,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         model_bucket: str = "fraud-models",
         serving_image: str = SERVING_IMAGE,
         deploy_timeout_seconds: float = 600.0,
+        prediction_log_url: str = "",
     ) -> NamedTuple("Outputs", [("evaluation", Artifact), ("gate_result", Artifact), ("baseline_model", Model),
                                 ("candidate_model", Model), ("holdout", Dataset), ("summary", Artifact)]):
         data = c.simulate_drift(n_transactions=n_transactions, seed=seed, drift_start_month=drift_start_month,
@@ -87,7 +88,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
                 baseline=baseline.outputs["model"], candidate=candidate.outputs["model"], target=deploy_target,
                 namespace=namespace, canary_percent=canary_percent, supersede=supersede_canary,
                 local_state_dir=local_state_dir, bucket=model_bucket, serving_image=serving_image,
-                timeout_seconds=deploy_timeout_seconds).set_display_name("deploy canary").set_caching_options(False)
+                timeout_seconds=deploy_timeout_seconds, prediction_log_url=prediction_log_url,
+            ).set_display_name("deploy canary").set_caching_options(False)
             # Ignored by kfp.local; in a cluster the Secret must exist (manifests/base/s3-secret.template.yaml).
             kubernetes.use_secret_as_env(deployed, secret_name=S3_SECRET,
                                          secret_key_to_env={name: name for name in (*REQUIRED_ENV_VARS, "S3_USE_HTTPS")})

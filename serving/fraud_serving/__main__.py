@@ -21,6 +21,8 @@ from kserve.utils.utils import strtobool
 
 from fraud_serving.fast_route import DEFAULT_MAX_ROWS
 
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fraud_serving", description=__doc__.splitlines()[0])
@@ -55,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     shadow.add_argument("--shadow_hosts", default=None,
                         help="in a cluster: the tag-routing hosts, latest=URL,prev=URL (the revision of each is "
                              "learned from the model_version it answers)")
+    payload = transformer.add_argument_group("prediction log (KServe's payload logger CloudEvents, sent by the transformer)")
+    payload.add_argument("--logger_url", default=None,
+                         help="the prediction-log sink: every request and every answered response is posted there "
+                              "as KServe's agent posts them (off when absent); inference never waits on it")
+    payload.add_argument("--logger_queue", type=int, default=None,
+                         help="events held while the sink is slow or down; more are dropped and counted "
+                              "(fraud_payload_log_dropped_total)")
     return parser
 
 
@@ -111,6 +120,7 @@ def usage_error(message: str) -> NoReturn:
 
 def run_transformer(args: argparse.Namespace, settings: Settings) -> None:
     from fraud_serving.metrics import TransformerMetrics
+    from fraud_serving.payload_log import DEFAULT_QUEUE_EVENTS, EventSource, PayloadLogger, PayloadLogMetrics
     from fraud_serving.routing import Routes, TagHosts
     from fraud_serving.shadow import DEFAULT_MAX_IN_FLIGHT, DEFAULT_SHADOW_PERCENT, PairLog, ShadowScorer
     from fraud_serving.transformer import FraudTransformer
@@ -141,6 +151,12 @@ def run_transformer(args: argparse.Namespace, settings: Settings) -> None:
     if args.pairs_log is not None and (args.pairs_log.is_dir() or not args.pairs_log.parent.is_dir()):
         usage_error(f"--pairs_log {args.pairs_log}: not a file in an existing directory; give a path like "
                     "<state_dir>/shadow-pairs.jsonl")
+    logger_queue = DEFAULT_QUEUE_EVENTS if args.logger_queue is None else args.logger_queue
+    if logger_queue < 1:
+        usage_error(f"--logger_queue {args.logger_queue}: must be at least 1")
+    if args.logger_url is not None and not args.logger_url.startswith(("http://", "https://")):
+        usage_error(f"--logger_url {args.logger_url}: not an http(s) URL; give the sink's address, e.g. "
+                    "http://127.0.0.1:8090/")
     contract_dir = args.contract_dir or settings.STORAGE_URI or MODEL_DIR
     contract = read_contract(contract_dir.removeprefix("file://"))
     predictor_config = PredictorConfig(
@@ -155,9 +171,18 @@ def run_transformer(args: argparse.Namespace, settings: Settings) -> None:
                                     args.predictor_request_timeout_seconds,
                                     PairLog(args.pairs_log) if args.pairs_log else None,
                                     model_name=args.model_name, tag_hosts=tag_hosts)
+    if args.logger_url is not None:
+        source = EventSource(args.model_name, pod_namespace(), f"http://localhost:{args.http_port}/")
+        model.payload_logger = PayloadLogger(args.logger_url, source, PayloadLogMetrics(), max_queue=logger_queue)
     kserve_server = server(args, predictor_config)
     model.load()
     start(kserve_server, model, on_rejected=lambda reason: metrics.rejected.labels(reason).inc())
+
+
+def pod_namespace() -> str:
+    """The namespace KServe's agent reports: the pod's, from its service account ("" off a cluster)."""
+    path = Path(SERVICE_ACCOUNT_NAMESPACE)
+    return path.read_text().strip() if path.is_file() else ""
 
 
 def main(argv: list[str] | None = None) -> None:

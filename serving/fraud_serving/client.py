@@ -13,16 +13,24 @@ import httpx
 import numpy as np
 import pandas as pd
 from fraud.export import MODEL_NAME as NAME
-from fraud.schema import FEATURES
+from fraud.schema import FEATURES, TRANSACTION_ID
 
 INPUT_NAME = "transactions"
 
 
-def v2_request(raw: np.ndarray, request_id: str | None = None) -> dict:
-    """The v2 JSON body for raw `[N, 30]` transactions in contract order. `data` is flat, in
-    row-major order, as the Open Inference Protocol lays tensors out (half the parse time of nested lists)."""
+def v2_request(raw: np.ndarray, request_id: str | None = None, transaction_ids: list[str] | None = None) -> dict:
+    """The v2 JSON body for raw `[N, 30]` transactions in contract order, with their ids (one per row)
+    as the `transaction_id` input when given. `data` is flat, in row-major order, as the Open
+    Inference Protocol lays tensors out (half the parse time of nested lists). Send `request_id`
+    also as the `Ce-Id` header: the prediction log is keyed by it."""
     raw = np.asarray(raw, dtype=np.float64)
-    body = {"inputs": [{"name": INPUT_NAME, "shape": list(raw.shape), "datatype": "FP64", "data": raw.ravel().tolist()}]}
+    body: dict = {"inputs": [{"name": INPUT_NAME, "shape": list(raw.shape), "datatype": "FP64",
+                              "data": raw.ravel().tolist()}]}
+    if transaction_ids is not None:
+        if len(transaction_ids) != len(raw):
+            raise ValueError(f"{len(transaction_ids)} transaction ids for {len(raw)} rows")
+        body["inputs"].append({"name": TRANSACTION_ID, "shape": [len(raw)], "datatype": "BYTES",
+                               "data": [str(i) for i in transaction_ids]})
     if request_id is not None:
         body["id"] = request_id
     return body
@@ -35,7 +43,8 @@ def infer_url(url: str, model_name: str = NAME) -> str:
 
 
 def read_transactions(path: str | Path) -> dict:
-    """A v2 request from a CSV (columns by name, extra columns such as Class ignored) or JSON file
+    """A v2 request from a CSV (columns by name, `transaction_id` sent as its input when present, other
+    columns such as Class ignored) or JSON file
     (a v2 request as is, a list of records, or a {column: values} object)."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
@@ -50,7 +59,8 @@ def read_transactions(path: str | Path) -> dict:
     missing = [feature for feature in FEATURES if feature not in frame.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {', '.join(missing)}")
-    return v2_request(frame.loc[:, list(FEATURES)].to_numpy(dtype=np.float64))
+    ids = frame[TRANSACTION_ID].astype(str).tolist() if TRANSACTION_ID in frame.columns else None
+    return v2_request(frame.loc[:, list(FEATURES)].to_numpy(dtype=np.float64), transaction_ids=ids)
 
 
 def predict(url: str, body: dict, model_name: str = NAME, timeout: float = 30.0) -> dict:

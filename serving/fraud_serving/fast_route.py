@@ -14,7 +14,9 @@ model; for 10,000 rows it dominates. This route takes the same bytes and gives t
 - the model runs through `Model.__call__` unchanged (preprocess → predict → postprocess, KServe's
   latency histograms, our metrics);
 - the response: NumPy outputs encoded by orjson directly; requests asking for binary outputs get
-  KServe's own encoder.
+  KServe's own encoder;
+- with a model's `payload_logger` (`fraud_serving.payload_log`), each request whose body was read
+  and each 200 answer are queued as KServe's agent would log them (the route never waits on it).
 
 It is a plain Starlette route (no FastAPI dependency solving per request) put first in the app's
 route list, so it matches before KServe's; KServe's exception handlers (InvalidInput → 400,
@@ -27,6 +29,7 @@ revision), `/v1/…` (only v2 is served) and `/v2/repository/…` (load/unload).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -41,6 +44,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from fraud_serving.payload_log import PayloadLogger, event_id
 
 INFER_PATH = "/v2/models/{model_name}/infer"
 #: Bodies above this many bytes are decoded on a worker thread (a 10,000-row JSON body takes
@@ -203,6 +208,7 @@ def install_fast_infer_route(app: FastAPI, models: dict[str, Model],
             on_rejected(reason)
 
     async def infer(request: Request) -> Response:
+        arrived = time.time()
         model_name = request.path_params["model_name"]
         model = models.get(model_name)
         if model is None:
@@ -221,15 +227,15 @@ def install_fast_infer_route(app: FastAPI, models: dict[str, Model],
         except ProtocolError:
             reject("body_size")
             raise
+        payload_logger: PayloadLogger | None = getattr(model, "payload_logger", None)
+        ce_id = event_id(request.headers) if payload_logger is not None else ""
         try:
-            if len(body) > INLINE_BODY_BYTES:
-                infer_request = await asyncio.get_running_loop().run_in_executor(
-                    None, parse_request, body, request.headers, model_name)
-            else:
-                infer_request = parse_request(body, request.headers, model_name)
+            infer_request = await parse_off_loop(body, request.headers, model_name)
         except InvalidInput:
             reject("body")
+            log_request(payload_logger, ce_id, arrived, body, request.headers, parsed=False)  # the agent logs it too
             raise
+        log_request(payload_logger, ce_id, arrived, body, request.headers, parsed=True)
         known = [output["name"] for output in model.get_output_types()]
         unknown = [o.name for o in infer_request.request_outputs or [] if o.name not in known]
         if unknown:
@@ -242,6 +248,9 @@ def install_fast_infer_route(app: FastAPI, models: dict[str, Model],
             response.outputs = [o for o in response.outputs if o.name in asked]
         encoded = encode_response(response, infer_request)
         encoded.headers.update(response_headers or {})
+        if payload_logger is not None:
+            payload_logger.log_response(ce_id, time.time(), bytes(encoded.body), request.headers.get("content-type", ""),
+                                        body_is_json=encoded.media_type == "application/json")
         return encoded
 
     async def unversioned(request: Request) -> Response:
@@ -270,6 +279,21 @@ def install_fast_infer_route(app: FastAPI, models: dict[str, Model],
     app.add_exception_handler(HTTPException, protocol_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ProtocolError, protocol_error_answer)
+
+
+async def parse_off_loop(body: bytes, headers, model_name: str) -> InferRequest:
+    """`parse_request`, on a worker thread for large bodies."""
+    if len(body) > INLINE_BODY_BYTES:
+        return await asyncio.get_running_loop().run_in_executor(None, parse_request, body, headers, model_name)
+    return parse_request(body, headers, model_name)
+
+
+def log_request(payload_logger: PayloadLogger | None, ce_id: str, arrived: float, body: bytes, headers,
+                parsed: bool) -> None:
+    """Queue the request's CloudEvent: a parsed body without the binary extension is JSON as it is."""
+    if payload_logger is not None:
+        payload_logger.log_request(ce_id, arrived, body, headers.get("content-type", ""),
+                                   body_is_json=parsed and INFERENCE_CONTENT_LENGTH_HEADER not in headers)
 
 
 async def read_body(request: Request, limit: int | None, max_rows: int | None) -> bytes:

@@ -3,7 +3,9 @@ to the predictor and returns its outputs with the `model_version` that answered 
 version directory "2" as the registered "v2").
 
 Clients send either one input `[N, 30]` (FP32/FP64, columns in contract order) or 30 named inputs
-(`Time`, `V1`…`V28`, `Amount`, each `[N]`). Every client mistake is an `InvalidInput` (HTTP 400)
+(`Time`, `V1`…`V28`, `Amount`, each `[N]`), in either form optionally with `transaction_id` (BYTES
+`[N]`, one string of 1–128 characters per row: checked, never scaled; the prediction log keeps it
+as it came in the request body). Every client mistake is an `InvalidInput` (HTTP 400)
 whose message names the field, counted in `fraud_rejected_requests_total{reason}`; every element of
 the data must be a JSON number (NumPy would quietly read "NaN", null and true as floats).
 
@@ -35,6 +37,7 @@ from fraud.contract import FeatureContract
 from fraud.export import INPUT_NAME
 from fraud.inference_log import MATRIX_INPUT  # the [N, 30] form; the other form is one [N] input per feature
 from fraud.routes import Backend
+from fraud.schema import MAX_TRANSACTION_ID_CHARS, TRANSACTION_ID
 from kserve import Model
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import InferenceError, InvalidInput
@@ -44,12 +47,14 @@ from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, In
 from fraud_serving.answer import RETRIED_FROM_HEADER, PredictorAnswer, read_answer
 from fraud_serving.fast_route import DEFAULT_MAX_ROWS, ProtocolError, binary_request, body_limit, json_kind
 from fraud_serving.metrics import UNKNOWN_VERSION, TransformerMetrics
+from fraud_serving.payload_log import PayloadLogger
 from fraud_serving.routing import NoPredictor, Routes, TagHosts
 from fraud_serving.shadow import ShadowScorer
 
 INLINE_ROWS = 256
 ACCEPTED_DATATYPES = {"FP32": np.float32, "FP64": np.float64}
 NON_NEGATIVE = ("Time", "Amount")
+TRANSACTION_ID_INPUT = TRANSACTION_ID  # optional, next to either form: one id per row, never a feature
 
 
 class PredictorFailed(Exception):
@@ -79,6 +84,8 @@ class FraudTransformer(Model):
         self._session: aiohttp.ClientSession | None = None
         self.shadow = shadow
         self.tag_hosts = tag_hosts
+        #: the CloudEvents of every answered request (`fast_route` calls it), None: off
+        self.payload_logger: PayloadLogger | None = None
 
     @property
     def max_body_bytes(self) -> int:
@@ -96,7 +103,8 @@ class FraudTransformer(Model):
 
     def get_input_types(self) -> list[dict]:
         return [{"name": MATRIX_INPUT, "datatype": "FP64", "shape": [-1, len(self.features)]}] + [
-            {"name": feature, "datatype": "FP64", "shape": [-1]} for feature in self.features]
+            {"name": feature, "datatype": "FP64", "shape": [-1]} for feature in self.features] + [
+            {"name": TRANSACTION_ID_INPUT, "datatype": "BYTES", "shape": [-1]}]
 
     def get_output_types(self) -> list[dict]:
         return [{"name": "fraud_probability", "datatype": "FP32", "shape": [-1]},
@@ -133,13 +141,19 @@ class FraudTransformer(Model):
         return self.contract.transform(self.raw_features(request))
 
     def raw_features(self, request: InferRequest) -> np.ndarray:
-        inputs = request.inputs
+        ids = [tensor for tensor in request.inputs if tensor.name == TRANSACTION_ID_INPUT]
+        inputs = [tensor for tensor in request.inputs if tensor.name != TRANSACTION_ID_INPUT]
         if not inputs:
-            self._reject("empty", "the request has no inputs")
+            self._reject("empty", "the request has no inputs" if not ids else
+                         f"the request has no feature inputs besides {TRANSACTION_ID_INPUT!r}")
         if len(inputs) == 1 and (len(inputs[0].shape) == 2 or inputs[0].name == MATRIX_INPUT):
             raw = self._matrix(inputs[0])
         else:
             raw = self._columns(inputs)
+        if len(ids) > 1:
+            self._reject("duplicate_column", f"duplicate inputs: {TRANSACTION_ID_INPUT}")
+        if ids:
+            self._check_transaction_ids(ids[0], len(raw))
         finite = np.isfinite(raw)
         if not finite.all():
             columns = [self.features[i] for i in np.flatnonzero(~finite.all(axis=0))]
@@ -186,6 +200,28 @@ class FraudTransformer(Model):
         self._check_rows(inputs[0].name, lengths.pop())
         by_name = {tensor.name: tensor for tensor in inputs}
         return np.column_stack([self._as_array(by_name[feature]) for feature in self.features])
+
+    def _check_transaction_ids(self, tensor: InferInput, rows: int) -> None:
+        """The optional ids input: BYTES `[N]`, one non-empty string of at most 128 characters per row.
+        Only checked: the ids travel on in the request body (the prediction log keeps them)."""
+        name = tensor.name
+        if tensor.datatype != "BYTES":
+            self._reject("transaction_id", f"input {name!r}: datatype {tensor.datatype} is not BYTES")
+        if len(tensor.shape) != 1 or tensor.shape[0] != rows:
+            self._reject("transaction_id", f"input {name!r}: shape {list(tensor.shape)} is not [{rows}] "
+                                           f"(one id per row)")
+        data = tensor.data
+        if not isinstance(data, list):
+            self._reject("transaction_id", f"input {name!r}: send the ids as a JSON list of strings (the binary "
+                                           "extension is not accepted for them)")
+        if len(data) != rows:
+            self._reject("transaction_id", f"input {name!r}: {len(data)} ids for {rows} rows")
+        for index, value in enumerate(data):
+            if not isinstance(value, str) or not 0 < len(value) <= MAX_TRANSACTION_ID_CHARS:
+                found = (f"{len(value)} characters" if isinstance(value, str) else json_kind(value))
+                self._reject("transaction_id", f"input {name!r}: ids must be strings of 1 to "
+                                               f"{MAX_TRANSACTION_ID_CHARS} characters; found {found} at element "
+                                               f"{index}")
 
     def _check_datatype(self, tensor: InferInput) -> None:
         if tensor.datatype not in ACCEPTED_DATATYPES:
@@ -334,14 +370,19 @@ class FraudTransformer(Model):
         )
 
     def stop(self) -> None:
-        """KServe's shutdown (sync, on the loop): let shadow calls finish, bounded, and flush the pair log."""
+        """KServe's shutdown (sync, on the loop): let shadow calls finish, bounded, flush the pair log and the
+        prediction log."""
         super().stop()
         if self.shadow is not None:
             asyncio.get_running_loop().create_task(self.shadow.close())
+        if self.payload_logger is not None:  # flush the prediction log, bounded by its close deadline
+            asyncio.get_running_loop().create_task(self.payload_logger.close())
 
     async def close(self) -> None:
         if self.shadow is not None:
             await self.shadow.close()
+        if self.payload_logger is not None:
+            await self.payload_logger.close()
         if self._session is not None:
             await self._session.close()
 

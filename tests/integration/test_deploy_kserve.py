@@ -335,3 +335,32 @@ def test_a_reruns_baseline_is_the_champion_the_cluster_rolls_out(target, tiny_ru
     assert deployed_champion(target.store, tracking_uri) == Champion(first, f"rolled-out model of {where}", first)
     canary.promote(target.store, tracking_uri=tracking_uri, **FAST)
     assert deployed_champion(target.store, tracking_uri) == Champion(second, f"rolled-out model of {where}", second)
+
+
+def test_the_prediction_logger_passes_kserves_webhooks_and_lands_in_the_transformers_knative_template(target):
+    """KServe's controller turns `spec.transformer.logger` into the internal annotations its pod
+    webhook injects the agent from (kserve@v0.20.0 pkg/controller/v1beta1/inferenceservice/components/
+    component.go `addLoggerAnnotations`; pkg/webhook/admission/pod/agent_injector.go reads them), on the
+    transformer's Knative Service template only."""
+    url = isvc.prediction_log_url(target.name)
+    deploy(target, candidate=target.spec("v2", prediction_log_url=url),
+           champion=target.spec("v1", prediction_log_url=url))
+
+    assert target.stored()["spec"]["transformer"]["logger"] == {"mode": "all", "url": url}
+
+    def template_annotations(component: str) -> dict:
+        service = target.admin.get_namespaced_custom_object("serving.knative.dev", "v1", target.name, "services",
+                                                            f"{isvc.NAME}-{component}")
+        return service["spec"]["template"]["metadata"].get("annotations", {})
+
+    transformer = template_annotations("transformer")
+    assert {key: value for key, value in transformer.items() if "logger" in key} == {
+        "internal.serving.kserve.io/logger": "true",
+        "internal.serving.kserve.io/logger-sink-url": "http://fraud-prediction-log." + target.name + ".svc.cluster.local",
+        "internal.serving.kserve.io/logger-mode": "all"}
+    assert not [key for key in template_annotations("predictor") if "logger" in key]
+
+
+def test_without_a_prediction_log_url_there_is_no_logger(target):
+    deploy(target)
+    assert "logger" not in target.stored()["spec"]["transformer"]

@@ -137,7 +137,14 @@ def _columns(drop=(), extra=(), duplicate=(), lengths=None, datatype="FP64", dat
     return {"inputs": inputs}
 
 
+def _ids(body: dict, data, datatype="BYTES", shape=None) -> dict:
+    """`body` with the optional `transaction_id` input next to its features."""
+    return {**body, "inputs": [*body["inputs"], {"name": "transaction_id", "shape": shape or [len(data)],
+                                                 "datatype": datatype, "data": data}]}
+
+
 SHAPE_HINT = "(columns in contract order: Time, V1 … Amount)"
+IDS = "input 'transaction_id': ids must be strings of 1 to 128 characters; found"
 NUMBERS = "input 'transactions': FP64 data must be numbers; found"
 NUMBERS32 = "input 'transactions': FP32 data must be numbers; found"
 LIMIT = 10_000 * 30 * 48 + 64 * 1024  # fast_route.body_limit for 10,000 rows
@@ -287,6 +294,20 @@ BAD_REQUESTS: dict[str, tuple[int, str, object]] = {
                        _matrix([_row()] * 10_001)),
     "shape_declares_too_many_rows": (400, "input 'transactions': 50000 rows exceed the limit of 10000 per request",
                                      _matrix([_row()], shape=[50_000, 30])),
+    "ids_fp64": (400, "input 'transaction_id': datatype FP64 is not BYTES", _ids(_matrix([_row()]), [1.0], "FP64")),
+    "ids_too_few": (400, "input 'transaction_id': shape [1] is not [2] (one id per row)",
+                    _ids(_matrix([_row(), _row()]), ["tx-1"])),
+    "ids_2d": (400, "input 'transaction_id': shape [1, 1] is not [1] (one id per row)",
+               _ids(_matrix([_row()]), [["tx-1"]], shape=[1, 1])),
+    "ids_shape_data_mismatch": (400, "input 'transaction_id': 1 ids for 2 rows",
+                                _ids(_columns(), ["tx-1"], shape=[2])),
+    "ids_a_number": (400, f"{IDS} a number at element 1", _ids(_columns(), ["tx-1", 2])),
+    "ids_null": (400, f"{IDS} null at element 0", _ids(_matrix([_row()]), [None])),
+    "ids_empty_string": (400, f"{IDS} 0 characters at element 0", _ids(_matrix([_row()]), [""])),
+    "ids_too_long": (400, f"{IDS} 129 characters at element 1", _ids(_columns(), ["tx-1", "x" * 129])),
+    "ids_duplicated": (400, "duplicate inputs: transaction_id", _ids(_ids(_matrix([_row()]), ["a"]), ["b"])),
+    "ids_alone": (400, "the request has no feature inputs besides 'transaction_id'",
+                  _ids({"inputs": []}, ["tx-1"])),
 }
 
 
@@ -417,6 +438,8 @@ def test_bad_input_matrix_answers_each_case_with_its_exact_status_and_message(se
     assert httpx.post(transformer.infer_url, content=mixed, headers=mixed_headers, timeout=30).status_code == 200
     for headers in ({"content-type": "application/json; charset=utf-8"}, {}):  # curl --data-binary sends none
         assert httpx.post(transformer.infer_url, content=ONE_ROW, headers=headers, timeout=30).status_code == 200
+    for with_ids in (_ids(_matrix([_row(), _row()]), ["tx-1", "x" * 128]), _ids(_columns(), ["tx-1", "tx-2"])):
+        assert httpx.post(transformer.infer_url, json=with_ids, timeout=30).status_code == 200  # ids: checked, dropped
     asked = httpx.post(transformer.infer_url, json=_with(_matrix([_row()]), id="tx-1", parameters={},
                                                          outputs=[{"name": "is_fraud"}]), timeout=30)
     assert asked.status_code == 200 and asked.json()["id"] == "tx-1", asked.text
@@ -427,7 +450,7 @@ def test_bad_input_matrix_answers_each_case_with_its_exact_status_and_message(se
     rejected_after = httpx.get(f"{transformer.url}/metrics", timeout=10).text
     for reason in ("nan", "shape", "row_limit", "missing_column", "unknown_column", "duplicate_column",
                    "negative_value", "datatype", "data", "empty", "body", "unknown_model", "element_type",
-                   "unknown_output", "content_type", "body_size"):
+                   "unknown_output", "content_type", "body_size", "transaction_id"):
         assert (metric_value(rejected_after, "fraud_rejected_requests_total", reason=reason)
                 > metric_value(rejected_before, "fraud_rejected_requests_total", reason=reason)), reason
 

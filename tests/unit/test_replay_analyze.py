@@ -279,3 +279,44 @@ def test_prometheus_vectors_become_version_metrics(answering_server):
     assert online["v2"].traffic_share == 0.2 and online["v2"].latency_p99_ms == 250.0
     assert online["v1"].latency_p50_ms == 12.0
     assert queries["rows"].startswith("sum by (model_version, decision) (increase(fraud_predictions_total{")
+
+
+def test_the_replay_sends_each_batchs_transaction_ids_and_its_request_id_as_ce_id():
+    """A recording v2 server on loopback: every request carries its rows' ids as the BYTES
+    `transaction_id` input and `Ce-Id` equal to its v2 id (what the prediction log keys on)."""
+    from fraud_rollout.replay_load import ReplayOptions, send
+
+    seen: list[tuple[str, dict]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            seen.append((self.headers["ce-id"], body))
+            rows = body["inputs"][0]["shape"][0]
+            answer = json.dumps({"model_version": "v1", "id": body["id"], "outputs": [
+                {"name": "fraud_probability", "data": [0.1] * rows}, {"name": "is_fraud", "data": [0] * rows}]})
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    ids = [f"tx-3-{n}" for n in range(5)]
+    try:
+        rows = send(np.ones((5, 30)), ReplayOptions(f"http://127.0.0.1:{server.server_address[1]}", batch=2,
+                                                    concurrency=1, progress=False), transaction_ids=ids)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert not rows.error.any()
+    assert [ce_id for ce_id, _ in seen] == [body["id"] for _, body in seen] == [f"{rows.id_prefix}{i}" for i in range(3)]
+    assert [body["inputs"][1] for _, body in seen] == [
+        {"name": "transaction_id", "shape": [len(part)], "datatype": "BYTES", "data": part}
+        for part in (ids[0:2], ids[2:4], ids[4:5])]

@@ -60,6 +60,21 @@ def column_request(rows: np.ndarray, names=FEATURES) -> InferRequest:
                                            for i, name in enumerate(names)])
 
 
+def with_ids(request: InferRequest, ids: list, datatype: str = "BYTES") -> InferRequest:
+    return InferRequest("fraud-detector", [*request.inputs, InferInput("transaction_id", [len(ids)], datatype,
+                                                                          data=ids)])
+
+
+def test_transaction_ids_are_checked_and_dropped_before_scaling_in_both_forms(transformer, contract):
+    rows = raw_rows(3)
+    ids = ["tx-7-0", "tx-7-1", "tx-7-2"]
+    for request in (with_ids(matrix_request(rows), ids), with_ids(column_request(rows), ids)):
+        scaled = asyncio.run(transformer.preprocess(request)).inputs
+        assert [(t.name, t.shape) for t in scaled] == [("scaled_features", [3, 30])]
+        np.testing.assert_array_equal(scaled[0].data, contract.transform(rows))
+    assert {"name": "transaction_id", "datatype": "BYTES", "shape": [-1]} in transformer.get_input_types()
+
+
 def test_both_input_forms_scale_with_the_contract(transformer, contract):
     rows = raw_rows(7)
     expected = contract.transform(rows)
@@ -82,6 +97,9 @@ def test_both_input_forms_scale_with_the_contract(transformer, contract):
     (lambda: column_request(raw_rows(2), (*FEATURES[:-1], "Amt")), "unknown_column", "Amt"),
     (lambda: column_request(raw_rows(2), (*FEATURES[:-1], "V1")), "duplicate_column", "V1"),
     (lambda: InferRequest("fraud-detector", []), "empty", "no inputs"),
+    (lambda: with_ids(matrix_request(raw_rows(2)), ["a"]), "transaction_id", r"shape \[1\] is not \[2\]"),
+    (lambda: with_ids(column_request(raw_rows(2)), ["a", 7]), "transaction_id", "found a number at element 1"),
+    (lambda: with_ids(matrix_request(raw_rows(1)), ["a"], "INT64"), "transaction_id", "datatype INT64 is not BYTES"),
 ])
 def test_invalid_requests_name_the_field_and_count_the_reason(transformer, registry, request_factory, reason,
                                                                field):

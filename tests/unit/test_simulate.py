@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fraud import simulate
-from fraud.schema import COLUMNS, LABEL, DataError
+from fraud.schema import DATASET_COLUMNS, LABEL, TRANSACTION_ID, DataError, check_transactions
 
 SPEC = simulate.DriftSpec()
 
@@ -11,7 +11,21 @@ def test_same_seed_same_data_other_seed_other_data():
     a, b = simulate.generate(30_000, 11), simulate.generate(30_000, 11)
     pd.testing.assert_frame_equal(a, b)
     assert not a.equals(simulate.generate(30_000, 12))
-    assert list(a.columns) == list(COLUMNS)
+    assert list(a.columns) == list(DATASET_COLUMNS)
+
+
+def test_every_transaction_has_an_id_unique_stable_for_its_seed_and_not_a_feature():
+    a, b, other = simulate.generate(5_000, 11), simulate.generate(5_000, 11), simulate.generate(5_000, 12)
+    assert a[TRANSACTION_ID].is_unique and a[TRANSACTION_ID].tolist() == b[TRANSACTION_ID].tolist()
+    assert a[TRANSACTION_ID].iloc[:2].tolist() == ["tx-11-0", "tx-11-1"] and other[TRANSACTION_ID].iloc[0] == "tx-12-0"
+    parts = simulate.split_windows(a, simulate.WindowSpec(), SPEC.months)
+    assert sorted(i for p in parts.values() for i in p[TRANSACTION_ID]) == sorted(a[TRANSACTION_ID])
+    check_transactions(a)
+    for bad, message in [(["tx-1", "tx-1"], "1 repeated ids (first 'tx-1')"), (["tx-1", 2], "must be strings"),
+                         (["", "tx-2"], "must be 1..128 characters (first other at row 0)")]:
+        frame = a.iloc[:2].assign(**{TRANSACTION_ID: bad})
+        with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            check_transactions(frame)
 
 
 def test_shape_like_the_kaggle_set():
@@ -50,7 +64,7 @@ def test_drift_moves_fraud_from_the_drift_month_on():
 def test_enrich_lays_a_real_csv_over_the_calendar(tmp_path):
     source = simulate.generate(5_000, 9).assign(Time=lambda f: f["Time"] % 172_800)  # two days, like Kaggle
     enriched = simulate.enrich(source, 20_000, 4)
-    assert len(enriched) == 20_000 and list(enriched.columns) == list(COLUMNS)
+    assert len(enriched) == 20_000 and list(enriched.columns) == list(DATASET_COLUMNS)
     assert simulate.month_of(enriched["Time"].to_numpy(), SPEC.months).max() == SPEC.months
     np.testing.assert_array_equal(enriched["Time"] % 86_400 >= 0, True)
     pd.testing.assert_frame_equal(enriched, simulate.enrich(source, 20_000, 4))

@@ -327,57 +327,14 @@ def logging_comparison(report: BenchReport, transformers: dict[str, ServerProces
                         f"{rounds} interleaved rounds")
 
 
-class StandInSink:
-    """DEVELOPMENT ONLY: a CloudEvents receiver that acknowledges every post with 200 and keeps nothing.
-
-    TODO(issue 11): replace with the real sink, `fraud_control.prediction_sink` (helper A's branch),
-    started as its own process on a SQLite store in the bench's workdir, so the numbers include its
-    commits; until then pass `--prediction-sink-url` to measure against a running real sink."""
-
-    def __init__(self) -> None:
-        import asyncio
-        import threading
-
-        from aiohttp import web
-
-        self.url = ""
-        ready = threading.Event()
-
-        async def receive(request: web.Request) -> web.Response:
-            await request.read()
-            return web.Response(status=200)
-
-        async def serve() -> None:
-            app = web.Application(client_max_size=64 * 1024 * 1024)
-            app.router.add_post("/", receive)
-            self._runner = web.AppRunner(app, access_log=None)
-            await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-            self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/"
-            ready.set()
-
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="stand-in-sink", daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(serve(), self._loop)
-        if not ready.wait(30):
-            raise RuntimeError("the stand-in prediction sink did not start")
-
-    def close(self) -> None:
-        import asyncio
-
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(30)
-
-
 def run_benchmark(baseline: Path, requests: int = 2_000, rows: int = 10_000, duration: int = 10,
                   connections: int = 32, prediction_sink_url: str | None = None) -> BenchReport:
     """Start a predictor and a transformer for `baseline` on loopback, measure, stop them; then the
     shadow comparison (a second predictor and three transformers with routes files) and the logging
-    comparison (a transformer posting to `prediction_sink_url`, else to the stand-in sink)."""
+    comparison (a transformer posting to `prediction_sink_url`, else to the real prediction-log sink
+    started here on a SQLite file in the bench's log dir, so the numbers include its commits)."""
     from fraud.routes import Backend, write_routes
-    from fraud_control.processes import start_predictor, start_transformer, stop_all
+    from fraud_control.processes import start_predictor, start_sink, start_transformer, stop_all
 
     with tempfile.TemporaryDirectory() as logs, ExitStack() as stack:
         predictor = start_predictor(baseline, Path(logs))
@@ -396,9 +353,10 @@ def run_benchmark(baseline: Path, requests: int = 2_000, rows: int = 10_000, dur
             stack.callback(stop_all, [server])
             shadowed[percent] = server
         if prediction_sink_url is None:
-            stand_in = StandInSink()  # TODO(issue 11): the real sink (StandInSink's docstring)
-            stack.callback(stand_in.close)
-            sink, sink_label = stand_in.url, "a development stand-in acknowledging every post (NOT the real sink)"
+            store = Path(logs) / "bench-prediction-log.sqlite"
+            sink_process = start_sink(str(store), Path(logs)).wait_ready()
+            stack.callback(sink_process.stop)
+            sink, sink_label = sink_process.url, f"the prediction-log sink on SQLite ({store})"
         else:
             sink, sink_label = prediction_sink_url, prediction_sink_url
         logging = {"off": start_transformer(baseline, Path(logs), predictor_url=predictor.url, shadow_percent=0,

@@ -70,8 +70,8 @@ def register(commands, bench) -> None:
     bench_serving.add_argument("--duration", type=positive_int, default=10, help="seconds of each wrk run")
     bench_serving.add_argument("--connections", type=positive_int, default=32, help="wrk concurrency")
     bench_serving.add_argument("--prediction-sink-url", default=None, metavar="URL",
-                               help="a running prediction-log sink the logging-on transformer posts to (default: a "
-                                    "development stand-in that acknowledges every post; see bench_serving.StandInSink)")
+                               help="a running prediction-log sink the logging-on transformer posts to (default: the "
+                                    "prediction-log sink, started for the run on a SQLite file)")
     bench_serving.set_defaults(func=bench_command)
 
 

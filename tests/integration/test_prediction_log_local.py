@@ -1,0 +1,74 @@
+"""The local runtime's prediction log end to end: `serve --prediction-log` starts the sink, the
+transformer posts KServe's CloudEvents to it, every answered request is in the store exactly once
+with the version that answered, and late labels join on the transaction ids the client sent."""
+import re
+import subprocess
+import time
+import urllib.request
+from collections import Counter
+
+import httpx
+import numpy as np
+import pandas as pd
+from fraud.schema import FEATURES
+from fraud_control.prediction_store import open_store
+from fraud_serving.client import infer_url, v2_request
+
+from fraud_rollout.serving_session import FRAUD_ROLLOUT, LocalServing
+
+REQUESTS, ROWS = 40, 5
+DRAIN_TIMEOUT_S = 30.0
+
+
+def queued_events(url: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return float(re.search(r"^fraud_payload_log_queue (\S+)$", text, re.M).group(1))
+
+
+def wait_logged(url: str) -> None:
+    """Until the transformer's payload logger has every event acknowledged (its queue gauge reads 0)."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while queued_events(url) > 0:
+        assert time.monotonic() < deadline, "the payload logger did not drain"
+        time.sleep(0.1)  # between polls of the gauge, not instead of one
+
+
+def test_every_answered_request_is_logged_once_and_labels_join(tiny_run, tmp_path):
+    holdout = tiny_run.windows["holdout"].iloc[: REQUESTS * ROWS]
+    raw = holdout.loc[:, list(FEATURES)].to_numpy(dtype=np.float64)
+    ids = holdout["transaction_id"].astype(str).tolist()
+    store_path = tmp_path / "prediction-log.sqlite"
+    answered: Counter = Counter()
+    with LocalServing(tmp_path / "state", baseline=tiny_run.v1, candidate=tiny_run.v2, canary_percent=50,
+                      log_dir=tmp_path / "logs", shadow_percent=0, prediction_log=str(store_path)) as serving:
+        with httpx.Client(timeout=30) as client:
+            for i in range(REQUESTS):
+                rows = slice(i * ROWS, (i + 1) * ROWS)
+                response = client.post(infer_url(serving.url), json=v2_request(raw[rows], f"req-{i}", ids[rows]),
+                                       headers={"Ce-Id": f"req-{i}"})
+                assert response.status_code == 200, response.text
+                answered[response.json()["model_version"]] += ROWS
+        wait_logged(serving.url)
+    assert set(answered) == {"v1", "v2"}  # a 50 % split over 40 requests reaches both
+
+    with open_store(str(store_path)) as store:
+        counts = store.counts()
+        assert (counts["logged"], counts["answered"], counts["rows"]) == (REQUESTS, REQUESTS, REQUESTS * ROWS)
+        assert counts["per_version"] == dict(answered)
+        served = store.served()
+    assert sorted(served["transaction_id"]) == sorted(ids)
+    assert served["event_id"].nunique() == REQUESTS and served["label"].isna().all()
+
+    labels = pd.DataFrame({"transaction_id": ids, "label": holdout["Class"].to_numpy(),
+                           "label_time": pd.Timestamp.now(tz="UTC")})
+    labels_file = tmp_path / "labels.csv"
+    labels.to_csv(labels_file, index=False)
+    result = subprocess.run([*FRAUD_ROLLOUT, "labels", "ingest", str(labels_file), "--store", str(store_path)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"labels: {REQUESTS * ROWS} read, {REQUESTS * ROWS} joined to served predictions, 0 unknown"
+    with open_store(str(store_path)) as store:
+        served = store.served()
+    by_id = dict(zip(holdout["transaction_id"].astype(str), holdout["Class"].astype(int)))
+    assert [int(x) for x in served["label"]] == [by_id[t] for t in served["transaction_id"]]

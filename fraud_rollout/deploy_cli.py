@@ -49,7 +49,7 @@ def register(commands) -> None:
     kserve.add_argument("--bucket", help="S3 bucket the models are uploaded to (default: the deploy step's, fraud-models)")
     kserve.add_argument("--serving-image", default=DEFAULT_IMAGE, metavar="IMAGE",
                         help=f"image of the predictor and transformer containers (default {DEFAULT_IMAGE})")
-    deploy.add_argument("--prediction-log-url", type=prediction_log_url, default="", metavar="URL",
+    deploy.add_argument("--prediction-log-url", type=prediction_log_url, default=None, metavar="URL",
                         help="the prediction-log sink: the InferenceService's transformer gets KServe's payload "
                              "logger (mode all) posting to it, e.g. http://fraud-prediction-log.<namespace>.svc."
                              "cluster.local (default: no logger)")
@@ -101,7 +101,7 @@ def deploy_command(args: argparse.Namespace) -> int:
                          canary_percent=args.canary_percent, supersede=args.supersede, state_dir=args.state_dir,
                          image=args.serving_image, timeout_s=args.timeout, settings=Settings(),
                          kubeconfig=args.kubeconfig, context=args.context,
-                         prediction_log_url=args.prediction_log_url, **optional)
+                         prediction_log_url=args.prediction_log_url or "", **optional)
     except RolloutError as error:
         print(f"fraud-rollout deploy: {error}", file=sys.stderr)
         return 1

@@ -40,6 +40,10 @@ class LoggedRequest:
     transaction_ids: tuple[str | None, ...]
 
 
+#: A logged request that is not a v2 request of the contract's features (the transformer refused it).
+REFUSED_REQUEST = LoggedRequest(np.empty((0, len(FEATURES))), ())
+
+
 @dataclass(frozen=True)
 class LoggedResponse:
     """The rows of a logged response: the registered version that answered, float64 scores, 0/1 decisions."""
@@ -75,6 +79,11 @@ def log_event(event_id: str, event_type: str, time: datetime, body: object) -> L
     try:
         parsed = parse_request(body) if event_type == REQUEST_EVENT else parse_response(body)
     except ValueError as error:
+        if event_type == REQUEST_EVENT:
+            # KServe's agent logs every request, also those the transformer refuses with a 400 (no
+            # response event follows). Kept as an event without rows: refusing it would refuse the
+            # good events of its batch too, and a client's bad input must lose nothing.
+            return LogEvent(event_id, event_type, time, REFUSED_REQUEST)
         raise ValueError(f"event {event_id}: {error}") from None
     return LogEvent(event_id, event_type, time, parsed)
 

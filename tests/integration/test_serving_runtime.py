@@ -88,7 +88,7 @@ def test_predictor_answers_v2_with_version_and_metadata(serving_stack, tiny_run,
     assert {o["name"]: o["datatype"] for o in metadata["outputs"]} == {"fraud_probability": "FP32",
                                                                        "is_fraud": "INT32"}
     transformer_metadata = httpx.get(f"{serving_stack.transformer.url}/v2/models/fraud-detector", timeout=10).json()
-    assert [i["name"] for i in transformer_metadata["inputs"]] == ["transactions", *FEATURES]
+    assert [i["name"] for i in transformer_metadata["inputs"]] == ["transactions", *FEATURES, "transaction_id"]
 
 
 @pytest.mark.parametrize("binary_data", [False, True])

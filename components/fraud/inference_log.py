@@ -20,15 +20,13 @@ import numpy as np
 import orjson
 
 from fraud.export import registered_version
-from fraud.schema import FEATURES
+from fraud.schema import FEATURES, MAX_TRANSACTION_ID_CHARS, TRANSACTION_ID
 
 MATRIX_INPUT = "transactions"
-TRANSACTION_ID_INPUT = "transaction_id"
+TRANSACTION_ID_INPUT = TRANSACTION_ID  # optional, next to either feature form: one id per row
 REQUEST_EVENT = "org.kubeflow.serving.inference.request"
 RESPONSE_EVENT = "org.kubeflow.serving.inference.response"
 EVENT_TYPES = (REQUEST_EVENT, RESPONSE_EVENT)
-#: A longer id is not a transaction id but someone's payload: refused rather than stored.
-MAX_TRANSACTION_ID_LENGTH = 256
 _FEATURE_DATATYPES = ("FP32", "FP64")
 
 
@@ -229,8 +227,8 @@ def _transaction_ids(tensor: Mapping, rows: int) -> tuple[str, ...]:
 
 
 def _transaction_id(value: object, where: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_TRANSACTION_ID_LENGTH:
+    if not isinstance(value, str) or not value or len(value) > MAX_TRANSACTION_ID_CHARS:
         shown = repr(value) if not isinstance(value, str) or len(value) <= 40 else f"{value[:40]!r}…"
         raise ValueError(f"{where}: {shown} is not a transaction id (a string of 1 to "
-                         f"{MAX_TRANSACTION_ID_LENGTH} characters)")
+                         f"{MAX_TRANSACTION_ID_CHARS} characters)")
     return value

@@ -313,7 +313,7 @@ def open_store(url: str) -> PredictionStore:
         def connect_postgres() -> psycopg.Connection:
             return psycopg.connect(url, connect_timeout=10)
 
-        return PredictionStore(_redacted(url), _POSTGRES, connect_postgres)
+        return PredictionStore(redacted_url(url), _POSTGRES, connect_postgres)
     if url.startswith(SQLITE_PREFIX):
         path = Path(url[len(SQLITE_PREFIX):])
     elif "://" in url or not url.strip():
@@ -349,7 +349,7 @@ def feature_matrix(served: pd.DataFrame) -> np.ndarray:
     return matrix
 
 
-def _redacted(url: str) -> str:
+def redacted_url(url: str) -> str:
     """`url` without its password, for messages."""
     scheme, _, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")

@@ -29,6 +29,7 @@ from fraud.routes import Backend, write_routes
 
 from fraud_control import isvc
 from fraud_control.local_state import LocalInferenceService, local_artifact_path
+from fraud_control.prediction_store import redacted_url
 from fraud_control.processes import (
     LOOPBACK,
     ServerFailed,
@@ -297,6 +298,8 @@ class LocalRuntime:
             "predictors": {name: server.url for name, server in self.predictors.items()},
             "draining": sorted(self.retiring),
             "pairsLog": str(self.pairs_log),
-            "predictionLog": {"store": self.prediction_log, "sink": self.sink.url if self.sink else None},
+            # never a password in a file: a PostgreSQL URL's is redacted
+            "predictionLog": {"store": redacted_url(self.prediction_log) if self.prediction_log else None,
+                              "sink": self.sink.url if self.sink else None},
         }
         write_json(self.state_dir / RUNTIME_FILE, body)

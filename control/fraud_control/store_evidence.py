@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fraud_canary.metrics import VersionMetrics
-from fraud_canary.paired import PairedOutcomes
 from fraud_canary.served import feedback_summary, served_metrics
 
 from fraud_control.prediction_store import open_store
@@ -18,17 +17,16 @@ from fraud_control.prediction_store import open_store
 class StoreEvidence:
     store: str  # the store's URL, credentials redacted
     online: dict[str, VersionMetrics]
-    paired: PairedOutcomes | None
     feedback: dict[str, Any]  # `fraud_canary.served.feedback_summary`
 
 
 def store_evidence(url: str, *, since: datetime | None = None, label_maturity_days: float = 0.0,
-                   versions: tuple[str, str] | None = None, as_of: datetime | None = None) -> StoreEvidence:
+                   as_of: datetime | None = None) -> StoreEvidence:
     """Read the predictions logged from `since` on and the labels joined to them, as of `as_of` (now)."""
     as_of = as_of or datetime.now(UTC)
     maturity = timedelta(days=label_maturity_days)
     with open_store(url) as store:
         served = store.served(since)
         name = store.url
-    return StoreEvidence(name, served_metrics(served, as_of=as_of, label_maturity=maturity), None,
+    return StoreEvidence(name, served_metrics(served, as_of=as_of, label_maturity=maturity),
                          feedback_summary(served, as_of=as_of, label_maturity=maturity))

@@ -42,12 +42,11 @@ from itertools import islice
 
 import aiohttp
 import orjson
+from fraud.inference_log import REQUEST_EVENT, RESPONSE_EVENT
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 logger = logging.getLogger(__name__)
-REQUEST_TYPE = "org.kubeflow.serving.inference.request"
-RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
-EVENT_KINDS = {REQUEST_TYPE: "request", RESPONSE_TYPE: "response"}
+EVENT_KINDS = {REQUEST_EVENT: "request", RESPONSE_EVENT: "response"}
 CE_ID_HEADER = "ce-id"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 DEFAULT_QUEUE_EVENTS = 10_000
@@ -147,12 +146,12 @@ class PayloadLogger:
     def log_request(self, ce_id: str, arrived: float, body: bytes, content_type: str, body_is_json: bool,
                     endpoint: str = "default") -> None:
         """Queue the request event (never blocks, never raises)."""
-        self._put(REQUEST_TYPE, ce_id, arrived, body, content_type, body_is_json, endpoint)
+        self._put(REQUEST_EVENT, ce_id, arrived, body, content_type, body_is_json, endpoint)
 
     def log_response(self, ce_id: str, answered: float, body: bytes, content_type: str, body_is_json: bool,
                      endpoint: str = "default") -> None:
         """Queue the response event of a 200 (the agent's data content type is the request's)."""
-        self._put(RESPONSE_TYPE, ce_id, answered, body, content_type, body_is_json, endpoint)
+        self._put(RESPONSE_EVENT, ce_id, answered, body, content_type, body_is_json, endpoint)
 
     def _put(self, ce_type: str, ce_id: str, occurred: float, body: bytes, content_type: str,
              body_is_json: bool, endpoint: str) -> None:

@@ -35,9 +35,9 @@ import numpy as np
 import orjson
 from fraud.contract import FeatureContract
 from fraud.export import INPUT_NAME
-from fraud.inference_log import MATRIX_INPUT  # the [N, 30] form; the other form is one [N] input per feature
+from fraud.inference_log import MATRIX_INPUT, TRANSACTION_ID_INPUT  # the [N, 30] form, and the optional ids
 from fraud.routes import Backend
-from fraud.schema import MAX_TRANSACTION_ID_CHARS, TRANSACTION_ID
+from fraud.schema import MAX_TRANSACTION_ID_CHARS
 from kserve import Model
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import InferenceError, InvalidInput
@@ -54,7 +54,6 @@ from fraud_serving.shadow import ShadowScorer
 INLINE_ROWS = 256
 ACCEPTED_DATATYPES = {"FP32": np.float32, "FP64": np.float64}
 NON_NEGATIVE = ("Time", "Amount")
-TRANSACTION_ID_INPUT = TRANSACTION_ID  # optional, next to either form: one id per row, never a feature
 
 
 class PredictorFailed(Exception):

@@ -21,14 +21,13 @@ import uvicorn
 from aiohttp import web
 from fastapi import FastAPI
 from fraud.contract import FeatureContract
+from fraud.inference_log import REQUEST_EVENT, RESPONSE_EVENT
 from fraud.schema import FEATURES
 from fraud_control.processes import free_port
 from fraud_serving.fast_route import INFERENCE_CONTENT_LENGTH_HEADER, binary_request, install_fast_infer_route
 from fraud_serving.metrics import TransformerMetrics
 from fraud_serving.payload_log import (
     BATCH_CONTENT_TYPE,
-    REQUEST_TYPE,
-    RESPONSE_TYPE,
     EventSource,
     PayloadLogger,
     PayloadLogMetrics,
@@ -173,9 +172,9 @@ def test_events_are_the_agents_request_and_response_with_the_ce_id_and_response_
     fresh_id = events[2]["id"]
     assert uuid.UUID(fresh_id).version == 4  # no Ce-Id header: a fresh UUID, shared by both events
     assert [(e["type"], e["id"]) for e in events] == [
-        (REQUEST_TYPE, "req-1"), (RESPONSE_TYPE, "req-1"), (REQUEST_TYPE, fresh_id), (RESPONSE_TYPE, fresh_id),
-        (REQUEST_TYPE, "req-3"), (REQUEST_TYPE, "req-4"),  # 400s: the request is logged, no response
-        (REQUEST_TYPE, "tx-bin"), (RESPONSE_TYPE, "tx-bin")]
+        (REQUEST_EVENT, "req-1"), (RESPONSE_EVENT, "req-1"), (REQUEST_EVENT, fresh_id), (RESPONSE_EVENT, fresh_id),
+        (REQUEST_EVENT, "req-3"), (REQUEST_EVENT, "req-4"),  # 400s: the request is logged, no response
+        (REQUEST_EVENT, "tx-bin"), (RESPONSE_EVENT, "tx-bin")]
     for event in events:
         assert {key: event[key] for key in ("specversion", "source", "inferenceservicename", "namespace",
                                             "component", "endpoint", "metadata")} == {
@@ -265,7 +264,7 @@ def test_an_event_the_sink_refuses_is_dropped_alone_and_counted():
 def test_structured_event_embeds_only_bodies_known_to_be_json(content_type, body, is_json, expected):
     from fraud_serving.payload_log import structured_event
 
-    event = orjson.loads(structured_event(REQUEST_TYPE, "x", 0.0, body, content_type, is_json, SOURCE, "default"))
+    event = orjson.loads(structured_event(REQUEST_EVENT, "x", 0.0, body, content_type, is_json, SOURCE, "default"))
     assert {key: event[key] for key in ("data", "data_base64") if key in event} == expected
     assert event.get("datacontenttype") == (content_type or None)
     assert event["time"] == "1970-01-01T00:00:00.000000Z"

@@ -208,9 +208,11 @@ def analyze_command(args) -> int:
     elif args.store is not None:  # the prediction log: what was served, and the labels that have matured
         from fraud_control.store_evidence import store_evidence
 
-        logged = store_evidence(args.store, since=args.since, label_maturity_days=args.label_maturity)
-        online, paired = logged.online, None  # shadow pairs are not in the store yet
-        evidence = {"source": "store", "store": logged.store, "since": args.since.isoformat() if args.since else None, "feedback": logged.feedback}
+        logged = store_evidence(args.store, (baseline_version, canary_version), since=args.since,
+                                label_maturity_days=args.label_maturity)
+        online, paired = logged.online, logged.paired
+        evidence = {"source": "store", "store": logged.store, "since": args.since.isoformat() if args.since else None,
+                    "feedback": logged.feedback}
         subject = current_subject(args)
     else:  # live evidence: about what is deployed now
         online, queries = metrics_from_prometheus(args.prometheus, args.selector, args.window)

@@ -4,7 +4,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from fraud.inference_log import REQUEST_EVENT, RESPONSE_EVENT, TRANSACTION_ID_INPUT, LogEvent, log_event
+from fraud.inference_log import (
+    PAIR_EVENT,
+    REQUEST_EVENT,
+    RESPONSE_EVENT,
+    TRANSACTION_ID_INPUT,
+    LogEvent,
+    log_event,
+    pair_body,
+)
 from fraud.schema import FEATURES
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -49,3 +57,9 @@ def served_pair(event_id: str, rows: int, version: str = "v2", at: datetime = T0
     scores = np.random.default_rng(seed).uniform(size=rows).round(4).tolist()
     return (log_event(event_id, REQUEST_EVENT, at, request_body(features(rows, seed), ids)),
             log_event(event_id, RESPONSE_EVENT, at + timedelta(milliseconds=3), response_body(scores, version)))
+
+
+def shadow_pair(event_id: str, served: list[int], shadow: list[int], transaction_ids: list[str | None],
+                versions: tuple[str, str] = ("v1", "v2"), at: datetime = T0) -> LogEvent:
+    """The transformer's pair event of a shadowed request: `served` decided by versions[0], `shadow` by versions[1]."""
+    return log_event(event_id, PAIR_EVENT, at, pair_body(*versions, served, shadow, tuple(transaction_ids)))

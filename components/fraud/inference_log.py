@@ -6,13 +6,17 @@ keeps, and nothing else (privacy): the contract's features of each row with its 
 a request; the answering version, score and decision of each row from a response. Other inputs,
 parameters, headers and ids are dropped here.
 
+KServe has no event for shadow scoring, so the transformer sends its own (`PAIR_EVENT`, id = the
+v2 request id): both versions' decisions on each row of a shadowed request, with the rows'
+transaction ids, so that late labels join the pairs as they join the predictions.
+
 A request sends the features as one `[N, 30]` input (`MATRIX_INPUT`, columns in `FEATURES` order)
 or one `[N]` input per feature, and optionally `TRANSACTION_ID_INPUT` (BYTES, `[N]` strings) naming
 each row's transaction; without it a one-row request's transaction is the request's `id`.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,7 +30,10 @@ MATRIX_INPUT = "transactions"
 TRANSACTION_ID_INPUT = TRANSACTION_ID  # optional, next to either feature form: one id per row
 REQUEST_EVENT = "org.kubeflow.serving.inference.request"
 RESPONSE_EVENT = "org.kubeflow.serving.inference.response"
-EVENT_TYPES = (REQUEST_EVENT, RESPONSE_EVENT)
+PAIR_EVENT = "org.fraudrollout.serving.shadow.pair"
+EVENT_TYPES = (REQUEST_EVENT, RESPONSE_EVENT, PAIR_EVENT)
+#: The short name of each type (the store's `events.event_type`, metric labels).
+EVENT_KINDS = {REQUEST_EVENT: "request", RESPONSE_EVENT: "response", PAIR_EVENT: "pair"}
 _FEATURE_DATATYPES = ("FP32", "FP64")
 
 
@@ -52,18 +59,35 @@ class LoggedResponse:
 
 
 @dataclass(frozen=True)
+class LoggedPair:
+    """A shadowed request's rows decided by both versions: the one that answered and the other one."""
+
+    served_version: str
+    shadow_version: str
+    served_is_fraud: np.ndarray  # int64 0/1 per row
+    shadow_is_fraud: np.ndarray
+    transaction_ids: tuple[str | None, ...]
+
+
+@dataclass(frozen=True)
 class LogEvent:
     """One logged request or response: its CloudEvent id and type, its occurrence time (aware, UTC) and rows."""
 
     event_id: str
     event_type: str
     time: datetime
-    body: LoggedRequest | LoggedResponse
+    body: LoggedRequest | LoggedResponse | LoggedPair
+
+    @property
+    def kind(self) -> str:
+        return EVENT_KINDS[self.event_type]
 
     @property
     def rows(self) -> int:
         body = self.body
-        return len(body.features) if isinstance(body, LoggedRequest) else len(body.fraud_probability)
+        if isinstance(body, LoggedRequest):
+            return len(body.features)
+        return len(body.fraud_probability) if isinstance(body, LoggedResponse) else len(body.served_is_fraud)
 
 
 def log_event(event_id: str, event_type: str, time: datetime, body: object) -> LogEvent:
@@ -73,9 +97,11 @@ def log_event(event_id: str, event_type: str, time: datetime, body: object) -> L
     if time.tzinfo is None or time.utcoffset() is None:
         raise ValueError(f"event {event_id}: time {time.isoformat()} has no timezone")
     if event_type not in EVENT_TYPES:
-        raise ValueError(f"event {event_id}: unknown type {event_type!r} (expected {' or '.join(EVENT_TYPES)})")
+        raise ValueError(f"event {event_id}: unknown type {event_type!r} (expected one of {', '.join(EVENT_TYPES)})")
+    parsers: dict[str, Callable[[object], LoggedRequest | LoggedResponse | LoggedPair]] = {
+        REQUEST_EVENT: parse_request, RESPONSE_EVENT: parse_response, PAIR_EVENT: parse_pair}
     try:
-        parsed = parse_request(body) if event_type == REQUEST_EVENT else parse_response(body)
+        parsed = parsers[event_type](body)
     except ValueError as error:
         if event_type == REQUEST_EVENT:
             # KServe's agent logs every request, also those the transformer refuses with a 400 (no
@@ -106,11 +132,49 @@ def parse_request(body: object) -> LoggedRequest:
     rows = len(features)
     if id_tensor is not None:
         transaction_ids: tuple[str | None, ...] = _transaction_ids(id_tensor, rows)
-    elif rows == 1 and request.get("id") is not None:
-        transaction_ids = (_transaction_id(request["id"], "the request's 'id'"),)
     else:
-        transaction_ids = (None,) * rows
+        transaction_ids = row_transaction_ids(None, rows, request.get("id"))
     return LoggedRequest(features, transaction_ids)
+
+
+def row_transaction_ids(ids: list[str] | None, rows: int, request_id: object) -> tuple[str | None, ...]:
+    """Each row's transaction: the ids input if sent, else a one-row request's own id, else none."""
+    if ids is not None:
+        return tuple(ids)
+    if rows == 1 and request_id is not None:
+        return (_transaction_id(request_id, "the request's 'id'"),)
+    return (None,) * rows
+
+
+def pair_body(served_version: str, shadow_version: str, served_is_fraud: list[int], shadow_is_fraud: list[int],
+              transaction_ids: tuple[str | None, ...]) -> bytes:
+    """The JSON data of a `PAIR_EVENT` (what `parse_pair` reads)."""
+    return orjson.dumps({"served_version": served_version, "shadow_version": shadow_version,
+                         "served_is_fraud": served_is_fraud, "shadow_is_fraud": shadow_is_fraud,
+                         TRANSACTION_ID: list(transaction_ids)})
+
+
+def parse_pair(body: object) -> LoggedPair:
+    """Both versions' decisions of a shadowed request (`pair_body`); ValueError when it is not one."""
+    pair = _json_object(body, "pair")
+    served, shadow = pair.get("served_version"), pair.get("shadow_version")
+    if not (isinstance(served, str) and served and isinstance(shadow, str) and shadow):
+        raise ValueError("the pair needs 'served_version' and 'shadow_version' (the versions that decided)")
+    versions = (registered_version(served), registered_version(shadow))
+    if versions[0] == versions[1]:
+        raise ValueError(f"the pair's two decisions come from one version, {versions[0]!r}")
+    decisions = [_numbers({"data": pair.get(key)}, key).reshape(-1) for key in ("served_is_fraud", "shadow_is_fraud")]
+    ids = pair.get(TRANSACTION_ID)
+    rows = len(decisions[0])
+    if not rows or len(decisions[1]) != rows or not isinstance(ids, list) or len(ids) != rows:
+        raise ValueError(f"served_is_fraud, shadow_is_fraud and {TRANSACTION_ID} must hold one value per row, "
+                         f"at least 1 (got {len(decisions[0])}, {len(decisions[1])}, "
+                         f"{len(ids) if isinstance(ids, list) else 'none'})")
+    if not all(np.isin(d, (0, 1)).all() for d in decisions):
+        raise ValueError("served_is_fraud and shadow_is_fraud must hold 0 or 1")
+    transaction_ids = tuple(None if value is None else _transaction_id(value, f"{TRANSACTION_ID} element {i}")
+                            for i, value in enumerate(ids))
+    return LoggedPair(versions[0], versions[1], decisions[0].astype(np.int64), decisions[1].astype(np.int64), transaction_ids)
 
 
 def parse_response(body: object) -> LoggedResponse:

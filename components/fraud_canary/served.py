@@ -8,6 +8,9 @@ label window has closed: requested at least `label_maturity` before `as_of`, wit
 arrived by `as_of`. Counting younger rows would bias recall: frauds are often reported first.
 Everything else (traffic share, flag rate, latency) counts every answered row.
 
+Shadow pairs (both versions' decisions on a row) are read the same way: the decision table counts
+every pair, the recall and false-alarm tables only the pairs whose label window has closed.
+
 A request logged without a response failed (KServe's logger sends a response event only for a
 200) unless it is still in flight; the version it failed on is unknown (`UNATTRIBUTED`).
 """
@@ -20,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fraud_canary.metrics import VersionMetrics, version_metrics
+from fraud_canary.paired import PairedOutcomes, discordant
 
 #: A request younger than this without its response may still be in flight: not yet an error.
 IN_FLIGHT = timedelta(seconds=60)
@@ -27,9 +31,10 @@ IN_FLIGHT = timedelta(seconds=60)
 SERVED_COLUMNS = ("model_version", "decision", "requested_at", "answered_at", "label", "label_time")
 
 
-def mature_labels(served: pd.DataFrame, as_of: datetime, label_maturity: timedelta) -> np.ndarray:
-    """Each row's label where its window has closed by `as_of`, NaN elsewhere."""
-    requested = pd.to_datetime(served["requested_at"], utc=True)
+def mature_labels(served: pd.DataFrame, as_of: datetime, label_maturity: timedelta,
+                  time_column: str = "requested_at") -> np.ndarray:
+    """Each row's label where its window (from its `time_column`) has closed by `as_of`, NaN elsewhere."""
+    requested = pd.to_datetime(served[time_column], utc=True)
     arrived = pd.to_datetime(served["label_time"], utc=True)
     cutoff = pd.Timestamp(as_of)
     closed = (requested + label_maturity <= cutoff) & (arrived <= cutoff) & served["label"].notna()
@@ -81,3 +86,26 @@ def feedback_summary(served: pd.DataFrame, *, as_of: datetime, label_maturity: t
             "in_flight": int(flying.sum()), "labelled": int((~np.isnan(labels)).sum()),
             "label_maturity_days": label_maturity / timedelta(days=1), "as_of": pd.Timestamp(as_of).isoformat(),
             "per_version": per_version}
+
+
+def served_pairs(pairs: pd.DataFrame, *, baseline_version: str, canary_version: str, as_of: datetime,
+                 label_maturity: timedelta = timedelta(0)) -> PairedOutcomes | None:
+    """Paired outcomes of the logged shadow pairs of these two versions, served either way round
+    (`prediction_store.PAIR_COLUMNS`); None when no pair is about them."""
+    served, shadow = pairs["served_version"].astype(str), pairs["shadow_version"].astype(str)
+    forward = ((served == baseline_version) & (shadow == canary_version)).to_numpy()
+    reverse = ((served == canary_version) & (shadow == baseline_version)).to_numpy()
+    mine = forward | reverse
+    if not mine.any():
+        return None
+    served_flags = pairs["served_decision"].to_numpy(dtype=bool)
+    shadow_flags = pairs["shadow_decision"].to_numpy(dtype=bool)
+    baseline = np.where(forward, served_flags, shadow_flags)[mine]
+    canary = np.where(forward, shadow_flags, served_flags)[mine]
+    labels = mature_labels(pairs, as_of, label_maturity, time_column="paired_at")[mine]
+    known = ~np.isnan(labels)
+    fraud = known & (labels == 1)
+    legit = known & (labels == 0)
+    return PairedOutcomes(baseline_version, canary_version, discordant(canary, baseline),
+                          frauds=discordant(canary[fraud], baseline[fraud]),
+                          legit=discordant(canary[legit], baseline[legit]))

@@ -107,7 +107,9 @@ def transformer_spec(spec: IsvcSpec) -> dict:
     v2 protocol, the contract location and the tag hosts (shadow scores and the retry reach each
     revision there, `fraud_serving.routing`). With a prediction-log URL, KServe's payload logger
     (`logger`, mode all) on the transformer: its agent sends each client request and answer, the
-    raw transactions with their ids and the `model_version` that answered, as CloudEvents."""
+    raw transactions with their ids and the `model_version` that answered, as CloudEvents; the
+    transformer itself posts only its shadow pairs there (`--logger_events pairs`), which KServe
+    has no event for."""
     transformer: dict = {
         "serviceAccountName": spec.service_account,
         "containers": [{
@@ -122,6 +124,7 @@ def transformer_spec(spec: IsvcSpec) -> dict:
     }
     if spec.prediction_log_url:
         transformer["logger"] = logger_spec(spec.prediction_log_url)
+        transformer["containers"][0]["args"] += ["--logger_url", spec.prediction_log_url, "--logger_events", "pairs"]
     return transformer
 
 

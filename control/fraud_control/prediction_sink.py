@@ -7,7 +7,8 @@ structured mode (`application/cloudevents+json`), or a list of structured events
 200 `{"accepted": n, "duplicates": d}` only once its events are committed; a bad event is a 400
 `{"error": …}` and rejects its whole request (nothing half written); a store failure is a 503 (the
 poster retries; KServe's agent does not). `GET /healthz` is 200 while the store answers,
-`GET /metrics` is Prometheus text.
+`GET /metrics` is Prometheus text. Besides KServe's two event types it takes the transformer's shadow
+pairs (`fraud.inference_log.PAIR_EVENT`).
 
 Group commit: the handlers queue their events; one writer thread takes all that are waiting and
 commits them in one transaction (SQLite: one fsync for all of them), then answers each request.
@@ -35,7 +36,7 @@ import orjson
 import uvicorn
 from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_dict, from_http
-from fraud.inference_log import EVENT_TYPES, REQUEST_EVENT, RESPONSE_EVENT, LogEvent, log_event
+from fraud.inference_log import EVENT_TYPES, LogEvent, log_event
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -51,7 +52,6 @@ STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 DEFAULT_RETENTION_DAYS = 90
 RETENTION_INTERVAL_S = 3600.0
 #: Short names for the metrics' event_type label (a ce-type is free text: unbounded label values).
-EVENT_KINDS = {REQUEST_EVENT: "request", RESPONSE_EVENT: "response"}
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def _log_event(event: CloudEvent) -> LogEvent:
     attributes = event.get_attributes()
     event_id, event_type, stamp = str(attributes.get("id") or ""), attributes.get("type"), attributes.get("time")
     if event_type not in EVENT_TYPES:
-        raise BadEvent(f"event {event_id}: unknown type {event_type!r} (expected {' or '.join(EVENT_TYPES)})")
+        raise BadEvent(f"event {event_id}: unknown type {event_type!r} (expected one of {', '.join(EVENT_TYPES)})")
     try:
         moment = datetime.fromisoformat(str(stamp))
         return log_event(event_id, event_type, moment, event.get_data())
@@ -232,7 +232,7 @@ def build_app(store: PredictionStore, metrics: SinkMetrics | None = None) -> Sta
         except StoreError as error:
             return JSONResponse({"error": f"the prediction store failed, retry: {error}"}, status_code=503)
         for event, new in zip(events, result.recorded):
-            metrics.events.labels(EVENT_KINDS[event.event_type], "accepted" if new else "duplicate").inc()
+            metrics.events.labels(event.kind, "accepted" if new else "duplicate").inc()
         return JSONResponse({"accepted": result.accepted, "duplicates": result.duplicates})
 
     async def healthz(request: Request) -> Response:

@@ -10,6 +10,8 @@ Tables:
 - `predictions(event_id, row, …)`: one row per request row, the request event filling the features
   and transaction id, the response event the version, score and decision, whichever comes first
   (KServe's agent sends the two from a worker pool, in no fixed order);
+- `pairs(event_id, row, …)`: the shadow pairs, one row per row of a shadowed request, both versions'
+  decisions and the row's transaction id (the transformer's `PAIR_EVENT`);
 - `labels(transaction_id, label, label_time)`: the latest label of a transaction (a re-ingest overwrites).
 
 Times are timezone-aware UTC; a prediction's time is its request event's `ce-time` (its response's
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import psycopg
-from fraud.inference_log import REQUEST_EVENT, LogEvent, LoggedRequest
+from fraud.inference_log import LogEvent, LoggedPair, LoggedRequest
 from fraud.schema import FEATURES
 
 DATABASE_ERRORS = (sqlite3.Error, psycopg.Error)
@@ -38,6 +40,8 @@ POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 BUSY_TIMEOUT_MS = 10_000
 SERVED_COLUMNS = ("event_id", "row", "transaction_id", "model_version", "score", "decision", "requested_at",
                   "answered_at", "label", "label_time", "features")
+PAIR_COLUMNS = ("event_id", "row", "transaction_id", "served_version", "shadow_version", "served_decision",
+                "shadow_decision", "paired_at", "label", "label_time")
 
 
 class StoreError(Exception):
@@ -103,6 +107,10 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS predictions_requested ON predictions (requested_at)",
     "CREATE TABLE IF NOT EXISTS labels (transaction_id TEXT PRIMARY KEY, label INTEGER NOT NULL, "
     "label_time {time} NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS pairs (event_id TEXT NOT NULL, row INTEGER NOT NULL, transaction_id TEXT, "
+    "served_version TEXT NOT NULL, shadow_version TEXT NOT NULL, served_decision INTEGER NOT NULL, "
+    "shadow_decision INTEGER NOT NULL, paired_at {time} NOT NULL, PRIMARY KEY (event_id, row))",
+    "CREATE INDEX IF NOT EXISTS pairs_paired ON pairs (paired_at)",
 )
 _INSERT_EVENT = "INSERT INTO events (event_id, event_type, event_time) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
 _UPSERT_REQUEST = (
@@ -113,6 +121,9 @@ _UPSERT_RESPONSE = (
     "INSERT INTO predictions (event_id, row, model_version, score, decision, answered_at) VALUES (?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (event_id, row) DO UPDATE SET model_version = excluded.model_version, score = excluded.score, "
     "decision = excluded.decision, answered_at = excluded.answered_at")
+_INSERT_PAIR = (
+    "INSERT INTO pairs (event_id, row, transaction_id, served_version, shadow_version, served_decision, "
+    "shadow_decision, paired_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
 _UPSERT_LABEL = (
     "INSERT INTO labels (transaction_id, label, label_time) VALUES (?, ?, ?) "
     "ON CONFLICT (transaction_id) DO UPDATE SET label = excluded.label, label_time = excluded.label_time")
@@ -147,16 +158,22 @@ class PredictionStore:
         recorded: list[bool] = []
         requests: list[tuple] = []
         responses: list[tuple] = []
+        pairs: list[tuple] = []
         with self._transaction(write=True) as cursor:
             for event in events:
-                kind = "request" if event.event_type == REQUEST_EVENT else "response"
                 at = self._dialect.time_param(event.time)
-                cursor.execute(self._sql(_INSERT_EVENT), (event.event_id, kind, at))
+                cursor.execute(self._sql(_INSERT_EVENT), (event.event_id, event.kind, at))
                 recorded.append(cursor.rowcount == 1)
                 if not recorded[-1]:
                     continue
                 body = event.body
-                if isinstance(body, LoggedRequest):
+                if isinstance(body, LoggedPair):
+                    pairs.extend((event.event_id, row, transaction_id, body.served_version, body.shadow_version,
+                                  served, shadow, at)
+                                 for row, (transaction_id, served, shadow) in enumerate(zip(
+                                     body.transaction_ids, body.served_is_fraud.tolist(),
+                                     body.shadow_is_fraud.tolist())))
+                elif isinstance(body, LoggedRequest):
                     features = np.ascontiguousarray(body.features, dtype="<f8")
                     requests.extend((event.event_id, row, transaction_id, features[row].tobytes(), at)
                                     for row, transaction_id in enumerate(body.transaction_ids))
@@ -168,7 +185,9 @@ class PredictionStore:
                 cursor.executemany(self._sql(_UPSERT_REQUEST), requests)
             if responses:
                 cursor.executemany(self._sql(_UPSERT_RESPONSE), responses)
-        return RecordResult(tuple(recorded), len(requests) + len(responses))
+            if pairs:
+                cursor.executemany(self._sql(_INSERT_PAIR), pairs)
+        return RecordResult(tuple(recorded), len(requests) + len(responses) + len(pairs))
 
     def ingest_labels(self, frame: pd.DataFrame) -> LabelResult:
         """Store labels (columns of `fraud.labels.check_labels`: one row per transaction), overwriting
@@ -214,10 +233,31 @@ class PredictionStore:
         frame["features"] = frame["features"].map(lambda blob: None if blob is None else bytes(blob))
         return frame
 
+    def pairs(self, since: datetime | None = None) -> pd.DataFrame:
+        """One row per shadow-paired row (scored at or after `since`), with its label if one has
+        arrived, in time order: columns `PAIR_COLUMNS`."""
+        query = ("SELECT s.event_id, s.row, s.transaction_id, s.served_version, s.shadow_version, s.served_decision, "
+                 "s.shadow_decision, s.paired_at, l.label, l.label_time FROM pairs s "
+                 "LEFT JOIN labels l ON l.transaction_id = s.transaction_id")
+        params: tuple = ()
+        if since is not None:
+            query += " WHERE s.paired_at >= ?"
+            params = (self._dialect.time_param(since),)
+        query += " ORDER BY s.paired_at, s.event_id, s.row"
+        with self._transaction(write=False) as cursor:
+            cursor.execute(self._sql(query), params)
+            records = cursor.fetchall()
+        frame = pd.DataFrame.from_records(records, columns=list(PAIR_COLUMNS))
+        for column in ("paired_at", "label_time"):
+            frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
+        for column in ("row", "served_decision", "shadow_decision", "label"):
+            frame[column] = frame[column].astype("Int64")
+        return frame
+
     def counts(self) -> dict[str, Any]:
         """`logged`: requests logged (distinct event ids), `answered`: responses logged, `rows`:
         prediction rows, `labelled`: rows whose label has arrived, `per_version`: answered rows per
-        model version."""
+        model version, `paired`: shadow-paired rows."""
         with self._transaction(write=False) as cursor:
             cursor.execute("SELECT event_type, COUNT(*) FROM events GROUP BY event_type")
             events = {kind: int(n) for kind, n in cursor.fetchall()}
@@ -227,8 +267,10 @@ class PredictionStore:
             cursor.execute("SELECT model_version, COUNT(*) FROM predictions WHERE model_version IS NOT NULL "
                            "GROUP BY model_version ORDER BY model_version")
             per_version = {str(version): int(n) for version, n in cursor.fetchall()}
+            cursor.execute("SELECT COUNT(*) FROM pairs")
+            paired = int(cursor.fetchone()[0])
         return {"logged": events.get("request", 0), "answered": events.get("response", 0), "rows": int(rows),
-                "labelled": int(labelled), "per_version": per_version}
+                "labelled": int(labelled), "per_version": per_version, "paired": paired}
 
     def delete_older_than(self, cutoff: datetime) -> int:
         """Retention: delete predictions, events and labels older than `cutoff`; the predictions deleted."""
@@ -236,6 +278,7 @@ class PredictionStore:
         with self._transaction(write=True) as cursor:
             cursor.execute(self._sql("DELETE FROM predictions WHERE COALESCE(requested_at, answered_at) < ?"), (at,))
             deleted = int(cursor.rowcount)
+            cursor.execute(self._sql("DELETE FROM pairs WHERE paired_at < ?"), (at,))
             cursor.execute(self._sql("DELETE FROM events WHERE event_time < ?"), (at,))
             cursor.execute(self._sql("DELETE FROM labels WHERE label_time < ?"), (at,))
         return deleted

@@ -22,7 +22,8 @@ bound) and the post is retried with capped exponential backoff; a 4xx is the sin
 events: the batch is halved until the refused event is alone, which is dropped and counted.
 
 Metrics (`fraud_payload_log_*`):
-- `fraud_payload_log_events_total{event_type}`: events the sink acknowledged ("request", "response")
+- `fraud_payload_log_events_total{event_type}`: events the sink acknowledged ("request", "response",
+  "pair": a shadow pair, `log_pair`, which KServe's agent has no event for)
 - `fraud_payload_log_dropped_total{reason}`: events dropped: "queue_full", "rejected" (a 4xx from
   the sink), "shutdown" (still queued when closing ran out of time)
 - `fraud_payload_log_post_errors_total`: posts that failed (no connection, a timeout, a 5xx), retried
@@ -42,11 +43,10 @@ from itertools import islice
 
 import aiohttp
 import orjson
-from fraud.inference_log import REQUEST_EVENT, RESPONSE_EVENT
+from fraud.inference_log import EVENT_KINDS, PAIR_EVENT, REQUEST_EVENT, RESPONSE_EVENT
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 logger = logging.getLogger(__name__)
-EVENT_KINDS = {REQUEST_EVENT: "request", RESPONSE_EVENT: "response"}
 CE_ID_HEADER = "ce-id"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 DEFAULT_QUEUE_EVENTS = 10_000
@@ -121,7 +121,7 @@ class PayloadLogger:
                  max_queue: int = DEFAULT_QUEUE_EVENTS, batch_events: int = BATCH_EVENTS,
                  post_timeout_seconds: float = POST_TIMEOUT_SECONDS,
                  backoff_seconds: tuple[float, float] = BACKOFF_SECONDS, close_seconds: float = CLOSE_SECONDS,
-                 linger_seconds: float = LINGER_SECONDS) -> None:
+                 linger_seconds: float = LINGER_SECONDS, kinds: tuple[str, ...] = tuple(EVENT_KINDS.values())) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, got {max_queue}")
         self.url = url
@@ -133,6 +133,7 @@ class PayloadLogger:
         self.backoff_seconds = backoff_seconds
         self.close_seconds = close_seconds
         self.linger_seconds = linger_seconds
+        self.kinds = frozenset(kinds)  # the event kinds posted ("pair" alone where KServe's agent logs the rest)
         self._queue: deque[tuple[str, bytes]] = deque()  # (event kind, structured event)
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -153,8 +154,14 @@ class PayloadLogger:
         """Queue the response event of a 200 (the agent's data content type is the request's)."""
         self._put(RESPONSE_EVENT, ce_id, answered, body, content_type, body_is_json, endpoint)
 
+    def log_pair(self, request_id: str, scored: float, body: bytes) -> None:
+        """Queue a shadow pair (`fraud.inference_log.pair_body`) of the request with this v2 id."""
+        self._put(PAIR_EVENT, request_id, scored, body, "application/json", True, "default")
+
     def _put(self, ce_type: str, ce_id: str, occurred: float, body: bytes, content_type: str,
              body_is_json: bool, endpoint: str) -> None:
+        if EVENT_KINDS[ce_type] not in self.kinds:
+            return
         if self._closing or len(self._queue) >= self.max_queue:
             self.metrics.dropped.labels("queue_full").inc()
             return

@@ -3,9 +3,10 @@
 After the predictor answered, `ShadowScorer.submit` draws against `share`; a drawn request is sent
 again, the same scaled body, to the other revision (`Routes.other`, or in a cluster the tag host
 not serving the answered version, `routing.TagHosts`) by an asyncio task the answer does not wait
-for. Both decisions per request id go to the pair log and to the label-free 2×2 table
-`fraud_shadow_rows_total`; shadow scores never count in `fraud_predictions_total` or `fraud_score`,
-and a shadow failure is counted (`fraud_shadow_errors_total`) and never reaches the client.
+for. Both decisions per request id go to the pair log, to the label-free 2×2 table
+`fraud_shadow_rows_total` and, with a prediction log, as a pair event to its sink (with the rows'
+transaction ids, so late labels join the pairs); shadow scores never count in
+`fraud_predictions_total` or `fraud_score`, and a shadow failure is counted (`fraud_shadow_errors_total`) and never reaches the client.
 
 Bounded: at most `max_in_flight` shadow calls run; a request drawn beyond that is dropped and
 counted (`fraud_shadow_dropped_total{reason="busy"}`), so a slow revision costs pairs, not memory
@@ -20,15 +21,18 @@ import logging
 import queue
 import random
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import orjson
+from fraud.inference_log import pair_body
 from fraud.routes import Backend
 
 from fraud_serving.answer import PredictorAnswer, read_answer
 from fraud_serving.metrics import UNKNOWN_VERSION, TransformerMetrics
+from fraud_serving.payload_log import PayloadLogger
 from fraud_serving.routing import Routes, TagHosts
 
 logger = logging.getLogger(__name__)
@@ -105,7 +109,7 @@ class ShadowScorer:
     def __init__(self, routes: Routes, session_factory: Callable[[], aiohttp.ClientSession],
                  metrics: TransformerMetrics, share: float, max_in_flight: int, timeout_seconds: float,
                  pair_log: PairLog | None, *, model_name: str, tag_hosts: TagHosts | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, pair_logger: PayloadLogger | None = None) -> None:
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"share must be within 0..1, got {share}")
         if max_in_flight < 1:
@@ -120,10 +124,13 @@ class ShadowScorer:
         self.model_name = model_name
         self.tag_hosts = tag_hosts
         self._rng = rng or random.Random()
+        self.pair_logger = pair_logger  # the prediction log, which keeps the pairs for late labels
         self._tasks: set[asyncio.Task] = set()  # references: the loop keeps only weak ones
 
-    def submit(self, backend: Backend, content: bytes, headers: dict, answer: PredictorAnswer) -> None:
-        """Maybe start a shadow score of this answered request; never blocks, never raises."""
+    def submit(self, backend: Backend, content: bytes, headers: dict, answer: PredictorAnswer,
+               row_ids: tuple[str | None, ...] | None = None) -> None:
+        """Maybe start a shadow score of this answered request (its rows' transaction ids, for the
+        prediction log); never blocks, never raises."""
         if self.share <= 0.0 or (self.share < 1.0 and self._rng.random() >= self.share):
             return
         target = self._target(backend, answer)
@@ -133,7 +140,7 @@ class ShadowScorer:
             self.metrics.shadow_dropped.labels("busy").inc()
             return
         self.metrics.shadow_in_flight.inc()
-        task = asyncio.get_running_loop().create_task(self._score(target, content, headers, answer))
+        task = asyncio.get_running_loop().create_task(self._score(target, content, headers, answer, row_ids))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -144,7 +151,8 @@ class ShadowScorer:
             return self.tag_hosts.other_than(answer.model_version)
         return self.routes.other(backend)
 
-    async def _score(self, target: Backend, content: bytes, headers: dict, answer: PredictorAnswer) -> None:
+    async def _score(self, target: Backend, content: bytes, headers: dict, answer: PredictorAnswer,
+                     row_ids: tuple[str | None, ...] | None) -> None:
         written = False
         try:
             shadow = await self._call(target, content, headers, answer.request_id)
@@ -160,6 +168,11 @@ class ShadowScorer:
                 self._failed(target, f"{len(shadow.is_fraud)} decisions for {len(answer.is_fraud)} rows")
                 return
             self.metrics.record_shadow(answer.model_version, shadow.model_version, answer.is_fraud, shadow.is_fraud)
+            if self.pair_logger is not None:
+                ids = row_ids if row_ids is not None and len(row_ids) == len(answer.is_fraud) else \
+                    (None,) * len(answer.is_fraud)
+                self.pair_logger.log_pair(answer.request_id, time.time(), pair_body(
+                    answer.model_version, shadow.model_version, answer.is_fraud.tolist(), shadow.is_fraud.tolist(), ids))
             if self.pair_log is not None:
                 self.pair_log.append({"id": answer.request_id, "served_version": answer.model_version,
                                       "shadow_version": shadow.model_version,

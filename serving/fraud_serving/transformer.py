@@ -35,7 +35,7 @@ import numpy as np
 import orjson
 from fraud.contract import FeatureContract
 from fraud.export import INPUT_NAME
-from fraud.inference_log import MATRIX_INPUT, TRANSACTION_ID_INPUT  # the [N, 30] form, and the optional ids
+from fraud.inference_log import MATRIX_INPUT, TRANSACTION_ID_INPUT, row_transaction_ids
 from fraud.routes import Backend
 from fraud.schema import MAX_TRANSACTION_ID_CHARS
 from kserve import Model
@@ -62,6 +62,16 @@ class PredictorFailed(Exception):
     def __init__(self, message: str, model_version: str) -> None:
         super().__init__(message)
         self.model_version = model_version
+
+
+class ScaledRequest(InferRequest):
+    """The scaled request the predictor gets, and the client's row ids, which are never forwarded
+    (a shadow pair names its rows by them)."""
+
+    def __init__(self, model_name: str, inputs: list[InferInput], request_id: str,
+                 row_ids: tuple[str | None, ...]) -> None:
+        super().__init__(model_name, inputs, request_id=request_id)
+        self.row_ids = row_ids
 
 
 class FraudTransformer(Model):
@@ -133,7 +143,16 @@ class FraudTransformer(Model):
         else:
             scaled = self.scale_request(payload)
         scaled_input = InferInput(INPUT_NAME, list(scaled.shape), "FP32", data=scaled)
-        return InferRequest(self.name, [scaled_input], request_id=payload.id or str(uuid.uuid4()))
+        return ScaledRequest(self.name, [scaled_input], payload.id or str(uuid.uuid4()),
+                             self._row_ids(payload, len(scaled)))
+
+    def _row_ids(self, payload: InferRequest, rows: int) -> tuple[str | None, ...]:
+        """The rows' transaction ids as the prediction log reads them (checked by `scale_request`)."""
+        ids = next((tensor.data for tensor in payload.inputs if tensor.name == TRANSACTION_ID_INPUT), None)
+        try:
+            return row_transaction_ids(ids, rows, payload.id)
+        except ValueError:  # a one-row request whose id is no transaction id
+            return (None,)
 
     def scale_request(self, request: InferRequest) -> np.ndarray:
         """Raw features in contract order, validated, → scaled float32 `[N, 30]` (contract.transform)."""
@@ -315,7 +334,8 @@ class FraudTransformer(Model):
             if self.tag_hosts is not None and retry.revision in self.tag_hosts.tags:
                 self.tag_hosts.learn(retry.url, answer.model_version)
         if self.shadow is not None:
-            self.shadow.submit(backend, content, forward_headers, answer)
+            row_ids = payload.row_ids if isinstance(payload, ScaledRequest) else (None,) * len(scaled)
+            self.shadow.submit(backend, content, forward_headers, answer, row_ids)
         return answer
 
     def _pick(self) -> Backend:

@@ -348,10 +348,12 @@ def test_the_prediction_logger_passes_kserves_webhooks_and_lands_in_the_transfor
 
     assert target.stored()["spec"]["transformer"]["logger"] == {"mode": "all", "url": url}
 
+    def template(component: str) -> dict:
+        return target.admin.get_namespaced_custom_object("serving.knative.dev", "v1", target.name, "services",
+                                                         f"{isvc.NAME}-{component}")["spec"]["template"]
+
     def template_annotations(component: str) -> dict:
-        service = target.admin.get_namespaced_custom_object("serving.knative.dev", "v1", target.name, "services",
-                                                            f"{isvc.NAME}-{component}")
-        return service["spec"]["template"]["metadata"].get("annotations", {})
+        return template(component)["metadata"].get("annotations", {})
 
     transformer = template_annotations("transformer")
     assert {key: value for key, value in transformer.items() if "logger" in key} == {
@@ -359,6 +361,9 @@ def test_the_prediction_logger_passes_kserves_webhooks_and_lands_in_the_transfor
         "internal.serving.kserve.io/logger-sink-url": "http://fraud-prediction-log." + target.name + ".svc.cluster.local",
         "internal.serving.kserve.io/logger-mode": "all"}
     assert not [key for key in template_annotations("predictor") if "logger" in key]
+    # the agent logs requests and responses; the transformer posts only its shadow pairs there
+    args = template("transformer")["spec"]["containers"][0]["args"]
+    assert args[args.index("--logger_url"):][:4] == ["--logger_url", url, "--logger_events", "pairs"]
 
 
 def test_without_a_prediction_log_url_there_is_no_logger(target):

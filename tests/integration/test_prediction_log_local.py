@@ -1,6 +1,7 @@
 """The local runtime's prediction log end to end: `serve --prediction-log` starts the sink, the
-transformer posts KServe's CloudEvents to it, every answered request is in the store exactly once
-with the version that answered, and late labels join on the transaction ids the client sent."""
+transformer posts KServe's CloudEvents and its shadow pairs to it, every answered request is in the
+store exactly once with the version that answered, every shadow pair once, and late labels join
+both on the transaction ids the client sent."""
 import re
 import subprocess
 import time
@@ -12,8 +13,11 @@ import numpy as np
 import pandas as pd
 from fraud.schema import FEATURES
 from fraud_control.prediction_store import open_store
+from fraud_control.runtime import PAIRS_FILE
+from fraud_control.store_evidence import store_evidence
 from fraud_serving.client import infer_url, v2_request
 
+from fraud_rollout.replay_pairs import paired_from_log, read_pairs, wait_drained
 from fraud_rollout.serving_session import FRAUD_ROLLOUT, LocalServing
 
 REQUESTS, ROWS = 40, 5
@@ -41,7 +45,7 @@ def test_every_answered_request_is_logged_once_and_labels_join(tiny_run, tmp_pat
     store_path = tmp_path / "prediction-log.sqlite"
     answered: Counter = Counter()
     with LocalServing(tmp_path / "state", baseline=tiny_run.v1, candidate=tiny_run.v2, canary_percent=50,
-                      log_dir=tmp_path / "logs", shadow_percent=0, prediction_log=str(store_path)) as serving:
+                      log_dir=tmp_path / "logs", shadow_percent=100, prediction_log=str(store_path)) as serving:
         with httpx.Client(timeout=30) as client:
             for i in range(REQUESTS):
                 rows = slice(i * ROWS, (i + 1) * ROWS)
@@ -49,6 +53,7 @@ def test_every_answered_request_is_logged_once_and_labels_join(tiny_run, tmp_pat
                                        headers={"Ce-Id": f"req-{i}"})
                 assert response.status_code == 200, response.text
                 answered[response.json()["model_version"]] += ROWS
+        wait_drained(serving.url)  # every shadow pair is in the pair log and queued for the sink
         wait_logged(serving.url)
     assert set(answered) == {"v1", "v2"}  # a 50 % split over 40 requests reaches both
 
@@ -56,6 +61,7 @@ def test_every_answered_request_is_logged_once_and_labels_join(tiny_run, tmp_pat
         counts = store.counts()
         assert (counts["logged"], counts["answered"], counts["rows"]) == (REQUESTS, REQUESTS, REQUESTS * ROWS)
         assert counts["per_version"] == dict(answered)
+        assert counts["paired"] == REQUESTS * ROWS  # every request shadowed on the other version
         served = store.served()
     assert sorted(served["transaction_id"]) == sorted(ids)
     assert served["event_id"].nunique() == REQUESTS and served["label"].isna().all()
@@ -72,3 +78,10 @@ def test_every_answered_request_is_logged_once_and_labels_join(tiny_run, tmp_pat
         served = store.served()
     by_id = dict(zip(holdout["transaction_id"].astype(str), holdout["Class"].astype(int)))
     assert [int(x) for x in served["label"]] == [by_id[t] for t in served["transaction_id"]]
+
+    # the store's pairs are the pair log's, now with the late labels: the same paired evidence
+    by_request = {f"req-{i}": holdout["Class"].to_numpy()[i * ROWS:(i + 1) * ROWS] for i in range(REQUESTS)}
+    expected = paired_from_log(read_pairs(tmp_path / "state" / PAIRS_FILE), by_request,
+                               baseline_version="v1", canary_version="v2")
+    evidence = store_evidence(str(store_path), ("v1", "v2"))
+    assert evidence.paired == expected and evidence.feedback["paired"] == REQUESTS * ROWS

@@ -48,7 +48,7 @@ def test_kserve_binary_events_are_stored_joined_and_idempotent(sink, tmp_path):
     assert post(sink, *binary(request)) == (200, {"accepted": 0, "duplicates": 1})
     with open_store(str(tmp_path / "predictions.db")) as store:
         served = store.served()
-        assert store.counts() == {"logged": 1, "answered": 1, "rows": 2, "labelled": 0, "per_version": {"v2": 2}}
+        assert store.counts() == {"logged": 1, "answered": 1, "rows": 2, "labelled": 0, "paired": 0, "per_version": {"v2": 2}}
     assert served["transaction_id"].tolist() == ["e1-t0", "e1-t1"]
     assert feature_matrix(served).tolist() == features(2).tolist()
     metrics = httpx.get(f"{sink.url}/metrics").text
@@ -64,7 +64,7 @@ def test_structured_and_batch_events_take_the_same_path(sink, tmp_path):
     assert post(sink, *batch(events)) == (200, {"accepted": 5, "duplicates": 0})
     assert post(sink, *batch(events)) == (200, {"accepted": 0, "duplicates": 5})
     with open_store(str(tmp_path / "predictions.db")) as store:
-        assert store.counts() == {"logged": 3, "answered": 3, "rows": 6, "labelled": 0,
+        assert store.counts() == {"logged": 3, "answered": 3, "rows": 6, "labelled": 0, "paired": 0,
                                   "per_version": {"v1": 2, "v2": 4}}
     assert httpx.get(f"{sink.url}/healthz").json() == {"status": "ok", "store": "sqlite"}
 
@@ -80,8 +80,9 @@ def bad_cases():
         ("no ce-time", {k: v for k, v in headers.items() if k != "ce-time"}, body,
          "event x1: no ce-time header (when the request was served)"),
         ("unknown type", *binary(unknown),
-         "event x2: unknown type 'org.kubeflow.serving.inference.explain' (expected "
-         "org.kubeflow.serving.inference.request or org.kubeflow.serving.inference.response)"),
+         "event x2: unknown type 'org.kubeflow.serving.inference.explain' (expected one of "
+         "org.kubeflow.serving.inference.request, org.kubeflow.serving.inference.response, "
+         "org.fraudrollout.serving.shadow.pair)"),
         ("no model_version", *binary(no_version),
          "event x5: the response has no 'model_version' (the version that answered)"),
         ("batch not a list", {"content-type": "application/cloudevents-batch+json"}, b'{"id": 1}',

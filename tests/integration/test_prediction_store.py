@@ -13,7 +13,7 @@ from fraud.inference_log import REQUEST_EVENT, log_event
 from fraud.labels import check_labels
 from fraud_control.prediction_store import StoreError, feature_matrix, open_store
 
-from tests.prediction_log import T0, features, request_body, served_pair
+from tests.prediction_log import T0, features, request_body, served_pair, shadow_pair
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ def test_a_duplicate_event_is_skipped_and_changes_nothing(store):
     again = store.record([response, request, request])
     assert (again.recorded, again.rows) == ((False, False, False), 0)
     pd.testing.assert_frame_equal(store.served(), before)
-    assert store.counts() == {"logged": 1, "answered": 1, "rows": 3, "labelled": 0, "per_version": {"v2": 3}}
+    assert store.counts() == {"logged": 1, "answered": 1, "rows": 3, "labelled": 0, "paired": 0, "per_version": {"v2": 3}}
 
 
 def test_a_response_before_its_request_joins_into_one_row_per_request_row(store):
@@ -78,7 +78,7 @@ def test_a_response_before_its_request_joins_into_one_row_per_request_row(store)
     assert (served["requested_at"] == pd.Timestamp(T0)).all()
     assert (served["answered_at"] == pd.Timestamp(T0 + timedelta(milliseconds=3))).all()
     np.testing.assert_array_equal(feature_matrix(served), features(2))
-    assert store.counts() == {"logged": 1, "answered": 1, "rows": 2, "labelled": 0, "per_version": {"v2": 2}}
+    assert store.counts() == {"logged": 1, "answered": 1, "rows": 2, "labelled": 0, "paired": 0, "per_version": {"v2": 2}}
 
 
 def test_a_one_row_request_without_transaction_ids_is_known_by_its_request_id(store):
@@ -87,7 +87,7 @@ def test_a_one_row_request_without_transaction_ids_is_known_by_its_request_id(st
     assert served["transaction_id"].tolist() == ["tx-42"]
     assert served["model_version"].isna().all() and served["score"].isna().all()
     np.testing.assert_array_equal(feature_matrix(served), features(1))
-    assert store.counts() == {"logged": 1, "answered": 0, "rows": 1, "labelled": 0, "per_version": {}}
+    assert store.counts() == {"logged": 1, "answered": 0, "rows": 1, "labelled": 0, "paired": 0, "per_version": {}}
 
 
 def test_labels_join_by_transaction_id_and_a_reingest_overwrites(store):
@@ -104,7 +104,7 @@ def test_labels_join_by_transaction_id_and_a_reingest_overwrites(store):
     served = store.served().set_index("transaction_id")
     assert served.loc["a-0", "label"] == 0
     assert served.loc["a-0", "label_time"] == pd.Timestamp(T0 + timedelta(days=60))
-    assert store.counts() == {"logged": 2, "answered": 2, "rows": 3, "labelled": 2,
+    assert store.counts() == {"logged": 2, "answered": 2, "rows": 3, "labelled": 2, "paired": 0,
                               "per_version": {"v1": 1, "v2": 2}}
 
 
@@ -118,7 +118,7 @@ def test_served_since_and_retention_follow_the_prediction_time(store):
     assert store.served()["event_id"].tolist() == ["old", "old", "new"]
     assert store.delete_older_than(T0 - timedelta(days=90)) == 2
     assert store.served()["transaction_id"].tolist() == ["n-0"]
-    assert store.counts() == {"logged": 1, "answered": 1, "rows": 1, "labelled": 1, "per_version": {"v2": 1}}
+    assert store.counts() == {"logged": 1, "answered": 1, "rows": 1, "labelled": 1, "paired": 0, "per_version": {"v2": 1}}
     # the old events are gone with their rows: the store keeps nothing older than the cutoff
     assert store.ingest_labels(labels({"o-0": 1})).joined == 0
 
@@ -127,7 +127,7 @@ def test_a_reopened_store_keeps_its_rows(store_url):
     with open_store(store_url) as store:
         store.record(served_pair("e1", 2))
     with open_store(store_url) as reopened:  # the schema is created idempotently
-        assert reopened.counts() == {"logged": 1, "answered": 1, "rows": 2, "labelled": 0, "per_version": {"v2": 2}}
+        assert reopened.counts() == {"logged": 1, "answered": 1, "rows": 2, "labelled": 0, "paired": 0, "per_version": {"v2": 2}}
         assert reopened.record(served_pair("e1", 2)).duplicates == 2
 
 
@@ -136,7 +136,7 @@ def test_a_failed_group_commit_writes_nothing_and_the_store_carries_on(store, st
     refuse_event(store_url, "poison")
     with pytest.raises(StoreError, match="refused row"):
         store.record([*served_pair("e1", 2), *served_pair("poison", 1), *served_pair("e2", 1)])
-    assert store.counts() == {"logged": 1, "answered": 1, "rows": 1, "labelled": 0, "per_version": {"v2": 1}}
+    assert store.counts() == {"logged": 1, "answered": 1, "rows": 1, "labelled": 0, "paired": 0, "per_version": {"v2": 1}}
     assert store.record([*served_pair("e1", 2), *served_pair("e2", 1)]).accepted == 4  # nothing half-written
     assert store.served()["event_id"].tolist() == ["before", "e1", "e1", "e2"]
 
@@ -166,3 +166,18 @@ def test_an_unwritable_or_unreachable_store_is_a_store_error(tmp_path, postgres_
     with pytest.raises(StoreError) as error:
         open_store(f"postgresql://postgres:secret@127.0.0.1:{postgres_server.port}/no_such_database")
     assert "no_such_database" in str(error.value) and "secret" not in str(error.value)
+
+
+def test_shadow_pairs_are_kept_once_and_joined_with_late_labels(store):
+    pair = shadow_pair("p1", [1, 0, 0], [1, 1, 0], ["t-0", "t-1", None])
+    assert store.record([pair, pair]).recorded == (True, False)
+    assert store.record([pair]).duplicates == 1
+    store.ingest_labels(labels({"t-0": 1, "t-1": 0}))
+    pairs = store.pairs()
+    assert pairs["transaction_id"].tolist() == ["t-0", "t-1", None]
+    assert (pairs["served_version"].unique().tolist(), pairs["shadow_version"].unique().tolist()) == (["v1"], ["v2"])
+    assert (pairs["served_decision"].tolist(), pairs["shadow_decision"].tolist()) == ([1, 0, 0], [1, 1, 0])
+    assert pairs["label"].tolist()[:2] == [1, 0] and pd.isna(pairs["label"].iloc[2])
+    assert store.counts()["paired"] == 3 and store.counts()["rows"] == 0  # pairs are not predictions
+    assert len(store.pairs(since=T0 + timedelta(seconds=1))) == 0
+    assert store.delete_older_than(T0 + timedelta(days=1)) == 0 and store.counts()["paired"] == 0

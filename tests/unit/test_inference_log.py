@@ -1,7 +1,7 @@
 """Logged v2 bodies into prediction-log rows: only the contract's features, ids, scores and decisions."""
 import pandas as pd
 import pytest
-from fraud.inference_log import parse_request, parse_response
+from fraud.inference_log import pair_body, parse_pair, parse_request, parse_response
 from fraud.labels import check_labels
 from fraud.schema import DataError
 
@@ -51,4 +51,31 @@ def test_bad_labels_are_refused_naming_the_value(column, values, message):
     frame[column] = values
     with pytest.raises(DataError) as error:
         check_labels(frame)
+    assert str(error.value) == message
+
+
+def test_a_shadow_pair_keeps_both_decisions_and_the_rows_ids():
+    pair = parse_pair(pair_body("2", "v1", [1, 0], [0, 0], ("t-0", None)))
+    assert (pair.served_version, pair.shadow_version) == ("v2", "v1")
+    assert (pair.served_is_fraud.tolist(), pair.shadow_is_fraud.tolist(), pair.transaction_ids) == (
+        [1, 0], [0, 0], ("t-0", None))
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"served_version": "v1", "shadow_version": "", "served_is_fraud": [1], "shadow_is_fraud": [1],
+      "transaction_id": ["t"]}, "the pair needs 'served_version' and 'shadow_version' (the versions that decided)"),
+    ({"served_version": "v1", "shadow_version": "1", "served_is_fraud": [1], "shadow_is_fraud": [1],
+      "transaction_id": ["t"]}, "the pair's two decisions come from one version, 'v1'"),
+    ({"served_version": "v1", "shadow_version": "v2", "served_is_fraud": [1, 0], "shadow_is_fraud": [1],
+      "transaction_id": ["t", "u"]},
+     "served_is_fraud, shadow_is_fraud and transaction_id must hold one value per row, at least 1 (got 2, 1, 2)"),
+    ({"served_version": "v1", "shadow_version": "v2", "served_is_fraud": [2], "shadow_is_fraud": [1],
+      "transaction_id": ["t"]}, "served_is_fraud and shadow_is_fraud must hold 0 or 1"),
+    ({"served_version": "v1", "shadow_version": "v2", "served_is_fraud": [1], "shadow_is_fraud": [1],
+      "transaction_id": [""]},
+     "transaction_id element 0: '' is not a transaction id (a string of 1 to 128 characters)"),
+])
+def test_a_bad_shadow_pair_is_refused_naming_it(body, message):
+    with pytest.raises(ValueError) as error:
+        parse_pair(body)
     assert str(error.value) == message

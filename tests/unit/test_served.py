@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 from fraud_canary.metrics import UNATTRIBUTED, Confusion
-from fraud_canary.served import feedback_summary, mature_labels, served_metrics
+from fraud_canary.served import feedback_summary, mature_labels, served_metrics, served_pairs
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -70,3 +70,29 @@ def test_feedback_summary_counts():
 def test_served_metrics_names_missing_columns():
     with pytest.raises(ValueError, match="the served rows lack label, label_time"):
         served_metrics(SERVED.drop(columns=["label", "label_time"]), as_of=NOW)
+
+
+def pairs(*entries) -> pd.DataFrame:
+    """(served version, shadow version, served decision, shadow decision, label, days ago paired)."""
+    return pd.DataFrame([{"served_version": a, "shadow_version": b, "served_decision": x, "shadow_decision": y,
+                          "label": label, "label_time": None if label is None else NOW - timedelta(days=1),
+                          "paired_at": NOW - timedelta(days=days)} for a, b, x, y, label, days in entries])
+
+
+def test_served_pairs_orient_by_version_and_count_only_matured_labels():
+    logged = pairs(
+        ("v1", "v2", 0, 1, 1, 40),     # a fraud only the canary caught
+        ("v2", "v1", 1, 0, 1, 40),     # the same, served the other way round
+        ("v2", "v1", 0, 1, 1, 40),     # a fraud only the baseline caught
+        ("v1", "v2", 0, 1, 0, 40),     # a false alarm of the canary only
+        ("v1", "v2", 1, 1, 1, 5),      # both caught, label window still open at 30 days
+        ("v1", "v2", 0, 0, None, 40),  # no label yet
+        ("v1", "v3", 1, 0, 1, 40),     # another pair of versions
+    )
+    paired = served_pairs(logged, baseline_version="v1", canary_version="v2", as_of=NOW,
+                          label_maturity=timedelta(days=30))
+    assert (paired.decisions.pairs, paired.decisions.canary_only, paired.decisions.baseline_only,
+            paired.decisions.both) == (6, 3, 1, 1)
+    assert (paired.frauds.pairs, paired.frauds.canary_only, paired.frauds.baseline_only) == (3, 2, 1)
+    assert (paired.legit.pairs, paired.legit.canary_only, paired.legit.baseline_only) == (1, 1, 0)
+    assert served_pairs(logged, baseline_version="v1", canary_version="v4", as_of=NOW) is None

@@ -1,8 +1,10 @@
 """`fraud-rollout demo`: the whole story on this machine, with the embedded defaults.
 
     pipeline (kfp.local: simulate drift → train v1, v2 → evaluate → gate → deploy the canary locally)
-    → serve (the local canary runtime: v1 rolled out, v2 at 20 %)
-    → replay the holdout through the transformer → canary analyze → apply the recommendation
+    → serve (the local canary runtime: v1 rolled out, v2 at 20 %, every request in the prediction log)
+    → replay the holdout through the transformer → canary analyze
+    → the same analysis from the prediction log, before and after the holdout's labels arrive
+    → apply the recommendation (a progressive rollout)
     → report.json and report.html in --out, and the commands to explore further.
 
 Every server it starts is stopped when it ends, fails, or is interrupted (Ctrl-C or SIGTERM).
@@ -127,16 +129,18 @@ def deployed_by_pipeline(state_dir: Path, artifacts: tuple[str, str]) -> bool:
     return {Path(a).resolve() for a in artifacts} <= served
 
 
-def serving_for(pipeline: dict, state_dir: Path, log_dir: Path, shadow: float | None = None):
+def serving_for(pipeline: dict, state_dir: Path, log_dir: Path, shadow: float | None = None,
+                prediction_log: Path | None = None):
     """`fraud-rollout serve` for the run: the manifest the pipeline deployed as it is, or (a run
     without the local deploy, or --from-report) a new one with v1 rolled out and v2 at 20 %."""
     from fraud_rollout.serving_session import LocalServing
 
     baseline, candidate = _role_artifacts(pipeline)
+    store = None if prediction_log is None else str(prediction_log)
     if deployed_by_pipeline(state_dir, (baseline, candidate)):
-        return LocalServing(state_dir, log_dir=log_dir, shadow_percent=shadow)
+        return LocalServing(state_dir, log_dir=log_dir, shadow_percent=shadow, prediction_log=store)
     return LocalServing(state_dir, baseline=baseline, candidate=candidate, canary_percent=20, log_dir=log_dir,
-                        shadow_percent=shadow)
+                        shadow_percent=shadow, prediction_log=store)
 
 
 def probe_traffic(url: str, raw_row: np.ndarray, requests: int = TRAFFIC_PROBE_REQUESTS) -> dict[str, int]:
@@ -163,7 +167,8 @@ def traffic_summary(status: dict, probe: dict[str, int] | None) -> str:
     return split
 
 
-def explore_commands(out: Path, pipeline_path: Path, state_dir: Path, tracking_uri: str, raw_row: np.ndarray) -> list[str]:
+def explore_commands(out: Path, pipeline_path: Path, state_dir: Path, tracking_uri: str, raw_row: np.ndarray,
+                     store: Path) -> list[str]:
     data = json.dumps({"inputs": [{"name": "transactions", "shape": [1, 30], "datatype": "FP64",
                                    "data": [[round(float(x), 4) for x in raw_row]]}]}, separators=(",", ":"))
     return [
@@ -173,6 +178,7 @@ def explore_commands(out: Path, pipeline_path: Path, state_dir: Path, tracking_u
         f"fraud-rollout canary status --state-dir {state_dir}",
         f"fraud-rollout replay --url http://127.0.0.1:8080 --report {pipeline_path}",
         f"fraud-rollout canary analyze --replay-report {out / 'replay.json'} --state-dir {state_dir}",
+        f"fraud-rollout canary analyze --store {store} --report {pipeline_path} --state-dir {state_dir}",
         f"mlflow ui --backend-store-uri {tracking_uri}",
         f"xdg-open {out / 'report.html'}",
     ]
@@ -185,7 +191,7 @@ def run_demo(args) -> int:
     from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics, paired_from_replay
     from fraud_control.runtime import PAIRS_FILE
 
-    from fraud_rollout import demo_report
+    from fraud_rollout import demo_feedback, demo_report
     from fraud_rollout.canary_cli import local_status, local_subject
     from fraud_rollout.pipeline_cli import gate_rejection
     from fraud_rollout.replay import run_replay
@@ -211,7 +217,8 @@ def run_demo(args) -> int:
     raw = source.frame.loc[:, list(FEATURES)].to_numpy(dtype=np.float64)
     tracking_uri = pipeline.get("mlflow", {}).get("tracking_uri", "")
 
-    serving = serving_for(pipeline, state_dir, out / "logs", args.shadow_percent)
+    store = demo_feedback.fresh_store(out)
+    serving = serving_for(pipeline, state_dir, out / "logs", args.shadow_percent, prediction_log=store)
     mark = time.perf_counter()
     print(f"\nstarting the local canary runtime ({'manifest from the pipeline' if serving.baseline is None else 'v1 rolled out, v2 at 20 %'}) …",
           flush=True)
@@ -226,13 +233,22 @@ def run_demo(args) -> int:
         print("\n".join(summary_lines(replayed.report)), flush=True)
 
         baseline_version, canary_version = (str(pipeline["models"][role]["version"]) for role in ("v1", "v2"))
-        holdout_metrics = offline_metrics(pipeline, with_flag_rate=True)
-        analysis = analyze(metrics_from_replay(replayed.report), holdout_metrics,
-                           baseline_version=baseline_version, canary_version=canary_version,
-                           canary_percent=float(serving.service.get()["spec"]["predictor"].get("canaryTrafficPercent", 20)),
-                           detectable=args.detectable_recall_difference,
-                           paired=paired_from_replay(replayed.report, baseline_version, canary_version))
+        holdout_metrics = offline_metrics(pipeline, with_flag_rate=True)  # online traffic is the holdout
+        canary_percent = float(serving.service.get()["spec"]["predictor"].get("canaryTrafficPercent", 20))
+
+        def analyze_with(online, paired) -> dict:
+            return analyze(online, holdout_metrics, baseline_version=baseline_version, canary_version=canary_version,
+                           canary_percent=canary_percent, detectable=args.detectable_recall_difference, paired=paired)
+
+        analysis = analyze_with(metrics_from_replay(replayed.report),
+                                paired_from_replay(replayed.report, baseline_version, canary_version))
         print("\n" + format_analysis(analysis), flush=True)
+
+        mark = time.perf_counter()
+        feedback = demo_feedback.feedback_loop(store, serving.url, source.frame, (baseline_version, canary_version),
+                                               analyze_with, analysis, out)
+        timings["prediction_log"] = round(time.perf_counter() - mark, 1)
+        print("\n" + "\n".join(demo_feedback.feedback_lines(feedback)), flush=True)
 
         applied = {"action": analysis["action"], "detail": "not applied (--no-apply)", "exit_code": None}
         rollout = None
@@ -279,6 +295,7 @@ def run_demo(args) -> int:
         "pipeline": pipeline,
         "replay": replayed.report,
         "analysis": analysis,
+        "feedback": feedback,
         "applied": applied,
         "rollout": rollout,
         "traffic_after": traffic_after,
@@ -288,9 +305,11 @@ def run_demo(args) -> int:
         "checks": {"skew_disagreements": (replayed.report.get("skew") or {}).get("disagreements"),
                    "recall_within_interval": {r["version"]: r["within"] for r in vs if r["metric"] == "recall"},
                    "recommendation": analysis["action"],
+                   "prediction_log_matches_replay": feedback["matches_replay"]["counts"]
+                   and feedback["matches_replay"]["recommendation"],
                    "applied": applied["exit_code"] == 0},
         "timings": timings,
-        "explore": explore_commands(out, pipeline_path, state_dir, tracking_uri, raw[0]),
+        "explore": explore_commands(out, pipeline_path, state_dir, tracking_uri, raw[0], store),
     }
     summary_path = pipeline.get("artifacts", {}).get("summary")
     summary = read_json(summary_path) if summary_path and Path(summary_path).is_file() else None
@@ -344,6 +363,8 @@ def final_summary(report: dict, out: Path) -> str:
                               if report.get("rollout") else "not run (--no-apply)"),
              f"  MLflow aliases: {report['mlflow_aliases_after'] or 'n/a'}",
              f"  skew: {checks['skew_disagreements']} online/offline decision disagreements",
+             f"  prediction log: {report['feedback']['logged']} requests, {report['feedback']['labelled']} labelled; "
+             f"its analysis {'matches' if checks['prediction_log_matches_replay'] else 'DOES NOT match'} the replay's",
              "  online recall within the 95 % interval around offline: "
              + ", ".join(f"{v} {'yes' if ok else 'NO'}" for v, ok in checks["recall_within_interval"].items())]
     if "difference" in impact:

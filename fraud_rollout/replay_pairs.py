@@ -26,6 +26,7 @@ from fraud_canary.paired import PairedOutcomes, paired_outcomes
 from fraud_rollout.replay_load import ReplayRows
 
 IN_FLIGHT_METRIC = "fraud_shadow_in_flight"
+LOG_QUEUE_METRIC = "fraud_payload_log_queue"
 DRAIN_TIMEOUT_SECONDS = 30.0
 POLL_SECONDS = 0.1
 
@@ -101,8 +102,8 @@ def metrics_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}/metrics"
 
 
-def shadow_in_flight(url: str, timeout: float = 5.0) -> float | None:
-    """The transformer's `fraud_shadow_in_flight`, None when its /metrics does not show it."""
+def gauge(url: str, name: str, timeout: float = 5.0) -> float | None:
+    """The transformer's gauge `name`, None when its /metrics does not show it."""
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
@@ -112,21 +113,34 @@ def shadow_in_flight(url: str, timeout: float = 5.0) -> float | None:
         return None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == IN_FLIGHT_METRIC:
+            if sample.name == name:
                 return float(sample.value)
     return None
+
+
+def wait_zero(url: str, name: str, what: str, hint: str, timeout: float) -> None:
+    """Until the transformer's gauge `name` reads 0; DataError naming the URL if it does not in
+    `timeout` or shows no such gauge (`hint` says why it might not)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = gauge(url, name)
+        if value is None:
+            raise DataError(f"{metrics_url(url)}: no {name} gauge ({hint})")
+        if value == 0:
+            return
+        if time.monotonic() > deadline:
+            raise DataError(f"{metrics_url(url)}: {value:g} {what} after {timeout:g} s")
+        time.sleep(POLL_SECONDS)  # between reads of the gauge, not instead of one
 
 
 def wait_drained(url: str, timeout: float = DRAIN_TIMEOUT_SECONDS) -> None:
     """Until the transformer at `url` has no shadow score in flight (each one answered is then in
     the pair log); DataError naming the URL if it does not drain in `timeout` or shows no gauge."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = shadow_in_flight(url)
-        if value is None:
-            raise DataError(f"{metrics_url(url)}: no {IN_FLIGHT_METRIC} gauge (is shadow scoring on?)")
-        if value == 0:
-            return
-        if time.monotonic() > deadline:
-            raise DataError(f"{metrics_url(url)}: {value:g} shadow scores still in flight after {timeout:g} s")
-        time.sleep(POLL_SECONDS)  # between reads of the gauge, not instead of one
+    wait_zero(url, IN_FLIGHT_METRIC, "shadow scores still in flight", "is shadow scoring on?", timeout)
+
+
+def wait_logged(url: str, timeout: float = DRAIN_TIMEOUT_SECONDS) -> None:
+    """Until the transformer's payload logger has every event acknowledged by the prediction-log
+    sink (`fraud_payload_log_queue` 0): then every answered request is in the store."""
+    wait_zero(url, LOG_QUEUE_METRIC, "prediction-log events not yet acknowledged by the sink",
+              "is the prediction log on?", timeout)

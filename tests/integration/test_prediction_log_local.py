@@ -2,10 +2,7 @@
 transformer posts KServe's CloudEvents and its shadow pairs to it, every answered request is in the
 store exactly once with the version that answered, every shadow pair once, and late labels join
 both on the transaction ids the client sent."""
-import re
 import subprocess
-import time
-import urllib.request
 from collections import Counter
 
 import httpx
@@ -17,25 +14,10 @@ from fraud_control.runtime import PAIRS_FILE
 from fraud_control.store_evidence import store_evidence
 from fraud_serving.client import infer_url, v2_request
 
-from fraud_rollout.replay_pairs import paired_from_log, read_pairs, wait_drained
+from fraud_rollout.replay_pairs import paired_from_log, read_pairs, wait_drained, wait_logged
 from fraud_rollout.serving_session import FRAUD_ROLLOUT, LocalServing
 
 REQUESTS, ROWS = 40, 5
-DRAIN_TIMEOUT_S = 30.0
-
-
-def queued_events(url: str) -> float:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return float(re.search(r"^fraud_payload_log_queue (\S+)$", text, re.M).group(1))
-
-
-def wait_logged(url: str) -> None:
-    """Until the transformer's payload logger has every event acknowledged (its queue gauge reads 0)."""
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while queued_events(url) > 0:
-        assert time.monotonic() < deadline, "the payload logger did not drain"
-        time.sleep(0.1)  # between polls of the gauge, not instead of one
 
 
 def test_every_answered_request_is_logged_once_and_labels_join(tiny_run, tmp_path):

@@ -161,7 +161,10 @@ class LocalRuntime:
     http_port: int = 8080
     max_rows: int | None = None
     shadow_percent: float | None = None  # None: the transformer's default share; 0: off
-    prediction_log: str | None = None  # the sink's store URL; None: no prediction log
+    #: The store of a prediction-log sink the runtime starts, which the transformer posts to. None: the
+    #: transformer posts to the InferenceService's own logger URL (`deploy --prediction-log-url`, a sink
+    #: run by someone else, as in the cluster), or logs nothing when the manifest has no logger.
+    prediction_log: str | None = None
     drain_seconds: float = 5.0
     poll_seconds: float = 0.2
     log_dir: Path | None = None
@@ -169,6 +172,7 @@ class LocalRuntime:
     retiring: dict[str, tuple[ServerProcess, float]] = field(default_factory=dict)
     transformer: ServerProcess | None = None
     sink: ServerProcess | None = None
+    logger_url: str | None = None  # where the transformer posts its CloudEvents (None: no prediction log)
     applied_generation: int = 0
     owner: StateDirOwner | None = None
     serving: bool = False  # the transformer answered ready: runtime.json names it only from then on
@@ -191,10 +195,11 @@ class LocalRuntime:
             self._write_runtime()
             if self.prediction_log is not None:  # first: the transformer's first answer is logged
                 self.sink = start_sink(self.prediction_log, self.logs).wait_ready()
+            self.logger_url = self.sink.url if self.sink else isvc.transformer_logger_url(manifest)
             self.transformer = start_transformer(transformer_contract_dir(manifest), self.logs,
                                                  routes_file=self.routes_file, max_rows=self.max_rows,
                                                  shadow_percent=self.shadow_percent, pairs_log=self.pairs_log,
-                                                 logger_url=self.sink.url if self.sink else None,
+                                                 logger_url=self.logger_url,
                                                  port=self.http_port, label="transformer",
                                                  port_option="--http-port")
             self.apply(manifest)
@@ -300,6 +305,6 @@ class LocalRuntime:
             "pairsLog": str(self.pairs_log),
             # never a password in a file: a PostgreSQL URL's is redacted
             "predictionLog": {"store": redacted_url(self.prediction_log) if self.prediction_log else None,
-                              "sink": self.sink.url if self.sink else None},
+                              "sink": self.logger_url},
         }
         write_json(self.state_dir / RUNTIME_FILE, body)

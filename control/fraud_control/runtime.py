@@ -6,7 +6,10 @@ one transformer that splits each request at the transformer→predictor hop by t
 percents. On a manifest change it starts the predictors the new status needs and waits until they
 are ready, then swaps the transformer's routes file (the transformer picks it up on its next
 request); predictors no longer needed are stopped only after `drain_seconds`, so requests already
-on their way finish. `runtime.json` in the state dir reports the URLs and the applied generation.
+on their way finish. With a prediction-log store it also runs the sink the transformer posts to,
+started again on the same port when it exits, as a crashed predictor is; without one, the
+transformer posts to the InferenceService's logger URL, if any. `runtime.json` in the state dir
+reports the URLs and the applied generation.
 
 One runtime owns a state dir (DESIGN 12): it holds an exclusive `flock` on `runtime.lock` for its
 whole life, with its pid and URL written in it and in `runtime.json`. A second `serve` on the same
@@ -32,6 +35,7 @@ from fraud_control.local_state import LocalInferenceService, local_artifact_path
 from fraud_control.prediction_store import redacted_url
 from fraud_control.processes import (
     LOOPBACK,
+    PortInUse,
     ServerFailed,
     ServerProcess,
     start_predictor,
@@ -49,6 +53,9 @@ LOCK_FILE = "runtime.lock"
 PAIRS_FILE = "shadow-pairs.jsonl"
 #: The prediction log's default store: a SQLite file in the state dir (one InferenceService, one log).
 PREDICTION_LOG_FILE = "prediction-log.sqlite"
+#: At most one start of the runtime's prediction-log sink per this interval: a sink that cannot
+#: start (its store down) is retried, not respawned on every pass of the follow loop.
+SINK_RESTART_SECONDS = 5.0
 
 
 def transformer_contract_dir(manifest: dict) -> Path:
@@ -177,6 +184,7 @@ class LocalRuntime:
     owner: StateDirOwner | None = None
     serving: bool = False  # the transformer answered ready: runtime.json names it only from then on
     _stamp: int | None = None
+    _sink_started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.state_dir = self.service.state_dir
@@ -195,6 +203,7 @@ class LocalRuntime:
             self._write_runtime()
             if self.prediction_log is not None:  # first: the transformer's first answer is logged
                 self.sink = start_sink(self.prediction_log, self.logs).wait_ready()
+                self._sink_started = time.monotonic()
             self.logger_url = self.sink.url if self.sink else isvc.transformer_logger_url(manifest)
             self.transformer = start_transformer(transformer_contract_dir(manifest), self.logs,
                                                  routes_file=self.routes_file, max_rows=self.max_rows,
@@ -246,7 +255,7 @@ class LocalRuntime:
         self._write_runtime()
 
     def step(self) -> None:
-        """One pass of the follow loop: apply a changed manifest, stop drained predictors."""
+        """One pass of the follow loop: apply a changed manifest, stop drained predictors, restart a dead sink."""
         try:
             stamp = os.stat(self.service.state_file).st_mtime_ns
         except FileNotFoundError:
@@ -273,6 +282,22 @@ class LocalRuntime:
             if not server.alive():
                 logger.warning("predictor %s exited; restarting it", name)
                 self._stamp = None  # re-apply on the next pass
+        self._restart_dead_sink(now)
+
+    def _restart_dead_sink(self, now: float) -> None:
+        """A sink this runtime runs that exited is started again on its port, the URL the transformer
+        posts to, and its store; the transformer's payload logger keeps the events meanwhile (DESIGN 15)."""
+        if self.sink is None or self.prediction_log is None or self.sink.alive():
+            return
+        if now < self._sink_started + SINK_RESTART_SECONDS:
+            return
+        logger.warning("prediction-log sink exited with %s; restarting it on port %d", self.sink.process.returncode,
+                       self.sink.port)
+        self._sink_started = now
+        try:
+            self.sink = start_sink(self.prediction_log, self.logs, port=self.sink.port)
+        except PortInUse as error:  # another process took the port: retried on a later pass
+            logger.error("prediction-log sink not restarted: %s", error)
 
     def follow(self, stop_after: float | None = None) -> None:
         """Follow manifest changes until interrupted (or `stop_after` seconds)."""

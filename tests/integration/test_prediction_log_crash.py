@@ -9,26 +9,34 @@ the dead sink had committed but not acknowledged come again and are counted as d
 stored twice."""
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import httpx
 import numpy as np
 import pytest
+from fraud.inference_log import REQUEST_EVENT
 from fraud.schema import FEATURES
 from fraud_control.deploy import deploy
+from fraud_control.local_state import LocalInferenceService
 from fraud_control.prediction_store import open_store
 from fraud_control.processes import free_port
+from fraud_control.processes import start_sink as start_runtime_sink
+from fraud_control.runtime import LocalRuntime
 from fraud_serving.client import infer_url, v2_request
 from prometheus_client.parser import text_string_to_metric_families
 
 from fraud_rollout.serving_session import LocalServing
 from tests.integration.test_prediction_log_local import wait_logged
-from tests.sink_process import SinkProcess, start_sink
+from tests.prediction_log import features, request_body
+from tests.sink_process import SinkProcess, batch, kserve_event, start_sink
 
 pytestmark = pytest.mark.integration
 
@@ -177,3 +185,32 @@ def test_a_sink_killed_under_load_loses_no_event_and_fails_no_inference(tiny_run
           f"{restarted_at - killed_at:.2f} s outage (post error seen after {noticed_at - killed_at:.2f} s); {post_errors:g} failed posts retried ({post_errors_seen:g} when "
           f"first seen); events stored {2 * answered}, acknowledged {sum(acknowledged.values()):g}; at the kill "
           f"{committed_at_kill} committed, {acknowledged_at_kill:g} acknowledged, {duplicates:g} duplicates re-posted")
+
+
+def test_the_runtime_restarts_the_sink_it_runs_after_a_kill_9_on_the_same_port_and_store(tmp_path):
+    """`serve --prediction-log` runs the sink: like a predictor, a sink that died is started again, on
+    the port the transformer posts to, or every event after the transformer's queue fills is lost."""
+    store_url, logs = str(tmp_path / "prediction-log.sqlite"), tmp_path / "logs"
+    # the sink as start() starts it; no InferenceService, so step() has no predictor to start
+    runtime = LocalRuntime(LocalInferenceService(tmp_path / "state"), prediction_log=store_url, log_dir=logs,
+                           sink=start_runtime_sink(store_url, logs).wait_ready())
+    first = runtime.sink
+    events = batch([kserve_event("e1", REQUEST_EVENT, request_body(features(1), ["t1"]), at=datetime.now(UTC))])
+    try:
+        assert httpx.post(f"{first.url}/", headers=events[0], content=events[1]).json() == {"accepted": 1,
+                                                                                        "duplicates": 0}
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.process.wait(10)
+        deadline = time.monotonic() + PHASE_TIMEOUT_S
+        while not (runtime.sink is not first and runtime.sink.ready()):
+            assert runtime.sink is first or runtime.sink.alive(), runtime.sink.log_tail()
+            assert time.monotonic() < deadline, "the runtime did not restart its sink"
+            runtime.step()
+            time.sleep(runtime.poll_seconds)  # the follow loop's interval
+        assert runtime.sink.url == first.url and runtime.sink.process.pid != first.process.pid
+        # the same store: the event committed before the kill is a duplicate now
+        assert httpx.post(f"{runtime.sink.url}/", headers=events[0], content=events[1]).json() == {
+            "accepted": 0, "duplicates": 1}
+    finally:
+        runtime.stop()
+    assert not runtime.sink.alive()

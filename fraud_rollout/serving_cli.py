@@ -48,8 +48,10 @@ def register(commands, bench) -> None:
                             "<state-dir>/shadow-pairs.jsonl")
     serve.add_argument("--prediction-log", metavar="URL", default=None,
                        help="store of the prediction log the transformer's CloudEvents go to, as KServe's logger "
-                            "sends them: a SQLite file, sqlite:///PATH or postgresql://…, or 'default' for "
-                            "<state-dir>/prediction-log.sqlite (default: no prediction log)")
+                            "sends them, through a sink serve starts: a SQLite file, sqlite:///PATH or "
+                            "postgresql://…, or 'default' for <state-dir>/prediction-log.sqlite (default: the "
+                            "running sink the InferenceService's logger names, `deploy --prediction-log-url`; "
+                            "without one, no prediction log)")
     serve.add_argument("--drain-seconds", type=float, default=5.0,
                        help="keep a predictor leaving the split this long, for requests in flight")
     serve.set_defaults(func=serve_command)

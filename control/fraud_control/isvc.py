@@ -138,6 +138,11 @@ def logger_spec(url: str) -> dict:
     return {"mode": "all", "url": url}
 
 
+def transformer_logger_url(manifest: dict) -> str | None:
+    """The URL the transformer's payload logger posts to (`logger_spec`), None without a logger."""
+    return (manifest["spec"].get("transformer", {}).get("logger") or {}).get("url") or None
+
+
 def inference_service(spec: IsvcSpec) -> dict:
     """The whole InferenceService manifest."""
     return {

@@ -6,7 +6,10 @@ one transformer that splits each request at the transformer→predictor hop by t
 percents. On a manifest change it starts the predictors the new status needs and waits until they
 are ready, then swaps the transformer's routes file (the transformer picks it up on its next
 request); predictors no longer needed are stopped only after `drain_seconds`, so requests already
-on their way finish. `runtime.json` in the state dir reports the URLs and the applied generation.
+on their way finish. With a prediction-log store it also runs the sink the transformer posts to,
+started again on the same port when it exits, as a crashed predictor is; without one, the
+transformer posts to the InferenceService's logger URL, if any. `runtime.json` in the state dir
+reports the URLs and the applied generation.
 
 One runtime owns a state dir (DESIGN 12): it holds an exclusive `flock` on `runtime.lock` for its
 whole life, with its pid and URL written in it and in `runtime.json`. A second `serve` on the same
@@ -32,6 +35,7 @@ from fraud_control.local_state import LocalInferenceService, local_artifact_path
 from fraud_control.prediction_store import redacted_url
 from fraud_control.processes import (
     LOOPBACK,
+    PortInUse,
     ServerFailed,
     ServerProcess,
     start_predictor,
@@ -49,6 +53,9 @@ LOCK_FILE = "runtime.lock"
 PAIRS_FILE = "shadow-pairs.jsonl"
 #: The prediction log's default store: a SQLite file in the state dir (one InferenceService, one log).
 PREDICTION_LOG_FILE = "prediction-log.sqlite"
+#: At most one start of the runtime's prediction-log sink per this interval: a sink that cannot
+#: start (its store down) is retried, not respawned on every pass of the follow loop.
+SINK_RESTART_SECONDS = 5.0
 
 
 def transformer_contract_dir(manifest: dict) -> Path:
@@ -161,7 +168,10 @@ class LocalRuntime:
     http_port: int = 8080
     max_rows: int | None = None
     shadow_percent: float | None = None  # None: the transformer's default share; 0: off
-    prediction_log: str | None = None  # the sink's store URL; None: no prediction log
+    #: The store of a prediction-log sink the runtime starts, which the transformer posts to. None: the
+    #: transformer posts to the InferenceService's own logger URL (`deploy --prediction-log-url`, a sink
+    #: run by someone else, as in the cluster), or logs nothing when the manifest has no logger.
+    prediction_log: str | None = None
     drain_seconds: float = 5.0
     poll_seconds: float = 0.2
     log_dir: Path | None = None
@@ -169,10 +179,12 @@ class LocalRuntime:
     retiring: dict[str, tuple[ServerProcess, float]] = field(default_factory=dict)
     transformer: ServerProcess | None = None
     sink: ServerProcess | None = None
+    logger_url: str | None = None  # where the transformer posts its CloudEvents (None: no prediction log)
     applied_generation: int = 0
     owner: StateDirOwner | None = None
     serving: bool = False  # the transformer answered ready: runtime.json names it only from then on
     _stamp: int | None = None
+    _sink_started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.state_dir = self.service.state_dir
@@ -191,10 +203,12 @@ class LocalRuntime:
             self._write_runtime()
             if self.prediction_log is not None:  # first: the transformer's first answer is logged
                 self.sink = start_sink(self.prediction_log, self.logs).wait_ready()
+                self._sink_started = time.monotonic()
+            self.logger_url = self.sink.url if self.sink else isvc.transformer_logger_url(manifest)
             self.transformer = start_transformer(transformer_contract_dir(manifest), self.logs,
                                                  routes_file=self.routes_file, max_rows=self.max_rows,
                                                  shadow_percent=self.shadow_percent, pairs_log=self.pairs_log,
-                                                 logger_url=self.sink.url if self.sink else None,
+                                                 logger_url=self.logger_url,
                                                  port=self.http_port, label="transformer",
                                                  port_option="--http-port")
             self.apply(manifest)
@@ -241,7 +255,7 @@ class LocalRuntime:
         self._write_runtime()
 
     def step(self) -> None:
-        """One pass of the follow loop: apply a changed manifest, stop drained predictors."""
+        """One pass of the follow loop: apply a changed manifest, stop drained predictors, restart a dead sink."""
         try:
             stamp = os.stat(self.service.state_file).st_mtime_ns
         except FileNotFoundError:
@@ -268,6 +282,22 @@ class LocalRuntime:
             if not server.alive():
                 logger.warning("predictor %s exited; restarting it", name)
                 self._stamp = None  # re-apply on the next pass
+        self._restart_dead_sink(now)
+
+    def _restart_dead_sink(self, now: float) -> None:
+        """A sink this runtime runs that exited is started again on its port, the URL the transformer
+        posts to, and its store; the transformer's payload logger keeps the events meanwhile (DESIGN 15)."""
+        if self.sink is None or self.prediction_log is None or self.sink.alive():
+            return
+        if now < self._sink_started + SINK_RESTART_SECONDS:
+            return
+        logger.warning("prediction-log sink exited with %s; restarting it on port %d", self.sink.process.returncode,
+                       self.sink.port)
+        self._sink_started = now
+        try:
+            self.sink = start_sink(self.prediction_log, self.logs, port=self.sink.port)
+        except PortInUse as error:  # another process took the port: retried on a later pass
+            logger.error("prediction-log sink not restarted: %s", error)
 
     def follow(self, stop_after: float | None = None) -> None:
         """Follow manifest changes until interrupted (or `stop_after` seconds)."""
@@ -300,6 +330,6 @@ class LocalRuntime:
             "pairsLog": str(self.pairs_log),
             # never a password in a file: a PostgreSQL URL's is redacted
             "predictionLog": {"store": redacted_url(self.prediction_log) if self.prediction_log else None,
-                              "sink": self.sink.url if self.sink else None},
+                              "sink": self.logger_url},
         }
         write_json(self.state_dir / RUNTIME_FILE, body)

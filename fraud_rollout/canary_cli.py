@@ -38,6 +38,12 @@ def add_analyze_options(group) -> None:
                        help="online evidence: the prediction log (a SQLite file, sqlite:///PATH or postgresql://…)")
     group.add_argument("--since", type=since_time, metavar="T",
                        help="--store: predictions from T on (ISO 8601 time, or a duration back from now: 30m, 2h, 7d)")
+    group.add_argument("--until", type=since_time, metavar="T",
+                       help="--store: predictions before T (ISO 8601 time, or a duration back from now)")
+    group.add_argument("--holdout-traffic", action="store_true",
+                       help="--store, --prometheus: the traffic was the pipeline's holdout (a replay of it, as the "
+                            "demo's), so each version's flag rate is checked against its holdout flag rate (always "
+                            "so with --replay-report)")
     group.add_argument("--label-maturity", type=non_negative_float, default=0.0, metavar="DAYS",
                        help="--store: recall and precision count a prediction only once it is this many days "
                             "old and its label has arrived (default 0: any arrived label)")
@@ -209,17 +215,17 @@ def analyze_command(args) -> int:
         from fraud_control.store_evidence import store_evidence
 
         logged = store_evidence(args.store, (baseline_version, canary_version), since=args.since,
-                                label_maturity_days=args.label_maturity)
+                                until=args.until, label_maturity_days=args.label_maturity)
         online, paired = logged.online, logged.paired
         evidence = {"source": "store", "store": logged.store, "since": args.since.isoformat() if args.since else None,
-                    "feedback": logged.feedback}
+                    "until": args.until.isoformat() if args.until else None, "feedback": logged.feedback}
         subject = current_subject(args)
     else:  # live evidence: about what is deployed now
         online, queries = metrics_from_prometheus(args.prometheus, args.selector, args.window)
         paired = None
         evidence = {"source": "prometheus", "url": args.prometheus, "queries": queries}
         subject = current_subject(args)
-    offline = offline_metrics(pipeline, with_flag_rate=replay_report is not None)
+    offline = offline_metrics(pipeline, with_flag_rate=replay_report is not None or args.holdout_traffic)
     analysis = analyze(online, offline, baseline_version=baseline_version, canary_version=canary_version,
                        canary_percent=expected_canary_percent(args), detectable=args.detectable_recall_difference,
                        paired=paired)

@@ -168,7 +168,7 @@ def traffic_summary(status: dict, probe: dict[str, int] | None) -> str:
 
 
 def explore_commands(out: Path, pipeline_path: Path, state_dir: Path, tracking_uri: str, raw_row: np.ndarray,
-                     store: Path) -> list[str]:
+                     feedback: dict) -> list[str]:
     data = json.dumps({"inputs": [{"name": "transactions", "shape": [1, 30], "datatype": "FP64",
                                    "data": [[round(float(x), 4) for x in raw_row]]}]}, separators=(",", ":"))
     return [
@@ -178,7 +178,8 @@ def explore_commands(out: Path, pipeline_path: Path, state_dir: Path, tracking_u
         f"fraud-rollout canary status --state-dir {state_dir}",
         f"fraud-rollout replay --url http://127.0.0.1:8080 --report {pipeline_path}",
         f"fraud-rollout canary analyze --replay-report {out / 'replay.json'} --state-dir {state_dir}",
-        f"fraud-rollout canary analyze --store {store} --report {pipeline_path} --state-dir {state_dir}",
+        f"fraud-rollout canary analyze --store {feedback['store']} --since {feedback['since']} "
+        f"--until {feedback['until']} --holdout-traffic --report {pipeline_path} --state-dir {state_dir}",
         f"mlflow ui --backend-store-uri {tracking_uri}",
         f"xdg-open {out / 'report.html'}",
     ]
@@ -227,6 +228,7 @@ def run_demo(args) -> int:
         print(f"serving at {serving.url}", flush=True)
 
         mark = time.perf_counter()
+        replay_started = datetime.now(UTC)
         replayed = run_replay(source, ReplayOptions(url=serving.url, progress=not args.no_progress), out / "replay.json",
                               subject=local_subject(state_dir), pairs_log=state_dir / PAIRS_FILE)
         timings["replay_and_skew_check"] = round(time.perf_counter() - mark, 1)
@@ -246,7 +248,7 @@ def run_demo(args) -> int:
 
         mark = time.perf_counter()
         feedback = demo_feedback.feedback_loop(store, serving.url, source.frame, (baseline_version, canary_version),
-                                               analyze_with, analysis, out)
+                                               analyze_with, analysis, out, replay_started)
         timings["prediction_log"] = round(time.perf_counter() - mark, 1)
         print("\n" + "\n".join(demo_feedback.feedback_lines(feedback)), flush=True)
 
@@ -309,7 +311,7 @@ def run_demo(args) -> int:
                    and feedback["matches_replay"]["recommendation"],
                    "applied": applied["exit_code"] == 0},
         "timings": timings,
-        "explore": explore_commands(out, pipeline_path, state_dir, tracking_uri, raw[0], store),
+        "explore": explore_commands(out, pipeline_path, state_dir, tracking_uri, raw[0], feedback),
     }
     summary_path = pipeline.get("artifacts", {}).get("summary")
     summary = read_json(summary_path) if summary_path and Path(summary_path).is_file() else None

@@ -54,16 +54,16 @@ def count_differences(replay: dict, store: dict) -> dict[str, dict[str, tuple]]:
 
 
 def summary(analysis: dict) -> dict[str, Any]:
-    """What the report keeps of one store analysis."""
-    evidence = analysis.get("evidence") or {}
-    return {"action": analysis["action"], "reasons": analysis["reasons"], "evidence": evidence.get("message"),
+    """What the report keeps of one store analysis: its action, and what its evidence check says."""
+    evidence = next((c["detail"] for c in analysis["checks"] if c["rule"] == "evidence.sample_size"), None)
+    return {"action": analysis["action"], "reasons": analysis["reasons"], "evidence": evidence,
             "paired_pairs": (analysis.get("paired") or {}).get("pairs")}
 
 
 def feedback_loop(store_path: Path, url: str, holdout: pd.DataFrame, versions: tuple[str, str],
-                  analyze_with: Analyze, replay_analysis: dict, out: Path) -> dict[str, Any]:
-    """After the replay: wait until the log has every event, analyze from it, deliver the labels,
-    analyze again; `report.json`'s `feedback`."""
+                  analyze_with: Analyze, replay_analysis: dict, out: Path, since: datetime) -> dict[str, Any]:
+    """After the replay (which started at `since`): wait until the log has every event, analyze the
+    window from it, deliver the labels, analyze again; `report.json`'s `feedback`."""
     from fraud.labels import read_labels
     from fraud_control.prediction_store import open_store
     from fraud_control.store_evidence import store_evidence
@@ -71,18 +71,19 @@ def feedback_loop(store_path: Path, url: str, holdout: pd.DataFrame, versions: t
     from fraud_rollout.replay_pairs import wait_logged
 
     wait_logged(url)  # every answered request's events are committed in the store
-    before = store_evidence(str(store_path), versions)
+    until = datetime.now(UTC)  # the window: the replay's requests, not the rollout's that follow
+    before = store_evidence(str(store_path), versions, since=since, until=until)
     before_analysis = analyze_with(before.online, before.paired)
 
     labels_path = write_labels(holdout, out / LABELS_FILE, datetime.now(UTC))
     with open_store(str(store_path)) as store:
         ingested = store.ingest_labels(read_labels(labels_path))
         counts = store.counts()
-    after = store_evidence(str(store_path), versions)
+    after = store_evidence(str(store_path), versions, since=since, until=until)
     after_analysis = analyze_with(after.online, after.paired)
     differences = count_differences(replay_analysis, after_analysis)
     return {
-        "store": str(store_path), **counts,
+        "store": str(store_path), "since": since.isoformat(), "until": until.isoformat(), **counts,
         "labels": {"file": str(labels_path), "read": ingested.total, "joined": ingested.joined,
                    "unknown": ingested.unknown},
         "before_labels": summary(before_analysis),

@@ -207,20 +207,25 @@ class PredictionStore:
             cursor.execute("DELETE FROM label_batch")
         return LabelResult(joined, len(rows) - joined, len(rows))
 
-    def served(self, since: datetime | None = None) -> pd.DataFrame:
-        """One row per logged prediction row (at or after `since`), with its label if one has arrived,
-        in time order: columns `SERVED_COLUMNS` (`features`: float64 bytes; see `feature_matrix`).
+    def _window(self, column: str, since: datetime | None, until: datetime | None) -> tuple[str, tuple]:
+        """The WHERE clause and parameters of `since <= column < until` (either bound optional)."""
+        bounds = [(f"{column} >= ?", since), (f"{column} < ?", until)]
+        kept = [(clause, self._dialect.time_param(moment)) for clause, moment in bounds if moment is not None]
+        if not kept:
+            return "", ()
+        return " WHERE " + " AND ".join(clause for clause, _ in kept), tuple(param for _, param in kept)
+
+    def served(self, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
+        """One row per logged prediction row (at or after `since`, before `until`), with its label if one
+        has arrived, in time order: columns `SERVED_COLUMNS` (`features`: float64 bytes; see `feature_matrix`).
 
         A row whose response is missing (the request was refused, or its event lost) has no
         model_version, score or decision; one whose request is missing has no features."""
         query = ("SELECT p.event_id, p.row, p.transaction_id, p.model_version, p.score, p.decision, p.requested_at, "
                  "p.answered_at, l.label, l.label_time, p.features FROM predictions p "
                  "LEFT JOIN labels l ON l.transaction_id = p.transaction_id")
-        params: tuple = ()
-        if since is not None:
-            query += f" WHERE {_PREDICTION_TIME} >= ?"
-            params = (self._dialect.time_param(since),)
-        query += f" ORDER BY {_PREDICTION_TIME}, p.event_id, p.row"
+        where, params = self._window(_PREDICTION_TIME, since, until)
+        query += where + f" ORDER BY {_PREDICTION_TIME}, p.event_id, p.row"
         with self._transaction(write=False) as cursor:
             cursor.execute(self._sql(query), params)
             records = cursor.fetchall()
@@ -233,17 +238,14 @@ class PredictionStore:
         frame["features"] = frame["features"].map(lambda blob: None if blob is None else bytes(blob))
         return frame
 
-    def pairs(self, since: datetime | None = None) -> pd.DataFrame:
-        """One row per shadow-paired row (scored at or after `since`), with its label if one has
-        arrived, in time order: columns `PAIR_COLUMNS`."""
+    def pairs(self, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
+        """One row per shadow-paired row (scored at or after `since`, before `until`), with its label
+        if one has arrived, in time order: columns `PAIR_COLUMNS`."""
         query = ("SELECT s.event_id, s.row, s.transaction_id, s.served_version, s.shadow_version, s.served_decision, "
                  "s.shadow_decision, s.paired_at, l.label, l.label_time FROM pairs s "
                  "LEFT JOIN labels l ON l.transaction_id = s.transaction_id")
-        params: tuple = ()
-        if since is not None:
-            query += " WHERE s.paired_at >= ?"
-            params = (self._dialect.time_param(since),)
-        query += " ORDER BY s.paired_at, s.event_id, s.row"
+        where, params = self._window("s.paired_at", since, until)
+        query += where + " ORDER BY s.paired_at, s.event_id, s.row"
         with self._transaction(write=False) as cursor:
             cursor.execute(self._sql(query), params)
             records = cursor.fetchall()

@@ -23,14 +23,15 @@ class StoreEvidence:
 
 
 def store_evidence(url: str, versions: tuple[str, str], *, since: datetime | None = None,
-                   label_maturity_days: float = 0.0, as_of: datetime | None = None) -> StoreEvidence:
-    """Read the predictions and shadow pairs logged from `since` on and the labels joined to them,
-    as of `as_of` (now); `versions` = (baseline, canary) orients the pairs."""
+                   until: datetime | None = None, label_maturity_days: float = 0.0,
+                   as_of: datetime | None = None) -> StoreEvidence:
+    """Read the predictions and shadow pairs logged from `since` until before `until` and the labels
+    joined to them, as of `as_of` (now); `versions` = (baseline, canary) orients the pairs."""
     as_of = as_of or datetime.now(UTC)
     maturity = timedelta(days=label_maturity_days)
     with open_store(url) as store:
-        served = store.served(since)
-        pairs = store.pairs(since)
+        served = store.served(since, until)
+        pairs = store.pairs(since, until)
         name = store.url
     feedback = feedback_summary(served, as_of=as_of, label_maturity=maturity)
     paired = served_pairs(pairs, baseline_version=versions[0], canary_version=versions[1], as_of=as_of,

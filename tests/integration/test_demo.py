@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -113,6 +114,40 @@ def test_demo_tells_the_whole_story(demo_run):
     # every server the demo started has stopped
     assert processes_mentioning(str(demo_run.root)) == []
     assert read_runtime(demo_run.state_dir) == {}
+
+
+def test_the_demos_prediction_log_holds_what_was_served_and_agrees_with_the_replay(demo_run, tmp_path):
+    if not demo_run.pipeline_report.is_file():
+        pytest.skip("the demo run failed (see test_demo_tells_the_whole_story)")
+    report = json.loads((demo_run.out / "report.json").read_text())
+    feedback, replay, analysis = report["feedback"], report["replay"], report["analysis"]
+    # every answered request once, with the rows each version answered as the client saw them
+    answered = {v: m["requests"] - m["errors"] for v, m in analysis["online"].items()}
+    assert feedback["logged"] == feedback["answered"] > 0
+    assert feedback["rows"] == replay["totals"]["answered_rows"] and feedback["per_version"] == answered
+    assert feedback["paired"] == analysis["paired"]["pairs"]  # the transformer's pair log's
+    rows = feedback["rows"]
+    assert {k: v for k, v in feedback["labels"].items() if k != "file"} == {"read": rows, "joined": rows, "unknown": 0}
+    # before the labels the log cannot say anything about recall; after, the same as the replay
+    assert feedback["before_labels"]["action"] == "hold"
+    assert "no fraud seen yet" in feedback["before_labels"]["evidence"]
+    assert feedback["matches_replay"] == {"counts": True, "recommendation": True, "differences": {}}
+    assert feedback["after_labels"]["action"] == analysis["action"] and feedback["labelled"] == rows
+    # the command the demo prints gives the same analysis (the CLI reads the same store)
+    command = shlex.split(next(c for c in report["explore"] if "--store" in c))
+    assert command[:3] == ["fraud-rollout", "canary", "analyze"]
+    analysis_out = tmp_path / "store-analysis.json"
+    done = subprocess.run([sys.executable, "-m", "fraud_rollout", *command[1:], "--analysis-out", str(analysis_out)],
+                          cwd=demo_run.root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    from_cli = json.loads(analysis_out.read_text())
+    assert from_cli["action"] == analysis["action"] and f"RECOMMENDATION: {analysis['action'].upper()}" in done.stdout
+    counts = ("requests", "errors", "flagged", "tp", "fp", "fn", "tn")
+    assert {v: [m[k] for k in counts] for v, m in from_cli["online"].items()} == {
+        v: [m[k] for k in counts] for v, m in analysis["online"].items()}
+    assert from_cli["paired"]["frauds"] == analysis["paired"]["frauds"]
+    assert "<h3>The feedback loop: the same analysis from the prediction log</h3>" in (
+        demo_run.out / "report.html").read_text()
 
 
 def test_ctrl_c_stops_every_server_the_demo_started(demo_run, tmp_path):

@@ -10,6 +10,7 @@ from fraud.inference_log import (
     RESPONSE_EVENT,
     TRANSACTION_ID_INPUT,
     LogEvent,
+    LoggedResponse,
     log_event,
     pair_body,
 )
@@ -61,5 +62,11 @@ def served_pair(event_id: str, rows: int, version: str = "v2", at: datetime = T0
 
 def shadow_pair(event_id: str, served: list[int], shadow: list[int], transaction_ids: list[str | None],
                 versions: tuple[str, str] = ("v1", "v2"), at: datetime = T0) -> LogEvent:
-    """The transformer's pair event of a shadowed request: `served` decided by versions[0], `shadow` by versions[1]."""
-    return log_event(event_id, PAIR_EVENT, at, pair_body(*versions, served, shadow, tuple(transaction_ids)))
+    """The transformer's pair event of a shadowed request: `served` decided by versions[0], `shadow` by
+    versions[1] (scores 0.9 where flagged, else 0.1)."""
+    def answer(version: str, decisions: list[int]) -> LoggedResponse:
+        flags = np.asarray(decisions, dtype=np.int64)
+        return LoggedResponse(version, np.where(flags == 1, 0.9, 0.1), flags)
+
+    return log_event(event_id, PAIR_EVENT, at, pair_body(answer(versions[0], served), answer(versions[1], shadow),
+                                                         tuple(transaction_ids)))

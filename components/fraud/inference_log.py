@@ -7,8 +7,8 @@ a request; the answering version, score and decision of each row from a response
 parameters, headers and ids are dropped here.
 
 KServe has no event for shadow scoring, so the transformer sends its own (`PAIR_EVENT`, id = the
-v2 request id): both versions' decisions on each row of a shadowed request, with the rows'
-transaction ids, so that late labels join the pairs as they join the predictions.
+v2 request id): both versions' scores and decisions on each row of a shadowed request, with the
+rows' transaction ids, so that late labels join the pairs as they join the predictions.
 
 A request sends the features as one `[N, 30]` input (`MATRIX_INPUT`, columns in `FEATURES` order)
 or one `[N]` input per feature, and optionally `TRANSACTION_ID_INPUT` (BYTES, `[N]` strings) naming
@@ -60,12 +60,10 @@ class LoggedResponse:
 
 @dataclass(frozen=True)
 class LoggedPair:
-    """A shadowed request's rows decided by both versions: the one that answered and the other one."""
+    """A shadowed request's rows scored by both versions: the one that answered and the other one."""
 
-    served_version: str
-    shadow_version: str
-    served_is_fraud: np.ndarray  # int64 0/1 per row
-    shadow_is_fraud: np.ndarray
+    served: LoggedResponse
+    shadow: LoggedResponse
     transaction_ids: tuple[str | None, ...]
 
 
@@ -87,7 +85,7 @@ class LogEvent:
         body = self.body
         if isinstance(body, LoggedRequest):
             return len(body.features)
-        return len(body.fraud_probability) if isinstance(body, LoggedResponse) else len(body.served_is_fraud)
+        return len(body.fraud_probability) if isinstance(body, LoggedResponse) else len(body.transaction_ids)
 
 
 def log_event(event_id: str, event_type: str, time: datetime, body: object) -> LogEvent:
@@ -146,35 +144,43 @@ def row_transaction_ids(ids: list[str] | None, rows: int, request_id: object) ->
     return (None,) * rows
 
 
-def pair_body(served_version: str, shadow_version: str, served_is_fraud: list[int], shadow_is_fraud: list[int],
-              transaction_ids: tuple[str | None, ...]) -> bytes:
-    """The JSON data of a `PAIR_EVENT` (what `parse_pair` reads)."""
-    return orjson.dumps({"served_version": served_version, "shadow_version": shadow_version,
-                         "served_is_fraud": served_is_fraud, "shadow_is_fraud": shadow_is_fraud,
-                         TRANSACTION_ID: list(transaction_ids)})
+def pair_body(served: LoggedResponse, shadow: LoggedResponse, transaction_ids: tuple[str | None, ...]) -> bytes:
+    """The JSON data of a `PAIR_EVENT` (what `parse_pair` reads): each side's version, scores, decisions."""
+    body: dict[str, object] = {TRANSACTION_ID: list(transaction_ids)}
+    for side, answer in (("served", served), ("shadow", shadow)):
+        body.update({f"{side}_version": answer.model_version, f"{side}_fraud_probability": answer.fraud_probability,
+                     f"{side}_is_fraud": answer.is_fraud})
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def parse_pair(body: object) -> LoggedPair:
-    """Both versions' decisions of a shadowed request (`pair_body`); ValueError when it is not one."""
+    """Both versions' answers on a shadowed request's rows (`pair_body`); ValueError when it is not one."""
     pair = _json_object(body, "pair")
-    served, shadow = pair.get("served_version"), pair.get("shadow_version")
-    if not (isinstance(served, str) and served and isinstance(shadow, str) and shadow):
-        raise ValueError("the pair needs 'served_version' and 'shadow_version' (the versions that decided)")
-    versions = (registered_version(served), registered_version(shadow))
-    if versions[0] == versions[1]:
-        raise ValueError(f"the pair's two decisions come from one version, {versions[0]!r}")
-    decisions = [_numbers({"data": pair.get(key)}, key).reshape(-1) for key in ("served_is_fraud", "shadow_is_fraud")]
     ids = pair.get(TRANSACTION_ID)
-    rows = len(decisions[0])
-    if not rows or len(decisions[1]) != rows or not isinstance(ids, list) or len(ids) != rows:
-        raise ValueError(f"served_is_fraud, shadow_is_fraud and {TRANSACTION_ID} must hold one value per row, "
-                         f"at least 1 (got {len(decisions[0])}, {len(decisions[1])}, "
-                         f"{len(ids) if isinstance(ids, list) else 'none'})")
-    if not all(np.isin(d, (0, 1)).all() for d in decisions):
-        raise ValueError("served_is_fraud and shadow_is_fraud must hold 0 or 1")
+    if not isinstance(ids, list) or not ids:
+        raise ValueError(f"the pair needs {TRANSACTION_ID!r}: a list of one id (or null) per row")
+    sides = [_pair_side(pair, side, len(ids)) for side in ("served", "shadow")]
+    if sides[0].model_version == sides[1].model_version:
+        raise ValueError(f"the pair's two answers come from one version, {sides[0].model_version!r}")
     transaction_ids = tuple(None if value is None else _transaction_id(value, f"{TRANSACTION_ID} element {i}")
                             for i, value in enumerate(ids))
-    return LoggedPair(versions[0], versions[1], decisions[0].astype(np.int64), decisions[1].astype(np.int64), transaction_ids)
+    return LoggedPair(sides[0], sides[1], transaction_ids)
+
+
+def _pair_side(pair: Mapping, side: str, rows: int) -> LoggedResponse:
+    version = pair.get(f"{side}_version")
+    if not isinstance(version, str) or not version:
+        raise ValueError(f"the pair needs '{side}_version' (the version that answered)")
+    probability = _numbers({"data": pair.get(f"{side}_fraud_probability")}, f"{side}_fraud_probability").reshape(-1)
+    decisions = _numbers({"data": pair.get(f"{side}_is_fraud")}, f"{side}_is_fraud").reshape(-1)
+    if not len(probability) == len(decisions) == rows:
+        raise ValueError(f"{side}_fraud_probability and {side}_is_fraud must hold one value per row "
+                         f"({rows}), got {len(probability)} and {len(decisions)}")
+    if not np.isin(decisions, (0, 1)).all():
+        raise ValueError(f"{side}_is_fraud must hold 0 or 1")
+    if not ((probability >= 0) & (probability <= 1)).all():
+        raise ValueError(f"{side}_fraud_probability must lie in [0, 1]")
+    return LoggedResponse(registered_version(version), probability, decisions.astype(np.int64))
 
 
 def parse_response(body: object) -> LoggedResponse:

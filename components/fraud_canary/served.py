@@ -109,3 +109,22 @@ def served_pairs(pairs: pd.DataFrame, *, baseline_version: str, canary_version: 
     return PairedOutcomes(baseline_version, canary_version, discordant(canary, baseline),
                           frauds=discordant(canary[fraud], baseline[fraud]),
                           legit=discordant(canary[legit], baseline[legit]))
+
+
+def judged_by(pairs: pd.DataFrame, version: str, reference: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """On the shadow pairs of `version` with `reference` (either served): the reference's scores,
+    `version`'s decisions and the rows' matured labels (NaN until known), as arrays; `version` ==
+    `reference` gives its own scores and decisions on every pair it is in."""
+    served, shadow = pairs["served_version"].astype(str).to_numpy(), pairs["shadow_version"].astype(str).to_numpy()
+    if version == reference:
+        mine_served, mine_shadow = served == version, shadow == version
+        rows = mine_served | mine_shadow
+        scores = np.where(mine_served, pairs["served_score"], pairs["shadow_score"])
+        decisions = np.where(mine_served, pairs["served_decision"], pairs["shadow_decision"])
+    else:
+        forward = (served == version) & (shadow == reference)  # version answered, the reference shadowed
+        rows = forward | ((served == reference) & (shadow == version))
+        scores = np.where(forward, pairs["shadow_score"], pairs["served_score"])
+        decisions = np.where(forward, pairs["served_decision"], pairs["shadow_decision"])
+    labels = pairs["label"].to_numpy(dtype=float, na_value=np.nan)
+    return scores[rows].astype(float), decisions[rows].astype(int), labels[rows]

@@ -11,7 +11,7 @@ Tables:
   and transaction id, the response event the version, score and decision, whichever comes first
   (KServe's agent sends the two from a worker pool, in no fixed order);
 - `pairs(event_id, row, …)`: the shadow pairs, one row per row of a shadowed request, both versions'
-  decisions and the row's transaction id (the transformer's `PAIR_EVENT`);
+  scores and decisions and the row's transaction id (the transformer's `PAIR_EVENT`);
 - `labels(transaction_id, label, label_time)`: the latest label of a transaction (a re-ingest overwrites).
 
 Times are timezone-aware UTC; a prediction's time is its request event's `ce-time` (its response's
@@ -40,8 +40,8 @@ POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 BUSY_TIMEOUT_MS = 10_000
 SERVED_COLUMNS = ("event_id", "row", "transaction_id", "model_version", "score", "decision", "requested_at",
                   "answered_at", "label", "label_time", "features")
-PAIR_COLUMNS = ("event_id", "row", "transaction_id", "served_version", "shadow_version", "served_decision",
-                "shadow_decision", "paired_at", "label", "label_time")
+PAIR_COLUMNS = ("event_id", "row", "transaction_id", "served_version", "shadow_version", "served_score",
+                "shadow_score", "served_decision", "shadow_decision", "paired_at", "label", "label_time")
 
 
 class StoreError(Exception):
@@ -108,8 +108,9 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS labels (transaction_id TEXT PRIMARY KEY, label INTEGER NOT NULL, "
     "label_time {time} NOT NULL)",
     "CREATE TABLE IF NOT EXISTS pairs (event_id TEXT NOT NULL, row INTEGER NOT NULL, transaction_id TEXT, "
-    "served_version TEXT NOT NULL, shadow_version TEXT NOT NULL, served_decision INTEGER NOT NULL, "
-    "shadow_decision INTEGER NOT NULL, paired_at {time} NOT NULL, PRIMARY KEY (event_id, row))",
+    "served_version TEXT NOT NULL, shadow_version TEXT NOT NULL, served_score {real} NOT NULL, "
+    "shadow_score {real} NOT NULL, served_decision INTEGER NOT NULL, shadow_decision INTEGER NOT NULL, "
+    "paired_at {time} NOT NULL, PRIMARY KEY (event_id, row))",
     "CREATE INDEX IF NOT EXISTS pairs_paired ON pairs (paired_at)",
 )
 _INSERT_EVENT = "INSERT INTO events (event_id, event_type, event_time) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
@@ -122,8 +123,8 @@ _UPSERT_RESPONSE = (
     "ON CONFLICT (event_id, row) DO UPDATE SET model_version = excluded.model_version, score = excluded.score, "
     "decision = excluded.decision, answered_at = excluded.answered_at")
 _INSERT_PAIR = (
-    "INSERT INTO pairs (event_id, row, transaction_id, served_version, shadow_version, served_decision, "
-    "shadow_decision, paired_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
+    "INSERT INTO pairs (event_id, row, transaction_id, served_version, shadow_version, served_score, shadow_score, "
+    "served_decision, shadow_decision, paired_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
 _UPSERT_LABEL = (
     "INSERT INTO labels (transaction_id, label, label_time) VALUES (?, ?, ?) "
     "ON CONFLICT (transaction_id) DO UPDATE SET label = excluded.label, label_time = excluded.label_time")
@@ -168,11 +169,13 @@ class PredictionStore:
                     continue
                 body = event.body
                 if isinstance(body, LoggedPair):
-                    pairs.extend((event.event_id, row, transaction_id, body.served_version, body.shadow_version,
-                                  served, shadow, at)
-                                 for row, (transaction_id, served, shadow) in enumerate(zip(
-                                     body.transaction_ids, body.served_is_fraud.tolist(),
-                                     body.shadow_is_fraud.tolist())))
+                    served, shadow = body.served, body.shadow
+                    pairs.extend((event.event_id, row, transaction_id, served.model_version, shadow.model_version,
+                                  *scores, *decisions, at)
+                                 for row, (transaction_id, scores, decisions) in enumerate(zip(
+                                     body.transaction_ids,
+                                     zip(served.fraud_probability.tolist(), shadow.fraud_probability.tolist()),
+                                     zip(served.is_fraud.tolist(), shadow.is_fraud.tolist()))))
                 elif isinstance(body, LoggedRequest):
                     features = np.ascontiguousarray(body.features, dtype="<f8")
                     requests.extend((event.event_id, row, transaction_id, features[row].tobytes(), at)
@@ -241,8 +244,8 @@ class PredictionStore:
     def pairs(self, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
         """One row per shadow-paired row (scored at or after `since`, before `until`), with its label
         if one has arrived, in time order: columns `PAIR_COLUMNS`."""
-        query = ("SELECT s.event_id, s.row, s.transaction_id, s.served_version, s.shadow_version, s.served_decision, "
-                 "s.shadow_decision, s.paired_at, l.label, l.label_time FROM pairs s "
+        query = ("SELECT s.event_id, s.row, s.transaction_id, s.served_version, s.shadow_version, s.served_score, "
+                 "s.shadow_score, s.served_decision, s.shadow_decision, s.paired_at, l.label, l.label_time FROM pairs s "
                  "LEFT JOIN labels l ON l.transaction_id = s.transaction_id")
         where, params = self._window("s.paired_at", since, until)
         query += where + " ORDER BY s.paired_at, s.event_id, s.row"
@@ -254,6 +257,8 @@ class PredictionStore:
             frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
         for column in ("row", "served_decision", "shadow_decision", "label"):
             frame[column] = frame[column].astype("Int64")
+        for column in ("served_score", "shadow_score"):
+            frame[column] = frame[column].astype(float)
         return frame
 
     def counts(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-from fraud.inference_log import pair_body
+from fraud.inference_log import LoggedResponse, pair_body
 from fraud.routes import Backend
 
 from fraud_serving.answer import PredictorAnswer, read_answer
@@ -172,7 +172,8 @@ class ShadowScorer:
                 ids = row_ids if row_ids is not None and len(row_ids) == len(answer.is_fraud) else \
                     (None,) * len(answer.is_fraud)
                 self.pair_logger.log_pair(answer.request_id, time.time(), pair_body(
-                    answer.model_version, shadow.model_version, answer.is_fraud.tolist(), shadow.is_fraud.tolist(), ids))
+                    LoggedResponse(answer.model_version, answer.fraud_probability, answer.is_fraud),
+                    LoggedResponse(shadow.model_version, shadow.fraud_probability, shadow.is_fraud), ids))
             if self.pair_log is not None:
                 self.pair_log.append({"id": answer.request_id, "served_version": answer.model_version,
                                       "shadow_version": shadow.model_version,

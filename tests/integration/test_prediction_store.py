@@ -177,6 +177,7 @@ def test_shadow_pairs_are_kept_once_and_joined_with_late_labels(store):
     assert pairs["transaction_id"].tolist() == ["t-0", "t-1", None]
     assert (pairs["served_version"].unique().tolist(), pairs["shadow_version"].unique().tolist()) == (["v1"], ["v2"])
     assert (pairs["served_decision"].tolist(), pairs["shadow_decision"].tolist()) == ([1, 0, 0], [1, 1, 0])
+    assert (pairs["served_score"].tolist(), pairs["shadow_score"].tolist()) == ([0.9, 0.1, 0.1], [0.9, 0.9, 0.1])
     assert pairs["label"].tolist()[:2] == [1, 0] and pd.isna(pairs["label"].iloc[2])
     assert store.counts()["paired"] == 3 and store.counts()["rows"] == 0  # pairs are not predictions
     assert len(store.pairs(since=T0 + timedelta(seconds=1))) == 0

@@ -1,7 +1,8 @@
 """Logged v2 bodies into prediction-log rows: only the contract's features, ids, scores and decisions."""
+import numpy as np
 import pandas as pd
 import pytest
-from fraud.inference_log import pair_body, parse_pair, parse_request, parse_response
+from fraud.inference_log import LoggedResponse, pair_body, parse_pair, parse_request, parse_response
 from fraud.labels import check_labels
 from fraud.schema import DataError
 
@@ -54,28 +55,33 @@ def test_bad_labels_are_refused_naming_the_value(column, values, message):
     assert str(error.value) == message
 
 
-def test_a_shadow_pair_keeps_both_decisions_and_the_rows_ids():
-    pair = parse_pair(pair_body("2", "v1", [1, 0], [0, 0], ("t-0", None)))
-    assert (pair.served_version, pair.shadow_version) == ("v2", "v1")
-    assert (pair.served_is_fraud.tolist(), pair.shadow_is_fraud.tolist(), pair.transaction_ids) == (
+def pair(**change) -> dict:
+    body = {"served_version": "2", "shadow_version": "v1", "served_fraud_probability": [0.9, 0.2],
+            "shadow_fraud_probability": [0.3, 0.1], "served_is_fraud": [1, 0], "shadow_is_fraud": [0, 0],
+            "transaction_id": ["t-0", None]}
+    return {**body, **change}
+
+
+def test_a_shadow_pair_keeps_both_answers_and_the_rows_ids():
+    logged = parse_pair(pair_body(LoggedResponse("v2", np.array([0.9, 0.2]), np.array([1, 0])),
+                                  LoggedResponse("v1", np.array([0.3, 0.1]), np.array([0, 0])), ("t-0", None)))
+    assert (logged.served.model_version, logged.shadow.model_version) == ("v2", "v1")
+    assert parse_pair(pair()).served.model_version == "v2"  # "2" is registered version 2
+    assert (logged.served.is_fraud.tolist(), logged.shadow.is_fraud.tolist(), logged.transaction_ids) == (
         [1, 0], [0, 0], ("t-0", None))
+    assert (logged.served.fraud_probability.tolist(), logged.shadow.fraud_probability.tolist()) == ([0.9, 0.2], [0.3, 0.1])
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"served_version": "v1", "shadow_version": "", "served_is_fraud": [1], "shadow_is_fraud": [1],
-      "transaction_id": ["t"]}, "the pair needs 'served_version' and 'shadow_version' (the versions that decided)"),
-    ({"served_version": "v1", "shadow_version": "1", "served_is_fraud": [1], "shadow_is_fraud": [1],
-      "transaction_id": ["t"]}, "the pair's two decisions come from one version, 'v1'"),
-    ({"served_version": "v1", "shadow_version": "v2", "served_is_fraud": [1, 0], "shadow_is_fraud": [1],
-      "transaction_id": ["t", "u"]},
-     "served_is_fraud, shadow_is_fraud and transaction_id must hold one value per row, at least 1 (got 2, 1, 2)"),
-    ({"served_version": "v1", "shadow_version": "v2", "served_is_fraud": [2], "shadow_is_fraud": [1],
-      "transaction_id": ["t"]}, "served_is_fraud and shadow_is_fraud must hold 0 or 1"),
-    ({"served_version": "v1", "shadow_version": "v2", "served_is_fraud": [1], "shadow_is_fraud": [1],
-      "transaction_id": [""]},
-     "transaction_id element 0: '' is not a transaction id (a string of 1 to 128 characters)"),
+@pytest.mark.parametrize("change, message", [
+    ({"shadow_version": ""}, "the pair needs 'shadow_version' (the version that answered)"),
+    ({"shadow_version": "2"}, "the pair's two answers come from one version, 'v2'"),
+    ({"shadow_is_fraud": [1]}, "shadow_fraud_probability and shadow_is_fraud must hold one value per row (2), got 2 and 1"),
+    ({"served_is_fraud": [2, 0]}, "served_is_fraud must hold 0 or 1"),
+    ({"served_fraud_probability": [1.5, 0]}, "served_fraud_probability must lie in [0, 1]"),
+    ({"transaction_id": []}, "the pair needs 'transaction_id': a list of one id (or null) per row"),
+    ({"transaction_id": ["", None]}, "transaction_id element 0: '' is not a transaction id (a string of 1 to 128 characters)"),
 ])
-def test_a_bad_shadow_pair_is_refused_naming_it(body, message):
+def test_a_bad_shadow_pair_is_refused_naming_it(change, message):
     with pytest.raises(ValueError) as error:
-        parse_pair(body)
+        parse_pair(pair(**change))
     assert str(error.value) == message

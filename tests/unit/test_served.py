@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 from fraud_canary.metrics import UNATTRIBUTED, Confusion
-from fraud_canary.served import feedback_summary, mature_labels, served_metrics, served_pairs
+from fraud_canary.served import feedback_summary, judged_by, mature_labels, served_metrics, served_pairs
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -96,3 +96,14 @@ def test_served_pairs_orient_by_version_and_count_only_matured_labels():
     assert (paired.frauds.pairs, paired.frauds.canary_only, paired.frauds.baseline_only) == (3, 2, 1)
     assert (paired.legit.pairs, paired.legit.canary_only, paired.legit.baseline_only) == (1, 1, 0)
     assert served_pairs(logged, baseline_version="v1", canary_version="v4", as_of=NOW) is None
+
+
+def test_judged_by_takes_the_references_scores_and_the_versions_decisions_on_their_pairs():
+    logged = pairs(("v1", "v2", 1, 0, 1, 40), ("v2", "v1", 1, 0, 0, 40), ("v1", "v3", 1, 1, None, 40))
+    logged["served_score"], logged["shadow_score"] = [0.8, 0.7, 0.6], [0.2, 0.3, 0.4]
+    scores, decisions, labels = judged_by(logged, "v1", "v2")
+    assert (scores.tolist(), decisions.tolist(), labels.tolist()) == ([0.2, 0.7], [1, 0], [1.0, 0.0])
+    scores, decisions, _ = judged_by(logged, "v2", "v2")
+    assert (scores.tolist(), decisions.tolist()) == ([0.2, 0.7], [0, 1])
+    scores, decisions, labels = judged_by(logged, "v1", "v1")
+    assert (scores.tolist(), decisions.tolist()) == ([0.8, 0.3, 0.6], [1, 0, 1]) and math.isnan(labels[2])

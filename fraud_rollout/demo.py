@@ -187,6 +187,7 @@ def explore_commands(out: Path, pipeline_path: Path, state_dir: Path, tracking_u
 
 def run_demo(args) -> int:
     from fraud import registry
+    from fraud.export import read_score_profile
     from fraud.files import read_json, write_json
     from fraud.schema import FEATURES
     from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics, paired_from_replay
@@ -248,7 +249,9 @@ def run_demo(args) -> int:
 
         mark = time.perf_counter()
         feedback = demo_feedback.feedback_loop(store, serving.url, source.frame, (baseline_version, canary_version),
-                                               analyze_with, analysis, out, replay_started)
+                                               analyze_with, analysis, out, replay_started,
+                                               {str(m["version"]): read_score_profile(m["artifact"])
+                                                for m in pipeline["models"].values()})
         timings["prediction_log"] = round(time.perf_counter() - mark, 1)
         print("\n" + "\n".join(demo_feedback.feedback_lines(feedback)), flush=True)
 

@@ -7,6 +7,10 @@ after its replay: `labels.csv` is written from the holdout and ingested into the
 `fraud-rollout labels ingest FILE --store URL` does. Before it the store has predictions and shadow
 pairs without labels (recall unknown: the analysis holds); after it, the store-based analysis must
 give the same per-version counts and the same recommendation as the replay, which knew every label.
+
+With the labels in, the label-free estimates can be checked against the truth on the same rows:
+each version's CBPE on its own calibrated scores, and paired CBPE (its decisions judged by the
+candidate's calibration on the shadow pairs, `fraud_canary.feedback`).
 """
 from __future__ import annotations
 
@@ -15,8 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from fraud.schema import LABEL, TRANSACTION_ID
+from fraud.score_profile import ScoreProfile
 
 PREDICTION_LOG_FILE = "prediction-log.sqlite"
 LABELS_FILE = "labels.csv"
@@ -61,7 +67,8 @@ def summary(analysis: dict) -> dict[str, Any]:
 
 
 def feedback_loop(store_path: Path, url: str, holdout: pd.DataFrame, versions: tuple[str, str],
-                  analyze_with: Analyze, replay_analysis: dict, out: Path, since: datetime) -> dict[str, Any]:
+                  analyze_with: Analyze, replay_analysis: dict, out: Path, since: datetime,
+                  profiles: dict[str, ScoreProfile]) -> dict[str, Any]:
     """After the replay (which started at `since`): wait until the log has every event, analyze the
     window from it, deliver the labels, analyze again; `report.json`'s `feedback`."""
     from fraud.labels import read_labels
@@ -92,15 +99,64 @@ def feedback_loop(store_path: Path, url: str, holdout: pd.DataFrame, versions: t
         "matches_replay": {"counts": not differences, "recommendation": after_analysis["action"] == replay_analysis["action"],
                            "differences": differences},
         "analysis": after_analysis,
+        "estimates": estimates(store_path, since, until, profiles, reference=versions[1]),
     }
+
+
+def _checked(estimate, labels: np.ndarray, decisions: np.ndarray) -> dict[str, Any]:
+    """An estimate (`PerformanceEstimate`) beside the truth of the same rows' labels."""
+    known = ~np.isnan(labels)
+    fraud, flagged = labels[known] == 1, decisions[known] == 1
+    tp = int((fraud & flagged).sum())
+    truth = {"precision": tp / flagged.sum() if flagged.any() else float("nan"),
+             "recall": tp / fraud.sum() if fraud.any() else float("nan")}
+    shown: dict[str, Any] = {"rows": estimate.rows, "labelled": int(known.sum()), "method": estimate.method}
+    for name, value in truth.items():
+        interval = getattr(estimate, name)
+        shown[name] = {"estimate": interval.estimate, "lower": interval.lower, "upper": interval.upper,
+                       "true": value, "covers": bool(interval.covers(value))}
+    return shown
+
+
+def estimates(store_path: Path, since: datetime, until: datetime, profiles: dict[str, ScoreProfile],
+              reference: str) -> dict[str, dict[str, Any]]:
+    """Per version: CBPE on its own scores (every row it answered) and paired CBPE under
+    `reference`'s calibration (its shadow pairs), each beside the true precision and recall."""
+    from fraud_canary.feedback import paired_estimates
+    from fraud_canary.performance import estimate_performance
+    from fraud_canary.served import judged_by
+    from fraud_control.prediction_store import open_store
+
+    with open_store(str(store_path)) as store:
+        served, pairs = store.served(since, until), store.pairs(since, until)
+    shown: dict[str, dict[str, Any]] = {}
+    judged = {version: judged_by(pairs, version, reference) for version in profiles}
+    paired = paired_estimates({v: (scores, decisions) for v, (scores, decisions, _) in judged.items() if len(scores)},
+                              profiles[reference])
+    for version, profile in sorted(profiles.items()):
+        mine = served[served["model_version"] == version]
+        decisions = mine["decision"].to_numpy(dtype=int)
+        labels = mine["label"].to_numpy(dtype=float, na_value=np.nan)
+        shown[version] = {"cbpe": _checked(estimate_performance(mine["score"].to_numpy(), decisions, profile),
+                                           labels, decisions)}
+        if version in paired:
+            _, paired_decisions, paired_labels = judged[version]
+            shown[version]["paired_cbpe"] = {"reference": reference,
+                                             **_checked(paired[version], paired_labels, paired_decisions)}
+    return shown
 
 
 def feedback_lines(feedback: dict) -> list[str]:
     before, after, matches = feedback["before_labels"], feedback["after_labels"], feedback["matches_replay"]
     per_version = ", ".join(f"{v} {n}" for v, n in feedback["per_version"].items())
-    return [f"prediction log {feedback['store']}: {feedback['logged']} requests logged, {feedback['answered']} "
+    lines = [f"prediction log {feedback['store']}: {feedback['logged']} requests logged, {feedback['answered']} "
             f"answered, rows per version {per_version}, {feedback['paired']} shadow pairs",
             f"  before the labels: {before['action'].upper()} ({before['evidence'] or '; '.join(before['reasons'])})",
             f"  labels delivered: {feedback['labels']['read']} read, {feedback['labels']['joined']} joined",
             f"  after the labels:  {after['action'].upper()}; the replay's: {feedback['replay_action'].upper()}; "
             f"per-version counts {'equal' if matches['counts'] else 'DIFFER: ' + str(matches['differences'])}"]
+    lines += [f"  {version} {method} ({shown['rows']} rows): " + ", ".join(
+        f"{name} {shown[name]['estimate']:.3f} [{shown[name]['lower']:.3f}, {shown[name]['upper']:.3f}] "
+        f"true {shown[name]['true']:.3f}{'' if shown[name]['covers'] else ' (outside)'}" for name in ("recall", "precision"))
+        for version, methods in feedback["estimates"].items() for method, shown in methods.items()]
+    return lines

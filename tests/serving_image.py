@@ -11,10 +11,10 @@ DOCKERFILE = REPO / "serving" / "Dockerfile"
 LOCK = REPO / "serving" / "requirements.lock"
 
 
-def instructions() -> list[tuple[str, str]]:
+def instructions(dockerfile: Path = DOCKERFILE) -> list[tuple[str, str]]:
     """(KEYWORD, rest) per instruction, continuation lines joined, comments dropped."""
     lines, current = [], ""
-    for line in DOCKERFILE.read_text().splitlines():
+    for line in dockerfile.read_text().splitlines():
         if line.lstrip().startswith("#") or not line.strip():
             continue
         current += line.rstrip("\\").strip() + " "
@@ -25,10 +25,10 @@ def instructions() -> list[tuple[str, str]]:
     return lines
 
 
-def copies() -> list[tuple[str, str]]:
+def copies(dockerfile: Path = DOCKERFILE) -> list[tuple[str, str]]:
     """(source in the repository, destination in the image's WORKDIR) of every COPY."""
     pairs = []
-    for keyword, rest in instructions():
+    for keyword, rest in instructions(dockerfile):
         if keyword == "COPY":
             *sources, destination = shlex.split(rest)
             pairs += [(source, destination) for source in sources]

@@ -46,17 +46,22 @@ class SinkProcess:
 
 def start_sink(store: str, log: Path, port: int | None = None, *extra: str) -> SinkProcess:
     port = port or free_port()
+    return start_sink_command([sys.executable, "-m", "fraud_control.prediction_sink", "--store", store,
+                               "--port", str(port), *extra], port, log)
+
+
+def start_sink_command(argv: list[str], port: int, log: Path, env: dict[str, str] | None = None,
+                       ready_path: str = "/healthz") -> SinkProcess:
+    """Run `argv` (a sink listening on `port`) and return once GET `ready_path` on loopback is 200."""
     with log.open("ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "fraud_control.prediction_sink", "--store", store,
-                                    "--port", str(port), *extra], stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     sink = SinkProcess(process, port, log)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
         if process.poll() is not None:
             raise AssertionError(f"the sink exited with {process.returncode}: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(f"{sink.url}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{sink.url}{ready_path}", timeout=1).status_code == 200:
                 return sink
         except httpx.TransportError:
             pass

@@ -1,15 +1,25 @@
 """The manifests against the real API server, KServe's CRDs and webhooks: the README's one-time
-setup applies as written, and the reference InferenceServices (ours and Triton's) pass KServe's
-defaulting and validating webhooks and the CRD schema (server-side dry run, strict fields)."""
+setup applies as written, the reference InferenceServices (ours and Triton's) pass KServe's
+defaulting and validating webhooks and the CRD schema (server-side dry run, strict fields), and the
+prediction-log sink's commands create its Secret and objects, whose pod Pod Security "restricted"
+admits and whose command line is the one tests/integration/test_prediction_sink_container.py runs."""
 from __future__ import annotations
 
+import base64
+import copy
+import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
+from fraud_control import isvc
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from tests.cluster_fixtures import admin_client
+from tests.manifests import PREDICTION_LOG, REPO, STORE_SECRET, STORE_SECRET_KEY, commented_commands, one, render
+from tests.pod_command import command_line
 
 pytestmark = pytest.mark.integration
 
@@ -44,3 +54,52 @@ def test_the_reference_inferenceservices_pass_kserves_webhooks(kube_cluster, nam
                   stdin=rendered.stdout.replace("namespace: fraud-rollout", f"namespace: {namespace.name}"))
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.strip() == "inferenceservice.serving.kserve.io/fraud-detector created (server dry run)"
+
+
+def test_the_sinks_commands_create_its_secret_and_objects_and_restricted_pod_security_admits_its_pod(
+        kube_cluster, namespace, postgres_url):
+    """The two commands of manifests/prediction-log's header, as written, with NS and the store URL
+    in the environment; then what the API server holds, read back."""
+    env = {**os.environ, "NS": namespace.name, "PREDICTION_LOG_STORE_URL": postgres_url,
+           "KUBECONFIG": kube_cluster.kubeconfig}
+    ran = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(commented_commands(PREDICTION_LOG))],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == [f"secret/{STORE_SECRET} created", "serviceaccount/fraud-prediction-log created",
+                                       "service/fraud-prediction-log created", "deployment.apps/fraud-prediction-log created"]
+    api = admin_client(kube_cluster)
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    secret = core.read_namespaced_secret(STORE_SECRET, namespace.name)
+    assert {k: base64.b64decode(v).decode() for k, v in secret.data.items()} == {STORE_SECRET_KEY: postgres_url}
+    service = core.read_namespaced_service(isvc.PREDICTION_LOG_SERVICE, namespace.name)
+    assert isvc.prediction_log_url(namespace.name) == f"http://{service.metadata.name}.{namespace.name}.svc.cluster.local"
+    assert [(p.port, p.target_port) for p in service.spec.ports] == [(80, "http")]
+    assert service.spec.cluster_ip.startswith("10.96."), "a ClusterIP from the API server's service range"
+    deployment = apps.read_namespaced_deployment(isvc.PREDICTION_LOG_SERVICE, namespace.name)
+    template = api.sanitize_for_serialization(deployment.spec.template)
+    assert service.spec.selector.items() <= template["metadata"]["labels"].items()
+    # The stored container (with the API server's defaults) starts the same command line as the
+    # rendered one, with the Secret's value where the kubelet expands $(PREDICTION_LOG_STORE_URL).
+    (stored,) = template["spec"]["containers"]
+    (rendered,) = one(render(PREDICTION_LOG), "Deployment")["spec"]["template"]["spec"]["containers"]
+    stored_secrets = {STORE_SECRET: {k: base64.b64decode(v).decode() for k, v in secret.data.items()}}
+    assert command_line(stored, stored_secrets) == command_line(rendered, {STORE_SECRET: {STORE_SECRET_KEY: postgres_url}})
+
+    # The pod its ReplicaSet would create, in a namespace that enforces Pod Security "restricted"
+    # (no controller manager here makes it): admitted, with no API token mounted.
+    core.patch_namespace(namespace.name, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "fraud-prediction-log-0", **template["metadata"]},
+           "spec": template["spec"]}
+    created = core.create_namespaced_pod(namespace.name, pod)
+    assert created.spec.service_account_name == "fraud-prediction-log"
+    assert [v.name for v in created.spec.volumes or []] == []
+    # Without the pod's seccomp profile (the house container context alone), restricted refuses it.
+    unconfined = copy.deepcopy(pod)
+    unconfined["metadata"]["name"] = "fraud-prediction-log-1"
+    del unconfined["spec"]["securityContext"]["seccompProfile"]
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_pod(namespace.name, unconfined)
+    assert refused.value.status == 403
+    message = json.loads(refused.value.body)["message"]
+    assert message == ('pods "fraud-prediction-log-1" is forbidden: violates PodSecurity "restricted:latest": seccompProfile '
+                       '(pod or container "sink" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")')

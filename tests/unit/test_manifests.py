@@ -1,9 +1,10 @@
 """The kustomize manifests render: the one-time setup (base, the kubeflow overlay) holds the
 namespace-scoped accounts and RBAC and no InferenceService; the reference InferenceService (and its
-Triton overlay) holds exactly what the deploy step creates."""
+Triton overlay) holds exactly what the deploy step creates; the prediction-log sink's is the Service
+KServe's logger posts to, a non-root Deployment that reads its store URL from a Secret, and the
+command that creates that Secret."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -13,30 +14,30 @@ import yaml
 from fraud_control import isvc
 from fraud_control.kserve_canary import BASE_MANIFEST_SPEC, manifest_yaml
 
-MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
-KUSTOMIZATIONS = ["base", "inferenceservice",
+from tests.manifests import (
+    KUBECTL,
+    MANIFESTS,
+    PREDICTION_LOG,
+    STORE_SECRET,
+    STORE_SECRET_KEY,
+    commented_commands,
+    one,
+    render,
+)
+from tests.pod_command import command_line, container_port, expand
+from tests.serving_image import REPO, copies, instructions
+
+KUSTOMIZATIONS = ["base", "inferenceservice", PREDICTION_LOG,
                   *sorted(f"overlays/{p.name}" for p in (MANIFESTS / "overlays").iterdir() if p.is_dir())]
-#: What `kubectl apply -k` in the README's one-time setup applies; the others are for reading.
+#: What `kubectl apply -k` in the README's one-time setup applies; the others are for reading,
+#: except the prediction-log sink's, applied with -n into the InferenceService's namespace.
 SETUP = ["base", "overlays/kubeflow"]
-KUBECTL = shutil.which("kubectl")
+NAMESPACED = [k for k in KUSTOMIZATIONS if k != PREDICTION_LOG]
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: `kubectl kustomize` renders the manifests")
 
 
-def render(kustomization: str) -> list[dict]:
-    result = subprocess.run([KUBECTL, "kustomize", str(MANIFESTS / kustomization)],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
-    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
-    return found[0]
-
-
 def test_there_are_overlays_to_render():
-    assert {"overlays/kubeflow", "overlays/triton"} <= set(KUSTOMIZATIONS)
+    assert {"overlays/kubeflow", "overlays/triton", PREDICTION_LOG} <= set(KUSTOMIZATIONS)
     assert set(KUSTOMIZATIONS) == {str(p.parent.relative_to(MANIFESTS)) for p in MANIFESTS.rglob("kustomization.yaml")
                                    if "monitoring" not in p.parts}
 
@@ -48,14 +49,14 @@ def test_committed_reference_inferenceservice_is_the_builders_output():
 
 
 @needs_kubectl
-@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+@pytest.mark.parametrize("kustomization", NAMESPACED)
 def test_every_kustomization_renders_in_one_namespace(kustomization):
     namespaces = {d["metadata"].get("namespace") for d in render(kustomization)}
     assert len(namespaces) == 1 and None not in namespaces, "every object in one namespace"
 
 
 @needs_kubectl
-@pytest.mark.parametrize("kustomization", [k for k in KUSTOMIZATIONS if k not in SETUP])
+@pytest.mark.parametrize("kustomization", [k for k in NAMESPACED if k not in SETUP])
 def test_the_reference_kustomizations_render_only_the_inferenceservice(kustomization):
     docs = render(kustomization)
     assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [("InferenceService", isvc.NAME)]
@@ -205,3 +206,123 @@ def test_the_readme_secret_command_makes_the_secret_both_readers_need(tmp_path):
         "serving.kserve.io/s3-endpoint": "minio-service.kubeflow:9000", "serving.kserve.io/s3-usehttps": "0",
         "serving.kserve.io/s3-region": "us-east-1"}
     assert set(secret["metadata"]["annotations"]) == set(template["metadata"]["annotations"])
+
+
+def sink_objects() -> tuple[dict, dict, dict]:
+    """The prediction-log kustomization's ServiceAccount, Service and Deployment."""
+    docs = render(PREDICTION_LOG)
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == [
+        ("Deployment", isvc.PREDICTION_LOG_SERVICE), ("Service", isvc.PREDICTION_LOG_SERVICE),
+        ("ServiceAccount", isvc.PREDICTION_LOG_SERVICE)]
+    return one(docs, "ServiceAccount"), one(docs, "Service"), one(docs, "Deployment")
+
+
+def sink_container(deployment: dict) -> dict:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+@needs_kubectl
+def test_the_sink_is_the_service_kserves_logger_posts_to_in_the_namespace_it_is_applied_to():
+    account, service, deployment = sink_objects()
+    assert [d["metadata"].get("namespace") for d in (account, service, deployment)] == [None] * 3, (
+        "no namespace: `kubectl apply -k -n NS` puts the sink beside the InferenceService")
+    assert isvc.prediction_log_url("team-a") == f"http://{service['metadata']['name']}.team-a.svc.cluster.local"
+    container = sink_container(deployment)
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == 80, "the logger URL names no port"
+    args = container["args"]
+    assert container_port(container, port["targetPort"]) == int(args[args.index("--port") + 1]) == 8090
+    assert args[args.index("--host") + 1] == "0.0.0.0", "the Service reaches the pod's address, not its loopback"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+
+
+@needs_kubectl
+def test_the_sink_runs_as_non_root_with_no_api_token_and_one_replica():
+    account, _, deployment = sink_objects()
+    pod = deployment["spec"]["template"]["spec"]
+    container = sink_container(deployment)
+    assert container["securityContext"] == isvc.SECURITY_CONTEXT
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert account["automountServiceAccountToken"] is False and pod["automountServiceAccountToken"] is False
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
+    assert container["image"] == "ghcr.io/fraud-rollout/components:0.1.0"
+
+
+@needs_kubectl
+def test_the_components_image_holds_the_sink_and_runs_it_as_the_manifests_user():
+    """components/Dockerfile cannot be built here: it copies control/ (the sink) and installs the root
+    lock (psycopg for PostgreSQL), has no entry point (the manifest's command is the whole argv) and
+    runs as the pod's user."""
+    dockerfile = REPO / "components" / "Dockerfile"
+    steps = instructions(dockerfile)
+    pod = sink_objects()[2]["spec"]["template"]["spec"]
+    assert [rest for keyword, rest in steps if keyword == "USER"] == [str(pod["securityContext"]["runAsUser"])]
+    assert not [keyword for keyword, _ in steps if keyword in ("ENTRYPOINT", "CMD")]
+    assert ("control", "./control") in copies(dockerfile) and ("requirements.lock", "./") in copies(dockerfile)
+    pinned = {line.split("==")[0] for line in (REPO / "requirements.lock").read_text().splitlines() if "==" in line}
+    assert {"psycopg", "psycopg-binary", "uvicorn", "starlette", "cloudevents"} <= pinned
+
+
+@needs_kubectl
+def test_the_sink_is_ready_while_its_store_answers_and_alive_while_it_serves():
+    container = sink_container(sink_objects()[2])
+    probes = {name: (container[name]["httpGet"]["path"], container_port(container, container[name]["httpGet"]["port"]))
+              for name in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert probes == {"startupProbe": ("/metrics", 8090), "readinessProbe": ("/healthz", 8090),
+                      "livenessProbe": ("/metrics", 8090)}
+
+
+@needs_kubectl
+def test_the_sinks_store_url_comes_from_the_secret_only():
+    rendered = subprocess.run([KUBECTL, "kustomize", str(MANIFESTS / PREDICTION_LOG)], capture_output=True, text=True,
+                              timeout=60, check=True).stdout
+    assert "postgresql://" not in rendered and "password" not in rendered.lower()
+    container = sink_container(sink_objects()[2])
+    url = "postgresql://sink:s3cret@db.example:5432/predictions"
+    argv, env = command_line(container, {STORE_SECRET: {STORE_SECRET_KEY: url}})
+    assert argv == ["python", "-m", "fraud_control.prediction_sink", "--store", url, "--host", "0.0.0.0",
+                    "--port", "8090", "--retention-days", "90"]
+    assert env == {"PREDICTION_LOG_STORE_URL": url}
+    with pytest.raises(ValueError, match="env PREDICTION_LOG_STORE_URL: no key 'url' in Secret 'fraud-prediction-log-store'"):
+        command_line(container, {})
+
+
+@needs_kubectl
+def test_the_sinks_secret_command_makes_the_secret_its_deployment_reads(tmp_path):
+    """The kustomization header's Secret command as written, up to its final `kubectl apply -f -`
+    (no API server here; tests/integration/test_manifests_on_cluster.py runs it all on one)."""
+    import base64
+    import os
+
+    secret_command, apply_command = commented_commands(PREDICTION_LOG)
+    assert apply_command == f'kubectl apply -k manifests/{PREDICTION_LOG} -n "$NS"'
+    offline = secret_command[:secret_command.index("| kubectl apply -f -")]
+    url = "postgresql://sink:s3cret@db.example:5432/predictions"
+    env = {**os.environ, "NS": "team-a", "PREDICTION_LOG_STORE_URL": url, "KUBECONFIG": str(tmp_path / "none"),
+           "PATH": f"{Path(KUBECTL).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", offline], capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    secret = yaml.safe_load(result.stdout)
+    assert (secret["kind"], secret["metadata"]["name"], secret["metadata"]["namespace"]) == ("Secret", STORE_SECRET, "team-a")
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == {STORE_SECRET_KEY: url}
+    reference = sink_container(sink_objects()[2])["env"][0]["valueFrom"]["secretKeyRef"]
+    assert reference == {"name": STORE_SECRET, "key": STORE_SECRET_KEY}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # cases of kubernetes v1.34.4 third_party/forked/golang/expansion/expand_test.go
+    ("$(VAR_A)-$(VAR_A)", "A-A"), ("$$(VAR_B)_$(VAR_A)", "$(VAR_B)_A"), ("f000-$$VAR_A", "f000-$VAR_A"),
+    ("$(VAR_A$(VAR_B))", "$(VAR_A$(VAR_B))"), ("foo$(VAR_EMPTY)bar", "foobar"), ("foo$(VAR_Awhoops!", "foo$(VAR_Awhoops!"),
+    ("$(VAR_DNE)", "$(VAR_DNE)"), ("$$$$$$$(VAR_A)", "$$$A"), ("$$$$$$(BIG_MONEY)", "$$$(BIG_MONEY)"),
+    ("${VAR_A}", "${VAR_A}"), ("$(VAR_C)_______$(", "C_______$("), ("$(VAR_A)foobarzab$", "Afoobarzab$"),
+    ("--$($($($($--", "--$($($($($--"), ("$(foo$$var)", "$(foo$$var)"), ("prefix-$€-suffix", "prefix-$€-suffix"),
+])
+def test_args_expand_as_the_kubelet_expands_them(text, expected):
+    assert expand(text, {"VAR_A": "A", "VAR_B": "B", "VAR_C": "C", "VAR_EMPTY": ""}) == expected

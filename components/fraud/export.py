@@ -5,9 +5,11 @@
     <root>/<model_name>/<version>/metadata.json         version, contract id, threshold, window, metrics
     <root>/<model_name>/<version>/monitoring.json       offline score profile and calibration (fraud.score_profile)
     <root>/feature_contract.json                         the contract the model was trained with
+    <root>/feature_profile.json                          that contract's reference-window bins (fraud.profile)
 
 The decision threshold lives inside the signature (and as the variable collection `threshold`),
-so every runtime that serves the artifact decides the same way.
+so every runtime that serves the artifact decides the same way. A root carries everything the
+label-free monitoring needs (`read_score_profile`, `read_feature_profile`); no runtime serves those.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 
 from fraud.contract import FeatureContract
 from fraud.files import read_json, write_json
+from fraud.profile import PROFILE_FILE, FeatureProfile
 from fraud.score_profile import MONITORING_FILE, ScoreProfile
 
 MODEL_NAME = "fraud-detector"  # also the InferenceService's name: the transformer forwards to its own name
@@ -57,14 +60,18 @@ version_policy: {{ specific: {{ versions: [ {version} ] }} }}
 
 
 def export_model(model, threshold: float, contract: FeatureContract, root: str | Path, version: int,
-                 metadata: dict, model_name: str = MODEL_NAME, monitoring: ScoreProfile | None = None) -> Path:
+                 metadata: dict, model_name: str = MODEL_NAME, monitoring: ScoreProfile | None = None,
+                 feature_profile: FeatureProfile | None = None) -> Path:
     """Write the artifact under `root`; returns the version directory. `monitoring` (the model's
-    offline score profile) goes beside metadata.json, outside what any runtime serves."""
+    offline score profile) goes beside metadata.json and `feature_profile` (its contract's) beside
+    feature_contract.json, outside what any runtime serves."""
     import keras
     import tensorflow as tf
 
     if version < 1:
         raise ValueError(f"version must be a positive integer, got {version}")
+    if feature_profile is not None and feature_profile.contract_id != contract.id:
+        raise ValueError(f"the feature profile is of contract {feature_profile.contract_id}, the model's is {contract.id}")
     root = Path(root)
     version_dir = root / model_name / str(version)
     version_dir.mkdir(parents=True, exist_ok=True)
@@ -86,6 +93,8 @@ def export_model(model, threshold: float, contract: FeatureContract, root: str |
 
     (root / model_name / "config.pbtxt").write_text(triton_config(model_name, n_features, version))
     contract.save(root / CONTRACT_FILE)
+    if feature_profile is not None:
+        feature_profile.save(root / PROFILE_FILE)
     body = {"model_name": model_name, "version": version, "model_version": version_label(version),
             "contract_id": contract.id, "threshold": float(threshold), **metadata}
     (version_dir / METADATA_FILE).write_text(json.dumps(body, indent=2, default=str))
@@ -112,15 +121,28 @@ def read_metadata(root: str | Path) -> dict:
 
 def read_score_profile(root: str | Path) -> ScoreProfile:
     """The offline score profile and calibration of the model artifact at `root`."""
-    return ScoreProfile.from_dict(read_json(find_version_dir(root) / MONITORING_FILE))
+    path = find_version_dir(root) / MONITORING_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path.parent}: no {MONITORING_FILE}")
+    return ScoreProfile.from_dict(read_json(path))
+
+
+def read_feature_profile(root: str | Path) -> FeatureProfile:
+    """The feature profile of the contract the model artifact at `root` was trained with."""
+    return FeatureProfile.load(_beside_contract(root, PROFILE_FILE))
 
 
 def read_contract(root: str | Path) -> FeatureContract:
+    return FeatureContract.load(_beside_contract(root, CONTRACT_FILE))
+
+
+def _beside_contract(root: str | Path, name: str) -> Path:
+    """`name` in the artifact root (`root` itself, or the root above the version directory `root`)."""
     root = Path(root)
-    for candidate in (root / CONTRACT_FILE, find_version_dir(root).parent.parent / CONTRACT_FILE):
+    for candidate in (root / name, find_version_dir(root).parent.parent / name):
         if candidate.exists():
-            return FeatureContract.load(candidate)
-    raise FileNotFoundError(f"{root}: no {CONTRACT_FILE}")
+            return candidate
+    raise FileNotFoundError(f"{root}: no {name}")
 
 
 class SignatureScorer:

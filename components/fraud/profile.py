@@ -3,8 +3,9 @@ of reference rows in each, the baseline every live batch of inputs is tested aga
 
 Bins are cut on the contract's *pre-transformed* values (`Time` → seconds of day, `Amount` →
 log1p): raw `Time` grows without bound, so every month would "drift". The profile is its own
-JSON artifact beside the contract, naming the contract's id, so the contract (whose id gates
-canaries) keeps its content. It also keeps the reference row count: the drift test compares two
+JSON artifact naming the contract's id (the simulate step's `feature_profile` output; every model
+root keeps a copy beside its `feature_contract.json`), so the contract (whose id gates canaries)
+keeps its content. It also keeps the reference row count: the drift test compares two
 samples (reference counts vs live counts), not live counts against exact proportions.
 """
 from __future__ import annotations
@@ -96,8 +97,3 @@ def _unscaled(features: tuple[str, ...], pre_transforms: dict[str, str]) -> Feat
 
 def _bin_counts(values: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
     return np.bincount(np.searchsorted(np.asarray(edges), values, side="right"), minlength=len(edges) + 1)
-
-
-def profile_path_beside(contract_path: str | Path) -> Path:
-    """Where the profile of the contract at `contract_path` is kept: the same directory."""
-    return Path(contract_path).with_name(PROFILE_FILE)

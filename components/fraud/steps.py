@@ -14,7 +14,7 @@ from fraud import evaluate, export, gate, registry, simulate
 from fraud.contract import FeatureContract, fit_contract
 from fraud.files import read_json, write_json
 from fraud.pipeline_config import DEFAULTS
-from fraud.profile import fit_feature_profile, profile_path_beside
+from fraud.profile import PROFILE_FILE, FeatureProfile, fit_feature_profile
 from fraud.schema import LABEL, DataError, check_transactions
 from fraud.score_profile import fit_score_profile
 from fraud.train import TrainConfig, config_params, train
@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 WINDOW_NAMES = ("reference", "pre_drift", "recent", "holdout")
 
 
-def simulate_step(window_paths: dict[str, str], contract_path: str, summary_path: str, *,
+def simulate_step(window_paths: dict[str, str], contract_path: str, profile_path: str, summary_path: str, *,
                   n_transactions: int, seed: int, drift_start_month: int = DEFAULTS.drift_start_month,
                   fraud_rate: float = DEFAULTS.fraud_rate, source_csv: str = "") -> dict:
-    """Generate (or enrich `source_csv`), cut the windows, fit the feature contract on reference."""
+    """Generate (or enrich `source_csv`), cut the windows, fit the feature contract and its feature
+    profile on reference."""
     started = time.perf_counter()
     drift = simulate.DriftSpec(drift_start_month=drift_start_month, fraud_rate=fraud_rate)
     windows = simulate.WindowSpec()
@@ -44,7 +45,7 @@ def simulate_step(window_paths: dict[str, str], contract_path: str, summary_path
         log.info("window %-9s %s", name, simulate.summarize_window(parts[name]))
     contract = fit_contract(parts["reference"])
     contract.save(contract_path)
-    fit_feature_profile(parts["reference"], contract).save(profile_path_beside(contract_path))
+    fit_feature_profile(parts["reference"], contract).save(profile_path)
     summary = {
         "n_transactions": int(len(frame)), "seed": seed, "source": source_csv or "generated",
         "drift": {"start_month": drift.drift_start_month, "months": drift.months, "fraud_rate": drift.fraud_rate,
@@ -70,11 +71,16 @@ def _read_csv(path: str) -> pd.DataFrame:
     return frame
 
 
-def train_step(dataset_path: str, contract_path: str, model_dir: str, *, version: int, window: str,
-               config: TrainConfig, mlflow_tracking_uri: str = "") -> dict:
-    """Train on one window, export the artifact into `model_dir`, log and register it in MLflow."""
+def train_step(dataset_path: str, contract_path: str, profile_path: str, model_dir: str, *, version: int,
+               window: str, config: TrainConfig, mlflow_tracking_uri: str = "") -> dict:
+    """Train on one window, export the artifact (with the contract's feature profile, for
+    monitoring) into `model_dir`, log and register it in MLflow."""
     frame = pd.read_parquet(dataset_path)
     contract = FeatureContract.load(contract_path)
+    feature_profile = FeatureProfile.load(profile_path)
+    if feature_profile.contract_id != contract.id:
+        raise ValueError(f"feature profile {profile_path} is of contract {feature_profile.contract_id}, "
+                         f"not of {contract_path} ({contract.id})")
 
     def progress(epoch: int, logs: dict[str, float]) -> None:
         log.info("v%d epoch %d/%d: %s", version, epoch + 1, config.epochs,
@@ -89,7 +95,7 @@ def train_step(dataset_path: str, contract_path: str, model_dir: str, *, version
                 "train_seconds": round(trained.seconds, 2)}
     monitoring = fit_score_profile(trained.validation_labels, trained.validation_scores, trained.threshold.value)
     export.export_model(trained.model, trained.threshold.value, contract, model_dir, version, metadata,
-                        monitoring=monitoring)
+                        monitoring=monitoring, feature_profile=feature_profile)
     tracking_uri = registry.resolve_tracking_uri(mlflow_tracking_uri)
     mlflow_info = registry.log_training(
         tracking_uri, run_name=f"train-{export.version_label(version)}", params=config_params(config),
@@ -154,27 +160,47 @@ def gate_step(evaluation_path: str, gate_path: str, markdown_path: str, policy: 
     return result
 
 
-def baseline_step(dataset_path: str, contract_path: str, model_dir: str, contract_out: str, *,
-                  champion_version: int | None, config: TrainConfig, mlflow_tracking_uri: str = "",
-                  found_by: str = "") -> dict:
+def baseline_step(dataset_path: str, contract_path: str, profile_path: str, model_dir: str, contract_out: str,
+                  profile_out: str, *, champion_version: int | None, config: TrainConfig,
+                  mlflow_tracking_uri: str = "", found_by: str = "") -> dict:
     """The baseline a candidate is gated against: registered version `champion_version` copied from
     the registry, else v1 trained on the reference window (the first run bootstraps). Writes the
-    baseline's feature contract to `contract_out` (the candidate must use the deployed transformer's
-    contract) and returns its metadata with `source`, `registry_version` and `candidate_version`."""
+    baseline's feature contract to `contract_out` and its feature profile to `profile_out` (the
+    candidate must use the deployed transformer's contract) and returns its metadata with `source`,
+    `registry_version` and `candidate_version`."""
     tracking_uri = registry.resolve_tracking_uri(mlflow_tracking_uri)
     if champion_version is None:
-        metadata = {**train_step(dataset_path, contract_path, model_dir, version=1, window="reference",
-                                 config=config, mlflow_tracking_uri=tracking_uri), "source": "trained"}
+        metadata = {**train_step(dataset_path, contract_path, profile_path, model_dir, version=1,
+                                 window="reference", config=config, mlflow_tracking_uri=tracking_uri),
+                    "source": "trained"}
     else:
         mlflow_info = registry.download_version(tracking_uri, champion_version, model_dir)
         metadata = {**export.read_metadata(model_dir), "source": "champion", "found_by": found_by,
                     "mlflow": {**mlflow_info, "tracking_uri": tracking_uri}}
         log.info("baseline: champion %s (registered version %s, %s)", metadata["model_version"],
                  champion_version, found_by)
+        _champion_feature_profile(model_dir, profile_path, champion_version)
     write_json(export.find_version_dir(model_dir) / export.METADATA_FILE, metadata)
     export.read_contract(model_dir).save(contract_out)
+    export.read_feature_profile(model_dir).save(profile_out)
     number = int(export.find_version_dir(model_dir).name)
     return {**metadata, "registry_version": metadata["mlflow"]["registered_version"], "candidate_version": number + 1}
+
+
+def _champion_feature_profile(model_dir: str, profile_path: str, champion_version: int) -> None:
+    """A champion exported before models carried their feature profile gets this run's when both
+    have the same contract (the same reference window); with another contract there is none to give."""
+    root = Path(model_dir)
+    if (root / PROFILE_FILE).exists():
+        return
+    contract, profile = export.read_contract(root), FeatureProfile.load(profile_path)
+    if profile.contract_id != contract.id:
+        raise FileNotFoundError(
+            f"champion (registered version {champion_version}) has no {PROFILE_FILE} (exported before models "
+            f"carried one) and its contract {contract.id} is not this run's ({profile.contract_id}): "
+            "train a new baseline with baseline_from=train")
+    profile.save(root / PROFILE_FILE)
+    log.info("baseline: champion has no %s; its contract's is this run's", PROFILE_FILE)
 
 
 def register_step(baseline_dir: str, candidate_dir: str, mlflow_tracking_uri: str = "") -> dict[str, int]:

@@ -15,8 +15,10 @@ DEFAULT_IMAGE = "ghcr.io/fraud-rollout/components:0.1.0"
 
 def simulate_drift(n_transactions: int, seed: int, drift_start_month: int, fraud_rate: float, source_csv: str,
                    reference: Output[Dataset], pre_drift: Output[Dataset], recent: Output[Dataset],
-                   holdout: Output[Dataset], feature_contract: Output[Artifact], summary: Output[Artifact]):
-    """Simulate drifting card transactions and cut the reference, pre-drift, recent and holdout windows.
+                   holdout: Output[Dataset], feature_contract: Output[Artifact], feature_profile: Output[Artifact],
+                   summary: Output[Artifact]):
+    """Simulate drifting card transactions, cut the reference, pre-drift, recent and holdout windows,
+    and fit the feature contract and its feature profile (the drift baseline) on the reference window.
 
     Args:
         n_transactions: Transactions to generate (or to resample from source_csv).
@@ -28,22 +30,24 @@ def simulate_drift(n_transactions: int, seed: int, drift_start_month: int, fraud
     from fraud.steps import simulate_step
 
     outputs = {"reference": reference, "pre_drift": pre_drift, "recent": recent, "holdout": holdout}
-    result = simulate_step({name: a.path for name, a in outputs.items()}, feature_contract.path, summary.path,
-                           n_transactions=n_transactions, seed=seed, drift_start_month=drift_start_month,
-                           fraud_rate=fraud_rate, source_csv=source_csv)
+    result = simulate_step({name: a.path for name, a in outputs.items()}, feature_contract.path,
+                           feature_profile.path, summary.path, n_transactions=n_transactions, seed=seed,
+                           drift_start_month=drift_start_month, fraud_rate=fraud_rate, source_csv=source_csv)
     for name, artifact in outputs.items():
         artifact.metadata.update(result["windows"][name])
     feature_contract.metadata["contract_id"] = result["contract_id"]
+    feature_profile.metadata["contract_id"] = result["contract_id"]
 
 
-def train_model(dataset: Input[Dataset], feature_contract: Input[Artifact], version: int, window: str,
-                epochs: int, batch_size: int, seed: int, min_precision: float, mlflow_tracking_uri: str,
-                model: Output[Model], metrics: Output[Metrics]):
+def train_model(dataset: Input[Dataset], feature_contract: Input[Artifact], feature_profile: Input[Artifact],
+                version: int, window: str, epochs: int, batch_size: int, seed: int, min_precision: float,
+                mlflow_tracking_uri: str, model: Output[Model], metrics: Output[Metrics]):
     """Train the fraud MLP on one window, tune its threshold on the window's latest rows, export and register it.
 
     Args:
         dataset: Training window (parquet).
         feature_contract: Feature contract fitted on the reference window.
+        feature_profile: That contract's feature profile, kept in the model artifact for drift monitoring.
         version: Model version number (1 = baseline v1, 2 = candidate v2).
         window: Name of the training window, recorded with the model.
         epochs: Maximum epochs (early stopping on validation PR-AUC).
@@ -56,26 +60,29 @@ def train_model(dataset: Input[Dataset], feature_contract: Input[Artifact], vers
     from fraud.steps import train_config, train_step
 
     config = train_config(epochs=epochs, batch_size=batch_size, seed=seed, min_precision=min_precision)
-    result = train_step(dataset.path, feature_contract.path, model.path, version=version, window=window,
-                        config=config, mlflow_tracking_uri=mlflow_tracking_uri or Settings().MLFLOW_TRACKING_URI)
+    result = train_step(dataset.path, feature_contract.path, feature_profile.path, model.path, version=version,
+                        window=window, config=config, mlflow_tracking_uri=mlflow_tracking_uri or Settings().MLFLOW_TRACKING_URI)
     model.metadata.update({k: result[k] for k in ("model_version", "contract_id", "threshold", "window")})
     for key in ("threshold", "validation_precision", "validation_recall", "epochs_run", "train_seconds"):
         metrics.log_metric(key, float(result[key]))
 
 
-def baseline_model(dataset: Input[Dataset], feature_contract: Input[Artifact], baseline_from: str, target: str,
-                   namespace: str, local_state_dir: str, epochs: int, batch_size: int, seed: int,
-                   min_precision: float, mlflow_tracking_uri: str, model: Output[Model],
-                   baseline_contract: Output[Artifact], metrics: Output[Metrics]) -> int:
+def baseline_model(dataset: Input[Dataset], feature_contract: Input[Artifact], feature_profile: Input[Artifact],
+                   baseline_from: str, target: str, namespace: str, local_state_dir: str, epochs: int,
+                   batch_size: int, seed: int, min_precision: float, mlflow_tracking_uri: str,
+                   model: Output[Model], baseline_contract: Output[Artifact], baseline_profile: Output[Artifact],
+                   metrics: Output[Metrics]) -> int:
     """The baseline the candidate is gated against: the deployed champion, or v1 trained on the reference window.
 
     With baseline_from "champion", the InferenceService's rolled-out model (else MLflow's `champion`
     alias) is copied from the registry; with none (a first run), or baseline_from "train", v1 is
-    trained as the bootstrap. Returns the candidate's version number as the single output `Output`.
+    trained as the bootstrap. Outputs the baseline's feature contract and feature profile, which the
+    candidate is trained with. Returns the candidate's version number as the single output `Output`.
 
     Args:
         dataset: Reference window (parquet), for a bootstrap v1.
         feature_contract: Feature contract fitted on the reference window, for a bootstrap v1.
+        feature_profile: That contract's feature profile, for a bootstrap v1.
         baseline_from: "champion" (the deployed champion when there is one) or "train" (always train v1).
         target: "kserve" or "local": where the deploy step keeps the InferenceService.
         namespace: Namespace of the InferenceService (target kserve).
@@ -93,7 +100,8 @@ def baseline_model(dataset: Input[Dataset], feature_contract: Input[Artifact], b
     settings = Settings()
     tracking_uri = mlflow_tracking_uri or settings.MLFLOW_TRACKING_URI
     champion = champion_for(baseline_from, target, namespace, local_state_dir, tracking_uri, settings.in_cluster)
-    result = baseline_step(dataset.path, feature_contract.path, model.path, baseline_contract.path,
+    result = baseline_step(dataset.path, feature_contract.path, feature_profile.path, model.path,
+                           baseline_contract.path, baseline_profile.path,
                            champion_version=champion.registry_version if champion else None,
                            found_by=champion.found_by if champion else "",
                            config=train_config(epochs=epochs, batch_size=batch_size, seed=seed,
@@ -101,6 +109,7 @@ def baseline_model(dataset: Input[Dataset], feature_contract: Input[Artifact], b
     model.metadata.update({k: result[k] for k in ("model_version", "contract_id", "threshold", "window", "source",
                                                   "registry_version")})
     baseline_contract.metadata["contract_id"] = result["contract_id"]
+    baseline_profile.metadata["contract_id"] = result["contract_id"]
     metrics.log_metric("registry_version", float(result["registry_version"]))
     return result["candidate_version"]
 

@@ -1,6 +1,7 @@
 """The label-free feedback signals as Prometheus gauges: a custom collector that exports, at each
-scrape, the latest `FeedbackSignals` its source returns (computed from the prediction store,
-not on the serving path).
+scrape, the latest `FeedbackSignals` its source returns (computed from the prediction store by
+`fraud_control.store_feedback`, not on the serving path; the prediction sink serves them on its
+/metrics when given the models, `--model`).
 
     fraud_feedback_rows{model_version}                         served rows the signals are over
     fraud_feedback_flag_rate{model_version}

@@ -7,13 +7,21 @@ structured mode (`application/cloudevents+json`), or a list of structured events
 200 `{"accepted": n, "duplicates": d}` only once its events are committed; a bad event is a 400
 `{"error": …}` and rejects its whole request (nothing half written); a store failure is a 503 (the
 poster retries; KServe's agent does not). `GET /healthz` is 200 while the store answers,
-`GET /metrics` is Prometheus text. Besides KServe's two event types it takes the transformer's shadow
-pairs (`fraud.inference_log.PAIR_EVENT`).
+`GET /metrics` is Prometheus text: the sink's own metrics and, given the models it logs (`--model`,
+their artifact roots), the label-free feedback signals of the served rows of the last
+`--feedback-window` (`fraud_control.feedback_metrics`: flag rate, score shift and CBPE precision
+and recall per version, drift per feature; the alerts of manifests/monitoring read them). Besides
+KServe's two event types it takes the transformer's shadow pairs (`fraud.inference_log.PAIR_EVENT`).
 
 Group commit: the handlers queue their events; one writer thread takes all that are waiting and
 commits them in one transaction (SQLite: one fsync for all of them), then answers each request.
 
+Feedback signals read the window from the store on a connection of their own (not the writer's),
+in a worker thread, at most once every `FEEDBACK_CACHE_S` seconds: concurrent scrapes share one
+computation and its result.
+
     python -m fraud_control.prediction_sink --store URL --port P [--host 127.0.0.1] [--retention-days D]
+        [--model ROOT ...] [--feedback-window 1h]
 """
 from __future__ import annotations
 
@@ -24,11 +32,12 @@ import binascii
 import contextlib
 import logging
 import queue
+import re
 import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -37,6 +46,7 @@ import uvicorn
 from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_dict, from_http
 from fraud.inference_log import EVENT_TYPES, LogEvent, log_event
+from fraud_canary.feedback import FeedbackSignals
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -44,13 +54,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from fraud_control.feedback_metrics import FeedbackCollector
 from fraud_control.prediction_store import PredictionStore, RecordResult, StoreError, open_store
 from fraud_control.processes import LOOPBACK, port_holder
+from fraud_control.store_feedback import MonitoredModels, monitored_models, store_signals
 
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 DEFAULT_RETENTION_DAYS = 90
 RETENTION_INTERVAL_S = 3600.0
+DEFAULT_FEEDBACK_WINDOW = "1h"
+#: Feedback signals are recomputed at most this often: a window of 100k rows takes ≈ 0.8 s here
+#: (SQLite), and Prometheus replicas or a person refreshing must not each recompute it.
+FEEDBACK_CACHE_S = 10.0
 #: Short names for the metrics' event_type label (a ce-type is free text: unbounded label values).
 
 log = logging.getLogger(__name__)
@@ -74,6 +90,33 @@ class SinkMetrics:
                                         registry=self.registry)
         self.store_errors = Counter("fraud_sink_store_errors_total", "Groups of events the store failed to commit "
                                     "(their requests got 503)", registry=self.registry)
+        self.feedback_errors = Counter("fraud_sink_feedback_errors_total", "Feedback computations the store failed "
+                                       "(their scrapes had no feedback signals)", registry=self.registry)
+
+
+class FeedbackCache:
+    """The latest feedback signals, recomputed by `compute` in a worker thread when older than
+    `ttl_s`; concurrent callers wait for one computation. A store failure counts as an error and
+    leaves no signals (stale ones would read as current) until the next computation."""
+
+    def __init__(self, compute: Callable[[], FeedbackSignals | None], metrics: SinkMetrics,
+                 ttl_s: float = FEEDBACK_CACHE_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self._compute, self._metrics, self._ttl_s, self._clock = compute, metrics, ttl_s, clock
+        self._lock = asyncio.Lock()
+        self._computed_at: float | None = None
+        self.latest: FeedbackSignals | None = None
+
+    async def refresh(self) -> FeedbackSignals | None:
+        async with self._lock:
+            if self._computed_at is None or self._clock() - self._computed_at >= self._ttl_s:
+                try:
+                    self.latest = await run_in_threadpool(self._compute)
+                except StoreError as error:
+                    self._metrics.feedback_errors.inc()
+                    log.warning("feedback signals: %s", error)
+                    self.latest = None
+                self._computed_at = self._clock()
+            return self.latest
 
 
 @dataclass
@@ -215,10 +258,14 @@ def _log_event(event: CloudEvent) -> LogEvent:
         raise BadEvent(message) from None
 
 
-def build_app(store: PredictionStore, metrics: SinkMetrics | None = None) -> Starlette:
-    """The sink's ASGI app over an open store (its writer thread runs from startup to shutdown)."""
+def build_app(store: PredictionStore, metrics: SinkMetrics | None = None,
+              feedback: FeedbackCache | None = None) -> Starlette:
+    """The sink's ASGI app over an open store (its writer thread runs from startup to shutdown);
+    with `feedback`, /metrics also exports its signals."""
     metrics = metrics or SinkMetrics()
     writer: list[GroupCommit] = []
+    if feedback is not None:
+        metrics.registry.register(FeedbackCollector(lambda: feedback.latest))
 
     async def receive(request: Request) -> Response:
         body = await request.body()
@@ -243,6 +290,8 @@ def build_app(store: PredictionStore, metrics: SinkMetrics | None = None) -> Sta
         return JSONResponse({"status": "ok", "store": store.backend})
 
     async def prometheus(request: Request) -> Response:
+        if feedback is not None:
+            await feedback.refresh()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @contextlib.asynccontextmanager
@@ -255,6 +304,14 @@ def build_app(store: PredictionStore, metrics: SinkMetrics | None = None) -> Sta
 
     return Starlette(routes=[Route("/", receive, methods=["POST"]), Route("/healthz", healthz, methods=["GET"]),
                              Route("/metrics", prometheus, methods=["GET"])], lifespan=lifespan)
+
+
+def window_signals(url: str, models: MonitoredModels, window: timedelta) -> Callable[[], FeedbackSignals | None]:
+    """A computation of the feedback signals of the rows served in the `window` before it runs."""
+    def compute() -> FeedbackSignals | None:
+        return store_signals(url, models.profiles, models.feature_profile, since=datetime.now(UTC) - window)
+
+    return compute
 
 
 class Retention(threading.Thread):
@@ -292,6 +349,19 @@ def _positive_days(text: str) -> int:
     return days
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def _window(text: str) -> timedelta:
+    """argparse type: a positive duration, `90s`, `30m`, `1h`, `7d`."""
+    match = _DURATION.fullmatch(text.strip())
+    window = timedelta(**{_UNITS[match[2]]: float(match[1])}) if match else None
+    if window is None or window <= timedelta(0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration (90s, 30m, 1h, 7d)")
+    return window
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The sink's flags (shared by `python -m fraud_control.prediction_sink` and `fraud-rollout sink serve`)."""
     parser.add_argument("--store", required=True, help="a SQLite file (path or sqlite:///PATH) or postgresql://… URL")
@@ -300,10 +370,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retention-days", type=_positive_days, default=DEFAULT_RETENTION_DAYS,
                         help=f"delete predictions and labels older than this, at start and hourly "
                              f"(default {DEFAULT_RETENTION_DAYS})")
+    parser.add_argument("--model", dest="models", action="append", default=[], metavar="DIR",
+                        help="a model artifact root whose served rows /metrics reports feedback signals on (its "
+                             "version from its metadata); repeat for each version served, the first gives the "
+                             "feature profile")
+    parser.add_argument("--feedback-window", type=_window, default=_window(DEFAULT_FEEDBACK_WINDOW),
+                        metavar="DURATION", help=f"served rows the feedback signals are over: the last 90s, 30m, "
+                                                 f"1h, 7d (default {DEFAULT_FEEDBACK_WINDOW}; with --model)")
 
 
 def serve(args: argparse.Namespace, prog: str = "prediction-sink") -> int:
     """Run the sink until SIGINT/SIGTERM; exit 2 with one line when it cannot start."""
+    try:
+        models = monitored_models(args.models) if args.models else None
+    except ValueError as error:
+        print(f"{prog}: error: --model {error}", file=sys.stderr)
+        return 2
     try:
         listener = _listen(args.host, args.port)
     except ValueError as error:
@@ -324,10 +406,15 @@ def serve(args: argparse.Namespace, prog: str = "prediction-sink") -> int:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     host, port = listener.getsockname()[:2]
+    metrics = SinkMetrics()
+    feedback = FeedbackCache(window_signals(args.store, models, args.feedback_window), metrics) if models else None
+    watched = (f"; feedback signals of {', '.join(models.versions)} over the last "
+               f"{args.feedback_window.total_seconds():g} s" if models else "")
     print(f"prediction sink on http://{host}:{port}/ → {store.url} ({store.backend}); retention {args.retention_days} "
-          f"days ({deleted} old predictions deleted)", flush=True)
+          f"days ({deleted} old predictions deleted){watched}", flush=True)
     retention.start()
-    server = uvicorn.Server(uvicorn.Config(build_app(store), log_level="warning", access_log=False, lifespan="on"))
+    app = build_app(store, metrics, feedback)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
     try:
         server.run(sockets=[listener])
     finally:

@@ -66,11 +66,13 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         # Never cached (DESIGN decision 11): the champion, the registry and the cluster change between runs.
         baseline = c.baseline_model(
             dataset=data.outputs["reference"], feature_contract=data.outputs["feature_contract"],
+            feature_profile=data.outputs["feature_profile"],
             baseline_from=baseline_from, target=deploy_target, namespace=namespace, local_state_dir=local_state_dir,
             epochs=epochs, batch_size=batch_size, seed=seed, min_precision=min_precision,
             mlflow_tracking_uri=mlflow_tracking_uri).set_display_name("baseline: champion or v1").set_caching_options(False)
         candidate = c.train_model(
             dataset=data.outputs["recent"], feature_contract=baseline.outputs["baseline_contract"],
+            feature_profile=baseline.outputs["baseline_profile"],
             version=baseline.outputs["Output"], window="recent", epochs=epochs, batch_size=batch_size, seed=seed,
             min_precision=min_precision, mlflow_tracking_uri=mlflow_tracking_uri,
         ).set_display_name("train candidate on recent").set_caching_options(False)

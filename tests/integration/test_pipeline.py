@@ -38,6 +38,12 @@ def test_compiled_dag_and_gate_condition():
     candidate_inputs = tasks["train-model"].inputs
     assert candidate_inputs.parameters["version"].task_output_parameter.producer_task == "baseline-model"
     assert candidate_inputs.artifacts["feature_contract"].task_output_artifact.output_artifact_key == "baseline_contract"
+    # ... and its feature profile, which the model artifact carries for drift monitoring (a KFP
+    # artifact of its own: on a cluster each output artifact is uploaded on its own)
+    profile_input = candidate_inputs.artifacts["feature_profile"].task_output_artifact
+    assert (profile_input.producer_task, profile_input.output_artifact_key) == ("baseline-model", "baseline_profile")
+    bootstrap_profile = tasks["baseline-model"].inputs.artifacts["feature_profile"].task_output_artifact
+    assert (bootstrap_profile.producer_task, bootstrap_profile.output_artifact_key) == ("simulate-drift", "feature_profile")
     condition = tasks["condition-1"].trigger_policy.condition
     assert condition == "inputs.parameter_values['pipelinechannel--gate-candidate-Output'] == 'promote'"
     branch = spec.components[tasks["condition-1"].component_ref.name].dag.tasks
@@ -168,6 +174,8 @@ def test_exported_artifacts_have_the_triton_layout(local_run):
         assert 'platform: "tensorflow_savedmodel"' in config and f"versions: [ {number} ]" in config
         assert export.read_metadata(root)["model_version"] == name
         assert export.read_contract(root).id == report["data"]["contract_id"]
+        assert export.read_feature_profile(root).contract_id == report["data"]["contract_id"]
+        assert export.read_score_profile(root).threshold == report["models"][name]["threshold"]
 
 
 def test_mlflow_holds_runs_with_epoch_metrics(local_run):

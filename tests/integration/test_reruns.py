@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fraud import registry
+from fraud import export, registry
 from fraud_control import isvc
 from fraud_control.local_state import LocalInferenceService
 
@@ -74,6 +74,9 @@ def test_the_second_run_gates_against_the_first_runs_champion(reruns):
     # another seed fits another contract; the candidate is trained with the deployed one
     assert second["data"]["contract_id"] != first["data"]["contract_id"]
     assert baseline["contract_id"] == candidate["contract_id"] == first["data"]["contract_id"]
+    # and with the deployed contract's feature profile (the drift baseline monitoring reads from the model)
+    for model in (baseline, candidate):
+        assert export.read_feature_profile(model["artifact"]).contract_id == first["data"]["contract_id"]
     assert baseline["threshold"] == first["models"]["v2"]["threshold"]
     assert baseline["holdout"]["tp"] + baseline["holdout"]["fn"] == second["data"]["windows"]["holdout"]["fraud"]
     assert [line.split()[0] for line in second["console"].splitlines()[1::2]].count("train-model") == 1

@@ -70,3 +70,40 @@ def test_a_rolled_out_model_the_registry_does_not_know_is_refused(tmp_path):
         f"{store.where} rolls out v1 ({v1}), which the MLflow registry at {other_registry} does not know, so a "
         "rerun cannot gate against it; use the registry it was registered in (--mlflow-tracking-uri) or another "
         "serving state dir")
+
+
+def test_a_champion_exported_without_a_feature_profile_gets_this_runs_only_for_the_same_contract(tmp_path):
+    import pandas as pd
+    from fraud.contract import fit_contract
+    from fraud.export import read_contract, read_feature_profile
+    from fraud.profile import PROFILE_FILE, FeatureProfile, fit_feature_profile
+    from fraud.schema import FEATURES
+    from fraud.steps import baseline_step
+    from fraud.train import TrainConfig
+
+    from tests.prediction_log import features
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    champion = artifact_root(tmp_path / "a", 1)  # no feature_profile.json, as exported before there was one
+    version = register(tracking_uri, champion, "v1")
+    reference = pd.DataFrame(features(2000), columns=list(FEATURES))
+    same = fit_feature_profile(reference, read_contract(champion)).save(tmp_path / "same" / PROFILE_FILE)
+    other = fit_feature_profile(reference, fit_contract(reference))  # another contract: this run's own
+    other_path = other.save(tmp_path / "other" / PROFILE_FILE)
+
+    def baseline(profile_path, out):
+        return baseline_step("", str(champion / "feature_contract.json"), str(profile_path), str(out / "model"),
+                             str(out / "contract.json"), str(out / "profile.json"), champion_version=version,
+                             config=TrainConfig(), mlflow_tracking_uri=tracking_uri, found_by="alias champion")
+
+    result = baseline(same, tmp_path / "run1")
+    assert result["source"] == "champion" and result["candidate_version"] == 2
+    assert read_feature_profile(tmp_path / "run1" / "model") == FeatureProfile.load(same)
+    assert FeatureProfile.load(tmp_path / "run1" / "profile.json") == FeatureProfile.load(same)
+    with pytest.raises(FileNotFoundError) as missing:
+        baseline(other_path, tmp_path / "run2")
+    assert str(missing.value) == (
+        f"champion (registered version {version}) has no feature_profile.json (exported before models carried one) "
+        f"and its contract {read_contract(champion).id} is not this run's ({other.contract_id}): train a new "
+        "baseline with baseline_from=train")
+

@@ -10,26 +10,15 @@ Measured (seed 7, 15 months, drift from month 10), `drift_by_month` per month si
 """
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
-import yaml
 from fraud import simulate
 from fraud.contract import fit_contract
 from fraud.profile import fit_feature_profile
 from fraud_canary.feature_drift import drift_by_month, drifted_features
 
-ROOT = Path(__file__).resolve().parents[2]
-RULES = ROOT / "manifests" / "monitoring" / "rules" / "fraud-detector.rules.yaml"
+from tests.promtool import alert_rule, expected_alert, go_float, run_rule_test
+
 N_TRANSACTIONS = 300_000  # ≈ 20k a month: a few seconds here; the 1M table is in the docstring
-
-
-def go_float(value: float) -> str:
-    """`{{ $value }}` as Prometheus' templates print it (Go's %v: shortest, 1e-05 style, 0 not 0.0)."""
-    text = repr(float(value))
-    return text[:-2] if text.endswith(".0") else text
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +42,8 @@ def test_drift_by_month_names_the_shifted_features_from_the_drift_month_on(month
 
 
 def test_promtool_fires_the_drift_alert_exactly_on_the_drifted_months(months, tmp_path):
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool missing: install the Debian package `prometheus` (`make test` does)"
     drift, by_month = months
-    rule = next(r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]
-                if r.get("alert") == "FraudFeatureDrift")
+    rule = alert_rule("FraudFeatureDrift")
     features = [d.feature for d in by_month[1]]
     series = [{"series": f'fraud_feature_drift_adjusted_p{{feature="{feature}"}}',
                "values": " ".join(go_float(next(d for d in by_month[m] if d.feature == feature).adjusted_p)
@@ -65,18 +51,11 @@ def test_promtool_fires_the_drift_alert_exactly_on_the_drifted_months(months, tm
               for feature in features]
     checks = []
     for month, drifts in sorted(by_month.items()):
-        expected = [{"exp_labels": {"severity": "warning", "feature": d.feature},
-                     "exp_annotations": {key: text.replace("{{ $labels.feature }}", d.feature)
-                                         .replace("{{ $value }}", go_float(d.adjusted_p)).strip()
-                                         for key, text in rule["annotations"].items()}}
-                    for d in drifts if d.drifted]
+        expected = [expected_alert(rule, {"feature": d.feature}, d.adjusted_p) for d in drifts if d.drifted]
         assert bool(expected) == (month >= drift.drift_start_month), month
         checks.append({"eval_time": f"{month - 1}h", "alertname": "FraudFeatureDrift", "exp_alerts": expected})
-    spec = {"rule_files": [str(RULES)], "evaluation_interval": "1m",
-            "tests": [{"name": "simulated months", "interval": "1h", "input_series": series,
+    spec = {"tests": [{"name": "simulated months", "interval": "1h", "input_series": series,
                        "alert_rule_test": checks}]}
-    path = tmp_path / "drift-months.yaml"
-    path.write_text(yaml.safe_dump(spec, width=1_000_000))
-    result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=120)
+    result = run_rule_test(spec, tmp_path / "drift-months.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fraud.contract import fit_contract
-from fraud.profile import FeatureProfile, fit_feature_profile, profile_path_beside
+from fraud.profile import PROFILE_FILE, FeatureProfile, fit_feature_profile
 from fraud.schema import FEATURES
 from fraud.score_profile import KS_LEVELS, ScoreProfile, fit_score_profile
 from fraud_canary.feature_drift import chi_square_homogeneity, drifted_features, feature_drift, holm
@@ -104,9 +104,8 @@ def test_feature_profile_cuts_deciles_of_the_pre_transformed_reference(tmp_path)
     # A later day's same time of day falls in the same bins: raw Time never "drifts".
     later = reference.assign(Time=reference["Time"] + 400 * 86_400)
     assert [list(c) for c in profile.bin_counts(later[list(FEATURES)].to_numpy())] == [list(c) for c in profile.counts]
-    path = profile.save(profile_path_beside(tmp_path / "feature_contract.json"))
-    assert path == tmp_path / "feature_profile.json"
-    assert FeatureProfile.load(path) == profile
+    path = profile.save(tmp_path / PROFILE_FILE)
+    assert path.name == "feature_profile.json" and FeatureProfile.load(path) == profile
 
 
 def test_feature_drift_flags_the_shifted_feature_only():

@@ -187,7 +187,7 @@ def explore_commands(out: Path, pipeline_path: Path, state_dir: Path, tracking_u
 
 def run_demo(args) -> int:
     from fraud import registry
-    from fraud.export import read_score_profile
+    from fraud.export import read_feature_profile, read_score_profile
     from fraud.files import read_json, write_json
     from fraud.schema import FEATURES
     from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics, paired_from_replay
@@ -248,12 +248,14 @@ def run_demo(args) -> int:
         print("\n" + format_analysis(analysis), flush=True)
 
         mark = time.perf_counter()
-        feedback = demo_feedback.feedback_loop(store, serving.url, source.frame, (baseline_version, canary_version),
-                                               analyze_with, analysis, out, replay_started,
-                                               {str(m["version"]): read_score_profile(m["artifact"])
-                                                for m in pipeline["models"].values()})
+        summary_path = pipeline.get("artifacts", {}).get("summary")
+        summary = read_json(summary_path) if summary_path and Path(summary_path).is_file() else None
+        feedback, drift = demo_feedback.feedback_loop(
+            store, serving.url, source.frame, (baseline_version, canary_version), analyze_with, analysis, out,
+            replay_started, {str(m["version"]): read_score_profile(m["artifact"]) for m in pipeline["models"].values()},
+            read_feature_profile(pipeline["models"]["v1"]["artifact"]), (summary or {}).get("feature_drift_by_month", []))
         timings["prediction_log"] = round(time.perf_counter() - mark, 1)
-        print("\n" + "\n".join(demo_feedback.feedback_lines(feedback)), flush=True)
+        print("\n" + "\n".join(demo_feedback.feedback_lines(feedback) + demo_feedback.drift_lines(drift)), flush=True)
 
         applied = {"action": analysis["action"], "detail": "not applied (--no-apply)", "exit_code": None}
         rollout = None
@@ -301,6 +303,7 @@ def run_demo(args) -> int:
         "replay": replayed.report,
         "analysis": analysis,
         "feedback": feedback,
+        "drift": drift,
         "applied": applied,
         "rollout": rollout,
         "traffic_after": traffic_after,
@@ -316,8 +319,6 @@ def run_demo(args) -> int:
         "timings": timings,
         "explore": explore_commands(out, pipeline_path, state_dir, tracking_uri, raw[0], feedback),
     }
-    summary_path = pipeline.get("artifacts", {}).get("summary")
-    summary = read_json(summary_path) if summary_path and Path(summary_path).is_file() else None
     html_text = demo_report.report_html(report, summary, rows)
     timings["report"] = round(time.perf_counter() - mark, 1)
     timings["total"] = round(time.perf_counter() - started, 1)

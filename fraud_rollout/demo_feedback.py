@@ -15,12 +15,14 @@ candidate's calibration on the shadow pairs, `fraud_canary.feedback`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from fraud.profile import FeatureProfile
 from fraud.schema import LABEL, TRANSACTION_ID
 from fraud.score_profile import ScoreProfile
 
@@ -66,11 +68,30 @@ def summary(analysis: dict) -> dict[str, Any]:
             "paired_pairs": (analysis.get("paired") or {}).get("pairs")}
 
 
+def signals_and_drift(store_path: Path, since: datetime, until: datetime, profiles: dict[str, ScoreProfile],
+                      feature_profile: FeatureProfile, months: list[dict]) -> tuple[dict, dict]:
+    """`report.json`'s label-free `signals` per version and its `drift`: each input feature of the
+    served window against the contract's reference window, the alerts the feedback rules fire on
+    the window, and (`months`, from the simulate step) the drift of every simulated month."""
+    from fraud_canary.feedback import feedback_alerts
+    from fraud_control.store_feedback import store_signals
+
+    signals = store_signals(str(store_path), profiles, feature_profile, since=since, until=until)
+    if signals is None:
+        return {}, {"features": [], "alerts": [], "months": months}
+    per_version = {v.model_version: {"rows": v.rows, "flag_rate": v.flag_rate, "score_psi": v.score_psi,
+                                     "score_ks": v.score_ks, "score_ks_p": v.score_ks_p} for v in signals.versions}
+    drift = {"features": [asdict(d) for d in signals.features], "alerts": feedback_alerts(signals), "months": months,
+             "months_alerting": [m["month"] for m in months if m["alerts"]]}
+    return per_version, drift
+
+
 def feedback_loop(store_path: Path, url: str, holdout: pd.DataFrame, versions: tuple[str, str],
                   analyze_with: Analyze, replay_analysis: dict, out: Path, since: datetime,
-                  profiles: dict[str, ScoreProfile]) -> dict[str, Any]:
+                  profiles: dict[str, ScoreProfile], feature_profile: FeatureProfile,
+                  months: list[dict]) -> tuple[dict[str, Any], dict[str, Any]]:
     """After the replay (which started at `since`): wait until the log has every event, analyze the
-    window from it, deliver the labels, analyze again; `report.json`'s `feedback`."""
+    window from it, deliver the labels, analyze again; `report.json`'s `feedback` and `drift`."""
     from fraud.labels import read_labels
     from fraud_control.prediction_store import open_store
     from fraud_control.store_evidence import store_evidence
@@ -89,6 +110,7 @@ def feedback_loop(store_path: Path, url: str, holdout: pd.DataFrame, versions: t
     after = store_evidence(str(store_path), versions, since=since, until=until)
     after_analysis = analyze_with(after.online, after.paired)
     differences = count_differences(replay_analysis, after_analysis)
+    signals, drift = signals_and_drift(store_path, since, until, profiles, feature_profile, months)
     return {
         "store": str(store_path), "since": since.isoformat(), "until": until.isoformat(), **counts,
         "labels": {"file": str(labels_path), "read": ingested.total, "joined": ingested.joined,
@@ -100,7 +122,8 @@ def feedback_loop(store_path: Path, url: str, holdout: pd.DataFrame, versions: t
                            "differences": differences},
         "analysis": after_analysis,
         "estimates": estimates(store_path, since, until, profiles, reference=versions[1]),
-    }
+        "signals": signals,
+    }, drift
 
 
 def _checked(estimate, labels: np.ndarray, decisions: np.ndarray) -> dict[str, Any]:
@@ -129,6 +152,7 @@ def estimates(store_path: Path, since: datetime, until: datetime, profiles: dict
 
     with open_store(str(store_path)) as store:
         served, pairs = store.served(since, until), store.pairs(since, until)
+    served = served[served["model_version"].notna()]
     shown: dict[str, dict[str, Any]] = {}
     judged = {version: judged_by(pairs, version, reference) for version in profiles}
     paired = paired_estimates({v: (scores, decisions) for v, (scores, decisions, _) in judged.items() if len(scores)},
@@ -159,4 +183,14 @@ def feedback_lines(feedback: dict) -> list[str]:
         f"{name} {shown[name]['estimate']:.3f} [{shown[name]['lower']:.3f}, {shown[name]['upper']:.3f}] "
         f"true {shown[name]['true']:.3f}{'' if shown[name]['covers'] else ' (outside)'}" for name in ("recall", "precision"))
         for version, methods in feedback["estimates"].items() for method, shown in methods.items()]
+    return lines
+
+
+def drift_lines(drift: dict) -> list[str]:
+    alerts = ", ".join(a.get("feature") or a.get("model_version", "") for a in drift["alerts"]) or "none"
+    lines = [f"drift of the served window: alerts {alerts} "
+             f"({', '.join(sorted({a['alert'] for a in drift['alerts']})) or 'no rule fires'})"]
+    if drift["months"]:
+        lines.append(f"  FraudFeatureDrift by simulated month: fires in months {drift['months_alerting'] or 'none'} "
+                     f"of {len(drift['months'])}")
     return lines

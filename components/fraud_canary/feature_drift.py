@@ -89,3 +89,15 @@ def drift_by_month(frame: pd.DataFrame, profile: FeatureProfile, months: int = D
 
 def drifted_features(drifts: list[FeatureDrift]) -> list[str]:
     return [d.feature for d in drifts if d.drifted]
+
+
+def drift_alerts(drifts: list[FeatureDrift]) -> list[dict]:
+    """The FraudFeatureDrift alerts (manifests/monitoring) a window's drift fires: one per drifted feature."""
+    return [{"alert": "FraudFeatureDrift", "feature": d.feature, "psi": d.psi, "adjusted_p": d.adjusted_p}
+            for d in drifts if d.drifted]
+
+
+def monthly_drift(by_month: dict[int, list[FeatureDrift]]) -> list[dict]:
+    """`drift_by_month` as JSON rows: per month, the features that drifted and the alerts they fire."""
+    return [{"month": month, "drifted": drifted_features(drifts), "alerts": drift_alerts(drifts)}
+            for month, drifts in sorted(by_month.items())]

@@ -17,9 +17,14 @@ import numpy as np
 from fraud.profile import FeatureProfile
 from fraud.score_profile import ScoreProfile
 
-from fraud_canary.feature_drift import DRIFT_ALPHA, FeatureDrift, feature_drift
+from fraud_canary.feature_drift import DRIFT_ALPHA, FeatureDrift, drift_alerts, feature_drift
 from fraud_canary.performance import Estimate, PerformanceEstimate, estimate_performance
 from fraud_canary.score_shift import flag_rate, score_ks, score_psi
+
+#: The thresholds of the fraud-detector.feedback alerts (manifests/monitoring; a test compares them).
+SCORE_SHIFT_KS = 0.05  # FraudScoreShift: KS statistic above this …
+SCORE_SHIFT_P = 0.01  # … and its p-value below this
+RECALL_FLOOR = 0.70  # FraudEstimatedRecallLow: the CBPE interval's upper end below the gate's min_recall
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,19 @@ def feedback_signals(rows: dict[str, tuple[np.ndarray, np.ndarray]], profiles: d
     `profiles[version]`, and the drift of every row's raw `features` `[N, F]` (all versions)."""
     versions = tuple(version_signals(v, scores, decisions, profiles[v]) for v, (scores, decisions) in sorted(rows.items()))
     return FeedbackSignals(versions, tuple(feature_drift(features, feature_profile, alpha)))
+
+
+def feedback_alerts(signals: FeedbackSignals) -> list[dict]:
+    """The fraud-detector.feedback alerts these signals fire, as the rules decide them."""
+    alerts = drift_alerts(list(signals.features))
+    for version in signals.versions:
+        if version.score_ks > SCORE_SHIFT_KS and version.score_ks_p < SCORE_SHIFT_P:
+            alerts.append({"alert": "FraudScoreShift", "model_version": version.model_version, "ks": version.score_ks,
+                           "p_value": version.score_ks_p})
+        if version.recall.upper < RECALL_FLOOR:
+            alerts.append({"alert": "FraudEstimatedRecallLow", "model_version": version.model_version,
+                           "upper": version.recall.upper})
+    return alerts
 
 
 def paired_estimates(judged: dict[str, tuple[np.ndarray, np.ndarray]], reference: ScoreProfile,

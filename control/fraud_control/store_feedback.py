@@ -24,9 +24,9 @@ from fraud_control.prediction_store import feature_matrix, open_store
 
 
 def store_signals(url: str, profiles: dict[str, ScoreProfile], feature_profile: FeatureProfile, *,
-                  since: datetime | None = None) -> FeedbackSignals | None:
-    """The signals of the rows served from `since` on (all when None) in the store at `url`; None
-    when none of them was answered.
+                  since: datetime | None = None, until: datetime | None = None) -> FeedbackSignals | None:
+    """The signals of the rows served from `since` on (all when None), before `until`, in the store
+    at `url`; None when none of them was answered.
 
     Only answered rows count (a row whose response is not logged has no version or score): per
     version, `(scores, decisions)` against `profiles[version]` (a version without a profile is
@@ -34,7 +34,7 @@ def store_signals(url: str, profiles: dict[str, ScoreProfile], feature_profile: 
     logged, all versions together, against `feature_profile`. Raises StoreError when the database
     fails, ValueError for a URL that names no store."""
     with open_store(url) as store:
-        served = store.served(since)
+        served = store.served(since, until)
     answered = served[served["model_version"].notna() & served["score"].notna()]
     if answered.empty:
         return None

@@ -146,8 +146,17 @@ def test_the_demos_prediction_log_holds_what_was_served_and_agrees_with_the_repl
     assert {v: [m[k] for k in counts] for v, m in from_cli["online"].items()} == {
         v: [m[k] for k in counts] for v, m in analysis["online"].items()}
     assert from_cli["paired"]["frauds"] == analysis["paired"]["frauds"]
-    assert "<h3>The feedback loop: the same analysis from the prediction log</h3>" in (
-        demo_run.out / "report.html").read_text()
+    html = (demo_run.out / "report.html").read_text()
+    assert "<h3>The feedback loop: the same analysis from the prediction log</h3>" in html
+    # drift: FraudFeatureDrift fires on the drifted months only (the simulation drifts V4 and V11 from
+    # month 10), and on the served holdout window
+    drift = report["drift"]
+    assert [m["month"] for m in drift["months"]] == list(range(1, 16))
+    assert drift["months_alerting"] == list(range(10, 16))
+    assert all({"V4", "V11"} <= set(m["drifted"]) for m in drift["months"] if m["month"] >= 10)
+    assert {a["feature"] for a in drift["alerts"] if a["alert"] == "FraudFeatureDrift"} >= {"V4", "V11"}
+    assert len(drift["features"]) == 30 and "it fires in months 10, 11, 12, 13, 14, 15" in html
+    assert set(feedback["signals"]) == {"v1", "v2"} and set(feedback["estimates"]) == {"v1", "v2"}
 
 
 def test_ctrl_c_stops_every_server_the_demo_started(demo_run, tmp_path):

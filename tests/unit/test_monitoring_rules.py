@@ -273,3 +273,16 @@ if __name__ == "__main__":
         sys.exit(f"usage: {sys.argv[0]} --write   (regenerates {PROMETHEUS_RULE.relative_to(ROOT)})")
     PROMETHEUS_RULE.write_text(render_prometheus_rule())
     print(f"wrote {PROMETHEUS_RULE.relative_to(ROOT)}")
+
+
+def test_the_feedback_alerts_use_the_thresholds_the_report_applies():
+    """`fraud_canary.feedback.feedback_alerts` (the demo report's alerts) decides as the rules do."""
+    from fraud_canary.feature_drift import DRIFT_ALPHA
+    from fraud_canary.feedback import RECALL_FLOOR, SCORE_SHIFT_KS, SCORE_SHIFT_P
+
+    exprs = {rule["alert"]: rule["expr"] for group in yaml.safe_load(RULES.read_text())["groups"]
+             for rule in group["rules"] if "alert" in rule}
+    assert exprs["FraudFeatureDrift"] == f"fraud_feature_drift_adjusted_p < {DRIFT_ALPHA:g}"
+    assert exprs["FraudScoreShift"] == (f"fraud_feedback_score_ks > {SCORE_SHIFT_KS:g} and "
+                                        f"fraud_feedback_score_ks_p_value < {SCORE_SHIFT_P:g}")
+    assert exprs["FraudEstimatedRecallLow"] == f'fraud_feedback_estimated_recall{{bound="upper"}} < {RECALL_FLOOR:.2f}'

@@ -11,7 +11,7 @@ It holds as long as the reference's calibration does, which its own CBPE and sco
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from fraud.profile import FeatureProfile
@@ -45,6 +45,9 @@ class VersionSignals:
 class FeedbackSignals:
     versions: tuple[VersionSignals, ...]
     features: tuple[FeatureDrift, ...]
+    #: paired CBPE per version under `paired_reference`'s calibration (empty without shadow pairs)
+    paired: dict[str, PerformanceEstimate] = field(default_factory=dict)
+    paired_reference: str | None = None
 
 
 def version_signals(model_version: str, scores: np.ndarray, decisions: np.ndarray, profile: ScoreProfile,
@@ -57,12 +60,17 @@ def version_signals(model_version: str, scores: np.ndarray, decisions: np.ndarra
 
 
 def feedback_signals(rows: dict[str, tuple[np.ndarray, np.ndarray]], profiles: dict[str, ScoreProfile],
-                     features: np.ndarray, feature_profile: FeatureProfile,
-                     alpha: float = DRIFT_ALPHA) -> FeedbackSignals:
+                     features: np.ndarray, feature_profile: FeatureProfile, alpha: float = DRIFT_ALPHA, *,
+                     judged: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                     reference: str | None = None) -> FeedbackSignals:
     """Signals of a window of served rows: `rows[version] = (scores, decisions)` scored against
-    `profiles[version]`, and the drift of every row's raw `features` `[N, F]` (all versions)."""
+    `profiles[version]`, the drift of every row's raw `features` `[N, F]` (all versions), and with
+    shadow pairs the paired CBPE of `judged` (`paired_estimates`) under `profiles[reference]`."""
     versions = tuple(version_signals(v, scores, decisions, profiles[v]) for v, (scores, decisions) in sorted(rows.items()))
-    return FeedbackSignals(versions, tuple(feature_drift(features, feature_profile, alpha)))
+    drift = tuple(feature_drift(features, feature_profile, alpha))
+    if not judged or reference is None:
+        return FeedbackSignals(versions, drift)
+    return FeedbackSignals(versions, drift, paired_estimates(judged, profiles[reference]), reference)
 
 
 def feedback_alerts(signals: FeedbackSignals) -> list[dict]:
@@ -75,6 +83,10 @@ def feedback_alerts(signals: FeedbackSignals) -> list[dict]:
         if version.recall.upper < RECALL_FLOOR:
             alerts.append({"alert": "FraudEstimatedRecallLow", "model_version": version.model_version,
                            "upper": version.recall.upper})
+    for model_version, estimate in sorted(signals.paired.items()):
+        if estimate.recall.upper < RECALL_FLOOR:
+            alerts.append({"alert": "FraudPairedRecallLow", "model_version": model_version,
+                           "reference": signals.paired_reference, "upper": estimate.recall.upper})
     return alerts
 
 

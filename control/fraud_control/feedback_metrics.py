@@ -9,6 +9,8 @@ scrape, the latest `FeedbackSignals` its source returns (computed from the predi
     fraud_feedback_score_ks{model_version}, fraud_feedback_score_ks_p_value{model_version}
     fraud_feedback_estimated_precision{model_version, bound="estimate|lower|upper"}   CBPE, 95 %
     fraud_feedback_estimated_recall{model_version, bound=…}
+    fraud_feedback_paired_estimated_precision{model_version, reference, bound}   paired CBPE: the version's
+    fraud_feedback_paired_estimated_recall{model_version, reference, bound}      decisions, reference's calibration
     fraud_feature_drift_psi{feature}, fraud_feature_drift_adjusted_p{feature}, fraud_feature_drifted{feature}
 
 manifests/monitoring/rules/fraud-detector.rules.yaml alerts on them.
@@ -35,6 +37,7 @@ class FeedbackCollector(Collector):
         if signals is None:
             return
         yield from version_families(signals)
+        yield from paired_families(signals)
         yield from feature_families(signals)
 
 
@@ -58,6 +61,19 @@ def version_families(signals: FeedbackSignals) -> Iterator[GaugeMetricFamily]:
             estimate = getattr(version, field)
             for bound in BOUNDS:
                 family.add_metric([version.model_version, bound], float(getattr(estimate, bound)))
+        yield family
+
+
+def paired_families(signals: FeedbackSignals) -> Iterator[GaugeMetricFamily]:
+    for field in ("precision", "recall"):
+        family = GaugeMetricFamily(f"fraud_feedback_paired_estimated_{field}",
+                                   f"Paired CBPE {field}: the version's decisions on its shadow pairs under the "
+                                   "reference (newest) model's calibration, with its 95 % interval",
+                                   labels=["model_version", "reference", "bound"])
+        for version, estimate in sorted(signals.paired.items()):
+            for bound in BOUNDS:
+                family.add_metric([version, str(signals.paired_reference), bound],
+                                  float(getattr(getattr(estimate, field), bound)))
         yield family
 
 

@@ -1,6 +1,7 @@
 """The label-free feedback signals of what the prediction store holds (`fraud_canary.feedback`):
 `store_signals` reads a window of served rows and scores each version against its own offline
-score profile and every row's inputs against the contract's feature profile. The prediction
+score profile, every row's inputs against the contract's feature profile and, on the shadow pairs,
+every version's decisions against the newest model's calibration (paired CBPE). The prediction
 sink's /metrics exports them (`fraud_control.feedback_metrics`); the demo's report reads them.
 
 `monitored_models` reads those profiles from the models' artifact roots (`fraud.export`: a root
@@ -19,6 +20,7 @@ from fraud.profile import PROFILE_FILE, FeatureProfile
 from fraud.schema import FEATURES
 from fraud.score_profile import MONITORING_FILE, ScoreProfile
 from fraud_canary.feedback import FeedbackSignals, feedback_signals
+from fraud_canary.served import judged_by
 
 from fraud_control.prediction_store import feature_matrix, open_store
 
@@ -35,6 +37,7 @@ def store_signals(url: str, profiles: dict[str, ScoreProfile], feature_profile: 
     fails, ValueError for a URL that names no store."""
     with open_store(url) as store:
         served = store.served(since, until)
+        pairs = store.pairs(since, until)
     answered = served[served["model_version"].notna() & served["score"].notna()]
     if answered.empty:
         return None
@@ -44,7 +47,20 @@ def store_signals(url: str, profiles: dict[str, ScoreProfile], feature_profile: 
     # the store keeps schema order; the profile's bins are in contract order
     columns = [FEATURES.index(name) for name in feature_profile.features]
     features = feature_matrix(logged)[:, columns]
-    return feedback_signals(rows, {version: profiles[version] for version in rows}, features, feature_profile)
+    # paired CBPE: every version judged by the newest model's calibration (each candidate is trained
+    # on data after its baseline's, so its calibration is the one that has seen what changed)
+    reference = newest_version(profiles)
+    judged = {version: judged_by(pairs, version, reference)[:2] for version in profiles}
+    judged = {version: arrays for version, arrays in judged.items() if len(arrays[0])}
+    return feedback_signals(rows, profiles, features, feature_profile, judged=judged, reference=reference)
+
+
+def newest_version(versions) -> str:
+    """The highest registered version ("v10" > "v9"); labels that are not "v<N>" sort first."""
+    def number(version: str) -> int:
+        return int(version[1:]) if version.startswith("v") and version[1:].isdecimal() else -1
+
+    return max(versions, key=number)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ SCRAPE_METRICS = frozenset({"up"})
 FEEDBACK_METRICS = frozenset({
     "fraud_feedback_rows", "fraud_feedback_flag_rate", "fraud_feedback_score_psi", "fraud_feedback_score_ks",
     "fraud_feedback_score_ks_p_value", "fraud_feedback_estimated_precision", "fraud_feedback_estimated_recall",
+    "fraud_feedback_paired_estimated_precision", "fraud_feedback_paired_estimated_recall",
     "fraud_feature_drift_psi", "fraud_feature_drift_adjusted_p", "fraud_feature_drifted",
 })
 #: Grafana's interval variables, replaced by fixed ranges to check the PromQL.
@@ -286,3 +287,5 @@ def test_the_feedback_alerts_use_the_thresholds_the_report_applies():
     assert exprs["FraudScoreShift"] == (f"fraud_feedback_score_ks > {SCORE_SHIFT_KS:g} and "
                                         f"fraud_feedback_score_ks_p_value < {SCORE_SHIFT_P:g}")
     assert exprs["FraudEstimatedRecallLow"] == f'fraud_feedback_estimated_recall{{bound="upper"}} < {RECALL_FLOOR:.2f}'
+    assert exprs["FraudPairedRecallLow"] == (f'fraud_feedback_paired_estimated_recall{{bound="upper"}} < '
+                                             f'{RECALL_FLOOR:.2f}')

@@ -182,3 +182,34 @@ def test_a_bad_feedback_window_is_named(tmp_path, value, message):
                                                     f"{message}")
     assert not (tmp_path / "predictions.db").exists()
 
+
+
+def test_store_signals_judge_every_version_on_its_pairs_by_the_newest_models_calibration(store_url):
+    from fraud_canary.feedback import feedback_alerts, paired_estimates
+    from fraud_control.feedback_metrics import FeedbackCollector
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tests.prediction_log import shadow_pair
+
+    reference = reference_frame()
+    profile = fit_feature_profile(reference, fit_contract(reference))
+    profiles = {"v1": score_profile(1), "v2": score_profile(2)}
+    rng = np.random.default_rng(3)
+    v1_flags, v2_flags = (rng.uniform(size=400) < 0.1).astype(int), (rng.uniform(size=400) < 0.3).astype(int)
+    events = [*served_pair("a", 400, "v1", seed=1),
+              shadow_pair("a", v1_flags.tolist(), v2_flags.tolist(), [f"t{i}" for i in range(400)])]
+    record(store_url, events)
+    signals = store_signals(store_url, profiles, profile)
+    # shadow_pair's scores: 0.9 where flagged, else 0.1; v2 (the newest) is the reference
+    v2_scores = np.where(v2_flags == 1, 0.9, 0.1)
+    assert signals.paired_reference == "v2"
+    assert signals.paired == paired_estimates({"v1": (v2_scores, v1_flags), "v2": (v2_scores, v2_flags)},
+                                              profiles["v2"])
+    registry = CollectorRegistry()
+    registry.register(FeedbackCollector(lambda: signals))
+    text = generate_latest(registry).decode()
+    upper = signals.paired["v1"].recall.upper
+    assert f'fraud_feedback_paired_estimated_recall{{bound="upper",model_version="v1",reference="v2"}} {upper}' in text
+    fired = [a for a in feedback_alerts(signals) if a["alert"] == "FraudPairedRecallLow"]
+    # v1 flags a tenth of the rows at random: it catches about a tenth of what v2's calibration expects
+    assert [a["model_version"] for a in fired] == ["v1"] and signals.paired["v2"].recall.upper >= 0.70

@@ -31,6 +31,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import os
 import queue
 import re
 import socket
@@ -61,6 +62,8 @@ from fraud_control.store_feedback import MonitoredModels, monitored_models, stor
 
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+#: The store URL when --store is not given (a pod reads it from a Secret).
+STORE_ENV = "PREDICTION_LOG_STORE_URL"
 DEFAULT_RETENTION_DAYS = 90
 RETENTION_INTERVAL_S = 3600.0
 DEFAULT_FEEDBACK_WINDOW = "1h"
@@ -364,7 +367,9 @@ def _window(text: str) -> timedelta:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The sink's flags (shared by `python -m fraud_control.prediction_sink` and `fraud-rollout sink serve`)."""
-    parser.add_argument("--store", required=True, help="a SQLite file (path or sqlite:///PATH) or postgresql://… URL")
+    parser.add_argument("--store", default=None,
+                        help=f"a SQLite file (path or sqlite:///PATH) or postgresql://… URL (default ${STORE_ENV}, "
+                             "which keeps a password off the command line)")
     parser.add_argument("--port", type=int, required=True, help="HTTP port (0: a free one, printed at start)")
     parser.add_argument("--host", default=LOOPBACK, help=f"address to listen on (default {LOOPBACK})")
     parser.add_argument("--retention-days", type=_positive_days, default=DEFAULT_RETENTION_DAYS,
@@ -381,6 +386,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def serve(args: argparse.Namespace, prog: str = "prediction-sink") -> int:
     """Run the sink until SIGINT/SIGTERM; exit 2 with one line when it cannot start."""
+    store_url = args.store or os.environ.get(STORE_ENV, "")
+    if not store_url:
+        print(f"{prog}: error: no store: give --store URL or set {STORE_ENV}", file=sys.stderr)
+        return 2
     try:
         models = monitored_models(args.models) if args.models else None
     except ValueError as error:
@@ -392,7 +401,7 @@ def serve(args: argparse.Namespace, prog: str = "prediction-sink") -> int:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     try:
-        store = open_store(args.store)
+        store = open_store(store_url)
     except (ValueError, StoreError) as error:
         listener.close()
         print(f"{prog}: error: {error}", file=sys.stderr)
@@ -407,7 +416,7 @@ def serve(args: argparse.Namespace, prog: str = "prediction-sink") -> int:
         return 2
     host, port = listener.getsockname()[:2]
     metrics = SinkMetrics()
-    feedback = FeedbackCache(window_signals(args.store, models, args.feedback_window), metrics) if models else None
+    feedback = FeedbackCache(window_signals(store_url, models, args.feedback_window), metrics) if models else None
     watched = (f"; feedback signals of {', '.join(models.versions)} over the last "
                f"{args.feedback_window.total_seconds():g} s" if models else "")
     print(f"prediction sink on http://{host}:{port}/ → {store.url} ({store.backend}); retention {args.retention_days} "

@@ -32,8 +32,8 @@ def probe(container: dict, name: str) -> tuple[str, int]:
 def test_the_sinks_container_command_serves_and_stores_as_its_probes_say(postgres_server, postgres_url, tmp_path):
     (container,) = one(render(PREDICTION_LOG), "Deployment")["spec"]["template"]["spec"]["containers"]
     argv, container_env = command_line(container, {STORE_SECRET: {STORE_SECRET_KEY: postgres_url}})
-    assert argv[:3] == ["python", "-m", "fraud_control.prediction_sink"] and "--store" in argv
-    assert argv[argv.index("--store") + 1] == postgres_url
+    assert argv[:3] == ["python", "-m", "fraud_control.prediction_sink"] and "--store" not in argv
+    assert container_env == {"PREDICTION_LOG_STORE_URL": postgres_url}  # the store the sink opens
     (ready_path, port), (alive_path, alive_port) = probe(container, "readinessProbe"), probe(container, "livenessProbe")
     assert probe(container, "startupProbe") == (alive_path, alive_port) and alive_port == port
     # `python` as the image's PATH finds it: this venv's, which holds the image's packages (and

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from fraud_control import isvc
 from fraud_control.kserve_canary import BASE_MANIFEST_SPEC, manifest_yaml
+from fraud_control.prediction_sink import STORE_ENV
 
 from tests.manifests import (
     KUBECTL,
@@ -286,9 +287,11 @@ def test_the_sinks_store_url_comes_from_the_secret_only():
     container = sink_container(sink_objects()[2])
     url = "postgresql://sink:s3cret@db.example:5432/predictions"
     argv, env = command_line(container, {STORE_SECRET: {STORE_SECRET_KEY: url}})
-    assert argv == ["python", "-m", "fraud_control.prediction_sink", "--store", url, "--host", "0.0.0.0",
-                    "--port", "8090", "--retention-days", "90"]
-    assert env == {"PREDICTION_LOG_STORE_URL": url}
+    # the URL reaches the sink in its environment only: never in the command line the node's
+    # process list shows (the sink reads PREDICTION_LOG_STORE_URL when --store is absent)
+    assert argv == ["python", "-m", "fraud_control.prediction_sink", "--host", "0.0.0.0", "--port", "8090",
+                    "--retention-days", "90"]
+    assert env == {STORE_ENV: url} and not any(url in arg for arg in argv)
     with pytest.raises(ValueError, match="env PREDICTION_LOG_STORE_URL: no key 'url' in Secret 'fraud-prediction-log-store'"):
         command_line(container, {})
 

@@ -213,3 +213,18 @@ def test_store_signals_judge_every_version_on_its_pairs_by_the_newest_models_cal
     fired = [a for a in feedback_alerts(signals) if a["alert"] == "FraudPairedRecallLow"]
     # v1 flags a tenth of the rows at random: it catches about a tenth of what v2's calibration expects
     assert [a["model_version"] for a in fired] == ["v1"] and signals.paired["v2"].recall.upper >= 0.70
+
+
+def test_sink_serve_takes_its_store_from_the_environment_else_refuses_naming_both(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "PREDICTION_LOG_STORE_URL"}
+    refused = subprocess.run([sys.executable, "-m", "fraud_rollout", "sink", "serve", "--port", "0"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert (refused.returncode, refused.stderr.strip()) == (
+        2, "fraud-rollout sink serve: error: no store: give --store URL or set PREDICTION_LOG_STORE_URL")
+    bad = subprocess.run([sys.executable, "-m", "fraud_rollout", "sink", "serve", "--port", "0"], cwd=tmp_path,
+                         env={**env, "PREDICTION_LOG_STORE_URL": "mysql://db/x"}, capture_output=True, text=True,
+                         timeout=120)
+    assert (bad.returncode, bad.stderr.strip()) == (2, "fraud-rollout sink serve: error: store URL 'mysql://db/x': use "
+                                                       "a file path, sqlite:///PATH or postgresql://USER@HOST:PORT/DB")

@@ -197,9 +197,9 @@ def start_server(role: str, args: list[str], log_dir: Path, model_name: str = NA
 
 
 def start_sink(store_url: str, log_dir: Path, *, retention_days: float | None = None, port: int | None = None,
-               label: str = "prediction-log") -> ServerProcess:
+               label: str = "prediction-log", niceness: int = 0) -> ServerProcess:
     """Launch the prediction-log sink (`python -m fraud_control.prediction_sink`) on a loopback port
-    writing to `store_url`; does not wait."""
+    writing to `store_url`; does not wait. `niceness` > 0 runs it at a lower CPU priority."""
     port = port or free_port()
     check_port_free(port)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -208,9 +208,14 @@ def start_sink(store_url: str, log_dir: Path, *, retention_days: float | None = 
                "--host", LOOPBACK, "--port", str(port)]
     if retention_days is not None:
         command += ["--retention-days", f"{retention_days:g}"]
+    def prepare() -> None:
+        die_with_parent()
+        if niceness:
+            os.nice(niceness)
+
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   preexec_fn=die_with_parent)
+                                   preexec_fn=prepare)
     return ServerProcess("prediction-log sink", process, port, "", log_path, command, ready_path="/healthz")
 
 

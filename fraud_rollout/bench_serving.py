@@ -265,7 +265,17 @@ def interleaved(transformers: dict, requests: int, duration: int, connections: i
             runs.logged.append(logged_events(server.url) - logged_before)
             errors = sum(result[key] for key in ("status", "connect", "read", "write", "timeout"))
             runs.served.append((result["requests"], result["duration_us"] / 1e6, errors))
+            settle(server.url)
     return measured
+
+
+def settle(server_url: str) -> None:
+    """Until a logging transformer has posted the events its wrk run queued: otherwise posting that
+    backlog (and the sink storing it) runs during the next configuration's latency run."""
+    from fraud_rollout.replay_pairs import LOG_QUEUE_METRIC, gauge, wait_logged
+
+    if gauge(server_url, LOG_QUEUE_METRIC) is not None:
+        wait_logged(server_url, timeout=120)
 
 
 def logged_events(server_url: str) -> float:

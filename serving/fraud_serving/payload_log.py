@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import logging
 import time
 import uuid
@@ -134,7 +135,11 @@ class PayloadLogger:
         self.close_seconds = close_seconds
         self.linger_seconds = linger_seconds
         self.kinds = frozenset(kinds)  # the event kinds posted ("pair" alone where KServe's agent logs the rest)
-        self._queue: deque[tuple[str, bytes]] = deque()  # (event kind, structured event)
+        # (ce type, ce id, time, body, content type, body is JSON, endpoint): the structured event is
+        # built when it is posted, off the request's path (`structured_event`)
+        self._queue: deque[tuple[str, str, float, bytes, str, bool, str]] = deque()
+        self._acknowledged = {kind: metrics.events.labels(kind) for kind in EVENT_KINDS.values()}
+        metrics.queue.set_function(lambda: len(self._queue))  # read at scrape time, never per event
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -165,9 +170,7 @@ class PayloadLogger:
         if self._closing or len(self._queue) >= self.max_queue:
             self.metrics.dropped.labels("queue_full").inc()
             return
-        event = structured_event(ce_type, ce_id, occurred, body, content_type, body_is_json, self.source, endpoint)
-        self._queue.append((EVENT_KINDS[ce_type], event))
-        self.metrics.queue.set(len(self._queue))
+        self._queue.append((ce_type, ce_id, occurred, body, content_type, body_is_json, endpoint))
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._send_forever())
         self._wake.set()
@@ -188,25 +191,27 @@ class PayloadLogger:
                 continue
             if len(self._queue) < limit and not self._closing:
                 await asyncio.sleep(self.linger_seconds)
-            batch = [event for _, event in islice(self._queue, limit)]
-            status = await self._post(batch)
+            queued = list(islice(self._queue, limit))
+            status = await self._post([structured_event(ce_type, ce_id, occurred, body, content_type, is_json,
+                                                        self.source, endpoint)
+                                       for ce_type, ce_id, occurred, body, content_type, is_json, endpoint in queued])
             if status is not None and 200 <= status < 300:
-                for _ in batch:
-                    kind, _event = self._queue.popleft()
-                    self.metrics.events.labels(kind).inc()
+                for _ in queued:
+                    self._queue.popleft()
+                for ce_type, count in collections.Counter(item[0] for item in queued).items():
+                    self._acknowledged[EVENT_KINDS[ce_type]].inc(count)
                 limit, backoff = self.batch_events, self.backoff_seconds[0]
             elif status is not None and 400 <= status < 500:
-                if len(batch) == 1:  # the refused event, alone: retrying cannot help
+                if len(queued) == 1:  # the refused event, alone: retrying cannot help
                     self._queue.popleft()
                     self.metrics.dropped.labels("rejected").inc()
                     limit = self.batch_events
                 else:
-                    limit = max(1, len(batch) // 2)
+                    limit = max(1, len(queued) // 2)
             else:
                 self.metrics.post_errors.inc()
                 await asyncio.sleep(backoff)
                 backoff = min(2 * backoff, self.backoff_seconds[1])
-            self.metrics.queue.set(len(self._queue))
 
     async def _post(self, events: list[bytes]) -> int | None:
         """The sink's status, or None when it could not be reached or did not answer in time."""
@@ -235,6 +240,5 @@ class PayloadLogger:
         if self._queue:
             self.metrics.dropped.labels("shutdown").inc(len(self._queue))
             self._queue.clear()
-            self.metrics.queue.set(0)
         if self._session is not None:
             await self._session.close()

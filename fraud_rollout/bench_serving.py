@@ -229,12 +229,15 @@ def cpu_seconds(pid: int) -> float:
 class Rounds:
     """One transformer's share of an interleaved comparison: per round, one-row latencies (c=1), wrk's
     (requests, seconds, errors) at c=`connections`, its CPU seconds per request, and the prediction-log
-    events its sink acknowledged during the wrk run."""
+    events its sink acknowledged during the wrk run, and (a logging transformer) all it acknowledged
+    once the run's backlog drained, and how long that took."""
 
     timings: list[np.ndarray] = field(default_factory=list)
     served: list[tuple[int, float, int]] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     logged: list[float] = field(default_factory=list)
+    logged_drained: list[float] = field(default_factory=list)
+    drain_seconds: list[float] = field(default_factory=list)
 
     def p50_ms(self) -> float:
         return float(np.percentile(np.concatenate(self.timings), 50)) * 1e3
@@ -259,23 +262,31 @@ def interleaved(transformers: dict, requests: int, duration: int, connections: i
         for key, server in transformers.items():
             runs = measured[key]
             runs.timings.append(latencies(server.infer_url, one_raw, max(1, requests // rounds), warmup=20))
+            settle(server.url)  # the latency run's events: not counted as the wrk run's
             before, logged_before = cpu_seconds(server.process.pid), logged_events(server.url)
             result = run_wrk(server.infer_url, one_raw, connections, wrk_seconds, workdir)
             runs.cpu.append((cpu_seconds(server.process.pid) - before) / max(1, result["requests"]))
             runs.logged.append(logged_events(server.url) - logged_before)
             errors = sum(result[key] for key in ("status", "connect", "read", "write", "timeout"))
             runs.served.append((result["requests"], result["duration_us"] / 1e6, errors))
-            settle(server.url)
+            drained = settle(server.url)
+            if drained is not None:
+                runs.drain_seconds.append(drained)
+                runs.logged_drained.append(logged_events(server.url) - logged_before)
     return measured
 
 
-def settle(server_url: str) -> None:
-    """Until a logging transformer has posted the events its wrk run queued: otherwise posting that
-    backlog (and the sink storing it) runs during the next configuration's latency run."""
+def settle(server_url: str) -> float | None:
+    """Until a logging transformer has posted the events its wrk run queued (otherwise posting that
+    backlog, and the sink storing it, runs during the next configuration's latency run); the seconds
+    it took, None for a transformer without a prediction log."""
     from fraud_rollout.replay_pairs import LOG_QUEUE_METRIC, gauge, wait_logged
 
-    if gauge(server_url, LOG_QUEUE_METRIC) is not None:
-        wait_logged(server_url, timeout=120)
+    if gauge(server_url, LOG_QUEUE_METRIC) is None:
+        return None
+    started = time.perf_counter()
+    wait_logged(server_url, timeout=120)
+    return time.perf_counter() - started
 
 
 def logged_events(server_url: str) -> float:
@@ -322,7 +333,7 @@ def shadow_comparison(report: BenchReport, transformers: dict[float, ServerProce
 
 
 def logging_comparison(report: BenchReport, transformers: dict[str, ServerProcess], requests: int, duration: int,
-                       connections: int, workdir: Path, sink: str, rounds: int = 6) -> None:
+                       connections: int, workdir: Path, sink: str, rounds: int = 12) -> None:
     """The prediction log's cost: the same predictor behind a transformer without and one with
     `--logger_url` (interleaved, `interleaved`), and whether the sink keeps up: the events it
     acknowledged per second under wrk against the requests answered per second (2 events each)."""
@@ -332,9 +343,13 @@ def logging_comparison(report: BenchReport, transformers: dict[str, ServerProces
     on = measured["on"]
     add_costs(report, "logging on vs off", on, measured["off"], connections, rounds, 5, 15)
     events_rate = sum(on.logged) / sum(s for _, s, _ in on.served)
-    report.add(f"logging on: events acknowledged per second (c={connections})", events_rate, "/s")
-    report.add("logging on: events acknowledged per request answered", events_rate / on.rate(), "", 1.9,
-               at_least=True)
+    answered = sum(r for r, _, _ in on.served)
+    report.add(f"logging on: events acknowledged per second during the run (c={connections})", events_rate, "/s")
+    report.add("logging on: events acknowledged per request answered, during the run", events_rate / on.rate(), "")
+    # nothing lost: two events per answered request once the backlog drained (wrk's own requests only)
+    report.add("logging on: events acknowledged per request answered, once drained", sum(on.logged_drained) / answered,
+               "", 2.0, at_least=True)
+    report.add("logging on: backlog drained after a run (max)", max(on.drain_seconds), "s")
     report.notes.append(f"logging: one predictor behind both transformers, shadow off; sink {sink}; "
                         f"{rounds} interleaved rounds")
 

@@ -67,3 +67,37 @@ def test_every_answered_request_is_logged_once_and_labels_join(tiny_run, tmp_pat
                                baseline_version="v1", canary_version="v2")
     evidence = store_evidence(str(store_path), ("v1", "v2"))
     assert evidence.paired == expected and evidence.feedback["paired"] == REQUESTS * ROWS
+
+
+def test_bench_logging_comparison_reports_that_nothing_was_lost(tiny_run, tmp_path):
+    """A smoke run with tiny numbers (the real run is `fraud-rollout bench serving`): the logging
+    transformer posts to a real sink, and once each run's backlog drained, every request wrk had
+    answered has its two events acknowledged."""
+    from fraud_control.processes import start_predictor, start_sink, start_transformer, stop_all
+
+    from fraud_rollout.bench_serving import BenchReport, logging_comparison
+
+    logs = tmp_path / "logs"
+    predictor = start_predictor(tiny_run.v1, logs)
+    sink = start_sink(str(tmp_path / "bench.sqlite"), logs)
+    servers = [predictor, sink]
+    try:
+        transformers = {"off": start_transformer(tiny_run.v1, logs, predictor_url=predictor.url, shadow_percent=0,
+                                                 label="off"),
+                        "on": start_transformer(tiny_run.v1, logs, predictor_url=predictor.url, shadow_percent=0,
+                                                logger_url=sink.url, label="on")}
+        servers += list(transformers.values())
+        for server in servers:
+            server.wait_ready()
+        report = BenchReport()
+        logging_comparison(report, transformers, requests=40, duration=1, connections=4, workdir=tmp_path,
+                           sink="test sink", rounds=2)
+    finally:
+        stop_all(servers)
+    assert report.value("logging on: errors (c=4)") == 0
+    drained = next(m for m in report.measurements
+                   if m.name == "logging on: events acknowledged per request answered, once drained")
+    assert drained.ok and drained.value >= 2.0, drained
+    assert report.value("logging on: backlog drained after a run (max)") >= 0
+    names = [m.name for m in report.measurements if m.target]
+    assert "logging on vs off: p50 increase (median of 2 rounds)" in names

@@ -10,8 +10,8 @@ the raw body as data. The local runtime has no agent, so the transformer sends t
 (DESIGN 15): local and cluster feed one sink.
 
 Unlike the agent (a queue of 100 that blocks inference when full, no retry), this logger never
-makes an answer wait: `log_request` / `log_response` only append to a bounded queue; a full queue
-drops the event and counts it. A task posts whatever is queued (gathered for `LINGER_SECONDS` unless
+makes an answer wait: `log_request` / `log_response` only append to a bounded queue (the event is
+built when it is posted); a full queue drops the event and counts it. A task posts whatever is queued (gathered for `LINGER_SECONDS` unless
 a post is full), up to `BATCH_EVENTS` a post, as one `application/cloudevents-batch+json` list of
 structured events, so there are few posts, under load and at low rates alike.
 The structured JSON is built without re-serialising the body: a body known to be JSON is embedded
@@ -57,6 +57,8 @@ BACKOFF_SECONDS = (0.05, 5.0)  # first retry, cap
 #: How long the poster lets events gather before a post that would not be full. One post per
 #: request cost +9 % p50 (0.81 → 0.87 ms) and +16 % transformer CPU per request at c=1 here (the
 #: post's own work on the serving loop); gathered, a post carries the requests of this interval.
+#: 100 ms rather than 20: a fifth of the posts (and of the sink's commits); 12 interleaved rounds
+#: against the real sink measured a p50 cost of −1.9 % (and 5.5 % at 20 ms, on a slower minute).
 LINGER_SECONDS = 0.1
 CLOSE_SECONDS = 5.0
 #: Data content types whose `data` is a JSON value in a structured event (CloudEvents JSON format

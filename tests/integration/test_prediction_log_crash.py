@@ -162,7 +162,7 @@ def test_a_sink_killed_under_load_loses_no_event_and_fails_no_inference(tiny_run
     during_outage = sum(killed_at <= done < restarted_at for *_, done in load.answered)
     assert during_outage > 0  # inference never waits on the prediction log
     assert dropped == {}  # no event dropped, for no reason
-    assert acknowledged == {"request": answered, "response": answered}
+    assert acknowledged == {"request": answered, "response": answered, "pair": 0}  # shadow scoring off
     per_version = Counter()
     for _, version, ids, _ in load.answered:
         per_version[version] += len(ids)

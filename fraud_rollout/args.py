@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
+from fraud.durations import parse_duration
 from fraud_canary.analysis import AUTO
 from fraud_control.local_state import DEFAULT_STATE_DIR
 
@@ -71,16 +71,12 @@ def detectable_difference(text: str) -> float | str:
     return number_between(0, 1, also=AUTO)(text)
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-
 def since_time(text: str) -> datetime:
     """argparse type: an ISO 8601 time (UTC unless it names its zone) or a duration back from now
     (`30m`, `2h`, `7d`)."""
-    duration = _DURATION.fullmatch(text.strip())
-    if duration:
-        return datetime.now(UTC) - timedelta(**{_UNITS[duration[2]]: float(duration[1])})
+    duration = parse_duration(text)
+    if duration is not None:
+        return datetime.now(UTC) - duration
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

@@ -25,8 +25,9 @@ import pandas as pd
 from fraud.profile import FeatureProfile
 from fraud.schema import LABEL, TRANSACTION_ID
 from fraud.score_profile import ScoreProfile
+from fraud_canary.feedback import FeedbackSignals
+from fraud_control.runtime import PREDICTION_LOG_FILE
 
-PREDICTION_LOG_FILE = "prediction-log.sqlite"
 LABELS_FILE = "labels.csv"
 #: Per-version counts both analyses must agree on (latency differs: the store's is the transformer's).
 COMPARED_COUNTS = ("requests", "errors", "flagged", "tp", "fp", "fn", "tn")
@@ -69,21 +70,22 @@ def summary(analysis: dict) -> dict[str, Any]:
 
 
 def signals_and_drift(store_path: Path, since: datetime, until: datetime, profiles: dict[str, ScoreProfile],
-                      feature_profile: FeatureProfile, months: list[dict]) -> tuple[dict, dict]:
-    """`report.json`'s label-free `signals` per version and its `drift`: each input feature of the
-    served window against the contract's reference window, the alerts the feedback rules fire on
-    the window, and (`months`, from the simulate step) the drift of every simulated month."""
+                      feature_profile: FeatureProfile, months: list[dict]) -> tuple[dict, dict, dict]:
+    """`report.json`'s label-free `signals` per version, its `estimates` beside the truth, and its
+    `drift`: each input feature of the served window against the contract's reference window, the
+    alerts the feedback rules fire on the window, and (`months`, from the simulate step) the drift
+    of every simulated month."""
     from fraud_canary.feedback import feedback_alerts
     from fraud_control.store_feedback import store_signals
 
     signals = store_signals(str(store_path), profiles, feature_profile, since=since, until=until)
     if signals is None:
-        return {}, {"features": [], "alerts": [], "months": months}
+        return {}, {}, {"features": [], "alerts": [], "months": months}
     per_version = {v.model_version: {"rows": v.rows, "flag_rate": v.flag_rate, "score_psi": v.score_psi,
                                      "score_ks": v.score_ks, "score_ks_p": v.score_ks_p} for v in signals.versions}
     drift = {"features": [asdict(d) for d in signals.features], "alerts": feedback_alerts(signals), "months": months,
              "months_alerting": [m["month"] for m in months if m["alerts"]]}
-    return per_version, drift
+    return per_version, estimates(store_path, since, until, signals), drift
 
 
 def feedback_loop(store_path: Path, url: str, holdout: pd.DataFrame, versions: tuple[str, str],
@@ -110,7 +112,7 @@ def feedback_loop(store_path: Path, url: str, holdout: pd.DataFrame, versions: t
     after = store_evidence(str(store_path), versions, since=since, until=until)
     after_analysis = analyze_with(after.online, after.paired)
     differences = count_differences(replay_analysis, after_analysis)
-    signals, drift = signals_and_drift(store_path, since, until, profiles, feature_profile, months)
+    signals, checked, drift = signals_and_drift(store_path, since, until, profiles, feature_profile, months)
     return {
         "store": str(store_path), "since": since.isoformat(), "until": until.isoformat(), **counts,
         "labels": {"file": str(labels_path), "read": ingested.total, "joined": ingested.joined,
@@ -121,52 +123,48 @@ def feedback_loop(store_path: Path, url: str, holdout: pd.DataFrame, versions: t
         "matches_replay": {"counts": not differences, "recommendation": after_analysis["action"] == replay_analysis["action"],
                            "differences": differences},
         "analysis": after_analysis,
-        "estimates": estimates(store_path, since, until, profiles, reference=versions[1]),
+        "estimates": checked,
         "signals": signals,
     }, drift
 
 
-def _checked(estimate, labels: np.ndarray, decisions: np.ndarray) -> dict[str, Any]:
-    """An estimate (`PerformanceEstimate`) beside the truth of the same rows' labels."""
+def _checked(precision, recall, rows: int, method: str, labels: np.ndarray, decisions: np.ndarray) -> dict[str, Any]:
+    """An estimate's precision and recall (`performance.Estimate`s) beside the truth of the same rows' labels."""
     known = ~np.isnan(labels)
     fraud, flagged = labels[known] == 1, decisions[known] == 1
     tp = int((fraud & flagged).sum())
     truth = {"precision": tp / flagged.sum() if flagged.any() else float("nan"),
              "recall": tp / fraud.sum() if fraud.any() else float("nan")}
-    shown: dict[str, Any] = {"rows": estimate.rows, "labelled": int(known.sum()), "method": estimate.method}
-    for name, value in truth.items():
-        interval = getattr(estimate, name)
+    shown: dict[str, Any] = {"rows": rows, "labelled": int(known.sum()), "method": method}
+    for name, interval in (("precision", precision), ("recall", recall)):
         shown[name] = {"estimate": interval.estimate, "lower": interval.lower, "upper": interval.upper,
-                       "true": value, "covers": bool(interval.covers(value))}
+                       "true": truth[name], "covers": bool(interval.covers(truth[name]))}
     return shown
 
 
-def estimates(store_path: Path, since: datetime, until: datetime, profiles: dict[str, ScoreProfile],
-              reference: str) -> dict[str, dict[str, Any]]:
-    """Per version: CBPE on its own scores (every row it answered) and paired CBPE under
-    `reference`'s calibration (its shadow pairs), each beside the true precision and recall."""
-    from fraud_canary.feedback import paired_estimates
-    from fraud_canary.performance import estimate_performance
+def estimates(store_path: Path, since: datetime, until: datetime, signals: FeedbackSignals) -> dict[str, dict[str, Any]]:
+    """Per version, the window's CBPE on its own scores (every row it answered) and paired CBPE under
+    the reference's calibration (its shadow pairs), as `store_signals` estimated them, each beside
+    the true precision and recall of the same rows."""
+    from fraud_canary.performance import PerformanceEstimate
     from fraud_canary.served import judged_by
     from fraud_control.prediction_store import open_store
 
     with open_store(str(store_path)) as store:
         served, pairs = store.served(since, until), store.pairs(since, until)
-    served = served[served["model_version"].notna()]
+    answered = served[served["model_version"].notna() & served["score"].notna()]  # the rows store_signals reads
     shown: dict[str, dict[str, Any]] = {}
-    judged = {version: judged_by(pairs, version, reference) for version in profiles}
-    paired = paired_estimates({v: (scores, decisions) for v, (scores, decisions, _) in judged.items() if len(scores)},
-                              profiles[reference])
-    for version, profile in sorted(profiles.items()):
-        mine = served[served["model_version"] == version]
+    for version in signals.versions:
+        mine = answered[answered["model_version"] == version.model_version]
         decisions = mine["decision"].to_numpy(dtype=int)
-        labels = mine["label"].to_numpy(dtype=float, na_value=np.nan)
-        shown[version] = {"cbpe": _checked(estimate_performance(mine["score"].to_numpy(), decisions, profile),
-                                           labels, decisions)}
-        if version in paired:
-            _, paired_decisions, paired_labels = judged[version]
-            shown[version]["paired_cbpe"] = {"reference": reference,
-                                             **_checked(paired[version], paired_labels, paired_decisions)}
+        shown[version.model_version] = {"cbpe": _checked(
+            version.precision, version.recall, version.rows, PerformanceEstimate.method,
+            mine["label"].to_numpy(dtype=float, na_value=np.nan), decisions)}
+    for model_version, paired in signals.paired.items():
+        _, decisions, labels = judged_by(pairs, model_version, str(signals.paired_reference))
+        shown.setdefault(model_version, {})["paired_cbpe"] = {
+            "reference": signals.paired_reference,
+            **_checked(paired.precision, paired.recall, paired.rows, paired.method, labels, decisions)}
     return shown
 
 

@@ -88,20 +88,34 @@ def feedback_summary(served: pd.DataFrame, *, as_of: datetime, label_maturity: t
             "per_version": per_version}
 
 
+def _sides(pairs: pd.DataFrame, version: str, other: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the pairs of `version` with `other`, either way round; where `version` is the served side).
+    `version` == `other`: every pair `version` is in."""
+    served, shadow = pairs["served_version"].astype(str).to_numpy(), pairs["shadow_version"].astype(str).to_numpy()
+    forward = served == version
+    if version == other:
+        return forward | (shadow == version), forward
+    return (forward & (shadow == other)) | ((served == other) & (shadow == version)), forward
+
+
+def _own(pairs: pd.DataFrame, column: str, forward: np.ndarray) -> np.ndarray:
+    """The side's `served_<column>` where it was served, its `shadow_<column>` elsewhere."""
+    return np.where(forward, pairs[f"served_{column}"], pairs[f"shadow_{column}"])
+
+
+def _other(pairs: pd.DataFrame, column: str, forward: np.ndarray) -> np.ndarray:
+    return np.where(forward, pairs[f"shadow_{column}"], pairs[f"served_{column}"])
+
+
 def served_pairs(pairs: pd.DataFrame, *, baseline_version: str, canary_version: str, as_of: datetime,
                  label_maturity: timedelta = timedelta(0)) -> PairedOutcomes | None:
     """Paired outcomes of the logged shadow pairs of these two versions, served either way round
     (`prediction_store.PAIR_COLUMNS`); None when no pair is about them."""
-    served, shadow = pairs["served_version"].astype(str), pairs["shadow_version"].astype(str)
-    forward = ((served == baseline_version) & (shadow == canary_version)).to_numpy()
-    reverse = ((served == canary_version) & (shadow == baseline_version)).to_numpy()
-    mine = forward | reverse
+    mine, forward = _sides(pairs, baseline_version, canary_version)
     if not mine.any():
         return None
-    served_flags = pairs["served_decision"].to_numpy(dtype=bool)
-    shadow_flags = pairs["shadow_decision"].to_numpy(dtype=bool)
-    baseline = np.where(forward, served_flags, shadow_flags)[mine]
-    canary = np.where(forward, shadow_flags, served_flags)[mine]
+    baseline = _own(pairs, "decision", forward)[mine].astype(bool)
+    canary = _other(pairs, "decision", forward)[mine].astype(bool)
     labels = mature_labels(pairs, as_of, label_maturity, time_column="paired_at")[mine]
     known = ~np.isnan(labels)
     fraud = known & (labels == 1)
@@ -113,18 +127,10 @@ def served_pairs(pairs: pd.DataFrame, *, baseline_version: str, canary_version: 
 
 def judged_by(pairs: pd.DataFrame, version: str, reference: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """On the shadow pairs of `version` with `reference` (either served): the reference's scores,
-    `version`'s decisions and the rows' matured labels (NaN until known), as arrays; `version` ==
+    `version`'s decisions and the rows' labels (NaN where none has arrived), as arrays; `version` ==
     `reference` gives its own scores and decisions on every pair it is in."""
-    served, shadow = pairs["served_version"].astype(str).to_numpy(), pairs["shadow_version"].astype(str).to_numpy()
-    if version == reference:
-        mine_served, mine_shadow = served == version, shadow == version
-        rows = mine_served | mine_shadow
-        scores = np.where(mine_served, pairs["served_score"], pairs["shadow_score"])
-        decisions = np.where(mine_served, pairs["served_decision"], pairs["shadow_decision"])
-    else:
-        forward = (served == version) & (shadow == reference)  # version answered, the reference shadowed
-        rows = forward | ((served == reference) & (shadow == version))
-        scores = np.where(forward, pairs["shadow_score"], pairs["served_score"])
-        decisions = np.where(forward, pairs["served_decision"], pairs["shadow_decision"])
+    rows, forward = _sides(pairs, version, reference)
+    scores = (_own if version == reference else _other)(pairs, "score", forward)
+    decisions = _own(pairs, "decision", forward)
     labels = pairs["label"].to_numpy(dtype=float, na_value=np.nan)
     return scores[rows].astype(float), decisions[rows].astype(int), labels[rows]

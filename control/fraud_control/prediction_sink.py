@@ -33,7 +33,6 @@ import contextlib
 import logging
 import os
 import queue
-import re
 import socket
 import sys
 import threading
@@ -46,6 +45,7 @@ import orjson
 import uvicorn
 from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_dict, from_http
+from fraud.durations import parse_duration
 from fraud.inference_log import EVENT_TYPES, LogEvent, log_event
 from fraud_canary.feedback import FeedbackSignals
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -352,14 +352,9 @@ def _positive_days(text: str) -> int:
     return days
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-
 def _window(text: str) -> timedelta:
     """argparse type: a positive duration, `90s`, `30m`, `1h`, `7d`."""
-    match = _DURATION.fullmatch(text.strip())
-    window = timedelta(**{_UNITS[match[2]]: float(match[1])}) if match else None
+    window = parse_duration(text)
     if window is None or window <= timedelta(0):
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration (90s, 30m, 1h, 7d)")
     return window

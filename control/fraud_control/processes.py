@@ -208,6 +208,7 @@ def start_sink(store_url: str, log_dir: Path, *, retention_days: float | None = 
                "--host", LOOPBACK, "--port", str(port)]
     if retention_days is not None:
         command += ["--retention-days", f"{retention_days:g}"]
+
     def prepare() -> None:
         die_with_parent()
         if niceness:

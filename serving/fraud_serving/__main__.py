@@ -21,8 +21,6 @@ from kserve.utils.utils import strtobool
 
 from fraud_serving.fast_route import DEFAULT_MAX_ROWS
 
-#: `--logger_events`: what the transformer posts to the prediction log (event kinds of fraud.inference_log).
-LOGGER_EVENTS = {"all": ("request", "response", "pair"), "pairs": ("pair",)}
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
@@ -63,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     payload.add_argument("--logger_url", default=None,
                          help="the prediction-log sink: every request and every answered response is posted there "
                               "as KServe's agent posts them (off when absent); inference never waits on it")
-    payload.add_argument("--logger_events", choices=LOGGER_EVENTS, default="all",
+    payload.add_argument("--logger_events", choices=("all", "pairs"), default="all",
                          help="all: requests, responses and shadow pairs (the local runtime, no agent); pairs: "
                               "only the shadow pairs (a cluster, where KServe's agent logs requests and responses)")
     payload.add_argument("--logger_queue", type=int, default=None,
@@ -179,7 +177,7 @@ def run_transformer(args: argparse.Namespace, settings: Settings) -> None:
     if args.logger_url is not None:
         source = EventSource(args.model_name, pod_namespace(), f"http://localhost:{args.http_port}/")
         model.payload_logger = PayloadLogger(args.logger_url, source, PayloadLogMetrics(), max_queue=logger_queue,
-                                             kinds=LOGGER_EVENTS[args.logger_events])
+                                             traffic=args.logger_events == "all")
         if model.shadow is not None:
             model.shadow.pair_logger = model.payload_logger
     kserve_server = server(args, predictor_config)

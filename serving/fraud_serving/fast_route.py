@@ -227,7 +227,7 @@ def install_fast_infer_route(app: FastAPI, models: dict[str, Model],
         except ProtocolError:
             reject("body_size")
             raise
-        payload_logger: PayloadLogger | None = getattr(model, "payload_logger", None)
+        payload_logger = traffic_logger(model)
         ce_id = event_id(request.headers) if payload_logger is not None else ""
         try:
             infer_request = await parse_off_loop(body, request.headers, model_name)
@@ -279,6 +279,12 @@ def install_fast_infer_route(app: FastAPI, models: dict[str, Model],
     app.add_exception_handler(HTTPException, protocol_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ProtocolError, protocol_error_answer)
+
+
+def traffic_logger(model: Model) -> PayloadLogger | None:
+    """The model's payload logger, unless it posts shadow pairs only (KServe's agent logs the traffic)."""
+    payload_logger: PayloadLogger | None = getattr(model, "payload_logger", None)
+    return payload_logger if payload_logger is not None and payload_logger.traffic else None
 
 
 async def parse_off_loop(body: bytes, headers, model_name: str) -> InferRequest:

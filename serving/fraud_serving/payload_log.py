@@ -124,7 +124,7 @@ class PayloadLogger:
                  max_queue: int = DEFAULT_QUEUE_EVENTS, batch_events: int = BATCH_EVENTS,
                  post_timeout_seconds: float = POST_TIMEOUT_SECONDS,
                  backoff_seconds: tuple[float, float] = BACKOFF_SECONDS, close_seconds: float = CLOSE_SECONDS,
-                 linger_seconds: float = LINGER_SECONDS, kinds: tuple[str, ...] = tuple(EVENT_KINDS.values())) -> None:
+                 linger_seconds: float = LINGER_SECONDS, traffic: bool = True) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, got {max_queue}")
         self.url = url
@@ -136,7 +136,9 @@ class PayloadLogger:
         self.backoff_seconds = backoff_seconds
         self.close_seconds = close_seconds
         self.linger_seconds = linger_seconds
-        self.kinds = frozenset(kinds)  # the event kinds posted ("pair" alone where KServe's agent logs the rest)
+        #: also requests and responses (False: shadow pairs only, where KServe's agent logs the traffic;
+        #: the serving route then never calls log_request / log_response)
+        self.traffic = traffic
         # (ce type, ce id, time, body, content type, body is JSON, endpoint): the structured event is
         # built when it is posted, off the request's path (`structured_event`)
         self._queue: deque[tuple[str, str, float, bytes, str, bool, str]] = deque()
@@ -167,8 +169,6 @@ class PayloadLogger:
 
     def _put(self, ce_type: str, ce_id: str, occurred: float, body: bytes, content_type: str,
              body_is_json: bool, endpoint: str) -> None:
-        if EVENT_KINDS[ce_type] not in self.kinds:
-            return
         if self._closing or len(self._queue) >= self.max_queue:
             self.metrics.dropped.labels("queue_full").inc()
             return

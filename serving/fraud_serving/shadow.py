@@ -128,9 +128,9 @@ class ShadowScorer:
         self._tasks: set[asyncio.Task] = set()  # references: the loop keeps only weak ones
 
     def submit(self, backend: Backend, content: bytes, headers: dict, answer: PredictorAnswer,
-               row_ids: tuple[str | None, ...] | None = None) -> None:
-        """Maybe start a shadow score of this answered request (its rows' transaction ids, for the
-        prediction log); never blocks, never raises."""
+               row_ids: Callable[[], tuple[str | None, ...]] | None = None) -> None:
+        """Maybe start a shadow score of this answered request (`row_ids` gives its rows' transaction
+        ids, for the prediction log); never blocks, never raises."""
         if self.share <= 0.0 or (self.share < 1.0 and self._rng.random() >= self.share):
             return
         target = self._target(backend, answer)
@@ -152,7 +152,7 @@ class ShadowScorer:
         return self.routes.other(backend)
 
     async def _score(self, target: Backend, content: bytes, headers: dict, answer: PredictorAnswer,
-                     row_ids: tuple[str | None, ...] | None) -> None:
+                     row_ids: Callable[[], tuple[str | None, ...]] | None) -> None:
         written = False
         try:
             shadow = await self._call(target, content, headers, answer.request_id)
@@ -169,8 +169,9 @@ class ShadowScorer:
                 return
             self.metrics.record_shadow(answer.model_version, shadow.model_version, answer.is_fraud, shadow.is_fraud)
             if self.pair_logger is not None:
-                ids = row_ids if row_ids is not None and len(row_ids) == len(answer.is_fraud) else \
-                    (None,) * len(answer.is_fraud)
+                ids = row_ids() if row_ids is not None else ()
+                if len(ids) != len(answer.is_fraud):
+                    ids = (None,) * len(answer.is_fraud)
                 self.pair_logger.log_pair(answer.request_id, time.time(), pair_body(
                     LoggedResponse(answer.model_version, answer.fraud_probability, answer.is_fraud),
                     LoggedResponse(shadow.model_version, shadow.fraud_probability, shadow.is_fraud), ids))

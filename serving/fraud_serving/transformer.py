@@ -65,13 +65,21 @@ class PredictorFailed(Exception):
 
 
 class ScaledRequest(InferRequest):
-    """The scaled request the predictor gets, and the client's row ids, which are never forwarded
-    (a shadow pair names its rows by them)."""
+    """The scaled request the predictor gets, and the client's ids, which are never forwarded (a
+    shadow pair names its rows by them)."""
 
     def __init__(self, model_name: str, inputs: list[InferInput], request_id: str,
-                 row_ids: tuple[str | None, ...]) -> None:
+                 client_ids: list[str] | None, client_id: str | None) -> None:
         super().__init__(model_name, inputs, request_id=request_id)
-        self.row_ids = row_ids
+        self.client_ids = client_ids  # the transaction_id input (checked by `scale_request`), if sent
+        self.client_id = client_id
+
+    def row_ids(self) -> tuple[str | None, ...]:
+        """The rows' transaction ids as the prediction log reads them: computed only for a logged pair."""
+        try:
+            return row_transaction_ids(self.client_ids, self.inputs[0].shape[0], self.client_id)
+        except ValueError:  # a one-row request whose id is no transaction id
+            return (None,)
 
 
 class FraudTransformer(Model):
@@ -143,16 +151,8 @@ class FraudTransformer(Model):
         else:
             scaled = self.scale_request(payload)
         scaled_input = InferInput(INPUT_NAME, list(scaled.shape), "FP32", data=scaled)
-        return ScaledRequest(self.name, [scaled_input], payload.id or str(uuid.uuid4()),
-                             self._row_ids(payload, len(scaled)))
-
-    def _row_ids(self, payload: InferRequest, rows: int) -> tuple[str | None, ...]:
-        """The rows' transaction ids as the prediction log reads them (checked by `scale_request`)."""
         ids = next((tensor.data for tensor in payload.inputs if tensor.name == TRANSACTION_ID_INPUT), None)
-        try:
-            return row_transaction_ids(ids, rows, payload.id)
-        except ValueError:  # a one-row request whose id is no transaction id
-            return (None,)
+        return ScaledRequest(self.name, [scaled_input], payload.id or str(uuid.uuid4()), ids, payload.id)
 
     def scale_request(self, request: InferRequest) -> np.ndarray:
         """Raw features in contract order, validated, → scaled float32 `[N, 30]` (contract.transform)."""
@@ -334,8 +334,8 @@ class FraudTransformer(Model):
             if self.tag_hosts is not None and retry.revision in self.tag_hosts.tags:
                 self.tag_hosts.learn(retry.url, answer.model_version)
         if self.shadow is not None:
-            row_ids = payload.row_ids if isinstance(payload, ScaledRequest) else (None,) * len(scaled)
-            self.shadow.submit(backend, content, forward_headers, answer, row_ids)
+            self.shadow.submit(backend, content, forward_headers, answer,
+                               payload.row_ids if isinstance(payload, ScaledRequest) else None)
         return answer
 
     def _pick(self) -> Backend:

@@ -21,7 +21,7 @@ import uvicorn
 from aiohttp import web
 from fastapi import FastAPI
 from fraud.contract import FeatureContract
-from fraud.inference_log import REQUEST_EVENT, RESPONSE_EVENT
+from fraud.inference_log import PAIR_EVENT, REQUEST_EVENT, RESPONSE_EVENT
 from fraud.schema import FEATURES
 from fraud_control.processes import free_port
 from fraud_serving.fast_route import INFERENCE_CONTENT_LENGTH_HEADER, binary_request, install_fast_infer_route
@@ -101,7 +101,7 @@ async def predictor():
 
 
 @asynccontextmanager
-async def transformer(sink_url: str, registry: CollectorRegistry, max_queue: int = 100):
+async def transformer(sink_url: str, registry: CollectorRegistry, max_queue: int = 100, traffic: bool = True):
     """Our transformer on a real uvicorn server; yields (infer URL, its payload logger)."""
     rng = np.random.default_rng(1)
     contract = FeatureContract(FEATURES, {"Time": "seconds_of_day", "Amount": "log1p"},
@@ -109,7 +109,7 @@ async def transformer(sink_url: str, registry: CollectorRegistry, max_queue: int
     async with predictor() as predictor_host:
         model = FraudTransformer(NAME, contract, Routes.single(predictor_host), TransformerMetrics(registry))
         model.payload_logger = PayloadLogger(sink_url, SOURCE, PayloadLogMetrics(registry), max_queue=max_queue,
-                                             backoff_seconds=FAST_RETRY, close_seconds=0.5)
+                                             backoff_seconds=FAST_RETRY, close_seconds=0.5, traffic=traffic)
         model.load()
         app = FastAPI()
         app.add_exception_handler(InvalidInput, invalid_input_handler)
@@ -236,6 +236,28 @@ def test_events_kept_while_the_sink_is_down_are_delivered_once_it_is_back():
     assert [event["id"] for event in sink.events] == [f"r{n}" for n in range(5)]
     assert sample(registry, "fraud_payload_log_events_total", event_type="request") == 5
     assert sample(registry, "fraud_payload_log_queue") == 0
+
+
+def test_a_logger_of_shadow_pairs_only_posts_no_request_or_response():
+    """`--logger_events pairs` (a cluster: KServe's agent logs the traffic): the served requests post
+    nothing, a shadow pair does."""
+    registry, sink = CollectorRegistry(), Sink()
+
+    async def run():
+        async with sink.serving(free_port()) as sink_url, transformer(sink_url, registry, traffic=False) as (url, logger):
+            async with aiohttp.ClientSession() as client:
+                for n in range(3):
+                    async with client.post(url, data=v2_body(rows(1), f"r{n}"),
+                                           headers={"content-type": "application/json"}) as answer:
+                        assert answer.status == 200
+            logger.log_pair("r0", time.time(), b'{"transaction_id": ["t"]}')
+            await until(lambda: len(sink.events) == 1)
+            await until(lambda: logger.queued == 0)
+
+    asyncio.run(run())
+    assert [(event["type"], event["id"]) for event in sink.events] == [(PAIR_EVENT, "r0")]
+    assert sample(registry, "fraud_payload_log_events_total", event_type="request") == 0
+    assert sample(registry, "fraud_payload_log_events_total", event_type="pair") == 1
 
 
 def test_an_event_the_sink_refuses_is_dropped_alone_and_counted():

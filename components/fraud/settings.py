@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     """kubeconfig file(s) for the kserve target, when not running in a pod."""
     KUBERNETES_SERVICE_HOST: str = ""
     """Set by Kubernetes inside a pod: use the pod's service account."""
+    FRAUD_ROLLOUT_SPLIT_SEED: str = ""
+    """Local runtime: an integer seeding the transformer's traffic split and shadow sampling, so a
+    sequential replay routes the same rows the same way every run (Knative's split has no seed)."""
 
     @property
     def in_cluster(self) -> bool:

@@ -89,8 +89,10 @@ def agreement_with_offline(
     sends the holdout itself, each version's online frauds are a random subset of the very frauds
     the offline recall was computed on, so the two are not independent (a two-sample test would be
     wrong) and the true spread is the hypergeometric one, narrower than this binomial interval by
-    the finite-population factor sqrt((N − n)/(N − 1)): the check is conservative and, with no
-    training/serving skew, fails about 1 − confidence of the time or less. On live traffic (new
+    the finite-population factor sqrt((N − n)/(N − 1)). With the `exact` region and no
+    training/serving skew the check fails at most 1 − confidence of the time at any online count;
+    the `wilson` (score) region is an approximation that exceeds that at a handful of trials (0 of
+    2 at offline 0.75: probability 6.25 %, outside the 95 % region). On live traffic (new
     transactions), offline and online are independent samples; then also consider
     `compare_proportions` on the two counts.
     """

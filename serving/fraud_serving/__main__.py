@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import random
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -121,6 +122,15 @@ def usage_error(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+def split_seed(text: str) -> int | None:
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        usage_error(f"FRAUD_ROLLOUT_SPLIT_SEED={text}: not an integer; unset it, or give e.g. 7")
+
+
 def run_transformer(args: argparse.Namespace, settings: Settings) -> None:
     from fraud_serving.metrics import TransformerMetrics
     from fraud_serving.payload_log import DEFAULT_QUEUE_EVENTS, EventSource, PayloadLogger, PayloadLogMetrics
@@ -133,8 +143,9 @@ def run_transformer(args: argparse.Namespace, settings: Settings) -> None:
                          "only; pass --predictor_protocol v2")
     if args.max_rows < 1:
         raise SystemExit(f"--max_rows {args.max_rows}: must be at least 1")
+    seed = split_seed(settings.FRAUD_ROLLOUT_SPLIT_SEED)
     if args.routes_file is not None:
-        routes = Routes(routes_file=args.routes_file)
+        routes = Routes(routes_file=args.routes_file, rng=None if seed is None else random.Random(seed))
     elif args.predictor_host:
         routes = Routes.single(args.predictor_host, args.predictor_use_ssl)
     else:
@@ -173,7 +184,8 @@ def run_transformer(args: argparse.Namespace, settings: Settings) -> None:
         model.shadow = ShadowScorer(routes, lambda: model.session, metrics, shadow_percent / 100, max_in_flight,
                                     args.predictor_request_timeout_seconds,
                                     PairLog(args.pairs_log) if args.pairs_log else None,
-                                    model_name=args.model_name, tag_hosts=tag_hosts)
+                                    model_name=args.model_name, tag_hosts=tag_hosts,
+                                    rng=None if seed is None else random.Random(seed + 1))
     if args.logger_url is not None:
         source = EventSource(args.model_name, pod_namespace(), f"http://localhost:{args.http_port}/")
         model.payload_logger = PayloadLogger(args.logger_url, source, PayloadLogMetrics(), max_queue=logger_queue,

@@ -125,7 +125,8 @@ class LocalRuntimeHandle:
 @contextmanager
 def start_local_runtime(state_dir: Path, baseline: Path, candidate: Path | None, canary_percent: int,
                         log_dir: Path, drain_seconds: float = 2.0,
-                        shadow_percent: float | None = None) -> Iterator[LocalRuntimeHandle]:
+                        shadow_percent: float | None = None,
+                        split_seed: int | None = None) -> Iterator[LocalRuntimeHandle]:
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"serve-{port}.log"
@@ -138,7 +139,8 @@ def start_local_runtime(state_dir: Path, baseline: Path, candidate: Path | None,
         command += ["--shadow-percent", f"{shadow_percent:g}"]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+                                        **({} if split_seed is None else {"FRAUD_ROLLOUT_SPLIT_SEED": str(split_seed)})})
     handle = LocalRuntimeHandle(process, state_dir, port, log_path)
     try:
         handle.wait_applied()

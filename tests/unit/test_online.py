@@ -230,6 +230,25 @@ def test_agreement_coverage_when_online_matches_offline():
     assert 0.92 <= wilson <= 0.99
 
 
+def _false_failure(n: int, p: float, method: str) -> float:
+    """P(a version whose true proportion is `p` fails agreement on `n` online trials), exactly."""
+    return sum(stats.binom.pmf(x, n, p) for x in range(n + 1)
+               if not agreement_with_offline(x, n, p, method=method).agrees)
+
+
+def test_the_policys_acceptance_region_keeps_its_level_at_a_handful_of_frauds():
+    """A canary's slice of frauds is small at 5-20 %: the default region must hold 95 % there too."""
+    policy = CanaryPolicy()
+    assert policy.interval_method == "exact"
+    worst = max(_false_failure(n, p, policy.interval_method)
+                for n in range(1, 61) for p in (0.35, 0.6, 0.75, 0.8, 0.9, 0.97))
+    assert worst <= 1 - policy.confidence
+    # The score region misses its level there: 0 of 2 caught at 0.75 (6.25 %) is outside it.
+    assert not agreement_with_offline(0, 2, 0.75, method="wilson").agrees
+    assert _false_failure(2, 0.75, "wilson") == pytest.approx(0.0625)
+    assert agreement_with_offline(0, 2, 0.75, method=policy.interval_method).agrees
+
+
 def test_agreement_undecidable_cases():
     assert agreement_with_offline(0, 0, 0.8).direction == "unknown"  # no frauds seen online
     assert not agreement_with_offline(0, 0, 0.8).agrees

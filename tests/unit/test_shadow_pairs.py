@@ -87,3 +87,14 @@ def test_transformer_shadow_flags_exit_2_with_one_line(flags, message, capsys):
               "--predictor_host", "127.0.0.1:1", *flags])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.splitlines() == [f"python -m fraud_serving transformer: error: {message}"]
+
+
+def test_a_split_seed_that_is_not_an_integer_exits_2_with_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("FRAUD_ROLLOUT_SPLIT_SEED", "seven")
+    with pytest.raises(SystemExit) as exit_:
+        main(["transformer", "--model_name", "fraud-detector", "--predictor_protocol", "v2",
+              "--predictor_host", "127.0.0.1:1"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "python -m fraud_serving transformer: error: FRAUD_ROLLOUT_SPLIT_SEED=seven: not an integer; unset it, "
+        "or give e.g. 7"]

@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,9 +198,10 @@ def start_server(role: str, args: list[str], log_dir: Path, model_name: str = NA
 
 
 def start_sink(store_url: str, log_dir: Path, *, retention_days: float | None = None, port: int | None = None,
-               label: str = "prediction-log", niceness: int = 0) -> ServerProcess:
+               label: str = "prediction-log", niceness: int = 0, models: Sequence[Path] = ()) -> ServerProcess:
     """Launch the prediction-log sink (`python -m fraud_control.prediction_sink`) on a loopback port
-    writing to `store_url`; does not wait. `niceness` > 0 runs it at a lower CPU priority."""
+    writing to `store_url`; does not wait. `niceness` > 0 runs it at a lower CPU priority. `models`:
+    the artifact roots whose feedback signals its /metrics reports (`--model`)."""
     port = port or free_port()
     check_port_free(port)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -208,6 +210,8 @@ def start_sink(store_url: str, log_dir: Path, *, retention_days: float | None = 
                "--host", LOOPBACK, "--port", str(port)]
     if retention_days is not None:
         command += ["--retention-days", f"{retention_days:g}"]
+    for root in models:
+        command += ["--model", str(root)]
 
     def prepare() -> None:
         die_with_parent()

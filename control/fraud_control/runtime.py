@@ -43,6 +43,7 @@ from fraud_control.processes import (
     start_transformer,
     stop_all,
 )
+from fraud_control.store_feedback import monitored_models
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,21 @@ def needed_revisions(manifest: dict) -> list[str]:
     names += [predictor.get(key) for key in ("latestReadyRevision", "latestRolledoutRevision",
                                               "previousRolledoutRevision")]
     return list(dict.fromkeys(name for name in names if name))
+
+
+def feedback_models(manifest: dict, revisions: dict[str, dict]) -> tuple[Path, ...]:
+    """The artifacts of the revisions `manifest` keeps running, the rolled-out one first (the sink
+    compares inputs with its feature profile), for the sink's feedback signals (`--model`); none,
+    with a warning, when one is not a local artifact or lacks the profiles the signals need."""
+    rolled_out = manifest.get("status", {}).get("components", {}).get("predictor", {}).get("latestRolledoutRevision")
+    names = sorted(needed_revisions(manifest), key=lambda name: name != rolled_out)
+    try:
+        roots = tuple(dict.fromkeys(revision_artifact(revisions, name) for name in names))
+        monitored_models(roots)
+    except (ServerFailed, ValueError) as error:
+        logger.warning("the prediction-log sink reports no feedback signals: %s", error)
+        return ()
+    return roots
 
 
 def read_runtime(state_dir: Path) -> dict:
@@ -185,6 +201,7 @@ class LocalRuntime:
     serving: bool = False  # the transformer answered ready: runtime.json names it only from then on
     _stamp: int | None = None
     _sink_started: float = field(default_factory=time.monotonic)
+    _sink_models: tuple[Path, ...] = ()  # the artifacts the sink's feedback signals are of
 
     def __post_init__(self) -> None:
         self.state_dir = self.service.state_dir
@@ -202,7 +219,8 @@ class LocalRuntime:
             self.routes_file.unlink(missing_ok=True)  # a stale file (a killed serve's) would name dead ports
             self._write_runtime()
             if self.prediction_log is not None:  # first: the transformer's first answer is logged
-                self.sink = start_sink(self.prediction_log, self.logs).wait_ready()
+                self._sink_models = feedback_models(manifest, self.service.revisions())
+                self.sink = start_sink(self.prediction_log, self.logs, models=self._sink_models).wait_ready()
                 self._sink_started = time.monotonic()
             self.logger_url = self.sink.url if self.sink else isvc.transformer_logger_url(manifest)
             self.transformer = start_transformer(transformer_contract_dir(manifest), self.logs,
@@ -252,7 +270,27 @@ class LocalRuntime:
         self.applied_generation = generation
         logger.info("generation %d applied: %s", generation,
                     ", ".join(f"{b.revision} ({b.model_version}) {b.percent}%" for b in backends))
+        self._follow_models(manifest, revisions)
         self._write_runtime()
+
+    def _follow_models(self, manifest: dict, revisions: dict[str, dict]) -> None:
+        """A new canary, a promote or a rollback changes the models the sink reports on: it is started
+        again with them on its port; the transformer's payload logger keeps and resends what it
+        posted meanwhile (DESIGN 15)."""
+        if self.sink is None or self.prediction_log is None:
+            return
+        models = feedback_models(manifest, revisions)
+        if models == self._sink_models:
+            return
+        logger.info("prediction-log sink restarted for the feedback signals of %s",
+                    ", ".join(revisions[name]["modelVersion"] for name in needed_revisions(manifest)))
+        self._sink_models = models
+        self.sink.stop()
+        self._sink_started = time.monotonic()
+        try:
+            self.sink = start_sink(self.prediction_log, self.logs, port=self.sink.port, models=models)
+        except PortInUse as error:  # the stopped sink stays: `_restart_dead_sink` tries again
+            logger.error("prediction-log sink not restarted: %s", error)
 
     def step(self) -> None:
         """One pass of the follow loop: apply a changed manifest, stop drained predictors, restart a dead sink."""
@@ -295,7 +333,7 @@ class LocalRuntime:
                        self.sink.port)
         self._sink_started = now
         try:
-            self.sink = start_sink(self.prediction_log, self.logs, port=self.sink.port)
+            self.sink = start_sink(self.prediction_log, self.logs, port=self.sink.port, models=self._sink_models)
         except PortInUse as error:  # another process took the port: retried on a later pass
             logger.error("prediction-log sink not restarted: %s", error)
 

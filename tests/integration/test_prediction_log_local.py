@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 from fraud.schema import FEATURES
 from fraud_control.prediction_store import open_store
-from fraud_control.runtime import PAIRS_FILE
+from fraud_control.runtime import PAIRS_FILE, read_runtime
 from fraud_control.store_evidence import store_evidence
 from fraud_serving.client import infer_url, v2_request
+from prometheus_client.parser import text_string_to_metric_families
 
 from fraud_rollout.replay_pairs import paired_from_log, read_pairs, wait_drained, wait_logged
 from fraud_rollout.serving_session import FRAUD_ROLLOUT, LocalServing
@@ -37,7 +38,14 @@ def test_every_answered_request_is_logged_once_and_labels_join(tiny_run, tmp_pat
                 answered[response.json()["model_version"]] += ROWS
         wait_drained(serving.url)  # every shadow pair is in the pair log and queued for the sink
         wait_logged(serving.url)
+        # the sink reports the feedback signals of both models the runtime serves, over what it stored
+        sink = read_runtime(tmp_path / "state")["predictionLog"]["sink"]
+        scraped = {(s.name, s.labels.get("model_version")): s.value
+                   for family in text_string_to_metric_families(httpx.get(f"{sink}/metrics").text)
+                   for s in family.samples}
     assert set(answered) == {"v1", "v2"}  # a 50 % split over 40 requests reaches both
+    assert {v: scraped[("fraud_feedback_rows", v)] for v in answered} == dict(answered)
+    assert 0 <= scraped[("fraud_feedback_flag_rate", "v2")] <= 1
 
     with open_store(str(store_path)) as store:
         counts = store.counts()

@@ -210,3 +210,19 @@ def test_importable_without_kserve_or_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_sinks_feedback_models_are_the_served_artifacts_rolled_out_first(service, tmp_path, caplog):
+    from fraud_control.runtime import feedback_models, needed_revisions
+
+    roots = [artifact_root(tmp_path, n) for n in (1, 2)]
+    service.create(isvc.inference_service(spec(roots[0], 1)))
+    manifest = service.patch_merge(isvc.canary_patch(spec(roots[1], 2), 20))
+    assert needed_revisions(manifest) == [REV2, REV1]
+    # These artifacts carry no score profile (exported before the feedback signals): the sink runs
+    # without them, and the log says why.
+    with caplog.at_level("WARNING", logger="fraud_control.runtime"):
+        assert feedback_models(manifest, service.revisions()) == ()
+    version_dir = roots[0] / "fraud-detector" / "1"
+    assert caplog.messages == [f"the prediction-log sink reports no feedback signals: {roots[0]}: no "
+                               f"monitoring.json in {version_dir}"]

@@ -77,6 +77,47 @@ def test_every_answered_request_is_logged_once_and_labels_join(tiny_run, tmp_pat
     assert evidence.paired == expected and evidence.feedback["paired"] == REQUESTS * ROWS
 
 
+def test_a_new_canary_joins_the_sinks_feedback_signals_and_nothing_is_lost(tiny_run, tmp_path):
+    """`serve` of v1 alone, then `deploy` of the canary v2 from another process: the runtime starts
+    the sink again with both models, and every request answered before, during and after is stored."""
+    holdout = tiny_run.windows["holdout"].iloc[: 2 * REQUESTS * ROWS]
+    raw = holdout.loc[:, list(FEATURES)].to_numpy(dtype=np.float64)
+    ids = holdout["transaction_id"].astype(str).tolist()
+    store_path, state = tmp_path / "prediction-log.sqlite", tmp_path / "state"
+    answered: Counter = Counter()
+
+    def send(client: httpx.Client, first: int) -> None:
+        for i in range(first, first + REQUESTS):
+            rows = slice(i * ROWS, (i + 1) * ROWS)
+            response = client.post(infer_url(serving.url), json=v2_request(raw[rows], f"req-{i}", ids[rows]))
+            assert response.status_code == 200, response.text
+            answered[response.json()["model_version"]] += ROWS
+
+    def feedback_rows(sink: str) -> dict[str, float]:
+        families = text_string_to_metric_families(httpx.get(f"{sink}/metrics").text)
+        return {s.labels["model_version"]: s.value for f in families for s in f.samples
+                if s.name == "fraud_feedback_rows"}
+
+    with LocalServing(state, baseline=tiny_run.v1, log_dir=tmp_path / "logs", shadow_percent=0,
+                      prediction_log=str(store_path)) as serving, httpx.Client(timeout=30) as client:
+        send(client, 0)
+        wait_logged(serving.url)
+        sink = read_runtime(state)["predictionLog"]["sink"]
+        assert feedback_rows(sink) == {"v1": REQUESTS * ROWS}
+        deployed = subprocess.run([*FRAUD_ROLLOUT, "deploy", "--target", "local", "--state-dir", str(state),
+                                   "--baseline", str(tiny_run.v1), "--candidate", str(tiny_run.v2),
+                                   "--canary-percent", "50"], capture_output=True, text=True, check=False)
+        assert deployed.returncode == 0, deployed.stderr
+        serving.wait_applied()
+        send(client, REQUESTS)
+        wait_logged(serving.url)
+        assert read_runtime(state)["predictionLog"]["sink"] == sink  # the same port: the logger's URL
+        assert feedback_rows(sink) == dict(answered)
+    assert answered["v2"] > 0
+    with open_store(str(store_path)) as store:
+        assert store.counts()["per_version"] == dict(answered)
+
+
 def test_bench_logging_comparison_reports_that_nothing_was_lost(tiny_run, tmp_path):
     """A smoke run with tiny numbers (the real run is `fraud-rollout bench serving`): the logging
     transformer posts to a real sink, and once each run's backlog drained, every request wrk had

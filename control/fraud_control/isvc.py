@@ -57,6 +57,11 @@ class IsvcSpec:
 
 SECURITY_CONTEXT = {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False,
                     "capabilities": {"drop": ["ALL"]}}
+#: The pod's: it covers the containers KServe and Knative add (storage initializer, agent,
+#: queue-proxy) for the two fields Pod Security "restricted" accepts at pod level. The storage
+#: initializer's container-level fields come from KServe's ClusterStorageContainer
+#: (manifests/kserve/storage-initializer-restricted.yaml).
+POD_SECURITY_CONTEXT = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def predictor_spec(spec: IsvcSpec) -> dict:
@@ -64,6 +69,7 @@ def predictor_spec(spec: IsvcSpec) -> dict:
     pulls STORAGE_URI into /mnt/models."""
     predictor: dict = {
         "serviceAccountName": spec.service_account,
+        "securityContext": POD_SECURITY_CONTEXT,
         "labels": {MODEL_VERSION_LABEL: spec.model_version},
         "containers": [{
             "name": "kserve-container",
@@ -112,6 +118,7 @@ def transformer_spec(spec: IsvcSpec) -> dict:
     has no event for."""
     transformer: dict = {
         "serviceAccountName": spec.service_account,
+        "securityContext": POD_SECURITY_CONTEXT,
         "containers": [{
             "name": "kserve-container",
             "image": spec.image,
@@ -224,8 +231,8 @@ def triton_predictor_spec(spec: IsvcSpec) -> dict:
         "resources": spec.resources,
         "securityContext": SECURITY_CONTEXT,
     }
-    predictor: dict = {"serviceAccountName": spec.service_account,
-                 "labels": {MODEL_VERSION_LABEL: spec.model_version}, "model": model}
+    predictor: dict = {"serviceAccountName": spec.service_account, "securityContext": POD_SECURITY_CONTEXT,
+                       "labels": {MODEL_VERSION_LABEL: spec.model_version}, "model": model}
     if spec.canary_percent is not None:
         predictor["canaryTrafficPercent"] = int(spec.canary_percent)
     return predictor

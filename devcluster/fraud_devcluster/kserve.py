@@ -45,7 +45,7 @@ def webhook_configurations(port: int, pki: Pki) -> list[dict]:
 
 def install(kubeconfig: Path) -> None:
     """CRDs (server-side: KServe's are too big for client-side apply's annotation), then the
-    namespace and the controller's config map, as KServe ships it."""
+    namespace, the controller's config map and the default storage container, as KServe ships them."""
     files = crd_files()
     kubectl.apply(kubeconfig, *files, server_side=True)
     kubectl.wait_established(kubeconfig, [f"{name}.serving.kserve.io" for name in KSERVE_CRDS]
@@ -55,6 +55,10 @@ def install(kubeconfig: Path) -> None:
     configmap = gobuild.module_dir(KSERVE.module, KSERVE.version) / "config" / "configmap" / "inferenceservice.yaml"
     knative = gobuild.module_dir(*KNATIVE_SERVING) / "config" / "core" / "configmaps"
     kubectl.apply(kubeconfig, configmap, *[knative / f"{name}.yaml" for name in KNATIVE_CONFIGMAPS], server_side=True)
+    # The ClusterStorageContainer `default` (kustomize sets its image): the storage initializer KServe's
+    # pod webhook injects for an s3:// model, as config/base installs it.
+    storage = gobuild.module_dir(KSERVE.module, KSERVE.version) / "config" / "storagecontainers"
+    kubectl.run(kubeconfig, "apply", "-k", str(storage))
 
 
 def start_controller(directory: Path, kubeconfig: Path, pki: Pki, progress=print) -> servers.Started:

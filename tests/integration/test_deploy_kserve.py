@@ -4,6 +4,9 @@ status). The deploy step authenticates as the ServiceAccount manifests/base/pipe
 binds, with a real token; writes are counted from the API server's audit log."""
 from __future__ import annotations
 
+import json
+import shlex
+import subprocess
 import time
 
 import pytest
@@ -12,15 +15,18 @@ from fraud_control.deploy import deploy_from_artifacts, spec_for_artifact
 from fraud_control.isvc import IsvcSpec
 from fraud_control.kube_store import KubeStore, MissingPermission
 from fraud_control.store import RolloutError, RolloutRefused, RolloutTimeout
+from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from tests.cluster_fixtures import model_spec
+from tests.integration.serving_fixtures import REPO
 
 pytestmark = pytest.mark.integration
 
 CONTRACT = "3f6c2a1b9d0e4f57"
 REV = [f"fraud-detector-predictor-{n:05d}" for n in range(5)]  # REV[1] is the first revision
 FAST = {"timeout_s": 60.0, "poll_s": 0.05}
+README = REPO / "README.md"
 
 
 class Target:
@@ -369,3 +375,56 @@ def test_the_prediction_logger_passes_kserves_webhooks_and_lands_in_the_transfor
 def test_without_a_prediction_log_url_there_is_no_logger(target):
     deploy(target)
     assert "logger" not in target.stored()["spec"]["transformer"]
+
+
+
+#: The README's command ("Pod Security \"restricted\""), run verbatim from the repository root.
+RESTRICTED_STORAGE_INITIALIZER = ("kubectl patch clusterstoragecontainer default --type=merge "
+                                  "--patch-file manifests/kserve/storage-initializer-restricted.yaml")
+
+
+def test_the_pods_pass_pod_security_restricted_once_the_storage_initializer_is_patched(target):
+    """Each component's pod as Knative would create it from the Knative Service KServe's controller
+    wrote, through KServe's pod webhook (it injects the storage initializer) and the API server's
+    Pod Security admission in a "restricted" namespace (dry run: no kubelet here)."""
+    core = k8s.CoreV1Api(target.admin.api_client)
+    deploy(target)
+    # the README's setup: the S3 Secret (the webhook reads it for the initializer), then the account
+    core.create_namespaced_secret(target.name, {"metadata": {"name": "fraud-detector-s3"}, "stringData": {
+        "AWS_ACCESS_KEY_ID": target.s3.access_key, "AWS_SECRET_ACCESS_KEY": target.s3.secret_key}})
+    target.ns.kubectl("apply", "-f", str(REPO / "manifests" / "base" / "serving-account.yaml"))
+    core.patch_namespace(target.name, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+
+    def admit(component: str) -> k8s.V1Pod:
+        template = target.admin.get_namespaced_custom_object("serving.knative.dev", "v1", target.name, "services",
+                                                             f"{isvc.NAME}-{component}")["spec"]["template"]
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {**template["metadata"], "name": f"{component}-0"},
+               "spec": template["spec"]}
+        return core.create_namespaced_pod(target.name, pod, dry_run="All")
+
+    for component in ("predictor", "transformer"):
+        with pytest.raises(ApiException) as refused:
+            admit(component)
+        assert refused.value.status == 403, refused.value.body
+        # only what the storage initializer lacks: the pod-level context covers the rest
+        assert json.loads(refused.value.body)["message"] == (
+            f'pods "{component}-0" is forbidden: violates PodSecurity "restricted:latest": allowPrivilegeEscalation '
+            '!= false (container "storage-initializer" must set securityContext.allowPrivilegeEscalation=false), '
+            'unrestricted capabilities (container "storage-initializer" must set '
+            'securityContext.capabilities.drop=["ALL"])')
+    assert RESTRICTED_STORAGE_INITIALIZER in README.read_text()
+    patched = subprocess.run(shlex.split(RESTRICTED_STORAGE_INITIALIZER) + ["--kubeconfig", str(target.ns.kube.kubeconfig)],
+                             cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    try:
+        assert patched.returncode == 0, patched.stderr
+        assert patched.stdout == "clusterstoragecontainer.serving.kserve.io/default patched\n"
+        for component in ("predictor", "transformer"):
+            pod = admit(component)
+            (initializer,) = pod.spec.init_containers
+            assert initializer.name == "storage-initializer"
+            assert (initializer.security_context.allow_privilege_escalation,
+                    initializer.security_context.capabilities.drop) == (False, ["ALL"])
+            assert pod.spec.security_context.seccomp_profile.type == "RuntimeDefault"
+    finally:  # KServe's default again, for the other tests of this session's cluster
+        target.admin.patch_cluster_custom_object(isvc.GROUP, "v1alpha1", "clusterstoragecontainers", "default",
+                                                 {"spec": {"container": {"securityContext": None}}})

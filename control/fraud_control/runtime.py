@@ -283,7 +283,7 @@ class LocalRuntime:
         if models == self._sink_models:
             return
         logger.info("prediction-log sink restarted for the feedback signals of %s",
-                    ", ".join(revisions[name]["modelVersion"] for name in needed_revisions(manifest)))
+                    ", ".join(map(str, models)) or "no model")
         self._sink_models = models
         self.sink.stop()
         self._sink_started = time.monotonic()

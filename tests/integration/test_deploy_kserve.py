@@ -318,7 +318,6 @@ def test_a_field_the_schema_does_not_know_is_refused_not_pruned(target):
 def test_a_reruns_baseline_is_the_champion_the_cluster_rolls_out(target, tiny_run, tmp_path):
     """The baseline step on the kserve target: the InferenceService's rolled-out model (through the
     same store as the deploy step), before and after a promote, mapped to its registered version."""
-    import json
     import shutil
 
     from fraud import registry

@@ -21,6 +21,12 @@ from fraud_rollout.serving_session import FRAUD_ROLLOUT, LocalServing
 REQUESTS, ROWS = 40, 5
 
 
+def feedback_gauges(sink: str, name: str) -> dict[str, float]:
+    """One feedback gauge per model version, as the sink's /metrics reports it."""
+    families = text_string_to_metric_families(httpx.get(f"{sink}/metrics").text)
+    return {s.labels["model_version"]: s.value for f in families for s in f.samples if s.name == name}
+
+
 def test_every_answered_request_is_logged_once_and_labels_join(tiny_run, tmp_path):
     holdout = tiny_run.windows["holdout"].iloc[: REQUESTS * ROWS]
     raw = holdout.loc[:, list(FEATURES)].to_numpy(dtype=np.float64)
@@ -40,12 +46,11 @@ def test_every_answered_request_is_logged_once_and_labels_join(tiny_run, tmp_pat
         wait_logged(serving.url)
         # the sink reports the feedback signals of both models the runtime serves, over what it stored
         sink = read_runtime(tmp_path / "state")["predictionLog"]["sink"]
-        scraped = {(s.name, s.labels.get("model_version")): s.value
-                   for family in text_string_to_metric_families(httpx.get(f"{sink}/metrics").text)
-                   for s in family.samples}
+        feedback_rows = feedback_gauges(sink, "fraud_feedback_rows")
+        flag_rates = feedback_gauges(sink, "fraud_feedback_flag_rate")
     assert set(answered) == {"v1", "v2"}  # a 50 % split over 40 requests reaches both
-    assert {v: scraped[("fraud_feedback_rows", v)] for v in answered} == dict(answered)
-    assert 0 <= scraped[("fraud_feedback_flag_rate", "v2")] <= 1
+    assert feedback_rows == dict(answered)
+    assert 0 <= flag_rates["v2"] <= 1
 
     with open_store(str(store_path)) as store:
         counts = store.counts()
@@ -79,7 +84,7 @@ def test_every_answered_request_is_logged_once_and_labels_join(tiny_run, tmp_pat
 
 def test_a_new_canary_joins_the_sinks_feedback_signals_and_nothing_is_lost(tiny_run, tmp_path):
     """`serve` of v1 alone, then `deploy` of the canary v2 from another process: the runtime starts
-    the sink again with both models, and every request answered before, during and after is stored."""
+    the sink again with both models, and every request answered before and after the restart is stored."""
     holdout = tiny_run.windows["holdout"].iloc[: 2 * REQUESTS * ROWS]
     raw = holdout.loc[:, list(FEATURES)].to_numpy(dtype=np.float64)
     ids = holdout["transaction_id"].astype(str).tolist()
@@ -93,17 +98,12 @@ def test_a_new_canary_joins_the_sinks_feedback_signals_and_nothing_is_lost(tiny_
             assert response.status_code == 200, response.text
             answered[response.json()["model_version"]] += ROWS
 
-    def feedback_rows(sink: str) -> dict[str, float]:
-        families = text_string_to_metric_families(httpx.get(f"{sink}/metrics").text)
-        return {s.labels["model_version"]: s.value for f in families for s in f.samples
-                if s.name == "fraud_feedback_rows"}
-
     with LocalServing(state, baseline=tiny_run.v1, log_dir=tmp_path / "logs", shadow_percent=0,
                       prediction_log=str(store_path)) as serving, httpx.Client(timeout=30) as client:
         send(client, 0)
         wait_logged(serving.url)
         sink = read_runtime(state)["predictionLog"]["sink"]
-        assert feedback_rows(sink) == {"v1": REQUESTS * ROWS}
+        assert feedback_gauges(sink, "fraud_feedback_rows") == {"v1": REQUESTS * ROWS}
         deployed = subprocess.run([*FRAUD_ROLLOUT, "deploy", "--target", "local", "--state-dir", str(state),
                                    "--baseline", str(tiny_run.v1), "--candidate", str(tiny_run.v2),
                                    "--canary-percent", "50"], capture_output=True, text=True, check=False)
@@ -112,7 +112,7 @@ def test_a_new_canary_joins_the_sinks_feedback_signals_and_nothing_is_lost(tiny_
         send(client, REQUESTS)
         wait_logged(serving.url)
         assert read_runtime(state)["predictionLog"]["sink"] == sink  # the same port: the logger's URL
-        assert feedback_rows(sink) == dict(answered)
+        assert feedback_gauges(sink, "fraud_feedback_rows") == dict(answered)
     assert answered["v2"] > 0
     with open_store(str(store_path)) as store:
         assert store.counts()["per_version"] == dict(answered)

@@ -220,7 +220,7 @@ def test_the_sinks_feedback_models_are_the_served_artifacts_rolled_out_first(ser
     manifest = service.patch_merge(isvc.canary_patch(spec(roots[1], 2), 20))
     assert needed_revisions(manifest) == [REV2, REV1]
     # These artifacts carry no score profile (exported before the feedback signals): the sink runs
-    # without them, and the log says why.
+    # without them, and the log says why, naming v1's: the rolled-out one is read first.
     with caplog.at_level("WARNING", logger="fraud_control.runtime"):
         assert feedback_models(manifest, service.revisions()) == ()
     version_dir = roots[0] / "fraud-detector" / "1"

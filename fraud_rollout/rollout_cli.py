@@ -47,7 +47,7 @@ def register(commands) -> None:
                                                 "stdout for --target kserve)")
     start.add_argument("--out", type=Path, help="write the final report ({'rollout': {..., 'steps': [...]}}) here")
     start.add_argument("--analysis-port", type=non_negative_int,
-                       help="serve GET /analysis on this port (200 advance/promote, 425 hold, 409 rollback)")
+                       help="serve GET /analysis on this port (200 with the verdict in JSON; 503 when the analysis failed)")
     start.add_argument("--analysis-host", default="127.0.0.1", help="address of the analysis endpoint (0.0.0.0 in a pod)")
     abort = rollout.add_argument_group("abort")
     abort.add_argument("--reason", default="operator abort", help="recorded with the abort")

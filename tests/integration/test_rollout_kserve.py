@@ -176,19 +176,22 @@ def test_no_inferenceservice_exits_2(namespace, tmp_path, capsys):
 
 def test_the_analysis_endpoint_answers_each_decision_with_its_code(canary_cluster):
     endpoint = AnalysisEndpoint(0)
-    seen: list[tuple[str, int, str]] = []
+    seen: list[tuple[str, str, int, str]] = []
     try:
-        assert get_json(endpoint.url) == (425, {"decision": "hold", "reasons": ["no step analysed yet"], "analysis": None})
+        assert get_json(endpoint.url) == (200, {"verdict": "hold", "decision": "hold", "percent": None,
+                                                "next_percent": None, "reasons": ["no step analysed yet"],
+                                                "analysis": None})
 
         def on_step(step, analysis):
             endpoint.update(step, analysis)
             code, body = get_json(endpoint.url)
-            seen.append((body["decision"], code, body["analysis"]["action"]))
+            seen.append((body["verdict"], body["decision"], code, body["analysis"]["action"]))
 
         controller = _controller(canary_cluster, PreparedEvidence())
         controller.on_step = on_step
         controller.run()
         # at 20 % the analysis alone would promote; the policy advances one step at a time
-        assert seen == [("advance", 200, "hold"), ("advance", 200, "promote"), ("promote", 200, "promote")]
+        assert seen == [("advance", "advance", 200, "hold"), ("advance", "advance", 200, "promote"),
+                        ("promote", "promote", 200, "promote")]
     finally:
         endpoint.close()

@@ -1,13 +1,11 @@
 """A labelled evidence source for the rollout: each window replays the next slice of the holdout
 through the live transformer (`replay_load.send`, the same client as `fraud-rollout replay`) and
-counts what each version answered against the labels. A hold replays another slice; the step's
-slices are analysed together, so evidence accumulates until the step moves on. When the holdout
-runs out it starts again from the first row (the same transactions are then seen twice: the demo's
-holdout is a sample, not live traffic).
+counts what each version answered against the labels: each window is its own slice (the rollout's
+ledger adds windows up). When the holdout runs out it starts again from the first row (the same
+transactions are then seen twice: the demo's holdout is a sample, not live traffic).
 
-With the transformer's shadow pair log, each window also joins the shadow-scored requests with
-their labels (`replay_pairs`). The pairs accumulate over the whole rollout, not per step: a pair is
-one transaction decided by both versions, whatever the split was when it came."""
+With the transformer's shadow pair log, each window also joins its shadow-scored requests with
+their labels (`replay_pairs`)."""
 from __future__ import annotations
 
 import time
@@ -18,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from fraud.schema import FEATURES, LABEL
-from fraud_canary.paired import PairedOutcomes, combine
+from fraud_canary.paired import PairedOutcomes
 from fraud_control.rollout import Evidence, RolloutAborted, Window, now_iso
 
 from fraud_rollout.replay_load import ReplayOptions, default_batch, send, transaction_ids
@@ -39,8 +37,6 @@ class ReplayWindow:
         self.options = replace(options, progress=False, batch=options.batch or default_batch(rows_per_window))
         self.offset = 0
         self.pairs_log, self.versions = pairs_log, versions
-        self.paired: list[PairedOutcomes] = []
-        self._step: tuple[int, float, str, list[pd.DataFrame]] | None = None
 
     def _next_slice(self) -> pd.DataFrame:
         index = (self.offset + np.arange(self.rows_per_window)) % len(self.frame)
@@ -50,27 +46,21 @@ class ReplayWindow:
     def window(self, percent: int, stop: Callable[[], bool]) -> Evidence:
         if stop():
             raise RolloutAborted("abort requested before the replay window")
-        if self._step is None or self._step[0] != percent:
-            self._step = (percent, time.monotonic(), now_iso(), [])
-        _, started, started_at, parts = self._step
+        started, started_at = time.monotonic(), now_iso()
         chunk = self._next_slice()
         rows = send(chunk.loc[:, list(FEATURES)].to_numpy(dtype=np.float64), self.options,
                     transaction_ids=transaction_ids(chunk))
         rows.labels = chunk[LABEL].to_numpy(dtype=np.int8)
         rows.amount = chunk["Amount"].to_numpy(dtype=np.float64)
-        parts.append(rows.frame())
-        frame = pd.concat(parts, ignore_index=True)
+        frame = rows.frame()
         return Evidence(online_metrics(frame), Window(started_at, now_iso(), time.monotonic() - started, len(frame)),
                         paired=self._pairs(rows),
                         source=f"replay of {len(frame)} holdout rows to {self.options.url}")
 
     def _pairs(self, rows) -> PairedOutcomes | None:
-        """Every shadow pair of the rollout so far (None without a pair log)."""
+        """This window's shadow pairs, labelled (None without a pair log)."""
         if self.pairs_log is None or self.versions is None:
             return None
         wait_drained(self.options.url)
-        window = paired_from_log(read_pairs(self.pairs_log), labels_by_request(rows, rows.id_prefix),
-                                 baseline_version=self.versions[0], canary_version=self.versions[1])
-        if window is not None:
-            self.paired.append(window)
-        return combine(self.paired)
+        return paired_from_log(read_pairs(self.pairs_log), labels_by_request(rows, rows.id_prefix),
+                               baseline_version=self.versions[0], canary_version=self.versions[1])

@@ -17,6 +17,10 @@ MAX_TRANSACTION_ID_CHARS = 128
 #: `Time` counts seconds from this instant (midnight UTC, so Time % 86400 is the time of day).
 EPOCH = pd.Timestamp("2025-01-01T00:00:00Z")
 NON_NEGATIVE: tuple[str, ...] = ("Time", "Amount")
+#: Bounds (seconds) of the request-latency histogram: the transformer's `fraud_request_seconds`
+#: buckets, and the bins a replay counts its rows in, so both give the rollout the same histogram.
+LATENCY_BUCKETS_S: tuple[float, ...] = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.008, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                        0.5, 1.0, 2.5)
 
 
 class DataError(ValueError):

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from fraud.schema import LATENCY_BUCKETS_S
 from numpy.typing import ArrayLike
 
 from fraud_canary.counts import ratio
@@ -19,6 +20,8 @@ from fraud_canary.counts import ratio
 #: (`fraud_predictor_errors_total{model_version="unknown"}`: in a cluster Knative splits behind
 #: one address, so the transformer cannot tell which revision failed).
 UNATTRIBUTED = "unknown"
+#: Bounds (ms) of the latency histogram a version's answered rows are counted in.
+LATENCY_BOUNDS_MS: tuple[float, ...] = tuple(round(1000 * s, 6) for s in LATENCY_BUCKETS_S)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ class VersionMetrics:
     latency_p95_ms: float
     latency_p99_ms: float
     confusion: Confusion | None = None
+    #: Answered rows at or under each latency bound (ms), cumulative; None when not counted.
+    latency_histogram: tuple[tuple[float, int], ...] | None = None
 
     def __post_init__(self) -> None:
         if min(self.requests, self.errors, self.flagged) < 0:
@@ -121,7 +126,7 @@ class VersionMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         """Counts, derived metrics and percentiles as one flat dict (NaN stays NaN)."""
-        out = {k: v for k, v in asdict(self).items() if k != "confusion"}
+        out = {k: v for k, v in asdict(self).items() if k not in ("confusion", "latency_histogram")}
         out.update(answered=self.answered, error_rate=self.error_rate, flag_rate=self.flag_rate,
                    fraud_rate=self.fraud_rate, precision=self.precision, recall=self.recall, f1=self.f1)
         out.update(asdict(self.confusion) if self.confusion else dict(tp=None, fp=None, fn=None, tn=None))
@@ -192,6 +197,7 @@ def version_metrics(
         ok = rows & answered
         finite = latency[ok & np.isfinite(latency)]
         p50, p95, p99 = (np.percentile(finite, (50, 95, 99)) if finite.size else (math.nan,) * 3)
+        histogram = tuple((bound, int(np.count_nonzero(finite <= bound))) for bound in LATENCY_BOUNDS_MS)
         confusion = None
         if fraud is not None:
             ok_known = ok & known
@@ -201,5 +207,5 @@ def version_metrics(
             model_version=version, requests=int(rows.sum()), errors=int((rows & failed).sum()),
             flagged=int((ok & flagged).sum()), traffic_share=ratio(int(rows.sum()), n),
             latency_p50_ms=float(p50), latency_p95_ms=float(p95), latency_p99_ms=float(p99),
-            confusion=confusion)
+            confusion=confusion, latency_histogram=histogram)
     return out

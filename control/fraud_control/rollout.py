@@ -1,13 +1,17 @@
-"""The rollout controller: `canaryTrafficPercent` through a plan (5 → 20 → 50 → 100), one analysis
-per step, written once over an `InferenceServiceStore` (issue 10, DESIGN decision 13).
+"""The rollout controller: `canaryTrafficPercent` through a plan (5 → 20 → 50 → 100), written once
+over an `InferenceServiceStore` (issue 10, DESIGN decisions 13 and 18).
 
 At each step below 100: `canary.set_canary_percent` (waits for the new generation), then windows
-of evidence from an `EvidenceSource` until `fraud_canary.progressive.decide_step` moves on:
-advance to the next step, promote (`canary.promote`, which moves MLflow's aliases), roll back
-(`canary.rollback`) on a failed check, or hold for another window, up to `max_holds`, after which
-the policy rolls back (it fails closed). Every window is recorded as a step record (percent,
-window, evidence summary, decision, reasons), in the rollout's state (so `status` and `abort` work
-from another process) and by each `StepRecorder` (JSON lines, Kubernetes Events, MLflow tags).
+of evidence from an `EvidenceSource`, each one new (windows do not overlap), judged by
+`fraud_canary.progressive.judge` with everything the rollout has seen (its `Ledger` of
+anytime-valid tests): advance to the next step, promote (`canary.promote`, which moves MLflow's
+aliases), roll back (`canary.rollback`) when a rollback test rejects, hold for another window, or
+stop inconclusive after `max_holds` holds (the canary stays where it is; `fail_closed` rolls back
+instead). A window whose evidence cannot be read is an error verdict: counted, retried after
+`error_backoff_s`, and only `max_consecutive_errors` in a row roll back. Every look is recorded as
+a step record (percent, window, evidence summary, verdict, reasons, e-values), in the rollout's
+state (so `status` and `abort` work from another process) and by each `StepRecorder` (JSON lines,
+Kubernetes Events, MLflow tags).
 
 An abort asked for by another process (`RolloutStateStore.request_abort`) is noticed at the next
 poll of the evidence wait and rolls the canary back.
@@ -20,15 +24,26 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from fraud_canary.analysis import analyze
+from fraud.schema import DataError
 from fraud_canary.metrics import VersionMetrics
 from fraud_canary.paired import PairedOutcomes
 from fraud_canary.policy import OfflineMetrics
-from fraud_canary.progressive import HOLD, PROMOTE, ROLLBACK, RolloutPolicy, StepDecision, decide_step
+from fraud_canary.progressive import (
+    ERROR,
+    HOLD,
+    INCONCLUSIVE,
+    PROMOTE,
+    ROLLBACK,
+    Ledger,
+    Look,
+    Observation,
+    RolloutPolicy,
+    judge,
+)
 
 from fraud_control import canary
 from fraud_control.store import InferenceServiceStore, RolloutError, RolloutRefused
@@ -36,6 +51,8 @@ from fraud_control.store import InferenceServiceStore, RolloutError, RolloutRefu
 log = logging.getLogger(__name__)
 
 RUNNING, PROMOTED, ROLLED_BACK, ABORTED, FAILED = "running", "promoted", "rolled_back", "aborted", "failed"
+#: Stopped at a step without a decision: the canary stays at its percent for a person to decide.
+PAUSED = "inconclusive"
 
 
 class RolloutAborted(RolloutError):
@@ -65,8 +82,9 @@ class Window:
 
 @dataclass(frozen=True)
 class Evidence:
-    """Online metrics per version over one window, the paired (shadow-scored) decisions if any,
-    and what the source was (e.g. "metrics http://…/metrics")."""
+    """Online metrics per version over one window (this window only: windows do not overlap, so
+    each look adds new evidence to the rollout's ledger), the window's paired (shadow-scored)
+    decisions if any, and what the source was (e.g. "metrics http://…/metrics")."""
 
     online: Mapping[str, VersionMetrics]
     window: Window
@@ -92,8 +110,9 @@ class EvidenceSource(Protocol):
     labelled replay (`fraud_rollout.rollout_replay`)."""
 
     def window(self, percent: int, stop: Callable[[], bool]) -> Evidence:
-        """Evidence for the step at `percent`, once the window is full. A source that waits polls
-        `stop()` and raises RolloutAborted when it returns True."""
+        """The next window's evidence for the step at `percent`, once it is full; it starts where
+        the previous window ended. A source that waits polls `stop()` and raises RolloutAborted
+        when it returns True; DataError when the evidence cannot be read."""
         ...
 
 
@@ -133,11 +152,20 @@ class RolloutConfig:
     canary_version: str
     offline: Mapping[str, OfflineMetrics]
     policy: RolloutPolicy = field(default_factory=RolloutPolicy)
-    #: `analyze`'s detectable recall difference (None: the default policy's; "auto").
+    #: The recall margin (labelled recall non-inferior to the holdout's within it; rolled back
+    #: below it). None or "auto": the policy's `detectable_recall_difference`.
     detectable: float | str | None = None
     tracking_uri: str = ""
     timeout_s: float = canary.DEFAULT_TIMEOUT_S
     poll_s: float = canary.DEFAULT_POLL_S
+    #: Wait after an unreadable window before reading the next (a scrape gap, Prometheus restarting).
+    error_backoff_s: float = 10.0
+
+    def rollout_policy(self) -> RolloutPolicy:
+        if isinstance(self.detectable, (int, float)):
+            return replace(self.policy, canary=replace(self.policy.canary,
+                                                       detectable_recall_difference=float(self.detectable)))
+        return self.policy
 
 
 def running_rollout(states: RolloutStateStore) -> dict | None:
@@ -155,11 +183,15 @@ def describe(state: Mapping[str, Any]) -> str:
             f"{state.get('holds', 0)} holds, last decision {last.get('decision', '-')}")
 
 
-def step_record(percent: int, holds: int, evidence: Evidence, analysis: Mapping[str, Any],
-                decision: StepDecision) -> dict[str, Any]:
-    return {"time": now_iso(), "percent": percent, "window": evidence.window.to_dict(),
-            "evidence": evidence.summary(), "analysis_action": analysis["action"], "holds": holds,
-            "decision": decision.action, "next_percent": decision.next_percent, "reasons": list(decision.reasons)}
+def step_record(percent: int, holds: int, evidence: Evidence | None, look: Look | None, decision: str,
+                next_percent: int | None, reasons: Sequence[str], covered: Window | None = None) -> dict[str, Any]:
+    """One look as the logs, Events and `rollout status` show it. `window` is what the step has
+    covered so far (its windows together); `evidence` is this window's."""
+    tests = {rule: {"e_value": t.e_value, "threshold": t.threshold, "rejected": t.rejected}
+             for rule, t in look.ledger.tests.items()} if look is not None else None
+    return {"time": now_iso(), "percent": percent, "window": covered.to_dict() if covered else None,
+            "evidence": evidence.summary() if evidence else None, "holds": holds, "decision": decision,
+            "next_percent": next_percent, "reasons": list(reasons), "tests": tests}
 
 
 class Controller:
@@ -169,9 +201,12 @@ class Controller:
                  config: RolloutConfig, recorders: Sequence[StepRecorder] = (),
                  on_step: Callable[[Mapping[str, Any], Mapping[str, Any] | None], None] | None = None) -> None:
         self.store, self.source, self.states, self.config = store, source, states, config
+        self.policy = config.rollout_policy()
+        self.ledger = Ledger.start(self.policy)
         self.recorders, self.on_step = list(recorders), on_step
         self.state: dict[str, Any] = {
             "where": store.where, "plan": list(config.policy.plan), "max_holds": config.policy.max_holds,
+            "policy": config.rollout_policy().to_dict(),
             "baseline_version": config.baseline_version, "canary_version": config.canary_version,
             "status": RUNNING, "started": now_iso(), "heartbeat": now_iso(), "pid": os.getpid(),
             "host": socket.gethostname(), "percent": None, "holds": 0, "last_decision": None, "steps": [],
@@ -214,15 +249,23 @@ class Controller:
         self.state["busy_until"] = datetime.fromtimestamp(time.time() + self.config.timeout_s, UTC).isoformat()
         self._save()
 
-    def _analyze(self, evidence: Evidence, percent: int) -> dict[str, Any]:
+    def _look(self, percent: int, holds: int, errors: int) -> tuple[str, Look | None, Evidence | None, list[str]]:
+        """One window: its verdict, the look (None on an error) and the evidence. An unreadable
+        window is an error verdict; the ledger is untouched by it."""
         c = self.config
-        # `paired=` only with shadow pairs: analyze takes it from issue 10's paired analysis on
-        paired: dict[str, Any] = {"paired": evidence.paired} if evidence.paired is not None else {}
-        return analyze(evidence.online, c.offline, baseline_version=c.baseline_version,
-                       canary_version=c.canary_version, canary_percent=percent, detectable=c.detectable, **paired)
+        try:
+            evidence = self.source.window(percent, self.stop_requested)
+        except DataError as error:
+            return ERROR, None, None, [f"evidence unreadable ({errors + 1} of {c.policy.max_consecutive_errors} in a "
+                                       f"row allowed): {error}"]
+        self._check_abort()
+        observation = Observation(evidence.online, c.baseline_version, c.canary_version, c.offline, evidence.paired)
+        look = judge(self.ledger, observation, percent=percent, policy=self.policy, holds=holds)
+        self.ledger = look.ledger
+        return look.action, look, evidence, list(look.reasons)
 
-    def run_step(self, percent: int) -> StepDecision:
-        """Set the step's percent, then windows until the decision is not hold."""
+    def run_step(self, percent: int) -> tuple[str, list[str]]:
+        """Set the step's percent, then windows until the verdict is not hold (or error)."""
         c = self.config
         self._check_abort()
         self._busy()
@@ -230,18 +273,37 @@ class Controller:
         log.info("rollout %s: %s", self.store.where, moved.action)
         self.state.update(percent=percent, holds=0, busy_until=None)
         self._save()
-        holds = 0
+        holds = errors = 0
+        covered: Window | None = None
         while True:
-            evidence = self.source.window(percent, self.stop_requested)
-            self._check_abort()
-            analysis = self._analyze(evidence, percent)
-            decision = decide_step(analysis, percent=percent, policy=c.policy, holds=holds)
-            log.info("rollout %s at %d %%: %s (%s)", self.store.where, percent, decision.action, decision.reasons[0])
-            self._record(step_record(percent, holds, evidence, analysis, decision), analysis)
-            if decision.action != HOLD:
-                return decision
+            action, look, evidence, reasons = self._look(percent, holds, errors)
+            if evidence is not None:
+                covered = evidence.window if covered is None else Window(
+                    covered.start, evidence.window.end, covered.seconds + evidence.window.seconds,
+                    covered.requests + evidence.window.requests)
+            next_percent = look.next_percent if look is not None else None
+            errors = errors + 1 if action == ERROR else 0
+            if errors >= c.policy.max_consecutive_errors:
+                action, next_percent = ROLLBACK, 0
+                reasons = [f"evidence unreadable {errors} windows in a row: stop and roll back", *reasons]
+            log.info("rollout %s at %d %%: %s (%s)", self.store.where, percent, action, reasons[0])
+            self._record(step_record(percent, holds, evidence, look, action, next_percent, reasons, covered),
+                         look.to_dict() if look is not None else None)
+            if action == ERROR and errors < c.policy.max_consecutive_errors:
+                self._pause(c.error_backoff_s)
+                continue
+            if action != HOLD:
+                return action, reasons
             holds += 1
             self.state["holds"] = holds
+
+    def _pause(self, seconds: float) -> None:
+        """Wait before reading the evidence again, noticing an abort request."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.stop_requested():
+                raise RolloutAborted("abort requested while waiting for readable evidence")
+            time.sleep(min(self.config.poll_s, max(0.0, deadline - time.monotonic())))
 
     def _finish(self, status: str, outcome: canary.Rollout | None, note: str = "") -> dict[str, Any]:
         result: dict[str, Any] = {"status": status, "note": note}
@@ -259,27 +321,26 @@ class Controller:
         self.begin()
         try:
             for percent in c.policy.plan[:-1]:
-                decision = self.run_step(percent)
+                action, reasons = self.run_step(percent)
+                if action == INCONCLUSIVE:
+                    return self._finish(PAUSED, None, reasons[0])
                 self._busy()
-                if decision.action == ROLLBACK:
+                if action == ROLLBACK:
                     outcome = canary.rollback(self.store, tracking_uri=c.tracking_uri, timeout_s=c.timeout_s,
                                               poll_s=c.poll_s)
-                    return self._finish(ROLLED_BACK, outcome, decision.reasons[0])
-                if decision.action == PROMOTE:
+                    return self._finish(ROLLED_BACK, outcome, reasons[0])
+                if action == PROMOTE:
                     outcome = canary.promote(self.store, tracking_uri=c.tracking_uri, timeout_s=c.timeout_s,
                                              poll_s=c.poll_s)
-                    return self._finish(PROMOTED, outcome, decision.reasons[0])
-            raise AssertionError("decide_step promotes or rolls back at the plan's last step below 100")
+                    return self._finish(PROMOTED, outcome, reasons[0])
+            raise AssertionError("judge promotes, rolls back or stops inconclusive at the plan's last step below 100")
         except RolloutAborted as aborted:
             request = self.states.abort_request()
             reason = f"abort requested: {request}" if request else str(aborted)
             self._busy()
             outcome = canary.rollback(self.store, tracking_uri=c.tracking_uri, timeout_s=c.timeout_s,
                                       poll_s=c.poll_s)
-            step = {"time": now_iso(), "percent": self.state["percent"], "decision": "abort", "next_percent": 0,
-                    "reasons": [reason], "window": None, "evidence": None, "holds": self.state["holds"],
-                    "analysis_action": None}
-            self._record(step)
+            self._record(step_record(self.state["percent"], self.state["holds"], None, None, "abort", 0, [reason]))
             return self._finish(ABORTED, outcome, reason)
         except BaseException as error:  # a refusal, a timeout, unreachable metrics, Ctrl-C: say so, then raise
             self._finish(FAILED, None, f"{type(error).__name__}: {error}")

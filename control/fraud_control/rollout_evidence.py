@@ -1,13 +1,15 @@
-"""Live evidence for a rollout step, from the transformer's counters: label-free, so at 100 % the
-policy needs paired evidence or a labelled source (`fraud_rollout.rollout_replay`) to promote.
+"""Live evidence for a rollout step, from the transformer's counters (label-free).
 
-- `MetricsWindow`: scrapes the transformer's `/metrics` when a step starts and again once the
-  window is full (`window_s` seconds passed *and* `min_requests` rows counted, polled every
-  `poll_s`), and takes the counters' deltas: `fraud_predictions_total`, `fraud_predictor_errors_total`,
-  `fraud_request_seconds` (percentiles from the bucket deltas, as `histogram_quantile` does) and
-  the shadow pairs `fraud_shadow_rows_total` → `PairedOutcomes` of decisions. A hold extends the
-  step's window (the start snapshot stays), so evidence accumulates until the step moves on.
-- `PrometheusWindow`: the same through a Prometheus server (`increase(…[Ns])` over the step so far).
+Windows do not overlap: each starts where the previous one ended (a new step starts a new one: the
+split changed) and is full once `WindowSpec.seconds` more seconds passed *and* `min_requests` more
+rows were counted, so a hold waits for a whole new window. The rollout's ledger adds them up.
+
+- `MetricsWindow`: scrapes the transformer's `/metrics` at the window's start and again until it is
+  full, and takes the counters' deltas: `fraud_predictions_total`, `fraud_predictor_errors_total`,
+  `fraud_request_seconds` (percentiles from the bucket deltas, as `histogram_quantile` does, and
+  the histogram itself) and the shadow pairs `fraud_shadow_rows_total` → `PairedOutcomes`.
+- `PrometheusWindow`: the same counters' `increase(…[Ns])` over the window, from a Prometheus
+  server scraping the transformer, read by the same code.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from fraud.schema import DataError
 from fraud_canary.metrics import VersionMetrics
 from fraud_canary.paired import Discordant, PairedOutcomes
 
-from fraud_control.prometheus import DEFAULT_SELECTOR, PERCENTILES, metrics_from_prometheus, prometheus_query
+from fraud_control.prometheus import DEFAULT_SELECTOR, PERCENTILES, prometheus_query
 from fraud_control.rollout import Evidence, EvidenceSource, RolloutAborted, Window, now_iso
 
 Sample = tuple[str, tuple[tuple[str, str], ...]]
@@ -99,7 +101,8 @@ def requests_in(counts: Snapshot) -> int:
 
 
 def version_metrics(counts: Snapshot) -> dict[str, VersionMetrics]:
-    """VersionMetrics per version from counter deltas (no labels: `confusion` None)."""
+    """VersionMetrics per version from counter deltas (no labels: `confusion` None), with the
+    latency histogram in ms."""
     answered, flagged, failed = _rows(counts)
     latency: dict[str, list[tuple[float, float]]] = {}
     for (name, labels), value in counts.items():
@@ -111,11 +114,13 @@ def version_metrics(counts: Snapshot) -> dict[str, VersionMetrics]:
     out = {}
     for version in versions:
         requests = answered.get(version, 0) + failed.get(version, 0)
-        p50, p95, p99 = (1000 * _quantile(q / 100, latency.get(version, [])) for q in PERCENTILES)
+        buckets = latency.get(version, [])
+        p50, p95, p99 = (1000 * _quantile(q / 100, buckets) for q in PERCENTILES)
+        histogram = tuple(sorted((round(1000 * le, 6), round(n)) for le, n in buckets if math.isfinite(le)))
         out[version] = VersionMetrics(
             model_version=version, requests=requests, errors=failed.get(version, 0), flagged=flagged.get(version, 0),
             traffic_share=requests / total if total else math.nan, latency_p50_ms=p50, latency_p95_ms=p95,
-            latency_p99_ms=p99, confusion=None)
+            latency_p99_ms=p99, confusion=None, latency_histogram=histogram or None)
     return out
 
 
@@ -171,18 +176,24 @@ def wait_full(spec: WindowSpec, started: float, counted: Callable[[], int], stop
         time.sleep(spec.poll_s)
 
 
+def _evidence(counts: Snapshot, started: float, started_at: str, requests: int, versions: tuple[str, str],
+              source: str) -> Evidence:
+    return Evidence(version_metrics(counts), Window(started_at, now_iso(), time.monotonic() - started, requests),
+                    paired_decisions(counts, *versions), source=source)
+
+
 class MetricsWindow:
     """Step windows from the transformer's `/metrics` (e.g. http://127.0.0.1:8080/metrics)."""
 
     def __init__(self, url: str, spec: WindowSpec, baseline_version: str, canary_version: str) -> None:
         self.url, self.spec = url, spec
-        self.baseline_version, self.canary_version = baseline_version, canary_version
-        self._step: tuple[int, float, str, Snapshot] | None = None  # percent, monotonic, iso, counters
+        self.versions = (baseline_version, canary_version)
+        self._last: tuple[int, float, str, Snapshot] | None = None  # percent, monotonic, iso, counters at the end
 
     def window(self, percent: int, stop: Callable[[], bool]) -> Evidence:
-        if self._step is None or self._step[0] != percent:
-            self._step = (percent, time.monotonic(), now_iso(), scrape(self.url))
-        _, started, started_at, start = self._step
+        if self._last is None or self._last[0] != percent:
+            self._last = (percent, time.monotonic(), now_iso(), scrape(self.url))
+        _, started, started_at, start = self._last
         latest: dict[str, Snapshot] = {}
 
         def counted() -> int:
@@ -190,37 +201,48 @@ class MetricsWindow:
             return requests_in(delta(latest["end"], start))
 
         requests = wait_full(self.spec, started, counted, stop, self.url)
-        counts = delta(latest["end"], start)
-        return Evidence(version_metrics(counts),
-                        Window(started_at, now_iso(), time.monotonic() - started, requests),
-                        paired_decisions(counts, self.baseline_version, self.canary_version),
-                        source=f"metrics {self.url}")
+        self._last = (percent, time.monotonic(), now_iso(), latest["end"])
+        return _evidence(delta(latest["end"], start), started, started_at, requests, self.versions,
+                         f"metrics {self.url}")
 
 
 class PrometheusWindow:
-    """Step windows from a Prometheus server scraping the transformer (`selector` picks its series)."""
+    """Step windows from a Prometheus server scraping the transformer (`selector` picks its series):
+    the counters' increase over each window, one query, read as `MetricsWindow` reads a scrape."""
 
-    def __init__(self, url: str, spec: WindowSpec, selector: str = DEFAULT_SELECTOR) -> None:
+    def __init__(self, url: str, spec: WindowSpec, baseline_version: str, canary_version: str,
+                 selector: str = DEFAULT_SELECTOR) -> None:
         self.url, self.spec, self.selector = url, spec, selector
-        self._step: tuple[int, float, str] | None = None
+        self.versions = (baseline_version, canary_version)
+        self._last: tuple[int, float, str] | None = None
 
-    def _range(self, started: float) -> str:
-        return f"{max(1, math.ceil(time.monotonic() - started))}s"
+    def _increase(self, started: float) -> Snapshot:
+        window = f"{max(1, math.ceil(time.monotonic() - started))}s"
+        names = "|".join(COUNTED)
+        query = f'increase({{__name__=~"{names}",{self.selector}}}[{window}])'
+        out: Snapshot = {}
+        for sample in prometheus_query(self.url, query):
+            labels = dict(sample["metric"])
+            name = labels.pop("__name__", "")
+            labels.pop("job", None)
+            labels.pop("instance", None)
+            key = (name, tuple(sorted(labels.items())))
+            out[key] = out.get(key, 0.0) + float(sample["value"][1])
+        return out
 
     def window(self, percent: int, stop: Callable[[], bool]) -> Evidence:
-        if self._step is None or self._step[0] != percent:
-            self._step = (percent, time.monotonic(), now_iso())
-        _, started, started_at = self._step
+        if self._last is None or self._last[0] != percent:
+            self._last = (percent, time.monotonic(), now_iso())
+        _, started, started_at = self._last
+        latest: dict[str, Snapshot] = {}
 
         def counted() -> int:
-            query = f"sum(increase(fraud_predictions_total{{{self.selector}}}[{self._range(started)}]))"
-            return sum(round(float(s["value"][1])) for s in prometheus_query(self.url, query))
+            latest["counts"] = self._increase(started)
+            return requests_in(latest["counts"])
 
         requests = wait_full(self.spec, started, counted, stop, self.url)
-        online, _ = metrics_from_prometheus(self.url, self.selector, self._range(started))
-        return Evidence(online, Window(started_at, now_iso(), time.monotonic() - started, requests),
-                        source=f"prometheus {self.url}")
-
+        self._last = (percent, time.monotonic(), now_iso())
+        return _evidence(latest["counts"], started, started_at, requests, self.versions, f"prometheus {self.url}")
 
 
 class AfterLocalApply:

@@ -134,7 +134,7 @@ def evidence_source(options: RolloutOptions, baseline: str, candidate: str) -> E
     spec = WindowSpec(seconds=options.window_s, min_requests=options.min_requests, poll_s=options.poll_s)
     source: EvidenceSource
     if options.prometheus_url:
-        source = PrometheusWindow(options.prometheus_url, spec, options.selector)
+        source = PrometheusWindow(options.prometheus_url, spec, baseline, candidate, options.selector)
     else:
         url = options.metrics_url
         if not url and options.target == "local":

@@ -29,12 +29,12 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from fraud.schema import LATENCY_BUCKETS_S
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 SCORE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.008, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 UNKNOWN_VERSION = "unknown"
 
 
@@ -95,7 +95,7 @@ class TransformerMetrics:
                                          "Failed forwards retried on the other revision, by the version that failed",
                                          ["model_version"], registry=registry)
         self.request_seconds = Histogram("fraud_request_seconds", "End-to-end transformer request latency",
-                                         ["model_version"], buckets=LATENCY_BUCKETS, registry=registry)
+                                         ["model_version"], buckets=LATENCY_BUCKETS_S, registry=registry)
         self.shadow_rows = Counter("fraud_shadow_rows_total",
                                    "Rows scored by the served and the shadow version, by both decisions",
                                    ["served_version", "shadow_version", "served_decision", "shadow_decision"],

@@ -11,7 +11,6 @@ from fraud_canary.decision import recommend
 from fraud_canary.metrics import version_metrics
 from fraud_canary.paired import Discordant, PairedOutcomes, paired_outcomes
 from fraud_canary.policy import CanaryPolicy, OfflineMetrics
-from fraud_canary.progressive import FAST_RULES, SLOW_RULES, RolloutPolicy, decide_step
 
 #: The demo's replay: the 1,000,000-transaction run's holdout, 190,000 rows with 324 frauds
 #: (0.17 %), 20 % to the canary (≈ 65 of them frauds: far below the ≈ 177 the unpaired plan needs).
@@ -125,8 +124,7 @@ def test_disagreement_within_tolerance_passes_and_without_labels_the_step_advanc
     assert _check(analysis, "paired.flag_rate")["status"] == "pass"
     assert _check(analysis, "paired.false_alarms") == {"rule": "paired.false_alarms", "status": "insufficient",
                                                        "on_failure": "hold", "detail": "labels unknown"}
-    assert decide_step(analysis, percent=20, policy=RolloutPolicy(), holds=0).action == "advance"
-    assert {c["rule"] for c in analysis["checks"]} <= FAST_RULES | SLOW_RULES
+    assert {c["rule"] for c in analysis["checks"]} >= {"paired.disagreement", "paired.flag_rate"}
 
 
 def _paired(decisions: Discordant, frauds: Discordant | None = None, legit: Discordant | None = None):

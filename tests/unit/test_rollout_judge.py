@@ -1,0 +1,107 @@
+"""The rollout's verdict at each look (`fraud_canary.progressive.judge`), on windows built by hand."""
+from __future__ import annotations
+
+import pytest
+from fraud_canary.metrics import LATENCY_BOUNDS_MS, Confusion, VersionMetrics
+from fraud_canary.paired import Discordant, PairedOutcomes
+from fraud_canary.policy import OfflineMetrics
+from fraud_canary.progressive import ROLLBACK_RULES, Ledger, Observation, RolloutPolicy, judge
+
+OFFLINE = {"v1": OfflineMetrics(precision=0.6, recall=0.4, flag_rate=0.001),
+           "v2": OfflineMetrics(precision=0.85, recall=0.8, flag_rate=0.0016)}
+POLICY = RolloutPolicy()
+
+
+def _version(name: str, requests: int, *, errors: int = 0, flag_rate: float = 0.001, recall: float | None = None,
+             slow_share: float = 0.0) -> VersionMetrics:
+    answered = requests - errors
+    flagged = round(answered * flag_rate)
+    confusion = None
+    if recall is not None:
+        frauds = answered // 500
+        tp = min(flagged, round(frauds * recall))
+        confusion = Confusion(tp=tp, fp=flagged - tp, fn=frauds - tp, tn=answered - frauds - (flagged - tp))
+    fast = round(answered * (1 - slow_share))
+    histogram = tuple((b, fast if b < 25 else answered) for b in LATENCY_BOUNDS_MS)
+    return VersionMetrics(name, requests, errors, flagged, 0.0, 4.0, 8.0, 10.0, confusion, histogram)
+
+
+def _window(percent: int, rows: int = 40_000, *, canary: dict | None = None, paired: PairedOutcomes | None = None,
+            labelled: bool = False) -> Observation:
+    n_c = rows * percent // 100
+    online = {"v1": _version("v1", rows - n_c, recall=0.4 if labelled else None),
+              "v2": _version("v2", n_c, recall=0.8 if labelled else None, **{"flag_rate": 0.0016, **(canary or {})})}
+    return Observation(online, "v1", "v2", OFFLINE, paired)
+
+
+def test_a_healthy_canary_advances_without_labels_and_waits_for_labels_at_the_last_step():
+    ledger = Ledger.start(POLICY)
+    look = judge(ledger, _window(5), percent=5, policy=POLICY, holds=0)
+    assert (look.action, look.next_percent) == ("advance", 20)
+    assert look.reasons == ("no rollback test rejected and every hold check passed at 5 %: advance to 20 %",)
+    looks = [judge(look.ledger, _window(50), percent=50, policy=POLICY, holds=h) for h in range(3)]
+    assert [x.action for x in looks] == ["hold"] * 3
+    assert looks[0].reasons[0] == "hold at 50 % (hold 1 of 3 allowed)"
+    assert looks[0].reasons[1] == ("WAIT labels: no labelled frauds yet; promotion needs the paired recall test or "
+                                   "labelled recall (waiting for labels)")
+    last = judge(looks[-1].ledger, _window(50), percent=50, policy=POLICY, holds=3)
+    assert (last.action, last.next_percent) == ("inconclusive", None)
+    assert last.reasons[0] == "inconclusive after 4 windows at 50 %: paused here, waiting for a person"
+
+
+def test_fail_closed_rolls_back_where_the_default_pauses():
+    strict = RolloutPolicy(max_holds=0, fail_closed=True)
+    look = judge(Ledger.start(strict), _window(50), percent=50, policy=strict, holds=0)
+    assert (look.action, look.next_percent) == ("rollback", 0)
+    assert look.reasons[0] == "no decision after 1 windows at 50 % and the policy fails closed"
+
+
+def test_paired_labelled_frauds_the_canary_catches_promote():
+    pairs = PairedOutcomes("v1", "v2", Discordant(4000, 30, 5, 6), frauds=Discordant(20, 14, 0, 6),
+                           legit=Discordant(3980, 16, 5, 0))
+    look = judge(Ledger.start(POLICY), _window(50, paired=pairs, labelled=True), percent=50, policy=POLICY, holds=0)
+    assert look.action == "promote", look.reasons
+    assert look.reasons[1].startswith("PASS canary.error_rate_bound: error rate ≤ ")
+    assert look.reasons[2].startswith("PASS paired.recall_better: the canary catches more of the paired frauds; "
+                                      "paired.recall_better: e-value ")
+
+
+@pytest.mark.parametrize(("canary", "paired", "rule"), [
+    ({"errors": 400}, None, "canary.error_rate"),
+    ({"flag_rate": 1.0}, None, "canary.flag_rate_high"),
+    ({"flag_rate": 0.0}, None, "canary.flag_rate_low"),
+    (None, PairedOutcomes("v1", "v2", Discordant(4000, 3990, 0, 4)), "paired.disagreement"),
+])
+def test_each_rollback_test_rolls_back_a_broken_canary(canary, paired, rule):
+    look = judge(Ledger.start(POLICY), _window(20, canary=canary, paired=paired), percent=20, policy=POLICY, holds=0)
+    assert (look.action, look.next_percent) == ("rollback", 0)
+    assert look.reasons[0].startswith(f"FAIL {rule}: e-value ")
+
+
+def test_a_slower_canary_is_judged_against_the_baseline_tail_seen_before():
+    first = judge(Ledger.start(POLICY), _window(20), percent=20, policy=POLICY, holds=0)
+    assert first.ledger.tests["canary.latency_vs_baseline"].looks == 0  # no baseline tail known yet
+    slow = judge(first.ledger, _window(20, canary={"slow_share": 0.3}), percent=20, policy=POLICY, holds=0)
+    assert slow.action == "rollback"
+    assert slow.reasons[0].startswith("FAIL canary.latency_vs_baseline: e-value ")
+
+
+def test_a_hold_check_holds_and_never_rolls_back():
+    window = _window(20)
+    off = Observation({"v1": window.online["v1"], "v2": _version("v2", 200)}, "v1", "v2", OFFLINE)
+    look = judge(Ledger.start(POLICY), off, percent=20, policy=POLICY, holds=0)
+    assert look.action == "hold"
+    assert look.reasons[1].startswith("FAIL traffic.canary_share: canary share 0.6211 %, target 20 ± 5.0 % → hold")
+
+
+def test_the_family_splits_alpha_and_the_policy_refuses_bad_values():
+    assert POLICY.check_alpha == pytest.approx(0.05 / len(ROLLBACK_RULES))
+    assert all(Ledger.start(POLICY).tests[r].alpha == POLICY.check_alpha for r in ROLLBACK_RULES)
+    for kwargs, message in (({"alpha": 0.0}, "alpha must be in (0, 1), got 0.0"),
+                            ({"max_consecutive_errors": 0}, "max_consecutive_errors must be a whole number ≥ 1, got 0"),
+                            ({"plan": (5, 50)}, "plan must increase strictly and end at 100, got (5, 50)")):
+        with pytest.raises(ValueError) as raised:
+            RolloutPolicy(**kwargs)
+        assert str(raised.value) == message
+    with pytest.raises(ValueError, match="100 % is not a step of the plan below 100"):
+        judge(Ledger.start(POLICY), _window(50), percent=100, policy=POLICY, holds=0)

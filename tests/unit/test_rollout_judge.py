@@ -66,14 +66,17 @@ def test_paired_labelled_frauds_the_canary_catches_promote():
                                       "paired.recall_better: e-value ")
 
 
-@pytest.mark.parametrize(("canary", "paired", "rule"), [
-    ({"errors": 400}, None, "canary.error_rate"),
-    ({"flag_rate": 1.0}, None, "canary.flag_rate_high"),
-    ({"flag_rate": 0.0}, None, "canary.flag_rate_low"),
-    (None, PairedOutcomes("v1", "v2", Discordant(4000, 3990, 0, 4)), "paired.disagreement"),
+@pytest.mark.parametrize(("canary", "paired", "rule", "rows"), [
+    ({"errors": 400}, None, "canary.error_rate", 40_000),
+    ({"flag_rate": 1.0}, None, "canary.flag_rate_high", 40_000),
+    # flagging nothing where the baseline flags 0.1 %: one window of 8,000 canary rows is not
+    # enough (32 baseline flags, e-value ≈ 57 of 140 needed); 40,000 are
+    ({"flag_rate": 0.0}, None, "canary.flag_rate_low", 200_000),
+    (None, PairedOutcomes("v1", "v2", Discordant(4000, 3990, 0, 4)), "paired.disagreement", 40_000),
 ])
-def test_each_rollback_test_rolls_back_a_broken_canary(canary, paired, rule):
-    look = judge(Ledger.start(POLICY), _window(20, canary=canary, paired=paired), percent=20, policy=POLICY, holds=0)
+def test_each_rollback_test_rolls_back_a_broken_canary(canary, paired, rule, rows):
+    look = judge(Ledger.start(POLICY), _window(20, rows, canary=canary, paired=paired), percent=20, policy=POLICY,
+                 holds=0)
     assert (look.action, look.next_percent) == ("rollback", 0)
     assert look.reasons[0].startswith(f"FAIL {rule}: e-value ")
 

@@ -54,7 +54,8 @@ def metrics_from_replay(report: Mapping[str, Any]) -> dict[str, VersionMetrics]:
             model_version=version, requests=int(m["requests"]), errors=int(m["errors"]), flagged=int(m["flagged"]),
             traffic_share=_number(m["traffic_share"]), latency_p50_ms=_number(m["latency_p50_ms"]),
             latency_p95_ms=_number(m["latency_p95_ms"]), latency_p99_ms=_number(m["latency_p99_ms"]),
-            confusion=confusion)
+            confusion=confusion, latency_histogram=tuple((float(b), int(n)) for b, n in m.get("latency_histogram") or ())
+            or None)
     return out
 
 

@@ -127,6 +127,7 @@ class VersionMetrics:
     def to_dict(self) -> dict[str, Any]:
         """Counts, derived metrics and percentiles as one flat dict (NaN stays NaN)."""
         out = {k: v for k, v in asdict(self).items() if k not in ("confusion", "latency_histogram")}
+        out["latency_histogram"] = [list(pair) for pair in self.latency_histogram or ()] or None
         out.update(answered=self.answered, error_rate=self.error_rate, flag_rate=self.flag_rate,
                    fraud_rate=self.fraud_rate, precision=self.precision, recall=self.recall, f1=self.f1)
         out.update(asdict(self.confusion) if self.confusion else dict(tp=None, fp=None, fn=None, tn=None))

@@ -7,7 +7,7 @@ SYSTEM := $(VENV)/.system
 N ?= 1000000
 REPORT ?= .fraud-rollout/demo/pipeline/report.json
 
-.PHONY: demo test lint bench bench-pipeline bench-replay bench-serving compile venv system cluster cluster-down go-servers lock clean
+.PHONY: demo test lint bench bench-pipeline bench-replay bench-serving bench-rollout compile venv system cluster cluster-down go-servers lock clean
 
 demo: $(INSTALLED)
 	$(BIN)/fraud-rollout demo
@@ -23,7 +23,7 @@ lint: $(INSTALLED)
 
 # Benchmarks print measured numbers next to their targets. bench-replay and bench-serving use the
 # models of a pipeline run (REPORT, written by `make demo` or `make bench-pipeline`).
-bench: bench-pipeline bench-replay bench-serving
+bench: bench-pipeline bench-replay bench-serving bench-rollout
 
 bench-pipeline: $(INSTALLED)
 	$(BIN)/fraud-rollout bench pipeline --n-transactions $(N)
@@ -33,6 +33,10 @@ bench-replay: $(INSTALLED) $(SYSTEM)
 
 bench-serving: $(INSTALLED) $(SYSTEM)
 	$(BIN)/fraud-rollout bench serving --report $(REPORT)
+
+# The rollout policy's operating characteristics: simulated rollouts through the real decision code.
+bench-rollout: $(INSTALLED)
+	$(BIN)/fraud-rollout bench rollout
 
 compile: $(INSTALLED)
 	$(BIN)/fraud-rollout pipeline compile

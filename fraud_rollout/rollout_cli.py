@@ -29,7 +29,7 @@ def register(commands) -> None:
     start = rollout.add_argument_group("start")
     start.add_argument("--plan", default=DEFAULT_PLAN, help=f"canaryTrafficPercent steps, ending at 100 (default {DEFAULT_PLAN})")
     start.add_argument("--max-holds", type=non_negative_int, default=3,
-                       help="windows a step may hold on insufficient evidence before rolling back (default 3)")
+                       help="windows a step may hold before it stops inconclusive (default 3)")
     start.add_argument("--window", type=non_negative_float, default=60.0, metavar="SECONDS",
                        help="each window lasts at least this long (default 60)")
     start.add_argument("--min-requests", type=non_negative_int, default=0, metavar="N",
@@ -42,7 +42,10 @@ def register(commands) -> None:
     start.add_argument("--report", type=Path, dest="pipeline_report",
                        help="pipeline report.json with the offline metrics (default .fraud-rollout/run/report.json if present)")
     start.add_argument("--detectable-recall-difference", type=detectable_difference,
-                       help="recall drop the evidence must be able to detect (default 0.10; 'auto')")
+                       help="recall margin: labelled recall within it of the holdout's promotes, below it rolls back "
+                            "(default 0.10)")
+    start.add_argument("--fail-closed", action="store_true",
+                       help="roll back a step that stays inconclusive after --max-holds (default: pause there)")
     start.add_argument("--log", type=Path, help="JSON lines, one per step (default: rollout.jsonl in the state dir; "
                                                 "stdout for --target kserve)")
     start.add_argument("--out", type=Path, help="write the final report ({'rollout': {..., 'steps': [...]}}) here")
@@ -91,7 +94,8 @@ def rollout_options(args: argparse.Namespace):
                           max_holds=args.max_holds, window_s=args.window, min_requests=args.min_requests,
                           poll_s=args.poll, metrics_url=args.metrics_url or "", prometheus_url=args.prometheus or "",
                           selector=args.selector, offline=_offline(args),
-                          detectable=args.detectable_recall_difference, tracking_uri=args.tracking_uri,
+                          detectable=args.detectable_recall_difference, fail_closed=args.fail_closed,
+                          tracking_uri=args.tracking_uri,
                           timeout_s=args.timeout, log=args.log)
 
 

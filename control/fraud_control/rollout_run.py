@@ -72,6 +72,8 @@ class RolloutOptions:
     #: Holdout metrics per model version (`fraud_canary.analysis.offline_metrics`), if a report is at hand.
     offline: Mapping[str, OfflineMetrics] = field(default_factory=dict)
     detectable: float | str | None = None
+    #: Roll back a step that stays inconclusive (default: pause there for a person).
+    fail_closed: bool = False
     #: MLflow server (empty: $MLFLOW_TRACKING_URI).
     tracking_uri: str = ""
     timeout_s: float = RolloutConfig.timeout_s
@@ -177,7 +179,8 @@ def rollout_controller(options: RolloutOptions, store: InferenceServiceStore, so
     baseline, candidate = model_versions(options, subject)
     tracking_uri = options.tracking_uri or (settings or Settings()).MLFLOW_TRACKING_URI
     config = RolloutConfig(baseline_version=baseline, canary_version=candidate, offline=options.offline,
-                           policy=RolloutPolicy(plan=options.plan, max_holds=options.max_holds),
+                           policy=RolloutPolicy(plan=options.plan, max_holds=options.max_holds,
+                                                fail_closed=options.fail_closed),
                            detectable=options.detectable, tracking_uri=tracking_uri,
                            timeout_s=options.timeout_s, poll_s=min(options.poll_s, 2.0))
     return Controller(store, source or evidence_source(options, baseline, candidate),

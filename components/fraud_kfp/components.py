@@ -247,7 +247,7 @@ def progressive_rollout(target: str, namespace: str, local_state_dir: str, plan:
         min_requests: And counts at least this many requests.
         metrics_url: The transformer's /metrics (target local: empty reads the local runtime's).
         prometheus_url: Instead of metrics_url: a Prometheus server scraping the transformer.
-        max_holds: Windows a step may hold on insufficient evidence before rolling back.
+        max_holds: Windows a step may hold before it stops inconclusive (the canary paused where it is).
         tracking_uri: MLflow tracking URI (aliases follow, decisions tag the candidate); empty uses MLFLOW_TRACKING_URI.
         timeout_seconds: How long to wait for the InferenceService to become Ready after each patch.
     """

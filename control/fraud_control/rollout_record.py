@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 #: Event reason per decision (`kubectl get events --field-selector reason=RolloutHold`).
 REASONS = {"advance": "RolloutStep", "hold": "RolloutHold", "rollback": "RolloutRollback",
-           "promote": "RolloutPromote", "abort": "RolloutRollback"}
+           "promote": "RolloutPromote", "abort": "RolloutRollback", "inconclusive": "RolloutInconclusive",
+           "error": "RolloutEvidenceError"}
 #: Kubernetes caps an Event's message at 1 KiB.
 MESSAGE_LIMIT = 1024
 
@@ -94,6 +95,6 @@ class MlflowStepTags:
         if self.version is None:  # not registered here: nothing to tag
             return
         tags = {f"rollout.step.{step['percent']}": str(step["decision"])}
-        if step["decision"] in ("promote", "rollback", "abort"):
+        if step["decision"] in ("promote", "rollback", "abort", "inconclusive"):
             tags["rollout.result"] = str(step["decision"])
         registry.set_version_tags(self.tracking_uri, self.version, tags)

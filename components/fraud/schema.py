@@ -1,6 +1,8 @@
 """The Kaggle credit-card transaction schema and checks on raw transaction frames."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -21,6 +23,11 @@ NON_NEGATIVE: tuple[str, ...] = ("Time", "Amount")
 #: buckets, and the bins a replay counts its rows in, so both give the rollout the same histogram.
 LATENCY_BUCKETS_S: tuple[float, ...] = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.008, 0.01, 0.025, 0.05, 0.1, 0.25,
                                         0.5, 1.0, 2.5)
+#: Upper bounds of the score buckets shadow pairs are counted in (`fraud_shadow_score_bucket`), 0.3
+#: apart in log-odds from e^-12 to e^12: fine enough that a bucket rarely straddles a calibration
+#: block (isotonic blocks are data-chosen), so paired CBPE can be computed from counters.
+PAIRED_SCORE_BOUNDS: tuple[float, ...] = tuple(float(round(1 / (1 + math.exp(-x)), 12))
+                                               for x in (-12 + 0.3 * i for i in range(81)))
 
 
 class DataError(ValueError):

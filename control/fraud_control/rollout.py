@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from fraud.schema import DataError
 from fraud_canary.metrics import VersionMetrics
 from fraud_canary.paired import PairedOutcomes
+from fraud_canary.paired_scores import PairedScores
 from fraud_canary.policy import OfflineMetrics
 from fraud_canary.progressive import (
     ERROR,
@@ -90,6 +91,8 @@ class Evidence:
     window: Window
     paired: PairedOutcomes | None = None
     source: str = ""
+    #: The window's shadow pairs by decisions and each version's score bucket (label-free paired CBPE).
+    paired_scores: PairedScores | None = None
 
     def summary(self) -> dict[str, Any]:
         """What a step record keeps: counts and p99 per version, the paired table's counts."""

@@ -2,7 +2,9 @@
 
 Each server is built inside a small module of its own that requires the pinned version, because
 `go install module@version` refuses modules whose go.mod has replace directives (KServe's and
-Kubernetes' do). A lock file keeps parallel test runs from building the same binary twice.
+Kubernetes' do). A server whose go.mod asks for a newer Go than the machine's (Argo Rollouts') is
+built with the toolchain its `GoServer` names, through GOTOOLCHAIN (the go command takes it from the
+module proxy, once). A lock file keeps parallel test runs from building the same binary twice.
 """
 from __future__ import annotations
 
@@ -44,10 +46,12 @@ def _run(args: list[str], cwd: Path, log: Path, env: dict[str, str]) -> None:
                           + "\n".join(tail))
 
 
-def module_dir(module: str, version: str, go: str | None = None) -> Path:
-    """The downloaded source of `module@version` in the module cache (read-only)."""
+def module_dir(module: str, version: str, go: str | None = None, toolchain: str | None = None) -> Path:
+    """The downloaded source of `module@version` in the module cache (read-only); `toolchain` for a
+    module whose go.mod asks for a newer Go (the download refuses it otherwise)."""
+    env = {**os.environ, "GOTOOLCHAIN": toolchain} if toolchain else None
     out = subprocess.run([go or _go(), "mod", "download", "-json", f"{module}@{version}"], capture_output=True,
-                         text=True, check=False)
+                         text=True, check=False, env=env)
     info = json.loads(out.stdout or "{}")
     if out.returncode != 0 or "Dir" not in info:
         raise BuildFailed(f"go mod download {module}@{version} failed: {info.get('Error') or out.stderr.strip()}")
@@ -76,8 +80,9 @@ def _prepare(server: GoServer, work: Path, go: str, env: dict[str, str]) -> None
     (work / ".prepared").touch()
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -buildvcs=false"}
+def _env(server: GoServer) -> dict[str, str]:
+    toolchain = {"GOTOOLCHAIN": server.toolchain} if server.toolchain else {}
+    return {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -buildvcs=false", **toolchain}
 
 
 def build(server: GoServer, progress=print) -> Path:
@@ -91,7 +96,7 @@ def build(server: GoServer, progress=print) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if binary.exists():  # built by whoever held the lock
             return binary
-        go, env, log = _go(), _env(), work / "build.log"
+        go, env, log = _go(), _env(server), work / "build.log"
         progress(f"building {server.name} {server.version} from {server.module} (once; log: {log})")
         started = time.monotonic()
         if not (work / ".prepared").exists():
@@ -109,13 +114,13 @@ def build_all(servers: tuple[GoServer, ...], progress=print) -> list[Path]:
 
     missing = [s for s in servers if not (CACHE / s.key / "bin" / s.name).exists()
                and not (CACHE / s.key / ".prepared").exists()]
-    go, env = _go(), _env()
+    go = _go()
     for server in missing:
         (CACHE / server.key).mkdir(parents=True, exist_ok=True)
     if missing:
         progress(f"downloading the modules of {', '.join(s.name for s in missing)}")
     with ThreadPoolExecutor(max_workers=max(1, len(missing))) as pool:
-        list(pool.map(lambda s: _prepare(s, CACHE / s.key, go, env), missing))
+        list(pool.map(lambda s: _prepare(s, CACHE / s.key, go, _env(s)), missing))
     return [build(server, progress) for server in servers]
 
 

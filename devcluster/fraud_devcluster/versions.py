@@ -20,6 +20,9 @@ class GoServer:
     package: str
     #: `go mod edit -replace` pairs the module needs (its own go.mod's replaces do not apply to a dependency).
     replaces: tuple[tuple[str, str], ...] = field(default=())
+    #: GOTOOLCHAIN for a module whose go.mod asks for a newer Go than the machine's (the go command
+    #: takes that toolchain from the module proxy, as any module); None builds with the machine's Go.
+    toolchain: str | None = None
 
     @property
     def key(self) -> str:
@@ -53,7 +56,28 @@ KSERVE = GoServer(
 #: MinIO tags releases as RELEASE.<date>, not semver: the proxy serves pseudo-versions only.
 MINIO = GoServer("minio", "github.com/minio/minio", "v0.0.0-20260212201848-7aac2a2c5b7c", "github.com/minio/minio")
 
-SERVERS = (ETCD, KUBE_APISERVER, KSERVE, MINIO)
+#: Argo Rollouts' controller, run with `--controllers analysis` to judge the analysis endpoint through
+#: real AnalysisRuns. v1.10.2 is the newest release the proxy serves; its Go code is v1.10.1's, its
+#: go.mod only asks for Go 1.26.10 (the standard library's security fixes), newer than this machine's
+#: 1.26.8, so it builds with go1.27.3, the newer Go this workplace approves. Its k8s.io/* v0.34.5 are
+#: the Kubernetes minor of our kube-apiserver. The replaces are its own go.mod's.
+ARGO_ROLLOUTS = GoServer(
+    "rollouts-controller", "github.com/argoproj/argo-rollouts", "v1.10.2",
+    "github.com/argoproj/argo-rollouts/cmd/rollouts-controller",
+    (("github.com/go-check/check", "github.com/go-check/check@v0.0.0-20180628173108-788fd7840127"),
+     ("github.com/go-telegram-bot-api/telegram-bot-api/v5",
+      "github.com/OvyFlash/telegram-bot-api/v5@v5.0.0-20240108230938-63e5c59035bf"),
+     *((f"k8s.io/{name}", f"k8s.io/{name}@v0.34.5") for name in (
+         "api", "apiextensions-apiserver", "apimachinery", "apiserver", "cli-runtime", "client-go",
+         "cloud-provider", "cluster-bootstrap", "code-generator", "component-base", "component-helpers",
+         "controller-manager", "cri-api", "cri-client", "csi-translation-lib", "dynamic-resource-allocation",
+         "endpointslice", "externaljwt", "kms", "kube-aggregator", "kube-controller-manager", "kube-proxy",
+         "kube-scheduler", "kubectl", "kubelet", "metrics", "mount-utils", "pod-security-admission",
+         "sample-apiserver", "sample-cli-plugin", "sample-controller")),
+     ("k8s.io/legacy-cloud-providers", "k8s.io/legacy-cloud-providers@v0.30.14")),
+    toolchain="go1.27.3")
+
+SERVERS = (ETCD, KUBE_APISERVER, KSERVE, MINIO, ARGO_ROLLOUTS)
 
 #: The Knative Serving module whose CRDs KServe v0.20 is built against (its go.mod).
 KNATIVE_SERVING = ("knative.dev/serving", "v0.48.1")

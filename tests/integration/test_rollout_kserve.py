@@ -98,7 +98,9 @@ def test_a_good_candidate_steps_5_20_50_and_is_promoted(canary_cluster):
     assert state["status"] == "promoted" and state["result"]["action"] == "promoted v2 to 100 %"
     assert percent_writes(canary_cluster) == [5, 20, 50, ["remove"]]
     assert [r for r, _ in events(canary_cluster)] == ["RolloutStep", "RolloutStep", "RolloutPromote"]
-    assert events(canary_cluster)[0][1].startswith("advance at 5 %, 200000 requests in 0 s: all ")
+    assert events(canary_cluster)[0][1] == ("advance at 5 %, 200000 requests in 0 s: no rollback test rejected and "
+                                            "every hold check passed at 5 %: advance to 20 %")
+    assert state["steps"][-1]["reasons"][2].startswith("PASS canary.recall_non_inferior: recall ≥ 0.7")
     stored = ConfigMapRolloutState(admin_client(canary_cluster.namespace.kube), canary_cluster.ns,
                                    "fraud-detector").read()
     assert stored["status"] == "promoted" and [s["percent"] for s in stored["steps"]] == [5, 20, 50]
@@ -107,8 +109,9 @@ def test_a_good_candidate_steps_5_20_50_and_is_promoted(canary_cluster):
 def test_a_failing_candidate_is_rolled_back_at_the_first_step(canary_cluster):
     state = _controller(canary_cluster, PreparedEvidence(canary_error_share=0.1)).run()
     assert [(s["percent"], s["decision"]) for s in state["steps"]] == [(5, "rollback")]
-    assert state["steps"][0]["reasons"] == ["FAIL canary.error_rate: error rate 0.1 of 10000 requests, "
-                                            "objective ≤ 0.01 → rollback"]
+    reasons = state["steps"][0]["reasons"]
+    assert len(reasons) == 1 and reasons[0].startswith("FAIL canary.error_rate: e-value "), reasons
+    assert reasons[0].endswith(" (threshold 140, null 0.01, 1 looks) → rollback"), reasons
     assert state["status"] == "rolled_back"
     assert percent_writes(canary_cluster) == [5, 0]
     assert [r for r, _ in events(canary_cluster)] == ["RolloutRollback"]
@@ -190,8 +193,7 @@ def test_the_analysis_endpoint_answers_each_decision_with_its_code(canary_cluste
         controller = _controller(canary_cluster, PreparedEvidence())
         controller.on_step = on_step
         controller.run()
-        # at 20 % the analysis alone would promote; the policy advances one step at a time
-        assert seen == [("advance", "advance", 200, "hold"), ("advance", "advance", 200, "promote"),
+        assert seen == [("advance", "advance", 200, "advance"), ("advance", "advance", 200, "advance"),
                         ("promote", "promote", 200, "promote")]
     finally:
         endpoint.close()

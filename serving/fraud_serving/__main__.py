@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import random
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -145,7 +144,7 @@ def run_transformer(args: argparse.Namespace, settings: Settings) -> None:
         raise SystemExit(f"--max_rows {args.max_rows}: must be at least 1")
     seed = split_seed(settings.FRAUD_ROLLOUT_SPLIT_SEED)
     if args.routes_file is not None:
-        routes = Routes(routes_file=args.routes_file, rng=None if seed is None else random.Random(seed))
+        routes = Routes(routes_file=args.routes_file, seed=seed)
     elif args.predictor_host:
         routes = Routes.single(args.predictor_host, args.predictor_use_ssl)
     else:
@@ -185,7 +184,7 @@ def run_transformer(args: argparse.Namespace, settings: Settings) -> None:
                                     args.predictor_request_timeout_seconds,
                                     PairLog(args.pairs_log) if args.pairs_log else None,
                                     model_name=args.model_name, tag_hosts=tag_hosts,
-                                    rng=None if seed is None else random.Random(seed + 1))
+                                    seed=seed)
     if args.logger_url is not None:
         source = EventSource(args.model_name, pod_namespace(), f"http://localhost:{args.http_port}/")
         model.payload_logger = PayloadLogger(args.logger_url, source, PayloadLogMetrics(), max_queue=logger_queue,

@@ -28,6 +28,7 @@ is below 100 %), nothing to fall back on either way.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -38,6 +39,13 @@ from fraud.routes import Backend, read_routes
 ROLLED_OUT_TAG = "prev"
 
 
+def keyed_uniform(seed: int, purpose: str, key: str) -> float:
+    """A uniform draw in [0, 1) that depends only on (seed, purpose, key): Knative splits at random,
+    the local runtime with FRAUD_ROLLOUT_SPLIT_SEED splits by this, so a rerun routes alike."""
+    digest = hashlib.blake2b(f"{seed}:{purpose}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
 class NoPredictor(RuntimeError):
     """No predictor revision receives traffic."""
 
@@ -46,12 +54,15 @@ class Routes:
     """Weighted choice among predictor backends, static or from a routes file."""
 
     def __init__(self, backends: list[Backend] | None = None, routes_file: Path | None = None,
-                 rng: random.Random | None = None) -> None:
+                 seed: int | None = None) -> None:
+        """`seed` makes the split a function of each request's key (`pick(key)`): the same
+        transactions go to the same revision whatever order or concurrency they arrive in."""
         if (backends is None) == (routes_file is None):
             raise ValueError("give either backends or a routes file")
         self.routes_file = routes_file
         self._stamp: int | None = None
-        self._rng = rng or random.Random()
+        self._seed = seed
+        self._rng = random.Random()
         self.generation = 0
         self._set(backends or [])
         if routes_file is not None:
@@ -87,13 +98,14 @@ class Routes:
         self._set(backends)
         self._stamp = stamp
 
-    def pick(self) -> Backend:
+    def pick(self, key: str | None = None) -> Backend:
         self.refresh()
         if not self.backends:
             raise NoPredictor("no predictor revision receives traffic")
         if len(self.backends) == 1:
             return self.backends[0]
-        draw = self._rng.random() * self._total
+        seeded = self._seed is not None and key is not None
+        draw = (keyed_uniform(self._seed, "split", key) if seeded else self._rng.random()) * self._total  # type: ignore[arg-type]
         for backend, bound in zip(self.backends, self._cumulative):
             if draw < bound:
                 return backend

@@ -74,6 +74,10 @@ class ScaledRequest(InferRequest):
         self.client_ids = client_ids  # the transaction_id input (checked by `scale_request`), if sent
         self.client_id = client_id
 
+    def split_key(self) -> str:
+        """What the seeded local split draws on: the first transaction id, else the request id."""
+        return (self.client_ids[0] if self.client_ids else self.client_id) or str(self.id)
+
     def row_ids(self) -> tuple[str | None, ...]:
         """The rows' transaction ids as the prediction log reads them: computed only for a logged pair."""
         try:
@@ -312,7 +316,8 @@ class FraudTransformer(Model):
             content = orjson.dumps({"id": payload.id, "inputs": [
                 {"name": INPUT_NAME, "shape": list(scaled.shape), "datatype": "FP32", "data": scaled}]},
                 option=orjson.OPT_SERIALIZE_NUMPY)
-        backend = self._pick()
+        key = payload.split_key() if isinstance(payload, ScaledRequest) else str(payload.id)
+        backend = self._pick(key)
         try:
             answer = await self._forward(backend, payload.id, content, forward_headers)
         except PredictorFailed as failure:
@@ -335,12 +340,12 @@ class FraudTransformer(Model):
                 self.tag_hosts.learn(retry.url, answer.model_version)
         if self.shadow is not None:
             self.shadow.submit(backend, content, forward_headers, answer,
-                               payload.row_ids if isinstance(payload, ScaledRequest) else None)
+                               payload.row_ids if isinstance(payload, ScaledRequest) else None, key)
         return answer
 
-    def _pick(self) -> Backend:
+    def _pick(self, key: str) -> Backend:
         try:
-            return self.routes.pick()
+            return self.routes.pick(key)
         except NoPredictor as error:
             self.metrics.predictor_errors.labels(UNKNOWN_VERSION).inc()
             raise InferenceError(str(error)) from None

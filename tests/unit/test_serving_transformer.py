@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 
 import numpy as np
 import orjson
@@ -20,6 +19,7 @@ from fraud_serving.transformer import FraudTransformer
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from scipy import stats
 
 
 @pytest.fixture
@@ -150,9 +150,17 @@ def test_score_histogram_equals_prometheus_histogram(registry):
 def test_routes_split_by_percent_and_follow_the_file(tmp_path):
     routes_file = tmp_path / "routes.json"
     write_routes(routes_file, [Backend("http://a", "r2", "v2", 20), Backend("http://b", "r1", "v1", 80)], 2)
-    routes = Routes(routes_file=routes_file, rng=random.Random(0))
+    routes = Routes(routes_file=routes_file)
     picks = [routes.pick().model_version for _ in range(10_000)]
-    assert 0.19 <= picks.count("v2") / len(picks) <= 0.21
+    low, high = (stats.binom.ppf(q, 10_000, 0.2) / 10_000 for q in (0.0005, 0.9995))  # fails 1 run in 1,000
+    assert low <= picks.count("v2") / len(picks) <= high
+    # seeded: the split is a function of each request's key, whatever the order it comes in
+    keys = [f"tx-7-{i}" for i in range(10_000)]
+    seeded = [Routes(routes_file=routes_file, seed=7).pick(k).model_version for k in keys[:50]]
+    again = Routes(routes_file=routes_file, seed=7)
+    assert [again.pick(k).model_version for k in reversed(keys[:50])] == seeded[::-1]
+    share = sum(again.pick(k).model_version == "v2" for k in keys) / len(keys)
+    assert low <= share <= high
     write_routes(routes_file, [Backend("http://a", "r2", "v2", 0), Backend("http://b", "r1", "v1", 100)], 3)
     import os
     os.utime(routes_file, ns=(1, 1))  # a distinct mtime even within the same clock tick

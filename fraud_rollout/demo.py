@@ -55,6 +55,9 @@ def register(commands, bench) -> None:
     demo.add_argument("--shadow-percent", type=shadow_percent, default=DEMO_SHADOW_PERCENT,
                       help="share of requests also scored on the other revision (default 100: the holdout has "
                            "about 320 frauds, and every pair counts; `serve` defaults to 10)")
+    demo.add_argument("--random-split", action="store_true",
+                      help="split traffic at random, as Knative does (default: by transaction, seeded with --seed, so "
+                           "the same seed tells the same story)")
     demo.add_argument("--review-cost", type=non_negative_float, default=5.0,
                       help="assumed cost of reviewing one flagged transaction (business-impact estimate)")
     demo.add_argument("--no-apply", action="store_true", help="recommend only; do not promote or roll back")
@@ -130,7 +133,7 @@ def deployed_by_pipeline(state_dir: Path, artifacts: tuple[str, str]) -> bool:
 
 
 def serving_for(pipeline: dict, state_dir: Path, log_dir: Path, shadow: float | None = None,
-                prediction_log: Path | None = None):
+                prediction_log: Path | None = None, split_seed: int | None = None):
     """`fraud-rollout serve` for the run: the manifest the pipeline deployed as it is, or (a run
     without the local deploy, or --from-report) a new one with v1 rolled out and v2 at 20 %."""
     from fraud_rollout.serving_session import LocalServing
@@ -138,9 +141,10 @@ def serving_for(pipeline: dict, state_dir: Path, log_dir: Path, shadow: float | 
     baseline, candidate = _role_artifacts(pipeline)
     store = None if prediction_log is None else str(prediction_log)
     if deployed_by_pipeline(state_dir, (baseline, candidate)):
-        return LocalServing(state_dir, log_dir=log_dir, shadow_percent=shadow, prediction_log=store)
+        return LocalServing(state_dir, log_dir=log_dir, shadow_percent=shadow, prediction_log=store,
+                            split_seed=split_seed)
     return LocalServing(state_dir, baseline=baseline, candidate=candidate, canary_percent=20, log_dir=log_dir,
-                        shadow_percent=shadow, prediction_log=store)
+                        shadow_percent=shadow, prediction_log=store, split_seed=split_seed)
 
 
 def probe_traffic(url: str, raw_row: np.ndarray, requests: int = TRAFFIC_PROBE_REQUESTS) -> dict[str, int]:
@@ -220,7 +224,8 @@ def run_demo(args) -> int:
     tracking_uri = pipeline.get("mlflow", {}).get("tracking_uri", "")
 
     store = demo_feedback.fresh_store(out)
-    serving = serving_for(pipeline, state_dir, out / "logs", args.shadow_percent, prediction_log=store)
+    serving = serving_for(pipeline, state_dir, out / "logs", args.shadow_percent, prediction_log=store,
+                          split_seed=None if args.random_split else args.seed)
     mark = time.perf_counter()
     print(f"\nstarting the local canary runtime ({'manifest from the pipeline' if serving.baseline is None else 'v1 rolled out, v2 at 20 %'}) …",
           flush=True)
@@ -263,7 +268,8 @@ def run_demo(args) -> int:
             mark = time.perf_counter()
             print("\nrolling out: canaryTrafficPercent 5 → 20 → 50 → 100, one replay window per step", flush=True)
             rollout = progressive_rollout(source, serving.url, state_dir, holdout_metrics, tracking_uri,
-                                          (baseline_version, canary_version), args.detectable_recall_difference)
+                                          (baseline_version, canary_version), args.detectable_recall_difference,
+                                          dict(zip((baseline_version, canary_version), _role_artifacts(pipeline))))
             timings["rollout"] = round(time.perf_counter() - mark, 1)
             result = rollout["result"]
             applied = {"action": rollout["status"], "detail": result.get("action") or result["note"],
@@ -330,7 +336,7 @@ def run_demo(args) -> int:
 
 
 def progressive_rollout(source, url: str, state_dir: Path, offline: dict, tracking_uri: str,
-                        versions: tuple[str, str], detectable) -> dict:
+                        versions: tuple[str, str], detectable, artifacts: dict[str, str]) -> dict:
     """`fraud-rollout rollout start` on the demo's runtime, its evidence a labelled replay of the
     holdout in windows (with the shadow pairs); returns the rollout's final state (`steps[]`)."""
     from fraud_canary.progressive import RolloutPolicy
@@ -338,7 +344,7 @@ def progressive_rollout(source, url: str, state_dir: Path, offline: dict, tracki
     from fraud_control.rollout import Controller, RolloutConfig
     from fraud_control.rollout_evidence import AfterLocalApply
     from fraud_control.rollout_record import JsonLinesLog, step_line
-    from fraud_control.rollout_run import LOG_FILE
+    from fraud_control.rollout_run import LOG_FILE, score_profiles
     from fraud_control.rollout_state import LocalRolloutState
     from fraud_control.runtime import PAIRS_FILE
 
@@ -348,8 +354,10 @@ def progressive_rollout(source, url: str, state_dir: Path, offline: dict, tracki
     windows = ReplayWindow(source.frame, ReplayOptions(url=url, progress=False),
                            max(1, int(len(source.frame) * ROLLOUT_WINDOW_SHARE)),
                            pairs_log=state_dir / PAIRS_FILE, versions=versions)
+    profiles, _ = score_profiles(artifacts)  # without them the labelled replay still decides
     config = RolloutConfig(baseline_version=versions[0], canary_version=versions[1], offline=offline,
-                           policy=RolloutPolicy(), detectable=detectable, tracking_uri=tracking_uri, poll_s=0.2)
+                           policy=RolloutPolicy(), detectable=detectable, tracking_uri=tracking_uri, poll_s=0.2,
+                           profiles=profiles)
     (state_dir / LOG_FILE).unlink(missing_ok=True)  # this rollout's steps only
 
     def show(step, _analysis) -> None:

@@ -40,8 +40,10 @@ class LocalServing:
     def __init__(self, state_dir: Path, *, baseline: str | Path | None = None, candidate: str | Path | None = None,
                  canary_percent: int = 20, log_dir: Path | None = None, http_port: int | None = None,
                  drain_seconds: float = 2.0, ready_timeout: float = READY_TIMEOUT_SECONDS,
-                 shadow_percent: float | None = None, prediction_log: str | None = None) -> None:
+                 shadow_percent: float | None = None, prediction_log: str | None = None,
+                 split_seed: int | None = None) -> None:
         self.state_dir = Path(state_dir).resolve()
+        self.split_seed = split_seed  # FRAUD_ROLLOUT_SPLIT_SEED for serve (None: a random split, as Knative's)
         self.prediction_log = prediction_log  # serve's --prediction-log (None: its default)
         self.shadow_percent = shadow_percent  # None: serve's default share
         self.baseline, self.candidate, self.canary_percent = baseline, candidate, canary_percent
@@ -73,12 +75,16 @@ class LocalServing:
                 command += ["--candidate", str(self.candidate)]
         return command
 
+    def environment(self) -> dict[str, str]:
+        seed = {} if self.split_seed is None else {"FRAUD_ROLLOUT_SPLIT_SEED": str(self.split_seed)}
+        return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **seed}
+
     def start(self) -> LocalServing:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
-                                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                                            env=self.environment())
         try:
             self.wait_applied()
         except BaseException:

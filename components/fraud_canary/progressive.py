@@ -14,8 +14,11 @@ and the evidence of each window adds to the rollout's `Ledger`:
   no labels needed).
 - **Promote** from the last step below 100 only with promotion evidence (`PROMOTION_RULES`): the
   paired recall test found the canary better, or its labelled recall is non-inferior to its
-  holdout recall (a confidence sequence's lower end within the margin); and the canary's error
-  rate is shown to be under the objective.
+  holdout recall (a confidence sequence's lower end within the margin), or, without labels, the
+  paired CBPE of the recall difference on every shadow pair of the rollout is non-inferior within
+  the margin under *both* versions' calibrations (`fraud_canary.paired_scores`; its lower bound at
+  1 − α / (2 × the last step's looks), Bonferroni over the two calibrations and the looks); and the
+  canary's error rate is shown to be under the objective.
 - **Inconclusive** when a step has held `max_holds` windows, or the last step lacks promotion
   evidence: the rollout pauses at the current percent and says what is missing; it rolls back
   only if the policy asks to fail closed.
@@ -28,9 +31,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
+from fraud.score_profile import ScoreProfile
+
 from fraud_canary.counts import finite, ratio
 from fraud_canary.metrics import UNATTRIBUTED, VersionMetrics
 from fraud_canary.paired import PairedOutcomes
+from fraud_canary.paired_scores import PairedScores, recall_difference
 from fraud_canary.policy import CanaryPolicy, OfflineMetrics
 from fraud_canary.sequential import (
     ABOVE,
@@ -65,7 +71,7 @@ ROLLBACK_RULES: tuple[str, ...] = (
 )
 #: What may promote: the paired recall test finding the canary better, or labelled recall
 #: non-inferior to the holdout; each at the policy's alpha (the chance of promoting on a false claim).
-PROMOTION_RULES: tuple[str, ...] = ("paired.recall_better", "canary.recall_non_inferior")
+PROMOTION_RULES: tuple[str, ...] = ("paired.recall_better", "canary.recall_non_inferior", "paired.recall_estimate")
 #: Baseline answers needed before its p99 bound is trusted as the latency test's threshold.
 MIN_LATENCY_ROWS = 200
 
@@ -138,6 +144,8 @@ class Ledger:
     canary_frauds: int = 0
     pairs: int = 0
     looks: int = 0
+    #: Every shadow pair of the rollout by decision cell and score bucket (label-free paired CBPE).
+    paired_scores: PairedScores | None = None
 
     @classmethod
     def start(cls, policy: RolloutPolicy) -> Ledger:
@@ -164,6 +172,9 @@ class Observation:
     canary_version: str
     offline: Mapping[str, OfflineMetrics] = field(default_factory=dict)
     paired: PairedOutcomes | None = None
+    paired_scores: PairedScores | None = None
+    #: Each version's offline score profile (its calibration), for label-free paired CBPE.
+    profiles: Mapping[str, ScoreProfile] = field(default_factory=dict)
 
     @property
     def baseline(self) -> VersionMetrics:
@@ -268,10 +279,13 @@ def update(ledger: Ledger, o: Observation, policy: RolloutPolicy) -> Ledger:
         if f is not None:
             add("paired.recall", 0.5, bernoulli_log_lr(f.canary_only, f.discordant, 0.5, BELOW))
             add("paired.recall_better", 0.5, bernoulli_log_lr(f.canary_only, f.discordant, 0.5, ABOVE))
+    scores = ledger.paired_scores
+    if o.paired_scores is not None:
+        scores = o.paired_scores if scores is None else scores + o.paired_scores
     return Ledger(t, _add_histogram(ledger.baseline_latency, baseline.latency_histogram),
                   ledger.baseline_answered + baseline.answered, ledger.canary_requests + requests,
                   ledger.canary_errors + errors, ledger.canary_tp + tp, ledger.canary_frauds + frauds,
-                  ledger.pairs + pairs, ledger.looks + 1)
+                  ledger.pairs + pairs, ledger.looks + 1, scores)
 
 
 def _fmt(x: float) -> str:
@@ -308,6 +322,27 @@ def _test_line(t: EProcess) -> str:
     return f"{t.rule}: e-value {_fmt(t.e_value)} (threshold {_fmt(t.threshold)}, null {_fmt(t.null)}, {t.looks} looks)"
 
 
+def label_free_evidence(ledger: Ledger, o: Observation, policy: RolloutPolicy) -> tuple[bool, str]:
+    """Paired CBPE of the recall difference under both versions' calibrations: non-inferior within
+    the margin under both, and the line that says so (or what is missing)."""
+    margin = policy.canary.detectable_recall_difference
+    scores = ledger.paired_scores
+    missing = [v for v in (o.baseline_version, o.canary_version) if v not in o.profiles]
+    if scores is None or scores.pairs == 0:
+        return False, "WAIT paired.recall_estimate: no shadow pairs with scores yet"
+    if missing:
+        return False, f"WAIT paired.recall_estimate: no score profile (calibration) for {', '.join(missing)}"
+    level = 1 - policy.alpha / (2 * (policy.max_holds + 1))
+    estimates = [recall_difference(scores, v, o.profiles[v], level=level)
+                 for v in (o.canary_version, o.baseline_version)]
+    ok = all(e.lower >= -margin for e in estimates)
+    shown = "; ".join(f"under {e.judged_by}'s calibration {_fmt(e.estimate)} (≥ {_fmt(e.lower)} at {level:.4g})"
+                      for e in estimates)
+    return ok, (f"{'PASS' if ok else 'WAIT'} paired.recall_estimate: recall {o.canary_version} − {o.baseline_version} "
+                f"on {scores.pairs} shadow pairs, no labels: {shown}; non-inferior needs every lower bound ≥ "
+                f"−{margin}")
+
+
 def promotion_evidence(ledger: Ledger, o: Observation, policy: RolloutPolicy) -> tuple[bool, list[str]]:
     """Whether the rollout has what promotion needs, and what it has or lacks, in words."""
     cp = policy.canary
@@ -327,12 +362,18 @@ def promotion_evidence(ledger: Ledger, o: Observation, policy: RolloutPolicy) ->
         lines.append(f"PASS canary.recall_non_inferior: recall ≥ {_fmt(recall_low)} ({ledger.canary_tp}/"
                      f"{ledger.canary_frauds} frauds), holdout {_fmt(offline.recall if offline else math.nan)} − margin "
                      f"{cp.detectable_recall_difference}")
-    elif ledger.canary_frauds == 0 and better.looks == 0:
-        lines.append("WAIT labels: no labelled frauds yet; promotion needs the paired recall test or labelled "
-                     "recall (waiting for labels)")
     else:
-        lines.append(f"WAIT labels: {_test_line(better)}; labelled recall ≥ {_fmt(recall_low)} of "
-                     f"{ledger.canary_frauds} frauds, needs ≥ {_fmt(floor)} (waiting for more labelled frauds)")
+        label_free, line = label_free_evidence(ledger, o, policy)
+        if label_free:
+            lines.append(line)
+            return healthy, lines
+        if ledger.canary_frauds == 0 and better.looks == 0:
+            lines.append("WAIT labels: no labelled frauds yet; promotion needs the paired recall test or labelled "
+                         "recall (waiting for labels)")
+        else:
+            lines.append(f"WAIT labels: {_test_line(better)}; labelled recall ≥ {_fmt(recall_low)} of "
+                         f"{ledger.canary_frauds} frauds, needs ≥ {_fmt(floor)} (waiting for more labelled frauds)")
+        lines.append(line)
     return healthy and (better.rejected or non_inferior), lines
 
 

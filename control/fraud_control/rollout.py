@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from fraud.schema import DataError
+from fraud.score_profile import ScoreProfile
 from fraud_canary.metrics import VersionMetrics
 from fraud_canary.paired import PairedOutcomes
 from fraud_canary.paired_scores import PairedScores
@@ -163,6 +164,8 @@ class RolloutConfig:
     poll_s: float = canary.DEFAULT_POLL_S
     #: Wait after an unreadable window before reading the next (a scrape gap, Prometheus restarting).
     error_backoff_s: float = 10.0
+    #: Each version's offline score profile (calibration): label-free promotion needs both.
+    profiles: Mapping[str, ScoreProfile] = field(default_factory=dict)
 
     def rollout_policy(self) -> RolloutPolicy:
         if isinstance(self.detectable, (int, float)):
@@ -262,7 +265,8 @@ class Controller:
             return ERROR, None, None, [f"evidence unreadable ({errors + 1} of {c.policy.max_consecutive_errors} in a "
                                        f"row allowed): {error}"]
         self._check_abort()
-        observation = Observation(evidence.online, c.baseline_version, c.canary_version, c.offline, evidence.paired)
+        observation = Observation(evidence.online, c.baseline_version, c.canary_version, c.offline, evidence.paired,
+                                  evidence.paired_scores, c.profiles)
         look = judge(self.ledger, observation, percent=percent, policy=self.policy, holds=holds)
         self.ledger = look.ledger
         return look.action, look, evidence, list(look.reasons)

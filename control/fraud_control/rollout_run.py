@@ -3,12 +3,14 @@ target needs, wired around `Controller`. `fraud-rollout rollout start` and the p
 `progressive_rollout` both call `start_rollout`, so the two cannot wire a target differently."""
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fraud.score_profile import ScoreProfile
 from fraud.settings import Settings
 from fraud_canary.analysis import OfflineMetrics
 from fraud_canary.progressive import RolloutPolicy
@@ -19,6 +21,7 @@ from fraud_control.rollout import Controller, EvidenceSource, RolloutConfig
 from fraud_control.store import InferenceServiceStore, require
 from fraud_control.subject import Subject, subject_of
 
+log = logging.getLogger(__name__)
 #: The step log in a local state dir (target kserve: stdout, the pod's log).
 LOG_FILE = "rollout.jsonl"
 #: Called with each step's decision and analysis (the CLI's analysis endpoint).
@@ -126,6 +129,67 @@ def model_versions(options: RolloutOptions, subject: Subject) -> tuple[str, str]
     return versions[0], versions[1]
 
 
+def storage_uris(options: RolloutOptions, subject: Subject) -> tuple[str, str]:
+    """(rolled out, canary) storage URIs, as `model_versions` finds the versions."""
+    uris = [subject.rolled_out_model.get("storageUri") or "", (subject.canary_model or {}).get("storageUri") or ""]
+    if options.target == "local":
+        from fraud_control.local_state import LocalInferenceService
+
+        revisions = LocalInferenceService(options.state_dir).revisions()
+        for i, revision in enumerate((subject.latest_rolled_out_revision, subject.latest_ready_revision)):
+            uris[i] = uris[i] or revisions.get(revision, {}).get("storageUri", "")
+    return uris[0], uris[1]
+
+
+def score_profiles(uris: dict[str, str]) -> tuple[dict[str, ScoreProfile], list[str]]:
+    """Each version's score profile (calibration) read from its artifact: a local directory, or an
+    s3:// prefix (MinIO, credentials from the environment); and why any could not be read. Without
+    both, the rollout cannot promote on label-free evidence (it says so at the last step)."""
+    from fraud.export import read_score_profile
+    from fraud.score_profile import MONITORING_FILE
+
+    from fraud_control.local_state import local_artifact_path
+
+    profiles: dict[str, ScoreProfile] = {}
+    problems: list[str] = []
+    for version, uri in uris.items():
+        try:
+            path = local_artifact_path(uri)
+            if path is not None:
+                profiles[version] = read_score_profile(path)
+            elif uri.startswith("s3://"):
+                profiles[version] = _s3_profile(uri, MONITORING_FILE)
+            else:
+                problems.append(f"{version}: storage URI {uri!r} is neither a local path nor s3://")
+        except (OSError, ValueError, KeyError) as error:
+            problems.append(f"{version}: {error}")
+    return profiles, problems
+
+
+def _s3_profile(uri: str, filename: str) -> ScoreProfile:
+    import json
+
+    from minio.error import S3Error
+
+    from fraud_control.artifact_store import S3Settings, s3_client
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    s3 = s3_client(S3Settings.from_env())
+    try:
+        key = next((o.object_name for o in s3.list_objects(bucket, prefix=prefix.rstrip("/") + "/", recursive=True)
+                    if o.object_name and o.object_name.endswith("/" + filename)), None)
+        if key is None:
+            raise FileNotFoundError(f"{uri}: no {filename}")
+        response = s3.get_object(bucket, key)
+        try:
+            return ScoreProfile.from_dict(json.loads(response.read()))
+        finally:
+            response.close()
+            response.release_conn()
+    except S3Error as error:
+        raise OSError(f"{uri}: {error.code} ({error.message})") from None
+
+
 def evidence_source(options: RolloutOptions, baseline: str, candidate: str) -> EvidenceSource:
     """The live source the options name: the transformer's /metrics, or Prometheus."""
     from fraud_control.rollout_evidence import AfterLocalApply, MetricsWindow, PrometheusWindow, WindowSpec
@@ -177,11 +241,15 @@ def rollout_controller(options: RolloutOptions, store: InferenceServiceStore, so
         raise RolloutStartError(f"rollout start: {store.where} has no canary to roll out ({subject.describe()}); "
                                 "deploy a candidate first (`fraud-rollout deploy` or the pipeline)")
     baseline, candidate = model_versions(options, subject)
+    rolled_out_uri, canary_uri = storage_uris(options, subject)
+    profiles, problems = score_profiles({baseline: rolled_out_uri, candidate: canary_uri})
+    for problem in problems:
+        log.warning("no label-free promotion evidence: %s", problem)
     tracking_uri = options.tracking_uri or (settings or Settings()).MLFLOW_TRACKING_URI
     config = RolloutConfig(baseline_version=baseline, canary_version=candidate, offline=options.offline,
                            policy=RolloutPolicy(plan=options.plan, max_holds=options.max_holds,
                                                 fail_closed=options.fail_closed),
-                           detectable=options.detectable, tracking_uri=tracking_uri,
+                           detectable=options.detectable, tracking_uri=tracking_uri, profiles=profiles,
                            timeout_s=options.timeout_s, poll_s=min(options.poll_s, 2.0))
     return Controller(store, source or evidence_source(options, baseline, candidate),
                       rollout_states(options.target, store, options.state_dir), config,

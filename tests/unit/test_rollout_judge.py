@@ -1,9 +1,13 @@
 """The rollout's verdict at each look (`fraud_canary.progressive.judge`), on windows built by hand."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from fraud.schema import PAIRED_SCORE_BOUNDS
+from fraud.score_profile import ScoreProfile, fit_score_profile
 from fraud_canary.metrics import LATENCY_BOUNDS_MS, Confusion, VersionMetrics
 from fraud_canary.paired import Discordant, PairedOutcomes
+from fraud_canary.paired_scores import CELLS, PairedScores, recall_difference
 from fraud_canary.policy import OfflineMetrics
 from fraud_canary.progressive import ROLLBACK_RULES, Ledger, Observation, RolloutPolicy, judge
 
@@ -108,3 +112,67 @@ def test_the_family_splits_alpha_and_the_policy_refuses_bad_values():
         assert str(raised.value) == message
     with pytest.raises(ValueError, match="100 % is not a step of the plan below 100"):
         judge(Ledger.start(POLICY), _window(50), percent=100, policy=POLICY, holds=0)
+
+
+def _paired_scores(scores: dict[str, np.ndarray], flags: dict[str, np.ndarray]) -> PairedScores:
+    """PairedScores of rows scored and decided by both versions (the counters' buckets: ≤ bound)."""
+    cells = [(flags["v2"] == c) & (flags["v1"] == b) for c, b in CELLS]
+    buckets = len(PAIRED_SCORE_BOUNDS) + 1
+    rows = {v: tuple(tuple(int(n) for n in np.bincount(np.searchsorted(PAIRED_SCORE_BOUNDS, scores[v][cell]),
+                                                       minlength=buckets)) for cell in cells) for v in ("v1", "v2")}
+    return PairedScores("v1", "v2", rows)
+
+
+def _calibrated(rng, frauds: np.ndarray, separation: float) -> tuple[np.ndarray, ScoreProfile]:
+    """Scores of a model that separates frauds by `separation` (log-odds), and its profile fitted on
+    an independent validation sample of the same kind."""
+    def draw(labels):
+        return 1 / (1 + np.exp(-(rng.normal(-6, 1.5, len(labels)) + separation * labels)))
+    validation = (rng.random(200_000) < 0.01).astype(int)
+    return draw(frauds), fit_score_profile(validation, draw(validation), 0.5)
+
+
+def test_without_labels_paired_cbpe_promotes_a_canary_no_worse_under_both_calibrations():
+    rng = np.random.default_rng()
+    frauds = (rng.random(60_000) < 0.01).astype(int)
+    v1_scores, v1_profile = _calibrated(rng, frauds, 5.0)
+    v2_scores, v2_profile = _calibrated(rng, frauds, 5.5)
+    flags = {"v1": v1_scores > 0.5, "v2": v2_scores > 0.5}
+    pairs = _paired_scores({"v1": v1_scores, "v2": v2_scores}, flags)
+    profiles = {"v1": v1_profile, "v2": v2_profile}
+    window = _window(50)
+    observation = Observation(window.online, "v1", "v2", OFFLINE, paired_scores=pairs, profiles=profiles)
+    look = judge(Ledger.start(POLICY), observation, percent=50, policy=POLICY, holds=0)
+    assert look.action == "promote", look.reasons
+    assert look.reasons[2].startswith("PASS paired.recall_estimate: recall v2 − v1 on 60000 shadow pairs, no labels: "
+                                      "under v2's calibration ")
+    # without v1's calibration there is no label-free promotion: it says what is missing
+    alone = Observation(window.online, "v1", "v2", OFFLINE, paired_scores=pairs, profiles={"v2": v2_profile})
+    waiting = judge(Ledger.start(POLICY), alone, percent=50, policy=POLICY, holds=0)
+    assert waiting.action == "hold"
+    assert "WAIT paired.recall_estimate: no score profile (calibration) for v1" in waiting.reasons
+
+
+def test_a_canary_blind_to_frauds_the_baseline_catches_is_not_promoted_on_its_own_calibration():
+    """The canary scores half the frauds like legitimate rows: under its own calibration those look
+    legitimate (its estimate says it loses little), under the baseline's they are frauds."""
+    rng = np.random.default_rng()
+    frauds = (rng.random(60_000) < 0.01).astype(int)
+    v1_scores, v1_profile = _calibrated(rng, frauds, 6.0)
+    blind = frauds * (rng.random(len(frauds)) < 0.5)  # a fraud pattern the canary never learned
+    v2_scores, v2_profile = _calibrated(rng, frauds - blind, 6.0)
+    flags = {"v1": v1_scores > 0.5, "v2": v2_scores > 0.5}
+    pairs = _paired_scores({"v1": v1_scores, "v2": v2_scores}, flags)
+    observation = Observation(_window(50).online, "v1", "v2", OFFLINE, paired_scores=pairs,
+                              profiles={"v1": v1_profile, "v2": v2_profile})
+    look = judge(Ledger.start(POLICY), observation, percent=50, policy=POLICY, holds=0)
+    assert look.action == "hold", look.reasons
+    line = next(r for r in look.reasons if "paired.recall_estimate" in r)
+    assert line.startswith("WAIT paired.recall_estimate: ")
+    own = recall_difference(pairs, "v2", v2_profile, level=0.99)
+    theirs = recall_difference(pairs, "v1", v1_profile, level=0.99)
+    true = (np.sum(flags["v2"] & ~flags["v1"] & (frauds == 1)) - np.sum(flags["v1"] & ~flags["v2"] & (frauds == 1))) \
+        / frauds.sum()
+    # seen over runs: true −0.18 to −0.25, the baseline's estimate −0.23 to −0.30, the canary's +0.07 to +0.18
+    assert theirs.lower <= true < -0.1  # the baseline's calibration sees the loss
+    assert own.estimate > true + 0.15  # the canary's own calibration does not

@@ -7,7 +7,8 @@ rows were counted, so a hold waits for a whole new window. The rollout's ledger 
 - `MetricsWindow`: scrapes the transformer's `/metrics` at the window's start and again until it is
   full, and takes the counters' deltas: `fraud_predictions_total`, `fraud_predictor_errors_total`,
   `fraud_request_seconds` (percentiles from the bucket deltas, as `histogram_quantile` does, and
-  the histogram itself) and the shadow pairs `fraud_shadow_rows_total` → `PairedOutcomes`.
+  the histogram itself), the shadow pairs `fraud_shadow_rows_total` → `PairedOutcomes`, and the
+  same pairs by each version's score bucket `fraud_shadow_score_bucket` → `PairedScores` (paired CBPE).
 - `PrometheusWindow`: the same counters' `increase(…[Ns])` over the window, from a Prometheus
   server scraping the transformer, read by the same code.
 """
@@ -21,9 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fraud.schema import DataError
+import numpy as np
+from fraud.schema import PAIRED_SCORE_BOUNDS, DataError
 from fraud_canary.metrics import VersionMetrics
 from fraud_canary.paired import Discordant, PairedOutcomes
+from fraud_canary.paired_scores import CELLS, PairedScores
 
 from fraud_control.prometheus import DEFAULT_SELECTOR, PERCENTILES, prometheus_query
 from fraud_control.rollout import Evidence, EvidenceSource, RolloutAborted, Window, now_iso
@@ -32,7 +35,9 @@ Sample = tuple[str, tuple[tuple[str, str], ...]]
 Snapshot = dict[Sample, float]
 FRAUD = "fraud"
 COUNTED = ("fraud_predictions_total", "fraud_predictor_errors_total", "fraud_request_seconds_bucket",
-           "fraud_shadow_rows_total")
+           "fraud_shadow_rows_total", "fraud_shadow_score_bucket")
+#: The bucket index of each `le` of `fraud_shadow_score` (the last, +Inf, runs to 1).
+SCORE_BUCKET = {**{bound: k for k, bound in enumerate(PAIRED_SCORE_BOUNDS)}, math.inf: len(PAIRED_SCORE_BOUNDS)}
 
 
 def parse_metrics(text: str) -> Snapshot:
@@ -145,6 +150,44 @@ def paired_decisions(counts: Snapshot, baseline_version: str, canary_version: st
     return PairedOutcomes(baseline_version, canary_version, Discordant(pairs, canary_only, baseline_only))
 
 
+def _score_series(counts: Snapshot, versions: set[str]) -> dict[tuple[tuple[str, str], ...], dict[float, float]]:
+    """The `fraud_shadow_score` series of a version pair (either served): cumulative count by `le`."""
+    series: dict[tuple[tuple[str, str], ...], dict[float, float]] = {}
+    for (name, labels), value in counts.items():
+        if name != "fraud_shadow_score_bucket":
+            continue
+        label = dict(labels)
+        if {label.get("served_version"), label.get("shadow_version")} == versions:
+            le = float(label.pop("le", "nan"))
+            series.setdefault(tuple(sorted(label.items())), {})[le] = value
+    return series
+
+
+def paired_scores(counts: Snapshot, baseline_version: str, canary_version: str) -> PairedScores | None:
+    """The shadow pairs by cell (as (canary flags, baseline flags), either version served) and each
+    version's score bucket, from `fraud_shadow_score`'s cumulative buckets; None without pairs.
+    DataError when the transformer counts in other buckets than `PAIRED_SCORE_BOUNDS`."""
+    rows = {v: np.zeros((len(CELLS), len(SCORE_BUCKET)), dtype=np.int64) for v in (baseline_version, canary_version)}
+    for labels, by_le in _score_series(counts, {baseline_version, canary_version}).items():
+        label = dict(labels)
+        if set(by_le) - set(SCORE_BUCKET) or label.get("scored_version") not in rows:
+            raise DataError(f"fraud_shadow_score {label}: buckets or scored_version other than the rollout's "
+                            "(fraud.schema.PAIRED_SCORE_BOUNDS, the pair's two versions)")
+        flags = {label["served_version"]: label.get("served_decision") == FRAUD,
+                 label["shadow_version"]: label.get("shadow_decision") == FRAUD}
+        cumulative = np.zeros(len(SCORE_BUCKET))
+        for le, value in by_le.items():
+            cumulative[SCORE_BUCKET[le]] = round(value)
+        # as histogram_quantile does: increases (and a bucket missing) can break monotony; a count never shrinks with le
+        cumulative = np.maximum.accumulate(cumulative)
+        rows[label["scored_version"]][CELLS.index((flags[canary_version], flags[baseline_version]))] += np.diff(
+            cumulative, prepend=0.0).astype(np.int64)
+    if not rows[canary_version].any():
+        return None
+    return PairedScores(baseline_version, canary_version,
+                        {v: tuple(tuple(cell) for cell in table.tolist()) for v, table in rows.items()})
+
+
 @dataclass
 class WindowSpec:
     """When a window is full: `seconds` passed and `min_requests` rows counted (both)."""
@@ -179,7 +222,7 @@ def wait_full(spec: WindowSpec, started: float, counted: Callable[[], int], stop
 def _evidence(counts: Snapshot, started: float, started_at: str, requests: int, versions: tuple[str, str],
               source: str) -> Evidence:
     return Evidence(version_metrics(counts), Window(started_at, now_iso(), time.monotonic() - started, requests),
-                    paired_decisions(counts, *versions), source=source)
+                    paired_decisions(counts, *versions), source=source, paired_scores=paired_scores(counts, *versions))
 
 
 class MetricsWindow:

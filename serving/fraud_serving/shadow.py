@@ -167,7 +167,12 @@ class ShadowScorer:
             if len(shadow.is_fraud) != len(answer.is_fraud):
                 self._failed(target, f"{len(shadow.is_fraud)} decisions for {len(answer.is_fraud)} rows")
                 return
-            self.metrics.record_shadow(answer.model_version, shadow.model_version, answer.is_fraud, shadow.is_fraud)
+            if not len(answer.fraud_probability) == len(shadow.fraud_probability) == len(answer.is_fraud):
+                self._failed(target, f"{len(answer.fraud_probability)} and {len(shadow.fraud_probability)} scores for "
+                                     f"{len(answer.is_fraud)} rows")
+                return
+            self.metrics.record_shadow(answer.model_version, shadow.model_version, answer.is_fraud, shadow.is_fraud,
+                                       answer.fraud_probability, shadow.fraud_probability)
             if self.pair_logger is not None:
                 ids = row_ids() if row_ids is not None else ()
                 if len(ids) != len(answer.is_fraud):

@@ -121,8 +121,12 @@ def test_canary_runtime_at_100_percent_pairs_every_request_and_the_table_equals_
                    "fraud" if shadow else "legit")] += 1
     text = httpx.get(f"{shadow_runtime.url}/metrics", timeout=10).text
     for (served_version, shadow_version, served, shadow), rows in table.items():
-        assert metric_value(text, "fraud_shadow_rows_total", served_version=served_version,
-                            shadow_version=shadow_version, served_decision=served, shadow_decision=shadow) == rows
+        cell = {"served_version": served_version, "shadow_version": shadow_version, "served_decision": served,
+                "shadow_decision": shadow}
+        assert metric_value(text, "fraud_shadow_rows_total", **cell) == rows
+        # each version's scores of the cell's rows: its fraud_shadow_score series counts every one
+        assert [metric_value(text, "fraud_shadow_score_count", scored_version=v, **cell)
+                for v in (served_version, shadow_version)] == [rows, rows]
     assert sum(table.values()) == sum(
         metric_value(text, "fraud_shadow_rows_total", served_version=a, shadow_version=b, served_decision=c,
                      shadow_decision=d)

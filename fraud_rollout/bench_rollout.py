@@ -58,13 +58,13 @@ def _windows(value: float) -> str:
 
 def format_table(summaries: list[Summary], promoted: int | None, seeds: int, policy: RolloutPolicy) -> str:
     head = (f"{'scenario':<18} {'regime':<9} {'promote':<22} {'rollback':<22} {'inconclusive':<22} "
-            f"{'windows to promote / rollback':<30} first rollback rules")
+            f"{'median windows: promote / rollback / inconclusive':<50} first rollback rules")
     lines = [head, "-" * len(head)]
     for s in summaries:
         rules = ", ".join(f"{rule} {n}" for rule, n in s.first_rules.items()) or "-"
-        windows = f"{_windows(s.median_windows[PROMOTE])} / {_windows(s.median_windows[ROLLBACK])}"
+        windows = " / ".join(_windows(s.median_windows[o]) for o in OUTCOMES)
         lines.append(f"{s.scenario:<18} {s.regime:<9} {_cell(s, PROMOTE):<22} {_cell(s, ROLLBACK):<22} "
-                     f"{_cell(s, INCONCLUSIVE):<22} {windows:<30} {rules}")
+                     f"{_cell(s, INCONCLUSIVE):<22} {windows:<50} {rules}")
     first = summaries[0]
     seconds = sum(s.seconds for s in summaries)
     lines += ["", f"{first.rollouts} rollouts per row, {first.rows} rows per window, shadow {first.shadow:g}; plan "

@@ -33,7 +33,7 @@ from fraud.routes import Backend
 from fraud_serving.answer import PredictorAnswer, read_answer
 from fraud_serving.metrics import UNKNOWN_VERSION, TransformerMetrics
 from fraud_serving.payload_log import PayloadLogger
-from fraud_serving.routing import Routes, TagHosts
+from fraud_serving.routing import Routes, TagHosts, keyed_uniform
 
 logger = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.5
@@ -109,7 +109,7 @@ class ShadowScorer:
     def __init__(self, routes: Routes, session_factory: Callable[[], aiohttp.ClientSession],
                  metrics: TransformerMetrics, share: float, max_in_flight: int, timeout_seconds: float,
                  pair_log: PairLog | None, *, model_name: str, tag_hosts: TagHosts | None = None,
-                 rng: random.Random | None = None, pair_logger: PayloadLogger | None = None) -> None:
+                 seed: int | None = None, pair_logger: PayloadLogger | None = None) -> None:
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"share must be within 0..1, got {share}")
         if max_in_flight < 1:
@@ -123,15 +123,17 @@ class ShadowScorer:
         self.pair_log = pair_log
         self.model_name = model_name
         self.tag_hosts = tag_hosts
-        self._rng = rng or random.Random()
+        self._seed = seed
+        self._rng = random.Random()
         self.pair_logger = pair_logger  # the prediction log, which keeps the pairs for late labels
         self._tasks: set[asyncio.Task] = set()  # references: the loop keeps only weak ones
 
     def submit(self, backend: Backend, content: bytes, headers: dict, answer: PredictorAnswer,
-               row_ids: Callable[[], tuple[str | None, ...]] | None = None) -> None:
+               row_ids: Callable[[], tuple[str | None, ...]] | None = None, key: str | None = None) -> None:
         """Maybe start a shadow score of this answered request (`row_ids` gives its rows' transaction
-        ids, for the prediction log); never blocks, never raises."""
-        if self.share <= 0.0 or (self.share < 1.0 and self._rng.random() >= self.share):
+        ids, for the prediction log; with a seed, `key` decides the draw); never blocks, never raises."""
+        draw = keyed_uniform(self._seed, "shadow", key) if self._seed is not None and key else self._rng.random()
+        if self.share <= 0.0 or (self.share < 1.0 and draw >= self.share):
             return
         target = self._target(backend, answer)
         if target is None:

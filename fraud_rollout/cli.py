@@ -18,6 +18,7 @@ from fraud_rollout.args import UsageError
 
 def build_parser() -> argparse.ArgumentParser:
     from fraud_rollout import (
+        bench_coverage,
         bench_rollout,
         canary_cli,
         cluster_cli,
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     prediction_log_cli.register(commands)
     replay.register(commands, bench_commands)
     bench_rollout.register(commands, bench_commands)
+    bench_coverage.register(commands, bench_commands)
     return parser
 
 

@@ -1,0 +1,80 @@
+"""The interval the label-free promotion rule uses keeps its promise on the tiny run's real models
+(issue 17): bootstrap rollouts of the demo's shadow pairs (49,552 rows × 10 % × 3 windows) drawn
+from the drifted holdout, the rule's lower bounds (`recall_difference` under both calibrations, at
+the rule's level) against the true Δ recall on the same drawn rows.
+
+Chance decides each assertion; the bootstrap seed is fresh every run (shown on failure) and each
+bound is set so that a rule keeping its promise fails it rarely:
+
+* coverage ≥ nominal − 3 Monte Carlo standard errors: at a true coverage of exactly nominal
+  (0.99375, 1,000 draws: 6.25 misses expected) the test fails when 14 or more draws miss,
+  P ≈ 0.5 % (Binomial tail);
+* with v1 as the canary its true Δ is far below −0.1 (measured on the 40k-row tiny run: about
+  −0.4), so promoting it in over 5 % of draws would mean the rule's smaller bound misses by more
+  than 0.3 in those draws, which the coverage bound already makes improbable.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from fraud_canary.progressive import Ledger, Observation, RolloutPolicy, label_free_evidence
+from fraud_canary.simulation import DEMO_WINDOW_ROWS
+from fraud_control.label_free_coverage import (
+    RULE,
+    PairedHoldout,
+    lower_bounds,
+    measure_coverage,
+    pairs_per_rollout,
+    rule_level,
+    score_holdout,
+)
+
+pytestmark = pytest.mark.integration
+
+POLICY = RolloutPolicy()
+DRAWS = 1000
+PAIRS = pairs_per_rollout(DEMO_WINDOW_ROWS, 0.10, 3)
+
+
+@pytest.fixture(scope="module")
+def scored(tiny_run):
+    return score_holdout(tiny_run.windows["holdout"], {"v1": tiny_run.v1, "v2": tiny_run.v2})
+
+
+def test_the_study_judges_with_the_promotion_rule_itself(scored):
+    """The study's bounds and decision are `label_free_evidence`'s on the same pairs."""
+    paired = PairedHoldout(scored, "v1", "v2")
+    rng = np.random.default_rng()
+    for _ in range(5):
+        scores, _truth = paired.draw(rng, PAIRS)
+        bounds = lower_bounds(scores, paired.profiles, rule_level(POLICY))
+        ledger = dataclasses.replace(Ledger.start(POLICY), paired_scores=scores)
+        promoted, line = label_free_evidence(ledger, Observation({}, "v1", "v2", profiles=paired.profiles), POLICY)
+        assert promoted == all(b.lower >= -POLICY.canary.detectable_recall_difference for b in bounds.values())
+        assert f"at {rule_level(POLICY):.4g}" in line and f"on {PAIRS} shadow pairs" in line
+
+
+def test_the_rules_lower_bound_covers_the_true_recall_difference_at_its_level(scored):
+    seed = int(np.random.SeedSequence().entropy)
+    coverage = measure_coverage(PairedHoldout(scored, "v1", "v2"), pairs=PAIRS, draws=DRAWS, policy=POLICY, seed=seed)
+    shown = (seed, coverage.to_dict())
+    assert coverage.level == 1 - 0.05 / 8
+    assert coverage.judged == DRAWS, shown  # every draw holds frauds: the truth exists
+    assert coverage.coverage(RULE) >= coverage.level - 3 * coverage.standard_error, shown
+    assert coverage.median_width[RULE] < 0.5, shown  # an interval of [−1, 1] would not pass
+
+
+def test_the_rule_refuses_to_promote_the_model_blind_to_the_new_pattern(scored):
+    """v1 as the canary over v2: v1's own calibration cannot see the frauds only v2 flags (they
+    score low under v1) and misses the truth, v2's sees them; the rule needs both and refuses."""
+    seed = int(np.random.SeedSequence().entropy)
+    paired = PairedHoldout(scored, "v2", "v1")
+    assert paired.true_delta < -2 * POLICY.canary.detectable_recall_difference
+    coverage = measure_coverage(paired, pairs=PAIRS, draws=DRAWS, policy=POLICY, seed=seed)
+    shown = (seed, coverage.to_dict())
+    assert coverage.promote_share <= 0.05, shown
+    assert coverage.coverage(RULE) >= coverage.level - 3 * coverage.standard_error, shown
+    # the known failure, seen: v1's own calibration puts its bound above the truth
+    assert coverage.median_estimate["v1"] > coverage.median_true_delta + 0.1, shown

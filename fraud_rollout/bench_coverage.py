@@ -41,6 +41,14 @@ SHADOW_SHARES = (0.05, 0.10, 0.25, 1.0)
 WINDOWS = 3
 
 
+def pair_share(text: str) -> float:
+    """argparse type: a shadow share above 0 (0..1), since a rollout without shadow pairs has nothing to judge."""
+    value = shadow_share(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} gives no shadow pairs: need a share above 0")
+    return value
+
+
 def register(commands, bench) -> None:
     """`bench coverage` (a benchmark only: `commands` is the shared signature's)."""
     parser = bench.add_parser("coverage", help="coverage of the label-free promotion rule's interval, on real scores")
@@ -53,7 +61,7 @@ def register(commands, bench) -> None:
     parser.add_argument("--draws", type=positive_int, default=1000, help="bootstrap rollouts per row")
     parser.add_argument("--rows", type=positive_int, default=DEMO_WINDOW_ROWS, help="transactions per window")
     parser.add_argument("--windows", type=positive_int, default=WINDOWS, help="windows of shadow pairs per rollout")
-    parser.add_argument("--shadow", type=shadow_share, action="append",
+    parser.add_argument("--shadow", type=pair_share, action="append",
                         help=f"shadow share (repeat for several; default {', '.join(map(str, SHADOW_SHARES))})")
     parser.add_argument("--mc-draws", type=positive_int, default=DRAWS,
                         help="Monte Carlo draws of each lower bound (default: the rule's)")
@@ -122,15 +130,13 @@ def format_table(rows: list[tuple[float, Coverage]], holdout: ScoredHoldout, sou
 
 
 def bench_coverage_command(args: argparse.Namespace) -> int:
+    pairs = {shadow: pairs_per_rollout(args.rows, shadow, args.windows) for shadow in args.shadow or SHADOW_SHARES}
     holdout, baseline, candidate, source = _scored(args)
-    shares = args.shadow or list(SHADOW_SHARES)
     rows = []
     for canary, base in ((candidate, baseline), (baseline, candidate)):
         paired = PairedHoldout(holdout, base, canary)
-        for shadow in shares:
-            pairs = pairs_per_rollout(args.rows, shadow, args.windows)
-            rows.append((shadow, measure_coverage(paired, pairs=pairs, draws=args.draws, seed=args.seed,
-                                                  mc_draws=args.mc_draws)))
+        rows += [(shadow, measure_coverage(paired, pairs=n, draws=args.draws, seed=args.seed, mc_draws=args.mc_draws))
+                 for shadow, n in pairs.items()]
     if args.json:
         print(json.dumps({"source": source, "holdout_rows": len(holdout.labels),
                           "holdout_frauds": int(holdout.labels.sum()),

@@ -19,6 +19,14 @@ own signature on the holdout scaled by its own feature contract, as the transfor
 
 Rows are grouped once by (label, cell, both buckets), so a draw is one multinomial over the groups:
 the same distribution as resampling rows, at a cost independent of `pairs`.
+
+Measured on a 1,000,000-transaction run's holdout (198,000 rows, 343 frauds; v1 recall 0.353, v2
+0.857; `fraud-rollout bench coverage`, 1,000 draws per row): the rule covers at ≥ 0.996 everywhere.
+v2's own calibration alone covers only 0.977 and 0.982 (two seeds) at 7,433 pairs (≈ 13 frauds): it
+expects 1.9 frauds among the rows only v1 flags where the holdout has 6, a blind spot that averages
+out in Δ but not in the tail of a small draw. v1's calibration, blind to the new pattern, puts Δ of
+the far better v2 (true +0.50) at −0.07: the rule promotes it label-free in 13 % of rollouts at
+7,433 pairs and in 0.8 % at 148,656; safe, but labels are what promotes it.
 """
 from __future__ import annotations
 

@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from fraud import simulate
+from fraud.export import export_model, read_contract, read_score_profile
+from fraud.train import TrainConfig, train
 from fraud_canary.agreement import agreement_with_offline
 from fraud_control.runtime import read_runtime
 
@@ -184,3 +187,58 @@ def test_ctrl_c_stops_every_server_the_demo_started(demo_run, tmp_path):
     assert [pid for pid in started if alive(pid)] == []
     assert processes_mentioning(str(tmp_path)) == []
     assert not (out / "report.json").exists()
+
+
+def _story(report: dict) -> list[tuple]:
+    """What a rollout decided and on what counts (times left out: they are the machine's)."""
+    return [(s["percent"], s["decision"], s["window"]["requests"],
+             {v: (m["requests"], m["flagged"], m["frauds"]) for v, m in s["evidence"]["versions"].items()},
+             s["evidence"]["paired"]) for s in report["rollout"]["steps"]]
+
+
+def _demo_from(report: Path, root: Path, tracking_uri: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fraud_rollout", "demo", "--from-report", str(report), "--out", str(root / "out"),
+         "--state-dir", str(root / "serving"), "--mlflow-tracking-uri", tracking_uri, "--no-progress"],
+        cwd=root, capture_output=True, text=True, timeout=1200)
+
+
+def test_the_same_seed_tells_the_same_rollout(demo_run, tmp_path):
+    """The demo's split is seeded by transaction (its default): run again on the same models, the
+    rollout takes the same steps on the same counts."""
+    if not demo_run.pipeline_report.is_file():
+        pytest.skip("the demo run failed (see test_demo_tells_the_whole_story)")
+    again = _demo_from(demo_run.pipeline_report, tmp_path, f"sqlite:///{demo_run.root / 'mlflow.db'}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    first = json.loads((demo_run.out / "report.json").read_text())
+    second = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert _story(second) == _story(first)
+    assert second["rollout"]["status"] == "promoted"
+
+
+def test_a_candidate_that_flags_everything_is_rolled_back_by_the_demo(demo_run, tmp_path):
+    """The demo's story with a bad candidate: v2's network exported with threshold 0 (every
+    transaction flagged), in place of v2 in the run's report."""
+    if not demo_run.pipeline_report.is_file():
+        pytest.skip("the demo run failed (see test_demo_tells_the_whole_story)")
+    report = json.loads(demo_run.pipeline_report.read_text())
+    good = Path(report["models"]["v2"]["artifact"])
+    data = report["data"]
+    drift = simulate.DriftSpec(fraud_rate=data["drift"]["fraud_rate"])
+    windows = simulate.split_windows(simulate.generate(data["n_transactions"], data["seed"], drift),
+                                     simulate.WindowSpec(), drift.months)
+    contract = read_contract(good)  # the demo's contract: the transformer serves both versions with it
+    trained = train(windows["recent"], contract, TrainConfig(epochs=1, seed=3))
+    bad = tmp_path / "flags-everything"
+    export_model(trained.model, 0.0, contract, bad, 2, {"window": "recent", "note": "threshold 0"},
+                 monitoring=read_score_profile(good))
+    report["models"]["v2"]["artifact"] = str(bad)
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    done = _demo_from(tmp_path / "report.json", tmp_path, f"sqlite:///{demo_run.root / 'mlflow.db'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    story = json.loads((tmp_path / "out" / "report.json").read_text())
+    steps = story["rollout"]["steps"]
+    assert story["rollout"]["status"] == "rolled_back"
+    assert [(s["percent"], s["decision"]) for s in steps] == [(5, "rollback")]
+    assert {r.split(":")[0] for r in steps[0]["reasons"]} >= {"FAIL canary.flag_rate_high", "FAIL paired.disagreement"}
+    assert story["traffic_after"]["probe"] == {"v1": 200}

@@ -260,17 +260,15 @@ class PrometheusWindow:
         self._last: tuple[int, float, str] | None = None
 
     def _increase(self, started: float) -> Snapshot:
+        # one query per counter: increase() drops the metric name, so one query over several names
+        # could not tell their series apart
         window = f"{max(1, math.ceil(time.monotonic() - started))}s"
-        names = "|".join(COUNTED)
-        query = f'increase({{__name__=~"{names}",{self.selector}}}[{window}])'
         out: Snapshot = {}
-        for sample in prometheus_query(self.url, query):
-            labels = dict(sample["metric"])
-            name = labels.pop("__name__", "")
-            labels.pop("job", None)
-            labels.pop("instance", None)
-            key = (name, tuple(sorted(labels.items())))
-            out[key] = out.get(key, 0.0) + float(sample["value"][1])
+        for name in COUNTED:
+            for sample in prometheus_query(self.url, f"increase({name}{{{self.selector}}}[{window}])"):
+                labels = {k: v for k, v in sample["metric"].items() if k not in ("__name__", "job", "instance")}
+                key = (name, tuple(sorted(labels.items())))
+                out[key] = out.get(key, 0.0) + float(sample["value"][1])
         return out
 
     def window(self, percent: int, stop: Callable[[], bool]) -> Evidence:

@@ -1,0 +1,92 @@
+"""Live traffic, no labels, real servers: `fraud-rollout serve` with the tiny v1 rolled out and a
+candidate at 20 %, holdout features sent without their labels by a plain HTTP client (not the
+replay), and `rollout start` judging the transformer's counters, read from its /metrics or through
+a real Prometheus scraping it. The label-free evidence (paired CBPE of the recall difference over
+the shadow pairs, under both versions' calibrations) is what may promote.
+
+Every request is shadow-scored (`--shadow-percent 100`): the tiny holdout has 2 % fraud, and a few
+thousand pairs give both calibrations' lower bounds room inside the 0.10 margin within the
+allowed holds. The policy is the default."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from fraud.export import find_version_dir
+
+from tests.integration.serving_fixtures import start_local_runtime
+from tests.integration.test_canary_analysis import pipeline_report  # noqa: F401
+from tests.integration.test_rollout_local import live_traffic, rollout
+from tests.prometheus_server import prometheus_scraping
+
+pytestmark = pytest.mark.integration
+WINDOW = ("--window", "3", "--min-requests", "300", "--poll", "0.2")
+
+
+def _start(runtime, pipeline_report, *source: str) -> dict:  # noqa: F811
+    controller = rollout(runtime, "start", *WINDOW, *source, "--report", str(pipeline_report), "--json")
+    out, err = controller.communicate(timeout=600)
+    assert controller.returncode == 0, err
+    return json.loads(out)["rollout"]
+
+
+def _assert_promoted_without_labels(state: dict, runtime) -> None:
+    steps = state["steps"]
+    moves = [(s["percent"], s["decision"]) for s in steps if s["decision"] != "hold"]
+    assert moves == [(5, "advance"), (20, "advance"), (50, "promote")], [(s["decision"], s["reasons"]) for s in steps]
+    assert all(v["frauds"] is None for s in steps for v in s["evidence"]["versions"].values())  # no labels anywhere
+    promoted = steps[-1]["reasons"]
+    line = next(r for r in promoted if "paired.recall_estimate" in r)
+    assert line.startswith("PASS paired.recall_estimate: recall v2 − v1 on "), promoted
+    assert "under v2's calibration" in line and "under v1's calibration" in line
+    assert state["status"] == "promoted"
+    assert runtime.service.get()["spec"]["predictor"].get("canaryTrafficPercent") is None
+
+
+@pytest.fixture
+def candidate_runtime(tiny_run, tmp_path):
+    with start_local_runtime(tmp_path / "state", tiny_run.v1, tiny_run.v2, 20, tmp_path / "logs",
+                             shadow_percent=100) as handle:
+        yield handle
+
+
+def test_label_free_evidence_promotes_a_better_candidate_from_the_transformers_metrics(
+        candidate_runtime, tiny_run, pipeline_report):  # noqa: F811
+    with live_traffic(candidate_runtime, tiny_run):
+        state = _start(candidate_runtime, pipeline_report, "--metrics-url", f"{candidate_runtime.url}/metrics")
+    _assert_promoted_without_labels(state, candidate_runtime)
+
+
+def test_label_free_evidence_promotes_through_a_real_prometheus(candidate_runtime, tiny_run, pipeline_report,
+                                                                tmp_path):  # noqa: F811
+    with prometheus_scraping(candidate_runtime.url, tmp_path / "prometheus") as prometheus, \
+            live_traffic(candidate_runtime, tiny_run):
+        state = _start(candidate_runtime, pipeline_report, "--prometheus", prometheus)
+    _assert_promoted_without_labels(state, candidate_runtime)
+    assert state["steps"][0]["evidence"]["source"] == f"prometheus {prometheus}"
+
+
+@pytest.fixture
+def v1_again(tiny_run, tmp_path) -> Path:
+    """v1's artifact as version 2: a candidate that decides exactly as the baseline."""
+    root = tmp_path / "v1-as-v2"
+    shutil.copytree(tiny_run.v1, root)
+    version_dir = find_version_dir(root)
+    moved = version_dir.rename(version_dir.parent / "2")
+    metadata = json.loads((moved / "metadata.json").read_text())
+    metadata.update(version=2, model_version="v2")
+    (moved / "metadata.json").write_text(json.dumps(metadata))
+    return root
+
+
+def test_a_candidate_equal_to_the_baseline_is_never_rolled_back(tiny_run, v1_again, pipeline_report,
+                                                               tmp_path):  # noqa: F811
+    with start_local_runtime(tmp_path / "state", tiny_run.v1, v1_again, 20, tmp_path / "logs",
+                             shadow_percent=100) as runtime, live_traffic(runtime, tiny_run):
+        state = _start(runtime, pipeline_report, "--metrics-url", f"{runtime.url}/metrics")
+    assert state["status"] in {"promoted", "inconclusive"}, state["steps"]
+    assert "rollback" not in [s["decision"] for s in state["steps"]]
+    paired = [s["evidence"]["paired"] for s in state["steps"]]
+    assert all(p["canary_only_flagged"] == p["baseline_only_flagged"] == 0 for p in paired if p), paired

@@ -13,10 +13,15 @@ Rows both versions flag, or neither, cancel in the numerator; they count in the 
 
 Which calibration. Each version's calibration is blind where the version is: the frauds of a
 pattern a model scores low look legitimate to it (v1 on the drifted holdout: its own CBPE recall
-0.651 [0.560, 0.751], true 0.361). A canary blind to frauds the baseline catches would, under its
-own calibration, call the baseline's extra flags false alarms. So `difference_bounds` computes Δ
-under **both** versions' calibrations and the promotion rule needs non-inferiority under both: a
-version's blind spot cannot hide the other's evidence.
+0.651 [0.560, 0.751], true 0.361). Under v1's calibration the rows only v2 flags (the new pattern)
+look legitimate; under a blind canary's own calibration, the rows only the baseline flags (the
+frauds it misses) would. A calibration is trustworthy where its version *flags*: a high score is
+what its validation split measured most closely, and drift that lowers precision there makes it
+over-count frauds, not hide them. So `own_flags_difference` judges each discordant cell by the
+version that flagged it, the canary's gains by the canary's calibration and its losses by the
+baseline's, and the frauds both or neither flag by whichever calibration makes Δ smaller (the
+denominator bounds both ways). `recall_difference` gives Δ under one calibration throughout, for
+the record: on a 1,000,000-row run v1's calibration puts the far better v2 (true +0.50) at −0.07.
 
 Interval: Monte Carlo posterior predictive, as `fraud_canary.performance`: each block's fraud
 rate from its Beta posterior, the frauds of each (cell, block) Binomial given it.
@@ -24,6 +29,7 @@ rate from its Beta posterior, the frauds of each (cell, block) Binomial given it
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,27 +110,64 @@ class DifferenceEstimate:
                 "method": "paired CBPE; Monte Carlo: Beta posterior per calibration block × Binomial frauds"}
 
 
-def recall_difference(scores: PairedScores, judged_by: str, profile: ScoreProfile, *, level: float,
-                      draws: int = DRAWS, seed: int = 0) -> DifferenceEstimate:
-    """Δ recall on the pairs under `judged_by`'s calibration, and its lower bound at `level`."""
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    table = np.asarray(scores.rows[judged_by], dtype=np.int64)  # cells × buckets
+def _cell_blocks(scores: PairedScores, version: str, profile: ScoreProfile) -> np.ndarray:
+    """Rows per (cell, calibration block) of `version`'s scores."""
+    table = np.asarray(scores.rows[version], dtype=np.int64)  # cells × buckets
     blocks = _bucket_blocks(profile)
     n_blocks = len(profile.block_rows)
-    rows = np.stack([np.bincount(blocks, weights=cell, minlength=n_blocks) for cell in table]).astype(np.int64)
+    return np.stack([np.bincount(blocks, weights=cell, minlength=n_blocks) for cell in table]).astype(np.int64)
+
+
+def _frauds(rows: np.ndarray, profile: ScoreProfile, draws: int, rng: np.random.Generator
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Expected frauds per cell (posterior means), and draws × cells of posterior predictive frauds."""
     a, b = profile.posterior()
-    mean = a / (a + b)
-    expected = rows @ mean  # per cell
+    rates = rng.beta(a, b, size=(draws, len(a)))
+    return rows @ (a / (a + b)), rng.binomial(rows[None, :, :], rates[:, None, :]).sum(axis=2).astype(np.float64)
+
+
+def _lower(delta: np.ndarray, level: float) -> float:
+    # a draw with no frauds at all says nothing about recall: it counts at the worst, −1
+    return float(np.quantile(np.where(np.isfinite(delta), delta, -1.0), 1 - level))
+
+
+def _check(level: float) -> None:
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+
+
+def recall_difference(scores: PairedScores, judged_by: str, profile: ScoreProfile, *, level: float,
+                      draws: int = DRAWS, seed: int = 0) -> DifferenceEstimate:
+    """Δ recall on the pairs under `judged_by`'s calibration throughout, and its lower bound at `level`."""
+    _check(level)
+    rows = _cell_blocks(scores, judged_by, profile)
+    expected, frauds = _frauds(rows, profile, draws, np.random.default_rng(seed))
     total = float(expected.sum())
     estimate = (expected[0] - expected[1]) / total if total > 0 else math.nan
-    rng = np.random.default_rng(seed)
-    rates = rng.beta(a, b, size=(draws, n_blocks))
-    frauds = rng.binomial(rows[None, :, :], rates[:, None, :]).sum(axis=2).astype(np.float64)  # draws × cells
-    all_frauds = frauds.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        delta = (frauds[:, 0] - frauds[:, 1]) / all_frauds
-    # a draw with no frauds at all says nothing about recall: the bound stays at its worst, −1
-    delta = np.where(all_frauds > 0, delta, -1.0)
-    lower = float(np.quantile(delta, 1 - level)) if rows.sum() else -1.0
-    return DifferenceEstimate(judged_by, float(estimate), lower, level, int(table.sum()), total)
+        delta = (frauds[:, 0] - frauds[:, 1]) / frauds.sum(axis=1)
+    lower = _lower(delta, level) if rows.sum() else -1.0
+    return DifferenceEstimate(judged_by, float(estimate), lower, level, int(rows.sum()), total)
+
+
+def own_flags_difference(scores: PairedScores, profiles: Mapping[str, ScoreProfile], *, level: float,
+                         draws: int = DRAWS, seed: int = 0) -> DifferenceEstimate:
+    """Δ recall with each discordant cell judged by the version that flagged it, the frauds both or
+    neither flag by the calibration that makes Δ smaller; its lower bound at `level`."""
+    _check(level)
+    canary, baseline = scores.canary_version, scores.baseline_version
+    rng = np.random.default_rng(seed)
+    rows = {v: _cell_blocks(scores, v, profiles[v]) for v in (canary, baseline)}
+    (mean_c, draw_c), (mean_b, draw_b) = (_frauds(rows[v], profiles[v], draws, rng) for v in (canary, baseline))
+    # CELLS: 0 canary only, 1 baseline only, 2 both, 3 neither
+    gained, lost = draw_c[:, 0], draw_b[:, 1]
+    shared_low = np.minimum(draw_c[:, 2:], draw_b[:, 2:]).sum(axis=1)
+    shared_high = np.maximum(draw_c[:, 2:], draw_b[:, 2:]).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        delta = np.minimum((gained - lost) / (gained + lost + shared_low), (gained - lost) / (gained + lost + shared_high))
+    net = mean_c[0] - mean_b[1]
+    totals = [mean_c[0] + mean_b[1] + f(mean_c[2:], mean_b[2:]).sum() for f in (np.minimum, np.maximum)]
+    estimate = min(net / t for t in totals) if min(totals) > 0 else math.nan
+    lower = _lower(delta, level) if rows[canary].sum() else -1.0
+    return DifferenceEstimate("each version on its own flags", float(estimate), lower, level,
+                              int(rows[canary].sum()), float(totals[1]))

@@ -16,9 +16,9 @@ and the evidence of each window adds to the rollout's `Ledger`:
   paired recall test found the canary better, or its labelled recall is non-inferior to its
   holdout recall (a confidence sequence's lower end within the margin), or, without labels, the
   paired CBPE of the recall difference on every shadow pair of the rollout is non-inferior within
-  the margin under *both* versions' calibrations (`fraud_canary.paired_scores`; its lower bound at
-  1 − α / (2 × the last step's looks), Bonferroni over the two calibrations and the looks); and the
-  canary's error rate is shown to be under the objective.
+  the margin, each version's calibration judging the rows it alone flags
+  (`fraud_canary.paired_scores.own_flags_difference`; its lower bound at 1 − α / the last step's
+  looks, Bonferroni over the looks); and the canary's error rate is shown to be under the objective.
 - **Inconclusive** when a step has held `max_holds` windows, or the last step lacks promotion
   evidence: the rollout pauses at the current percent and says what is missing; it rolls back
   only if the policy asks to fail closed.
@@ -36,7 +36,7 @@ from fraud.score_profile import ScoreProfile
 from fraud_canary.counts import finite, ratio
 from fraud_canary.metrics import UNATTRIBUTED, VersionMetrics
 from fraud_canary.paired import PairedOutcomes
-from fraud_canary.paired_scores import PairedScores, recall_difference
+from fraud_canary.paired_scores import PairedScores, own_flags_difference
 from fraud_canary.policy import CanaryPolicy, OfflineMetrics
 from fraud_canary.sequential import (
     ABOVE,
@@ -323,8 +323,9 @@ def _test_line(t: EProcess) -> str:
 
 
 def label_free_evidence(ledger: Ledger, o: Observation, policy: RolloutPolicy) -> tuple[bool, str]:
-    """Paired CBPE of the recall difference under both versions' calibrations: non-inferior within
-    the margin under both, and the line that says so (or what is missing)."""
+    """Paired CBPE of the recall difference, each version's calibration judging the rows it alone
+    flags (`own_flags_difference`): non-inferior within the margin, and the line that says so (or
+    what is missing)."""
     margin = policy.canary.detectable_recall_difference
     scores = ledger.paired_scores
     missing = [v for v in (o.baseline_version, o.canary_version) if v not in o.profiles]
@@ -332,15 +333,17 @@ def label_free_evidence(ledger: Ledger, o: Observation, policy: RolloutPolicy) -
         return False, "WAIT paired.recall_estimate: no shadow pairs with scores yet"
     if missing:
         return False, f"WAIT paired.recall_estimate: no score profile (calibration) for {', '.join(missing)}"
-    level = 1 - policy.alpha / (2 * (policy.max_holds + 1))
-    estimates = [recall_difference(scores, v, o.profiles[v], level=level)
-                 for v in (o.canary_version, o.baseline_version)]
-    ok = all(e.lower >= -margin for e in estimates)
-    shown = "; ".join(f"under {e.judged_by}'s calibration {_fmt(e.estimate)} (≥ {_fmt(e.lower)} at {level:.4g})"
-                      for e in estimates)
+    level = label_free_level(policy)
+    e = own_flags_difference(scores, o.profiles, level=level)
+    ok = e.lower >= -margin
     return ok, (f"{'PASS' if ok else 'WAIT'} paired.recall_estimate: recall {o.canary_version} − {o.baseline_version} "
-                f"on {scores.pairs} shadow pairs, no labels: {shown}; non-inferior needs every lower bound ≥ "
-                f"−{margin}")
+                f"on {scores.pairs} shadow pairs, no labels, each version's calibration on the rows it alone flags: "
+                f"{_fmt(e.estimate)} (≥ {_fmt(e.lower)} at {level:.4g}); non-inferior needs ≥ −{margin}")
+
+
+def label_free_level(policy: RolloutPolicy) -> float:
+    """The label-free bound's one-sided level: α over every look the last step may take (Bonferroni)."""
+    return 1 - policy.alpha / (policy.max_holds + 1)
 
 
 def promotion_evidence(ledger: Ledger, o: Observation, policy: RolloutPolicy) -> tuple[bool, list[str]]:

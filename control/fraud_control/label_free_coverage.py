@@ -42,19 +42,25 @@ import pandas as pd
 from fraud.export import SignatureScorer, read_contract, read_metadata, read_score_profile
 from fraud.schema import FEATURES, LABEL, PAIRED_SCORE_BOUNDS, DataError
 from fraud.score_profile import ScoreProfile
-from fraud_canary.paired_scores import CELLS, DRAWS, DifferenceEstimate, PairedScores, recall_difference
-from fraud_canary.progressive import RolloutPolicy
+from fraud_canary.paired_scores import (
+    CELLS,
+    DRAWS,
+    DifferenceEstimate,
+    PairedScores,
+    own_flags_difference,
+    recall_difference,
+)
+from fraud_canary.progressive import RolloutPolicy, label_free_level
 
-#: The rule's decision over both calibrations, beside each calibration's own.
+#: The rule's bound (each version's calibration on the rows it alone flags), beside each calibration's own.
 RULE = "rule"
 #: Score buckets of the shadow-pair counters, the last running to 1.
 BUCKETS = len(PAIRED_SCORE_BOUNDS) + 1
 
 
 def rule_level(policy: RolloutPolicy) -> float:
-    """The one-sided level `label_free_evidence` computes its lower bounds at: α split over both
-    calibrations and over every look the last step may take (1 − 0.05/8 by default)."""
-    return 1 - policy.alpha / (2 * (policy.max_holds + 1))
+    """The one-sided level `label_free_evidence` computes its lower bound at (1 − 0.05/4 by default)."""
+    return label_free_level(policy)
 
 
 def pairs_per_rollout(rows_per_window: int, shadow: float, windows: int) -> int:
@@ -142,9 +148,12 @@ class PairedHoldout:
 
 def lower_bounds(scores: PairedScores, profiles: Mapping[str, ScoreProfile], level: float,
                  mc_draws: int = DRAWS) -> dict[str, DifferenceEstimate]:
-    """The rule's estimates: Δ under the canary's and the baseline's calibration at `level`."""
-    return {v: recall_difference(scores, v, profiles[v], level=level, draws=mc_draws)
-            for v in (scores.canary_version, scores.baseline_version)}
+    """The rule's estimate (`RULE`: each version's calibration on the rows it alone flags) and, for
+    the record, Δ under the canary's and under the baseline's calibration throughout, at `level`."""
+    out = {v: recall_difference(scores, v, profiles[v], level=level, draws=mc_draws)
+           for v in (scores.canary_version, scores.baseline_version)}
+    out[RULE] = own_flags_difference(scores, profiles, level=level, draws=mc_draws)
+    return out
 
 
 @dataclass(frozen=True)
@@ -200,10 +209,10 @@ def measure_coverage(paired: PairedHoldout, *, pairs: int, draws: int, policy: R
     if pairs < 1 or draws < 1:
         raise ValueError(f"need pairs ≥ 1 and draws ≥ 1, got {pairs}, {draws}")
     level, margin = rule_level(policy), policy.canary.detectable_recall_difference
-    versions = (paired.canary, paired.baseline)
+    versions = (paired.canary, paired.baseline, RULE)
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
-    truth, lowers, estimates = np.empty(draws), np.empty((draws, 2)), np.empty((draws, 2))
+    truth, lowers, estimates = np.empty(draws), np.empty((draws, 3)), np.empty((draws, 3))
     for i in range(draws):
         scores, truth[i] = paired.draw(rng, pairs)
         bounds = lower_bounds(scores, paired.profiles, level, mc_draws)
@@ -212,13 +221,11 @@ def measure_coverage(paired: PairedHoldout, *, pairs: int, draws: int, policy: R
     judged = ~np.isnan(truth)
     widths = estimates - lowers
     covered = {v: int(np.sum(lowers[judged, j] <= truth[judged])) for j, v in enumerate(versions)}
-    covered[RULE] = int(np.sum(lowers[judged].min(axis=1) <= truth[judged]))
     median_width = {v: float(np.nanmedian(widths[:, j])) for j, v in enumerate(versions)}
-    median_width[RULE] = float(np.nanmedian(widths.max(axis=1)))
     return Coverage(paired.baseline, paired.canary, pairs, draws, level, margin, mc_draws, paired.true_delta,
                     int(judged.sum()), covered, median_width,
                     {v: float(np.nanmedian(estimates[:, j])) for j, v in enumerate(versions)},
-                    float(np.nanmedian(truth)), int(np.sum(lowers.min(axis=1) >= -margin)),
+                    float(np.nanmedian(truth)), int(np.sum(lowers[:, 2] >= -margin)),
                     time.perf_counter() - started)
 
 

@@ -1,14 +1,14 @@
 """The interval the label-free promotion rule uses keeps its promise on the tiny run's real models
 (issue 17): bootstrap rollouts of the demo's shadow pairs (49,552 rows × 10 % × 3 windows) drawn
-from the drifted holdout, the rule's lower bounds (`recall_difference` under both calibrations, at
-the rule's level) against the true Δ recall on the same drawn rows.
+from the drifted holdout, the rule's lower bound (`own_flags_difference`: each version's calibration
+on the rows it alone flags, at the rule's level) against the true Δ recall on the same drawn rows.
 
 Chance decides each assertion; the bootstrap seed is fresh every run (shown on failure) and each
 bound is set so that a rule keeping its promise fails it rarely:
 
 * coverage ≥ nominal − 3 Monte Carlo standard errors: at a true coverage of exactly nominal
-  (0.99375, 1,000 draws: 6.25 misses expected) the test fails when 14 or more draws miss,
-  P ≈ 0.5 % (Binomial tail);
+  (0.9875, 1,000 draws: 12.5 misses expected) the test fails when 24 or more draws miss,
+  P ≈ 0.2 % (Binomial tail);
 * with v1 as the canary its true Δ is far below −0.1, so promoting it in over 5 % of draws would
   mean the rule's smaller bound misses by more than 0.3 in those draws, which the coverage bound
   already makes improbable.
@@ -57,7 +57,7 @@ def test_the_study_judges_with_the_promotion_rule_itself(scored):
         bounds = lower_bounds(scores, paired.profiles, rule_level(POLICY))
         ledger = dataclasses.replace(Ledger.start(POLICY), paired_scores=scores)
         promoted, line = label_free_evidence(ledger, Observation({}, "v1", "v2", profiles=paired.profiles), POLICY)
-        assert promoted == all(b.lower >= -POLICY.canary.detectable_recall_difference for b in bounds.values())
+        assert promoted == (bounds[RULE].lower >= -POLICY.canary.detectable_recall_difference)
         assert f"at {rule_level(POLICY):.4g}" in line and f"on {PAIRS} shadow pairs" in line
 
 
@@ -65,7 +65,7 @@ def test_the_rules_lower_bound_covers_the_true_recall_difference_at_its_level(sc
     seed = int(np.random.SeedSequence().entropy)
     coverage = measure_coverage(PairedHoldout(scored, "v1", "v2"), pairs=PAIRS, draws=DRAWS, policy=POLICY, seed=seed)
     shown = (seed, coverage.to_dict())
-    assert coverage.level == 1 - 0.05 / 8
+    assert coverage.level == 1 - 0.05 / 4
     assert coverage.judged == DRAWS, shown  # every draw holds frauds: the truth exists
     assert coverage.coverage(RULE) >= coverage.level - 3 * coverage.standard_error, shown
     assert coverage.median_width[RULE] < 0.5, shown  # an interval of [−1, 1] would not pass
@@ -73,7 +73,8 @@ def test_the_rules_lower_bound_covers_the_true_recall_difference_at_its_level(sc
 
 def test_the_rule_refuses_to_promote_the_model_blind_to_the_new_pattern(scored):
     """v1 as the canary over v2: v1's own calibration cannot see the frauds only v2 flags (they
-    score low under v1) and misses the truth, v2's sees them; the rule needs both and refuses."""
+    score low under v1) and misses the truth; the rule judges them by v2's calibration, which flagged
+    them, and refuses."""
     seed = int(np.random.SeedSequence().entropy)
     paired = PairedHoldout(scored, "v2", "v1")
     assert paired.true_delta < -2 * POLICY.canary.detectable_recall_difference

@@ -7,7 +7,7 @@ from fraud.schema import PAIRED_SCORE_BOUNDS
 from fraud.score_profile import ScoreProfile, fit_score_profile
 from fraud_canary.metrics import LATENCY_BOUNDS_MS, Confusion, VersionMetrics
 from fraud_canary.paired import Discordant, PairedOutcomes
-from fraud_canary.paired_scores import CELLS, PairedScores, recall_difference
+from fraud_canary.paired_scores import CELLS, PairedScores, own_flags_difference, recall_difference
 from fraud_canary.policy import OfflineMetrics
 from fraud_canary.progressive import ROLLBACK_RULES, Ledger, Observation, RolloutPolicy, judge
 
@@ -132,7 +132,7 @@ def _calibrated(rng, frauds: np.ndarray, separation: float) -> tuple[np.ndarray,
     return draw(frauds), fit_score_profile(validation, draw(validation), 0.5)
 
 
-def test_without_labels_paired_cbpe_promotes_a_canary_no_worse_under_both_calibrations():
+def test_without_labels_paired_cbpe_promotes_a_canary_no_worse():
     rng = np.random.default_rng()
     frauds = (rng.random(60_000) < 0.01).astype(int)
     v1_scores, v1_profile = _calibrated(rng, frauds, 5.0)
@@ -144,13 +144,35 @@ def test_without_labels_paired_cbpe_promotes_a_canary_no_worse_under_both_calibr
     observation = Observation(window.online, "v1", "v2", OFFLINE, paired_scores=pairs, profiles=profiles)
     look = judge(Ledger.start(POLICY), observation, percent=50, policy=POLICY, holds=0)
     assert look.action == "promote", look.reasons
-    assert look.reasons[2].startswith("PASS paired.recall_estimate: recall v2 − v1 on 60000 shadow pairs, no labels: "
-                                      "under v2's calibration ")
+    assert look.reasons[2].startswith("PASS paired.recall_estimate: recall v2 − v1 on 60000 shadow pairs, no labels, "
+                                      "each version's calibration on the rows it alone flags: ")
     # without v1's calibration there is no label-free promotion: it says what is missing
     alone = Observation(window.online, "v1", "v2", OFFLINE, paired_scores=pairs, profiles={"v2": v2_profile})
     waiting = judge(Ledger.start(POLICY), alone, percent=50, policy=POLICY, holds=0)
     assert waiting.action == "hold"
     assert "WAIT paired.recall_estimate: no score profile (calibration) for v1" in waiting.reasons
+
+
+def test_a_canary_that_catches_what_a_blind_baseline_misses_is_promoted_without_labels():
+    """The drift story: the baseline scores half the frauds (a new pattern) like legitimate rows.
+    Under its calibration throughout, the canary's extra catches look like false alarms; judged by
+    the calibration of the version that flagged them, they are the frauds they are."""
+    rng = np.random.default_rng()
+    frauds = (rng.random(60_000) < 0.01).astype(int)
+    new_pattern = frauds * (rng.random(len(frauds)) < 0.5)
+    v1_scores, v1_profile = _calibrated(rng, frauds - new_pattern, 6.0)
+    v2_scores, v2_profile = _calibrated(rng, frauds, 6.0)
+    flags = {"v1": v1_scores > 0.5, "v2": v2_scores > 0.5}
+    pairs = _paired_scores({"v1": v1_scores, "v2": v2_scores}, flags)
+    profiles = {"v1": v1_profile, "v2": v2_profile}
+    observation = Observation(_window(50).online, "v1", "v2", OFFLINE, paired_scores=pairs, profiles=profiles)
+    look = judge(Ledger.start(POLICY), observation, percent=50, policy=POLICY, holds=0)
+    assert look.action == "promote", look.reasons
+    true = (np.sum(flags["v2"] & ~flags["v1"] & (frauds == 1)) - np.sum(flags["v1"] & ~flags["v2"] & (frauds == 1))) \
+        / frauds.sum()
+    mixed = own_flags_difference(pairs, profiles, level=0.99)
+    assert mixed.lower <= true and true > 0.15
+    assert recall_difference(pairs, "v1", v1_profile, level=0.99).estimate < true - 0.15  # the blind calibration
 
 
 def test_a_canary_blind_to_frauds_the_baseline_catches_is_not_promoted_on_its_own_calibration():
@@ -169,6 +191,7 @@ def test_a_canary_blind_to_frauds_the_baseline_catches_is_not_promoted_on_its_ow
     assert look.action == "hold", look.reasons
     line = next(r for r in look.reasons if "paired.recall_estimate" in r)
     assert line.startswith("WAIT paired.recall_estimate: ")
+    assert own_flags_difference(pairs, {"v1": v1_profile, "v2": v2_profile}, level=0.99).lower < -0.1
     own = recall_difference(pairs, "v2", v2_profile, level=0.99)
     theirs = recall_difference(pairs, "v1", v1_profile, level=0.99)
     true = (np.sum(flags["v2"] & ~flags["v1"] & (frauds == 1)) - np.sum(flags["v1"] & ~flags["v2"] & (frauds == 1))) \

@@ -81,7 +81,9 @@ def test_the_rule_refuses_to_promote_the_model_blind_to_the_new_pattern(scored):
     coverage = measure_coverage(paired, pairs=PAIRS, draws=DRAWS, policy=POLICY, seed=seed)
     shown = (seed, coverage.to_dict())
     assert coverage.promote_share <= 0.05, shown
-    assert coverage.coverage(RULE) >= coverage.level - 3 * coverage.standard_error, shown
+    # no coverage promise here: the rule trusts the canary's calibration on its own flags, and v1's
+    # precision fell under drift (its gains are over-counted; on the 1M run's holdout the rule's
+    # bound covered 0.953 at 148,656 pairs), but its loss is far beyond the margin: refused anyway
     # the known failure, seen: v1's own calibration puts its bound above the truth
     assert coverage.median_estimate["v1"] > coverage.median_true_delta + 0.1, shown
 

@@ -5,18 +5,43 @@ Parses and prints; the simulation is `fraud_canary.simulation` (whole rollouts t
 rolled back and stopped inconclusive, each with its Monte Carlo 95 % interval (Clopper-Pearson),
 the median windows to each outcome and the first rollback rule; then how many of 20 seeds promote
 a good canary with labels.
+
+`--report`: the live regime of `good` and `equal` with scored shadow pairs, so the label-free
+promotion rule has what it reads: the report's holdout scored by models.v1 (baseline) and models.v2
+(`good`'s canary), or by models.v1 as both (`equal`), resampled as each window's shadow pairs
+(`fraud_control.label_free_coverage.scored_pairs`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+from pathlib import Path
 
 from fraud_canary.progressive import INCONCLUSIVE, PROMOTE, ROLLBACK, RolloutPolicy
-from fraud_canary.simulation import DEMO_WINDOW_ROWS, OUTCOMES, REGIMES, SCENARIOS, Summary, seeds_promoted, simulate
+from fraud_canary.simulation import (
+    BASELINE,
+    CANARY,
+    DEMO_WINDOW_ROWS,
+    EQUAL,
+    GOOD,
+    LIVE,
+    OUTCOMES,
+    REGIMES,
+    SCENARIOS,
+    ScoredPairs,
+    Summary,
+    seeds_promoted,
+    simulate,
+)
+from fraud_control.label_free_coverage import equal_canary, score_holdout, scored_pairs
 from fraud_serving.shadow import DEFAULT_SHADOW_PERCENT
 
-from fraud_rollout.args import non_negative_int, positive_int
+from fraud_rollout.args import UsageError, non_negative_int, positive_int
+from fraud_rollout.replay_source import read_holdout, read_pipeline_report
+
+#: The scenarios a pipeline report's models can stand in for: its candidate over its baseline, its baseline over itself.
+SCORED_SCENARIOS = (GOOD.name, EQUAL.name)
 
 
 def shadow_share(text: str) -> float:
@@ -43,8 +68,22 @@ def register(commands, bench) -> None:
                         help="only this scenario (repeat for several; default: all)")
     parser.add_argument("--seeds", type=non_negative_int, default=20,
                         help="seeded good-canary rollouts to count promotions over (0: skip)")
+    parser.add_argument("--report", type=Path,
+                        help="pipeline report.json: run the live regime of good and equal with shadow pairs scored by "
+                             "its models on its holdout (models.v2 over models.v1, models.v1 over itself)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.set_defaults(func=bench_rollout_command)
+
+
+def _scored_pairs(path: Path) -> dict[str, ScoredPairs]:
+    """Per scenario, shadow-pair scores from a pipeline report's holdout scored once by both its models."""
+    report = read_pipeline_report(path)
+    models, holdout = report["models"], report.get("artifacts", {}).get("holdout")
+    if not {"v1", "v2"} <= set(models) or not holdout:
+        raise UsageError(f"--report {path}: needs models.v1, models.v2 and artifacts.holdout")
+    frame = read_holdout(Path(holdout), option=f"artifacts.holdout of {path}")
+    scored = score_holdout(frame, {BASELINE: models["v1"]["artifact"], CANARY: models["v2"]["artifact"]})
+    return {GOOD.name: scored_pairs(scored), EQUAL.name: scored_pairs(equal_canary(scored, BASELINE, CANARY))}
 
 
 def _cell(summary: Summary, outcome: str) -> str:
@@ -56,7 +95,8 @@ def _windows(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:g}"
 
 
-def format_table(summaries: list[Summary], promoted: int | None, seeds: int, policy: RolloutPolicy) -> str:
+def format_table(summaries: list[Summary], promoted: int | None, seeds: int, policy: RolloutPolicy,
+                 report: Path | None = None) -> str:
     head = (f"{'scenario':<18} {'regime':<9} {'promote':<22} {'rollback':<22} {'inconclusive':<22} "
             f"{'median windows: promote / rollback / inconclusive':<50} first rollback rules")
     lines = [head, "-" * len(head)]
@@ -70,7 +110,10 @@ def format_table(summaries: list[Summary], promoted: int | None, seeds: int, pol
     lines += ["", f"{first.rollouts} rollouts per row, {first.rows} rows per window, shadow {first.shadow:g}; plan "
                   f"{'/'.join(map(str, policy.plan))}, max_holds {policy.max_holds}, alpha {policy.alpha}; shares with "
                   f"Monte Carlo 95 % intervals (Clopper-Pearson), median windows",
-              f"{sum(s.rollouts for s in summaries) / seconds:.0f} rollouts per second ({seconds:.1f} s)"]
+              f"{sum(s.rollouts for s in summaries) / seconds:.1f} rollouts per second ({seconds:.1f} s)"]
+    if report is not None:
+        lines.append(f"shadow pairs scored by the models of {report} on its holdout: good = models.v2 over "
+                     "models.v1, equal = models.v1 over itself")
     if promoted is not None:
         lines.append(f"good canary, labelled, default policy: promoted in {promoted} of {seeds} seeds")
     return "\n".join(lines)
@@ -78,16 +121,21 @@ def format_table(summaries: list[Summary], promoted: int | None, seeds: int, pol
 
 def bench_rollout_command(args: argparse.Namespace) -> int:
     policy = RolloutPolicy()
-    names = args.scenario or list(SCENARIOS)
+    if args.report and set(args.scenario or ()) - set(SCORED_SCENARIOS):
+        raise UsageError(f"--report gives scored shadow pairs for {' and '.join(SCORED_SCENARIOS)} only")
+    scored = _scored_pairs(args.report) if args.report else {}
+    names = args.scenario or list(scored or SCENARIOS)
     summaries = [simulate(name, regime, policy, rollouts=args.rollouts, rows=args.rows, shadow=args.shadow,
-                          seed=args.seed) for name in names for regime in REGIMES]
+                          seed=args.seed, scored=scored.get(name)) for name in names
+                 for regime in ((LIVE,) if scored else REGIMES)]
     promoted = seeds_promoted(args.seeds, policy, rows=args.rows, shadow=args.shadow, seed=args.seed) \
         if args.seeds else None
     if args.json:
         print(json.dumps({"policy": policy.to_dict(), "outcomes": list(OUTCOMES),
                           "rows": [s.to_dict() for s in summaries],
+                          "scored_pairs": None if args.report is None else str(args.report),
                           "seeds_promoted": None if promoted is None else {"promoted": promoted, "seeds": args.seeds}},
                          indent=2))
     else:
-        print(format_table(summaries, promoted, args.seeds, policy))
+        print(format_table(summaries, promoted, args.seeds, policy, args.report))
     return 0

@@ -19,6 +19,19 @@ DESIGN decision 18, issue 17. The model of one window of traffic (no servers):
   frauds/legit tables); `live`: no labels (the transformer's counters and shadow pairs only).
 - The offline metrics given to the judge are the cells' own holdout values per version, unless the
   scenario states what the canary's holdout claimed.
+- The shadow pairs' scores (`ScoredPairs`, optional): without them no window carries the
+  `PairedScores` the label-free promotion rule reads, so in the `live` regime nothing can promote.
+  Given them, each window's pairs are also counted by decision cell and score bucket: as many
+  pairs as its decision table, drawn (with their calibrations) from a real labelled holdout scored
+  by both exported models (`fraud_control.label_free_coverage`, which counts them as the
+  transformer's counters do). They are drawn independently of the cell model's decision table:
+  the table and the scores are two samples of the same kind of holdout (the same law in
+  expectation, up to the difference between the README's run and the scored one), not the same
+  rows. That is enough for the promotion rule, which reads only the scores' table (and both
+  calibrations); the rollback tests read only the decision table and the counts. What is lost is
+  their correlation within a window (a window with more discordant pairs than usual also has more
+  discordant scored rows), which matters only where both could fire at once: the `good` canary's
+  discordant pairs (0.12 % of rows) sit far below `paired.disagreement`'s null.
 
 A rollout is the controller's loop (`fraud_control.rollout.Controller.run_step/run`) around the
 real `judge`: one `Ledger` for the whole rollout, per step windows until the verdict is not hold
@@ -29,16 +42,18 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import numpy as np
+from fraud.score_profile import ScoreProfile
 from scipy import stats
 from scipy.special import ndtr, ndtri
 
 from fraud_canary.metrics import LATENCY_BOUNDS_MS, Confusion, VersionMetrics
 from fraud_canary.paired import Discordant, PairedOutcomes
+from fraud_canary.paired_scores import PairedScores
 from fraud_canary.policy import OfflineMetrics
 from fraud_canary.progressive import (
     ADVANCE,
@@ -142,6 +157,29 @@ SCENARIOS: Mapping[str, Scenario] = {s.name: s for s in (GOOD, EQUAL, RECALL_MIN
                                                          LATENCY_DOUBLED)}
 
 
+@dataclass(frozen=True)
+class ScoredPairs:
+    """Where the shadow pairs' scores come from: each version's calibration (`profiles`, by
+    `BASELINE` and `CANARY`) and `draw(rng, pairs)`, the `PairedScores` of `pairs` shadow pairs
+    (as the transformer's counters count them, baseline `BASELINE`, canary `CANARY`)."""
+
+    profiles: Mapping[str, ScoreProfile]
+    draw: Callable[[np.random.Generator, int], PairedScores]
+
+    def __post_init__(self) -> None:
+        missing = [v for v in (BASELINE, CANARY) if v not in self.profiles]
+        if missing:
+            raise ValueError(f"scored pairs need a score profile for {', '.join(missing)}")
+
+    def window(self, rng: np.random.Generator, pairs: int) -> PairedScores:
+        """`draw(rng, pairs)`, checked: the window's versions and number of pairs."""
+        scores = self.draw(rng, pairs)
+        if (scores.baseline_version, scores.canary_version) != (BASELINE, CANARY) or scores.pairs != pairs:
+            raise ValueError(f"drew {scores.pairs} pairs of {scores.baseline_version} → {scores.canary_version}, "
+                             f"need {pairs} of {BASELINE} → {CANARY}")
+        return scores
+
+
 def _quantile(rng: np.random.Generator, counts: np.ndarray, cdf: np.ndarray, q: float, median: float) -> float:
     """The q-quantile of the answered rows' latencies, given how many fell in each bin: the rank's
     order statistic within its bin (Beta-distributed on the bin's share of the lognormal)."""
@@ -204,8 +242,10 @@ def paired_tables(y: np.ndarray, labelled: bool) -> PairedOutcomes:
 
 
 def draw_window(rng: np.random.Generator, scenario: Scenario, regime: Regime, percent: int,
-                rows: int = DEMO_WINDOW_ROWS, shadow: float = DEFAULT_SHADOW) -> Observation:
-    """One window of `rows` transactions with the canary at `percent`, as the judge sees it."""
+                rows: int = DEMO_WINDOW_ROWS, shadow: float = DEFAULT_SHADOW, scored: ScoredPairs | None = None
+                ) -> Observation:
+    """One window of `rows` transactions with the canary at `percent`, as the judge sees it; with
+    `scored`, its shadow pairs carry scores (as many as its decision table has pairs)."""
     if regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
     labelled = regime == LABELLED
@@ -222,7 +262,10 @@ def draw_window(rng: np.random.Generator, scenario: Scenario, regime: Regime, pe
              + rng.multivariate_hypergeometric(canary_joint, rng.binomial(canary.answered,
                                                                          shadow * (1 - scenario.baseline_error_rate))))
         paired = paired_tables(y, labelled)
-    return Observation({BASELINE: baseline, CANARY: canary}, BASELINE, CANARY, scenario.offline(), paired)
+    online, offline = {BASELINE: baseline, CANARY: canary}, scenario.offline()
+    if scored is None or paired is None or paired.pairs == 0:
+        return Observation(online, BASELINE, CANARY, offline, paired)
+    return Observation(online, BASELINE, CANARY, offline, paired, scored.window(rng, paired.pairs), scored.profiles)
 
 
 @dataclass(frozen=True)
@@ -242,13 +285,14 @@ def _first_rule(look: Look) -> str:
 
 
 def run_rollout(rng: np.random.Generator, scenario: Scenario, regime: Regime, policy: RolloutPolicy,
-                rows: int = DEMO_WINDOW_ROWS, shadow: float = DEFAULT_SHADOW) -> Rollout:
+                rows: int = DEMO_WINDOW_ROWS, shadow: float = DEFAULT_SHADOW, scored: ScoredPairs | None = None
+                ) -> Rollout:
     """One whole rollout: the controller's loop around `judge`, one window per look."""
     ledger, windows = Ledger.start(policy), 0
     for percent in policy.plan[:-1]:
         holds = 0
         while True:
-            look = judge(ledger, draw_window(rng, scenario, regime, percent, rows, shadow), percent=percent,
+            look = judge(ledger, draw_window(rng, scenario, regime, percent, rows, shadow, scored), percent=percent,
                          policy=policy, holds=holds)
             ledger, windows = look.ledger, windows + 1
             if look.action != HOLD:
@@ -330,14 +374,16 @@ def summarize(scenario: str, regime: str, results: list[Rollout], rows: int, sha
 
 
 def simulate(scenario: Scenario | str, regime: Regime, policy: RolloutPolicy | None = None, rollouts: int = 2000,
-             rows: int = DEMO_WINDOW_ROWS, shadow: float = DEFAULT_SHADOW, seed: int = 0) -> Summary:
-    """`rollouts` independent rollouts of `scenario` (each its own random stream spawned from `seed`)."""
+             rows: int = DEMO_WINDOW_ROWS, shadow: float = DEFAULT_SHADOW, seed: int = 0,
+             scored: ScoredPairs | None = None) -> Summary:
+    """`rollouts` independent rollouts of `scenario` (each its own random stream spawned from `seed`),
+    the shadow pairs' scores drawn from `scored` when given."""
     scenario = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
     if rollouts < 1 or rows < 1 or not 0 <= shadow <= 1:
         raise ValueError(f"need rollouts ≥ 1, rows ≥ 1 and 0 ≤ shadow ≤ 1, got {rollouts}, {rows}, {shadow}")
     policy = policy or RolloutPolicy()
     started = time.perf_counter()
-    results = [run_rollout(np.random.default_rng(child), scenario, regime, policy, rows, shadow)
+    results = [run_rollout(np.random.default_rng(child), scenario, regime, policy, rows, shadow, scored)
                for child in np.random.SeedSequence(seed).spawn(rollouts)]
     return summarize(scenario.name, regime, results, rows, shadow, time.perf_counter() - started)
 

@@ -9,7 +9,10 @@ import math
 
 import numpy as np
 import pytest
+from fraud.schema import PAIRED_SCORE_BOUNDS
+from fraud.score_profile import fit_score_profile
 from fraud_canary.metrics import LATENCY_BOUNDS_MS
+from fraud_canary.paired_scores import CELLS, PairedScores
 from fraud_canary.progressive import INCONCLUSIVE, PROMOTE, ROLLBACK, RolloutPolicy
 from fraud_canary.simulation import (
     BASELINE_FLAGS,
@@ -27,6 +30,7 @@ from fraud_canary.simulation import (
     RECALL_MINUS_010,
     REGIMES,
     SCENARIOS,
+    ScoredPairs,
     draw_window,
     holdout_metrics,
     run_rollout,
@@ -162,6 +166,62 @@ def test_a_good_canary_with_labels_is_promoted():
     assert summary.rollouts - summary.outcomes.get(PROMOTE, 0) <= most_events(200, 0.05), summary.to_dict()
 
 
+def synthetic_scored_pairs(rng: np.random.Generator, separation: dict[str, float], rows: int = 100_000,
+                           fraud_rate: float = 0.01) -> ScoredPairs:
+    """Shadow pairs resampled from synthetic rows scored by v1 and v2, each separating frauds by its
+    `separation` (log-odds) and calibrated on its own independent validation sample of the same kind."""
+    def draw_scores(labels: np.ndarray, shift: float) -> np.ndarray:
+        return 1 / (1 + np.exp(-(rng.normal(-6, 1.5, len(labels)) + shift * labels)))
+
+    frauds = (rng.random(rows) < fraud_rate).astype(int)
+    validation = (rng.random(200_000) < fraud_rate).astype(int)
+    scores = {v: draw_scores(frauds, shift) for v, shift in separation.items()}
+    profiles = {v: fit_score_profile(validation, draw_scores(validation, shift), 0.5) for v, shift in separation.items()}
+    cell = np.select([((scores["v2"] > 0.5) == c) & ((scores["v1"] > 0.5) == b) for c, b in CELLS],
+                     range(len(CELLS)))
+    buckets = len(PAIRED_SCORE_BOUNDS) + 1
+    bucket = {v: np.searchsorted(PAIRED_SCORE_BOUNDS, s) for v, s in scores.items()}  # the counters' "≤ bound"
+
+    def draw(window_rng: np.random.Generator, pairs: int) -> PairedScores:
+        drawn = window_rng.integers(rows, size=pairs)
+        return PairedScores("v1", "v2", {v: tuple(tuple(int(n) for n in row) for row in np.bincount(
+            cell[drawn] * buckets + b[drawn], minlength=len(CELLS) * buckets).reshape(len(CELLS), buckets))
+            for v, b in bucket.items()})
+
+    return ScoredPairs(profiles, draw)
+
+
+def test_scored_pairs_give_each_window_as_many_scored_pairs_as_its_table():
+    scored = synthetic_scored_pairs(np.random.default_rng(), {"v1": 5.0, "v2": 6.0}, rows=20_000)
+    rng = np.random.default_rng(8)
+    for regime in REGIMES:
+        o = draw_window(rng, GOOD, regime, 20, rows=20_000, scored=scored)
+        assert o.paired_scores.pairs == o.paired.pairs > 0 and o.profiles is scored.profiles
+        assert (o.paired_scores.baseline_version, o.paired_scores.canary_version) == ("v1", "v2")
+    without = draw_window(rng, GOOD, LIVE, 20, rows=20_000)
+    assert without.paired_scores is None and not without.profiles
+    # no shadow pairs, nothing to score
+    assert draw_window(rng, GOOD, LIVE, 20, rows=20_000, shadow=0.0, scored=scored).paired_scores is None
+    with pytest.raises(ValueError, match="score profile for v2"):
+        ScoredPairs({"v1": scored.profiles["v1"]}, scored.draw)
+    short = ScoredPairs(scored.profiles, lambda r, pairs: scored.draw(r, pairs - 1))
+    with pytest.raises(ValueError, match="need"):
+        draw_window(rng, GOOD, LIVE, 20, rows=20_000, scored=short)
+
+
+def test_without_labels_a_clearly_better_canary_is_promoted_on_scored_pairs():
+    """The live regime with scored shadow pairs: a canary that separates frauds far better (v2
+    catches ≈ 75 % of frauds, v1 ≈ 9 %) is promoted by the label-free rule. If each rollout promotes
+    with probability ≥ 0.9 and rolls back with probability ≤ alpha (the policy's promise), the counts
+    of 50 rollouts stay within their binomial bounds but with probability ≤ 2 × FALSE_FAILURE."""
+    scored = synthetic_scored_pairs(np.random.default_rng(), {"v1": 4.0, "v2": 7.0})
+    rollouts, policy = 50, RolloutPolicy()
+    summary = simulate(GOOD, LIVE, policy, rollouts=rollouts, seed=9, scored=scored)
+    assert rollouts - summary.outcomes.get(PROMOTE, 0) <= most_events(rollouts, 0.10), summary.to_dict()
+    assert summary.outcomes.get(ROLLBACK, 0) <= most_events(rollouts, policy.alpha), summary.to_dict()
+    assert summary.median_windows[PROMOTE] == 3  # 5 % and 20 % advance, 50 % promotes at its first look
+
+
 @pytest.mark.parametrize("regime", REGIMES)
 def test_a_flag_everything_canary_is_always_rolled_back(regime):
     summary = simulate(FLAG_EVERYTHING, regime, rollouts=50, seed=6)
@@ -184,3 +244,16 @@ def test_bench_rollout_prints_every_row(capsys):
     assert main(["bench", "rollout", "--rollouts", "2", "--scenario", "errors_2pct", "--seeds", "0"]) == 0
     table = capsys.readouterr().out
     assert "errors_2pct" in table and "good " not in table
+
+
+def test_bench_rollout_scores_pairs_only_for_good_and_equal(capsys, tmp_path):
+    from fraud_rollout.cli import main
+
+    report = tmp_path / "report.json"
+    assert main(["bench", "rollout", "--report", str(report), "--scenario", "errors_2pct"]) == 2
+    assert "--report gives scored shadow pairs for good and equal only" in capsys.readouterr().err
+    assert main(["bench", "rollout", "--report", str(report), "--scenario", "good"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    report.write_text(json.dumps({"models": {"v1": {"artifact": "a"}, "v2": {"artifact": "b"}}}))
+    assert main(["bench", "rollout", "--report", str(report)]) == 2
+    assert "needs models.v1, models.v2 and artifacts.holdout" in capsys.readouterr().err

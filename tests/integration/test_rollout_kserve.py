@@ -1,22 +1,30 @@
 """The rollout controller against the REAL control plane (kube-apiserver, KServe's controller), as
 the pipeline's ServiceAccount: the canaryTrafficPercent sequence KServe saw (audit log), the
 Events on the InferenceService, the state in the ConfigMap, abort from another process, the 403
-path, and the analysis endpoint's codes. The evidence is prepared per step (test data through
-the `EvidenceSource` seam); every API call is real."""
+path, and the analysis endpoint's codes. A good candidate is promoted on real evidence: a real
+transformer's counters through a real Prometheus, its split following the cluster's patches
+(`MirroredSplit`); the other paths take evidence prepared per step (test data through the
+`EvidenceSource` seam). Every API call is real."""
 from __future__ import annotations
 
 import json
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from fraud_canary.analysis import offline_metrics
 from fraud_canary.metrics import Confusion, VersionMetrics
 from fraud_canary.policy import OfflineMetrics
 from fraud_canary.progressive import RolloutPolicy
+from fraud_control import canary
 from fraud_control.analysis_endpoint import AnalysisEndpoint
 from fraud_control.kube_store import KubeStore
+from fraud_control.local_store import LocalStore
 from fraud_control.rollout import Controller, Evidence, RolloutAborted, RolloutConfig, Window, now_iso
+from fraud_control.rollout_evidence import AfterLocalApply, PrometheusWindow, WindowSpec
 from fraud_control.rollout_record import KubeEvents
+from fraud_control.rollout_run import score_profiles
 from fraud_control.rollout_state import ConfigMapRolloutState
 from kubernetes import client
 
@@ -24,6 +32,10 @@ from fraud_rollout.cli import main
 from tests.cluster_fixtures import admin_client
 from tests.http_json import get_json
 from tests.integration.kube_fixtures import kubeconfig_for
+from tests.integration.serving_fixtures import start_local_runtime
+from tests.integration.test_canary_analysis import pipeline_report  # noqa: F401
+from tests.integration.test_rollout_local import live_traffic
+from tests.prometheus_server import prometheus_scraping
 
 pytestmark = pytest.mark.integration
 OFFLINE = {"v1": OfflineMetrics(precision=0.889, recall=0.8, flag_rate=0.009),
@@ -197,3 +209,49 @@ def test_the_analysis_endpoint_answers_each_decision_with_its_code(canary_cluste
                         ("promote", "promote", 200, "promote")]
     finally:
         endpoint.close()
+
+
+class MirroredSplit:
+    """Knative's routing, played (no pods run here): before each window, the local runtime serving
+    the tiny models gets the cluster's `canaryTrafficPercent` by the same patch, and the window
+    starts once `serve` has applied it. The evidence is then what a cluster's would be: the real
+    transformer's counters, scraped by a real Prometheus."""
+
+    def __init__(self, cluster: KubeStore, state_dir, source) -> None:
+        self.cluster, self.state_dir, self.source = cluster, state_dir, source
+
+    def window(self, percent: int, stop: Callable[[], bool]) -> Evidence:
+        wanted = self.cluster.get()["spec"]["predictor"].get("canaryTrafficPercent")
+        assert wanted == percent  # the controller patched the cluster first
+        canary.set_canary_percent(LocalStore(self.state_dir), wanted, timeout_s=60, poll_s=0.05)
+        return self.source.window(percent, stop)
+
+
+def test_a_good_candidate_is_promoted_on_a_real_transformers_counters_through_prometheus(
+        canary_cluster, tiny_run, pipeline_report, tmp_path):  # noqa: F811
+    ns = canary_cluster.ns
+    api = canary_cluster.namespace.token_api()
+    store = KubeStore(api, ns)
+    report = json.loads(Path(pipeline_report).read_text())
+    profiles, problems = score_profiles({"v1": str(tiny_run.v1), "v2": str(tiny_run.v2)})
+    assert problems == []
+    spec = WindowSpec(seconds=3, min_requests=300, poll_s=0.2)
+    with start_local_runtime(tmp_path / "state", tiny_run.v1, tiny_run.v2, 20, tmp_path / "logs",
+                             shadow_percent=100) as runtime, \
+            prometheus_scraping(runtime.url, tmp_path / "prometheus") as prometheus, live_traffic(runtime, tiny_run):
+        source = MirroredSplit(store, runtime.state_dir,
+                               AfterLocalApply(PrometheusWindow(prometheus, spec, "v1", "v2"), runtime.state_dir))
+        config = RolloutConfig("v1", "v2", offline_metrics(report, with_flag_rate=True), poll_s=0.05, timeout_s=60,
+                               profiles=profiles)
+        state = Controller(store, source, ConfigMapRolloutState(api.api_client, ns, "fraud-detector"), config,
+                           [KubeEvents(api.api_client, ns, "fraud-detector", store.get()["metadata"]["uid"])]).run()
+    steps = state["steps"]
+    assert [(s["percent"], s["decision"]) for s in steps if s["decision"] != "hold"] == [
+        (5, "advance"), (20, "advance"), (50, "promote")], [(s["decision"], s["reasons"][:3]) for s in steps]
+    assert all(s["evidence"]["source"] == f"prometheus {prometheus}" for s in steps)
+    assert all(v["frauds"] is None for s in steps for v in s["evidence"]["versions"].values())  # no labels
+    assert any(r.startswith("PASS paired.recall_estimate: ") for r in steps[-1]["reasons"]), steps[-1]["reasons"]
+    assert state["status"] == "promoted"
+    assert percent_writes(canary_cluster) == [5, 20, 50, ["remove"]]
+    assert [r for r, _ in events(canary_cluster) if r != "RolloutHold"] == ["RolloutStep", "RolloutStep",
+                                                                            "RolloutPromote"]

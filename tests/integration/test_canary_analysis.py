@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -22,7 +20,6 @@ import pytest
 from fraud import registry
 from fraud.export import SignatureScorer
 from fraud.schema import FEATURES
-from fraud_control.processes import free_port
 from fraud_control.prometheus import metrics_from_prometheus
 from fraud_control.runtime import read_runtime
 from mlflow import MlflowClient
@@ -33,9 +30,9 @@ from fraud_rollout.replay_load import ReplayOptions
 from fraud_rollout.replay_report import read_replay
 from fraud_rollout.replay_source import ReplaySource
 from tests.integration.serving_fixtures import canary_runtime, metric_value  # noqa: F401
+from tests.prometheus_server import prometheus_api, prometheus_scraping
 
 pytestmark = pytest.mark.integration
-PROMETHEUS = shutil.which("prometheus")
 DEADLINE_SECONDS = 120
 
 
@@ -150,12 +147,6 @@ def test_analyze_cli_reads_the_replay_report(replayed, pipeline_report, canary_r
 # --- a real Prometheus ------------------------------------------------------------------------
 
 
-def prometheus_api(url: str, query: str) -> list[dict]:
-    address = f"{url}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
-    with urllib.request.urlopen(address, timeout=10) as response:
-        return json.loads(response.read())["data"]["result"]
-
-
 def wait_for(predicate, what: str, timeout: float = DEADLINE_SECONDS):
     deadline = time.monotonic() + timeout
     while True:
@@ -169,33 +160,8 @@ def wait_for(predicate, what: str, timeout: float = DEADLINE_SECONDS):
 
 @pytest.fixture(scope="module")
 def prometheus(canary_runtime, tmp_path_factory):
-    if PROMETHEUS is None:
-        pytest.skip("prometheus not installed (Debian package `prometheus`; `make test` installs it)")
-    root = tmp_path_factory.mktemp("prometheus")
-    target = canary_runtime.url.removeprefix("http://")
-    (root / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: fraud-detector\n    static_configs: [{{targets: ['{target}']}}]\n")
-    port = free_port()
-    with open(root / "prometheus.log", "wb") as log:
-        process = subprocess.Popen([PROMETHEUS, f"--config.file={root / 'prometheus.yml'}",
-                                    f"--storage.tsdb.path={root / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        def scraped():
-            if process.poll() is not None:
-                raise AssertionError((root / "prometheus.log").read_text()[-2000:])
-            try:
-                return prometheus_api(url, 'up{job="fraud-detector"} == 1')
-            except OSError:
-                return None
-        wait_for(scraped, "Prometheus to scrape the transformer")
+    with prometheus_scraping(canary_runtime.url, tmp_path_factory.mktemp("prometheus")) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def test_prometheus_per_version_queries_return_the_replayed_counts(prometheus, canary_runtime, source, tmp_path):

@@ -21,10 +21,14 @@ supermartingale under every parameter inside a one-sided null, so the mixture is
   conditioning for counts). Windows multiply, so the split may change between looks.
 
 The grid is in log-odds (or log-ratio) steps of `SHIFTS`: a mixture pays log(len(SHIFTS)) ≈ 2
-nats for not knowing the effect size, and has power from small drifts to a broken canary. savvi
-(MIT) implements the multinomial test of Lindon and Malek, but its one-sided composite nulls solve
-a cvxpy program per update; these closed forms take microseconds, which the rollout simulator
-(thousands of rollouts of dozens of looks) needs.
+nats for not knowing the effect size, and has power from small drifts to a broken canary.
+
+Why not a library. savvi 0.3.1 (MIT) implements Lindon and Malek's tests; measured here in one
+run: its point-null Poisson update takes 9.5 µs (this module's window update 75 µs), but the
+one-sided composite null a rollback needs solves a cvxpy program per update (4.3 ms, its interval
+7.9 ms), its assignment probabilities are fixed where the rollout's split moves 5 → 20 → 50, and it
+imports matplotlib and cvxpy. confseq (last release 2023) is a C++ extension; spotify-confidence's
+group-sequential bounds need the number of looks in advance, which holds make unknown.
 """
 from __future__ import annotations
 

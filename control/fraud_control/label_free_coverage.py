@@ -14,7 +14,8 @@ own signature on the holdout scaled by its own feature contract, as the transfor
 * a draw resamples `pairs` holdout rows with replacement: the shadow pairs of one rollout;
 * it counts them as the transformer's counters do (decision cell × each version's score bucket,
   "≤ bound" buckets `fraud.schema.PAIRED_SCORE_BOUNDS`) into the `PairedScores` the rule reads;
-* the truth is Δ on the same drawn rows, from their labels and both versions' decisions;
+* the truth is Δ of the whole holdout, the traffic the pairs are drawn from (the rule's bound is a
+  population statement: `own_flags_difference`);
 * the rule's lower bounds are `recall_difference` under each version's calibration (its score
   profile, `fraud.export.read_score_profile`) at the rule's level.
 
@@ -244,7 +245,8 @@ def measure_coverage(paired: PairedHoldout, *, pairs: int, draws: int, policy: R
         estimates[i] = [bounds[v].estimate for v in versions]
     judged = ~np.isnan(truth)
     widths = estimates - lowers
-    covered = {v: int(np.sum(lowers[judged, j] <= truth[judged])) for j, v in enumerate(versions)}
+    # the rule speaks of the traffic the pairs come from (the holdout), not of the pairs drawn
+    covered = {v: int(np.sum(lowers[judged, j] <= paired.true_delta)) for j, v in enumerate(versions)}
     median_width = {v: float(np.nanmedian(widths[:, j])) for j, v in enumerate(versions)}
     return Coverage(paired.baseline, paired.canary, pairs, draws, level, margin, mc_draws, paired.true_delta,
                     int(judged.sum()), covered, median_width,

@@ -244,7 +244,7 @@ def rollout_controller(options: RolloutOptions, store: InferenceServiceStore, so
     rolled_out_uri, canary_uri = storage_uris(options, subject)
     profiles, problems = score_profiles({baseline: rolled_out_uri, candidate: canary_uri})
     for problem in problems:
-        log.warning("no label-free promotion evidence: %s", problem)
+        log.debug("no label-free promotion evidence: %s", problem)  # the last step says what is missing
     tracking_uri = options.tracking_uri or (settings or Settings()).MLFLOW_TRACKING_URI
     config = RolloutConfig(baseline_version=baseline, canary_version=candidate, offline=options.offline,
                            policy=RolloutPolicy(plan=options.plan, max_holds=options.max_holds,

@@ -203,7 +203,9 @@ def test_a_candidate_that_flags_everything_is_rolled_back_on_live_metrics(bad_ru
 @pytest.fixture(scope="module")
 def live_runtime(tiny_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("rollout_live")
-    with start_local_runtime(root / "state", tiny_run.v1, tiny_run.v2, 20, root / "logs") as handle:
+    # no shadow scoring: nothing label-free can promote, so the last step must wait (with pairs it
+    # might promote on label-free evidence: tests/integration/test_rollout_live.py)
+    with start_local_runtime(root / "state", tiny_run.v1, tiny_run.v2, 20, root / "logs", shadow_percent=0) as handle:
         yield handle
 
 
@@ -224,10 +226,10 @@ def test_a_hold_waits_for_a_new_full_window_and_without_labels_the_last_step_pau
         assert after["window"]["requests"] >= before["window"]["requests"] + 50, (before["window"], after["window"])
         assert after["window"]["seconds"] >= before["window"]["seconds"] + window, (before["window"], after["window"])
         assert after["evidence"]["versions"]["v2"]["requests"] > 0  # this window's own rows
-    assert steps[0]["reasons"][:2] == [
-        "hold at 50 % (hold 1 of 2 allowed)",
-        "WAIT labels: no labelled frauds yet; promotion needs the paired recall test or labelled recall (waiting "
-        "for labels)"]
+    assert steps[0]["reasons"][0] == "hold at 50 % (hold 1 of 2 allowed)"
+    assert ("WAIT labels: no labelled frauds yet; promotion needs the paired recall test or labelled recall (waiting "
+            "for labels)") in steps[0]["reasons"]
+    assert "WAIT paired.recall_estimate: no shadow pairs with scores yet" in steps[-1]["reasons"]
     assert steps[-1]["reasons"][0] == "inconclusive after 3 windows at 50 %: paused here, waiting for a person"
     assert state["status"] == "inconclusive"
     assert live_runtime.service.get()["spec"]["predictor"]["canaryTrafficPercent"] == 50

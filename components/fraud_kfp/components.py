@@ -234,9 +234,10 @@ def register_models(baseline: Input[Model], candidate: Input[Model], mlflow_trac
 def progressive_rollout(target: str, namespace: str, local_state_dir: str, plan: str, window_seconds: float,
                         min_requests: int, metrics_url: str, prometheus_url: str, max_holds: int,
                         tracking_uri: str, timeout_seconds: float, report: Output[Artifact]) -> str:
-    """Step the deployed canary through the plan on live evidence: advance, hold, promote or roll back.
+    """Step the deployed canary through the plan on live evidence: advance, hold, promote, roll back or pause.
 
-    Returns the final status (promoted, rolled_back, aborted) as the single output `Output`.
+    Returns the final status (promoted, rolled_back, aborted, inconclusive: paused for a person) as the
+    single output `Output`.
 
     Args:
         target: "kserve" (the InferenceService in this cluster) or "local" (the state dir `fraud-rollout serve` reads).

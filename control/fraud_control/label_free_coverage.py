@@ -194,13 +194,13 @@ class Coverage:
     holdout_delta: float
     #: Draws with at least one fraud (the true Δ exists); coverage is over these.
     judged: int
-    #: Draws whose lower bound ≤ true Δ: per calibration (version) and for the rule (the smaller bound).
+    #: Draws whose lower bound ≤ the holdout's true Δ: per calibration (version) and for the rule (`RULE`).
     covered: Mapping[str, int]
-    #: Median of estimate − lower per calibration; for the rule, of the wider of the two.
+    #: Median of estimate − lower, per calibration and for the rule.
     median_width: Mapping[str, float]
     median_estimate: Mapping[str, float]
     median_true_delta: float
-    #: Draws in which the rule would promote: every lower bound ≥ −margin.
+    #: Draws in which the rule would promote: its lower bound ≥ −margin.
     promoted: int
     seconds: float
 

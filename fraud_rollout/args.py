@@ -53,6 +53,20 @@ def number_between(low: float, high: float, also: str = "") -> Callable[[str], f
     return parse
 
 
+def number_within(low: float, high: float, note: str = "") -> Callable[[str], float]:
+    """argparse type: a number in [`low`, `high`] (`note` follows the out-of-range message)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number ({low:g}..{high:g})") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not within {low:g}..{high:g}{note}")
+        return value
+
+    return parse
+
+
 def non_negative_float(text: str) -> float:
     """argparse type: a finite number ≥ 0, with an error that names the bad value."""
     try:

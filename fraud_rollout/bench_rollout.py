@@ -40,22 +40,15 @@ from fraud_canary.simulation import (
 from fraud_control.label_free_coverage import equal_canary, score_holdout, scored_pairs
 from fraud_serving.shadow import DEFAULT_SHADOW_PERCENT
 
-from fraud_rollout.args import UsageError, non_negative_int, positive_int
+from fraud_rollout.args import UsageError, non_negative_int, number_within, positive_int
 from fraud_rollout.replay_source import read_holdout, read_pipeline_report
 
 #: The scenarios a pipeline report's models can stand in for: its candidate over its baseline, its baseline over itself.
 SCORED_SCENARIOS = (GOOD.name, EQUAL.name)
 
 
-def shadow_share(text: str) -> float:
-    """argparse type: a share of rows, 0..1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (0..1)") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not within 0..1 (a share, not a percent)")
-    return value
+#: argparse type: a share of rows, 0..1.
+shadow_share = number_within(0, 1, " (a share, not a percent)")
 
 
 def register(commands, bench) -> None:

@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from fraud_rollout.args import UsageError, positive_int, state_dir_option
+from fraud_rollout.args import UsageError, number_within, positive_int, state_dir_option
 
 logger = logging.getLogger(__name__)
 
@@ -21,15 +21,8 @@ def port_number(text: str) -> int:
     return port
 
 
-def shadow_percent(text: str) -> float:
-    """argparse type: a percent of requests, 0..100."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (0..100)") from None
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"{text!r} is not within 0..100")
-    return value
+#: argparse type: a percent of requests, 0..100.
+shadow_percent = number_within(0, 100)
 
 
 def register(commands, bench) -> None:

@@ -12,7 +12,7 @@ and the evidence of each window adds to the rollout's `Ledger`:
   objective, too few canary requests). A hold never rolls back.
 - **Advance** an intermediate step when nothing rejected and no hold check failed (the fast gate:
   no labels needed).
-- **Promote** from the last step below 100 only with promotion evidence (`PROMOTION_RULES`): the
+- **Promote** from the last step below 100 only with promotion evidence (`promotion_evidence`): the
   paired recall test found the canary better, or its labelled recall is non-inferior to its
   holdout recall (a confidence sequence's lower end within the margin), or, without labels, the
   paired CBPE of the recall difference on every shadow pair of the rollout is non-inferior within
@@ -69,9 +69,6 @@ ROLLBACK_RULES: tuple[str, ...] = (
     "paired.recall",  # McNemar: on paired frauds, caught only by the baseline more often than only by the canary
     "canary.recall_vs_offline",  # labelled recall below the holdout's by more than the margin
 )
-#: What may promote: the paired recall test finding the canary better, or labelled recall
-#: non-inferior to the holdout; each at the policy's alpha (the chance of promoting on a false claim).
-PROMOTION_RULES: tuple[str, ...] = ("paired.recall_better", "canary.recall_non_inferior", "paired.recall_estimate")
 #: Baseline answers needed before its p99 bound is trusted as the latency test's threshold.
 MIN_LATENCY_ROWS = 200
 
@@ -283,7 +280,8 @@ def update(ledger: Ledger, o: Observation, policy: RolloutPolicy) -> Ledger:
     if o.paired_scores is not None:
         scores = o.paired_scores if scores is None else scores + o.paired_scores
     return Ledger(t, _add_histogram(ledger.baseline_latency, baseline.latency_histogram),
-                  ledger.baseline_answered + baseline.answered, ledger.canary_requests + requests,
+                  ledger.baseline_answered + (baseline.answered if baseline.latency_histogram else 0),
+                  ledger.canary_requests + requests,
                   ledger.canary_errors + errors, ledger.canary_tp + tp, ledger.canary_frauds + frauds,
                   ledger.pairs + pairs, ledger.looks + 1, scores)
 

@@ -25,10 +25,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from fraud.files import json_safe
+from fraud_canary import progressive
 
 PATH = "/analysis"
 FLAGGER_PATH = f"{PATH}/flagger/"
-VERDICTS = ("advance", "promote", "hold", "rollback", "inconclusive", "error", "abort")
+#: The rollout's verdicts, and the controller's record of an abort.
+VERDICTS = (*progressive.VERDICTS, "abort")
 #: Flagger hook type → the verdicts it answers yes to (Flagger's scheduler_hooks.go runs each).
 FLAGGER_YES = {"confirm-traffic-increase": ("advance", "promote"), "confirm-promotion": ("promote",),
                "rollback": ("rollback", "abort")}

@@ -212,7 +212,7 @@ class Controller:
         self.recorders, self.on_step = list(recorders), on_step
         self.state: dict[str, Any] = {
             "where": store.where, "plan": list(config.policy.plan), "max_holds": config.policy.max_holds,
-            "policy": config.rollout_policy().to_dict(),
+            "policy": self.policy.to_dict(),
             "baseline_version": config.baseline_version, "canary_version": config.canary_version,
             "status": RUNNING, "started": now_iso(), "heartbeat": now_iso(), "pid": os.getpid(),
             "host": socket.gethostname(), "percent": None, "holds": 0, "last_decision": None, "steps": [],
@@ -262,7 +262,7 @@ class Controller:
         try:
             evidence = self.source.window(percent, self.stop_requested)
         except DataError as error:
-            return ERROR, None, None, [f"evidence unreadable ({errors + 1} of {c.policy.max_consecutive_errors} in a "
+            return ERROR, None, None, [f"evidence unreadable ({errors + 1} of {self.policy.max_consecutive_errors} in a "
                                        f"row allowed): {error}"]
         self._check_abort()
         observation = Observation(evidence.online, c.baseline_version, c.canary_version, c.offline, evidence.paired,
@@ -290,13 +290,13 @@ class Controller:
                     covered.requests + evidence.window.requests)
             next_percent = look.next_percent if look is not None else None
             errors = errors + 1 if action == ERROR else 0
-            if errors >= c.policy.max_consecutive_errors:
+            if errors >= self.policy.max_consecutive_errors:
                 action, next_percent = ROLLBACK, 0
                 reasons = [f"evidence unreadable {errors} windows in a row: stop and roll back", *reasons]
             log.info("rollout %s at %d %%: %s (%s)", self.store.where, percent, action, reasons[0])
             self._record(step_record(percent, holds, evidence, look, action, next_percent, reasons, covered),
                          look.to_dict() if look is not None else None)
-            if action == ERROR and errors < c.policy.max_consecutive_errors:
+            if action == ERROR and errors < self.policy.max_consecutive_errors:
                 self._pause(c.error_backoff_s)
                 continue
             if action != HOLD:

@@ -22,7 +22,7 @@ from fraud_control.analysis_endpoint import AnalysisEndpoint
 from fraud_control.kube_store import KubeStore
 from fraud_control.local_store import LocalStore
 from fraud_control.rollout import Controller, Evidence, RolloutAborted, RolloutConfig, Window, now_iso
-from fraud_control.rollout_evidence import AfterLocalApply, PrometheusWindow, WindowSpec
+from fraud_control.rollout_evidence import AfterLocalApply, MetricsWindow, PrometheusWindow, WindowSpec
 from fraud_control.rollout_record import KubeEvents
 from fraud_control.rollout_run import score_profiles
 from fraud_control.rollout_state import ConfigMapRolloutState
@@ -255,3 +255,20 @@ def test_a_good_candidate_is_promoted_on_a_real_transformers_counters_through_pr
     assert percent_writes(canary_cluster) == [5, 20, 50, ["remove"]]
     assert [r for r, _ in events(canary_cluster) if r != "RolloutHold"] == ["RolloutStep", "RolloutStep",
                                                                             "RolloutPromote"]
+
+
+def test_unreadable_evidence_is_an_error_verdict_and_only_four_in_a_row_roll_back(canary_cluster):
+    """A dead metrics URL (nothing listens on port 9): each window is an error verdict, recorded and
+    retried; the fourth in a row rolls back. Error is never a statistical verdict: no test looked."""
+    dead = MetricsWindow("http://127.0.0.1:9/metrics", WindowSpec(seconds=0, poll_s=0.05), "v1", "v2")
+    state = _controller(canary_cluster, dead, error_backoff_s=0.05).run()
+    steps = state["steps"]
+    assert [(s["percent"], s["decision"]) for s in steps] == [(5, "error")] * 3 + [(5, "rollback")]
+    assert [s["reasons"][0] for s in steps[:3]] == [
+        f"evidence unreadable ({n} of 4 in a row allowed): --metrics-url http://127.0.0.1:9/metrics: cannot scrape "
+        "the transformer ([Errno 111] Connection refused)" for n in (1, 2, 3)]
+    assert steps[-1]["reasons"][0] == "evidence unreadable 4 windows in a row: stop and roll back"
+    assert all(s["tests"] is None and s["evidence"] is None for s in steps)
+    assert state["status"] == "rolled_back"
+    assert percent_writes(canary_cluster) == [5, 0]
+    assert [r for r, _ in events(canary_cluster)] == ["RolloutEvidenceError"] * 3 + ["RolloutRollback"]

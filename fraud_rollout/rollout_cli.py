@@ -39,6 +39,11 @@ def register(commands) -> None:
     start.add_argument("--metrics-url", help="the transformer's /metrics (default, local: the runtime's transformer)")
     start.add_argument("--prometheus", metavar="URL", help="instead: a Prometheus server scraping the transformer")
     start.add_argument("--selector", default='job="fraud-detector"', help="label matchers of the transformer's series")
+    start.add_argument("--labels-from", metavar="STORE",
+                       help="also: the prediction store (SQLite file or postgresql://…) whose late labels add to the "
+                            "evidence as they mature")
+    start.add_argument("--label-maturity-days", type=non_negative_float, default=0.0, metavar="DAYS",
+                       help="--labels-from: count a label once its prediction is this many days old (default 0)")
     start.add_argument("--report", type=Path, dest="pipeline_report",
                        help="pipeline report.json with the offline metrics (default .fraud-rollout/run/report.json if present)")
     start.add_argument("--detectable-recall-difference", type=detectable_difference,
@@ -93,7 +98,8 @@ def rollout_options(args: argparse.Namespace):
     return RolloutOptions(target=args.target, state_dir=args.state_dir, plan=parse_plan(args.plan),
                           max_holds=args.max_holds, window_s=args.window, min_requests=args.min_requests,
                           poll_s=args.poll, metrics_url=args.metrics_url or "", prometheus_url=args.prometheus or "",
-                          selector=args.selector, offline=_offline(args),
+                          selector=args.selector, labels_from=args.labels_from or "",
+                          label_maturity_days=args.label_maturity_days, offline=_offline(args),
                           detectable=args.detectable_recall_difference, fail_closed=args.fail_closed,
                           tracking_uri=args.tracking_uri,
                           timeout_s=args.timeout, log=args.log)

@@ -38,6 +38,10 @@ class Confusion:
         return self.tp + self.fn
 
     @property
+    def labelled(self) -> int:
+        return self.tp + self.fp + self.fn + self.tn
+
+    @property
     def precision(self) -> float:
         return ratio(self.tp, self.tp + self.fp)
 

@@ -48,6 +48,7 @@ from fraud_canary.sequential import (
     rate_ratio_log_lr,
     upper_bound,
 )
+from fraud_canary.served import MaturedLabels
 
 StepAction = Literal["advance", "hold", "rollback", "promote", "inconclusive", "error"]
 ADVANCE: Final = "advance"
@@ -172,6 +173,8 @@ class Observation:
     paired_scores: PairedScores | None = None
     #: Each version's offline score profile (its calibration), for label-free paired CBPE.
     profiles: Mapping[str, ScoreProfile] = field(default_factory=dict)
+    #: Late labels matured since the previous look (the prediction store's), beside this window's.
+    labels: MaturedLabels | None = None
 
     @property
     def baseline(self) -> VersionMetrics:
@@ -259,9 +262,10 @@ def update(ledger: Ledger, o: Observation, policy: RolloutPolicy) -> Ledger:
     for rule, theta0, side in sides:
         add(rule, theta0, rate_ratio_log_lr(canary.flagged, canary.answered, baseline.flagged, baseline.answered,
                                             theta0, side))
-    tp = frauds = 0
-    if canary.confusion is not None:
-        tp, frauds = canary.confusion.tp, canary.confusion.frauds
+    late = o.labels
+    confusions = [c for c in (canary.confusion, late.canary if late and late.canary.labelled else None) if c is not None]
+    tp, frauds = sum(c.tp for c in confusions), sum(c.frauds for c in confusions)
+    if confusions:
         offline = o.offline.get(o.canary_version)
         floor = (offline.recall - cp.detectable_recall_difference) if offline is not None else math.nan
         if finite(floor) and 0 < floor < 1:
@@ -272,10 +276,12 @@ def update(ledger: Ledger, o: Observation, policy: RolloutPolicy) -> Ledger:
         pairs = d.pairs
         add("paired.disagreement", cp.max_paired_disagreement,
             bernoulli_log_lr(d.discordant, d.pairs, cp.max_paired_disagreement, ABOVE))
-        f = o.paired.frauds
-        if f is not None:
-            add("paired.recall", 0.5, bernoulli_log_lr(f.canary_only, f.discordant, 0.5, BELOW))
-            add("paired.recall_better", 0.5, bernoulli_log_lr(f.canary_only, f.discordant, 0.5, ABOVE))
+    paired_frauds = [f for f in (o.paired.frauds if o.paired else None, late.frauds if late and late.frauds.pairs else None)
+                     if f is not None]
+    if paired_frauds:
+        caught_alone, discordant = sum(f.canary_only for f in paired_frauds), sum(f.discordant for f in paired_frauds)
+        add("paired.recall", 0.5, bernoulli_log_lr(caught_alone, discordant, 0.5, BELOW))
+        add("paired.recall_better", 0.5, bernoulli_log_lr(caught_alone, discordant, 0.5, ABOVE))
     scores = ledger.paired_scores
     if o.paired_scores is not None:
         scores = o.paired_scores if scores is None else scores + o.paired_scores

@@ -16,14 +16,15 @@ A request logged without a response failed (KServe's logger sends a response eve
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from fraud_canary.metrics import VersionMetrics, version_metrics
-from fraud_canary.paired import PairedOutcomes, discordant
+from fraud_canary.metrics import Confusion, VersionMetrics, version_metrics
+from fraud_canary.paired import Discordant, PairedOutcomes, discordant
 
 #: A request younger than this without its response may still be in flight: not yet an error.
 IN_FLIGHT = timedelta(seconds=60)
@@ -134,3 +135,62 @@ def judged_by(pairs: pd.DataFrame, version: str, reference: str) -> tuple[np.nda
     decisions = _own(pairs, "decision", forward)
     labels = pairs["label"].to_numpy(dtype=float, na_value=np.nan)
     return scores[rows].astype(float), decisions[rows].astype(int), labels[rows]
+
+
+@dataclass(frozen=True)
+class MaturedLabels:
+    """Labels whose window closed since the rollout's previous look, each transaction counted once:
+    the canary's confusion on the rows it served, and the shadow pairs' labelled tables. The
+    rollout's e-processes add them whenever they arrive (their log likelihood ratios add up over
+    counts), so late labels strengthen a live rollout's label-free evidence without a second test."""
+
+    canary: Confusion
+    frauds: Discordant  # paired frauds caught by one version only
+    legit: Discordant  # paired legitimate rows flagged by one version only
+    #: Keys (`row_keys`) of every served row and shadow pair counted so far, this look's included.
+    counted_served: frozenset[str] = frozenset()
+    counted_pairs: frozenset[str] = frozenset()
+
+    @property
+    def rows(self) -> int:
+        return self.canary.labelled + self.frauds.pairs + self.legit.pairs
+
+    def summary(self) -> dict[str, int]:
+        return {"canary_labelled": self.canary.labelled,
+                "canary_frauds": self.canary.frauds, "canary_caught": self.canary.tp,
+                "paired_frauds": self.frauds.pairs, "paired_legit": self.legit.pairs}
+
+
+def row_keys(rows: pd.DataFrame) -> np.ndarray:
+    """A logged row's identity: its transaction id (a retried transaction is one), else event/row."""
+    events = rows["event_id"].astype(str) + "/" + rows["row"].astype(str)
+    return rows["transaction_id"].astype(object).where(rows["transaction_id"].notna(), events).astype(str).to_numpy()
+
+
+def newly_matured(served: pd.DataFrame, pairs: pd.DataFrame, *, baseline_version: str, canary_version: str,
+                  as_of: datetime, label_maturity: timedelta = timedelta(0),
+                  before: MaturedLabels | None = None) -> MaturedLabels:
+    """The labels matured by `as_of` on the canary's served rows and the two versions' shadow pairs
+    that `before` (the previous look's) did not count yet."""
+    counted_served = before.counted_served if before else frozenset()
+    counted_pairs = before.counted_pairs if before else frozenset()
+    labels = mature_labels(served, as_of, label_maturity)
+    keys = row_keys(served)
+    fresh = ((served["model_version"] == canary_version).to_numpy(dtype=bool) & ~np.isnan(labels)
+             & ~np.isin(keys, list(counted_served)))
+    fresh &= ~pd.Series(keys).duplicated().to_numpy()
+    fraud, flagged = labels[fresh] == 1, served["decision"].to_numpy(dtype=float, na_value=0.0)[fresh] == 1
+    confusion = Confusion(tp=int((fraud & flagged).sum()), fp=int((~fraud & flagged).sum()),
+                          fn=int((fraud & ~flagged).sum()), tn=int((~fraud & ~flagged).sum()))
+
+    mine, forward = _sides(pairs, baseline_version, canary_version)
+    pair_labels = mature_labels(pairs, as_of, label_maturity, time_column="paired_at")
+    pair_keys = row_keys(pairs)
+    new_pairs = mine & ~np.isnan(pair_labels) & ~np.isin(pair_keys, list(counted_pairs))
+    new_pairs &= ~pd.Series(pair_keys).duplicated().to_numpy()
+    baseline = _own(pairs, "decision", forward).astype(bool)
+    canary = _other(pairs, "decision", forward).astype(bool)
+    is_fraud, is_legit = new_pairs & (pair_labels == 1), new_pairs & (pair_labels == 0)
+    return MaturedLabels(confusion, discordant(canary[is_fraud], baseline[is_fraud]),
+                         discordant(canary[is_legit], baseline[is_legit]),
+                         counted_served | frozenset(keys[fresh]), counted_pairs | frozenset(pair_keys[new_pairs]))

@@ -358,9 +358,10 @@ class PredictionStore:
         self._connection = None
 
 
-def open_store(url: str) -> PredictionStore:
+def open_store(url: str, *, create: bool = True) -> PredictionStore:
     """The store at `url`: a file path or `sqlite:///path` (SQLite; its directory is created), or a
-    `postgresql://` URL. ValueError for any other URL, StoreError when the database cannot be opened."""
+    `postgresql://` URL. ValueError for any other URL, StoreError when the database cannot be opened
+    (or, with `create` False, when a SQLite file does not exist yet: a reader's typo, not a new store)."""
     if url.startswith(POSTGRES_PREFIXES):
         def connect_postgres() -> psycopg.Connection:
             return psycopg.connect(url, connect_timeout=10)
@@ -374,6 +375,8 @@ def open_store(url: str) -> PredictionStore:
         path = Path(url)
     if path.is_dir():
         raise StoreError(f"store {str(path)!r} is a directory: name a database file in it")
+    if not create and not path.is_file():
+        raise StoreError(f"no prediction store at {str(path)!r}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -46,6 +46,7 @@ from fraud_canary.progressive import (
     RolloutPolicy,
     judge,
 )
+from fraud_canary.served import MaturedLabels
 
 from fraud_control import canary
 from fraud_control.store import InferenceServiceStore, RolloutError, RolloutRefused
@@ -94,6 +95,8 @@ class Evidence:
     source: str = ""
     #: The window's shadow pairs by decisions and each version's score bucket (label-free paired CBPE).
     paired_scores: PairedScores | None = None
+    #: Late labels matured since the previous look (`store_evidence.WithStoreLabels`).
+    labels: MaturedLabels | None = None
 
     def summary(self) -> dict[str, Any]:
         """What a step record keeps: counts and p99 per version, the paired table's counts."""
@@ -106,7 +109,8 @@ class Evidence:
         if self.paired is not None:
             d = self.paired.decisions
             paired = {"pairs": d.pairs, "canary_only_flagged": d.canary_only, "baseline_only_flagged": d.baseline_only}
-        return {"source": self.source, "versions": versions, "paired": paired}
+        labels = None if self.labels is None else self.labels.summary()
+        return {"source": self.source, "versions": versions, "paired": paired, "late_labels": labels}
 
 
 class EvidenceSource(Protocol):
@@ -266,7 +270,7 @@ class Controller:
                                        f"row allowed): {error}"]
         self._check_abort()
         observation = Observation(evidence.online, c.baseline_version, c.canary_version, c.offline, evidence.paired,
-                                  evidence.paired_scores, c.profiles)
+                                  evidence.paired_scores, c.profiles, evidence.labels)
         look = judge(self.ledger, observation, percent=percent, policy=self.policy, holds=holds)
         self.ledger = look.ledger
         return look.action, look, evidence, list(look.reasons)

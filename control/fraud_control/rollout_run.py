@@ -72,6 +72,10 @@ class RolloutOptions:
     #: ... or a Prometheus server scraping it, with the transformer's label matchers.
     prometheus_url: str = ""
     selector: str = DEFAULT_SELECTOR
+    #: The prediction store whose late labels add to the live evidence (empty: label-free only) ...
+    labels_from: str = ""
+    #: ... counting a label once its prediction is this many days old (its label window closed).
+    label_maturity_days: float = 0.0
     #: Holdout metrics per model version (`fraud_canary.analysis.offline_metrics`), if a report is at hand.
     offline: Mapping[str, OfflineMetrics] = field(default_factory=dict)
     detectable: float | str | None = None
@@ -213,6 +217,20 @@ def evidence_source(options: RolloutOptions, baseline: str, candidate: str) -> E
             raise RolloutStartError("rollout start --target kserve: pass --metrics-url URL (the transformer's "
                                     "/metrics) or --prometheus URL")
         source = MetricsWindow(url, spec, baseline, candidate)
+    if options.labels_from:
+        from fraud_control.prediction_store import StoreError
+        from fraud_control.prediction_store import open_store as open_prediction_store
+        from fraud_control.store_evidence import WithStoreLabels
+
+        try:
+            with open_prediction_store(options.labels_from, create=False) as labels:  # fails here, before any step
+                labels.counts()
+        except (StoreError, ValueError) as error:
+            raise RolloutStartError(f"rollout start --labels-from {options.labels_from}: {error} (name the store the "
+                                    "prediction-log sink writes, e.g. `serve --prediction-log default`'s "
+                                    "<state-dir>/prediction-log.sqlite)") from None
+        source = WithStoreLabels(source, options.labels_from, (baseline, candidate),
+                                 label_maturity_days=options.label_maturity_days)
     return AfterLocalApply(source, Path(options.state_dir)) if options.target == "local" else source
 
 
@@ -265,8 +283,8 @@ def start_rollout(options: RolloutOptions, store: InferenceServiceStore, source:
 
 def rollout_step(report_path: str | Path, *, target: str, namespace: str = "", name: str = "fraud-detector",
                  state_dir: str | Path = DEFAULT_STATE_DIR, plan: str = "5,20,50,100", window_s: float = 60.0,
-                 min_requests: int = 0, metrics_url: str = "", prometheus_url: str = "",
-                 max_holds: int = RolloutPolicy().max_holds, tracking_uri: str = "",
+                 min_requests: int = 0, metrics_url: str = "", prometheus_url: str = "", labels_from: str = "",
+                 label_maturity_days: float = 0.0, max_holds: int = RolloutPolicy().max_holds, tracking_uri: str = "",
                  timeout_s: float = RolloutConfig.timeout_s) -> dict[str, Any]:
     """The pipeline step: run the rollout on the canary the target holds and write its report
     (`{"rollout": state}`, as `rollout start --out` does) to `report_path`; the final state."""
@@ -274,7 +292,8 @@ def rollout_step(report_path: str | Path, *, target: str, namespace: str = "", n
 
     options = RolloutOptions(target=target, state_dir=Path(state_dir), plan=parse_plan(plan, option="plan"),
                              max_holds=max_holds, window_s=window_s, min_requests=min_requests,
-                             metrics_url=metrics_url, prometheus_url=prometheus_url, tracking_uri=tracking_uri,
+                             metrics_url=metrics_url, prometheus_url=prometheus_url, labels_from=labels_from,
+                             label_maturity_days=label_maturity_days, tracking_uri=tracking_uri,
                              timeout_s=timeout_s)
     state = start_rollout(options, open_store(target, namespace=namespace, name=name, state_dir=state_dir))
     write_json(report_path, {"rollout": state})

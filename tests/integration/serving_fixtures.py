@@ -126,7 +126,8 @@ class LocalRuntimeHandle:
 def start_local_runtime(state_dir: Path, baseline: Path, candidate: Path | None, canary_percent: int,
                         log_dir: Path, drain_seconds: float = 2.0,
                         shadow_percent: float | None = None,
-                        split_seed: int | None = None) -> Iterator[LocalRuntimeHandle]:
+                        split_seed: int | None = None, prediction_log: Path | None = None
+                        ) -> Iterator[LocalRuntimeHandle]:
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"serve-{port}.log"
@@ -137,6 +138,8 @@ def start_local_runtime(state_dir: Path, baseline: Path, candidate: Path | None,
         command += ["--candidate", str(candidate)]
     if shadow_percent is not None:
         command += ["--shadow-percent", f"{shadow_percent:g}"]
+    if prediction_log is not None:
+        command += ["--prediction-log", str(prediction_log)]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",

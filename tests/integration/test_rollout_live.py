@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from fraud.export import find_version_dir
 
@@ -90,3 +91,43 @@ def test_a_candidate_equal_to_the_baseline_is_never_rolled_back(tiny_run, v1_aga
     assert "rollback" not in [s["decision"] for s in state["steps"]]
     paired = [s["evidence"]["paired"] for s in state["steps"]]
     assert all(p["canary_only_flagged"] == p["baseline_only_flagged"] == 0 for p in paired if p), paired
+
+
+LABELLED = ("PASS paired.recall_better", "PASS canary.recall_non_inferior")
+
+
+def test_late_labels_from_the_prediction_store_add_to_a_live_rollout(tiny_run, pipeline_report,
+                                                                     tmp_path):  # noqa: F811
+    """At the default shadow share, the labels the store holds for the transactions served (joined
+    on the ids the client sends) are what promotes: each matured label is counted once, at the
+    first look after it matured, and the step records say how many."""
+    holdout = tiny_run.windows["holdout"]
+    store = tmp_path / "prediction-log.sqlite"
+    labels = pd.DataFrame({"transaction_id": holdout["transaction_id"].astype(str), "label": holdout["Class"],
+                           "label_time": pd.Timestamp.now(tz="UTC")})
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    with start_local_runtime(tmp_path / "state", tiny_run.v1, tiny_run.v2, 20, tmp_path / "logs",
+                             prediction_log=store) as runtime:
+        ingested = runtime.cli("labels", "ingest", str(tmp_path / "labels.csv"), "--store", str(store),
+                               state_dir=False)
+        assert ingested.returncode == 0, ingested.stderr
+        with live_traffic(runtime, tiny_run, with_ids=True):
+            state = _start(runtime, pipeline_report, "--metrics-url", f"{runtime.url}/metrics",
+                           "--labels-from", str(store))
+    steps = state["steps"]
+    assert state["status"] == "promoted", [(s["decision"], s["reasons"]) for s in steps]
+    late = [s["evidence"]["late_labels"] for s in steps]
+    assert sum(x["canary_frauds"] for x in late) > 0 and sum(x["paired_frauds"] for x in late) > 0, late
+    # each transaction once: no more labelled canary rows than distinct transactions in the holdout
+    assert sum(x["canary_labelled"] for x in late) <= holdout["transaction_id"].nunique()
+    assert any(line.startswith(LABELLED) for line in steps[-1]["reasons"]), steps[-1]["reasons"]
+
+
+def test_labels_from_a_store_that_is_not_one_exits_2_before_any_step(candidate_runtime, tmp_path):
+    missing = tmp_path / "nowhere.sqlite"
+    result = candidate_runtime.cli("rollout", "start", "--labels-from", str(missing), "--window", "1")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fraud-rollout rollout: error: rollout start --labels-from {missing}: "), lines
+    assert f"no prediction store at '{missing}'" in lines[0] and "--prediction-log default" in lines[0]
+    assert candidate_runtime.service.get()["spec"]["predictor"]["canaryTrafficPercent"] == 20  # nothing moved

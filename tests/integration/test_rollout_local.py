@@ -102,15 +102,21 @@ def bad_runtime(tiny_run, flags_everything, tmp_path_factory):
 
 
 @contextlib.contextmanager
-def live_traffic(runtime, tiny_run):
-    """One-row requests of holdout features (no labels) through the transformer from a thread."""
-    rows = tiny_run.windows["holdout"].loc[:, list(FEATURES)].to_numpy(dtype=np.float64)
+def live_traffic(runtime, tiny_run, with_ids: bool = False):
+    """One-row requests of holdout features (no labels) through the transformer from a thread; with
+    `with_ids`, each request's `id` is its transaction id (the prediction log joins labels on it)."""
+    holdout = tiny_run.windows["holdout"]
+    rows = holdout.loc[:, list(FEATURES)].to_numpy(dtype=np.float64)
+    ids = holdout["transaction_id"].astype(str).tolist()
     stop = threading.Event()
 
     def send() -> None:
         i = 0
         while not stop.is_set():
-            request = urllib.request.Request(runtime.infer_url, data=v2_json(rows[i % len(rows)][None, :]),
+            body = json.loads(v2_json(rows[i % len(rows)][None, :]))
+            if with_ids:
+                body["id"] = ids[i % len(rows)]
+            request = urllib.request.Request(runtime.infer_url, data=json.dumps(body).encode(),
                                              headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=10) as response:
                 response.read()

@@ -7,12 +7,12 @@ SYSTEM := $(VENV)/.system
 N ?= 1000000
 REPORT ?= .fraud-rollout/demo/pipeline/report.json
 
-.PHONY: demo test lint bench bench-pipeline bench-replay bench-serving bench-rollout compile venv system cluster cluster-down go-servers lock clean
+.PHONY: demo test lint bench bench-pipeline bench-replay bench-serving bench-rollout compile venv system cluster cluster-down go-servers images lock clean
 
 demo: $(INSTALLED)
 	$(BIN)/fraud-rollout demo
 
-test: lint $(SYSTEM) go-servers
+test: lint $(SYSTEM) go-servers images
 	$(BIN)/pytest -q
 
 # Layers (import-linter contracts in pyproject.toml), lint and types: part of `make test`.
@@ -54,16 +54,19 @@ $(INSTALLED): requirements.lock pyproject.toml
 	touch $@
 
 # Debian packages the tests use: Prometheus (promtool, a real scrape), wrk (load for benchmarks),
-# kubectl (the README's commands, kustomize) and PostgreSQL (the prediction store; Debian keeps its
-# server binaries in /usr/lib/postgresql/<version>/bin, off PATH). A fresh machine of this kind
+# kubectl (the README's commands, kustomize), PostgreSQL (the prediction store; Debian keeps its
+# server binaries in /usr/lib/postgresql/<version>/bin, off PATH) and podman, buildah, mmdebstrap, runc (the images). A fresh machine of this kind
 # ships kubectl; where it does not, Debian's kubernetes-client provides one. Every tool is checked
 # after: missing fails here.
 $(SYSTEM): | $(INSTALLED)
 	command -v promtool >/dev/null && command -v wrk >/dev/null && command -v kubectl >/dev/null && \
-	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  command -v podman >/dev/null && command -v buildah >/dev/null && command -v mmdebstrap >/dev/null && \
+	  command -v runc >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	      prometheus wrk postgresql $$(command -v kubectl >/dev/null || echo kubernetes-client); }
-	for tool in promtool prometheus wrk kubectl; do command -v $$tool >/dev/null || { echo "missing $$tool" >&2; exit 1; }; done
+	      prometheus wrk postgresql podman buildah mmdebstrap runc uidmap fuse-overlayfs \
+	      $$(command -v kubectl >/dev/null || echo kubernetes-client); }
+	for tool in promtool prometheus wrk kubectl podman buildah mmdebstrap runc; do \
+	  command -v $$tool >/dev/null || { echo "missing $$tool" >&2; exit 1; }; done
 	pg=$$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1); \
 	  for tool in initdb postgres pg_isready; do test -x "$$pg/$$tool" || { echo "missing PostgreSQL $$tool (in /usr/lib/postgresql/*/bin)" >&2; exit 1; }; done
 	touch $@
@@ -76,6 +79,12 @@ system: $(SYSTEM)
 # fresh 2-core machine: about 25 minutes, and about 5 more for Argo Rollouts).
 go-servers: $(INSTALLED)
 	$(BIN)/python -m fraud_devcluster.gobuild
+
+# The components and serving images (podman/buildah on a Debian base made by mmdebstrap; no Docker
+# daemon), tagged <REGISTRY>/<name>:<version>-<hash of their inputs> and built only when that tag
+# is missing. `make images REGISTRY=registry.example.com/team`, then `podman push` the printed tags.
+images: $(INSTALLED) $(SYSTEM)
+	$(BIN)/python -m fraud_devcluster.images $(if $(REGISTRY),--registry $(REGISTRY))
 
 # A real control plane on loopback to try `--target kserve` without a cluster (README "Try the
 # kserve target"); `cluster-down` stops it.

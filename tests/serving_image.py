@@ -29,7 +29,7 @@ def copies(dockerfile: Path = DOCKERFILE) -> list[tuple[str, str]]:
     """(source in the repository, destination in the image's WORKDIR) of every COPY."""
     pairs = []
     for keyword, rest in instructions(dockerfile):
-        if keyword == "COPY":
+        if keyword == "COPY" and not rest.startswith("--from"):  # not a copy from an earlier stage
             *sources, destination = shlex.split(rest)
             pairs += [(source, destination) for source in sources]
     return pairs

@@ -257,9 +257,9 @@ def test_the_sink_runs_as_non_root_with_no_api_token_and_one_replica():
 
 @needs_kubectl
 def test_the_components_image_holds_the_sink_and_runs_it_as_the_manifests_user():
-    """components/Dockerfile cannot be built here: it copies control/ (the sink) and installs the root
-    lock (psycopg for PostgreSQL), has no entry point (the manifest's command is the whole argv) and
-    runs as the pod's user."""
+    """components/Dockerfile copies control/ (the sink) and installs the root lock (psycopg for
+    PostgreSQL), has no entry point (the manifest's command is the whole argv) and runs as the pod's
+    user (the built image's user: tests/integration/test_images.py)."""
     dockerfile = REPO / "components" / "Dockerfile"
     steps = instructions(dockerfile)
     pod = sink_objects()[2]["spec"]["template"]["spec"]

@@ -108,13 +108,22 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
     return fraud_rollout
 
 
+#: Said next to the image in a YAML compiled for the default image, which is not published.
+UNPUBLISHED = (f"# Image: every step runs {DEFAULT_IMAGE}, the name of an image that is NOT published.\n"
+               "# Build it with `make images REGISTRY=<your registry>`, push it, and compile for it with\n"
+               "# `fraud-rollout pipeline compile --image <the pushed tag>` (README \"On a cluster\").\n")
+
+
 def compile_pipeline(out: str | Path = COMPILED, image: str = DEFAULT_IMAGE) -> Path:
-    return write_compiled(build_pipeline(image), out)
+    return write_compiled(build_pipeline(image), out, image)
 
 
-def write_compiled(pipeline, out: str | Path) -> Path:
-    """Compile a @dsl.pipeline to `out` (its directory created); the path."""
+def write_compiled(pipeline, out: str | Path, image: str) -> Path:
+    """Compile a @dsl.pipeline to `out` (its directory created); the path. For the default image,
+    the YAML says at its top that the image must be built and pushed first."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, str(out))
+    if image == DEFAULT_IMAGE:
+        out.write_text(UNPUBLISHED + out.read_text())
     return out

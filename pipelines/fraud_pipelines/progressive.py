@@ -50,7 +50,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
 def compile_pipeline(out: str | Path = COMPILED, image: str = DEFAULT_IMAGE) -> Path:
     from fraud_pipelines.pipeline import write_compiled
 
-    return write_compiled(build_pipeline(image), out)
+    return write_compiled(build_pipeline(image), out, image)
 
 
 def run_local(run_dir: str | Path, local_state_dir: str | Path, **arguments) -> dict:

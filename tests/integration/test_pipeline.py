@@ -22,6 +22,18 @@ def test_committed_yaml_is_what_the_code_compiles(tmp_path, module):
         f"run `make compile` and commit pipelines/{module.COMPILED.name}"
 
 
+@PIPELINES
+def test_the_committed_yaml_says_its_image_is_unpublished_and_one_for_a_pushed_image_does_not(tmp_path, module):
+    from fraud_kfp import DEFAULT_IMAGE
+
+    committed = module.COMPILED.read_text()
+    assert committed.startswith(f"# Image: every step runs {DEFAULT_IMAGE}, the name of an image that is NOT published.")
+    pushed = module.compile_pipeline(tmp_path / "pipeline.yaml", image="registry.example.com/team/components:0.1.0-abc")
+    text = pushed.read_text()
+    assert text.startswith("# PIPELINE DEFINITION") and DEFAULT_IMAGE not in text
+    assert text.count("image: registry.example.com/team/components:0.1.0-abc") == committed.count(f"image: {DEFAULT_IMAGE}")
+
+
 def test_compiled_dag_and_gate_condition():
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2

@@ -259,7 +259,7 @@ def build_all(registry: str = DEFAULT_REGISTRY, *, with_facts: bool = True) -> d
             record.update(asdict(facts(tag)))
         out[image.name] = record
     BUILT.parent.mkdir(parents=True, exist_ok=True)
-    BUILT.write_text(json.dumps({"base": base, "images": out, "seconds": round(time.monotonic() - started, 1)},
+    BUILT.write_text(json.dumps({"base": base, "registry": registry, "images": out, "seconds": round(time.monotonic() - started, 1)},
                                 indent=2) + "\n")
     return out
 
@@ -288,8 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--registry", default=os.environ.get("REGISTRY") or DEFAULT_REGISTRY,
                         help=f"name the images <registry>/components and <registry>/serving (default {DEFAULT_REGISTRY})")
     parser.add_argument("--json", action="store_true", help="print what was built as JSON")
+    parser.add_argument("--print", dest="print_name", choices=[image.name for image in IMAGES],
+                        help="only print the tag the last `make images` built for this image")
     args = parser.parse_args(argv)
     try:
+        if args.print_name:
+            print(built_image(args.print_name))
+            return 0
         built = build_all(args.registry)
     except ImageError as error:
         print(f"make images: {error}", file=sys.stderr)

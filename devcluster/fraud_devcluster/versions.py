@@ -77,7 +77,12 @@ ARGO_ROLLOUTS = GoServer(
      ("k8s.io/legacy-cloud-providers", "k8s.io/legacy-cloud-providers@v0.30.14")),
     toolchain="go1.27.3")
 
-SERVERS = (ETCD, KUBE_APISERVER, KSERVE, MINIO, ARGO_ROLLOUTS)
+#: The CNCF Distribution registry: a real registry for the README's "build, push, compile for the
+#: pushed tag" path (`podman push` to it, and the pipeline's image pulled back from it).
+REGISTRY = GoServer("registry", "github.com/distribution/distribution/v3", "v3.1.2",
+                    "github.com/distribution/distribution/v3/cmd/registry")
+
+SERVERS = (ETCD, KUBE_APISERVER, KSERVE, MINIO, ARGO_ROLLOUTS, REGISTRY)
 
 #: The Knative Serving module whose CRDs KServe v0.20 is built against (its go.mod).
 KNATIVE_SERVING = ("knative.dev/serving", "v0.48.1")

@@ -30,10 +30,10 @@ def run(tag: str, *args: str, entrypoint: str | None = None) -> subprocess.Compl
 
 def test_both_images_run_as_the_manifests_user_and_hold_no_credentials(built):
     assert set(built) == {"components", "serving"}
-    base = json.loads(images.BUILT.read_text())["base"]
+    recorded = json.loads(images.BUILT.read_text())
     for image in images.IMAGES:
         record = built[image.name]
-        assert record["image"] == images.image_tag(image, base)  # the tag names the inputs it was built from
+        assert record["image"] == images.image_tag(image, recorded["base"], recorded["registry"])  # the tag names the inputs it was built from
         assert (record["user"], record["uid"]) == ("1000", isvc.SECURITY_CONTEXT["runAsUser"])
         assert record["secrets"] == [], record["secrets"]
         assert images.exists(record["image"])
@@ -62,8 +62,9 @@ def test_the_components_image_runs_kfps_executor_and_the_cli(built):
 
 
 def test_a_second_make_images_builds_nothing(built):
-    again = subprocess.run([sys.executable, "-m", "fraud_devcluster.images", "--json"], capture_output=True, text=True,
-                           timeout=900, check=False)
+    registry = json.loads(images.BUILT.read_text())["registry"]
+    again = subprocess.run([sys.executable, "-m", "fraud_devcluster.images", "--registry", registry, "--json"],
+                           capture_output=True, text=True, timeout=900, check=False)
     assert again.returncode == 0, again.stderr
     rebuilt = json.loads(again.stdout)
     assert {name: (r["image"], r["built"]) for name, r in rebuilt.items()} == \

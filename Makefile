@@ -13,7 +13,7 @@ demo: $(INSTALLED)
 	$(BIN)/fraud-rollout demo
 
 test: lint $(SYSTEM) go-servers images
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 # Layers (import-linter contracts in pyproject.toml), lint and types: part of `make test`.
 lint: $(INSTALLED)

@@ -31,6 +31,11 @@ def register(commands, bench) -> None:
     run.add_argument("--local", action="store_true", required=True,
                      help="run on this machine with kfp.local (submit to a cluster from notebooks/01_submit_pipeline.ipynb)")
     add_run_options(run)
+    run.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                     help="subprocess: each step in a process of this environment; docker: each step in the "
+                          "components image, started as KFP's launcher starts it, through podman's Docker API")
+    run.add_argument("--image", default=None,
+                     help="with --runner docker: the components image (default: the one `make images` built)")
     run.set_defaults(func=run_command)
 
     bench_pipeline = bench.add_parser("pipeline", help="time the whole local pipeline, per step")
@@ -107,6 +112,24 @@ def check_enough_evidence(n_transactions: int, fraud_rate: float) -> None:
                          f"--n-transactions {minimum:,}")
 
 
+def components_image(args):
+    """The image and podman environment for --runner docker (None for subprocess); UsageError with the
+    way on when podman or the image is missing."""
+    from fraud_devcluster import images
+    from fraud_pipelines.containers import ComponentsImage, ContainersUnavailable, check_image
+
+    if getattr(args, "runner", "subprocess") != "docker":  # `bench pipeline` has no --runner
+        if getattr(args, "image", None):
+            raise UsageError("--image needs --runner docker")
+        return None
+    try:
+        components = ComponentsImage(args.image or images.built_image("components"), images.podman_env())
+        check_image(components)
+    except (images.ImageError, ContainersUnavailable) as error:
+        raise UsageError(f"--runner docker: {error}") from None
+    return components
+
+
 def _options(args):
     from dataclasses import replace
 
@@ -121,7 +144,8 @@ def _options(args):
     return LocalRunOptions(out_dir=args.out, config=config,
                            source_csv=str(args.source_csv.resolve()) if args.source_csv is not None else "",
                            mlflow_tracking_uri=args.mlflow_tracking_uri or Settings().MLFLOW_TRACKING_URI,
-                           serving_state_dir=args.serving_state_dir, supersede_canary=args.supersede)
+                           serving_state_dir=args.serving_state_dir, supersede_canary=args.supersede,
+                           components_image=components_image(args))
 
 
 def gate_rejection(report: dict) -> str:

@@ -4,6 +4,8 @@ so `kfp.local`'s SubprocessRunner runs the same code a cluster runs (DESIGN deci
 
 The functions are decorated only in `build(image)`, so the image is chosen at compile time and
 importing this module has no side effects. Their docstrings become descriptions in the Kubeflow UI.
+Each step first logs the container it runs in (`fraud.container`), before its heavy imports, so
+its log proves where it ran even when it fails.
 """
 from dataclasses import dataclass
 
@@ -27,6 +29,9 @@ def simulate_drift(n_transactions: int, seed: int, drift_start_month: int, fraud
         fraud_rate: Share of fraudulent transactions.
         source_csv: Optional path of a real creditcard.csv to enrich instead of generating.
     """
+    from fraud.container import announce_step
+
+    announce_step()  # the step's log names the container it runs in
     import pandas as pd
     from fraud.files import read_json, write_json
     from fraud.profile import FeatureProfile
@@ -66,6 +71,9 @@ def train_model(dataset: Input[Dataset], feature_contract: Input[Artifact], feat
         min_precision: Threshold policy: highest recall with validation precision at least this.
         mlflow_tracking_uri: MLflow tracking URI; empty uses MLFLOW_TRACKING_URI, else a local SQLite file.
     """
+    from fraud.container import announce_step
+
+    announce_step()  # the step's log names the container it runs in
     from fraud.settings import Settings
     from fraud.steps import train_config, train_step
 
@@ -103,6 +111,9 @@ def baseline_model(dataset: Input[Dataset], feature_contract: Input[Artifact], f
         min_precision: Threshold policy for a bootstrap v1.
         mlflow_tracking_uri: MLflow tracking URI; empty uses MLFLOW_TRACKING_URI, else a local SQLite file.
     """
+    from fraud.container import announce_step
+
+    announce_step()  # the step's log names the container it runs in
     from fraud.settings import Settings
     from fraud.steps import baseline_step, train_config
     from fraud_control.registry_aliases import champion_for
@@ -137,6 +148,9 @@ def evaluate_models(baseline: Input[Model], candidate: Input[Model], holdout: In
         pre_drift: Transactions before the drift that neither model trained on.
         summary: The simulation summary (windows, drift).
     """
+    from fraud.container import announce_step
+
+    announce_step()  # the step's log names the container it runs in
     from fraud.report import evaluation_html
     from fraud.steps import evaluate_step
 
@@ -175,6 +189,9 @@ def gate_candidate(evaluation: Input[Artifact], min_f1: float, min_precision: fl
         max_p_value: McNemar p-value must be below this.
         min_holdout_frauds: Frauds the holdout must hold for the other rules to be judged at all.
     """
+    from fraud.container import announce_step
+
+    announce_step()  # the step's log names the container it runs in
     from fraud.gate import GatePolicy
     from fraud.steps import gate_step
 
@@ -204,6 +221,9 @@ def deploy_canary(baseline: Input[Model], candidate: Input[Model], target: str, 
         timeout_seconds: How long to wait for the InferenceService to become Ready after each change.
         prediction_log_url: Sink of KServe's payload logger on the transformer ("" for no logger).
     """
+    from fraud.container import announce_step
+
+    announce_step()  # the step's log names the container it runs in
     from fraud_control.deploy import deploy
 
     rollout = deploy(target, baseline.path, candidate.path, namespace=namespace, canary_percent=canary_percent,
@@ -225,6 +245,9 @@ def register_models(baseline: Input[Model], candidate: Input[Model], mlflow_trac
         candidate: The canary just deployed.
         mlflow_tracking_uri: MLflow tracking URI; empty uses MLFLOW_TRACKING_URI, else a local SQLite file.
     """
+    from fraud.container import announce_step
+
+    announce_step()  # the step's log names the container it runs in
     from fraud.settings import Settings
     from fraud.steps import register_step
 
@@ -252,6 +275,9 @@ def progressive_rollout(target: str, namespace: str, local_state_dir: str, plan:
         tracking_uri: MLflow tracking URI (aliases follow, decisions tag the candidate); empty uses MLFLOW_TRACKING_URI.
         timeout_seconds: How long to wait for the InferenceService to become Ready after each patch.
     """
+    from fraud.container import announce_step
+
+    announce_step()  # the step's log names the container it runs in
     from fraud_control.rollout_run import rollout_step
 
     state = rollout_step(report.path, target=target, namespace=namespace, state_dir=local_state_dir, plan=plan,

@@ -1,5 +1,6 @@
-"""Run the pipeline on this machine with `kfp.local` (SubprocessRunner, no virtualenv: the
-components import this package from the current environment) and write `report.json`.
+"""Run the pipeline on this machine with `kfp.local` and write `report.json`: by default with the
+SubprocessRunner (no virtualenv: the components import this package from the current environment),
+or each step in the components image (`LocalRunOptions.components_image`, `fraud_pipelines.containers`).
 
 A rerun is a cluster's rerun: its baseline is the champion the serving state dir rolls out (else
 MLflow's `champion`), and its deploy step canaries the new candidate next to it; a canary still
@@ -28,6 +29,7 @@ from fraud.pipeline_config import DEFAULTS, PipelineConfig
 from fraud_control.local_state import DEFAULT_STATE_DIR as SERVING_STATE_DIR
 
 from fraud_pipelines.console import PipelineConsole
+from fraud_pipelines.containers import ComponentsImage, StepContainers, steps_in_containers
 
 log = logging.getLogger(__name__)
 STATE_DIR = Path(".fraud-rollout")
@@ -51,6 +53,8 @@ class LocalRunOptions:
     serving_state_dir: Path = SERVING_STATE_DIR
     #: Replace a canary of an earlier run that a running `serve` still splits traffic to (KServe: supersede).
     supersede_canary: bool = False
+    #: Run each step in this image (kfp.local's DockerRunner on podman); None: in-process subprocesses.
+    components_image: ComponentsImage | None = None
 
 
 class PipelineFailed(RuntimeError):
@@ -111,17 +115,21 @@ def run_local(options: LocalRunOptions, console: TextIO | None = None, **pipelin
     run_dir = new_run_dir(out / "runs")
     tracking_uri = registry.resolve_tracking_uri(options.mlflow_tracking_uri, STATE_DIR)
     log_path = out / "logs" / "pipeline.log"
-    (console or sys.stdout).write(f"pipeline run {run_dir.name} (kfp.local); its log: {log_path}\n")
+    where = f"each step in {options.components_image.image}" if options.components_image else "in-process"
+    (console or sys.stdout).write(f"pipeline run {run_dir.name} (kfp.local, {where}); its log: {log_path}\n")
     started = time.perf_counter()
     with PipelineConsole(log_path, console) as shown:
-        outputs = _run_pipeline(shown, options, run_dir, tracking_uri, pipeline_arguments)
+        outputs, steps = _run_pipeline(shown, options, run_dir, tracking_uri, pipeline_arguments)
     wall = time.perf_counter() - started
     paths = {name: _artifact_path(outputs.outputs[name]) for name in
              ("evaluation", "gate_result", "baseline_model", "candidate_model", "holdout", "summary")}
     report = build_report(paths, tracking_uri, wall)
     report["timings"]["tasks_wall"] = shown.seconds
     report["run"] = {"id": run_dir.name, "dir": str(run_dir), "log": str(log_path),
-                     "pipeline_yaml": str(run_dir / PIPELINE_YAML)}
+                     "pipeline_yaml": str(run_dir / PIPELINE_YAML),
+                     "runner": "docker" if options.components_image else "subprocess"}
+    if steps is not None:  # per task: the container it ran in, its log, its checked outputs
+        report["containers"] = {"image": options.components_image.image, "tasks": steps}
     write_json(run_dir / "report.json", report)
     write_json(out / "report.json", report)
     for removed in prune_runs(out / "runs", run_dir, known_state_dirs(options)):
@@ -133,7 +141,7 @@ def _run_pipeline(shown: PipelineConsole, options: LocalRunOptions, run_dir: Pat
                   pipeline_arguments: dict):
     """Compile the pipeline into the run dir and execute that YAML (the committed YAML is the same
     bytes, a test compares them)."""
-    from fraud_pipelines.pipeline import compile_pipeline
+    from fraud_pipelines.pipeline import DEFAULT_IMAGE, compile_pipeline
 
     def next_step(failure: str) -> str:
         if "RolloutRefused: a canary of" in failure:  # an earlier run's canary still runs: the way on
@@ -142,24 +150,42 @@ def _run_pipeline(shown: PipelineConsole, options: LocalRunOptions, run_dir: Pat
         return failure
 
     warnings.filterwarnings("ignore", message=".*non-Python base image.*")  # our image has Python
-    return execute_compiled(shown, compile_pipeline(run_dir / PIPELINE_YAML), run_dir, next_step,
-                            **asdict(options.config), source_csv=options.source_csv, mlflow_tracking_uri=tracking_uri,
-                            deploy_target="local", local_state_dir=str(options.serving_state_dir.resolve()),
-                            supersede_canary=options.supersede_canary, **pipeline_arguments)
+    image = options.components_image
+    pipeline_yaml = compile_pipeline(run_dir / PIPELINE_YAML, image.image if image else DEFAULT_IMAGE)
+    arguments = dict(**asdict(options.config), source_csv=options.source_csv, mlflow_tracking_uri=tracking_uri,
+                     deploy_target="local", local_state_dir=str(options.serving_state_dir.resolve()),
+                     supersede_canary=options.supersede_canary, **pipeline_arguments)
+    if image is None:
+        return execute_compiled(shown, pipeline_yaml, run_dir, next_step, **arguments), None
+    with steps_in_containers(image, pipeline_yaml, run_dir / "kfp", options.out_dir.resolve(),
+                             shown.log_path.parent / run_dir.name, arguments) as steps:
+        outputs = execute_compiled(shown, pipeline_yaml, run_dir, next_step, steps=steps, **arguments)
+    return outputs, steps.report()
 
 
 def execute_compiled(shown: PipelineConsole, pipeline_yaml: Path, run_dir: Path,
-                     explain: Callable[[str], str] = str, **arguments):
+                     explain: Callable[[str], str] = str, steps: StepContainers | None = None, **arguments):
     """Execute a compiled pipeline YAML with kfp.local (what a cluster would run, not the Python
-    function); PipelineFailed names the failed task and its error (`explain` may add the way on)."""
+    function); PipelineFailed names the failed task and its error (`explain` may add the way on).
+    With `steps`, each step runs in a container and the first task that did not prove it ran there
+    with all its outputs fails the run (kfp's DockerRunner reports a vanished container as SUCCESS)."""
     from kfp import components, local
 
     compiled = components.load_component_from_file(str(pipeline_yaml))
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"), raise_on_error=True)
+    runner = steps.runner() if steps else local.SubprocessRunner(use_venv=False)
+    local.init(runner=runner, pipeline_root=str(run_dir / "kfp"), raise_on_error=True)
     try:
-        return compiled(**arguments)
+        outputs = compiled(**arguments)
     except RuntimeError as error:  # kfp.local: "Pipeline … finished with status FAILURE. Inner task failed: …"
-        raise PipelineFailed(f"{explain(shown.failure())} (full log: {shown.log_path})") from error
+        unproven = steps.failure() if steps else None
+        raise PipelineFailed(unproven or f"{explain(shown.failure())} (full log: {shown.log_path})") from error
+    except (KeyError, ValueError) as error:  # kfp.local resolving an input a vanished step never wrote
+        if steps is None or (unproven := steps.failure()) is None:
+            raise
+        raise PipelineFailed(unproven) from error
+    if steps and (unproven := steps.failure()):
+        raise PipelineFailed(unproven)
+    return outputs
 
 
 def build_report(paths: dict[str, str], tracking_uri: str, wall_seconds: float) -> dict:

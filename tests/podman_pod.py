@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fraud_control.processes import die_with_parent
 from fraud_devcluster import images
 
 from tests.pod_command import command_line
@@ -116,13 +117,13 @@ def volume_args(container: Mapping, pod_spec: Mapping, host_paths: Mapping[str, 
 def run_args(container: Mapping, pod_spec: Mapping, *, image: str, name: str,
              secrets: Mapping[str, Mapping[str, str]] | None = None, host_paths: Mapping[str, Path] | None = None,
              argv: Sequence[str] | None = None) -> list[str]:
-    """`podman run` arguments (after `run`) for `container` of `pod_spec`, detached, named `name`,
-    with `image` instead of the spec's. `argv`: the args to pass instead of the spec's own (a caller
+    """`podman run` arguments (after `run`) for `container` of `pod_spec`, named `name`, with `image`
+    instead of the spec's. `argv`: the args to pass instead of the spec's own (a caller
     that rewrites some says which and why); the spec's `command`, if any, becomes the entrypoint."""
     expanded, env = command_line(container, secrets or {})
     command = expanded[:len(container.get("command", []))]
     args = list(expanded[len(command):] if argv is None else argv)
-    flags = ["-d", "--name", name, "--network", "host",
+    flags = ["--name", name, "--network", "host",
              *security_args(effective_security_context(container, pod_spec)), *resource_args(container),
              *volume_args(container, pod_spec, host_paths or {})]
     flags += [flag for key, value in env.items() for flag in ("--env", f"{key}={value}")]
@@ -150,19 +151,19 @@ def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 @dataclass(frozen=True)
 class Container:
-    """A container this process started with `podman run -d`."""
+    """A container this process runs in the foreground (`podman run`, its output in a log file), so
+    `fraud_control.processes.ServerProcess` waits on it and stops it (podman passes the SIGTERM on)."""
 
     name: str
+    process: subprocess.Popen
 
     @classmethod
-    def run(cls, args: Sequence[str]) -> Container:
-        """`podman run ARGS` (from `run_args`); AssertionError with podman's words when it fails."""
-        name = args[args.index("--name") + 1]
-        started = podman("run", *args)
-        if started.returncode != 0:
-            podman("rm", "-f", "-t", "0", name)
-            raise AssertionError(f"podman run {name} failed (exit {started.returncode}): {started.stderr[-2000:]}")
-        return cls(name)
+    def start(cls, args: Sequence[str], log_path: Path) -> Container:
+        """`podman run ARGS` (from `run_args`); does not wait."""
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(["podman", "run", *args], stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, env=images.podman_env(), preexec_fn=die_with_parent)
+        return cls(args[list(args).index("--name") + 1], process)
 
     def inspect(self) -> dict:
         inspected = podman("inspect", self.name)
@@ -187,9 +188,7 @@ class Container:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
         return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
 
-    def logs(self, tail: int = 60) -> str:
-        logged = podman("logs", "--tail", str(tail), self.name)
-        return logged.stdout + logged.stderr
-
     def remove(self) -> None:
+        """Stop and remove it, whatever state it is in."""
         podman("rm", "-f", "-t", "10", self.name)
+        self.process.wait(30)

@@ -44,7 +44,7 @@ from fraud_control.artifact_store import upload_artifact
 from fraud_control.deploy import spec_for_artifact
 from fraud_control.kube_store import KubeStore
 from fraud_control.prediction_store import open_store
-from fraud_control.processes import free_port
+from fraud_control.processes import LOOPBACK, ServerFailed, ServerProcess, free_port
 from fraud_devcluster import images
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from kubernetes import client as k8s
@@ -60,6 +60,7 @@ from tests.integration.test_serving_runtime import (
     _chunked,
     _raw_exchange,
 )
+from tests.pod_command import command_line
 from tests.podman_pod import Container, run_args, with_flag
 from tests.serving_image import REPO
 from tests.sink_process import SinkProcess, start_sink
@@ -87,23 +88,24 @@ IMAGE_USER = "serving"
 
 @dataclass
 class Served:
-    """What one module deployed and started."""
+    """What the module deployed and started."""
 
     namespace: Namespace
-    written: dict[str, dict]  # component → Knative Service template (spec.template) KServe wrote
-    pods: dict[str, dict]  # component → the admitted pod's spec
-    argv: dict[str, list[str]]  # component → the args the container was started with
-    ports: dict[str, int]  # component → http port
+    written: dict[str, dict]  # component → the Knative Service template (spec.template) KServe wrote
+    pods: dict[str, dict]  # component → the spec of the pod KServe's webhook admits for it
+    storage_uris: dict[str, str]  # component → what its storage initializer pulled
+    model_dirs: dict[str, Path]  # component → its /mnt/models on the host
+    account: Path  # the service-account volume on the host
+    argv: dict[str, list[str]]  # component → the args its container was started with
     grpc_ports: dict[str, int]
+    servers: dict[str, ServerProcess]  # component → its container's podman process, waited on
     containers: dict[str, Container]
-    model_dirs: dict[str, Path]
-    storage_uris: dict[str, str]
     in_process: Stack
     sink: SinkProcess
     sink_store: Path
 
     def url(self, component: str) -> str:
-        return f"http://127.0.0.1:{self.ports[component]}"
+        return self.servers[component].url
 
     @property
     def transformer(self) -> str:
@@ -111,7 +113,7 @@ class Served:
 
     @property
     def infer_url(self) -> str:
-        return f"{self.transformer}/v2/models/{isvc.NAME}/infer"
+        return self.servers["transformer"].infer_url
 
 
 @pytest.fixture(scope="module")
@@ -132,11 +134,38 @@ def knative_template(admin: k8s.CustomObjectsApi, namespace: str, component: str
                                               f"{isvc.NAME}-{component}")["spec"]["template"]
 
 
-def admitted_pod(core: k8s.CoreV1Api, namespace: str, name: str, template: dict) -> dict:
-    """The pod KServe's pod webhook makes of a Knative template (a dry-run create: no kubelet here)."""
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {**template["metadata"], "name": name},
-           "spec": template["spec"]}
-    return core.api_client.sanitize_for_serialization(core.create_namespaced_pod(namespace, pod, dry_run="All"))["spec"]
+def deploy_and_read_templates(admin: k8s.CustomObjectsApi, namespace: str, s3_settings, tiny_run) -> dict[str, dict]:
+    """The deploy step's cluster side, in two steps to keep the template of the rolled-out predictor
+    (v1; Knative's first revision holds it), then v2 as a canary: the three templates KServe wrote."""
+    store = KubeStore(admin, namespace)
+    v1, v2 = (spec_for_artifact(model, upload_artifact(model, BUCKET, settings=s3_settings), namespace=namespace,
+                                prediction_log_url=isvc.prediction_log_url(namespace))
+              for model in (tiny_run.v1, tiny_run.v2))
+    canary.deploy_canary(store, v1, v1, timeout_s=60, poll_s=0.05)
+    written = {"predictor-v1": knative_template(admin, namespace, "predictor")}
+    canary.deploy_canary(store, v2, v1, timeout_s=60, poll_s=0.05)
+    return written | {"predictor-v2": knative_template(admin, namespace, "predictor"),
+                      "transformer": knative_template(admin, namespace, "transformer")}
+
+
+def admit_pods(core: k8s.CoreV1Api, namespace: Namespace, s3_settings, templates: dict[str, dict]) -> dict[str, dict]:
+    """The README's setup (the S3 Secret the storage initializer reads, MinIO's address here; the pods'
+    account), then the pod KServe's pod webhook makes of each template (a dry-run create: no kubelet)."""
+    core.create_namespaced_secret(namespace.name, {"metadata": {"name": S3_SECRET, "annotations": {
+        "serving.kserve.io/s3-endpoint": s3_settings.endpoint, "serving.kserve.io/s3-usehttps": "0",
+        "serving.kserve.io/s3-region": "us-east-1"}}, "stringData": s3_secret(s3_settings)})
+    namespace.kubectl("apply", "-f", str(REPO / "manifests" / "base" / "serving-account.yaml"))
+    pods = {}
+    for component, template in templates.items():
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {**template["metadata"], "name": f"{component}-0"},
+               "spec": template["spec"]}
+        admitted = core.create_namespaced_pod(namespace.name, pod, dry_run="All")
+        pods[component] = core.api_client.sanitize_for_serialization(admitted)["spec"]
+    return pods
+
+
+def s3_secret(s3_settings) -> dict[str, str]:
+    return {"AWS_ACCESS_KEY_ID": s3_settings.access_key, "AWS_SECRET_ACCESS_KEY": s3_settings.secret_key}
 
 
 def one(containers: list[dict], name: str) -> dict:
@@ -144,34 +173,43 @@ def one(containers: list[dict], name: str) -> dict:
     return found
 
 
-def initialize_storage(storage_python: Path, pod: dict, s3_secret: dict[str, str], into: Path) -> str:
+def initialize_storage(storage_python: Path, pod: dict, secret: dict[str, str], into: Path) -> str:
     """Run the pod's storage-initializer container's args with its env (Secret keys resolved) through
     kserve_storage, its `/mnt/models` being `into`; returns the source URI."""
-    from tests.pod_command import command_line
-
     initializer = one(pod["initContainers"], "storage-initializer")
-    argv, env = command_line(initializer, {S3_SECRET: s3_secret})
+    argv, env = command_line(initializer, {S3_SECRET: secret})
     source, destination = argv
     assert destination == MODEL_MOUNT
     assert {m["name"]: m["mountPath"] for m in initializer["volumeMounts"]}[MODEL_VOLUME] == MODEL_MOUNT
-    into.mkdir(mode=0o755)
+    into.mkdir(mode=0o755, parents=True)
     done = subprocess.run([str(storage_python), "-c", INITIALIZER, source, str(into)], capture_output=True, text=True,
                           timeout=300, check=False, env={"PATH": os.environ["PATH"], "HOME": str(into.parent), **env})
     assert done.returncode == 0, done.stderr[-3000:]
     return source
 
 
-def wait_ready(container: Container, url: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:
-        try:
-            if httpx.get(f"{url}/v2/models/{isvc.NAME}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if not container.running() or time.monotonic() > deadline:
-            raise AssertionError(f"{container.name} not ready at {url}:\n{container.logs()}")
-        time.sleep(0.2)
+def loopback_args(component: str, written: list[str], http: dict[str, int], grpc: dict[str, int],
+                  sink_url: str) -> list[str]:
+    """The written args with the rewrites the module docstring lists."""
+    args = with_flag(with_flag(written, "--http_port", str(http[component])), "--grpc_port", str(grpc[component]))
+    if component == "transformer":
+        v1, v2 = (f"http://{LOOPBACK}:{http[f'predictor-{v}']}" for v in ("v1", "v2"))
+        args = with_flag(args, "--predictor_host", v1.removeprefix("http://"))
+        args = with_flag(args, "--shadow_hosts", f"latest={v2},prev={v1}")
+        args = with_flag(args, "--logger_url", sink_url)
+    return args
+
+
+def start_container(pod: dict, name: str, args: list[str], http_port: int, volumes: dict[str, Path],
+                    log_dir: Path) -> tuple[Container, ServerProcess]:
+    """The pod's kserve-container under podman, with `args` and the host directories of its volumes."""
+    container = one(pod["containers"], "kserve-container")
+    flags = run_args(container, pod, image=images.built_image("serving"), name=name, argv=args,
+                     host_paths={mount["name"]: volumes[mount["mountPath"]] for mount in container["volumeMounts"]
+                                    if mount["mountPath"] in volumes})
+    log_path = log_dir / f"{name}.log"
+    started = Container.start(flags, log_path)
+    return started, ServerProcess(name, started.process, http_port, isvc.NAME, log_path, flags)
 
 
 @pytest.fixture(scope="module")
@@ -181,69 +219,35 @@ def served(kube_cluster, s3_settings, tiny_run, storage_python, tmp_path_factory
     admin, core = k8s.CustomObjectsApi(api_client), k8s.CoreV1Api(api_client)
     namespace = Namespace(f"t-{secrets.token_hex(4)}", kube_cluster)
     core.create_namespace({"metadata": {"name": namespace.name}})
-    store = KubeStore(admin, namespace.name)
-
-    # the deploy step's cluster side, in two steps to keep the rolled-out predictor's template
-    v1, v2 = (spec_for_artifact(model, upload_artifact(model, BUCKET, settings=s3_settings), namespace=namespace.name,
-                                prediction_log_url=isvc.prediction_log_url(namespace.name))
-              for model in (tiny_run.v1, tiny_run.v2))
-    canary.deploy_canary(store, v1, v1, timeout_s=60, poll_s=0.05)
-    written = {"predictor-v1": knative_template(admin, namespace.name, "predictor")}
-    canary.deploy_canary(store, v2, v1, timeout_s=60, poll_s=0.05)
-    written |= {"predictor-v2": knative_template(admin, namespace.name, "predictor"),
-                "transformer": knative_template(admin, namespace.name, "transformer")}
-
-    # the README's setup: the S3 Secret the storage initializer reads (MinIO here), the pods' account
-    s3_secret = {"AWS_ACCESS_KEY_ID": s3_settings.access_key, "AWS_SECRET_ACCESS_KEY": s3_settings.secret_key}
-    core.create_namespaced_secret(namespace.name, {"metadata": {"name": S3_SECRET, "annotations": {
-        "serving.kserve.io/s3-endpoint": s3_settings.endpoint, "serving.kserve.io/s3-usehttps": "0",
-        "serving.kserve.io/s3-region": "us-east-1"}}, "stringData": s3_secret})
-    namespace.kubectl("apply", "-f", str(REPO / "manifests" / "base" / "serving-account.yaml"))
-    pods = {component: admitted_pod(core, namespace.name, f"{component}-0", template)
-            for component, template in written.items()}
-
-    # the projected service-account volume: the namespace file the transformer reads (no token: nothing reads it)
+    written = deploy_and_read_templates(admin, namespace.name, s3_settings, tiny_run)
+    pods = admit_pods(core, namespace, s3_settings, written)
+    model_dirs = {component: root / component / "models" for component in pods}
+    storage_uris = {component: initialize_storage(storage_python, pod, s3_secret(s3_settings), model_dirs[component])
+                    for component, pod in pods.items()}
+    # the projected service-account volume as far as the server reads it: the namespace (no token)
     account = root / "serviceaccount"
     account.mkdir()
     (account / "namespace").write_text(namespace.name)
-    model_dirs = {component: root / component / "models" for component in pods}
-    storage_uris = {}
-    for component, pod in pods.items():
-        (root / component).mkdir()
-        storage_uris[component] = initialize_storage(storage_python, pod, s3_secret, model_dirs[component])
 
+    http, grpc = ({component: free_port() for component in pods} for _ in range(2))
+    assert len({*http.values(), *grpc.values()}) == 2 * len(pods)
     sink_store = root / "prediction-log.db"
-    ports = {component: free_port() for component in pods}
-    grpc_ports = {component: free_port() for component in pods}
-    assert len({*ports.values(), *grpc_ports.values()}) == 6
     with ExitStack() as stack:
         sink = start_sink(str(sink_store), root / "sink.log")
         stack.callback(sink.stop)
-        argv = {}
+        argv = {component: loopback_args(component, one(pod["containers"], "kserve-container")["args"], http, grpc,
+                                         sink.url) for component, pod in pods.items()}
+        containers, servers = {}, {}
         for component, pod in pods.items():
-            args = one(pod["containers"], "kserve-container")["args"]
-            args = with_flag(with_flag(args, "--http_port", str(ports[component])), "--grpc_port",
-                             str(grpc_ports[component]))
-            if component == "transformer":
-                v1_url, v2_url = (f"http://127.0.0.1:{ports[f'predictor-{v}']}" for v in ("v1", "v2"))
-                args = with_flag(args, "--predictor_host", v1_url.removeprefix("http://"))
-                args = with_flag(args, "--shadow_hosts", f"latest={v2_url},prev={v1_url}")
-                args = with_flag(args, "--logger_url", sink.url)
-            argv[component] = args
-        containers = {}
-        for component, pod in pods.items():
-            volumes = {MODEL_VOLUME: model_dirs[component]}
-            volumes |= {m["name"]: account for m in one(pod["containers"], "kserve-container")["volumeMounts"]
-                        if m["mountPath"] == ACCOUNT_MOUNT}
-            args = run_args(one(pod["containers"], "kserve-container"), pod, image=images.built_image("serving"),
-                            name=f"fraud-{namespace.name}-{component}", host_paths=volumes, argv=argv[component])
-            containers[component] = Container.run(args)
+            containers[component], servers[component] = start_container(
+                pod, f"fraud-{namespace.name}-{component}", argv[component], http[component],
+                {MODEL_MOUNT: model_dirs[component], ACCOUNT_MOUNT: account}, root)
             stack.callback(containers[component].remove)
         in_process = stack.enter_context(start_stack(tiny_run.v1, root / "in-process-logs"))
-        for component, container in containers.items():
-            wait_ready(container, f"http://127.0.0.1:{ports[component]}")
-        yield Served(namespace, written, pods, argv, ports, grpc_ports, containers, model_dirs, storage_uris, in_process, sink,
-                     sink_store)
+        for server in servers.values():
+            server.wait_ready(READY_TIMEOUT_S)
+        yield Served(namespace, written, pods, storage_uris, model_dirs, account, argv, grpc, servers, containers, in_process,
+                     sink, sink_store)
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +302,7 @@ def test_each_container_is_the_one_kserve_wrote_with_only_the_loopback_rewrites(
             assert original["--shadow_hosts"] == (f"latest=http://latest-{isvc.NAME}-predictor.{ns},"
                                                   f"prev=http://prev-{isvc.NAME}-predictor.{ns}")
             moved |= {"--predictor_host", "--shadow_hosts", "--logger_url"}
-            v1, v2 = served.ports["predictor-v1"], served.ports["predictor-v2"]
+            v1, v2 = served.servers["predictor-v1"].port, served.servers["predictor-v2"].port
             assert (rewritten["--predictor_host"], rewritten["--shadow_hosts"], rewritten["--logger_url"]) == (
                 f"127.0.0.1:{v1}", f"latest=http://127.0.0.1:{v2},prev=http://127.0.0.1:{v1}", served.sink.url)
         else:
@@ -306,7 +310,7 @@ def test_each_container_is_the_one_kserve_wrote_with_only_the_loopback_rewrites(
         assert {k: v for k, v in rewritten.items() if k not in moved} == {k: v for k, v in original.items()
                                                                           if k not in moved}
         assert served.argv[component][0] == written["args"][0] and set(rewritten) == {*original, "--grpc_port"}
-        assert (rewritten["--http_port"], rewritten["--grpc_port"]) == (str(served.ports[component]),
+        assert (rewritten["--http_port"], rewritten["--grpc_port"]) == (str(served.servers[component].port),
                                                                         str(served.grpc_ports[component]))
 
 
@@ -461,19 +465,82 @@ def test_the_payload_logger_posts_the_shadow_pairs_to_the_sink(served, holdout):
                                 served_decision=served_decision, shadow_decision=shadow_decision)
                    for served_decision in ("fraud", "legit") for shadow_decision in ("fraud", "legit"))
 
+    def stored() -> int:
+        with open_store(str(served.sink_store), create=False) as store:
+            return store.counts()["paired"]
+
+    # every shadow-paired row the transformer counted (this test's and any earlier test's) reaches the store
     deadline = time.monotonic() + 30
     while True:
         after = httpx.get(f"{served.transformer}/metrics", timeout=10).text
-        pairs = shadowed(after) - shadowed(before)
-        acknowledged = metric_value(after, "fraud_payload_log_events_total", event_type="pair") - metric_value(
-            before, "fraud_payload_log_events_total", event_type="pair")
-        if (pairs > 0 and acknowledged == pairs) or time.monotonic() > deadline:
+        if stored() == shadowed(after) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert pairs > 0 and acknowledged == pairs, (pairs, acknowledged)
+    assert shadowed(after) - shadowed(before) > 0
+    assert stored() == shadowed(after) > 0
+    assert metric_value(after, "fraud_payload_log_events_total", event_type="pair") > 0
     with open_store(str(served.sink_store), create=False) as store:
         counts = store.counts()
-    assert counts["paired"] == pairs
     assert (counts["logged"], counts["answered"]) == (0, 0)  # requests and responses: the agent's, not run here
     for reason in ("queue_full", "rejected", "shutdown"):
         assert metric_value(after, "fraud_payload_log_dropped_total", reason=reason) == 0, reason
+
+
+def start_read_only_predictor(served: Served, log_dir: Path, tmp: bool) -> tuple[Container, ServerProcess]:
+    """The v1 predictor's pod with `readOnlyRootFilesystem: true` added to its container (the
+    InferenceService does not declare it: isvc.SECURITY_CONTEXT) and, with `tmp`, an emptyDir
+    mounted at /tmp (podman: `--tmpfs /tmp`); nothing else is writable."""
+    pod = json.loads(json.dumps(served.pods["predictor-v1"]))
+    container = one(pod["containers"], "kserve-container")
+    container["securityContext"]["readOnlyRootFilesystem"] = True
+    if tmp:
+        pod["volumes"].append({"name": "tmp", "emptyDir": {}})
+        container["volumeMounts"].append({"name": "tmp", "mountPath": "/tmp"})
+    http, grpc = free_port(), free_port()
+    args = with_flag(with_flag(served.argv["predictor-v1"], "--http_port", str(http)), "--grpc_port", str(grpc))
+    return start_container(pod, f"fraud-{served.namespace.name}-read-only-{'tmp' if tmp else 'bare'}", args, http,
+                           {MODEL_MOUNT: served.model_dirs["predictor-v1"], ACCOUNT_MOUNT: served.account}, log_dir)
+
+
+def test_on_a_read_only_root_filesystem_tensorflow_needs_a_writable_tmp(served, tmp_path):
+    """Why the read-only variant below needs a tmpfs, and only at /tmp: importing TensorFlow imports
+    absl.testing, which asks `tempfile.gettempdir()` at import time; with nothing writable the
+    predictor exits before it listens. (serving/Dockerfile says the image is "fine on a read-only root
+    filesystem": only with a writable /tmp.)"""
+    container, server = start_read_only_predictor(served, tmp_path, tmp=False)
+    try:
+        with pytest.raises(ServerFailed) as failed:
+            server.wait_ready(READY_TIMEOUT_S)
+        assert container.inspect()["HostConfig"]["ReadonlyRootfs"] is True
+        assert not container.inspect()["HostConfig"].get("Tmpfs")
+    finally:
+        container.remove()
+    message = str(failed.value)
+    assert "exited with 1" in message
+    assert "No usable temporary directory found in ['/tmp', '/var/tmp', '/usr/tmp', '/home/serving']" in message
+    assert "absl/testing/absltest.py" in message
+
+
+def test_with_a_tmpfs_at_tmp_only_the_predictor_serves_on_a_read_only_root_filesystem(served, tiny_run, holdout,
+                                                                                       tmp_path):
+    container, server = start_read_only_predictor(served, tmp_path, tmp=True)
+    try:
+        server.wait_ready(READY_TIMEOUT_S)
+        inspected = container.inspect()
+        assert inspected["HostConfig"]["ReadonlyRootfs"] is True
+        assert list(inspected["HostConfig"]["Tmpfs"]) == ["/tmp"]
+        writes = {path: subprocess.run(["podman", "exec", container.name, "python", "-c", f"open('{path}/x', 'w')"],
+                                       capture_output=True, text=True, env=images.podman_env(), timeout=60,
+                                       check=False).returncode
+                  for path in ("/tmp", "/home/serving", "/var/tmp", MODEL_MOUNT)}
+        assert writes == {"/tmp": 0, "/home/serving": 1, "/var/tmp": 1, MODEL_MOUNT: 1}
+        scaled = tiny_run.contract.transform(holdout)
+        body = {"inputs": [{"name": "scaled_features", "shape": list(scaled.shape), "datatype": "FP32",
+                            "data": scaled.astype(np.float32).tolist()}]}
+        answers = [httpx.post(f"{url}/v2/models/{isvc.NAME}/infer", json=body, timeout=60)
+                   for url in (server.url, served.url("predictor-v1"))]
+    finally:
+        container.remove()
+    assert [a.status_code for a in answers] == [200, 200], answers[0].text
+    assert outputs(answers[0].json())["fraud_probability"].tolist() == \
+        outputs(answers[1].json())["fraud_probability"].tolist()

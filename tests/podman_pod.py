@@ -5,7 +5,7 @@ them, on the host's network (DESIGN "Checked on this machine kind": rootful podm
 `--network host`).
 
 Mapping (effective context = the container's `securityContext` over the pod's, as the kubelet merges
-them in kubernetes v1.34 `pkg/securitycontext/util.go` DetermineEffectiveSecurityContext):
+them in the kubelet: kubernetes `pkg/securitycontext/util.go` DetermineEffectiveSecurityContext):
 
 - `runAsUser` / `runAsGroup` → `--user UID[:GID]`; `runAsNonRoot` with uid 0 is refused, as the
   kubelet refuses to start it (`verifyRunAsNonRoot`);
@@ -19,7 +19,7 @@ them in kubernetes v1.34 `pkg/securitycontext/util.go` DetermineEffectiveSecurit
 - `resources.limits` cpu and memory → `--cpus` / `--memory`;
 - `ports`: nothing (the host's network: the process listens where its args say).
 
-Anything else in a security context is an error, not silently dropped.
+Any other securityContext field, the pod's or the container's, is an error, not silently dropped.
 """
 from __future__ import annotations
 
@@ -42,12 +42,13 @@ QUANTITY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M":
 
 def effective_security_context(container: Mapping, pod_spec: Mapping) -> dict:
     """The container's securityContext over the pod-level fields the pod's own context may set."""
-    pod = {key: value for key, value in (pod_spec.get("securityContext") or {}).items() if key in POD_AND_CONTAINER}
-    context = {**pod, **(container.get("securityContext") or {})}
-    unknown = set(context) - {*CONTAINER_ONLY, *POD_AND_CONTAINER}
-    if unknown:
-        raise ValueError(f"securityContext fields not mapped to podman: {sorted(unknown)}")
-    return context
+    pod = pod_spec.get("securityContext") or {}
+    container_context = container.get("securityContext") or {}
+    unknown = sorted({*(set(pod) - set(POD_AND_CONTAINER)), *(set(container_context) - {*CONTAINER_ONLY,
+                                                                                        *POD_AND_CONTAINER})})
+    if unknown:  # fsGroup, supplementalGroups, sysctls, seLinuxOptions, …
+        raise ValueError(f"securityContext fields not mapped to podman: {unknown}")
+    return {**pod, **container_context}
 
 
 def security_args(context: Mapping) -> list[str]:

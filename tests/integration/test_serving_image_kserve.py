@@ -314,7 +314,7 @@ def test_each_container_is_the_one_kserve_wrote_with_only_the_loopback_rewrites(
                                                                         str(served.grpc_ports[component]))
 
 
-def test_both_containers_run_as_uid_1000_under_the_declared_security_context(served):
+def test_every_container_runs_as_uid_1000_under_the_declared_security_context(served):
     """Read back from podman and the kernel, not from the flags passed."""
     for component, container in served.containers.items():
         declared = served.written[component]["spec"]["containers"][0]["securityContext"]

@@ -408,8 +408,9 @@ def test_kserves_stock_rest_client_gets_the_same_scores(served, holdout, in_proc
 
 def test_the_bad_input_matrix_gets_the_same_4xx_and_error_bodies_and_never_a_5xx(served):
     """tests/integration/test_serving_runtime.py's matrix, unchanged, against the container."""
-    expected = {name: (status, {"error": message}) for name, (status, message, _) in BAD_REQUESTS.items()}
-    expected |= {name: (case[0], {"error": case[1]}) for name, case in (*OTHER_REQUESTS.items(), *OVERSIZED.items())}
+    expected: dict[str, tuple[object, dict[str, object]]] = {
+        name: (case[0], {"error": case[1]}) for name, case in (*BAD_REQUESTS.items(), *OTHER_REQUESTS.items(),
+                                                                *OVERSIZED.items())}
     answers = {}
     with httpx.Client(timeout=60) as client:
         for name, (_status, _message, body) in BAD_REQUESTS.items():

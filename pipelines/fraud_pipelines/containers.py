@@ -20,7 +20,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ import yaml
 from fraud.container import STEP_LINE, container_id
 from fraud_control.processes import die_with_parent, stop_process
 
-from fraud_pipelines.console import ANSI
+from fraud_pipelines.console import ANSI, ERROR
 
 #: The components image's user (components/Dockerfile `USER 1000`, the manifests' runAsUser).
 COMPONENTS_UID = 1000
@@ -133,7 +133,9 @@ class StepRecord:
 
 class StepContainers(logging.Filter):
     """The DockerRunner for one run, and a filter on kfp.local's log records that gives each task its
-    own log file (at "Executing task") and checks it (at "finished with status").
+    own log file (at "Executing task") and checks it (at "finished with status"), raising
+    StepUnproven there, which stops the run: a logging filter's exception reaches kfp.local's caller
+    (its sequential DAG runner catches none; its ParallelFor executor would, and we have no ParallelFor).
 
     kfp.local copies the runner's `container_run_args` shallowly for each task, after which it logs
     "Executing task"; the log driver's options dict is shared, so setting its path then names the
@@ -141,7 +143,7 @@ class StepContainers(logging.Filter):
     no container id: the task fails)."""
 
     def __init__(self, pipeline_yaml: Path, pipeline_root: Path, log_dir: Path, mounts: list[Path],
-                 read_only: list[Path] = ()) -> None:
+                 read_only: Sequence[Path] = ()) -> None:
         super().__init__()
         self.pipeline_root, self.log_dir = pipeline_root, log_dir
         self.outputs = _expected_outputs(next(yaml.safe_load_all(pipeline_yaml.read_text())))  # then the platform spec
@@ -168,7 +170,10 @@ class StepContainers(logging.Filter):
             self._log_options["path"] = str(log)
             self.records[task] = StepRecord(task, str(log))
         elif (match := _END.search(message)) and match.group(1) in self.records:
-            self._check(self.records[match.group(1)])
+            step = self.records[match.group(1)]
+            self._check(step)
+            if step.problem:  # stop here: kfp would run the next tasks (a deploy "succeeded" → register)
+                raise StepUnproven(self.failure())
         return True
 
     def _check(self, step: StepRecord) -> None:
@@ -187,7 +192,9 @@ class StepContainers(logging.Filter):
             missing = [name for name in expected if not (root / name).exists()]
             step.outputs = [str(root / name) for name in expected if (root / name).exists()]
         if missing:
-            step.problem = f"outputs missing: {', '.join(missing)}"
+            errors = [f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}: " for line in text.splitlines()
+                      if (m := ERROR.match(line))]
+            step.problem = f"{errors[-1] if errors else ''}outputs missing: {', '.join(missing)}"
         elif step.container_id is None:
             step.problem = "its log names no container (did it run in the image?)"
         elif step.container_id == self.host_id:
@@ -261,11 +268,19 @@ def _mount_points(paths: list[Path], pipeline_root: Path) -> list[Path]:
 
 
 @contextmanager
-def steps_in_containers(components: ComponentsImage, pipeline_yaml: Path, pipeline_root: Path, out_dir: Path,
-                        log_dir: Path, arguments: Mapping[str, object]) -> Iterator[StepContainers]:
+def steps_in_containers(components: ComponentsImage | None, pipeline_yaml: Path, pipeline_root: Path, out_dir: Path,
+                        log_dir: Path, arguments: Mapping[str, object]) -> Iterator[StepContainers | None]:
     """For the length of the block: podman's Docker API on `out_dir/podman.sock` (DOCKER_HOST, which
     kfp's docker client reads), the paths the steps write made the components user's and mounted at
-    the same paths, and a `StepContainers` on the root logger; its `runner()` goes to `local.init`."""
+    the same paths, and a `StepContainers` on the root logger; its `runner()` goes to `local.init`.
+    Without `components` (in-process steps) it does nothing and yields None."""
+    if components is None:
+        yield None
+        return
+    socket_path = out_dir / SOCKET_NAME
+    if len(str(socket_path).encode()) > 107:
+        raise ContainersUnavailable(f"{out_dir}: too long a path for podman's socket (a Unix socket path has "
+                                    "at most 107 bytes): use a shorter output directory")
     paths = HostPaths.of(arguments)
     paths.make_writable()
     pipeline_root.mkdir(parents=True, exist_ok=True)
@@ -275,8 +290,7 @@ def steps_in_containers(components: ComponentsImage, pipeline_yaml: Path, pipeli
                            [p for p in paths.read_only if not any(p.is_relative_to(w) for w in writable)])
     root = logging.getLogger()
     earlier = os.environ.get("DOCKER_HOST")
-    # a Unix socket path has at most 107 bytes: the out dir's, not the deeper run dir's
-    with podman_service(out_dir / SOCKET_NAME, components.podman_env, log_dir / "podman-service.log") as url:
+    with podman_service(socket_path, components.podman_env, log_dir / "podman-service.log") as url:
         os.environ["DOCKER_HOST"] = url
         root.addFilter(steps)
         try:

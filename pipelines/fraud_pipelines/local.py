@@ -29,7 +29,7 @@ from fraud.pipeline_config import DEFAULTS, PipelineConfig
 from fraud_control.local_state import DEFAULT_STATE_DIR as SERVING_STATE_DIR
 
 from fraud_pipelines.console import PipelineConsole
-from fraud_pipelines.containers import ComponentsImage, StepContainers, steps_in_containers
+from fraud_pipelines.containers import ComponentsImage, StepContainers, StepUnproven, steps_in_containers
 
 log = logging.getLogger(__name__)
 STATE_DIR = Path(".fraud-rollout")
@@ -155,12 +155,11 @@ def _run_pipeline(shown: PipelineConsole, options: LocalRunOptions, run_dir: Pat
     arguments = dict(**asdict(options.config), source_csv=options.source_csv, mlflow_tracking_uri=tracking_uri,
                      deploy_target="local", local_state_dir=str(options.serving_state_dir.resolve()),
                      supersede_canary=options.supersede_canary, **pipeline_arguments)
-    if image is None:
-        return execute_compiled(shown, pipeline_yaml, run_dir, next_step, **arguments), None
+    # the socket under the out dir: a Unix socket path has at most 107 bytes, the run dir is deeper
     with steps_in_containers(image, pipeline_yaml, run_dir / "kfp", options.out_dir.resolve(),
                              shown.log_path.parent / run_dir.name, arguments) as steps:
         outputs = execute_compiled(shown, pipeline_yaml, run_dir, next_step, steps=steps, **arguments)
-    return outputs, steps.report()
+    return outputs, steps.report() if steps else None
 
 
 def execute_compiled(shown: PipelineConsole, pipeline_yaml: Path, run_dir: Path,
@@ -176,15 +175,17 @@ def execute_compiled(shown: PipelineConsole, pipeline_yaml: Path, run_dir: Path,
     local.init(runner=runner, pipeline_root=str(run_dir / "kfp"), raise_on_error=True)
     try:
         outputs = compiled(**arguments)
+    except StepUnproven as error:  # raised at the task's end by `steps`: the next tasks never start
+        raise PipelineFailed(explain(str(error))) from error
     except RuntimeError as error:  # kfp.local: "Pipeline … finished with status FAILURE. Inner task failed: …"
         unproven = steps.failure() if steps else None
-        raise PipelineFailed(unproven or f"{explain(shown.failure())} (full log: {shown.log_path})") from error
+        raise PipelineFailed(explain(unproven or shown.failure()) + f" (full log: {shown.log_path})") from error
     except (KeyError, ValueError) as error:  # kfp.local resolving an input a vanished step never wrote
         if steps is None or (unproven := steps.failure()) is None:
             raise
-        raise PipelineFailed(unproven) from error
+        raise PipelineFailed(explain(unproven)) from error
     if steps and (unproven := steps.failure()):
-        raise PipelineFailed(unproven)
+        raise PipelineFailed(explain(unproven))
     return outputs
 
 

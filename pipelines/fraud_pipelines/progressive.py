@@ -11,6 +11,8 @@ from fraud_control.rollout import RolloutConfig
 from fraud_kfp import DEFAULT_IMAGE, build
 from kfp import dsl
 
+from fraud_pipelines.containers import ComponentsImage
+
 PIPELINE_NAME = "fraud-rollout-progressive"
 POLICY = RolloutPolicy()
 COMPILED = Path(__file__).resolve().parent.parent / "fraud_rollout_progressive.yaml"
@@ -53,15 +55,21 @@ def compile_pipeline(out: str | Path = COMPILED, image: str = DEFAULT_IMAGE) -> 
     return write_compiled(build_pipeline(image), out, image)
 
 
-def run_local(run_dir: str | Path, local_state_dir: str | Path, **arguments) -> dict:
-    """Execute the compiled YAML (not the Python function) with kfp.local on the local target:
-    the rollout report the step wrote. PipelineFailed names the failed task and its error."""
+def run_local(run_dir: str | Path, local_state_dir: str | Path, components_image: ComponentsImage | None = None,
+              **arguments) -> dict:
+    """Execute the compiled YAML (not the Python function) with kfp.local on the local target, the
+    step in-process or in `components_image`: the rollout report the step wrote. PipelineFailed names
+    the failed task and its error."""
     from fraud_pipelines.console import PipelineConsole
+    from fraud_pipelines.containers import steps_in_containers
     from fraud_pipelines.local import PIPELINE_YAML, execute_compiled
 
-    run_dir = Path(run_dir)
-    with PipelineConsole(run_dir / "pipeline.log") as shown:
-        task = execute_compiled(shown, compile_pipeline(run_dir / PIPELINE_YAML), run_dir, target="local",
-                                local_state_dir=str(Path(local_state_dir).resolve()), **arguments)
+    run_dir = Path(run_dir).resolve()
+    pipeline_yaml = compile_pipeline(run_dir / PIPELINE_YAML, components_image.image if components_image else DEFAULT_IMAGE)
+    arguments = {"target": "local", "local_state_dir": str(Path(local_state_dir).resolve()), **arguments}
+    with PipelineConsole(run_dir / "pipeline.log") as shown, \
+            steps_in_containers(components_image, pipeline_yaml, run_dir / "kfp", run_dir, run_dir / "logs",
+                                arguments) as steps:
+        task = execute_compiled(shown, pipeline_yaml, run_dir, steps=steps, **arguments)
     reports = sorted((run_dir / "kfp").rglob("report"))
     return {"status": task.output, **json.loads(reports[-1].read_text())}

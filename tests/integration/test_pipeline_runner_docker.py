@@ -1,9 +1,14 @@
 """`pipeline run --local --runner docker` off the happy path: an image podman does not have is
-refused before any step, with one line that names it and the way on (`make images`)."""
+refused before any step, with one line that names it and the way on (`make images`); a step that
+fails inside its container fails the run, naming the step, its error and its log."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from fraud.container import STEP_LINE
+
+from tests.integration.conftest import SMALL_DEMO
 
 pytestmark = pytest.mark.integration
 
@@ -18,3 +23,47 @@ def test_a_missing_image_exits_2_naming_it_and_make_images(tmp_path):
     assert len(lines) == 1, done.stderr
     assert "localhost/does-not-exist:1" in lines[0] and "make images" in lines[0], lines[0]
     assert not (tmp_path / "out" / "runs").exists()  # refused before a run began
+
+
+def test_a_step_that_fails_in_its_container_fails_the_run_naming_it_and_its_log(tmp_path):
+    """kfp's DockerRunner reports a container podman already removed as SUCCESS: the run itself must
+    see that the step wrote no outputs. A rerun into the same serving state meets the first run's
+    canary, and its deploy step refuses (RolloutRefused) inside its container."""
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fraud_rollout", "pipeline", "run", "--local", "--runner", "docker",
+                               *SMALL_DEMO, "--out", str(tmp_path / "out"), "--serving-state-dir",
+                               str(tmp_path / "serving"), "--mlflow-tracking-uri",
+                               f"sqlite:///{tmp_path / 'mlflow.db'}"], capture_output=True, text=True, timeout=900,
+                              check=False)
+
+    first = run()
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    again = run()
+    assert again.returncode == 1, again.stdout[-2000:] + again.stderr[-2000:]
+    message = again.stderr.strip()
+    assert message.startswith("fraud-rollout pipeline: task deploy-canary failed in its container: RolloutRefused"), \
+        message
+    assert "outputs missing: executor_output.json" in message and "next: fraud-rollout canary promote" in message
+    log = Path(message.split("its log: ")[1].split(";")[0].split(" ")[0])
+    assert log.name == "deploy-canary.log"
+    assert (step := STEP_LINE.search(log.read_text())) and step["container"] != "none", log.read_text()[-2000:]
+    assert "RolloutRefused" in log.read_text()
+    assert not (log.parent / "register-models.log").exists()  # the run stopped at the refused step
+
+
+def test_the_progressive_step_runs_in_the_image_and_fails_on_one_line_without_a_canary(tmp_path):
+    from fraud_devcluster import images
+    from fraud_pipelines.containers import ComponentsImage
+    from fraud_pipelines.local import PipelineFailed
+    from fraud_pipelines.progressive import run_local
+
+    state_dir = tmp_path / "serving"
+    with pytest.raises(PipelineFailed) as failed:
+        run_local(tmp_path / "run", state_dir, ComponentsImage(images.built_image("components"), images.podman_env()))
+    message = str(failed.value)
+    assert "\n" not in message
+    assert message.startswith("task progressive-rollout failed in its container: NotDeployed: InferenceService "
+                              f"fraud-detector in {state_dir.resolve()} does not exist"), message
+    log = tmp_path / "run" / "logs" / "progressive-rollout.log"
+    assert f"its log: {log}" in message
+    assert (step := STEP_LINE.search(log.read_text())) and step["container"] != "none", log.read_text()[-2000:]

@@ -243,9 +243,14 @@ def served(kube_cluster, s3_settings, tiny_run, storage_python, tmp_path_factory
                 pod, f"fraud-{namespace.name}-{component}", argv[component], http[component],
                 {MODEL_MOUNT: model_dirs[component], ACCOUNT_MOUNT: account}, root)
             stack.callback(containers[component].remove)
-        in_process = stack.enter_context(start_stack(tiny_run.v1, root / "in-process-logs"))
         for server in servers.values():
             server.wait_ready(READY_TIMEOUT_S)
+        # only now: a server's port is chosen free when it starts but bound only once TensorFlow has
+        # loaded (seconds later), so servers started together can be handed one port, and a container
+        # that lost it would have its readiness answered by the other process (one run here saw no
+        # shadow pair at all, as if the v2 container's port answered v1)
+        in_process = stack.enter_context(start_stack(tiny_run.v1, root / "in-process-logs"))
+        assert [c.name for c in containers.values() if not c.running()] == []
         yield Served(namespace, written, pods, storage_uris, model_dirs, account, argv, grpc, servers, containers, in_process,
                      sink, sink_store)
 
@@ -477,7 +482,8 @@ def test_the_payload_logger_posts_the_shadow_pairs_to_the_sink(served, holdout):
         if stored() == shadowed(after) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert shadowed(after) - shadowed(before) > 0
+    shadow_lines = "\n".join(line for line in after.splitlines() if line.startswith(("fraud_shadow", "fraud_payload")))
+    assert shadowed(after) - shadowed(before) > 0, shadow_lines
     assert stored() == shadowed(after) > 0
     assert metric_value(after, "fraud_payload_log_events_total", event_type="pair") > 0
     with open_store(str(served.sink_store), create=False) as store:

@@ -46,6 +46,7 @@ from fraud_control.kube_store import KubeStore
 from fraud_control.prediction_store import open_store
 from fraud_control.processes import LOOPBACK, ServerFailed, ServerProcess, free_port
 from fraud_devcluster import images
+from fraud_devcluster.images import REPO
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from kubernetes import client as k8s
 
@@ -62,7 +63,6 @@ from tests.integration.test_serving_runtime import (
 )
 from tests.pod_command import command_line
 from tests.podman_pod import Container, run_args, with_flag
-from tests.serving_image import REPO
 from tests.sink_process import SinkProcess, start_sink
 
 pytestmark = pytest.mark.integration

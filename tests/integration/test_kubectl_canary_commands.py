@@ -77,24 +77,37 @@ def test_wait_for_condition_ready_would_hang_after_a_promote(cluster):
     assert "timed out waiting for the condition on inferenceservices/fraud-detector" in waited.stderr
 
 
-def test_rollback_then_wait_gives_v1_all_traffic(cluster):
+def readme_blocks() -> dict[str, str]:
+    """The section's shell blocks, as a user pastes them, by what they do."""
+    from pathlib import Path
+
+    section = (Path(__file__).resolve().parents[2] / "README.md").read_text().split(
+        "## Promote or roll back the canary", 1)[1].split("\n## ", 1)[0]
+    blocks = [part.split("```", 1)[0] for part in section.split("```sh\n")[1:]]
+    assert len(blocks) == 4, blocks
+    return dict(zip(("status", "promote", "rollback_canary", "rollback_promoted"), blocks))
+
+
+def paste(block: str, env: dict) -> str:
+    """The block in one shell, as pasted (set -e: a failing line stops it); never the 600 s wait's timeout."""
+    done = subprocess.run(["bash", "-ec", block], capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 0, f"{block}\n{done.stderr}"
+    return done.stdout
+
+
+def test_the_rollback_block_pasted_during_a_first_canary_gives_v1_all_traffic(cluster):
     _, env = cluster
-    env = {**env, "TO": kubectl("to_rolled_out", env)}
-    assert env["TO"] == "fraud-detector-predictor-00001"
-    kubectl("rollback", env)
-    kubectl("wait_rolled_back", env)
+    assert "previousRolledoutRevision" not in readme_blocks()["rollback_canary"]  # a first canary has none
+    paste(readme_blocks()["rollback_canary"], env)
     assert traffic(env) == [("fraud-detector-predictor-00002", "latest", 0),
                             ("fraud-detector-predictor-00001", "prev", 100)]
 
 
-def test_rollback_after_a_promote_waits_for_the_previous_revision(cluster):
+def test_the_rollback_block_pasted_after_a_promote_waits_for_the_previous_revision(cluster):
     _, env = cluster
-    kubectl("promote", env)
-    kubectl("wait_promoted", env)
-    env = {**env, "TO": kubectl("to_previous", env)}
-    assert env["TO"] == "fraud-detector-predictor-00001"
-    kubectl("rollback", env)
-    kubectl("wait_rolled_back", env)
+    paste(readme_blocks()["promote"], env)
+    assert traffic(env) == [("fraud-detector-predictor-00002", "latest", 100)]
+    paste(readme_blocks()["rollback_promoted"], env)
     assert traffic(env) == [("fraud-detector-predictor-00002", "latest", 0),
                             ("fraud-detector-predictor-00001", "prev", 100)]
     assert kubectl("rolled_out", env) == "fraud-detector-predictor-00001"

@@ -17,7 +17,12 @@ def register(commands, bench) -> None:
     compile_.add_argument("--out", type=Path, default=None,
                           help="YAML path (default: the committed pipelines/fraud_rollout_pipeline.yaml); the "
                                "progressive-rollout pipeline goes next to it as fraud_rollout_progressive.yaml")
-    compile_.add_argument("--image", default=None, help="components image (default: the released one)")
+    compile_.add_argument("--image", default=None,
+                          help="components image every step runs (default ghcr.io/fraud-rollout/components:0.1.0, "
+                               "not published: build and push your own with `make images REGISTRY=…`)")
+    compile_.add_argument("--serving-image", default=None,
+                          help="the serving_image parameter's default, the InferenceService's image (default "
+                               "ghcr.io/fraud-rollout/serving:0.1.0, not published)")
     compile_.set_defaults(func=compile_command)
 
     run = actions.add_parser(
@@ -70,10 +75,10 @@ def add_run_options(parser, default_out: Path = Path(".fraud-rollout/run"),
 
 def compile_command(args) -> int:
     from fraud_pipelines import progressive
-    from fraud_pipelines.pipeline import COMPILED, DEFAULT_IMAGE, compile_pipeline
+    from fraud_pipelines.pipeline import COMPILED, DEFAULT_IMAGE, SERVING_IMAGE, compile_pipeline
 
     image = args.image or DEFAULT_IMAGE
-    path = compile_pipeline(args.out or COMPILED, image)
+    path = compile_pipeline(args.out or COMPILED, image, args.serving_image or SERVING_IMAGE)
     print(f"compiled {path}")
     rollout = progressive.compile_pipeline(path.parent / progressive.COMPILED.name, image)
     print(f"compiled {rollout}")

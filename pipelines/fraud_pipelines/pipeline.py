@@ -24,7 +24,7 @@ GATE = GatePolicy()
 COMPILED = Path(__file__).resolve().parent.parent / "fraud_rollout_pipeline.yaml"
 
 
-def build_pipeline(image: str = DEFAULT_IMAGE):
+def build_pipeline(image: str = DEFAULT_IMAGE, serving_image_default: str = SERVING_IMAGE):
     c = build(image)
 
     @dsl.pipeline(name=PIPELINE_NAME,
@@ -56,7 +56,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         supersede_canary: bool = False,
         local_state_dir: str = ".fraud-rollout/serving",
         model_bucket: str = "fraud-models",
-        serving_image: str = SERVING_IMAGE,
+        serving_image: str = serving_image_default,
         deploy_timeout_seconds: float = 600.0,
         prediction_log_url: str = "",
     ) -> NamedTuple("Outputs", [("evaluation", Artifact), ("gate_result", Artifact), ("baseline_model", Model),
@@ -108,22 +108,29 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
     return fraud_rollout
 
 
-#: Said next to the image in a YAML compiled for the default image, which is not published.
-UNPUBLISHED = (f"# Image: every step runs {DEFAULT_IMAGE}, the name of an image that is NOT published.\n"
-               "# Build it with `make images REGISTRY=<your registry>`, push it, and compile for it with\n"
-               "# `fraud-rollout pipeline compile --image <the pushed tag>` (README \"On a cluster\").\n")
+def unpublished_note(images: list[str]) -> str:
+    """What a YAML says at its top when it names images that are not published (the defaults)."""
+    if not images:
+        return ""
+    verb = "is the name of an image that is" if len(images) == 1 else "are the names of images that are"
+    return (f"# Image: {' and '.join(images)} {verb} NOT published.\n"
+            "# Build with `make images REGISTRY=<your registry>`, push, and compile for the pushed tags with\n"
+            "# `fraud-rollout pipeline compile --image <components tag> --serving-image <serving tag>`"
+            " (README \"On a cluster\").\n")
 
 
-def compile_pipeline(out: str | Path = COMPILED, image: str = DEFAULT_IMAGE) -> Path:
-    return write_compiled(build_pipeline(image), out, image)
+def compile_pipeline(out: str | Path = COMPILED, image: str = DEFAULT_IMAGE, serving_image: str = SERVING_IMAGE) -> Path:
+    note = unpublished_note([name for name, default in ((image, DEFAULT_IMAGE), (serving_image, SERVING_IMAGE))
+                             if name == default])
+    return write_compiled(build_pipeline(image, serving_image), out, note)
 
 
-def write_compiled(pipeline, out: str | Path, image: str) -> Path:
-    """Compile a @dsl.pipeline to `out` (its directory created); the path. For the default image,
-    the YAML says at its top that the image must be built and pushed first."""
+def write_compiled(pipeline, out: str | Path, note: str = "") -> Path:
+    """Compile a @dsl.pipeline to `out` (its directory created); the path. `note` (comment lines, e.g.
+    that its images are not published) goes at the top."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, str(out))
-    if image == DEFAULT_IMAGE:
-        out.write_text(UNPUBLISHED + out.read_text())
+    if note:
+        out.write_text(note + out.read_text())
     return out

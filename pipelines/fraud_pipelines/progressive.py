@@ -50,9 +50,9 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
 
 
 def compile_pipeline(out: str | Path = COMPILED, image: str = DEFAULT_IMAGE) -> Path:
-    from fraud_pipelines.pipeline import write_compiled
+    from fraud_pipelines.pipeline import unpublished_note, write_compiled
 
-    return write_compiled(build_pipeline(image), out, image)
+    return write_compiled(build_pipeline(image), out, unpublished_note([image] if image == DEFAULT_IMAGE else []))
 
 
 def run_local(run_dir: str | Path, local_state_dir: str | Path, components_image: ComponentsImage | None = None,

@@ -79,7 +79,8 @@ def test_the_images_are_pushed_and_the_pipeline_compiled_for_the_pushed_tag(clus
         assert cluster_path["catalog"][name] == {"name": f"team/{name}", "tags": [tag.rsplit(":", 1)[1]]}
     compiled = (cluster_path["checkout"] / "fraud_rollout_pipeline.yaml").read_text()
     assert compiled.startswith("# PIPELINE DEFINITION")  # no "not published" note: the image is pushed
-    assert compiled.count(f"image: {components}") == 7 and "ghcr.io/fraud-rollout/components" not in compiled
+    assert compiled.count(f"image: {components}") == 7 and "ghcr.io" not in compiled  # no unpublished image
+    assert f"defaultValue: {serving}" in compiled  # the serving_image parameter's default
 
 
 def test_every_step_ran_in_its_own_container_of_the_components_image(cluster_path):

@@ -24,13 +24,18 @@ def test_committed_yaml_is_what_the_code_compiles(tmp_path, module):
 
 @PIPELINES
 def test_the_committed_yaml_says_its_image_is_unpublished_and_one_for_a_pushed_image_does_not(tmp_path, module):
+    from fraud_control.isvc import DEFAULT_IMAGE as SERVING_IMAGE
     from fraud_kfp import DEFAULT_IMAGE
 
     committed = module.COMPILED.read_text()
-    assert committed.startswith(f"# Image: every step runs {DEFAULT_IMAGE}, the name of an image that is NOT published.")
-    pushed = module.compile_pipeline(tmp_path / "pipeline.yaml", image="registry.example.com/team/components:0.1.0-abc")
+    unpublished = f"{DEFAULT_IMAGE} and {SERVING_IMAGE} are the names of images" if module is pipeline else \
+        f"{DEFAULT_IMAGE} is the name of an image"
+    assert committed.startswith(f"# Image: {unpublished} that {'are' if module is pipeline else 'is'} NOT published.")
+    pushed_serving = {"serving_image": "registry.example.com/team/serving:0.1.0-def"} if module is pipeline else {}
+    pushed = module.compile_pipeline(tmp_path / "pipeline.yaml", image="registry.example.com/team/components:0.1.0-abc",
+                                     **pushed_serving)
     text = pushed.read_text()
-    assert text.startswith("# PIPELINE DEFINITION") and DEFAULT_IMAGE not in text
+    assert text.startswith("# PIPELINE DEFINITION") and "ghcr.io" not in text
     assert text.count("image: registry.example.com/team/components:0.1.0-abc") == committed.count(f"image: {DEFAULT_IMAGE}")
 
 

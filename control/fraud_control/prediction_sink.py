@@ -10,7 +10,10 @@ poster retries; KServe's agent does not). `GET /healthz` is 200 while the store 
 `GET /metrics` is Prometheus text: the sink's own metrics and, given the models it logs (`--model`,
 their artifact roots), the label-free feedback signals of the served rows of the last
 `--feedback-window` (`fraud_control.feedback_metrics`: flag rate, score shift and CBPE precision
-and recall per version, drift per feature; the alerts of manifests/monitoring read them). Besides
+and recall per version, drift per feature; the alerts of manifests/monitoring read them). Instead of
+`--model`, `--models-file` names a JSON list of artifact roots that someone else rewrites (the local
+runtime, on a new canary, a promote or a rollback): the sink re-reads it when it changes, without
+a restart. Besides
 KServe's two event types it takes the transformer's shadow pairs (`fraud.inference_log.PAIR_EVENT`).
 
 Group commit: the handlers queue their events; one writer thread takes all that are waiting and
@@ -21,7 +24,7 @@ in a worker thread, at most once every `FEEDBACK_CACHE_S` seconds: concurrent sc
 computation and its result.
 
     python -m fraud_control.prediction_sink --store URL --port P [--host 127.0.0.1] [--retention-days D]
-        [--model ROOT ...] [--feedback-window 1h]
+        [--model ROOT ... | --models-file FILE] [--feedback-window 1h]
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -40,6 +44,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import uvicorn
@@ -99,19 +104,26 @@ class SinkMetrics:
 
 class FeedbackCache:
     """The latest feedback signals, recomputed by `compute` in a worker thread when older than
-    `ttl_s`; concurrent callers wait for one computation. A store failure counts as an error and
-    leaves no signals (stale ones would read as current) until the next computation."""
+    `ttl_s` or when `models_stamp` changed (the monitored models did: signals of the old ones would
+    read as current); concurrent callers wait for one computation. A store failure counts as an
+    error and leaves no signals (stale ones would read as current) until the next computation."""
 
     def __init__(self, compute: Callable[[], FeedbackSignals | None], metrics: SinkMetrics,
-                 ttl_s: float = FEEDBACK_CACHE_S, clock: Callable[[], float] = time.monotonic) -> None:
+                 ttl_s: float = FEEDBACK_CACHE_S, clock: Callable[[], float] = time.monotonic,
+                 models_stamp: Callable[[], object] = lambda: None) -> None:
         self._compute, self._metrics, self._ttl_s, self._clock = compute, metrics, ttl_s, clock
+        self._models_stamp = models_stamp
         self._lock = asyncio.Lock()
         self._computed_at: float | None = None
+        self._computed_for: object = None
         self.latest: FeedbackSignals | None = None
 
     async def refresh(self) -> FeedbackSignals | None:
         async with self._lock:
-            if self._computed_at is None or self._clock() - self._computed_at >= self._ttl_s:
+            stamp = self._models_stamp()
+            if (self._computed_at is None or self._clock() - self._computed_at >= self._ttl_s
+                    or stamp != self._computed_for):
+                self._computed_for = stamp
                 try:
                     self.latest = await run_in_threadpool(self._compute)
                 except StoreError as error:
@@ -309,12 +321,62 @@ def build_app(store: PredictionStore, metrics: SinkMetrics | None = None,
                              Route("/metrics", prometheus, methods=["GET"])], lifespan=lifespan)
 
 
-def window_signals(url: str, models: MonitoredModels, window: timedelta) -> Callable[[], FeedbackSignals | None]:
-    """A computation of the feedback signals of the rows served in the `window` before it runs."""
+def window_signals(url: str, models: Callable[[], MonitoredModels | None],
+                   window: timedelta) -> Callable[[], FeedbackSignals | None]:
+    """A computation of the feedback signals of the rows served in the `window` before it runs, for
+    the models `models()` returns then (None: no signals)."""
     def compute() -> FeedbackSignals | None:
-        return store_signals(url, models.profiles, models.feature_profile, since=datetime.now(UTC) - window)
+        monitored = models()
+        if monitored is None:
+            return None
+        return store_signals(url, monitored.profiles, monitored.feature_profile, since=datetime.now(UTC) - window)
 
     return compute
+
+
+class ModelsFile:
+    """The models to report on, as a JSON list of artifact roots (the rolled-out one first, whose
+    feature profile the inputs are compared with) in a file another process replaces atomically.
+
+    The local runtime rewrites it on a new canary, a promote or a rollback. The sink used to be
+    restarted with new `--model` flags instead, and for the seconds it took to start again (imports,
+    profiles; 2–6 s here) the transformer's posts were refused: the demo's `serve` stopped within
+    that gap after its promote, and the responses of the requests in flight were lost while their
+    requests were stored, as unattributed failures (issue 19). Re-read in place, the sink never
+    stops listening."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._read_at: tuple[int, int, int] | None = None
+        self._models: MonitoredModels | None = None
+
+    def stamp(self) -> tuple[int, int, int] | None:
+        """What changes when the file is replaced or rewritten (None: no file, so no models)."""
+        try:
+            status = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return status.st_ino, status.st_mtime_ns, status.st_size
+
+    def current(self) -> MonitoredModels | None:
+        """The models the file names now, re-read only when it changed; None when it names none or
+        cannot be read (a warning: stale models' signals would read as current)."""
+        stamp = self.stamp()
+        if stamp != self._read_at:
+            self._read_at, self._models = stamp, self._read() if stamp is not None else None
+            if self._models is not None:
+                log.info("feedback signals of %s (%s)", ", ".join(self._models.versions), self.path)
+        return self._models
+
+    def _read(self) -> MonitoredModels | None:
+        try:
+            roots = json.loads(self.path.read_text())
+            if not isinstance(roots, list) or not all(isinstance(root, str) for root in roots):
+                raise ValueError("not a JSON list of artifact roots")
+            return monitored_models(roots) if roots else None
+        except (OSError, ValueError) as error:  # JSONDecodeError is a ValueError
+            log.warning("--models-file %s: %s; no feedback signals until it changes", self.path, _one_line(error))
+            return None
 
 
 class Retention(threading.Thread):
@@ -360,20 +422,25 @@ def _window(text: str) -> timedelta:
     return window
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The sink's flags (shared by `python -m fraud_control.prediction_sink` and `fraud-rollout sink serve`)."""
+def add_arguments(parser: argparse.ArgumentParser, port: Callable[[str], int] = int) -> None:
+    """The sink's flags (shared by `python -m fraud_control.prediction_sink` and `fraud-rollout sink serve`);
+    `port` is the --port type (`fraud-rollout` passes its range-checked `args.listen_port`)."""
     parser.add_argument("--store", default=None,
                         help=f"a SQLite file (path or sqlite:///PATH) or postgresql://… URL (default ${STORE_ENV}, "
                              "which keeps a password off the command line)")
-    parser.add_argument("--port", type=int, required=True, help="HTTP port (0: a free one, printed at start)")
+    parser.add_argument("--port", type=port, required=True, help="HTTP port (0: a free one, printed at start)")
     parser.add_argument("--host", default=LOOPBACK, help=f"address to listen on (default {LOOPBACK})")
     parser.add_argument("--retention-days", type=_positive_days, default=DEFAULT_RETENTION_DAYS,
                         help=f"delete predictions and labels older than this, at start and hourly "
                              f"(default {DEFAULT_RETENTION_DAYS})")
-    parser.add_argument("--model", dest="models", action="append", default=[], metavar="DIR",
+    models = parser.add_mutually_exclusive_group()
+    models.add_argument("--model", dest="models", action="append", default=[], metavar="DIR",
                         help="a model artifact root whose served rows /metrics reports feedback signals on (its "
                              "version from its metadata); repeat for each version served, the first gives the "
                              "feature profile")
+    models.add_argument("--models-file", type=Path, default=None, metavar="FILE",
+                        help="a JSON list of such roots, re-read whenever it changes (what the local runtime "
+                             "writes as its served models change); instead of --model")
     parser.add_argument("--feedback-window", type=_window, default=_window(DEFAULT_FEEDBACK_WINDOW),
                         metavar="DURATION", help=f"served rows the feedback signals are over: the last 90s, 30m, "
                                                  f"1h, 7d (default {DEFAULT_FEEDBACK_WINDOW}; with --model)")
@@ -411,9 +478,16 @@ def serve(args: argparse.Namespace, prog: str = "prediction-sink") -> int:
         return 2
     host, port = listener.getsockname()[:2]
     metrics = SinkMetrics()
-    feedback = FeedbackCache(window_signals(store_url, models, args.feedback_window), metrics) if models else None
-    watched = (f"; feedback signals of {', '.join(models.versions)} over the last "
-               f"{args.feedback_window.total_seconds():g} s" if models else "")
+    feedback, watched = None, ""
+    window = f" over the last {args.feedback_window.total_seconds():g} s"
+    if args.models_file is not None:
+        models_file = ModelsFile(args.models_file)
+        feedback = FeedbackCache(window_signals(store_url, models_file.current, args.feedback_window), metrics,
+                                 models_stamp=models_file.stamp)
+        watched = f"; feedback signals of the models in {args.models_file}{window}"
+    elif models is not None:
+        feedback = FeedbackCache(window_signals(store_url, lambda: models, args.feedback_window), metrics)
+        watched = f"; feedback signals of {', '.join(models.versions)}{window}"
     print(f"prediction sink on http://{host}:{port}/ → {store.url} ({store.backend}); retention {args.retention_days} "
           f"days ({deleted} old predictions deleted){watched}", flush=True)
     retention.start()

@@ -7,7 +7,8 @@ percents. On a manifest change it starts the predictors the new status needs and
 are ready, then swaps the transformer's routes file (the transformer picks it up on its next
 request); predictors no longer needed are stopped only after `drain_seconds`, so requests already
 on their way finish. With a prediction-log store it also runs the sink the transformer posts to,
-started again on the same port when it exits, as a crashed predictor is; without one, the
+started again on the same port when it exits, as a crashed predictor is, and never otherwise: the
+models its feedback signals are of go to it in a file it re-reads (`SINK_MODELS_FILE`); without one, the
 transformer posts to the InferenceService's logger URL, if any. `runtime.json` in the state dir
 reports the URLs and the applied generation.
 
@@ -54,6 +55,8 @@ LOCK_FILE = "runtime.lock"
 PAIRS_FILE = "shadow-pairs.jsonl"
 #: The prediction log's default store: a SQLite file in the state dir (one InferenceService, one log).
 PREDICTION_LOG_FILE = "prediction-log.sqlite"
+#: The artifact roots the runtime's sink reports feedback signals on (its `--models-file`).
+SINK_MODELS_FILE = "sink-models.json"
 #: At most one start of the runtime's prediction-log sink per this interval: a sink that cannot
 #: start (its store down) is retried, not respawned on every pass of the follow loop.
 SINK_RESTART_SECONDS = 5.0
@@ -208,6 +211,7 @@ class LocalRuntime:
         self.routes_file = self.state_dir / ROUTES_FILE
         self.logs: Path = self.log_dir or self.state_dir / "logs"
         self.pairs_log = self.state_dir / PAIRS_FILE
+        self.sink_models_file = self.state_dir / SINK_MODELS_FILE
 
     def start(self) -> None:
         """Transformer and predictors start together; returns once the transformer is ready, which it
@@ -219,8 +223,9 @@ class LocalRuntime:
             self.routes_file.unlink(missing_ok=True)  # a stale file (a killed serve's) would name dead ports
             self._write_runtime()
             if self.prediction_log is not None:  # first: the transformer's first answer is logged
-                self._sink_models = feedback_models(manifest, self.service.revisions())
-                self.sink = start_sink(self.prediction_log, self.logs, models=self._sink_models).wait_ready()
+                self._write_sink_models(feedback_models(manifest, self.service.revisions()))
+                self.sink = start_sink(self.prediction_log, self.logs,
+                                       models_file=self.sink_models_file).wait_ready()
                 self._sink_started = time.monotonic()
             self.logger_url = self.sink.url if self.sink else isvc.transformer_logger_url(manifest)
             self.transformer = start_transformer(transformer_contract_dir(manifest), self.logs,
@@ -274,23 +279,27 @@ class LocalRuntime:
         self._write_runtime()
 
     def _follow_models(self, manifest: dict, revisions: dict[str, dict]) -> None:
-        """A new canary, a promote or a rollback changes the models the sink reports on: it is started
-        again with them on its port; the transformer's payload logger keeps and resends what it
-        posted meanwhile (DESIGN 15)."""
+        """A new canary, a promote or a rollback changes the models the sink reports on: their roots
+        are rewritten to its models file, which it re-reads on its next scrape.
+
+        Not a restart: the sink was once started again with them, and during the seconds that took
+        (2–6 s here) it refused the transformer's posts; the events queued meanwhile were lost when
+        `serve` stopped within that gap (the demo stops it right after its promote), leaving request
+        events whose responses never came (issue 19). A handover to a second sink would need its
+        own port and a transformer told of it; one sink that never stops has no gap to cover."""
         if self.sink is None or self.prediction_log is None:
             return
         models = feedback_models(manifest, revisions)
         if models == self._sink_models:
             return
-        logger.info("prediction-log sink restarted for the feedback signals of %s",
+        logger.info("prediction-log sink now reports the feedback signals of %s",
                     ", ".join(map(str, models)) or "no model")
+        self._write_sink_models(models)
+
+    def _write_sink_models(self, models: tuple[Path, ...]) -> None:
+        """The sink's models file, replaced atomically (the sink never reads half of it)."""
+        write_json(self.sink_models_file, [str(root) for root in models])
         self._sink_models = models
-        self.sink.stop()
-        self._sink_started = time.monotonic()
-        try:
-            self.sink = start_sink(self.prediction_log, self.logs, port=self.sink.port, models=models)
-        except PortInUse as error:  # the stopped sink stays: `_restart_dead_sink` tries again
-            logger.error("prediction-log sink not restarted: %s", error)
 
     def step(self) -> None:
         """One pass of the follow loop: apply a changed manifest, stop drained predictors, restart a dead sink."""
@@ -333,7 +342,8 @@ class LocalRuntime:
                        self.sink.port)
         self._sink_started = now
         try:
-            self.sink = start_sink(self.prediction_log, self.logs, port=self.sink.port, models=self._sink_models)
+            self.sink = start_sink(self.prediction_log, self.logs, port=self.sink.port,
+                                   models_file=self.sink_models_file)
         except PortInUse as error:  # another process took the port: retried on a later pass
             logger.error("prediction-log sink not restarted: %s", error)
 
@@ -355,6 +365,7 @@ class LocalRuntime:
         if self.owner is not None:  # only the owner's files are ours to remove
             (self.state_dir / RUNTIME_FILE).unlink(missing_ok=True)
             self.routes_file.unlink(missing_ok=True)
+            self.sink_models_file.unlink(missing_ok=True)
             self.owner.release()
             self.owner = None
 

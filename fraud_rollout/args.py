@@ -37,6 +37,27 @@ def non_negative_int(text: str) -> int:
     return _whole_number(text, 0, "must not be negative")
 
 
+def _tcp_port(text: str, low: int, note: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not low <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port ({low}..65535{note})")
+    return port
+
+
+def tcp_port(text: str) -> int:
+    """argparse type: a TCP port a server listens on or a client connects to, 1..65535."""
+    return _tcp_port(text, 1, "")
+
+
+def listen_port(text: str) -> int:
+    """argparse type: a TCP port to listen on, 0..65535, where 0 asks the OS for a free one (the
+    server prints the port it got)."""
+    return _tcp_port(text, 0, "; 0 picks a free one")
+
+
 def number_between(low: float, high: float, also: str = "") -> Callable[[str], float]:
     """argparse type: a number strictly between `low` and `high` (`also` names a word accepted besides)."""
     alternative = f" (or {also!r})" if also else ""

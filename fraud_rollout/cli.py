@@ -7,13 +7,40 @@ ValueError from the core) and exits 2 with a message naming the value.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 import signal
 import sys
 
 from fraud.schema import DataError
 
 from fraud_rollout.args import UsageError
+
+#: Exit code when stdout is a pipe its reader closed (`fraud-rollout … | head -1`): 128 + SIGPIPE, what a
+#: shell reports for `yes | head -1`, so `set -o pipefail` sees a truncated output as every Unix tool's.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
+@functools.cache
+def version() -> str:
+    from importlib.metadata import version as installed
+
+    return f"fraud-rollout {installed('fraud-rollout')}"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """Every (sub)command's parser: `-v/--verbose` and `--version` accepted at any level (also after
+    the subcommand), and a bad argument on ONE line (argparse prints the usage above it)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # SUPPRESS: a subcommand's parser would otherwise reset the -v given before it to False
+        self.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+        self.add_argument("--version", action="version", version=version())
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,8 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         serving_cli,
     )
 
-    parser = argparse.ArgumentParser(prog="fraud-rollout", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = CommandParser(prog="fraud-rollout", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bench = commands.add_parser("bench", help="benchmarks that print measured numbers and targets")
     bench_commands = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
@@ -51,14 +77,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return run(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe raises here, inside the handler below, not at exit
+    except BrokenPipeError:
+        # Python's note on SIGPIPE: point stdout at /dev/null so the interpreter's own flush at exit
+        # does not raise again ("Exception ignored ... BrokenPipeError" on stderr).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def run(argv: list[str] | None = None) -> int:
     # A process started in the background by a non-interactive shell (`make test &`, many CI
     # runners) inherits SIGINT ignored, and Python then keeps it ignored: Ctrl-C or SIGINT would
     # do nothing and a demo would run on to exit 0. Every command here stops what it started on it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not verbose:  # its "Retrying … after connection broken" lines would bury the one-line error
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except (UsageError, DataError, ValueError, FileNotFoundError) as error:
@@ -67,4 +110,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-

@@ -10,15 +10,36 @@ from pathlib import Path
 
 from fraud.settings import Settings
 
-from fraud_rollout.args import UsageError, detectable_difference, non_negative_float, non_negative_int
+from fraud_rollout.args import (
+    UsageError,
+    detectable_difference,
+    listen_port,
+    non_negative_float,
+    non_negative_int,
+)
 from fraud_rollout.targets import add_target_options, open_store
 
 DEFAULT_PLAN = "5,20,50,100"  # fraud_canary.progressive.RolloutPolicy().plan, without importing it at parse time
 DEFAULT_TIMEOUT_S = 600.0  # fraud_control.canary.DEFAULT_TIMEOUT_S
 
+#: `rollout start`'s exit codes: how the rollout ended, so a script or a pipeline step can branch on it
+#: without parsing the output. 1 (failed or refused) and 2 (bad input) are every command's.
+EXIT_PROMOTED = 0
+EXIT_ROLLED_BACK = 3
+EXIT_INCONCLUSIVE = 4
+EXIT_ABORTED = 5
+START_EPILOG = f"""exit codes of `rollout start`:
+  {EXIT_PROMOTED}  promoted
+  {EXIT_ROLLED_BACK}  rolled back
+  {EXIT_INCONCLUSIVE}  inconclusive: paused at its step, the canary left where it was
+  {EXIT_ABORTED}  aborted (`rollout abort`)
+  1  the rollout failed or was refused (the message says why)
+  2  bad input (one line naming the value)"""
+
 
 def register(commands) -> None:
-    rollout = commands.add_parser("rollout", help="progressive rollout: canaryTrafficPercent through a plan")
+    rollout = commands.add_parser("rollout", help="progressive rollout: canaryTrafficPercent through a plan",
+                                  epilog=START_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     rollout.add_argument("action", choices=["start", "status", "abort"])
     add_target_options(rollout)
     rollout.add_argument("--json", action="store_true", help="print the state (status) or final report (start) as JSON")
@@ -54,8 +75,8 @@ def register(commands) -> None:
     start.add_argument("--log", type=Path, help="JSON lines, one per step (default: rollout.jsonl in the state dir; "
                                                 "stdout for --target kserve)")
     start.add_argument("--out", type=Path, help="write the final report ({'rollout': {..., 'steps': [...]}}) here")
-    start.add_argument("--analysis-port", type=non_negative_int,
-                       help="serve GET /analysis on this port (200 with the verdict in JSON; 503 when the analysis failed)")
+    start.add_argument("--analysis-port", type=listen_port,
+                       help="serve GET /analysis on this port (0: a free one, printed at start; 200 with the verdict in JSON; 503 when the analysis failed)")
     start.add_argument("--analysis-host", default="127.0.0.1", help="address of the analysis endpoint (0.0.0.0 in a pod)")
     abort = rollout.add_argument_group("abort")
     abort.add_argument("--reason", default="operator abort", help="recorded with the abort")
@@ -106,8 +127,9 @@ def rollout_options(args: argparse.Namespace):
 
 
 def start_command(args: argparse.Namespace, source=None) -> int:
-    """`rollout start`; `source` replaces the live evidence (the demo's labelled replay)."""
-    from fraud_control.rollout import RolloutRunning
+    """`rollout start`; `source` replaces the live evidence (the demo's labelled replay). Exits with
+    how the rollout ended (EXIT_*, in `rollout --help`)."""
+    from fraud_control.rollout import ABORTED, PAUSED, PROMOTED, ROLLED_BACK, RolloutRunning
     from fraud_control.rollout_run import rollout_controller
     from fraud_control.store import NotDeployed, RolloutError
 
@@ -149,7 +171,9 @@ def start_command(args: argparse.Namespace, source=None) -> int:
         print(json.dumps(json_safe(report), indent=2, allow_nan=False))
     else:
         print(format_state(state))
-    return 0
+    exit_codes = {PROMOTED: EXIT_PROMOTED, ROLLED_BACK: EXIT_ROLLED_BACK, PAUSED: EXIT_INCONCLUSIVE,
+                  ABORTED: EXIT_ABORTED}
+    return exit_codes[state["status"]]  # any other end (failed) raised above
 
 
 def format_state(state: dict, running: bool | None = None) -> str:

@@ -8,17 +8,9 @@ import signal
 import sys
 from pathlib import Path
 
-from fraud_rollout.args import UsageError, number_within, positive_int, state_dir_option
+from fraud_rollout.args import UsageError, number_within, positive_int, state_dir_option, tcp_port
 
 logger = logging.getLogger(__name__)
-
-
-def port_number(text: str) -> int:
-    """argparse type: a TCP port, 1..65535."""
-    port = positive_int(text)
-    if port > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1..65535)")
-    return port
 
 
 #: argparse type: a percent of requests, 0..100.
@@ -32,7 +24,7 @@ def register(commands, bench) -> None:
     serve.add_argument("--baseline", type=Path, help="artifact root of the rolled-out model (creates the manifest)")
     serve.add_argument("--candidate", type=Path, help="artifact root of the canary model")
     serve.add_argument("--canary-percent", type=int, default=20, help="traffic share of the candidate (0..100)")
-    serve.add_argument("--http-port", type=port_number, default=8080,
+    serve.add_argument("--http-port", type=tcp_port, default=8080,
                        help="transformer HTTP port (KServe listens on all interfaces; clients use 127.0.0.1)")
     serve.add_argument("--max-rows", type=positive_int, default=10_000, help="most rows per request")
     serve.add_argument("--shadow-percent", type=shadow_percent, default=None,
@@ -178,7 +170,16 @@ def predict_command(args: argparse.Namespace) -> int:
     check_url("--url", args.url)
     if not args.file.is_file():
         raise UsageError(f"--file {args.file}: no such file; give a transactions .csv or .json")
-    body = read_transactions(args.file)
+    try:
+        body = read_transactions(args.file)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--file {args.file}: not valid JSON ({error.msg} at line {error.lineno} column "
+                         f"{error.colno}); give a v2 request, a list of records or {{column: [values]}}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--file {args.file}: not UTF-8 text; give a transactions .csv or .json") from None
+    except (ValueError, TypeError) as error:  # pandas' messages never name the file; ours start with it
+        reason = " ".join(str(error).split()).removeprefix(f"{args.file}: ")
+        raise UsageError(f"--file {args.file}: {reason}") from None
     try:
         response = predict(args.url, body, model_name=args.model_name)
     except httpx.TransportError as error:

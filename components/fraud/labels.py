@@ -20,11 +20,20 @@ def read_labels(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path}: not a labels file (expected {', '.join(READERS)})")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    if kind == "csv":
-        # Ids stay strings ("007" is not 7); the other columns are checked below.
-        frame = pd.read_csv(path, dtype={"transaction_id": str, "label_time": str}, keep_default_na=False)
-    else:
-        frame = pd.read_parquet(path)
+    expected = f"a {'CSV' if kind == 'csv' else 'parquet file'} of {','.join(LABEL_COLUMNS)}"
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file; expected {expected}")
+    try:
+        if kind == "csv":
+            # Ids stay strings ("007" is not 7); the other columns are checked below.
+            frame = pd.read_csv(path, dtype={"transaction_id": str, "label_time": str}, keep_default_na=False)
+        else:
+            frame = pd.read_parquet(path)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not {expected} (not UTF-8 text)") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as error:
+        # pandas' and pyarrow's messages never name the file (pyarrow's ArrowInvalid is a ValueError)
+        raise DataError(f"{path}: not {expected} ({' '.join(str(error).split())})") from None
     return check_labels(frame, source=str(path))
 
 

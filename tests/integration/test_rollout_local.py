@@ -164,7 +164,7 @@ def test_abort_stops_a_running_controller_and_a_second_start_is_refused(bad_runt
         assert aborted.returncode == 0, aborted.stderr
         assert aborted.stdout.splitlines()[0] == f"asked the rollout controller (pid {controller.pid} on " \
             f"{states.read()['host']}) to abort"
-        assert controller.wait(60) == 0
+        assert controller.wait(60) == 5  # rollout start: aborted
     finally:
         if controller.poll() is None:
             controller.kill()
@@ -186,7 +186,7 @@ def test_a_candidate_that_flags_everything_is_rolled_back_on_live_metrics(bad_ru
     controller = rollout(bad_runtime, "start", "--window", "1", "--min-requests", "200", "--poll", "0.2",
                          "--max-holds", "1", "--report", str(pipeline_report), "--log", str(log), "--json")
     out, err = controller.communicate(timeout=300)
-    assert controller.returncode == 0, err
+    assert controller.returncode == 3, err  # rollout start: rolled back
     state = json.loads(out)["rollout"]
     # every canary answer is a flag, and the transformer shadow-scores 10 % of requests (serve's
     # default): the flag-rate and the paired-disagreement tests both reject at the first window
@@ -224,7 +224,7 @@ def test_a_hold_waits_for_a_new_full_window_and_without_labels_the_last_step_pau
         controller = rollout(live_runtime, "start", "--plan", "50,100", "--window", str(window), "--min-requests", "50",
                              "--poll", "0.2", "--max-holds", "2", "--report", str(pipeline_report), "--json")
         out, err = controller.communicate(timeout=300)
-    assert controller.returncode == 0, err
+    assert controller.returncode == 4, err  # rollout start: inconclusive
     state = json.loads(out)["rollout"]
     steps = state["steps"]
     assert [(s["percent"], s["decision"]) for s in steps] == [(50, "hold"), (50, "hold"), (50, "inconclusive")], steps

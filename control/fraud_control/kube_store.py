@@ -48,8 +48,9 @@ def custom_objects_api(kubeconfig: str | None = None, context: str | None = None
         if kubeconfig is None and context is None and in_cluster:
             configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
-            return client.CustomObjectsApi(client.ApiClient(configuration))
-        return client.CustomObjectsApi(config.new_client_from_config(config_file=kubeconfig, context=context))
+            return client.CustomObjectsApi(reporting_unreachable(client.ApiClient(configuration)))
+        api_client = config.new_client_from_config(config_file=kubeconfig, context=context)
+        return client.CustomObjectsApi(reporting_unreachable(api_client))
     except (ConfigException, FileNotFoundError) as error:
         shown = kubeconfig or "$KUBECONFIG or ~/.kube/config"
         # the client says "Invalid kube-config file" for a file that is not there at all
@@ -57,6 +58,66 @@ def custom_objects_api(kubeconfig: str | None = None, context: str | None = None
         reason = "no such file" if files and not any(f.exists() for f in files) else str(error)
         raise TargetUnavailable(f"--target kserve: no usable kubeconfig ({shown}: {reason}); pass --kubeconfig "
                                 "FILE (and --context) or run inside the cluster") from None
+
+
+class ApiServerUnreachable(TargetUnavailable):
+    """No answer from the API server (VPN down, an expired or wrong context, the cluster stopped)."""
+
+    def __init__(self, server: str, reason: str) -> None:
+        self.server = server
+        super().__init__(f"--target kserve: cannot reach the Kubernetes API server at {server} ({reason}); check the "
+                         "kubeconfig's context (--context), that the VPN is up, and that `kubectl cluster-info` answers")
+
+
+def reporting_unreachable(api_client: client.ApiClient) -> client.ApiClient:
+    """`api_client` with every request's connection failure raised as ApiServerUnreachable: one place
+    for every API this client serves (the InferenceService, the rollout's ConfigMap, its Events).
+
+    urllib3 raises MaxRetryError (NewConnectionError, a timeout, DNS) once its retries are spent, and
+    the kubernetes client passes it through; a TLS failure it wraps as ApiException status 0."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    request = api_client.request
+    server = api_client.configuration.host
+
+    def request_or_unreachable(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return request(*args, **kwargs)
+        except HTTPError as error:
+            raise ApiServerUnreachable(server, _connection_failure(getattr(error, "reason", None) or error)) from None
+        except ApiException as error:
+            if error.status != 0:
+                raise
+            raise ApiServerUnreachable(server, _connection_failure(error.reason)) from None
+
+    api_client.request = request_or_unreachable
+    return api_client
+
+
+def _connection_failure(cause: Any) -> str:
+    """The end of urllib3's message ("[Errno 111] Connection refused", "Read timed out. …"), not the
+    object reprs and URL before it."""
+    text = " ".join(str(cause).split())
+    return text.rsplit("): ", 1)[-1].rsplit(": ", 1)[-1] if ": " in text else text
+
+
+class NamespaceNotFound(TargetUnavailable):
+    """The namespace named does not exist on the API server (a typo, or not created yet)."""
+
+    def __init__(self, namespace: str, server: str) -> None:
+        self.namespace = namespace
+        super().__init__(f"--namespace {namespace}: no such namespace on {server}; create it (`kubectl create "
+                         f"namespace {namespace}`) or pass the namespace the InferenceService belongs in")
+
+
+def _missing_namespace(error: Any) -> str | None:
+    """The namespace a 404 says is missing (its Status names kind `namespaces`), else None."""
+    try:
+        details = json.loads(error.body).get("details") or {}
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return details.get("name") if details.get("kind") == "namespaces" else None
 
 
 def server_message(error: Any) -> str:
@@ -85,6 +146,8 @@ class KubeStore:
         except ApiException as error:
             if error.status == 403:
                 raise MissingPermission(verb, self.namespace, server_message(error)) from None
+            if error.status == 404 and _missing_namespace(error) == self.namespace:
+                raise NamespaceNotFound(self.namespace, self.api.api_client.configuration.host) from None
             if error.status == 404 and missing_ok:
                 return None
             raise RolloutError(f"{verb} {RESOURCE} {self.where} failed: HTTP {error.status} "

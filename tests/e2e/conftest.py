@@ -1,4 +1,6 @@
 """The full-size run, shared: the story's tests and the same pipeline run in containers compare with it."""
+import os
+
 import pytest
 
 
@@ -8,5 +10,12 @@ def full_run(tmp_path_factory):
     from fraud_pipelines.local import LocalRunOptions, run_local
 
     out = tmp_path_factory.mktemp("full")
-    return run_local(LocalRunOptions(out_dir=out, serving_state_dir=out / "serving",
-                                     mlflow_tracking_uri=f"sqlite:///{out / 'mlflow.db'}"))
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        return run_local(LocalRunOptions(out_dir=out, serving_state_dir=out / "serving",
+                                         mlflow_tracking_uri=f"sqlite:///{out / 'mlflow.db'}"))
+    finally:  # mlflow.set_tracking_uri exports its URI: later tests' subprocesses must not inherit this run's
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before

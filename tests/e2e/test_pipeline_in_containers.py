@@ -47,7 +47,9 @@ def cluster_path(tmp_path_factory):
     recorded = images.BUILT.read_bytes()  # the block records its own tags: the suite's are put back after
     started, address = registry.start(root / "registry")
     try:
-        env = {**os.environ, "REGISTRY": f"{address}/team",
+        # a user's shell: none of this test process's MLflow settings (mlflow.set_tracking_uri, called by
+        # the in-process `full_run`, exports MLFLOW_TRACKING_URI to the environment)
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, "REGISTRY": f"{address}/team",
                "CONTAINERS_REGISTRIES_CONF": str(registry.registries_conf(root / "registry"))}
         script = "\n".join([*lines[1:], 'echo "COMPONENTS=$COMPONENTS"', 'echo "SERVING=$SERVING"'])
         done = subprocess.run(["bash", "-ec", script], cwd=checkout, env=env, capture_output=True, text=True,

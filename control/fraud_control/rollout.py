@@ -197,7 +197,7 @@ def step_record(percent: int, holds: int, evidence: Evidence | None, look: Look 
                 next_percent: int | None, reasons: Sequence[str], covered: Window | None = None) -> dict[str, Any]:
     """One look as the logs, Events and `rollout status` show it. `window` is what the step has
     covered so far (its windows together); `evidence` is this window's."""
-    tests = {rule: {"e_value": t.e_value, "threshold": t.threshold, "rejected": t.rejected}
+    tests = {rule: {"e_value": t.e_value, "threshold": t.threshold, "rejected": t.rejected, "looks": t.looks}
              for rule, t in look.ledger.tests.items()} if look is not None else None
     return {"time": now_iso(), "percent": percent, "window": covered.to_dict() if covered else None,
             "evidence": evidence.summary() if evidence else None, "holds": holds, "decision": decision,

@@ -101,8 +101,8 @@ LABELLED = ("PASS paired.recall_better", "PASS canary.recall_non_inferior")
 def test_late_labels_from_the_prediction_store_add_to_a_live_rollout(tiny_run, pipeline_report,
                                                                      tmp_path):  # noqa: F811
     """At the default shadow share, the labels the store holds for the transactions served (joined
-    on the ids the client sends) are what promotes: each matured label is counted once, at the
-    first look after it matured, and the step records say how many."""
+    on the ids the client sends) reach the labelled tests: each matured label is counted once, at
+    the first look after it matured, and the step records say how many."""
     holdout = tiny_run.windows["holdout"]
     store = tmp_path / "prediction-log.sqlite"
     labels = pd.DataFrame({"transaction_id": holdout["transaction_id"].astype(str), "label": holdout["Class"],
@@ -122,7 +122,11 @@ def test_late_labels_from_the_prediction_store_add_to_a_live_rollout(tiny_run, p
     assert sum(x["canary_frauds"] for x in late) > 0 and sum(x["paired_frauds"] for x in late) > 0, late
     # each transaction once: no more labelled canary rows than distinct transactions in the holdout
     assert sum(x["canary_labelled"] for x in late) <= holdout["transaction_id"].nunique()
-    assert any(line.startswith(LABELLED) for line in steps[-1]["reasons"]), steps[-1]["reasons"]
+    # the labelled tests took them (counters alone carry no labels: these would have no looks)
+    assert steps[-1]["tests"]["paired.recall"]["looks"] > 0 and steps[-1]["tests"]["canary.recall_vs_offline"]["looks"] > 0
+    # what promoted: the labelled evidence, or the label-free rule where it decided first (both may hold)
+    assert any(line.startswith((*LABELLED, "PASS paired.recall_estimate")) for line in steps[-1]["reasons"]), \
+        steps[-1]["reasons"]
 
 
 def test_labels_from_a_store_that_is_not_one_exits_2_before_any_step(candidate_runtime, tmp_path):

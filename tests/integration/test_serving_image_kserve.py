@@ -52,15 +52,7 @@ from kubernetes import client as k8s
 
 from tests.cluster_fixtures import Namespace, admin_client
 from tests.integration.serving_fixtures import Stack, metric_value, start_stack, v2_json
-from tests.integration.test_serving_runtime import (
-    BAD_REQUESTS,
-    JSON,
-    LIMIT,
-    OTHER_REQUESTS,
-    OVERSIZED,
-    _chunked,
-    _raw_exchange,
-)
+from tests.integration.test_serving_runtime import BAD_REQUESTS, JSON, OTHER_REQUESTS, OVERSIZED, bad_input_answers
 from tests.pod_command import command_line
 from tests.podman_pod import Container, run_args, with_flag
 from tests.sink_process import SinkProcess, start_sink
@@ -416,17 +408,7 @@ def test_the_bad_input_matrix_gets_the_same_4xx_and_error_bodies_and_never_a_5xx
     expected: dict[str, tuple[object, dict[str, object]]] = {
         name: (case[0], {"error": case[1]}) for name, case in (*BAD_REQUESTS.items(), *OTHER_REQUESTS.items(),
                                                                 *OVERSIZED.items())}
-    answers = {}
-    with httpx.Client(timeout=60) as client:
-        for name, (_status, _message, body) in BAD_REQUESTS.items():
-            content = body if isinstance(body, bytes) else json.dumps(body).encode()
-            response = client.post(served.infer_url, content=content, headers=JSON)
-            answers[name] = (response.status_code, response.json())
-        for name, (_status, _message, method, path, content, headers) in OTHER_REQUESTS.items():
-            response = client.request(method, f"{served.transformer}{path}", content=content, headers=headers)
-            answers[name] = (response.status_code, response.json())
-    for name, (_status, _message, head, chunks) in OVERSIZED.items():
-        answers[name] = _raw_exchange(served.transformer, head, _chunked(LIMIT + 1) if chunks == "chunks" else chunks)
+    answers = bad_input_answers(served.infer_url, served.transformer)
     assert len(answers) >= 60
     assert not [name for name, (status, _) in answers.items() if not 400 <= status < 500]
     assert answers == expected

@@ -362,6 +362,22 @@ OTHER_REQUESTS: dict[str, tuple[int, str, str, str, bytes, dict[str, str]]] = {
 }
 
 
+def bad_input_answers(infer_url: str, base_url: str) -> dict[str, tuple[int, object]]:
+    """(status, JSON body) per case of the bad-input matrix, from a transformer at `base_url`."""
+    answers: dict[str, tuple[int, object]] = {}
+    with httpx.Client(timeout=60) as client:
+        for name, (_status, _message, body) in BAD_REQUESTS.items():
+            content = body if isinstance(body, bytes) else json.dumps(body).encode()
+            response = client.post(infer_url, content=content, headers=JSON)
+            answers[name] = (response.status_code, response.json())
+        for name, (_status, _message, method, path, content, headers) in OTHER_REQUESTS.items():
+            response = client.request(method, f"{base_url}{path}", content=content, headers=headers)
+            answers[name] = (response.status_code, response.json())
+    for name, (_status, _message, head, chunks) in OVERSIZED.items():
+        answers[name] = _raw_exchange(base_url, head, _chunked(LIMIT + 1) if chunks == "chunks" else chunks)
+    return answers
+
+
 def _raw_exchange(url: str, head: bytes, body_chunks) -> tuple[int, dict]:
     """Send a request by hand (headers, then body chunks) and read the whole answer until the server closes."""
     import socket
@@ -416,17 +432,7 @@ def test_bad_input_matrix_answers_each_case_with_its_exact_status_and_message(se
     expected = {name: (status, {"error": message}) for name, (status, message, _) in BAD_REQUESTS.items()}
     expected.update({name: (case[0], {"error": case[1]}) for name, case in (*OTHER_REQUESTS.items(),
                                                                             *OVERSIZED.items())})
-    answers = {}
-    with httpx.Client(timeout=30) as client:
-        for name, (_status, _message, body) in BAD_REQUESTS.items():
-            content = body if isinstance(body, bytes) else json.dumps(body).encode()
-            response = client.post(transformer.infer_url, content=content, headers=JSON)
-            answers[name] = (response.status_code, response.json())
-        for name, (_status, _message, method, path, content, headers) in OTHER_REQUESTS.items():
-            response = client.request(method, f"{transformer.url}{path}", content=content, headers=headers)
-            answers[name] = (response.status_code, response.json())
-    for name, (_status, _message, head, chunks) in OVERSIZED.items():
-        answers[name] = _raw_exchange(transformer.url, head, _chunked(LIMIT + 1) if chunks == "chunks" else chunks)
+    answers = bad_input_answers(transformer.infer_url, transformer.url)
     assert not [name for name, (status, _) in answers.items() if status >= 500]
     assert [name for name, (_, body) in answers.items() if list(body) != ["error"]] == []
     assert answers == expected

@@ -121,7 +121,7 @@ def test_console_shows_one_line_per_task_start_and_finish_and_the_log_the_rest(l
     lines = (out / "console.txt").read_text().splitlines()
     tasks = ["simulate-drift", "baseline-model", "train-model", "evaluate-models", "gate-candidate", "deploy-canary",
              "register-models"]
-    assert lines[0] == f"pipeline run {report['run']['id']} (kfp.local); its log: {out / 'logs' / 'pipeline.log'}"
+    assert lines[0] == f"pipeline run {report['run']['id']} (kfp.local, in-process); its log: {out / 'logs' / 'pipeline.log'}"
     # kfp.local runs one task at a time, in an order of its choosing
     pairs = [(a.split()[:2], b.split()[:2]) for a, b in zip(lines[1::2], lines[2::2])]
     assert sorted(started[0] for started, _ in pairs) == sorted(tasks) and len(lines) == 1 + 2 * len(tasks)

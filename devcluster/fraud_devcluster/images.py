@@ -227,6 +227,19 @@ def build(image: Image, base: str, registry: str, log: Path) -> tuple[str, bool]
     return tag, True
 
 
+def remove_older(registry: str, current: dict[str, str]) -> list[str]:
+    """Untag this registry's earlier builds of our images and prune what nothing tags any more
+    (each build is about 3 GB: a store that keeps them all fills the disk). Layers the current
+    images share are kept; the build stages' layer cache is not (uv's download cache is)."""
+    listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}").split()
+    ours = {f"{registry.rstrip('/')}/{name}" for name in current}
+    older = [tag for tag in listed if tag.rsplit(":", 1)[0] in ours and tag not in current.values()]
+    for tag in older:
+        podman("untag", tag)
+    podman("image", "prune", "--force")
+    return older
+
+
 def check_tools() -> None:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
@@ -258,6 +271,9 @@ def build_all(registry: str = DEFAULT_REGISTRY, *, with_facts: bool = True) -> d
         elif with_facts:
             record.update(asdict(facts(tag)))
         out[image.name] = record
+    removed = remove_older(registry, {name: record["image"] for name, record in out.items()})
+    if removed:
+        print(f"images: removed the earlier builds {', '.join(removed)}", file=sys.stderr, flush=True)
     BUILT.parent.mkdir(parents=True, exist_ok=True)
     BUILT.write_text(json.dumps({"base": base, "registry": registry, "images": out, "seconds": round(time.monotonic() - started, 1)},
                                 indent=2) + "\n")

@@ -61,6 +61,9 @@ def cluster_path(tmp_path_factory):
     finally:
         servers.stop(started.pid)
         images.BUILT.write_bytes(recorded)
+        for tag in images.podman("images", "--format", "{{.Repository}}:{{.Tag}}").split():
+            if tag.startswith(f"{address}/"):  # this registry is gone: its tags would only pile up
+                images.podman("untag", tag)
     report = json.loads((checkout / ".fraud-rollout" / "run" / "report.json").read_text())
     return {"report": report, "stdout": done.stdout, "checkout": checkout, "address": address, "catalog": catalog,
             **shown}

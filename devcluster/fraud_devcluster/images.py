@@ -220,6 +220,11 @@ def build(image: Image, base: str, registry: str, log: Path) -> tuple[str, bool]
     tag = image_tag(image, base, registry)
     if exists(tag):
         return tag, False
+    suffix = "/" + tag.rsplit("/", 1)[1]  # the same inputs built for another registry: the same image
+    same = [t for t in podman("images", "--format", "{{.Repository}}:{{.Tag}}").split() if t.endswith(suffix)]
+    if same:
+        podman("tag", same[0], tag)
+        return tag, False
     args = ["build", "--network", "host", "--layers", "--build-arg", f"BASE={base}", "-f", image.dockerfile, "-t", tag]
     if HOST_CA.is_file():
         args += ["--secret", f"id=pip-ca,src={HOST_CA}"]
@@ -235,7 +240,7 @@ def remove_older(registry: str, current: dict[str, str]) -> list[str]:
     ours = {f"{registry.rstrip('/')}/{name}" for name in current}
     older = [tag for tag in listed if tag.rsplit(":", 1)[0] in ours and tag not in current.values()]
     for tag in older:
-        podman("untag", tag)
+        podman("untag", tag, tag)  # only this name: an image can carry the current one too
     podman("image", "prune", "--force")
     return older
 

@@ -62,8 +62,8 @@ def cluster_path(tmp_path_factory):
         servers.stop(started.pid)
         images.BUILT.write_bytes(recorded)
         for tag in images.podman("images", "--format", "{{.Repository}}:{{.Tag}}").split():
-            if tag.startswith(f"{address}/"):  # this registry is gone: its tags would only pile up
-                images.podman("untag", tag)
+            if tag.startswith(f"{address}/"):  # this registry is gone: its names would only pile up
+                images.podman("untag", tag, tag)  # only this name (alone, untag drops every name of the image)
     report = json.loads((checkout / ".fraud-rollout" / "run" / "report.json").read_text())
     return {"report": report, "stdout": done.stdout, "checkout": checkout, "address": address, "catalog": catalog,
             **shown}

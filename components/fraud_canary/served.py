@@ -167,6 +167,14 @@ def row_keys(rows: pd.DataFrame) -> np.ndarray:
     return rows["transaction_id"].astype(object).where(rows["transaction_id"].notna(), events).astype(str).to_numpy()
 
 
+def _first_of_each(keys: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """`candidate` kept only at the first candidate row of each key (a key's earlier rows that are not
+    candidates, e.g. served by the other version, do not hide it)."""
+    out = candidate.copy()
+    out[candidate] = ~pd.Series(keys[candidate]).duplicated().to_numpy()
+    return out
+
+
 def newly_matured(served: pd.DataFrame, pairs: pd.DataFrame, *, baseline_version: str, canary_version: str,
                   as_of: datetime, label_maturity: timedelta = timedelta(0),
                   before: MaturedLabels | None = None) -> MaturedLabels:
@@ -176,9 +184,8 @@ def newly_matured(served: pd.DataFrame, pairs: pd.DataFrame, *, baseline_version
     counted_pairs = before.counted_pairs if before else frozenset()
     labels = mature_labels(served, as_of, label_maturity)
     keys = row_keys(served)
-    fresh = ((served["model_version"] == canary_version).to_numpy(dtype=bool) & ~np.isnan(labels)
-             & ~np.isin(keys, list(counted_served)))
-    fresh &= ~pd.Series(keys).duplicated().to_numpy()
+    fresh = _first_of_each(keys, (served["model_version"] == canary_version).to_numpy(dtype=bool) & ~np.isnan(labels)
+                           & ~np.isin(keys, list(counted_served)))
     fraud, flagged = labels[fresh] == 1, served["decision"].to_numpy(dtype=float, na_value=0.0)[fresh] == 1
     confusion = Confusion(tp=int((fraud & flagged).sum()), fp=int((~fraud & flagged).sum()),
                           fn=int((fraud & ~flagged).sum()), tn=int((~fraud & ~flagged).sum()))
@@ -186,8 +193,7 @@ def newly_matured(served: pd.DataFrame, pairs: pd.DataFrame, *, baseline_version
     mine, forward = _sides(pairs, baseline_version, canary_version)
     pair_labels = mature_labels(pairs, as_of, label_maturity, time_column="paired_at")
     pair_keys = row_keys(pairs)
-    new_pairs = mine & ~np.isnan(pair_labels) & ~np.isin(pair_keys, list(counted_pairs))
-    new_pairs &= ~pd.Series(pair_keys).duplicated().to_numpy()
+    new_pairs = _first_of_each(pair_keys, mine & ~np.isnan(pair_labels) & ~np.isin(pair_keys, list(counted_pairs)))
     baseline = _own(pairs, "decision", forward).astype(bool)
     canary = _other(pairs, "decision", forward).astype(bool)
     is_fraud, is_legit = new_pairs & (pair_labels == 1), new_pairs & (pair_labels == 0)

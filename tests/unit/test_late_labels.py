@@ -43,11 +43,12 @@ def test_each_matured_label_counts_once_across_looks():
     served = _served([("t1", "v2", 1, 1, early), ("t2", "v2", 0, 1, early), ("t3", "v2", 1, 0, early),
                       ("t1", "v2", 1, 1, early),  # a retried transaction: one label
                       ("t4", "v1", 1, 1, early),  # the baseline's: not the canary's recall
+                      ("t8", "v1", 0, 0, early), ("t8", "v2", 0, 0, early),  # retried on the canary: counted there once
                       ("t5", "v2", 0, None, None),  # no label yet
                       (None, "v2", 1, None, None)])
     pairs = _pairs([("t1", 0, 1, 1), ("t2", 1, 0, 1), ("t6", 1, 1, 0), ("t7", 0, 1, None)])
     first = newly_matured(served, pairs, baseline_version="v1", canary_version="v2", as_of=NOW)
-    assert first.canary == Confusion(tp=1, fp=1, fn=1, tn=0)
+    assert first.canary == Confusion(tp=1, fp=1, fn=1, tn=1)
     assert first.frauds == Discordant(2, 1, 1, 0) and first.legit == Discordant(1, 0, 0, 1)
     again = newly_matured(served, pairs, baseline_version="v1", canary_version="v2", as_of=NOW, before=first)
     assert (again.canary.labelled, again.frauds.pairs, again.legit.pairs, again.rows) == (0, 0, 0, 0)

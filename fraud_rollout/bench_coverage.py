@@ -31,9 +31,10 @@ from fraud_control.label_free_coverage import (
 )
 from scipy import stats
 
+from fraud_rollout import local_defaults
 from fraud_rollout.args import UsageError, non_negative_int, positive_int
 from fraud_rollout.bench_rollout import shadow_share
-from fraud_rollout.replay_source import DEFAULT_PIPELINE_REPORT, read_holdout, read_pipeline_report
+from fraud_rollout.replay_source import read_holdout, read_pipeline_report
 
 #: Shadow shares studied by default: below, at and above the transformer's 10 %, and every row.
 SHADOW_SHARES = (0.05, 0.10, 0.25, 1.0)
@@ -54,7 +55,7 @@ def register(commands, bench) -> None:
     parser = bench.add_parser("coverage", help="coverage of the label-free promotion rule's interval, on real scores")
     parser.add_argument("--report", type=Path,
                         help=f"pipeline report.json: its holdout, models.v1 as the baseline and models.v2 as the "
-                             f"candidate (default {DEFAULT_PIPELINE_REPORT} unless the three options below are given)")
+                             f"candidate (default {local_defaults.RUN_REPORT}, else the demo's, unless the three options below are given)")
     parser.add_argument("--baseline", type=Path, help="exported baseline model root (with --candidate, --holdout)")
     parser.add_argument("--candidate", type=Path, help="exported candidate model root")
     parser.add_argument("--holdout", type=Path, help="labelled transactions (.parquet or .csv with Class)")
@@ -80,7 +81,7 @@ def _scored(args: argparse.Namespace) -> tuple[ScoredHoldout, str, str, str]:
         artifacts = {baseline: args.baseline, candidate: args.candidate}
         frame, source = read_holdout(args.holdout), f"{args.holdout}"
     else:
-        path = args.report or DEFAULT_PIPELINE_REPORT
+        path = args.report or local_defaults.pipeline_report()
         report = read_pipeline_report(path)
         models = report["models"]
         if not {"v1", "v2"} <= set(models):

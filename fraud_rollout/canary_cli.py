@@ -192,8 +192,9 @@ def evidence_mismatch(args, evidence_subject: dict | None) -> str | None:
 def analyze_command(args) -> int:
     from fraud.files import json_safe
 
+    from fraud_rollout.local_defaults import pipeline_report
     from fraud_rollout.replay_report import read_replay
-    from fraud_rollout.replay_source import DEFAULT_PIPELINE_REPORT, read_pipeline_report
+    from fraud_rollout.replay_source import read_pipeline_report
 
     if sum(x is not None for x in (args.replay_report, args.prometheus, args.store)) != 1:
         raise UsageError("canary analyze: give exactly one of --replay-report FILE, --prometheus URL and --store URL")
@@ -203,7 +204,7 @@ def analyze_command(args) -> int:
     pipeline_path = args.pipeline_report
     if pipeline_path is None and replay_report and replay_report["source"].get("pipeline_report"):
         pipeline_path = Path(replay_report["source"]["pipeline_report"])
-    pipeline = read_pipeline_report(pipeline_path or DEFAULT_PIPELINE_REPORT, option="--report")
+    pipeline = read_pipeline_report(pipeline_path or pipeline_report(), option="--report")
     baseline_version, canary_version = (str(pipeline["models"][name].get("version", name)) for name in ("v1", "v2"))
 
     if replay_report is not None:

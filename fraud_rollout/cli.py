@@ -103,6 +103,11 @@ def run(argv: list[str] | None = None) -> int:
     if not verbose:  # its "Retrying … after connection broken" lines would bury the one-line error
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     try:
+        if getattr(args, "state_dir", False) is None:  # not given: the pipeline run's state, else the demo's
+            from fraud_rollout import local_defaults
+
+            args.state_dir = (local_defaults.state_dir() if getattr(args, "target", "local") == "local"
+                              else local_defaults.RUN_STATE_DIR)
         return int(args.func(args) or 0)
     except (UsageError, DataError, ValueError, FileNotFoundError) as error:
         print(f"fraud-rollout {args.command}: error: {error}", file=sys.stderr)

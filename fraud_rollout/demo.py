@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import signal
+import sys
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -35,18 +38,15 @@ ROLLOUT_WINDOW_SHARE = 0.25
 
 
 def register(commands, bench) -> None:
-    from fraud_pipelines.local import DEMO_SERVING_STATE_DIR
-
     from fraud_rollout.args import AUTO, detectable_difference, non_negative_float
     from fraud_rollout.pipeline_cli import add_run_options
     from fraud_rollout.serving_cli import shadow_percent
 
-    demo = commands.add_parser("demo", help="the whole story locally: pipeline, canary, replay, analysis, report")
-    add_run_options(demo, default_out=DEFAULT_OUT, default_serving=DEMO_SERVING_STATE_DIR)
-    demo.add_argument("--state-dir", type=Path, default=DEMO_SERVING_STATE_DIR,
-                      help="local serving state (the InferenceService the pipeline deploys and serve follows); "
-                           f"the demo's own by default ({DEMO_SERVING_STATE_DIR}), so it never meets the canary of "
-                           "a `pipeline run` (which deploys to .fraud-rollout/serving)")
+    demo = commands.add_parser("demo", help="the whole story locally: pipeline, canary, replay, analysis, report; "
+                                            "everything it writes stays under --out")
+    # The demo's serving state is its own (<out>/serving), so it never meets the canary of a
+    # `pipeline run`, which deploys to .fraud-rollout/serving.
+    add_run_options(demo, default_out=DEFAULT_OUT, state_dir_flag="--state-dir")
     demo.add_argument("--from-report", type=Path,
                       help="skip the pipeline: use this earlier run's report.json (its models and holdout)")
     demo.add_argument("--detectable-recall-difference", type=detectable_difference, default=None,
@@ -73,9 +73,18 @@ def _interrupt(*_) -> None:
 
 def demo_command(args) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe request otherwise
+    from fraud_pipelines.local import PipelineFailed, RunRefused
+
+    from fraud_rollout.args import UsageError
+
     previous = signal.signal(signal.SIGTERM, _interrupt)  # stop servers on SIGTERM as on Ctrl-C
     try:
         return run_demo(args)
+    except RunRefused as error:  # known before any step ran: nothing touched
+        raise UsageError(str(error)) from None
+    except PipelineFailed as error:
+        print(f"fraud-rollout demo: {error}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -95,9 +104,9 @@ def _pipeline(args, out: Path) -> tuple[dict, Path]:
     # The demo's own world: its state dir and (unless one is given) its own registry, so that it
     # never meets, nor moves the aliases of, a `pipeline run`'s champion; and it always tells the
     # first run's story (train v1, canary v2), so its earlier rollout is replaced.
-    options = replace(options, out_dir=out / "pipeline", serving_state_dir=args.state_dir,
+    options = replace(options, out_dir=out / "pipeline", serving_state_dir=args.serving_state_dir,
                       mlflow_tracking_uri=options.mlflow_tracking_uri or registry.resolve_tracking_uri("", out))
-    _forget_demo_rollout(args.state_dir)
+    _forget_demo_rollout(args.serving_state_dir)
     report = run_local(options, baseline_from="train")
     print(text_summary(report), flush=True)
     return report, (out / "pipeline" / "report.json").resolve()
@@ -171,20 +180,33 @@ def traffic_summary(status: dict, probe: dict[str, int] | None) -> str:
     return split
 
 
+def runnable(name: str) -> str:
+    """How to run this environment's `name` from here: bare when it is the one on PATH, else its
+    path in the venv (relative when under the working directory)."""
+
+    here, on_path = Path(sys.executable).parent / name, shutil.which(name)
+    if on_path and Path(on_path).resolve() == here.resolve():
+        return name
+    relative = os.path.relpath(here)
+    return str(here) if relative.startswith("..") else relative
+
+
 def explore_commands(out: Path, pipeline_path: Path, state_dir: Path, tracking_uri: str, raw_row: np.ndarray,
                      feedback: dict) -> list[str]:
     data = json.dumps({"inputs": [{"name": "transactions", "shape": [1, 30], "datatype": "FP64",
                                    "data": [[round(float(x), 4) for x in raw_row]]}]}, separators=(",", ":"))
+    cli, mlflow = (runnable(name) for name in ("fraud-rollout", "mlflow"))
     return [
-        f"fraud-rollout serve --state-dir {state_dir}        # serve what the demo left (Ctrl-C stops)",
+        f"export MLFLOW_TRACKING_URI={tracking_uri}   # the demo's registry: promote and roll back move its aliases",
+        f"{cli} serve --state-dir {state_dir}        # serve what the demo left (Ctrl-C stops)",
         f"curl -s -H 'content-type: application/json' -d '{data}' "
         "http://127.0.0.1:8080/v2/models/fraud-detector/infer",
-        f"fraud-rollout canary status --state-dir {state_dir}",
-        f"fraud-rollout replay --url http://127.0.0.1:8080 --report {pipeline_path}",
-        f"fraud-rollout canary analyze --replay-report {out / 'replay.json'} --state-dir {state_dir}",
-        f"fraud-rollout canary analyze --store {feedback['store']} --since {feedback['since']} "
+        f"{cli} canary status --state-dir {state_dir}",
+        f"{cli} replay --url http://127.0.0.1:8080 --report {pipeline_path}",
+        f"{cli} canary analyze --replay-report {out / 'replay.json'} --state-dir {state_dir}",
+        f"{cli} canary analyze --store {feedback['store']} --since {feedback['since']} "
         f"--until {feedback['until']} --holdout-traffic --report {pipeline_path} --state-dir {state_dir}",
-        f"mlflow ui --backend-store-uri {tracking_uri}",
+        f"{mlflow} ui --backend-store-uri {tracking_uri}",
         f"xdg-open {out / 'report.html'}",
     ]
 
@@ -208,10 +230,12 @@ def run_demo(args) -> int:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     out = args.out.resolve()
+    if args.serving_state_dir is None:
+        args.serving_state_dir = out / "serving"
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("report.json", "report.html"):
         (out / stale).unlink(missing_ok=True)  # a failed demo never leaves a report that looks valid
-    state_dir = args.state_dir.resolve()
+    state_dir = args.serving_state_dir.resolve()
 
     pipeline, pipeline_path = _pipeline(args, out)
     timings["pipeline"] = round(time.perf_counter() - started, 1)

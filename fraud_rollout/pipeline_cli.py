@@ -49,8 +49,10 @@ def register(commands, bench) -> None:
     bench_pipeline.set_defaults(func=bench_command)
 
 
-def add_run_options(parser, default_out: Path = Path(".fraud-rollout/run"),
-                    default_serving: Path | None = None) -> None:
+def add_run_options(parser, default_out: Path = Path(".fraud-rollout/run"), default_serving: Path | None = None,
+                    state_dir_flag: str = "--serving-state-dir") -> None:
+    """The run's parameters and where it writes; `state_dir_flag` names the serving state dir's option
+    (the demo's is `--state-dir`, as every command that serves it, and defaults to <out>/serving)."""
     from fraud.pipeline_config import DEFAULTS
     from fraud_pipelines.local import SERVING_STATE_DIR
 
@@ -65,8 +67,10 @@ def add_run_options(parser, default_out: Path = Path(".fraud-rollout/run"),
                         help="output directory: each run writes runs/<UTC time>/ (artifacts, report.json), "
                              "report.json is the latest run's, logs/pipeline.log kfp.local's full output. "
                              "Runs older than the last 3 are removed unless a serving manifest references them")
-    parser.add_argument("--serving-state-dir", type=Path, default=default_serving or SERVING_STATE_DIR,
-                        help="where the deploy step leaves the InferenceService that `fraud-rollout serve` reads. "
+    parser.add_argument(state_dir_flag, dest="serving_state_dir", type=Path,
+                        default=None if state_dir_flag == "--state-dir" else default_serving or SERVING_STATE_DIR,
+                        help="where the deploy step leaves the InferenceService that `fraud-rollout serve` reads "
+                             f"(default: {'<out>/serving' if state_dir_flag == '--state-dir' else '%(default)s'}). "
                              "Its rolled-out model is a rerun's baseline; as on a cluster, an earlier run's "
                              "running canary there is refused unless --supersede")
     parser.add_argument("--supersede", action="store_true",
@@ -178,11 +182,13 @@ def gate_rejection(report: dict) -> str:
 
 def run_command(args) -> int:
     from fraud.report import text_summary
-    from fraud_pipelines.local import PipelineFailed, run_local
+    from fraud_pipelines.local import PipelineFailed, RunRefused, run_local
 
     options = _options(args)
     try:
         report = run_local(options)
+    except RunRefused as error:  # known before any step ran: a user's choice to make, nothing touched
+        raise UsageError(str(error)) from None
     except PipelineFailed as error:
         print(f"fraud-rollout pipeline: {error}", file=sys.stderr)
         return 1

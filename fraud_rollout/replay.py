@@ -31,15 +31,11 @@ from pathlib import Path
 import numpy as np
 from fraud.schema import FEATURES
 
+from fraud_rollout import local_defaults
 from fraud_rollout.args import non_negative_float, positive_int
 from fraud_rollout.replay_load import ReplayOptions, ReplayRows, check_endpoint, default_batch, replay
 from fraud_rollout.replay_report import build_report, rows_path, skew_check, summary_lines, write_report
-from fraud_rollout.replay_source import (
-    DEFAULT_PIPELINE_REPORT,
-    ReplaySource,
-    load_source,
-    read_pipeline_report,
-)
+from fraud_rollout.replay_source import ReplaySource, load_source, read_pipeline_report
 from fraud_rollout.targets import add_target_options, current_subject
 
 log = logging.getLogger(__name__)
@@ -53,7 +49,7 @@ def register(commands, bench) -> None:
     source.add_argument("--holdout", type=Path, help="labelled transactions (.parquet or .csv with Class)")
     source.add_argument("--report", type=Path,
                         help=f"pipeline report.json: its holdout, and each version's artifact for the skew check "
-                             f"(default {DEFAULT_PIPELINE_REPORT} when neither is given)")
+                             f"(default when neither is given: {local_defaults.RUN_REPORT}, else the demo's)")
     add_replay_options(replay)
     replay.add_argument("--out", type=Path, help="replay report JSON (default: replay.json beside the pipeline "
                                                  "report, else in the current directory)")
@@ -66,8 +62,9 @@ def register(commands, bench) -> None:
     replay.set_defaults(func=replay_command)
 
     bench_replay = bench.add_parser("replay", help="replay a pipeline run's holdout through the local canary runtime")
-    bench_replay.add_argument("--report", type=Path, default=DEFAULT_PIPELINE_REPORT,
-                              help="pipeline report.json (a 1,000,000-transaction run for the target)")
+    bench_replay.add_argument("--report", type=Path,
+                              help="pipeline report.json (a 1,000,000-transaction run for the target; default "
+                                   f"{local_defaults.RUN_REPORT}, else the demo's)")
     bench_replay.add_argument("--url", help="replay against this running transformer instead of starting the runtime")
     add_replay_options(bench_replay)
     bench_replay.add_argument("--target-seconds", type=non_negative_float, default=20.0,
@@ -150,9 +147,10 @@ def replay_command(args) -> int:
 
     if args.batch is not None and args.batch > 10_000:
         raise UsageError(f"--batch {args.batch}: the transformer accepts at most 10,000 rows per request")
-    if args.holdout is None and args.report is None and not DEFAULT_PIPELINE_REPORT.is_file():
-        raise UsageError(f"give --holdout PARQUET or --report report.json ({DEFAULT_PIPELINE_REPORT} does not exist)")
-    source = load_source(args.holdout, args.report)
+    report = args.report or (None if args.holdout is not None else local_defaults.pipeline_report())
+    if args.holdout is None and not report.is_file():
+        raise UsageError(f"give --holdout PARQUET or --report report.json ({report} does not exist)")
+    source = load_source(args.holdout, report)
     out = args.out or ((source.pipeline_report.parent if source.pipeline_report else Path.cwd()) / "replay.json")
     options = ReplayOptions(url=args.url, limit=args.limit, rate=args.rate, batch=args.batch,
                             concurrency=args.concurrency, timeout=args.timeout, model_name=args.model_name,
@@ -182,8 +180,9 @@ def bench_command(args) -> int:
 
     from fraud_rollout.serving_session import LocalServing
 
-    pipeline = read_pipeline_report(args.report)
-    source = load_source(None, args.report)
+    report = args.report or local_defaults.pipeline_report()
+    pipeline = read_pipeline_report(report)
+    source = load_source(None, report)
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-replay-")))
         url = args.url

@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 from fraud.schema import FEATURES, LABEL, TRANSACTION_ID, DataError, check_transactions
 
+from fraud_rollout import local_defaults
+
 log = logging.getLogger(__name__)
-DEFAULT_PIPELINE_REPORT = Path(".fraud-rollout/run/report.json")
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def load_source(holdout: Path | None, report: Path | None) -> ReplaySource:
     """The holdout to replay: given directly, or the one a pipeline report names."""
     if holdout is not None:
         return ReplaySource(read_holdout(holdout), Path(holdout))
-    report_path = Path(report or DEFAULT_PIPELINE_REPORT)
+    report_path = Path(report or local_defaults.pipeline_report())
     pipeline = read_pipeline_report(report_path)
     holdout_path = pipeline.get("artifacts", {}).get("holdout")
     if not holdout_path:

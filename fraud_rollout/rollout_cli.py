@@ -99,12 +99,13 @@ def _states(args: argparse.Namespace, store):
 def _offline(args: argparse.Namespace) -> dict:
     from fraud_canary.analysis import offline_metrics
 
-    from fraud_rollout.replay_source import DEFAULT_PIPELINE_REPORT, read_pipeline_report
+    from fraud_rollout.local_defaults import pipeline_report
+    from fraud_rollout.replay_source import read_pipeline_report
 
-    path = args.pipeline_report
-    if path is None and not DEFAULT_PIPELINE_REPORT.is_file():
+    path = args.pipeline_report or pipeline_report()
+    if args.pipeline_report is None and not path.is_file():
         return {}
-    return offline_metrics(read_pipeline_report(path or DEFAULT_PIPELINE_REPORT, option="--report"),
+    return offline_metrics(read_pipeline_report(path, option="--report"),
                            with_flag_rate=False)
 
 

@@ -140,15 +140,24 @@ def _create_champion(store: InferenceServiceStore, candidate: IsvcSpec, champion
     return wait_ready(store, created["metadata"]["generation"], timeout_s, poll_s)
 
 
+def running_canary(current: dict | None) -> tuple[str, int] | None:
+    """("v2 (its storage URI)", 20) while a canary splits traffic (0 < percent < 100), else None:
+    what a new candidate's deploy is refused for unless it supersedes it."""
+    running = canary_percent_of(current) if current else None
+    if current is None or running is None or not 0 < running < 100:
+        return None
+    return f"{isvc.predictor_model_version(current) or '?'} ({isvc.predictor_storage_uri(current)})", running
+
+
 def _check_no_other_canary(current: dict, candidate: IsvcSpec, where: str, supersede: bool) -> str:
     """'' if no other canary runs; the action's note if `supersede`; RolloutRefused otherwise."""
-    running = canary_percent_of(current)
-    if running is None or not 0 < running < 100:
+    running = running_canary(current)
+    if running is None:
         return ""
-    model = f"{isvc.predictor_model_version(current) or '?'} ({isvc.predictor_storage_uri(current)})"
     if not supersede:
+        model, percent = running
         raise RolloutRefused(
-            f"a canary of {model} is already running at {running} % on {where}; promote it or roll it back "
+            f"a canary of {model} is already running at {percent} % on {where}; promote it or roll it back "
             f"first, or supersede it with {candidate.model_version} (supersede=True, CLI --supersede)")
     return f"superseded canary {isvc.predictor_model_version(current) or isvc.predictor_storage_uri(current)}"
 

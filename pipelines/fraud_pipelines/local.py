@@ -61,6 +61,27 @@ class PipelineFailed(RuntimeError):
     """A pipeline task failed; the message names it, its error and the log file."""
 
 
+class RunRefused(RuntimeError):
+    """The run cannot deploy its canary, known before any step runs; nothing was touched."""
+
+
+def preflight_deploy(options: LocalRunOptions) -> None:
+    """Refuse a run whose deploy step would be refused: an earlier run's canary still splits traffic
+    in the state dir (the deploy step checks again; this saves the training and keeps the report of
+    the run whose canary that is)."""
+    from fraud_control.canary import running_canary
+    from fraud_control.local_state import LocalInferenceService
+
+    service = LocalInferenceService(options.serving_state_dir)
+    running = None if options.supersede_canary or not service.exists() else running_canary(service.get())
+    if running is not None:
+        model, percent = running
+        raise RunRefused(
+            f"a canary of {model} is already running at {percent} % in {options.serving_state_dir}; promote it or "
+            f"roll it back first (fraud-rollout canary promote|rollback --state-dir {options.serving_state_dir}), "
+            "or replace it with this run's candidate: --supersede")
+
+
 def known_state_dirs(options: LocalRunOptions) -> list[Path]:
     """Serving state dirs whose manifests keep a run's artifacts: this run's and the two defaults
     (`pipeline run` / `serve`, and the demo's)."""
@@ -108,7 +129,10 @@ def run_local(options: LocalRunOptions, console: TextIO | None = None, **pipelin
     """Run the whole pipeline into a new `out_dir/runs/<time>`; return the report (written there
     and to `out_dir/report.json`). kfp.local's output goes to `out_dir/logs/pipeline.log`.
 
-    The previous `out_dir/report.json` is removed first, so a failed run never leaves one that looks valid."""
+    The previous `out_dir/report.json` is removed first, so a failed run never leaves one that looks valid;
+    a run refused before it starts (RunRefused: an earlier run's canary still runs) removes nothing."""
+    if pipeline_arguments.get("deploy_target", "local") == "local":
+        preflight_deploy(options)
     out = options.out_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").unlink(missing_ok=True)

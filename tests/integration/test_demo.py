@@ -131,11 +131,15 @@ def test_the_demos_prediction_log_holds_what_was_served_and_agrees_with_the_repl
     assert "no fraud seen yet" in feedback["before_labels"]["evidence"]
     assert feedback["matches_replay"] == {"counts": True, "recommendation": True, "differences": {}}
     assert feedback["after_labels"]["action"] == analysis["action"] and feedback["labelled"] == rows
-    # the command the demo prints gives the same analysis (the CLI reads the same store)
+    # the command the demo prints runs as printed (the venv's executable, not a bare name off PATH)
+    # and gives the same analysis (the CLI reads the same store); the list starts by exporting the
+    # demo's own registry, so that a promote or rollback moves the demo's aliases
+    assert report["explore"][0].startswith(f"export MLFLOW_TRACKING_URI={report['pipeline']['mlflow']['tracking_uri']} ")
     command = shlex.split(next(c for c in report["explore"] if "--store" in c))
-    assert command[:3] == ["fraud-rollout", "canary", "analyze"]
+    assert Path(command[0]).name == "fraud-rollout" and os.access(command[0], os.X_OK), command[0]
+    assert command[1:3] == ["canary", "analyze"]
     analysis_out = tmp_path / "store-analysis.json"
-    done = subprocess.run([sys.executable, "-m", "fraud_rollout", *command[1:], "--analysis-out", str(analysis_out)],
+    done = subprocess.run([*command, "--analysis-out", str(analysis_out)],
                           cwd=demo_run.root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     from_cli = json.loads(analysis_out.read_text())
@@ -242,3 +246,38 @@ def test_a_candidate_that_flags_everything_is_rolled_back_by_the_demo(demo_run, 
     assert [(s["percent"], s["decision"]) for s in steps] == [(5, "rollback")]
     assert {r.split(":")[0] for r in steps[0]["reasons"]} >= {"FAIL canary.flag_rate_high", "FAIL paired.disagreement"}
     assert story["traffic_after"]["probe"] == {"v1": 200}
+
+
+def test_after_the_demo_the_commands_defaults_find_its_state_and_say_so(demo_run, tmp_path):
+    """A newcomer's next command after `make demo` has no --state-dir: it finds the demo's serving
+    state (there is no `pipeline run` of its own) and says which on stderr; it once failed with
+    "no InferenceService in .fraud-rollout/serving"."""
+    if not demo_run.pipeline_report.is_file():
+        pytest.skip("the demo run failed (see test_demo_tells_the_whole_story)")
+    demo = subprocess.run([sys.executable, "-m", "fraud_rollout", "demo", "--from-report", str(demo_run.pipeline_report),
+                           "--mlflow-tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--no-apply", "--no-progress"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    status = subprocess.run([sys.executable, "-m", "fraud_rollout", "canary", "status"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert status.stderr.splitlines()[-1] == (
+        "using the demo's serving state .fraud-rollout/demo/serving (no `pipeline run --local` has written its own; "
+        "--state-dir chooses another)")
+    assert "canaryTrafficPercent: 20" in status.stdout or "20 %" in status.stdout, status.stdout
+
+
+def test_demo_out_keeps_everything_under_it(demo_run, tmp_path):
+    """`demo --out X` writes its serving state, logs, registry and report under X, nothing in the
+    working directory (its serving state once stayed in ./.fraud-rollout/demo/serving)."""
+    if not demo_run.pipeline_report.is_file():
+        pytest.skip("the demo run failed (see test_demo_tells_the_whole_story)")
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    demo = subprocess.run([sys.executable, "-m", "fraud_rollout", "demo", "--from-report", str(demo_run.pipeline_report),
+                           "--out", str(tmp_path / "x"), "--no-apply", "--no-progress"],
+                          cwd=cwd, capture_output=True, text=True, timeout=1200)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert sorted(p.name for p in cwd.iterdir()) == []
+    report = json.loads((tmp_path / "x" / "report.json").read_text())
+    assert report["paths"]["state_dir"] == str(tmp_path / "x" / "serving")

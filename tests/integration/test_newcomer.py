@@ -121,3 +121,24 @@ def test_5_predict_against_a_dead_url_is_one_line(session, after_pipeline_and_de
     no_traceback(result)
     assert result.stderr == (f"fraud-rollout predict: error: --url {dead}: cannot reach it (ConnectError: "
                              "[Errno 111] Connection refused); start `fraud-rollout serve` or give the URL it prints\n")
+
+
+def test_6_a_rerun_while_the_first_canary_runs_is_refused_before_any_step(session, after_pipeline_and_demo):
+    """The pipeline run's canary still splits traffic: a second `pipeline run` exits 2 at once with one
+    line naming it and the ways on. It once simulated, trained, evaluated and gated first (27 s
+    here, about 55 s at 1M), then failed at the deploy step and deleted the first run's report."""
+    cwd, _, run = session
+    report = cwd / ".fraud-rollout/run/report.json"
+    before = report.read_bytes()
+    runs = sorted((cwd / ".fraud-rollout/run/runs").iterdir())
+    result = run("pipeline", "run", "--local", *SMALL_RUN, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    no_traceback(result)
+    artifact = json.loads(before)["models"]["v2"]["artifact"]
+    state = ".fraud-rollout/serving"
+    assert result.stderr == (
+        f"fraud-rollout pipeline: error: a canary of v2 ({artifact}) is already running at 20 % in {state}; promote "
+        f"it or roll it back first (fraud-rollout canary promote|rollback --state-dir {state}), or replace it with "
+        "this run's candidate: --supersede\n")
+    assert report.read_bytes() == before and sorted((cwd / ".fraud-rollout/run/runs").iterdir()) == runs
+    assert result.stdout == ""  # not even the run's first line: no run started

@@ -217,7 +217,7 @@ def test_deploy_step_leaves_a_canary_that_serve_splits_80_20_and_a_rerun_keeps_i
     from fraud.schema import FEATURES
     from fraud_control.local_state import LocalInferenceService
     from fraud_control.processes import free_port
-    from fraud_pipelines.local import PipelineFailed, run_local
+    from fraud_pipelines.local import RunRefused, run_local
     from fraud_serving.client import v2_request
 
     from tests.integration.serving_fixtures import FRAUD_ROLLOUT, REPO, LocalRuntimeHandle
@@ -244,12 +244,18 @@ def test_deploy_step_leaves_a_canary_that_serve_splits_80_20_and_a_rerun_keeps_i
                 response = client.post(f"http://127.0.0.1:{port}/v2/models/fraud-detector/infer", json=v2_request(row[None, :]))
                 assert response.status_code == 200, response.text
                 served.append(response.json()["model_version"])
-        # A rerun into the same --out while serve runs: the served models stay, and the deploy step
-        # refuses the running canary as KServe's would, naming it and the way out.
-        with pytest.raises(PipelineFailed) as refused:
+        # A rerun into the same --out while serve runs: refused before any step (it once trained for
+        # the deploy step to refuse, and deleted the report of the run whose canary runs), naming the
+        # running canary and the ways on; the report and the served models stay.
+        before = (out / "report.json").read_bytes()
+        runs = sorted((out / "runs").iterdir())
+        with pytest.raises(RunRefused) as refused:
             run_local(small_run_options(out), console=io.StringIO(), **LOW_FLOORS)
-        assert str(refused.value).startswith("task deploy-canary failed: RolloutRefused: a canary of v2 (")
-        assert "--supersede" in str(refused.value) and not (out / "report.json").exists()
+        assert str(refused.value) == (
+            f"a canary of v2 ({report['models']['v2']['artifact']}) is already running at 20 % in {state}; promote "
+            f"it or roll it back first (fraud-rollout canary promote|rollback --state-dir {state}), or replace it "
+            "with this run's candidate: --supersede")
+        assert (out / "report.json").read_bytes() == before and sorted((out / "runs").iterdir()) == runs
         for path in report["artifacts"].values():
             assert Path(path).exists()
         with httpx.Client(timeout=30) as client:

@@ -4,10 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SYSTEM := $(VENV)/.system
+NOTEBOOK := $(VENV)/.notebook
 N ?= 1000000
 REPORT ?= .fraud-rollout/demo/pipeline/report.json
 
-.PHONY: demo test lint bench bench-pipeline bench-replay bench-serving bench-rollout compile venv system cluster cluster-down go-servers images lock clean
+.PHONY: demo notebook test lint bench bench-pipeline bench-replay bench-serving bench-rollout compile venv system cluster cluster-down go-servers images lock clean
 
 demo: $(INSTALLED)
 	$(BIN)/fraud-rollout demo
@@ -97,10 +98,21 @@ cluster: $(INSTALLED) $(SYSTEM) go-servers
 cluster-down: $(INSTALLED)
 	$(BIN)/fraud-rollout cluster down
 
-# Regenerate the lock after changing dependencies in pyproject.toml.
+# JupyterLab on notebooks/ with this venv's kernel; Ctrl-C stops it. The notebook extra has its own
+# lock, constrained by requirements.lock: it only adds packages to the venv.
+notebook: $(NOTEBOOK)
+	$(BIN)/jupyter lab --notebook-dir notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
+
+$(NOTEBOOK): notebooks/requirements.lock $(INSTALLED)
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -r notebooks/requirements.lock
+	touch $@
+
+# Regenerate the locks after changing dependencies in pyproject.toml.
 lock: $(INSTALLED)
 	$(BIN)/uv pip compile -q pyproject.toml --extra rollout --extra dev --python-version 3.11 -o requirements.lock
 	$(BIN)/uv pip compile -q pyproject.toml --python-version 3.11 -o serving/requirements.lock
+	$(BIN)/uv pip compile -q pyproject.toml --extra rollout --extra dev --extra notebook -c requirements.lock \
+	  --python-version 3.11 -o notebooks/requirements.lock
 
 clean:
 	rm -rf $(VENV) .fraud-rollout

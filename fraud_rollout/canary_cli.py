@@ -20,15 +20,23 @@ DEFAULT_TIMEOUT_S = 600.0  # fraud_control.canary.DEFAULT_TIMEOUT_S, without imp
 
 def register(commands) -> None:
     canary = commands.add_parser("canary", help="canary status, promote or rollback (same patches as kubectl)")
-    canary.add_argument("action", choices=["status", "promote", "rollback", "analyze"])
-    add_target_options(canary)
-    canary.add_argument("--json", action="store_true", help="print the status as JSON")
-    canary.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                        help="seconds to wait for Ready after a patch (--target kserve)")
-    canary.add_argument("--tracking-uri", default="",
-                        help="MLflow server whose aliases follow (default $MLFLOW_TRACKING_URI)")
-    add_analyze_options(canary.add_argument_group("analyze"))
-    canary.set_defaults(func=canary_command)
+    actions = canary.add_subparsers(dest="action", required=True, metavar="ACTION")
+    # one parser per action, each with only its own options: `canary status --apply` is an error, not ignored
+    status = actions.add_parser("status", help="the InferenceService's traffic split and revisions")
+    promote = actions.add_parser("promote", help="the canary takes 100 %% (MLflow's champion alias follows)")
+    rollback = actions.add_parser("rollback", help="back to the rolled-out revision (the challenger alias is dropped)")
+    analyze_ = actions.add_parser("analyze", help="recommend promote, hold or rollback from online evidence")
+    for parser in (status, promote, rollback, analyze_):
+        add_target_options(parser)
+        parser.set_defaults(func=canary_command)
+    for parser in (status, promote, rollback):
+        parser.add_argument("--json", action="store_true", help="print the status as JSON")
+    for parser in (promote, rollback, analyze_):
+        parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                            help="seconds to wait for Ready after a patch (default %(default)s; --target kserve)")
+        parser.add_argument("--tracking-uri", default="",
+                            help="MLflow server whose aliases follow (default $MLFLOW_TRACKING_URI)")
+    add_analyze_options(analyze_)
 
 
 def add_analyze_options(group) -> None:

@@ -40,14 +40,27 @@ START_EPILOG = f"""exit codes of `rollout start`:
 def register(commands) -> None:
     rollout = commands.add_parser("rollout", help="progressive rollout: canaryTrafficPercent through a plan",
                                   epilog=START_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    rollout.add_argument("action", choices=["start", "status", "abort"])
-    add_target_options(rollout)
-    rollout.add_argument("--json", action="store_true", help="print the state (status) or final report (start) as JSON")
-    rollout.add_argument("--timeout", type=non_negative_float, default=DEFAULT_TIMEOUT_S,
-                         help="seconds to wait for Ready after each patch; abort: for the controller to roll back")
-    rollout.add_argument("--tracking-uri", default="",
-                         help="MLflow server: aliases follow, decisions tag the candidate (default $MLFLOW_TRACKING_URI)")
-    start = rollout.add_argument_group("start")
+    actions = rollout.add_subparsers(dest="action", required=True, metavar="ACTION")
+    # one parser per action, each with only its own options (`rollout status --plan …` is an error)
+    start = actions.add_parser("start", help="run the rollout controller until it promotes, rolls back or pauses",
+                               epilog=START_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    status = actions.add_parser("status", help="the rollout's state: its step, verdicts and evidence")
+    abort = actions.add_parser("abort", help="stop the rollout and roll the canary back")
+    for parser in (start, status, abort):
+        add_target_options(parser)
+        parser.set_defaults(func=rollout_command)
+    start.add_argument("--json", action="store_true", help="print the final report as JSON")
+    status.add_argument("--json", action="store_true", help="print the state as JSON")
+    for parser, waits_for in ((start, "after each patch"), (abort, "for the controller to roll back")):
+        parser.add_argument("--timeout", type=non_negative_float, default=DEFAULT_TIMEOUT_S,
+                            help=f"seconds to wait for Ready {waits_for} (default %(default)s)")
+        parser.add_argument("--tracking-uri", default="",
+                            help="MLflow server: aliases follow, decisions tag the candidate (default $MLFLOW_TRACKING_URI)")
+    add_start_options(start)
+    abort.add_argument("--reason", default="operator abort", help="recorded with the abort (default: %(default)s)")
+
+
+def add_start_options(start: argparse.ArgumentParser) -> None:
     start.add_argument("--plan", default=DEFAULT_PLAN, help=f"canaryTrafficPercent steps, ending at 100 (default {DEFAULT_PLAN})")
     start.add_argument("--max-holds", type=non_negative_int, default=3,
                        help="windows a step may hold before it stops inconclusive (default 3)")
@@ -59,14 +72,16 @@ def register(commands) -> None:
                        help="how often the window's counters (and an abort) are checked (default 2)")
     start.add_argument("--metrics-url", help="the transformer's /metrics (default, local: the runtime's transformer)")
     start.add_argument("--prometheus", metavar="URL", help="instead: a Prometheus server scraping the transformer")
-    start.add_argument("--selector", default='job="fraud-detector"', help="label matchers of the transformer's series")
+    start.add_argument("--selector", default='job="fraud-detector"',
+                       help="label matchers of the transformer's series (default %(default)s)")
     start.add_argument("--labels-from", metavar="STORE",
                        help="also: the prediction store (SQLite file or postgresql://…) whose late labels add to the "
                             "evidence as they mature")
     start.add_argument("--label-maturity-days", type=non_negative_float, default=0.0, metavar="DAYS",
                        help="--labels-from: count a label once its prediction is this many days old (default 0)")
     start.add_argument("--report", type=Path, dest="pipeline_report",
-                       help="pipeline report.json with the offline metrics (default .fraud-rollout/run/report.json if present)")
+                       help="pipeline report.json with the offline metrics (default .fraud-rollout/run/report.json, "
+                            "else the demo's, if present)")
     start.add_argument("--detectable-recall-difference", type=detectable_difference,
                        help="recall margin: labelled recall within it of the holdout's promotes, below it rolls back "
                             "(default 0.10)")
@@ -78,9 +93,6 @@ def register(commands) -> None:
     start.add_argument("--analysis-port", type=listen_port,
                        help="serve GET /analysis on this port (0: a free one, printed at start; 200 with the verdict in JSON; 503 when the analysis failed)")
     start.add_argument("--analysis-host", default="127.0.0.1", help="address of the analysis endpoint (0.0.0.0 in a pod)")
-    abort = rollout.add_argument_group("abort")
-    abort.add_argument("--reason", default="operator abort", help="recorded with the abort")
-    rollout.set_defaults(func=rollout_command)
 
 
 def positive_float(text: str) -> float:

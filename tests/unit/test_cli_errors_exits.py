@@ -150,3 +150,14 @@ def test_rollout_start_documents_its_exit_codes(tmp_path):
         "0 promoted 3 rolled back 4 inconclusive: paused at its step, the canary left where it was "
         "5 aborted (`rollout abort`) 1 the rollout failed or was refused (the message says why) "
         "2 bad input (one line naming the value)").split()
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["canary", "status", "--apply"], "--apply"),
+    (["canary", "promote", "--replay-report", "r.json"], "--replay-report r.json"),
+    (["rollout", "status", "--plan", "5,100"], "--plan 5,100"),
+    (["rollout", "abort", "--window", "5"], "--window 5")])
+def test_an_option_of_another_action_is_an_error_not_ignored(tmp_path, argv, option):
+    """One parser per action: `canary status --apply` was once accepted and did nothing."""
+    result = fraud_rollout(*argv, cwd=tmp_path)
+    assert one_error_line(result) == f"fraud-rollout: error: unrecognized arguments: {option}"

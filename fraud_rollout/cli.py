@@ -102,6 +102,7 @@ def run(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not verbose:  # its "Retrying … after connection broken" lines would bury the one-line error
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     try:
         if getattr(args, "state_dir", False) is None:  # not given: the pipeline run's state, else the demo's
             from fraud_rollout import local_defaults

@@ -72,7 +72,6 @@ def _interrupt(*_) -> None:
 
 
 def demo_command(args) -> int:
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe request otherwise
     from fraud_pipelines.local import PipelineFailed, RunRefused
 
     from fraud_rollout.args import UsageError

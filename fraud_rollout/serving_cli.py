@@ -112,6 +112,8 @@ def serve_command(args: argparse.Namespace) -> int:
     for option, root in (("--baseline", args.baseline), ("--candidate", args.candidate)):
         if root is not None:
             check_artifact_root(option, root)
+    if args.baseline is None:  # nothing to serve: say so before claiming (creating) the state dir
+        LocalInferenceService(args.state_dir).get()  # NotFound with a hint when nothing was deployed
     # Own the state dir before anything is written to it: a second serve must leave the first's files alone.
     owner = claim_state_dir(args.state_dir, f"http://{LOOPBACK}:{args.http_port}")
     try:

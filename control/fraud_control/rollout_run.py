@@ -217,6 +217,7 @@ def evidence_source(options: RolloutOptions, baseline: str, candidate: str) -> E
             raise RolloutStartError("rollout start --target kserve: pass --metrics-url URL (the transformer's "
                                     "/metrics) or --prometheus URL")
         source = MetricsWindow(url, spec, baseline, candidate)
+    check_reachable(options, url if not options.prometheus_url else "")
     if options.labels_from:
         from fraud_control.prediction_store import StoreError
         from fraud_control.prediction_store import open_store as open_prediction_store
@@ -232,6 +233,24 @@ def evidence_source(options: RolloutOptions, baseline: str, candidate: str) -> E
         source = WithStoreLabels(source, options.labels_from, (baseline, candidate),
                                  label_maturity_days=options.label_maturity_days)
     return AfterLocalApply(source, Path(options.state_dir)) if options.target == "local" else source
+
+
+def check_reachable(options: RolloutOptions, metrics_url: str) -> None:
+    """Read the live source once before the first patch: a dead URL is refused at start, rather than
+    patching the canary to its first step and then waiting on it."""
+    from fraud.schema import DataError
+
+    from fraud_control.prometheus import prometheus_query
+    from fraud_control.rollout_evidence import scrape
+
+    try:
+        if options.prometheus_url:
+            prometheus_query(options.prometheus_url, "vector(1)")
+        else:
+            scrape(metrics_url)
+    except DataError as error:
+        raise RolloutStartError(f"rollout start: {error}; nothing was patched (start the transformer, or "
+                                "name one that answers)") from None
 
 
 def recorders(options: RolloutOptions, store: Any, subject: Subject, tracking_uri: str) -> list:

@@ -239,3 +239,25 @@ def test_a_hold_waits_for_a_new_full_window_and_without_labels_the_last_step_pau
     assert steps[-1]["reasons"][0] == "inconclusive after 3 windows at 50 %: paused here, waiting for a person"
     assert state["status"] == "inconclusive"
     assert live_runtime.service.get()["spec"]["predictor"]["canaryTrafficPercent"] == 50
+
+
+def test_a_dead_metrics_url_is_refused_before_the_first_patch(tiny_run, tmp_path):
+    """The live source is read once before any patch: it once patched the canary to 5 % and then
+    waited on a URL nothing answers, silently."""
+    from fraud_control.local_state import LocalInferenceService
+    from fraud_control.processes import free_port
+
+    from fraud_rollout.serving_cli import write_canary_manifest
+
+    state = tmp_path / "state"
+    write_canary_manifest(state, tiny_run.v1, tiny_run.v2, 20)
+    before = LocalInferenceService(state).get()
+    dead = f"http://127.0.0.1:{free_port()}/metrics"
+    done = subprocess.run([*FRAUD_ROLLOUT, "rollout", "start", "--state-dir", str(state), "--metrics-url", dead,
+                           "--window", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"fraud-rollout rollout: error: rollout start: --metrics-url {dead}: cannot scrape the transformer "
+        "([Errno 111] Connection refused); nothing was patched (start the transformer, or name one that answers)"]
+    after = LocalInferenceService(state).get()
+    assert after["spec"] == before["spec"] and after["metadata"]["generation"] == before["metadata"]["generation"]

@@ -161,3 +161,12 @@ def test_an_option_of_another_action_is_an_error_not_ignored(tmp_path, argv, opt
     """One parser per action: `canary status --apply` was once accepted and did nothing."""
     result = fraud_rollout(*argv, cwd=tmp_path)
     assert one_error_line(result) == f"fraud-rollout: error: unrecognized arguments: {option}"
+
+
+def test_serve_on_a_missing_state_dir_leaves_nothing_behind(tmp_path):
+    """It once created the directory (its lock and runtime files) before finding nothing to serve."""
+    result = fraud_rollout("serve", "--state-dir", "nothere", cwd=tmp_path)
+    assert one_error_line(result) == (
+        "fraud-rollout serve: error: no InferenceService in nothere (create one with `fraud-rollout serve "
+        "--baseline … --candidate …` or the pipeline's deploy step)")
+    assert not (tmp_path / "nothere").exists()

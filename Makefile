@@ -114,5 +114,7 @@ lock: $(INSTALLED)
 	$(BIN)/uv pip compile -q pyproject.toml --extra rollout --extra dev --extra notebook -c requirements.lock \
 	  --python-version 3.11 -o notebooks/requirements.lock
 
+# A running `make cluster` is stopped first: its servers would outlive the files they use.
 clean:
+	if [ -x $(BIN)/fraud-rollout ]; then $(BIN)/fraud-rollout cluster down; fi
 	rm -rf $(VENV) .fraud-rollout

@@ -3,6 +3,7 @@ MinIO on loopback (fraud_devcluster), to try `--target kserve` without a cluster
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,6 +33,9 @@ def _down(args: argparse.Namespace) -> int:
 
     stopped = cluster.down(args.dir)
     print(f"stopped {', '.join(stopped)}" if stopped else f"no cluster running in {args.dir}")
+    if args.purge and args.dir.exists():  # etcd's data, MinIO's bucket, the logs and certificates
+        shutil.rmtree(args.dir)
+        print(f"removed {args.dir}")
     return 0
 
 
@@ -45,3 +49,6 @@ def register(commands) -> None:
         action = actions.add_parser(name, help=text)
         action.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"its state directory (default {DEFAULT_DIR})")
         action.set_defaults(func=handler)
+        if name == "down":
+            action.add_argument("--purge", action="store_true",
+                                help="also remove its state directory (etcd's data, MinIO's objects, logs)")

@@ -32,6 +32,14 @@ def sourced(env_file: Path) -> dict[str, str]:
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
+def running(pid: int) -> bool:
+    """A live process (not a zombie, which has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def readme_block() -> list[str]:
     """The shell lines of the README's "Try the kserve target on this machine" block."""
     section = README.read_text().split("## Try the kserve target on this machine", 1)[1]
@@ -89,3 +97,19 @@ def test_cluster_up_deploy_promote_rollback_down(tiny_run, tmp_path):
     assert down.stdout.strip() == "stopped etcd, kube-apiserver, minio, kserve-controller-manager, knative-standin"
     assert run([*cli, "cluster", "down"], base, tmp_path).stdout.strip() == (
         f"no cluster running in {Path('.fraud-rollout/cluster')}")
+    # what a stopped cluster leaves (etcd's data, MinIO's objects, logs) goes with --purge
+    assert directory.is_dir()
+    purged = run([*cli, "cluster", "down", "--purge"], base, tmp_path)
+    assert purged.stdout.splitlines() == [f"no cluster running in {Path('.fraud-rollout/cluster')}",
+                                          f"removed {Path('.fraud-rollout/cluster')}"]
+    assert not directory.exists()
+
+    # `make clean` stops a running cluster before it removes the files its servers use (it once
+    # removed them under the running servers); the venv here is a link, which it removes alone
+    assert run([*cli, "cluster", "up"], base, tmp_path, timeout=900).returncode == 0
+    pids = json.loads((directory / "cluster.json").read_text())["pids"]
+    clean = run(["make", "-f", str(README.parent / "Makefile"), "clean"], base, tmp_path)
+    assert clean.returncode == 0, clean.stderr
+    assert "stopped etcd, kube-apiserver, minio, kserve-controller-manager, knative-standin" in clean.stdout
+    assert [pid for pid in pids.values() if running(pid)] == []
+    assert not (tmp_path / ".fraud-rollout").exists() and Path(sys.executable).exists()

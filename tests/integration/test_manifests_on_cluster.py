@@ -103,3 +103,34 @@ def test_the_sinks_commands_create_its_secret_and_objects_and_restricted_pod_sec
     message = json.loads(refused.value.body)["message"]
     assert message == ('pods "fraud-prediction-log-1" is forbidden: violates PodSecurity "restricted:latest": seccompProfile '
                        '(pod or container "sink" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")')
+
+
+def readme_sink_block() -> list[str]:
+    """The README's "The sink on a cluster" block, line by line."""
+    section = (REPO / "README.md").read_text().split("### The sink on a cluster", 1)[1]
+    return section.split("```\n", 2)[1].rstrip("\n").splitlines()
+
+
+def test_the_readmes_sink_block_sets_the_built_image_and_a_second_apply_keeps_it(kube_cluster, namespace,
+                                                                                 postgres_url, tmp_path):
+    """The README's block, verbatim but for its last line (`rollout status` waits for a pod, and no
+    kubelet runs pods here), in a working dir like a checkout: the Deployment runs the image `make
+    images` built, and applying again keeps it (`kubectl set image`, the README's way before, was
+    reverted by the next `apply -k`)."""
+    import sys
+
+    lines = readme_sink_block()
+    assert lines[-1] == 'kubectl -n "$NS" rollout status deployment/fraud-prediction-log'
+    (tmp_path / "manifests").symlink_to(REPO / "manifests")
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1])
+    env = {**os.environ, "PREDICTION_LOG_STORE_URL": postgres_url, "KUBECONFIG": kube_cluster.kubeconfig}
+    script = "\n".join(lines[:-1]).replace("NS=kubeflow-user-example-com", f"NS={namespace.name}", 1)
+    apps = client.AppsV1Api(admin_client(kube_cluster))
+    built = subprocess.run([sys.executable, "-m", "fraud_devcluster.images", "--print", "components"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    for _ in range(2):
+        ran = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=120)
+        assert ran.returncode == 0, ran.stderr
+        deployment = apps.read_namespaced_deployment(isvc.PREDICTION_LOG_SERVICE, namespace.name)
+        assert [c.image for c in deployment.spec.template.spec.containers] == [built]

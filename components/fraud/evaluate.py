@@ -48,15 +48,24 @@ def mcnemar_exact(labels: np.ndarray, decision_a: np.ndarray, decision_b: np.nda
     return {"a_only": a_only, "b_only": b_only, "p_value": float(p)}
 
 
+def along_curve(x: np.ndarray, y: np.ndarray, points: int) -> np.ndarray:
+    """Indices of about `points` points spread evenly along the drawn curve (x, y), by its length,
+    the first and last kept. Thinning by index put nearly every point where the thresholds crowd
+    (a model's many low scores), and drew the rest of the curve as a straight line."""
+    if len(x) <= points:
+        return np.arange(len(x))
+    length = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(x), np.diff(y)))])
+    wanted = np.linspace(0.0, length[-1], points)
+    return np.unique(np.clip(np.searchsorted(length, wanted), 0, len(x) - 1))
+
+
 def curve_points(labels: np.ndarray, probability: np.ndarray, points: int = 200) -> dict[str, dict[str, list[float]]]:
     """ROC and PR curves thinned to about `points` points each (for plots and KFP artifacts)."""
     fpr, tpr, roc_thresholds = roc_curve(labels, probability)
     precision, recall, pr_thresholds = precision_recall_curve(labels, probability)
 
-    def thin(n: int) -> np.ndarray:
-        return np.unique(np.linspace(0, n - 1, min(points, n)).round().astype(int))
-
-    r, p = thin(len(fpr)), thin(len(pr_thresholds))
+    r = along_curve(fpr, tpr, points)
+    p = along_curve(recall[:-1], precision[:-1], points)  # the last (recall 0, precision 1) has no threshold
     return {
         # roc_curve's first threshold is +inf; KFP wants finite numbers.
         "roc": {"fpr": fpr[r].tolist(), "tpr": tpr[r].tolist(),

@@ -46,6 +46,25 @@ def test_curves_are_thinned_and_finite():
     assert all(math.isfinite(t) for t in curves["roc"]["threshold"])
 
 
+def test_the_pr_curve_is_thinned_along_its_length_not_by_index():
+    """A model scores most transactions near 0, so most thresholds crowd where recall is high: thinned
+    by index, nearly all kept points sat there and the rest of the curve was a straight line (a gap of
+    0.51 here). Kept points are now at most one even share of the curve's length apart, plus one raw step."""
+    from sklearn.metrics import precision_recall_curve
+
+    rng = np.random.default_rng(3)
+    labels = rng.random(200_000) < 0.01
+    probability = np.where(labels, rng.beta(2, 5, labels.size), rng.beta(0.3, 30, labels.size))
+    points = 200
+    curve = curve_points(labels, probability, points=points)["pr"]
+    x, y = np.array(curve["recall"]), np.array(curve["precision"])
+    precision, recall, _ = precision_recall_curve(labels, probability)
+    raw = np.hypot(np.diff(recall[:-1]), np.diff(precision[:-1]))
+    gaps = np.hypot(np.diff(x), np.diff(y))
+    assert len(x) <= points and gaps.max() <= raw.sum() / (points - 1) + raw.max()
+    assert (x[0], x[-1]) == (recall[0], recall[-2])  # both ends kept
+
+
 def _evaluation() -> dict:
     def model(tp: int, fp: int, fn: int, tn: int) -> dict:
         holdout = {"precision": tp / (tp + fp), "recall": tp / (tp + fn), "f1": 0.75, "roc_auc": 0.97,

@@ -15,13 +15,14 @@ import pytest
 import yaml
 from fraud_devcluster import images, registry, servers
 
+from tests.docs import docs_text
+
 pytestmark = pytest.mark.e2e
 
 #: The holdout recalls the README's results table shows for the defaults.
 README_RECALL = {"v1": 0.3611, "v2": 0.8272}
 #: What a step logs first (fraud.container.STEP_FORMAT), read here without the product's parser.
 STEP = re.compile(r"^fraud step: container ([0-9a-f]{64}|none) uid (\d+)$", re.MULTILINE)
-README = images.REPO / "README.md"
 #: The repository root as a user's checkout sees it (symlinked into the test's working directory).
 CHECKOUT = ("Makefile", "pyproject.toml", "requirements.lock", "README.md", ".dockerignore", ".venv", "components",
             "control", "serving", "pipelines", "devcluster", "fraud_rollout")
@@ -29,7 +30,7 @@ CHECKOUT = ("Makefile", "pyproject.toml", "requirements.lock", "README.md", ".do
 
 def readme_block() -> list[str]:
     """The shell lines of the README's "Build the images, push them, and compile" block (On a cluster)."""
-    section = README.read_text().split("1. Build the images, push them, and compile for the pushed tag", 1)[1]
+    section = docs_text().split("1. Build the images, push them, and compile for the pushed tag", 1)[1]
     return [line.strip() for line in section.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()]
 
 

@@ -29,10 +29,10 @@ from fraud_devcluster import argo, servers
 from kubernetes import client
 
 from tests.cluster_fixtures import admin_client
+from tests.docs import docs_text
 
 pytestmark = pytest.mark.integration
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 GROUP, VERSION = "argoproj.io", "v1alpha1"
 #: The README's interval is the rollout's window (1m); the phases do not depend on it, the test's time does.
 TEST_INTERVAL = "1s"
@@ -40,7 +40,7 @@ TEST_INTERVAL = "1s"
 
 def readme_template() -> dict:
     """The one fenced yaml block of README.md that is an AnalysisTemplate."""
-    blocks = [yaml.safe_load(b) for b in re.findall(r"^```yaml\n(.*?)^```", README.read_text(), re.M | re.S)]
+    blocks = [yaml.safe_load(b) for b in re.findall(r"^```yaml\n(.*?)^```", docs_text(), re.M | re.S)]
     templates = [b for b in blocks if isinstance(b, dict) and b.get("kind") == "AnalysisTemplate"]
     assert len(templates) == 1, f"README.md has {len(templates)} AnalysisTemplate blocks, not 1"
     return templates[0]

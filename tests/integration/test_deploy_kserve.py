@@ -19,6 +19,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from tests.cluster_fixtures import model_spec
+from tests.docs import docs_text
 from tests.integration.serving_fixtures import REPO
 
 pytestmark = pytest.mark.integration
@@ -26,7 +27,6 @@ pytestmark = pytest.mark.integration
 CONTRACT = "3f6c2a1b9d0e4f57"
 REV = [f"fraud-detector-predictor-{n:05d}" for n in range(5)]  # REV[1] is the first revision
 FAST = {"timeout_s": 60.0, "poll_s": 0.05}
-README = REPO / "README.md"
 
 
 class Target:
@@ -411,7 +411,7 @@ def test_the_pods_pass_pod_security_restricted_once_the_storage_initializer_is_p
             '!= false (container "storage-initializer" must set securityContext.allowPrivilegeEscalation=false), '
             'unrestricted capabilities (container "storage-initializer" must set '
             'securityContext.capabilities.drop=["ALL"])')
-    assert RESTRICTED_STORAGE_INITIALIZER in README.read_text()
+    assert RESTRICTED_STORAGE_INITIALIZER in docs_text()
     patched = subprocess.run(shlex.split(RESTRICTED_STORAGE_INITIALIZER) + ["--kubeconfig", str(target.ns.kube.kubeconfig)],
                              cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     try:

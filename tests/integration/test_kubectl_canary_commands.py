@@ -10,6 +10,8 @@ import subprocess
 import pytest
 from fraud_control.traffic import traffic_status
 
+from tests.docs import docs_text
+
 pytestmark = pytest.mark.integration
 
 #: Exactly as in the README ("Promote or roll back the canary with kubectl"), with NS set.
@@ -79,9 +81,8 @@ def test_wait_for_condition_ready_would_hang_after_a_promote(cluster):
 
 def readme_blocks() -> dict[str, str]:
     """The section's shell blocks, as a user pastes them, by what they do."""
-    from pathlib import Path
 
-    section = (Path(__file__).resolve().parents[2] / "README.md").read_text().split(
+    section = docs_text().split(
         "## Promote or roll back the canary", 1)[1].split("\n## ", 1)[0]
     blocks = [part.split("```", 1)[0] for part in section.split("```sh\n")[1:]]
     assert len(blocks) == 4, blocks
@@ -127,7 +128,6 @@ def test_the_cli_reads_what_kubectl_wrote(cluster, capsys):
 
 
 def test_every_command_here_is_in_the_readme_verbatim():
-    from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = docs_text()
     assert [name for name, command in COMMANDS.items() if command not in readme] == []

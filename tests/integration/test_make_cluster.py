@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.docs import docs_text
 from tests.integration.test_kubectl_canary_commands import COMMANDS
 
 pytestmark = pytest.mark.integration
@@ -42,14 +43,14 @@ def running(pid: int) -> bool:
 
 def readme_block() -> list[str]:
     """The shell lines of the README's "Try the kserve target on this machine" block."""
-    section = README.read_text().split("## Try the kserve target on this machine", 1)[1]
+    section = docs_text().split("## Try the kserve target on this machine", 1)[1]
     return section.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
 
 
 def test_cluster_up_deploy_promote_rollback_down(tiny_run, tmp_path):
     lines = readme_block()
     assert lines[0].startswith("make cluster ") and "make cluster-down" not in lines  # down after the kubectl steps
-    assert "When you are done, `make cluster-down` stops every server of the cluster." in README.read_text()
+    assert "When you are done, `make cluster-down` stops every server of the cluster." in docs_text()
     # a working dir as after `make demo`: the venv, and a pipeline report naming two exported models
     (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1])
     report = tmp_path / ".fraud-rollout" / "demo" / "pipeline" / "report.json"

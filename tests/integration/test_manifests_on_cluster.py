@@ -18,6 +18,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.cluster_fixtures import admin_client
+from tests.docs import docs_text
 from tests.manifests import PREDICTION_LOG, REPO, STORE_SECRET, STORE_SECRET_KEY, commented_commands, one, render
 from tests.pod_command import command_line
 
@@ -107,7 +108,7 @@ def test_the_sinks_commands_create_its_secret_and_objects_and_restricted_pod_sec
 
 def readme_sink_block() -> list[str]:
     """The README's "The sink on a cluster" block, line by line."""
-    section = (REPO / "README.md").read_text().split("### The sink on a cluster", 1)[1]
+    section = docs_text().split("### The sink on a cluster", 1)[1]
     return section.split("```\n", 2)[1].rstrip("\n").splitlines()
 
 

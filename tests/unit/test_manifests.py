@@ -16,6 +16,7 @@ from fraud_control.kserve_canary import BASE_MANIFEST_SPEC, manifest_yaml
 from fraud_control.prediction_sink import STORE_ENV
 from fraud_devcluster.images import REPO, copied, instructions
 
+from tests.docs import docs_text
 from tests.manifests import (
     KUBECTL,
     MANIFESTS,
@@ -155,12 +156,11 @@ def test_s3_secret_template_holds_placeholders_and_the_keys_both_readers_need():
     assert "s3-secret.template.yaml" not in kustomization["resources"]
 
 
-README = MANIFESTS.parent / "README.md"
 
 
 def setup_block() -> list[str]:
     """The shell block of the README's "One-time cluster setup", as lines."""
-    text = README.read_text()
+    text = docs_text()
     section = text[text.index("### One-time cluster setup"):]
     block = section[section.index("```sh\n") + len("```sh\n"):]
     return block[:block.index("```")].splitlines()

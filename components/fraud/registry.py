@@ -16,11 +16,21 @@ EXPERIMENT = "fraud-rollout"
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
-def resolve_tracking_uri(explicit: str = "", state_dir: str | Path = ".fraud-rollout") -> str:
+class NoTrackingServer(ValueError):
+    """A step in a pod without an MLflow tracking URI: each pod would keep a registry of its own."""
+
+
+def resolve_tracking_uri(explicit: str = "", state_dir: str | Path = ".fraud-rollout", *, in_pod: bool = False) -> str:
     """An explicit URI (the caller's `Settings().MLFLOW_TRACKING_URI` when no option gave one), else
-    SQLite under `state_dir`."""
+    SQLite under `state_dir`; `in_pod` (a pipeline step on a cluster), NoTrackingServer: a SQLite file
+    there dies with the pod, so a rerun would never find the champion."""
     if explicit:
         return explicit
+    if in_pod:
+        raise NoTrackingServer(
+            "mlflow_tracking_uri is empty and this step runs in a pod, where a SQLite registry would die with "
+            "it: set the pipeline parameter mlflow_tracking_uri to your MLflow server (docs/cluster.md, "
+            "\"Requirements\")")
     path = Path(state_dir).resolve()
     path.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path / 'mlflow.db'}"

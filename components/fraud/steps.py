@@ -17,6 +17,7 @@ from fraud.pipeline_config import DEFAULTS
 from fraud.profile import PROFILE_FILE, FeatureProfile, fit_feature_profile
 from fraud.schema import LABEL, DataError, check_transactions
 from fraud.score_profile import fit_score_profile
+from fraud.settings import Settings
 from fraud.train import TrainConfig, config_params, train
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def train_step(dataset_path: str, contract_path: str, profile_path: str, model_d
     monitoring = fit_score_profile(trained.validation_labels, trained.validation_scores, trained.threshold.value)
     export.export_model(trained.model, trained.threshold.value, contract, model_dir, version, metadata,
                         monitoring=monitoring, feature_profile=feature_profile)
-    tracking_uri = registry.resolve_tracking_uri(mlflow_tracking_uri)
+    tracking_uri = registry.resolve_tracking_uri(mlflow_tracking_uri, in_pod=Settings().in_cluster)
     mlflow_info = registry.log_training(
         tracking_uri, run_name=f"train-{export.version_label(version)}", params=config_params(config),
         history=trained.history, artifact_root=model_dir,
@@ -168,7 +169,7 @@ def baseline_step(dataset_path: str, contract_path: str, profile_path: str, mode
     baseline's feature contract to `contract_out` and its feature profile to `profile_out` (the
     candidate must use the deployed transformer's contract) and returns its metadata with `source`,
     `registry_version` and `candidate_version`."""
-    tracking_uri = registry.resolve_tracking_uri(mlflow_tracking_uri)
+    tracking_uri = registry.resolve_tracking_uri(mlflow_tracking_uri, in_pod=Settings().in_cluster)
     if champion_version is None:
         metadata = {**train_step(dataset_path, contract_path, profile_path, model_dir, version=1,
                                  window="reference", config=config, mlflow_tracking_uri=tracking_uri),
@@ -205,7 +206,7 @@ def _champion_feature_profile(model_dir: str, profile_path: str, champion_versio
 
 def register_step(baseline_dir: str, candidate_dir: str, mlflow_tracking_uri: str = "") -> dict[str, int]:
     """Candidate → alias `challenger`; the baseline becomes `champion` if none is set yet."""
-    tracking_uri = registry.resolve_tracking_uri(mlflow_tracking_uri)
+    tracking_uri = registry.resolve_tracking_uri(mlflow_tracking_uri, in_pod=Settings().in_cluster)
     baseline = export.read_metadata(baseline_dir)["mlflow"]["registered_version"]
     candidate = export.read_metadata(candidate_dir)["mlflow"]["registered_version"]
     if registry.CHAMPION not in registry.aliases(tracking_uri):

@@ -43,6 +43,29 @@ class CommandParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
+#: Commands that load models with TensorFlow in this process (the rest only start servers or talk HTTP).
+TF_IN_PROCESS = {"demo", "replay", "bench"}
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with the native stderr closed: its C++ banners (absl's "All log messages
+    before absl::InitializeLog()", oneDNN's, the CPU features') are written at load, before
+    TF_CPP_MIN_LOG_LEVEL is read, and would bury the command's own lines. `-v` shows them. An
+    import that fails still raises, with Python's message."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # and its later INFO and WARNING lines
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+
+        tensorflow.constant(0.0) + 1.0  # the first op logs the CPU features: here, not mid-output
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fraud_rollout import (
         bench_coverage,
@@ -103,6 +126,8 @@ def run(argv: list[str] | None = None) -> int:
     if not verbose:  # its "Retrying … after connection broken" lines would bury the one-line error
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    if not verbose and args.command in TF_IN_PROCESS:
+        import_tensorflow_quietly()
     try:
         if getattr(args, "state_dir", False) is None:  # not given: the pipeline run's state, else the demo's
             from fraud_rollout import local_defaults

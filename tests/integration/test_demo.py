@@ -63,6 +63,9 @@ def alive(pid: int) -> bool:
 def test_demo_tells_the_whole_story(demo_run):
     done = demo_run.completed
     assert done.returncode == 0, done.stderr[-3000:]
+    # no TensorFlow banners (absl's, oneDNN's, the CPU features') nor httpx request lines: only with -v
+    for noise in ("absl::InitializeLog", "oneDNN", "cpu_feature_guard", "HTTP Request:"):
+        assert noise not in done.stderr, done.stderr[-3000:]
     report = json.loads((demo_run.out / "report.json").read_text(),
                         parse_constant=lambda c: pytest.fail(f"{c} in report.json"))
     html = (demo_run.out / "report.html").read_text()

@@ -114,41 +114,49 @@ def run_operation(action: str, args: argparse.Namespace, settings: Settings) -> 
 
 
 def print_result(result, note: str, args: argparse.Namespace) -> None:
+    """One text format for both targets (`--json` for scripts); the local runtime adds its revisions'
+    model versions and whether `serve` runs it."""
     local = getattr(args, "target", "local") == "local"
     if getattr(args, "json", False):
         extra = {"local": local_status(args.state_dir)} if local else {}
         print(json.dumps({"action": result.action, "status": result.status, "registry": note, **extra}, indent=2))
-    elif local:
-        lines = [] if result.action == "status" else [result.action]
-        print("\n".join([*lines, format_status(local_status(args.state_dir)), *([note] if note else [])]))
-    else:
-        print(result.markdown + (f"\n{note}" if note else ""))
+        return
+    lines = [] if result.action == "status" else [result.action]
+    print("\n".join([*lines, format_status(result.status, local_status(args.state_dir) if local else None),
+                     *([note] if note else [])]))
 
 
-def format_status(status: dict) -> str:
-    predictor = status["predictor"]
-    revisions = status["revisions"]
+def format_status(traffic: dict, local: dict | None = None) -> str:
+    """`traffic_status(...)` as text; `local` (`local_status`) names each revision's model version and
+    says whether the local runtime serves it. On a cluster only the latest revision's version is known."""
+    revisions = (local or {}).get("revisions", {})
 
     def named(revision: str | None) -> str:
         if not revision:
             return "-"
-        return f"{revision} ({revisions.get(revision, {}).get('modelVersion', '?')})"
+        version = revisions.get(revision, {}).get("modelVersion") or (
+            traffic["modelVersion"] if revision == traffic["latestCreatedRevision"] else None)
+        return f"{revision} ({version})" if version else revision
 
-    lines = [f"InferenceService {status['name']}: generation {status['generation']}, observedGeneration "
-             f"{status['observedGeneration']}, " + ", ".join(f"{k} {v}" for k, v in status["conditions"].items()),
-             f"canaryTrafficPercent: {status['canaryTrafficPercent'] if status['canaryTrafficPercent'] is not None else '(absent)'}",
+    where = f" in {traffic['namespace']}" if traffic.get("namespace") else ""
+    conditions = ", ".join(f"{c['type']} {c['status']}" for c in traffic["conditions"]) or "no conditions yet"
+    percent = traffic["canaryTrafficPercent"]
+    lines = [f"InferenceService {traffic['name']}{where}: generation {traffic['generation']}, observedGeneration "
+             f"{traffic['observedGeneration']}, {conditions}",
+             f"canaryTrafficPercent: {percent if percent is not None else '(absent)'}",
              "traffic:"]
-    for entry in predictor.get("traffic", []):
-        lines.append(f"  {entry['percent']:>3}%  {named(entry['revisionName'])}  tag={entry.get('tag', '-')}  "
+    for entry in traffic["traffic"]:
+        lines.append(f"  {entry['percent']:>3}%  {named(entry.get('revisionName'))}  tag={entry.get('tag', '-')}  "
                      f"latestRevision={str(entry.get('latestRevision', False)).lower()}")
     for key in ("latestCreatedRevision", "latestReadyRevision", "latestRolledoutRevision",
                 "previousRolledoutRevision"):
-        lines.append(f"{key + ':':<27}{named(predictor.get(key))}")
-    runtime = status.get("runtime") or {}
-    if runtime.get("transformer"):
-        lines.append(f"serving: {runtime['transformer']} (generation {runtime.get('appliedGeneration')} applied)")
-    else:
-        lines.append("serving: not running (fraud-rollout serve)")
+        lines.append(f"{key + ':':<27}{named(traffic.get(key))}")
+    if local is not None:
+        runtime = local.get("runtime") or {}
+        if runtime.get("transformer"):
+            lines.append(f"serving: {runtime['transformer']} (generation {runtime.get('appliedGeneration')} applied)")
+        else:
+            lines.append("serving: not running (fraud-rollout serve)")
     return "\n".join(lines)
 
 

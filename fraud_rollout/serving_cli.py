@@ -104,6 +104,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from fraud_control.local_state import LocalInferenceService
     from fraud_control.processes import LOOPBACK, ServerFailed, check_port_free
     from fraud_control.runtime import LocalRuntime, claim_state_dir
+    from fraud_control.traffic import traffic_status
 
     from fraud_rollout import canary_cli
 
@@ -133,7 +134,8 @@ def serve_command(args: argparse.Namespace) -> int:
         runtime.start()
         print(f"serving {service.get()['metadata']['name']} at {runtime.transformer.url} "
               f"(state {args.state_dir}); Ctrl-C stops", flush=True)
-        print(canary_cli.format_status(canary_cli.local_status(args.state_dir)), flush=True)
+        print(canary_cli.format_status(traffic_status(service.get()), canary_cli.local_status(args.state_dir)),
+              flush=True)
         runtime.follow()
     except KeyboardInterrupt:
         pass

@@ -50,11 +50,23 @@ def test_status_prints_the_split(cluster, capsys):
         ("fraud-detector-predictor-00002", 20), ("fraud-detector-predictor-00001", 80)]
 
 
+def test_status_text_is_the_local_targets_format(cluster, capsys):
+    """One format for both targets (it was plain text locally and Markdown on a cluster)."""
+    _, kubeconfig = cluster
+    assert canary("status", kubeconfig) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("InferenceService fraud-detector in ") and ": generation " in lines[0]
+    assert lines[1:4] == ["canaryTrafficPercent: 20", "traffic:",
+                          "   20%  fraud-detector-predictor-00002 (v2)  tag=latest  latestRevision=true"]
+    assert lines[4].startswith("   80%  fraud-detector-predictor-00001  tag=prev  latestRevision=false")
+    assert "latestRolledoutRevision:   fraud-detector-predictor-00001" in lines
+
+
 def test_promote_moves_champion_to_the_canary(cluster, tracking_uri, capsys):
     deployed, kubeconfig = cluster
     assert canary("promote", kubeconfig, "--tracking-uri", tracking_uri) == 0
     out = capsys.readouterr().out
-    assert "**promoted v2 to 100 %**" in out and "MLflow: champion = version 2, challenger cleared" in out
+    assert out.splitlines()[0] == "promoted v2 to 100 %" and "MLflow: champion = version 2, challenger cleared" in out
     assert registry.aliases(tracking_uri) == {"champion": 2}
     assert [w["verb"] for w in deployed.namespace.writes()] == ["create", "patch", "patch"]
 
@@ -62,7 +74,7 @@ def test_promote_moves_champion_to_the_canary(cluster, tracking_uri, capsys):
 def test_rollback_clears_the_challenger(cluster, tracking_uri, capsys):
     _, kubeconfig = cluster
     assert canary("rollback", kubeconfig, "--tracking-uri", tracking_uri) == 0
-    assert "| `fraud-detector-predictor-00001` | prev | 100 % |" in capsys.readouterr().out
+    assert "  100%  fraud-detector-predictor-00001  tag=prev  latestRevision=false" in capsys.readouterr().out.splitlines()
     assert registry.aliases(tracking_uri) == {"champion": 1}
 
 

@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fraud_rollout import (
         bench_coverage,
         bench_rollout,
+        bench_sink,
         canary_cli,
         cluster_cli,
         demo,
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.register(commands, bench_commands)
     bench_rollout.register(commands, bench_commands)
     bench_coverage.register(commands, bench_commands)
+    bench_sink.register(commands, bench_commands)
     return parser
 
 

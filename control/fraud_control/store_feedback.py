@@ -22,7 +22,7 @@ from fraud.score_profile import MONITORING_FILE, ScoreProfile
 from fraud_canary.feedback import FeedbackSignals, feedback_signals
 from fraud_canary.served import judged_by
 
-from fraud_control.prediction_store import feature_matrix, open_store
+from fraud_control.prediction_store import PredictionStore, feature_matrix, open_store
 
 
 def store_signals(url: str, profiles: dict[str, ScoreProfile], feature_profile: FeatureProfile, *,
@@ -36,8 +36,14 @@ def store_signals(url: str, profiles: dict[str, ScoreProfile], feature_profile: 
     logged, all versions together, against `feature_profile`. Raises StoreError when the database
     fails, ValueError for a URL that names no store."""
     with open_store(url) as store:
-        served = store.served(since, until)
-        pairs = store.pairs(since, until)
+        return signals_of(store, profiles, feature_profile, since=since, until=until)
+
+
+def signals_of(store: PredictionStore, profiles: dict[str, ScoreProfile], feature_profile: FeatureProfile, *,
+               since: datetime | None = None, until: datetime | None = None) -> FeedbackSignals | None:
+    """`store_signals` on an open store."""
+    served = store.served(since, until)
+    pairs = store.pairs(since, until)
     answered = served[served["model_version"].notna() & served["score"].notna()]
     if answered.empty:
         return None

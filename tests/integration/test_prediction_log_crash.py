@@ -110,9 +110,10 @@ def wait_post_errors(url: str) -> float:
 
 
 def stored_events(store_url: str) -> int:
+    """Request, response and shadow-pair events in the store (a pair event holds its request's ROWS rows)."""
     with open_store(store_url) as store:
         counts = store.counts()
-    return counts["logged"] + counts["answered"]
+    return counts["logged"] + counts["answered"] + counts["paired"] // ROWS
 
 
 def test_a_sink_killed_under_load_loses_no_event_and_fails_no_inference(tiny_run, tmp_path):
@@ -126,7 +127,8 @@ def test_a_sink_killed_under_load_loses_no_event_and_fails_no_inference(tiny_run
     try:
         deploy("local", tiny_run.v1, tiny_run.v2, canary_percent=50, state_dir=state, prediction_log_url=sink.url)
         load = Load()
-        with LocalServing(state, log_dir=tmp_path / "logs", shadow_percent=0) as serving:
+        # serve's default shadow share (10 %): the shadow pairs' events go through the killed sink too
+        with LocalServing(state, log_dir=tmp_path / "logs") as serving:
             runtime = serving.wait_applied()
             assert runtime["predictionLog"] == {"store": None, "sink": sink.url}
             clients = threading.Thread(target=load.run, args=(infer_url(serving.url), raw))
@@ -162,7 +164,8 @@ def test_a_sink_killed_under_load_loses_no_event_and_fails_no_inference(tiny_run
     during_outage = sum(killed_at <= done < restarted_at for *_, done in load.answered)
     assert during_outage > 0  # inference never waits on the prediction log
     assert dropped == {}  # no event dropped, for no reason
-    assert acknowledged == {"request": answered, "response": answered, "pair": 0}  # shadow scoring off
+    paired = acknowledged["pair"]
+    assert acknowledged == {"request": answered, "response": answered, "pair": paired} and paired > 0
     per_version = Counter()
     for _, version, ids, _ in load.answered:
         per_version[version] += len(ids)
@@ -173,17 +176,22 @@ def test_a_sink_killed_under_load_loses_no_event_and_fails_no_inference(tiny_run
     assert counts["per_version"] == dict(per_version) and set(per_version) == {"v1", "v2"}
     assert sorted(served["transaction_id"]) == sorted(t for _, _, ids, _ in load.answered for t in ids)
     assert served["score"].notna().all() and served["features"].notna().all()
+    with open_store(store_url) as store:
+        pairs = store.pairs()
+    # every acknowledged pair event once, each with its request's rows, both versions' scores
+    assert len(pairs) == paired * ROWS and not pairs.duplicated(["event_id", "row"]).any()
+    assert set(pairs["transaction_id"]) <= set(served["transaction_id"])
     # The events the dead sink committed without acknowledging them were posted again: each one a
     # duplicate at the restarted sink, none stored twice, none lost.
     unacknowledged_committed = committed_at_kill - acknowledged_at_kill
     duplicates = sink_events.get("duplicate", 0.0)
     assert unacknowledged_committed >= 0
     assert duplicates == unacknowledged_committed
-    assert sink_events.get("accepted") == 2 * answered - committed_at_kill and "rejected" not in sink_events
-    assert stored_events(store_url) == 2 * answered == sum(acknowledged.values())
+    assert sink_events.get("accepted") == 2 * answered + paired - committed_at_kill and "rejected" not in sink_events
+    assert stored_events(store_url) == 2 * answered + paired == sum(acknowledged.values())
     print(f"\n{answered} requests answered in {duration:.1f} s, {during_outage} of them during the "
           f"{restarted_at - killed_at:.2f} s outage (post error seen after {noticed_at - killed_at:.2f} s); {post_errors:g} failed posts retried ({post_errors_seen:g} when "
-          f"first seen); events stored {2 * answered}, acknowledged {sum(acknowledged.values()):g}; at the kill "
+          f"first seen); events stored {2 * answered + paired:g} ({paired:g} shadow pairs), acknowledged {sum(acknowledged.values()):g}; at the kill "
           f"{committed_at_kill} committed, {acknowledged_at_kill:g} acknowledged, {duplicates:g} duplicates re-posted")
 
 

@@ -24,7 +24,7 @@ SKIPPED = re.compile(r"Skipping (?:conditional )?task (\S+?):? (.*)")
 EPOCH = re.compile(r"\b(v\d+) epoch (\d+/\d+)")
 #: The last line of a Python traceback: `package.module.SomeError: message`.
 #: (`NotDeployed`: the progressive step found no InferenceService.)
-ERROR = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*(?:[A-Za-z_]\w*(?:Error|Exception|Refused|Failed|Timeout|Interrupt)|NotDeployed)): (.+)$")
+ERROR = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*(?:[A-Za-z_]\w*(?:Error|Exception|Refused|Failed|Timeout|Interrupt|Unavailable|NotFound)|NotDeployed)): (.+)$")
 
 
 class _LogStream(io.TextIOBase):

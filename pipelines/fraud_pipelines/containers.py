@@ -35,6 +35,8 @@ from fraud_pipelines.console import ANSI, ERROR
 COMPONENTS_UID = 1000
 SOCKET_NAME = "podman.sock"
 SERVICE_READY_SECONDS = 30.0
+#: How long a failed step's log may take to get its last (error) line after kfp saw the step end.
+LOG_SETTLE_S = 15.0
 #: Output artifacts that hold only metadata (kfp writes them into executor_output.json, no file).
 METADATA_ONLY = {"system.Metrics", "system.ClassificationMetrics"}
 _START = re.compile(r"Executing task '([^']+)'")
@@ -178,7 +180,7 @@ class StepContainers(logging.Filter):
 
     def _check(self, step: StepRecord) -> None:
         log = Path(step.log)
-        text = _LOG_LINE.sub("", log.read_text(errors="replace")) if log.is_file() else ""
+        text = self._read_log(log, step.task)
         if log.is_file():  # the k8s-file framing dropped: the step's own lines, readable
             log.write_text(text)
         if found := STEP_LINE.search(text):
@@ -199,6 +201,18 @@ class StepContainers(logging.Filter):
             step.problem = "its log names no container (did it run in the image?)"
         elif step.container_id == self.host_id:
             step.problem = f"it logged the host's own container id {step.container_id}"
+
+    def _read_log(self, log: Path, task: str) -> str:
+        """The step's log without the k8s-file framing. A step whose outputs are missing failed, and
+        its error line is its log's last: podman's conmon may still be writing it when kfp reports
+        the end (seen on a loaded machine), so wait for that line, at most LOG_SETTLE_S."""
+        deadline = time.monotonic() + LOG_SETTLE_S
+        while True:
+            text = _LOG_LINE.sub("", log.read_text(errors="replace")) if log.is_file() else ""
+            failed = not all((root / "executor_output.json").exists() for root in self.pipeline_root.glob(f"*/{task}"))
+            if not failed or any(ERROR.match(line) for line in text.splitlines()) or time.monotonic() > deadline:
+                return text
+            time.sleep(0.1)  # between reads of the log conmon is finishing
 
     def failure(self) -> str | None:
         """The first task (in run order) that failed a check, named with its problem and log."""

@@ -176,9 +176,10 @@ def _run_pipeline(shown: PipelineConsole, options: LocalRunOptions, run_dir: Pat
     warnings.filterwarnings("ignore", message=".*non-Python base image.*")  # our image has Python
     image = options.components_image
     pipeline_yaml = compile_pipeline(run_dir / PIPELINE_YAML, image.image if image else DEFAULT_IMAGE)
-    arguments = dict(**asdict(options.config), source_csv=options.source_csv, mlflow_tracking_uri=tracking_uri,
-                     deploy_target="local", local_state_dir=str(options.serving_state_dir.resolve()),
-                     supersede_canary=options.supersede_canary, **pipeline_arguments)
+    # the caller's pipeline arguments win (a test's deploy_target="kserve", lower gate floors)
+    arguments = {**asdict(options.config), "source_csv": options.source_csv, "mlflow_tracking_uri": tracking_uri,
+                 "deploy_target": "local", "local_state_dir": str(options.serving_state_dir.resolve()),
+                 "supersede_canary": options.supersede_canary, **pipeline_arguments}
     # the socket under the out dir: a Unix socket path has at most 107 bytes, the run dir is deeper
     with steps_in_containers(image, pipeline_yaml, run_dir / "kfp", options.out_dir.resolve(),
                              shown.log_path.parent / run_dir.name, arguments) as steps:

@@ -100,7 +100,7 @@ class LocalRuntimeHandle:
         """`fraud-rollout …` (with `--state-dir` of this runtime unless told otherwise)."""
         extra = ["--state-dir", str(self.state_dir)] if state_dir else []
         return subprocess.run([*FRAUD_ROLLOUT, *args, *extra],
-                              capture_output=True, text=True, timeout=120, cwd=REPO)
+                              capture_output=True, text=True, timeout=120, cwd=self.state_dir.parent)
 
     def wait_applied(self, generation: int | None = None, timeout: float = READY_TIMEOUT_SECONDS) -> dict:
         """Until `serve` reports the manifest's generation applied (its observedGeneration)."""
@@ -141,7 +141,9 @@ def start_local_runtime(state_dir: Path, baseline: Path, candidate: Path | None,
     if prediction_log is not None:
         command += ["--prediction-log", str(prediction_log)]
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        # run where the runtime's files are, not in the checkout: a developer's own .fraud-rollout
+        # (after `make demo`) would otherwise be the default every command finds
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=state_dir.parent,
                                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
                                         **({} if split_seed is None else {"FRAUD_ROLLOUT_SPLIT_SEED": str(split_seed)})})
     handle = LocalRuntimeHandle(process, state_dir, port, log_path)

@@ -220,7 +220,7 @@ def test_deploy_step_leaves_a_canary_that_serve_splits_80_20_and_a_rerun_keeps_i
     from fraud_pipelines.local import RunRefused, run_local
     from fraud_serving.client import v2_request
 
-    from tests.integration.serving_fixtures import FRAUD_ROLLOUT, REPO, LocalRuntimeHandle
+    from tests.integration.serving_fixtures import FRAUD_ROLLOUT, LocalRuntimeHandle
 
     out, report = local_run
     state = out / "serving"
@@ -234,7 +234,7 @@ def test_deploy_step_leaves_a_canary_that_serve_splits_80_20_and_a_rerun_keeps_i
     port = free_port()
     with open(tmp_path / "serve.log", "wb") as log:
         process = subprocess.Popen([*FRAUD_ROLLOUT, "serve", "--state-dir", str(state), "--http-port", str(port)],
-                                   stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+                                   stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         LocalRuntimeHandle(process, state, port, tmp_path / "serve.log").wait_applied()
         rows = np.abs(np.random.default_rng(0).normal(size=(2_000, len(FEATURES))))

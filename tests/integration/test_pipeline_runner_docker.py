@@ -27,28 +27,32 @@ def test_a_missing_image_exits_2_naming_it_and_make_images(tmp_path):
 
 def test_a_step_that_fails_in_its_container_fails_the_run_naming_it_and_its_log(tmp_path):
     """kfp's DockerRunner reports a container podman already removed as SUCCESS: the run itself must
-    see that the step wrote no outputs. A rerun into the same serving state meets the first run's
-    canary, and its deploy step refuses (RolloutRefused) inside its container."""
-    def run() -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "fraud_rollout", "pipeline", "run", "--local", "--runner", "docker",
-                               *SMALL_DEMO, "--out", str(tmp_path / "out"), "--serving-state-dir",
-                               str(tmp_path / "serving"), "--mlflow-tracking-uri",
-                               f"sqlite:///{tmp_path / 'mlflow.db'}"], capture_output=True, text=True, timeout=900,
-                              check=False)
+    see that the step wrote no outputs. Here the run targets a cluster this machine has none of (no
+    kubeconfig in the container): the baseline step, which looks up the champion deployed there,
+    fails inside its container with TargetUnavailable, after simulate-drift ran in the image."""
+    from dataclasses import replace
 
-    first = run()
-    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    again = run()
-    assert again.returncode == 1, again.stdout[-2000:] + again.stderr[-2000:]
-    message = again.stderr.strip()
-    assert message.startswith("fraud-rollout pipeline: task deploy-canary failed in its container: RolloutRefused"), \
-        message
-    assert "outputs missing: executor_output.json" in message and "next: fraud-rollout canary promote" in message
+    from fraud.pipeline_config import DEFAULTS
+    from fraud_devcluster import images
+    from fraud_pipelines.containers import ComponentsImage
+    from fraud_pipelines.local import LocalRunOptions, PipelineFailed, run_local
+
+    config = replace(DEFAULTS, n_transactions=int(SMALL_DEMO[1]), fraud_rate=float(SMALL_DEMO[3]))
+    options = LocalRunOptions(out_dir=tmp_path / "out", config=config, serving_state_dir=tmp_path / "serving",
+                              mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                              components_image=ComponentsImage(images.built_image("components"), images.podman_env()))
+    with pytest.raises(PipelineFailed) as failed:
+        run_local(options, deploy_target="kserve")
+    message = str(failed.value)
+    assert "\n" not in message and message.startswith(
+        "task baseline-model failed in its container: TargetUnavailable: --target kserve: no usable kubeconfig"), message
+    assert "outputs missing: executor_output.json" in message, message
     log = Path(message.split("its log: ")[1].split(";")[0].split(" ")[0])
-    assert log.name == "deploy-canary.log"
+    assert log.name == "baseline-model.log"
     assert (step := STEP_LINE.search(log.read_text())) and step["container"] != "none", log.read_text()[-2000:]
-    assert "RolloutRefused" in log.read_text()
-    assert not (log.parent / "register-models.log").exists()  # the run stopped at the refused step
+    assert log.read_text().rstrip().splitlines()[-1].startswith("fraud_control.store.TargetUnavailable: ")
+    ran = (log.parent / "simulate-drift.log").read_text()
+    assert (step := STEP_LINE.search(ran)) and step["container"] != "none", ran[-2000:]
 
 
 def test_the_progressive_step_runs_in_the_image_and_fails_on_one_line_without_a_canary(tmp_path):

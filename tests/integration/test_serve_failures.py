@@ -11,7 +11,7 @@ from fraud.export import MODEL_NAME, SAVEDMODEL_DIR
 from fraud_control.processes import free_port
 from fraud_control.runtime import LOCK_FILE, read_runtime
 
-from tests.integration.serving_fixtures import FRAUD_ROLLOUT, REPO
+from tests.integration.serving_fixtures import FRAUD_ROLLOUT
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ def test_a_predictor_that_cannot_load_ends_serve_with_one_line(tiny_run, tmp_pat
     (broken / MODEL_NAME / "1" / SAVEDMODEL_DIR / "saved_model.pb").unlink()
     state_dir, port = tmp_path / "state", free_port()
     result = subprocess.run([*FRAUD_ROLLOUT, "serve", "--state-dir", str(state_dir), "--baseline", str(broken),
-                             "--http-port", str(port)], capture_output=True, text=True, timeout=300, cwd=REPO)
+                             "--http-port", str(port)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower() and " INFO " not in line]
     saved_model = broken / MODEL_NAME / "1" / SAVEDMODEL_DIR

@@ -113,12 +113,21 @@ def serve_command(args: argparse.Namespace) -> int:
     for option, root in (("--baseline", args.baseline), ("--candidate", args.candidate)):
         if root is not None:
             check_artifact_root(option, root)
-    if args.baseline is None:  # nothing to serve: say so before claiming (creating) the state dir
-        LocalInferenceService(args.state_dir).get()  # NotFound with a hint when nothing was deployed
+    # What can be refused without touching anything first: a taken port, nothing to serve. Claiming the
+    # state dir creates it.
+    check_port_free(args.http_port, "--http-port")
+    if args.baseline is None:
+        from fraud_control.local_state import NotFound
+
+        try:
+            LocalInferenceService(args.state_dir).get()
+        except NotFound:  # (an OSError) nothing was deployed: its hint says how to deploy
+            raise
+        except OSError:  # not a directory, unreadable: claiming it below says what to do
+            pass
     # Own the state dir before anything is written to it: a second serve must leave the first's files alone.
     owner = claim_state_dir(args.state_dir, f"http://{LOOPBACK}:{args.http_port}")
     try:
-        check_port_free(args.http_port, "--http-port")
         if args.baseline is not None:
             write_canary_manifest(args.state_dir, args.baseline, args.candidate, args.canary_percent)
         service = LocalInferenceService(args.state_dir)

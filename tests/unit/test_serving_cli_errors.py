@@ -86,7 +86,7 @@ def test_serve_names_a_taken_http_port_and_writes_nothing(tmp_path):
         result = fraud_rollout("serve", "--state-dir", str(state_dir), "--http-port", str(port), cwd=tmp_path)
     assert error_line(result) == (f"fraud-rollout serve: error: --http-port {port}: already in use by pid {os.getpid()} "
                                   f"({this_process}); stop that process or pass another --http-port")
-    assert [path.name for path in state_dir.iterdir()] == ["runtime.lock"]  # no manifest, no runtime.json
+    assert not state_dir.exists()  # refused before the state dir was claimed (created)
 
 
 def test_serve_refuses_a_port_out_of_range(tmp_path):

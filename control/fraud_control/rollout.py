@@ -209,8 +209,10 @@ class Controller:
 
     def __init__(self, store: InferenceServiceStore, source: EvidenceSource, states: RolloutStateStore,
                  config: RolloutConfig, recorders: Sequence[StepRecorder] = (),
-                 on_step: Callable[[Mapping[str, Any], Mapping[str, Any] | None], None] | None = None) -> None:
+                 on_step: Callable[[Mapping[str, Any], Mapping[str, Any] | None], None] | None = None,
+                 preflight: Callable[[], None] | None = None) -> None:
         self.store, self.source, self.states, self.config = store, source, states, config
+        self.preflight = preflight
         self.policy = config.rollout_policy()
         self.ledger = Ledger.start(self.policy)
         self.recorders, self.on_step = list(recorders), on_step
@@ -223,11 +225,14 @@ class Controller:
             "result": None}
 
     def begin(self) -> None:
-        """Claim the InferenceService for this rollout: RolloutRunning if a controller runs already."""
+        """Claim the InferenceService for this rollout: RolloutRunning if a controller runs already;
+        whatever `preflight` raises if the live source does not answer."""
         running = running_rollout(self.states)
         if running is not None:
             raise RolloutRunning(f"a {describe(running)} is already running; abort it with `fraud-rollout rollout "
                                  f"abort` or wait for it to finish")
+        if self.preflight is not None:  # the live source answers: else refused before anything is claimed or patched
+            self.preflight()
         self.states.clear_abort()
         self._save()
 

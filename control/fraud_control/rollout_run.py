@@ -194,8 +194,9 @@ def _s3_profile(uri: str, filename: str) -> ScoreProfile:
         raise OSError(f"{uri}: {error.code} ({error.message})") from None
 
 
-def evidence_source(options: RolloutOptions, baseline: str, candidate: str) -> EvidenceSource:
-    """The live source the options name: the transformer's /metrics, or Prometheus."""
+def evidence_source(options: RolloutOptions, baseline: str, candidate: str) -> tuple[EvidenceSource, Callable[[], None]]:
+    """The live source the options name (the transformer's /metrics, or Prometheus), and its check
+    that it answers, which the controller runs once it has claimed the rollout, before any patch."""
     from fraud_control.rollout_evidence import AfterLocalApply, MetricsWindow, PrometheusWindow, WindowSpec
     from fraud_control.runtime import read_runtime
 
@@ -217,7 +218,7 @@ def evidence_source(options: RolloutOptions, baseline: str, candidate: str) -> E
             raise RolloutStartError("rollout start --target kserve: pass --metrics-url URL (the transformer's "
                                     "/metrics) or --prometheus URL")
         source = MetricsWindow(url, spec, baseline, candidate)
-    check_reachable(options, url if not options.prometheus_url else "")
+    metrics_url = "" if options.prometheus_url else url
     if options.labels_from:
         from fraud_control.prediction_store import StoreError
         from fraud_control.prediction_store import open_store as open_prediction_store
@@ -232,7 +233,8 @@ def evidence_source(options: RolloutOptions, baseline: str, candidate: str) -> E
                                     "<state-dir>/prediction-log.sqlite)") from None
         source = WithStoreLabels(source, options.labels_from, (baseline, candidate),
                                  label_maturity_days=options.label_maturity_days)
-    return AfterLocalApply(source, Path(options.state_dir)) if options.target == "local" else source
+    return (AfterLocalApply(source, Path(options.state_dir)) if options.target == "local" else source,
+            lambda: check_reachable(options, metrics_url))
 
 
 def check_reachable(options: RolloutOptions, metrics_url: str) -> None:
@@ -288,9 +290,11 @@ def rollout_controller(options: RolloutOptions, store: InferenceServiceStore, so
                                                 fail_closed=options.fail_closed),
                            detectable=options.detectable, tracking_uri=tracking_uri, profiles=profiles,
                            timeout_s=options.timeout_s, poll_s=min(options.poll_s, 2.0))
-    return Controller(store, source or evidence_source(options, baseline, candidate),
-                      rollout_states(options.target, store, options.state_dir), config,
-                      recorders(options, store, subject, tracking_uri), on_step=on_step)
+    preflight = None
+    if source is None:
+        source, preflight = evidence_source(options, baseline, candidate)
+    return Controller(store, source, rollout_states(options.target, store, options.state_dir), config,
+                      recorders(options, store, subject, tracking_uri), on_step=on_step, preflight=preflight)
 
 
 def start_rollout(options: RolloutOptions, store: InferenceServiceStore, source: EvidenceSource | None = None,

@@ -29,14 +29,15 @@ ANY_GAIN = {**LOW_FLOORS, "gate_min_recall_gain": -1.0, "gate_max_p_value": 1.01
 IMPOSSIBLE_GAIN = {**LOW_FLOORS, "gate_min_recall_gain": 10.0}
 
 
-def run(out: Path, seed: int, floors: dict) -> dict:
+def run(out: Path, seed: int, floors: dict, supersede: bool = False) -> dict:
     from dataclasses import replace
 
     from fraud_pipelines.local import run_local
 
     options = small_run_options(out)
     console = io.StringIO()
-    report = run_local(replace(options, config=replace(options.config, seed=seed)), console=console, **floors)
+    report = run_local(replace(options, config=replace(options.config, seed=seed), supersede_canary=supersede),
+                       console=console, **floors)
     report["console"] = console.getvalue()
     return report
 
@@ -101,7 +102,9 @@ def test_the_second_run_canaries_its_candidate_next_to_the_deployed_champion(rer
 def test_a_rejected_rerun_deploys_nothing_and_names_the_failed_rule(reruns):
     out, first, _, second = reruns
     before = LocalInferenceService(out / "serving").get()
-    third = run(out, seed=2, floors=IMPOSSIBLE_GAIN)
+    # run 2's canary still runs: without --supersede the run is refused before any step (test_newcomer);
+    # with it, the run goes ahead, and a gate that rejects leaves that canary as it was
+    third = run(out, seed=2, floors=IMPOSSIBLE_GAIN, supersede=True)
     assert third["gate"]["decision"] == "reject"
     failed = [r for r in third["gate"]["reasons"] if not r["passed"]]
     # against the champion the candidate may also lose precision; the impossible gain always fails
@@ -125,5 +128,5 @@ def test_the_demo_succeeds_after_the_pipeline_runs(reruns):
     assert demo.returncode == 0, demo.stderr[-3000:]
     report = json.loads((out / "demo" / "report.json").read_text())
     assert report["pipeline"]["models"]["v1"]["source"] == "trained"  # the demo tells the first run's story
-    assert report["paths"]["state_dir"] == str(out / ".fraud-rollout" / "demo" / "serving")
+    assert report["paths"]["state_dir"] == str(out / "demo" / "serving")  # under its --out, its own
     assert LocalInferenceService(out / "serving").get()["spec"]["predictor"]["canaryTrafficPercent"] == 20

@@ -42,6 +42,13 @@ OFFLINE = {"v1": OfflineMetrics(precision=0.889, recall=0.8, flag_rate=0.009),
            "v2": OfflineMetrics(precision=0.889, recall=0.8, flag_rate=0.009)}
 
 
+@pytest.fixture(autouse=True)
+def outside_the_checkout(tmp_path, monkeypatch):
+    """The CLI runs in-process here: from a directory of its own, so that a developer's `.fraud-rollout`
+    (after `make demo`) is not the default it finds and says it uses."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _metrics(version: str, requests: int, share: float, errors: int = 0) -> VersionMetrics:
     """1 % fraud, recall 0.8, 0.1 % false flags of the answered rows, labelled."""
     answered = requests - errors
@@ -168,10 +175,20 @@ def test_abort_with_no_controller_rolls_back_directly(canary_cluster, capsys):
 
 
 def test_a_missing_configmap_permission_is_one_line(canary_cluster, tmp_path, capsys):
+    from fraud_control.processes import free_port
+    from prometheus_client import start_http_server
+
     canary_cluster.namespace.apply_pipeline_rbac(drop_verb="patch")  # the state's first write is a patch
     kubeconfig = kubeconfig_for(canary_cluster.namespace, tmp_path / "pipeline", canary_cluster.namespace.token())
-    code = main(["rollout", "start", "--target", "kserve", "--namespace", canary_cluster.ns, "--kubeconfig",
-                 str(kubeconfig), "--metrics-url", "http://127.0.0.1:9/metrics"])
+    # a /metrics that answers (the start reads the live source before it claims the rollout)
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1")
+    try:
+        code = main(["rollout", "start", "--target", "kserve", "--namespace", canary_cluster.ns, "--kubeconfig",
+                     str(kubeconfig), "--metrics-url", f"http://127.0.0.1:{port}/metrics"])
+    finally:
+        server.shutdown()
+        thread.join()
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(

@@ -4,19 +4,18 @@ The sink's feedback signals (score shift, CBPE, feature drift) are over the rows
 last `--feedback-window` (1 h). A store that keeps 90 days holds far more than that: the window
 must be read by an index, not by a scan of the whole table. The benchmark fills a SQLite store,
 in the sink's schema, with `--rows` predictions spread evenly over `--days` (the holdout's
-transactions, both versions' scores from their models' score profiles), then times, in one run:
+transactions' features, 80 % served by v1; scores drawn as a fraud model's, nearly all near 0), then
+times, in one run:
 
 - the signals' computation (what a scrape waits for) without the window's index, as the store
   was before it had one, and with it;
-- the real sink (`fraud-rollout sink serve --models-file …`, a subprocess): its first `/metrics`
+- the real sink (`python -m fraud_control.prediction_sink --models-file …`, a subprocess): its first `/metrics`
   after start, which computes the signals, against the 1 s target (Prometheus' scrape timeout is 10 s).
 """
 from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -96,36 +95,21 @@ def signals_seconds(path: Path, models, window: timedelta, *, indexed: bool) -> 
 def first_scrape_seconds(path: Path, roots: list[str], workdir: Path) -> tuple[float, int]:
     """Start the real sink on `path` and time its first /metrics; (seconds, feedback series in it)."""
     import httpx
-    from fraud_control.processes import free_port
+    from fraud_control.processes import start_sink
 
     models_file = workdir / "models.json"
     models_file.write_text(json.dumps(roots))
-    port = free_port()
-    log = (workdir / "sink.log").open("wb")
-    sink = subprocess.Popen([sys.executable, "-m", "fraud_rollout", "sink", "serve", "--store", str(path), "--port",
-                             str(port), "--models-file", str(models_file)], stdout=log, stderr=subprocess.STDOUT)
+    sink = start_sink(str(path), workdir / "logs", models_file=models_file).wait_ready()
     try:
         with httpx.Client(timeout=60) as client:
-            deadline = time.monotonic() + 120
-            while True:  # ready: /healthz answers (the store is open)
-                try:
-                    if client.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if sink.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the sink did not start: {(workdir / 'sink.log').read_text()[-2000:]}")
-                time.sleep(0.1)  # between polls of /healthz
             started = time.perf_counter()
-            response = client.get(f"http://127.0.0.1:{port}/metrics")
+            response = client.get(f"{sink.url}/metrics")
             seconds = time.perf_counter() - started
         response.raise_for_status()
         series = sum(1 for line in response.text.splitlines() if line.startswith("fraud_feedback_"))
         return seconds, series
     finally:
-        sink.terminate()
-        sink.wait(timeout=60)
-        log.close()
+        sink.stop()
 
 
 def bench_command(args) -> int:

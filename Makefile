@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SYSTEM := $(VENV)/.system
 NOTEBOOK := $(VENV)/.notebook
+KUBECTL := $(VENV)/.kubectl
 N ?= 1000000
 REPORT ?= .fraud-rollout/demo/pipeline/report.json
 
@@ -57,18 +58,24 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	touch $@
 
+# kubectl, which the README's commands and `make cluster` use: a fresh machine of this kind ships
+# one; where it does not, Debian's kubernetes-client provides it.
+$(KUBECTL): | $(INSTALLED)
+	command -v kubectl >/dev/null || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends kubernetes-client; }
+	command -v kubectl >/dev/null || { echo "missing kubectl" >&2; exit 1; }
+	touch $@
+
 # Debian packages the tests use: Prometheus (promtool, a real scrape), wrk (load for benchmarks),
-# kubectl (the README's commands, kustomize), PostgreSQL (the prediction store; Debian keeps its
-# server binaries in /usr/lib/postgresql/<version>/bin, off PATH) and podman, buildah, mmdebstrap, runc (the images). A fresh machine of this kind
-# ships kubectl; where it does not, Debian's kubernetes-client provides one. Every tool is checked
-# after: missing fails here.
-$(SYSTEM): | $(INSTALLED)
-	command -v promtool >/dev/null && command -v wrk >/dev/null && command -v kubectl >/dev/null && \
+# PostgreSQL (the prediction store; Debian keeps its server binaries in /usr/lib/postgresql/<version>/bin,
+# off PATH) and podman, buildah, mmdebstrap, runc (the images). Every tool is checked after:
+# missing fails here.
+$(SYSTEM): $(KUBECTL) | $(INSTALLED)
+	command -v promtool >/dev/null && command -v wrk >/dev/null && \
 	  command -v podman >/dev/null && command -v buildah >/dev/null && command -v mmdebstrap >/dev/null && \
 	  command -v runc >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	      prometheus wrk postgresql podman buildah mmdebstrap runc uidmap fuse-overlayfs \
-	      $$(command -v kubectl >/dev/null || echo kubernetes-client); }
+	      prometheus wrk postgresql podman buildah mmdebstrap runc uidmap fuse-overlayfs; }
 	for tool in promtool prometheus wrk kubectl podman buildah mmdebstrap runc; do \
 	  command -v $$tool >/dev/null || { echo "missing $$tool" >&2; exit 1; }; done
 	pg=$$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1); \
@@ -91,8 +98,8 @@ images: $(INSTALLED) $(SYSTEM)
 	$(BIN)/python -m fraud_devcluster.images $(if $(REGISTRY),--registry $(REGISTRY))
 
 # A real control plane on loopback to try `--target kserve` without a cluster (README "Try the
-# kserve target"); `cluster-down` stops it.
-cluster: $(INSTALLED) $(SYSTEM) go-servers
+# kserve target"); `cluster-down` stops it. It needs kubectl and Go, not the test suite's packages.
+cluster: $(INSTALLED) $(KUBECTL) go-servers
 	$(BIN)/fraud-rollout cluster up
 
 cluster-down: $(INSTALLED)

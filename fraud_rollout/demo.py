@@ -22,8 +22,12 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +194,18 @@ def runnable(name: str) -> str:
     return str(here) if relative.startswith("..") else relative
 
 
+#: A few holdout transactions without their labels, for `predict --file` (the README's first request).
+SAMPLE_FILE = "transactions.csv"
+SAMPLE_ROWS = 5
+
+
+def write_sample(frame: pd.DataFrame, path: Path) -> None:
+    from fraud.schema import FEATURES, TRANSACTION_ID
+
+    columns = [c for c in (TRANSACTION_ID, *FEATURES) if c in frame.columns]
+    frame.loc[:, columns].head(SAMPLE_ROWS).to_csv(path, index=False)
+
+
 def explore_commands(out: Path, pipeline_path: Path, state_dir: Path, tracking_uri: str, raw_row: np.ndarray,
                      feedback: dict) -> list[str]:
     data = json.dumps({"inputs": [{"name": "transactions", "shape": [1, 30], "datatype": "FP64",
@@ -244,6 +260,7 @@ def run_demo(args) -> int:
         return 0
     source = load_source(None, pipeline_path)
     raw = source.frame.loc[:, list(FEATURES)].to_numpy(dtype=np.float64)
+    write_sample(source.frame, out / SAMPLE_FILE)
     tracking_uri = pipeline.get("mlflow", {}).get("tracking_uri", "")
 
     store = demo_feedback.fresh_store(out)

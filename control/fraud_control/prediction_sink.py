@@ -21,10 +21,12 @@ commits them in one transaction (SQLite: one fsync for all of them), then answer
 
 Feedback signals read the window from the store on a connection of their own (not the writer's),
 in a worker thread, at most once every `FEEDBACK_CACHE_S` seconds: concurrent scrapes share one
-computation and its result.
+computation and its result. A scrape waits for it at most `--scrape-wait` seconds (0.5), then answers
+with the signals computed before (none yet after a start or a change of models); a busy window
+never times a scrape out.
 
     python -m fraud_control.prediction_sink --store URL --port P [--host 127.0.0.1] [--retention-days D]
-        [--model ROOT ... | --models-file FILE] [--feedback-window 1h]
+        [--model ROOT ... | --models-file FILE] [--feedback-window 1h] [--scrape-wait 0.5]
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import binascii
 import contextlib
 import json
 import logging
+import math
 import os
 import queue
 import socket
@@ -75,6 +78,9 @@ DEFAULT_FEEDBACK_WINDOW = "1h"
 #: Feedback signals are recomputed at most this often: a window of 100k rows takes ≈ 0.8 s here
 #: (SQLite), and Prometheus replicas or a person refreshing must not each recompute it.
 FEEDBACK_CACHE_S = 10.0
+#: A scrape waits at most this long for a recomputation, then answers with the last signals: a window
+#: of 350k rows takes ≈ 5 s to compute here, and Prometheus gives up on a scrape after 10 s.
+SCRAPE_WAIT_S = 0.5
 #: Short names for the metrics' event_type label (a ce-type is free text: unbounded label values).
 
 log = logging.getLogger(__name__)
@@ -105,33 +111,44 @@ class SinkMetrics:
 class FeedbackCache:
     """The latest feedback signals, recomputed by `compute` in a worker thread when older than
     `ttl_s` or when `models_stamp` changed (the monitored models did: signals of the old ones would
-    read as current); concurrent callers wait for one computation. A store failure counts as an
-    error and leaves no signals (stale ones would read as current) until the next computation."""
+    read as current, so they are dropped at once); concurrent callers share one computation, and
+    each waits for it at most `wait_s` (None: to its end), then takes the signals it has. A store
+    failure counts as an error and leaves no signals (stale ones would read as current) until the
+    next computation."""
 
     def __init__(self, compute: Callable[[], FeedbackSignals | None], metrics: SinkMetrics,
                  ttl_s: float = FEEDBACK_CACHE_S, clock: Callable[[], float] = time.monotonic,
-                 models_stamp: Callable[[], object] = lambda: None) -> None:
+                 models_stamp: Callable[[], object] = lambda: None, wait_s: float | None = SCRAPE_WAIT_S) -> None:
         self._compute, self._metrics, self._ttl_s, self._clock = compute, metrics, ttl_s, clock
-        self._models_stamp = models_stamp
-        self._lock = asyncio.Lock()
+        self._models_stamp, self._wait_s = models_stamp, wait_s
+        self._running: asyncio.Future | None = None
         self._computed_at: float | None = None
         self._computed_for: object = None
         self.latest: FeedbackSignals | None = None
 
     async def refresh(self) -> FeedbackSignals | None:
-        async with self._lock:
-            stamp = self._models_stamp()
-            if (self._computed_at is None or self._clock() - self._computed_at >= self._ttl_s
-                    or stamp != self._computed_for):
-                self._computed_for = stamp
-                try:
-                    self.latest = await run_in_threadpool(self._compute)
-                except StoreError as error:
-                    self._metrics.feedback_errors.inc()
-                    log.warning("feedback signals: %s", error)
-                    self.latest = None
-                self._computed_at = self._clock()
-            return self.latest
+        stamp = self._models_stamp()
+        if self._running is None and (self._computed_at is None or stamp != self._computed_for
+                                      or self._clock() - self._computed_at >= self._ttl_s):
+            if stamp != self._computed_for:
+                self.latest = None
+            self._computed_for = stamp
+            self._running = asyncio.ensure_future(self._recompute())
+        if self._running is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._running), self._wait_s)
+        return self.latest
+
+    async def _recompute(self) -> None:
+        try:
+            self.latest = await run_in_threadpool(self._compute)
+        except StoreError as error:
+            self._metrics.feedback_errors.inc()
+            log.warning("feedback signals: %s", error)
+            self.latest = None
+        finally:
+            self._computed_at = self._clock()
+            self._running = None
 
 
 @dataclass
@@ -414,6 +431,17 @@ def _positive_days(text: str) -> int:
     return days
 
 
+def _scrape_wait(text: str) -> float | None:
+    """argparse type: seconds >= 0, or inf (None: wait for the computation to end)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0 (or inf)")
+    return None if math.isinf(seconds) else seconds
+
+
 def _window(text: str) -> timedelta:
     """argparse type: a positive duration, `90s`, `30m`, `1h`, `7d`."""
     window = parse_duration(text)
@@ -444,6 +472,9 @@ def add_arguments(parser: argparse.ArgumentParser, port: Callable[[str], int] = 
     parser.add_argument("--feedback-window", type=_window, default=_window(DEFAULT_FEEDBACK_WINDOW),
                         metavar="DURATION", help=f"served rows the feedback signals are over: the last 90s, 30m, "
                                                  f"1h, 7d (default {DEFAULT_FEEDBACK_WINDOW}; with --model)")
+    parser.add_argument("--scrape-wait", type=_scrape_wait, default=SCRAPE_WAIT_S, metavar="SECONDS",
+                        help=f"how long a /metrics scrape waits for the feedback signals being recomputed before it "
+                             f"answers with the last ones (default {SCRAPE_WAIT_S:g}; inf: until they are done)")
 
 
 def serve(args: argparse.Namespace, prog: str = "prediction-sink") -> int:
@@ -483,10 +514,11 @@ def serve(args: argparse.Namespace, prog: str = "prediction-sink") -> int:
     if args.models_file is not None:
         models_file = ModelsFile(args.models_file)
         feedback = FeedbackCache(window_signals(store_url, models_file.current, args.feedback_window), metrics,
-                                 models_stamp=models_file.stamp)
+                                 models_stamp=models_file.stamp, wait_s=args.scrape_wait)
         watched = f"; feedback signals of the models in {args.models_file}{window}"
     elif models is not None:
-        feedback = FeedbackCache(window_signals(store_url, lambda: models, args.feedback_window), metrics)
+        feedback = FeedbackCache(window_signals(store_url, lambda: models, args.feedback_window), metrics,
+                                 wait_s=args.scrape_wait)
         watched = f"; feedback signals of {', '.join(models.versions)}{window}"
     print(f"prediction sink on http://{host}:{port}/ → {store.url} ({store.backend}); retention {args.retention_days} "
           f"days ({deleted} old predictions deleted){watched}", flush=True)

@@ -199,11 +199,11 @@ def start_server(role: str, args: list[str], log_dir: Path, model_name: str = NA
 
 def start_sink(store_url: str, log_dir: Path, *, retention_days: float | None = None, port: int | None = None,
                label: str = "prediction-log", niceness: int = 0, models: Sequence[Path] = (),
-               models_file: Path | None = None) -> ServerProcess:
+               models_file: Path | None = None, options: Sequence[str] = ()) -> ServerProcess:
     """Launch the prediction-log sink (`python -m fraud_control.prediction_sink`) on a loopback port
     writing to `store_url`; does not wait. `niceness` > 0 runs it at a lower CPU priority. `models`:
     the artifact roots whose feedback signals its /metrics reports (`--model`); or `models_file`, a
-    JSON list of them it re-reads when it changes (`--models-file`)."""
+    JSON list of them it re-reads when it changes (`--models-file`); `options`, more of its flags."""
     port = port or free_port()
     check_port_free(port)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -216,6 +216,7 @@ def start_sink(store_url: str, log_dir: Path, *, retention_days: float | None = 
         command += ["--model", str(root)]
     if models_file is not None:
         command += ["--models-file", str(models_file)]
+    command += options
 
     def prepare() -> None:
         die_with_parent()

@@ -1,8 +1,5 @@
-"""The story at full size: 1,000,000 transactions, seed 7, the pipeline's own defaults."""
-import json
-import subprocess
-import sys
-from pathlib import Path
+"""The story at full size: 1,000,000 transactions, seed 7, the pipeline's own defaults, as `make demo`
+in a fresh clone tells it (tests/e2e/conftest.py)."""
 
 import pytest
 from fraud import simulate
@@ -29,18 +26,6 @@ def test_candidate_meets_the_floors_and_is_promoted(full_run):
     assert full_run["mcnemar_p"] < 0.01
     assert full_run["gate"]["decision"] == "promote", full_run["gate"]["reasons"]
     assert full_run["mlflow"]["aliases"]["challenger"] == full_run["mlflow"]["versions"]["v2"]
-
-
-@pytest.fixture(scope="module")
-def full_demo(full_run, tmp_path_factory):
-    """`fraud-rollout demo --from-report` on the full-size run: its replay, prediction log and report."""
-    root = tmp_path_factory.mktemp("full-demo")
-    done = subprocess.run([sys.executable, "-m", "fraud_rollout", "demo", "--from-report",
-                           str(Path(full_run["run"]["dir"]) / "report.json"), "--out", str(root / "out"),
-                           "--state-dir", str(root / "serving"), "--no-progress"],
-                          cwd=root, capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads((root / "out" / "report.json").read_text())
 
 
 def test_the_prediction_log_agrees_with_the_replay_at_full_size(full_demo):

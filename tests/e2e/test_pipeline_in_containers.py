@@ -2,8 +2,8 @@
 real registry (CNCF Distribution on loopback), `pipeline compile --image` for the pushed tag, and
 `pipeline run --local --runner docker` at the defaults (1,000,000 transactions, seed 7) with every
 step in the components image. Each step's own log names the container it ran in (not the host), as
-uid 1000, and the run's metrics are the in-process run's (`full_run`), exactly: the same seed in
-another process and another filesystem gives the same models."""
+uid 1000, and the run's metrics are those of `make demo`'s pipeline (`full_run`), exactly: the same seed
+in another process and another filesystem gives the same models."""
 import json
 import os
 import re
@@ -48,8 +48,8 @@ def cluster_path(tmp_path_factory):
     recorded = images.BUILT.read_bytes()  # the block records its own tags: the suite's are put back after
     started, address = registry.start(root / "registry")
     try:
-        # a user's shell: none of this test process's MLflow settings (mlflow.set_tracking_uri, called by
-        # the in-process `full_run`, exports MLFLOW_TRACKING_URI to the environment)
+        # a user's shell: none of this test process's MLflow settings (an in-process run's
+        # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI to the environment)
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, "REGISTRY": f"{address}/team",
                "CONTAINERS_REGISTRIES_CONF": str(registry.registries_conf(root / "registry"))}
         script = "\n".join([*lines[1:], 'echo "COMPONENTS=$COMPONENTS"', 'echo "SERVING=$SERVING"'])

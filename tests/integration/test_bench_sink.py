@@ -28,4 +28,10 @@ def test_bench_sink_times_before_after_and_the_real_sinks_first_scrape(demo_run,
     scrape = re.fullmatch(r"  the real sink, first /metrics after start +\d+\.\d\d s   target < 1 s: (MET|MISSED) "
                           r"\((\d+) fraud_feedback_\* samples\)", summary[3])
     assert scrape is not None and int(scrape.group(2)) > 0, summary[3]
+    assert summary[4] == "  a busy window (25 h, about 26,042 rows), the real sink's first /metrics:"
+    waited = re.fullmatch(r"    waiting for the signals \(--scrape-wait inf\) +\d+\.\d\d s   \((\d+) samples\)", summary[5])
+    assert waited is not None and int(waited.group(1)) == int(scrape.group(2)), summary[5]  # it waited: all there
+    bounded = re.fullmatch(r"    waiting at most 0.5 s \(the default\) +(\d+\.\d\d) s   target < 1 s: (MET|MISSED) "
+                           r"\((\d+) samples; in a scrape (\d+\.\d\d) s after the first\)", summary[6])
+    assert bounded is not None and float(bounded.group(4)) >= float(bounded.group(1)), summary[6]
     assert list(tmp_path.iterdir()) == []  # the store was in a temporary directory under --dir, removed

@@ -116,6 +116,40 @@ def test_the_cache_computes_once_per_period_for_concurrent_scrapes_and_drops_sig
     assert metrics.registry.get_sample_value("fraud_sink_feedback_errors_total") == 1.0
 
 
+def test_a_scrape_waits_at_most_its_bound_for_a_slow_computation_and_never_reads_another_models_signals():
+    """A busy window takes seconds to compute: the scrape answers after `wait_s` with what the cache
+    has (nothing after a start or a change of models), and the computation goes on for the next one."""
+    stamp, release, calls = ["a"], threading.Event(), []
+    signals = {"a": FeedbackSignals((), ()), "b": FeedbackSignals((), ())}
+
+    def compute():
+        calls.append(stamp[0])
+        if stamp[0] == "b":
+            assert release.wait(timeout=60)
+        return signals[stamp[0]]
+
+    cache = FeedbackCache(compute, SinkMetrics(), ttl_s=10.0, clock=lambda: 0.0, models_stamp=lambda: stamp[0],
+                          wait_s=0.05)
+
+    async def until_computed() -> FeedbackSignals | None:
+        for _ in range(6000):  # the worker thread's end, polled: at most 60 s
+            if cache.latest is not None:
+                return cache.latest
+            await asyncio.sleep(0.01)
+        return None
+
+    async def scrapes() -> None:
+        assert await cache.refresh() is signals["a"]  # fast: answered in the same scrape
+        stamp[0] = "b"
+        assert await cache.refresh() is None  # slow: a's signals are not b's; none yet
+        assert await cache.refresh() is None and calls == ["a", "b"]  # the one computation still runs
+        release.set()
+        assert await until_computed() is signals["b"]
+        assert await cache.refresh() is signals["b"] and calls == ["a", "b"]
+
+    asyncio.run(scrapes())
+
+
 def model_root(root, version: int, contract_id: str, *, monitoring: bool = True, profile=None):
     version_dir = root / "fraud-detector" / str(version)
     version_dir.mkdir(parents=True)

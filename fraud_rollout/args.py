@@ -125,3 +125,19 @@ def state_dir_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", type=Path, default=None,
                         help=f"local runtime state (the InferenceService manifest; default {DEFAULT_STATE_DIR}, "
                              "else the demo's, .fraud-rollout/demo/serving)")
+
+
+class DefaultsHelp(argparse.HelpFormatter):
+    """An option's help ends with its default, unless it names its default itself or has none to name
+    (a flag, or a value that is worked out when not given)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (not action.option_strings or "default" in text or action.default in (None, False, "", [])
+                or action.default is argparse.SUPPRESS or text == argparse.SUPPRESS):
+            return action.help
+        return f"{text} (default %(default)s)"
+
+
+class DefaultsHelpRawEpilog(DefaultsHelp, argparse.RawDescriptionHelpFormatter):
+    """DefaultsHelp, with the description and epilog kept as written (a table of exit codes)."""

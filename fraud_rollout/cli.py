@@ -15,7 +15,7 @@ import sys
 
 from fraud.schema import DataError
 
-from fraud_rollout.args import UsageError
+from fraud_rollout.args import DefaultsHelp, UsageError
 
 #: Exit code when stdout is a pipe its reader closed (`fraud-rollout … | head -1`): 128 + SIGPIPE, what a
 #: shell reports for `yes | head -1`, so `set -o pipefail` sees a truncated output as every Unix tool's.
@@ -31,9 +31,11 @@ def version() -> str:
 
 class CommandParser(argparse.ArgumentParser):
     """Every (sub)command's parser: `-v/--verbose` and `--version` accepted at any level (also after
-    the subcommand), and a bad argument on ONE line (argparse prints the usage above it)."""
+    the subcommand), defaults in the help, and a bad argument on ONE line (argparse prints the usage
+    above it)."""
 
     def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelp)
         super().__init__(*args, **kwargs)
         # SUPPRESS: a subcommand's parser would otherwise reset the -v given before it to False
         self.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
@@ -43,8 +45,9 @@ class CommandParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
-#: Commands that load models with TensorFlow in this process (the rest only start servers or talk HTTP).
-TF_IN_PROCESS = {"demo", "replay", "bench"}
+#: Commands that load models with TensorFlow in this process (the rest only start servers or talk HTTP):
+#: (command, its bench) pairs, None for any.
+TF_IN_PROCESS = {("demo", None), ("replay", None), ("bench", "replay"), ("bench", "serving"), ("bench", "pipeline")}
 
 
 def import_tensorflow_quietly() -> None:
@@ -128,7 +131,7 @@ def run(argv: list[str] | None = None) -> int:
     if not verbose:  # its "Retrying … after connection broken" lines would bury the one-line error
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
-    if not verbose and args.command in TF_IN_PROCESS:
+    if not verbose and (args.command, getattr(args, "bench", None)) in TF_IN_PROCESS:
         import_tensorflow_quietly()
     try:
         if getattr(args, "state_dir", False) is None:  # not given: the pipeline run's state, else the demo's

@@ -11,6 +11,7 @@ from pathlib import Path
 from fraud.settings import Settings
 
 from fraud_rollout.args import (
+    DefaultsHelpRawEpilog,
     UsageError,
     detectable_difference,
     listen_port,
@@ -39,11 +40,11 @@ START_EPILOG = f"""exit codes of `rollout start`:
 
 def register(commands) -> None:
     rollout = commands.add_parser("rollout", help="progressive rollout: canaryTrafficPercent through a plan",
-                                  epilog=START_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                  epilog=START_EPILOG, formatter_class=DefaultsHelpRawEpilog)
     actions = rollout.add_subparsers(dest="action", required=True, metavar="ACTION")
     # one parser per action, each with only its own options (`rollout status --plan …` is an error)
     start = actions.add_parser("start", help="run the rollout controller until it promotes, rolls back or pauses",
-                               epilog=START_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                               epilog=START_EPILOG, formatter_class=DefaultsHelpRawEpilog)
     status = actions.add_parser("status", help="the rollout's state: its step, verdicts and evidence")
     abort = actions.add_parser("abort", help="stop the rollout and roll the canary back")
     for parser in (start, status, abort):

@@ -44,7 +44,8 @@ def register(commands, bench) -> None:
     predict = commands.add_parser("predict", help="send transactions to the transformer as v2 JSON")
     predict.add_argument("--url", required=True, help="transformer base URL (or the full infer URL)")
     predict.add_argument("--file", required=True, type=Path, help="transactions .csv or .json")
-    predict.add_argument("--model-name", default="fraud-detector")
+    predict.add_argument("--model-name", default="fraud-detector", help="the InferenceService's model")
+    predict.add_argument("--json", action="store_true", help="print the v2 response as it came")
     predict.set_defaults(func=predict_command)
 
     bench_serving = bench.add_parser("serving", help="latency and throughput of predictor and transformer")
@@ -198,6 +199,9 @@ def predict_command(args: argparse.Namespace) -> int:
     except httpx.TransportError as error:
         raise UsageError(f"--url {args.url}: cannot reach it ({type(error).__name__}: {error}); start "
                          "`fraud-rollout serve` or give the URL it prints") from None
+    if args.json:
+        print(json.dumps(response))
+        return 0
     scores = outputs(response)
     print(f"model_version {response.get('model_version')}")
     print("row  fraud_probability  is_fraud")

@@ -32,13 +32,14 @@ def script(found: list[Block]) -> str:
     """One bash script: each block behind a marker that names it, stopping at the first failure."""
     lines = ["set -eo pipefail"]
     for block in runnable(found):
-        lines += [f"echo '{MARK}{block.where}'", f"echo '{MARK}{block.where}' >&2", block.text]
+        # a newline first: a block's output may not end with one (kubectl's jsonpath)
+        lines += [f"printf '\\n{MARK}{block.where}\\n'", f"printf '\\n{MARK}{block.where}\\n' >&2", block.text]
     return "\n".join(lines) + "\n"
 
 
 def by_block(output: str) -> dict[str, str]:
     parts = re.split(rf"^{MARK}(\S+)\n", output, flags=re.MULTILINE)
-    return dict(zip(parts[1::2], parts[2::2], strict=True))
+    return {where: text.strip("\n") for where, text in zip(parts[1::2], parts[2::2], strict=True)}
 
 
 def stop_group(pgid: int) -> None:

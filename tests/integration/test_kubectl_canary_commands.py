@@ -85,8 +85,8 @@ def readme_blocks() -> dict[str, str]:
     section = docs_text().split(
         "## Promote or roll back the canary", 1)[1].split("\n## ", 1)[0]
     blocks = [part.split("```", 1)[0] for part in section.split("```sh\n")[1:]]
-    assert len(blocks) == 4, blocks
-    return dict(zip(("status", "promote", "rollback_canary", "rollback_promoted"), blocks))
+    assert len(blocks) == 5, blocks
+    return dict(zip(("status", "rollback_canary", "promote", "rollback_promoted", "cli"), blocks))
 
 
 def paste(block: str, env: dict) -> str:

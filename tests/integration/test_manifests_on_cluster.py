@@ -18,7 +18,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.cluster_fixtures import admin_client
-from tests.docs import docs_text
+from tests.docs import blocks, docs_text
 from tests.manifests import PREDICTION_LOG, REPO, STORE_SECRET, STORE_SECRET_KEY, commented_commands, one, render
 from tests.pod_command import command_line
 
@@ -107,25 +107,24 @@ def test_the_sinks_commands_create_its_secret_and_objects_and_restricted_pod_sec
 
 
 def readme_sink_block() -> list[str]:
-    """The README's "The sink on a cluster" block, line by line."""
+    """The docs' "The sink on a cluster" block, line by line (the next, `rollout status`, waits for a pod)."""
     section = docs_text().split("### The sink on a cluster", 1)[1]
-    return section.split("```\n", 2)[1].rstrip("\n").splitlines()
+    return next(b for b in blocks() if b.text in section).text.splitlines()
 
 
 def test_the_readmes_sink_block_sets_the_built_image_and_a_second_apply_keeps_it(kube_cluster, namespace,
                                                                                  postgres_url, tmp_path):
-    """The README's block, verbatim but for its last line (`rollout status` waits for a pod, and no
-    kubelet runs pods here), in a working dir like a checkout: the Deployment runs the image `make
-    images` built, and applying again keeps it (`kubectl set image`, the README's way before, was
-    reverted by the next `apply -k`)."""
+    """The docs' block, verbatim but for `make images` (the suite built them), in a working dir like a
+    checkout: the Deployment runs the image `make images` built, and applying again keeps it
+    (`kubectl set image`, the README's way before, was reverted by the next `apply -k`)."""
     import sys
 
     lines = readme_sink_block()
-    assert lines[-1] == 'kubectl -n "$NS" rollout status deployment/fraud-prediction-log'
+    assert lines[-1] == 'kubectl apply -k .fraud-rollout/prediction-log -n "$NS"' and lines[1].startswith("make images ")
     (tmp_path / "manifests").symlink_to(REPO / "manifests")
     (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1])
     env = {**os.environ, "PREDICTION_LOG_STORE_URL": postgres_url, "KUBECONFIG": kube_cluster.kubeconfig}
-    script = "\n".join(lines[:-1]).replace("NS=kubeflow-user-example-com", f"NS={namespace.name}", 1)
+    script = "\n".join(lines[:1] + lines[2:]).replace("NS=kubeflow-user-example-com", f"NS={namespace.name}", 1)
     apps = client.AppsV1Api(admin_client(kube_cluster))
     built = subprocess.run([sys.executable, "-m", "fraud_devcluster.images", "--print", "components"],
                            capture_output=True, text=True, check=True).stdout.strip()

@@ -5,6 +5,7 @@ goes out as a canary next to it; on `--target kserve` both models are uploaded t
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -53,6 +54,7 @@ def register(commands) -> None:
                         help="the prediction-log sink: the InferenceService's transformer gets KServe's payload "
                              "logger (mode all) posting to it, e.g. http://fraud-prediction-log.<namespace>.svc."
                              "cluster.local (default: no logger)")
+    deploy.add_argument("--json", action="store_true", help="print what was done and the status as JSON")
     deploy.set_defaults(func=deploy_command)
 
 
@@ -108,7 +110,10 @@ def deploy_command(args: argparse.Namespace) -> int:
     except (S3Error, HTTPError) as error:
         raise UsageError(f"uploading to S3 failed (S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY): "
                          f"{type(error).__name__}: {error}") from None
-    print(describe(rollout, args))
+    if args.json:
+        print(json.dumps({"action": rollout.action, "status": rollout.status}, default=str))
+    else:
+        print(describe(rollout, args))
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
@@ -27,7 +28,10 @@ def _ingest(args: argparse.Namespace) -> int:
         missing = not args.create and str(error).startswith("no prediction store at ")
         hint = "; check the path, or pass --create to start a new one" if missing else ""
         raise UsageError(f"--store {args.store}: {error}{hint}") from None
-    print(f"labels: {result.total} read, {result.joined} joined to served predictions, {result.unknown} unknown")
+    if args.json:
+        print(json.dumps({"read": result.total, "joined": result.joined, "unknown": result.unknown}))
+    else:
+        print(f"labels: {result.total} read, {result.joined} joined to served predictions, {result.unknown} unknown")
     return 0
 
 
@@ -50,4 +54,5 @@ def register(commands) -> None:
                         help="the prediction store the sink writes: a SQLite file or postgresql://… URL")
     ingest.add_argument("--create", action="store_true",
                         help="create the SQLite store if it does not exist (default: refuse; a typo is not a new store)")
+    ingest.add_argument("--json", action="store_true", help="print the counts as JSON")
     ingest.set_defaults(func=_ingest)

@@ -450,7 +450,18 @@ def _window(text: str) -> timedelta:
     return window
 
 
-def add_arguments(parser: argparse.ArgumentParser, port: Callable[[str], int] = int) -> None:
+def _port(text: str) -> int:
+    """argparse type: a TCP port to listen on, 0..65535 (0: a free one)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0..65535; 0 picks a free one)")
+    return port
+
+
+def add_arguments(parser: argparse.ArgumentParser, port: Callable[[str], int] = _port) -> None:
     """The sink's flags (shared by `python -m fraud_control.prediction_sink` and `fraud-rollout sink serve`);
     `port` is the --port type (`fraud-rollout` passes its range-checked `args.listen_port`)."""
     parser.add_argument("--store", default=None,

@@ -70,40 +70,47 @@ def test_the_documentation_runs_as_written(fresh_clone, tmp_path):
     path = tmp_path / "docs.sh"
     path.write_text(script(found))
     env = {**fresh_clone.env, "PREDICTION_LOG_STORE_URL": "postgresql://fraud@127.0.0.1:5432/fraud"}
-    process = subprocess.Popen(["bash", str(path)], cwd=fresh_clone.root, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # Output to files, not pipes: what a block leaves running (`serve &`) holds its stdout open.
+    with open(tmp_path / "out", "w") as out_file, open(tmp_path / "err", "w") as err_file:
+        process = subprocess.Popen(["bash", str(path)], cwd=fresh_clone.root, env=env, stdout=out_file,
+                                   stderr=err_file, text=True, start_new_session=True)
     try:
-        out, err = process.communicate(timeout=SCRIPT_TIMEOUT_S)
-    finally:
-        stop_group(process.pid)
+        process.wait(timeout=SCRIPT_TIMEOUT_S)
+    finally:  # the cluster first: a script's jobs share its process group, the cluster's servers too
         down = subprocess.run(["make", "cluster-down"], cwd=fresh_clone.root, env=fresh_clone.env,
                               capture_output=True, text=True, timeout=300)
+        stop_group(process.pid)
+    out, err = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
     ran = by_block(out)
     last = list(ran)[-1] if ran else "(none)"
     assert process.returncode == 0, f"block {last} failed:\n{ran.get(last, '')[-2000:]}\n{err[-4000:]}"
     assert list(ran) == [b.where for b in runnable(found)]
     assert "stopped etcd, kube-apiserver, minio, kserve-controller-manager, knative-standin" in down.stdout
 
+    # the README's blocks: serve, make cluster, kubectl status, rollback, promote, rollback again, the CLI
+    serve_out, cluster_out, kubectl, rollback, promote, after_promote, cli = (
+        ran[b.where] for b in runnable(found) if b.page == "README.md")
     # Serve it: the demo's state, a prediction per row of its sample, then a rollback and a promote
-    serve = ran["README.md:78"].splitlines()
-    assert serve[0] == "model_version v2" and serve[1].split() == ["row", "fraud_probability", "is_fraud"]
-    assert [line.split()[0] for line in serve[2:7]] == ["0", "1", "2", "3", "4"]
+    serve = serve_out.splitlines()  # serve's own lines (its start, what it serves) come in between
+    at = serve.index("model_version v2")
+    assert serve[at + 1].split() == ["row", "fraud_probability", "is_fraud"]
+    assert [line.split()[0] for line in serve[at + 2:at + 7]] == ["0", "1", "2", "3", "4"]
     assert "rolled back: canary v2 at 0 %" in serve and "promoted v2 to 100 %" in serve
     assert "MLflow: champion = version 2, challenger cleared" in serve
     # the kserve target: the deploy as KServe's controller split it
-    cluster = ran[next(w for w in ran if "make cluster" in _text(found, w))].splitlines()
+    cluster = cluster_out.splitlines()
     assert "kubeflow-user-example-com/fraud-detector: created with v1; canary v2 at 20 %" in cluster
     assert [(t["revisionName"], t["percent"]) for t in json.loads(cluster[-1])] == [
         ("fraud-detector-predictor-00002", 20), ("fraud-detector-predictor-00001", 80)]
     # the kubectl blocks in order: rolled back, promoted, rolled back again; the CLI then promotes
-    _, _, kubectl, rollback, promote, after_promote, cli = (ran[b.where] for b in runnable(found)
-                                                             if b.page == "README.md")
     assert "fraud-detector-predictor-00002\tlatest\t20" in kubectl and "fraud-detector-predictor-00001\tprev\t80" in kubectl
     assert all("inferenceservice.serving.kserve.io/fraud-detector" in o for o in (rollback, promote, after_promote))
     assert "promoted v2 to 100 %" in cli
     # the sink on this machine: the feedback and feature metrics of both models
-    metrics = ran[next(w for w in ran if "sink serve" in _text(found, w))].splitlines()
-    assert metrics and all(line.startswith(("fraud_feedback_", "fraud_feature_")) for line in metrics)
+    sink = ran[next(w for w in ran if "sink serve" in _text(found, w))].splitlines()
+    assert sink[0].startswith("prediction sink on http://127.0.0.1:8091/ → .fraud-rollout/demo/prediction-log.sqlite")
+    versions = {m.group(1) for line in sink[1:] if (m := re.match(r'fraud_feedback_rows\{model_version="(v\d)"\}', line))}
+    assert versions == {"v1", "v2"} and all(line.startswith(("fraud_feedback_", "fraud_feature_")) for line in sink[1:])
     # the v2 request of the serving page, answered by the v2 the CLI promoted
     answer = json.loads(ran[next(w for w in ran if w.startswith("docs/serving.md"))])
     assert answer["model_name"] == "fraud-detector" and answer["model_version"] == "v2"

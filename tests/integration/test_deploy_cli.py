@@ -38,6 +38,10 @@ def test_deploy_two_models_locally_then_status_shows_the_20_percent_canary(tiny_
     again = fraud_rollout(*deploy, cwd=tmp_path)  # the same candidate again changes nothing
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines()[0] == f"fraud-detector in {state}: unchanged: v2 is already deployed (at 20 %)"
+    scripted = fraud_rollout(*deploy, "--json", cwd=tmp_path)  # for scripts: the same, as JSON
+    assert scripted.returncode == 0, scripted.stderr
+    shown = json.loads(scripted.stdout)
+    assert shown["action"] == "unchanged: v2 is already deployed (at 20 %)" and shown["status"]["generation"] == 2
 
     other = fraud_rollout(*deploy[:-1], str(tiny_run.v1), "--canary-percent", "50", cwd=tmp_path)
     assert other.returncode == 1 and other.stdout == ""

@@ -2,6 +2,7 @@
 traceback. Each case runs the real CLI as a subprocess."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,16 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 def test_sink_port_out_of_range_is_refused_at_parse_time(tmp_path, port, message):
     result = fraud_rollout("sink", "serve", "--port", port, "--store", str(tmp_path / "s.db"), cwd=tmp_path)
     assert one_error_line(result) == f"fraud-rollout sink serve: error: argument --port: {message}"
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_the_sink_started_as_a_module_refuses_a_port_out_of_range_too(tmp_path):
+    """What the local runtime and the sink's image run; it once raised OverflowError from bind()."""
+    result = subprocess.run([sys.executable, "-m", "fraud_control.prediction_sink", "--port", "99999", "--store",
+                             str(tmp_path / "s.db")], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "prediction-sink: error: argument --port: '99999' is not a TCP port (0..65535; 0 picks a free one)")
     assert not (tmp_path / "s.db").exists()
 
 
@@ -132,6 +143,13 @@ def test_verbose_is_accepted_anywhere(tmp_path, args):
     result = fraud_rollout(*args, "--store", "store.db", "--create", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "labels: 1 read, 0 joined to served predictions, 1 unknown\n"
+
+
+def test_labels_ingest_prints_its_counts_as_json_for_scripts(tmp_path):
+    (tmp_path / "labels.csv").write_text(LABELS)
+    result = fraud_rollout("labels", "ingest", "labels.csv", "--store", "store.db", "--create", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"read": 1, "joined": 0, "unknown": 1}
 
 
 @pytest.mark.parametrize("argv, verbose", [

@@ -87,7 +87,7 @@ system: $(SYSTEM)
 # The third-party servers of the loopback cluster (kube-apiserver, etcd, KServe's controller
 # manager, MinIO, Argo Rollouts' controller), built from their Go modules at the versions
 # fraud_devcluster/versions.py pins, once: binaries are cached in ~/.cache/fraud-rollout/go (a
-# fresh 2-core machine: about 20 minutes for all six, measured; the images build meanwhile).
+# fresh 2-core machine: about 14 minutes for all six beside the image builds, measured).
 go-servers: $(INSTALLED)
 	$(BIN)/python -m fraud_devcluster.gobuild
 

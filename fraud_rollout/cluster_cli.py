@@ -14,7 +14,7 @@ def _up(args: argparse.Namespace) -> int:
     from fraud_devcluster.servers import ClusterFailed
 
     print(f"starting kube-apiserver, etcd, KServe's controller, MinIO and the Knative stand-in in {args.dir} "
-          "(the first time builds them from their Go modules: about 20 minutes on 2 cores)", flush=True)
+          "(the first time builds them from their Go modules: about 15 minutes on 2 cores)", flush=True)
     try:
         running = cluster.up(args.dir, progress=lambda line: print(line, flush=True))
     except (BuildFailed, ClusterFailed) as error:

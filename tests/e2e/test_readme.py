@@ -106,6 +106,11 @@ def test_the_documentation_runs_as_written(fresh_clone, tmp_path):
     assert "fraud-detector-predictor-00002\tlatest\t20" in kubectl and "fraud-detector-predictor-00001\tprev\t80" in kubectl
     assert all("inferenceservice.serving.kserve.io/fraud-detector" in o for o in (rollback, promote, after_promote))
     assert "promoted v2 to 100 %" in cli
+    # the feedback loop on the demo's log: its labels delivered again, then the analysis says what it said
+    loop = next(b for b in runnable(found) if "labels ingest" in b.text)
+    stated = [line.removeprefix("# ") for line in loop.text.splitlines() if line.startswith("# ")]
+    shown = ran[loop.where].splitlines()
+    assert shown[0] == stated[0] and stated[1] == "… RECOMMENDATION: PROMOTE" and shown[-1] == "RECOMMENDATION: PROMOTE"
     # the sink on this machine: the feedback and feature metrics of both models
     sink = ran[next(w for w in ran if "sink serve" in _text(found, w))].splitlines()
     assert sink[0].startswith("prediction sink on http://127.0.0.1:8091/ → .fraud-rollout/demo/prediction-log.sqlite")

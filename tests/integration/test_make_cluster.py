@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,15 @@ def test_cluster_up_twice_down_twice_purge_and_make_clean(tmp_path):
     assert STOPPED in clean.stdout
     assert [pid for pid in pids.values() if running(pid)] == []
     assert not (tmp_path / ".fraud-rollout").exists() and Path(sys.executable).exists()
+
+
+def test_make_cluster_installs_only_what_the_cluster_uses():
+    """`make cluster` once apt-installed the suite's Prometheus, wrk and PostgreSQL too: it needs the venv,
+    kubectl (the README's commands) and Go (the servers), and nothing of `make test`'s packages."""
+    database = subprocess.run(["make", "-pn", "cluster"], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    rules = {line.split(":", 1)[0]: line.split(":", 1)[1].split() for line in database.splitlines()
+             if line.startswith(("cluster:", ".venv/.kubectl:"))}
+    assert rules["cluster"] == [".venv/.installed", ".venv/.kubectl", "go-servers"]
+    recipe = subprocess.run(["make", "-n", "-B", ".venv/.kubectl"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60).stdout
+    assert "kubernetes-client" in recipe and not re.search(r"\b(prometheus|wrk|postgresql|podman)\b", recipe)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 from fraud.inference_log import (
@@ -70,3 +71,13 @@ def shadow_pair(event_id: str, served: list[int], shadow: list[int], transaction
 
     return log_event(event_id, PAIR_EVENT, at, pair_body(answer(versions[0], served), answer(versions[1], shadow),
                                                          tuple(transaction_ids)))
+
+
+def orphan_requests(store: Path) -> int:
+    """Request events in a SQLite prediction store with no response event: what a lost response leaves."""
+    import sqlite3
+
+    with sqlite3.connect(store) as db:
+        return db.execute("SELECT COUNT(*) FROM events r WHERE r.event_type = 'request' AND NOT EXISTS ("
+                          "SELECT 1 FROM events a WHERE a.event_id = r.event_id "
+                          "AND a.event_type = 'response')").fetchone()[0]

@@ -25,6 +25,7 @@ from fraud_serving.client import v2_request
 
 from tests.integration.serving_fixtures import start_local_runtime
 from tests.integration.test_canary_analysis import pipeline_report  # noqa: F401
+from tests.prediction_log import orphan_requests
 
 pytestmark = pytest.mark.integration
 ROWS = 3  # rows per request: a lost event shows as rows, as the 168 rows of 7 requests did
@@ -107,11 +108,9 @@ def test_every_request_keeps_its_response_across_a_promote_and_a_rollback(runtim
 
     with sqlite3.connect(store) as db:
         events = dict(db.execute("SELECT event_type, COUNT(*) FROM events GROUP BY event_type").fetchall())
-        orphans = db.execute("SELECT COUNT(*) FROM events r WHERE r.event_type = 'request' AND NOT EXISTS ("
-                             "SELECT 1 FROM events a WHERE a.event_id = r.event_id "
-                             "AND a.event_type = 'response')").fetchone()[0]
         per_version = dict(db.execute("SELECT model_version, COUNT(DISTINCT event_id) FROM predictions "
                                       "GROUP BY model_version").fetchall())
+    orphans = orphan_requests(store)
     assert orphans == 0, f"{orphans} request events without a response"
     assert events == {"request": client.requests, "response": client.requests}
     assert per_version == dict(client.answered)

@@ -101,7 +101,7 @@ def signals_seconds(path: Path, models, window: timedelta, *, indexed: bool) -> 
 def first_scrape_seconds(path: Path, roots: list[str], workdir: Path,
                          options: tuple[str, ...] = ()) -> tuple[float, int, float]:
     """Start the real sink on `path` (with more of its flags, `options`) and time its first /metrics;
-    (seconds, fraud_feedback_* samples in it, seconds after start until a scrape shows them)."""
+    (seconds, fraud_feedback_* samples in it, seconds from the first scrape until one shows them)."""
     import httpx
     from fraud_control.processes import start_sink
 

@@ -10,6 +10,8 @@ import pytest
 from fraud_control.artifact_store import S3Settings, artifact_prefix, missing_under, s3_client, upload_artifact
 from minio.error import S3Error
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def bucket() -> str:
@@ -27,7 +29,6 @@ def test_settings_come_from_the_secret_env_vars():
                                 "AWS_SECRET_ACCESS_KEY": "key", "S3_USE_HTTPS": "0"}).secure is False
 
 
-@pytest.mark.integration
 def test_upload_artifact_to_s3_returns_its_uri(s3_settings, bucket, tiny_run, tmp_path):
     uri = upload_artifact(tiny_run.v2, bucket, settings=s3_settings)
     prefix = artifact_prefix(tiny_run.v2)
@@ -46,7 +47,6 @@ def test_upload_artifact_to_s3_returns_its_uri(s3_settings, bucket, tiny_run, tm
     assert missing_under(uri, s3_settings) == ""
 
 
-@pytest.mark.integration
 def test_missing_under_names_what_the_storage_initializer_would_fail_on(s3_settings, bucket, tiny_run):
     assert missing_under(f"s3://{bucket}/fraud-detector/v2", s3_settings) == (
         f"storage URI s3://{bucket}/fraud-detector/v2: NoSuchBucket (The specified bucket does not exist)")
@@ -58,7 +58,6 @@ def test_missing_under_names_what_the_storage_initializer_would_fail_on(s3_setti
     assert missing_under("gs://models/v1", s3_settings) == "storage URI 'gs://models/v1' is not an s3:// URI"
 
 
-@pytest.mark.integration
 def test_wrong_credentials_get_minios_own_errors(s3_settings, bucket, tiny_run):
     wrong_secret = dataclasses.replace(s3_settings, secret_key=secrets.token_hex(20))
     with pytest.raises(S3Error) as raised:

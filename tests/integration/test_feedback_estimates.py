@@ -13,6 +13,8 @@ from fraud.export import SignatureScorer, read_score_profile
 from fraud_canary.feedback import paired_estimates
 from fraud_canary.performance import estimate_performance
 
+pytestmark = pytest.mark.integration
+
 
 def _truth_and_estimate(root, frame, contract):
     scored = SignatureScorer(root)(contract.transform_frame(frame))

@@ -8,6 +8,7 @@ from collections import Counter
 import httpx
 import numpy as np
 import pandas as pd
+import pytest
 from fraud.schema import FEATURES
 from fraud_control.prediction_store import open_store
 from fraud_control.runtime import PAIRS_FILE, read_runtime
@@ -17,6 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fraud_rollout.replay_pairs import paired_from_log, read_pairs, wait_drained, wait_logged
 from fraud_rollout.serving_session import FRAUD_ROLLOUT, LocalServing
+
+pytestmark = pytest.mark.integration
 
 REQUESTS, ROWS = 40, 5
 

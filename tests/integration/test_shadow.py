@@ -28,6 +28,8 @@ from fraud_rollout.replay_pairs import read_pairs, wait_drained
 from fraud_rollout.replay_source import load_source
 from tests.integration.serving_fixtures import metric_value, predictor_of, start_local_runtime
 
+pytestmark = pytest.mark.integration
+
 JSON = {"content-type": "application/json"}
 
 

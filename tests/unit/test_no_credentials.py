@@ -25,8 +25,8 @@ CREDENTIALS = {
 ASSIGNED_SECRET = re.compile(
     r"(?i)\b(password|passwd|secret[_-]?key|access[_-]?key|api[_-]?key|token)[\"']?\s*[:=]\s*[\"']?([^\s\"',)}]+)")
 PLACEHOLDER = re.compile(
-    r"^(?i:REPLACE|CHANGE|<|\$|\{|\*|xxx|none|null|true|false|str|bytes|os\.|environ|settings|env|"
-    r"secret|\.\.\.|self\.|kwargs|\[)|^[A-Z][A-Z0-9_]*$|\($")  # placeholders, references, ENV_VAR names
+    r"^(?i:REPLACE|CHANGE|<|\$|\{|\*|xxx|none|null|true|false|str|bytes|os\.|environ|settings\.|env\.|"
+    r"secrets?\.|\.\.\.|self\.|kwargs|\[)|^[A-Z][A-Z0-9_]*$|\($")  # placeholders, references, ENV_VAR names
 
 
 def committed_files() -> list[Path]:
@@ -65,10 +65,12 @@ def test_the_scanner_finds_what_it_looks_for(tmp_path):
     leaked.write_text("\n".join([
         "aws_access_key_id: AKIA" + "IOSFODNN7EXAMPLE",
         "password: " + "hunter2hunter2x9",
+        "password: " + "Secret123",  # a word that starts like a reference is still a literal
         "MINIO_ROOT_PASSWORD=minio" + "123",
         "-----BEGIN RSA " + "PRIVATE KEY-----",
         "password: REPLACE-WITH-PASSWORD",
         "secret_key=settings.secret_key",
     ]))
     assert [f.split(": ", 1)[1] for f in findings(leaked, tmp_path)] == [
-        "AWS access key id", "password with a literal value", "MinIO default credential", "private key"]
+        "AWS access key id", "password with a literal value", "password with a literal value", "MinIO default credential",
+        "private key"]

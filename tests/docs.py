@@ -12,14 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def pages(root: Path = REPO) -> list[Path]:
+    """README.md, then docs/*.md in name order: the order a reader and the README test take."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
 SHELL = frozenset({"sh", "bash"})
 NOT_RUN = re.compile(r"^\s*<!-- not run here: (.+) -->\s*$")
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
 
 
 def docs_text() -> str:
-    return "\n".join(page.read_text() for page in PAGES)
+    return "\n".join(page.read_text() for page in pages())
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,7 @@ class Block:
 def blocks(root: Path = REPO) -> list[Block]:
     """Every fenced block of the documentation under `root`, in reading order."""
     found: list[Block] = []
-    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+    for page in pages(root):
         lines = page.read_text().splitlines()
         index = 0
         while index < len(lines):

@@ -24,7 +24,6 @@ MAKE_DEMO_TIMEOUT_S = 3600
 class FreshClone:
     root: Path
     env: dict[str, str]
-    make_demo: subprocess.CompletedProcess
 
     @property
     def demo_out(self) -> Path:
@@ -58,7 +57,7 @@ def fresh_clone(tmp_path_factory) -> FreshClone:
     done = subprocess.run(["make", "demo"], cwd=root, env=env, capture_output=True, text=True,
                           timeout=MAKE_DEMO_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
-    return FreshClone(root, env, done)
+    return FreshClone(root, env)
 
 
 @pytest.fixture(scope="session")

@@ -33,10 +33,10 @@ from urllib.request import urlopen
 
 import numpy as np
 from fraud.export import read_contract
+from fraud.protocol import request_body
 from fraud.schema import FEATURES
 from fraud_control.isvc import NAME
 from fraud_control.processes import ServerProcess
-from fraud_serving.client import v2_request
 from fraud_serving.fast_route import INFERENCE_CONTENT_LENGTH_HEADER, binary_request
 from fraud_serving.shadow import DEFAULT_SHADOW_PERCENT
 
@@ -174,7 +174,7 @@ def measure(predictor_url: str, transformer_url: str, contract_dir: str | Path, 
     report = BenchReport()
     contract = read_contract(contract_dir)
     raw = sample_transactions(max(rows, 1))
-    one_raw = json.dumps(v2_request(raw[:1])).encode()
+    one_raw = json.dumps(request_body(raw[:1])).encode()
     one_scaled = json.dumps({"inputs": [{"name": "scaled_features", "shape": [1, len(FEATURES)], "datatype": "FP32",
                                          "data": contract.transform(raw[:1]).tolist()}]}).encode()
     predictor_infer = f"{predictor_url}/v2/models/{model_name}/infer"
@@ -192,7 +192,7 @@ def measure(predictor_url: str, transformer_url: str, contract_dir: str | Path, 
     report.add("p50 ratio transformer/direct", float(np.percentile(through, 50) / np.percentile(direct, 50)), "x",
                1.6)
 
-    big = json.dumps(v2_request(raw[:rows])).encode()
+    big = json.dumps(request_body(raw[:rows])).encode()
     # Warm-up requests size the servers' buffers and thread pools; the first 10,000-row requests
     # here take 70–130 ms, the steady state about 45.
     big_runs = latencies(transformer_infer, big, requests=5, warmup=3) * 1e3
@@ -255,7 +255,7 @@ def interleaved(transformers: dict, requests: int, duration: int, connections: i
     and one-after-the-other runs put +36 % on a 10 % shadow share. The transformer's CPU time per
     request under wrk (from /proc) is steadier than either: it is the capacity a feature costs the
     transformer, whoever else loads the machine."""
-    one_raw = json.dumps(v2_request(sample_transactions(1))).encode()
+    one_raw = json.dumps(request_body(sample_transactions(1))).encode()
     measured = {key: Rounds() for key in transformers}
     wrk_seconds = max(2, duration // 3)
     for _ in range(rounds):

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from fraud.protocol import IS_FRAUD
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -162,10 +163,11 @@ def serving_for(pipeline: dict, state_dir: Path, log_dir: Path, shadow: float | 
 def probe_traffic(url: str, raw_row: np.ndarray, requests: int = TRAFFIC_PROBE_REQUESTS) -> dict[str, int]:
     """Send `requests` one-row requests; count the answering versions (and failures)."""
     import httpx
-    from fraud_serving.client import infer_url, v2_request
+    from fraud.protocol import request_body
+    from fraud_serving.client import infer_url
 
     counts: dict[str, int] = {}
-    body = v2_request(raw_row.reshape(1, -1))
+    body = request_body(raw_row.reshape(1, -1))
     with httpx.Client(timeout=30) as client:
         for _ in range(requests):
             response = client.post(infer_url(url), json=body)
@@ -330,7 +332,7 @@ def run_demo(args) -> int:
     offline = offline_decisions(raw, source.artifacts)
     labels, amount = source.frame["Class"].to_numpy(), source.frame["Amount"].to_numpy(dtype=float)
     online_flags = np.where(rows["error"], 0, np.nan_to_num(rows["decision"].to_numpy(), nan=0)).astype(bool)
-    impact = demo_report.business_impact(labels, amount, {v: o["is_fraud"] for v, o in offline.items()}, online_flags,
+    impact = demo_report.business_impact(labels, amount, {v: o[IS_FRAUD] for v, o in offline.items()}, online_flags,
                                          demo_report.ImpactAssumptions(review_cost=args.review_cost))
     from mlflow.exceptions import MlflowException
 

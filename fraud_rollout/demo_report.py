@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from fraud.protocol import FRAUD_PROBABILITY
 
 #: Business-impact assumption (stated in the report; `fraud-rollout demo --review-cost` changes it).
 DEFAULT_REVIEW_COST = 5.0
@@ -230,7 +231,7 @@ def plot_scores(ax, rows: pd.DataFrame) -> None:
             if values.size:
                 ax.hist(values, bins=40, range=(0, 1), histtype="step", linestyle=style, density=True,
                         color=colour(version), label=f"{version} {'fraud' if label else 'legit'}")
-    ax.set(yscale="log", xlabel="fraud_probability", title="Online scores by version")
+    ax.set(yscale="log", xlabel=FRAUD_PROBABILITY, title="Online scores by version")
     ax.legend(fontsize=8)
 
 

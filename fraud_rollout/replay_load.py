@@ -124,8 +124,9 @@ async def _send(raw: np.ndarray, options: ReplayOptions, on_progress, ids: list[
 
     import aiohttp
     import orjson
+    from fraud.protocol import decode_answer, request_body
     from fraud_serving.answer import RETRIED_FROM_HEADER
-    from fraud_serving.client import INPUT_NAME, infer_url
+    from fraud_serving.client import infer_url
     from tqdm import tqdm
 
     n = len(raw)
@@ -155,11 +156,9 @@ async def _send(raw: np.ndarray, options: ReplayOptions, on_progress, ids: list[
                 delay = t0 + lo / options.rate - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            inputs = [{"name": INPUT_NAME, "shape": [hi - lo, raw.shape[1]], "datatype": "FP64", "data": raw[lo:hi]}]
-            if ids is not None:
-                inputs.append({"name": TRANSACTION_ID, "shape": [hi - lo], "datatype": "BYTES", "data": ids[lo:hi]})
             request_id = f"{id_prefix}{i}"
-            body = orjson.dumps({"id": request_id, "inputs": inputs}, option=orjson.OPT_SERIALIZE_NUMPY)
+            body = orjson.dumps(request_body(raw[lo:hi], request_id, None if ids is None else ids[lo:hi], arrays=True),
+                                option=orjson.OPT_SERIALIZE_NUMPY)
             began = time.perf_counter()
             started_at[i] = began - t0
             try:
@@ -170,14 +169,12 @@ async def _send(raw: np.ndarray, options: ReplayOptions, on_progress, ids: list[
                     payload = await response.read()
                 latency[i] = 1000 * (time.perf_counter() - began)
                 if status[i] == 200:
-                    answer = orjson.loads(payload)
-                    outputs = {o["name"]: o["data"] for o in answer["outputs"]}
-                    got = np.asarray(outputs["is_fraud"], dtype=np.float64).reshape(-1)
-                    if got.shape[0] != hi - lo:
-                        raise ValueError(f"{got.shape[0]} decisions for {hi - lo} rows")
-                    decision[lo:hi] = got
-                    probability[lo:hi] = np.asarray(outputs["fraud_probability"], dtype=np.float32).reshape(-1)
-                    version[i] = str(answer.get("model_version") or "")
+                    answer = decode_answer(orjson.loads(payload))
+                    if len(answer.is_fraud) != hi - lo:
+                        raise ValueError(f"{len(answer.is_fraud)} decisions for {hi - lo} rows")
+                    decision[lo:hi] = answer.is_fraud
+                    probability[lo:hi] = answer.fraud_probability
+                    version[i] = answer.model_version
                 else:
                     _note(messages, f"HTTP {status[i]}: {payload[:200].decode(errors='replace')}")
             except (TimeoutError, aiohttp.ClientError, KeyError, TypeError, ValueError) as error:

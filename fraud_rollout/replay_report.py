@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from fraud.protocol import FRAUD_PROBABILITY, IS_FRAUD
 from fraud.schema import DataError
 
 from fraud_rollout.replay_load import ReplayOptions, ReplayRows
@@ -87,10 +88,10 @@ def skew_check(rows: pd.DataFrame, raw: np.ndarray, artifacts: dict[str, str]) -
             continue
         mask = answered & (versions == version)
         online_decision = rows["decision"].to_numpy()[mask].astype(np.int64)
-        offline_decision = offline[version]["is_fraud"][mask].astype(np.int64)
+        offline_decision = offline[version][IS_FRAUD][mask].astype(np.int64)
         differ = online_decision != offline_decision
         gap = np.abs(rows["probability"].to_numpy(dtype=np.float64)[mask]
-                     - offline[version]["fraud_probability"][mask].astype(np.float64))
+                     - offline[version][FRAUD_PROBABILITY][mask].astype(np.float64))
         per_version[version] = {"rows": int(mask.sum()), "disagreements": int(differ.sum()),
                                 "max_abs_probability_difference": float(gap.max()) if gap.size else None,
                                 "offline_flagged": int(offline_decision.sum()),

@@ -8,6 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+from fraud.protocol import FRAUD_PROBABILITY, IS_FRAUD
+
 from fraud_rollout.args import UsageError, number_within, positive_int, state_dir_option, tcp_port
 
 logger = logging.getLogger(__name__)
@@ -205,7 +207,7 @@ def predict_command(args: argparse.Namespace) -> int:
     scores = outputs(response)
     print(f"model_version {response.get('model_version')}")
     print("row  fraud_probability  is_fraud")
-    for row, (probability, decision) in enumerate(zip(scores["fraud_probability"], scores["is_fraud"])):
+    for row, (probability, decision) in enumerate(zip(scores[FRAUD_PROBABILITY], scores[IS_FRAUD])):
         print(f"{row:>3}  {probability:17.6f}  {int(decision):>8}")
     return 0
 

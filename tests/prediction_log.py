@@ -9,7 +9,6 @@ from fraud.inference_log import (
     PAIR_EVENT,
     REQUEST_EVENT,
     RESPONSE_EVENT,
-    TRANSACTION_ID_INPUT,
     LogEvent,
     LoggedResponse,
     log_event,
@@ -36,7 +35,7 @@ def request_body(matrix: np.ndarray, transaction_ids: list[str] | None = None, r
     else:
         inputs = [{"name": "transactions", "datatype": "FP64", "shape": list(matrix.shape), "data": matrix.tolist()}]
     if transaction_ids is not None:
-        inputs.append({"name": TRANSACTION_ID_INPUT, "datatype": "BYTES", "shape": [len(transaction_ids)],
+        inputs.append({"name": "transaction_id", "datatype": "BYTES", "shape": [len(transaction_ids)],
                        "data": transaction_ids})
     body: dict = {"inputs": inputs}
     if request_id is not None:

@@ -21,12 +21,13 @@ import numpy as np
 from fraud.contract import FeatureContract
 from fraud.files import read_json, write_json
 from fraud.profile import PROFILE_FILE, FeatureProfile
+from fraud.protocol import FRAUD_PROBABILITY, IS_FRAUD
 from fraud.score_profile import MONITORING_FILE, ScoreProfile
 
 MODEL_NAME = "fraud-detector"  # also the InferenceService's name: the transformer forwards to its own name
 MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts STORAGE_URI
 INPUT_NAME = "scaled_features"
-OUTPUTS = ("fraud_probability", "is_fraud")
+OUTPUTS = (FRAUD_PROBABILITY, IS_FRAUD)
 CONTRACT_FILE = "feature_contract.json"
 METADATA_FILE = "metadata.json"
 SAVEDMODEL_DIR = "model.savedmodel"
@@ -52,8 +53,8 @@ input [
   {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ -1, {n_features} ] }}
 ]
 output [
-  {{ name: "fraud_probability" data_type: TYPE_FP32 dims: [ -1 ] }},
-  {{ name: "is_fraud" data_type: TYPE_INT32 dims: [ -1 ] }}
+  {{ name: "{FRAUD_PROBABILITY}" data_type: TYPE_FP32 dims: [ -1 ] }},
+  {{ name: "{IS_FRAUD}" data_type: TYPE_INT32 dims: [ -1 ] }}
 ]
 version_policy: {{ specific: {{ versions: [ {version} ] }} }}
 """
@@ -84,8 +85,8 @@ def export_model(model, threshold: float, contract: FeatureContract, root: str |
 
     def serve(scaled_features):
         probability = tf.reshape(model(scaled_features, training=False), [-1])
-        return {"fraud_probability": probability,
-                "is_fraud": tf.cast(probability >= threshold_var, tf.int32)}
+        return {FRAUD_PROBABILITY: probability,
+                IS_FRAUD: tf.cast(probability >= threshold_var, tf.int32)}
 
     archive.add_endpoint("serving_default", serve,
                          input_signature=[tf.TensorSpec([None, n_features], tf.float32, name=INPUT_NAME)])

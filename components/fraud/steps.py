@@ -15,6 +15,7 @@ from fraud.contract import FeatureContract, fit_contract
 from fraud.files import read_json, write_json
 from fraud.pipeline_config import DEFAULTS
 from fraud.profile import PROFILE_FILE, FeatureProfile, fit_feature_profile
+from fraud.protocol import FRAUD_PROBABILITY, IS_FRAUD
 from fraud.schema import LABEL, DataError, check_transactions
 from fraud.score_profile import fit_score_profile
 from fraud.settings import Settings
@@ -131,10 +132,10 @@ def evaluate_step(baseline_dir: str, candidate_dir: str, holdout_path: str, pre_
         for slice_name, frame in data.items():
             scored = _score(model_dir, frame)
             labels = frame[LABEL].to_numpy()
-            models[name][slice_name] = evaluate.classification_metrics(labels, scored["fraud_probability"], scored["is_fraud"])
+            models[name][slice_name] = evaluate.classification_metrics(labels, scored[FRAUD_PROBABILITY], scored[IS_FRAUD])
             if slice_name == "holdout":
-                decisions[name] = scored["is_fraud"]
-                models[name]["curves"] = evaluate.curve_points(labels, scored["fraud_probability"])
+                decisions[name] = scored[IS_FRAUD]
+                models[name]["curves"] = evaluate.curve_points(labels, scored[FRAUD_PROBABILITY])
         models[name]["recall_change_pre_drift_to_holdout"] = evaluate.relative_change(
             models[name]["holdout"]["recall"], models[name]["pre_drift"]["recall"])
     mcnemar = evaluate.mcnemar_exact(data["holdout"][LABEL].to_numpy(), decisions["v1"], decisions["v2"])

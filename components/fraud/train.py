@@ -15,6 +15,7 @@ import pandas as pd
 
 from fraud.contract import FeatureContract
 from fraud.pipeline_config import DEFAULTS
+from fraud.protocol import FRAUD_PROBABILITY
 from fraud.schema import LABEL, DataError
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def build_model(n_features: int, config: TrainConfig):
         x = keras.layers.Dense(units, activation="relu")(x)
         if rate:
             x = keras.layers.Dropout(rate, seed=config.seed)(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="fraud_probability")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name=FRAUD_PROBABILITY)(x)
     model = keras.Model(inputs, outputs, name="fraud_mlp")
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="binary_crossentropy",
                   metrics=[keras.metrics.AUC(curve="PR", name="pr_auc")])

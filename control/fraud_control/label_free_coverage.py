@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from fraud.export import SignatureScorer, read_contract, read_metadata, read_score_profile
+from fraud.protocol import FRAUD_PROBABILITY, IS_FRAUD
 from fraud.schema import FEATURES, LABEL, PAIRED_SCORE_BOUNDS, DataError
 from fraud.score_profile import ScoreProfile
 from fraud_canary.paired_scores import (
@@ -105,8 +106,8 @@ def score_holdout(frame: pd.DataFrame, artifacts: Mapping[str, str | Path]) -> S
     scores, flags, profiles = {}, {}, {}
     for version, root in artifacts.items():
         out = SignatureScorer(root)(read_contract(root).transform(raw))
-        scores[version] = out["fraud_probability"].astype(np.float64).ravel()
-        flags[version] = out["is_fraud"].astype(bool).ravel()
+        scores[version] = out[FRAUD_PROBABILITY].astype(np.float64).ravel()
+        flags[version] = out[IS_FRAUD].astype(bool).ravel()
         profiles[version] = read_score_profile(root)
     return ScoredHoldout(frame[LABEL].to_numpy().astype(np.int64), scores, flags, profiles)
 

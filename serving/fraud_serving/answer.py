@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from fraud.export import registered_version
+from fraud.protocol import decode_answer
 from fraud.routes import Backend
 
 from fraud_serving.metrics import UNKNOWN_VERSION
@@ -28,15 +29,9 @@ class PredictorAnswer:
 
 
 def read_answer(body: object, request_id: str, backend: Backend) -> PredictorAnswer:
-    """The outputs of a predictor's v2 response body; ValueError when it is not one."""
-    if not isinstance(body, dict) or not isinstance(body.get("outputs"), list):
-        raise ValueError("the answer has no 'outputs' list")
-    try:
-        outputs = {output["name"]: output for output in body["outputs"]}
-        probability = np.asarray(outputs["fraud_probability"]["data"], dtype=np.float32).reshape(-1)
-        is_fraud = np.asarray(outputs["is_fraud"]["data"], dtype=np.int32).reshape(-1)
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{type(error).__name__} {error}") from None
-    version = registered_version(str(body.get("model_version") or "")) or backend.model_version or UNKNOWN_VERSION
-    return PredictorAnswer(request_id, version, probability, is_fraud)
-
+    """The outputs of a predictor's v2 response body (`fraud.protocol.decode_answer`); ValueError
+    when it is not one. Scores stay FP32 as the predictor sent them."""
+    answer = decode_answer(body)
+    version = registered_version(answer.model_version) or backend.model_version or UNKNOWN_VERSION
+    return PredictorAnswer(request_id, version, answer.fraud_probability.astype(np.float32),
+                           answer.is_fraud.astype(np.int32))

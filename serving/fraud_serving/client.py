@@ -1,8 +1,8 @@
 """A plain v2 client for the transformer: raw transactions in, fraud_probability / is_fraud out.
 
 Requests are standard Open Inference Protocol JSON (what curl or KServe's InferenceRESTClient
-send): one input `transactions`, FP64 `[N, 30]`, raw values in contract order. The transformer
-does the scaling; a client never does.
+send), built by the one contract (`fraud.protocol.request_body`): raw values in contract order.
+The transformer does the scaling; a client never does.
 """
 from __future__ import annotations
 
@@ -13,27 +13,8 @@ import httpx
 import numpy as np
 import pandas as pd
 from fraud.export import MODEL_NAME as NAME
+from fraud.protocol import request_body
 from fraud.schema import FEATURES, TRANSACTION_ID
-
-INPUT_NAME = "transactions"
-
-
-def v2_request(raw: np.ndarray, request_id: str | None = None, transaction_ids: list[str] | None = None) -> dict:
-    """The v2 JSON body for raw `[N, 30]` transactions in contract order, with their ids (one per row)
-    as the `transaction_id` input when given. `data` is flat, in row-major order, as the Open
-    Inference Protocol lays tensors out (half the parse time of nested lists). Send `request_id`
-    also as the `Ce-Id` header: the prediction log is keyed by it."""
-    raw = np.asarray(raw, dtype=np.float64)
-    body: dict = {"inputs": [{"name": INPUT_NAME, "shape": list(raw.shape), "datatype": "FP64",
-                              "data": raw.ravel().tolist()}]}
-    if transaction_ids is not None:
-        if len(transaction_ids) != len(raw):
-            raise ValueError(f"{len(transaction_ids)} transaction ids for {len(raw)} rows")
-        body["inputs"].append({"name": TRANSACTION_ID, "shape": [len(raw)], "datatype": "BYTES",
-                               "data": [str(i) for i in transaction_ids]})
-    if request_id is not None:
-        body["id"] = request_id
-    return body
 
 
 def infer_url(url: str, model_name: str = NAME) -> str:
@@ -60,7 +41,7 @@ def read_transactions(path: str | Path) -> dict:
     if missing:
         raise ValueError(f"{path}: missing columns {', '.join(missing)}")
     ids = frame[TRANSACTION_ID].astype(str).tolist() if TRANSACTION_ID in frame.columns else None
-    return v2_request(frame.loc[:, list(FEATURES)].to_numpy(dtype=np.float64), transaction_ids=ids)
+    return request_body(frame.loc[:, list(FEATURES)].to_numpy(dtype=np.float64), transaction_ids=ids)
 
 
 def predict(url: str, body: dict, model_name: str = NAME, timeout: float = 30.0) -> dict:

@@ -36,6 +36,7 @@ import numpy as np
 import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fraud.protocol import RequestRefused, json_kind, json_tensor
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from kserve.model import Model
@@ -85,20 +86,13 @@ def parse_request(body: bytes, headers, model_name: str) -> InferRequest:
         raise InvalidInput("a v2 request needs 'inputs': a list of tensors")
     infer_inputs = []
     for position, tensor in enumerate(inputs):
-        if not isinstance(tensor, dict):
-            raise InvalidInput(f"inputs[{position}] is not an object")
-        name, shape, datatype, data = (tensor.get(key) for key in ("name", "shape", "datatype", "data"))
-        if not isinstance(name, str):
-            raise InvalidInput(f"inputs[{position}]: 'name' must be a string")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                  for d in shape):
-            raise InvalidInput(f"input {name!r}: 'shape' must be a list of non-negative integers")
-        if not isinstance(datatype, str):
-            raise InvalidInput(f"input {name!r}: 'datatype' must be a string")
-        if raw_inputs is None and not isinstance(data, list):
-            raise InvalidInput(f"input {name!r}: 'data' must be a list")
-        parameters = _parameters(tensor, f"input {name!r}: ")
-        infer_inputs.append(InferInput(name, shape, datatype, data=data, parameters=parameters or {}))
+        try:
+            checked = json_tensor(tensor, position, binary=raw_inputs is not None)
+        except RequestRefused as refused:
+            raise InvalidInput(str(refused)) from None
+        parameters = _parameters(tensor, f"input {checked.name!r}: ")
+        infer_inputs.append(InferInput(checked.name, checked.shape, checked.datatype, data=checked.data,
+                                       parameters=parameters or {}))
     request_id = parsed.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput(f"'id' must be a string, got {json_kind(request_id)}")
@@ -125,21 +119,6 @@ def _requested_outputs(parsed: dict) -> list[RequestedOutput] | None:
             raise InvalidInput(f"outputs[{position}] must be an object with a string 'name'")
         requested.append(RequestedOutput(output["name"], _parameters(output, f"output {output['name']!r}: ")))
     return requested or None
-
-
-def json_kind(value: object) -> str:
-    """A JSON value's kind as an error message names it."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "an object"
 
 
 def _binary_tensors(parsed, body: bytes, json_length: int) -> list[bytes] | None:

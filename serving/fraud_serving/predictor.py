@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from fraud.export import INPUT_NAME
+from fraud.protocol import FRAUD_PROBABILITY, IS_FRAUD, output_types
 from fraud.schema import FEATURES
 from kserve import Model
 from kserve.errors import InvalidInput
@@ -65,8 +66,7 @@ class FraudPredictor(Model):
         return [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, self.artifact.n_features]}]
 
     def get_output_types(self) -> list[dict]:
-        return [{"name": "fraud_probability", "datatype": "FP32", "shape": [-1]},
-                {"name": "is_fraud", "datatype": "INT32", "shape": [-1]}]
+        return output_types()
 
     def scaled_features(self, request: InferRequest) -> np.ndarray:
         if len(request.inputs) != 1:
@@ -103,7 +103,7 @@ class FraudPredictor(Model):
             response_id=payload.id or str(uuid.uuid4()),
             model_name=self.name,
             model_version=self.model_version,
-            infer_outputs=[InferOutput("fraud_probability", [n], "FP32", scores.fraud_probability),
-                           InferOutput("is_fraud", [n], "INT32", scores.is_fraud)],
+            infer_outputs=[InferOutput(FRAUD_PROBABILITY, [n], "FP32", scores.fraud_probability),
+                           InferOutput(IS_FRAUD, [n], "INT32", scores.is_fraud)],
             use_binary_outputs=payload.use_binary_outputs,
         )

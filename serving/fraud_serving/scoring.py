@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 from fraud.export import INPUT_NAME, SAVEDMODEL_DIR, find_version_dir, read_metadata
+from fraud.protocol import FRAUD_PROBABILITY, IS_FRAUD
 
 logger = logging.getLogger(__name__)
 
 #: Largest |NumPy - signature| probability difference accepted at load (and in the holdout test).
 TOLERANCE = 1e-5
-OUTPUT_LAYER = "fraud_probability"
+OUTPUT_LAYER = FRAUD_PROBABILITY
 _VARIABLE = re.compile(r"^(?P<layer>[^/]+)/(?P<kind>kernel|bias):0$")
 
 
@@ -83,7 +84,7 @@ class SignatureModel:
         import tensorflow as tf
 
         result = self.signature(**{INPUT_NAME: tf.constant(scaled, dtype=tf.float32)})
-        return Scores(result["fraud_probability"].numpy(), result["is_fraud"].numpy().astype(np.int32))
+        return Scores(result[FRAUD_PROBABILITY].numpy(), result[IS_FRAUD].numpy().astype(np.int32))
 
 
 def probe_inputs(n_features: int, rows: int = 512, seed: int = 0) -> np.ndarray:

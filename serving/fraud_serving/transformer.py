@@ -2,12 +2,10 @@
 to the predictor and returns its outputs with the `model_version` that answered (Triton's numeric
 version directory "2" as the registered "v2").
 
-Clients send either one input `[N, 30]` (FP32/FP64, columns in contract order) or 30 named inputs
-(`Time`, `V1`…`V28`, `Amount`, each `[N]`), in either form optionally with `transaction_id` (BYTES
-`[N]`, one string of 1–128 characters per row: checked, never scaled; the prediction log keeps it
-as it came in the request body). Every client mistake is an `InvalidInput` (HTTP 400)
-whose message names the field, counted in `fraud_rejected_requests_total{reason}`; every element of
-the data must be a JSON number (NumPy would quietly read "NaN", null and true as floats).
+What a request may hold is the one contract's (`fraud.protocol`): one input `[N, 30]` or 30 named
+inputs, optionally with `transaction_id` (checked, never scaled; the prediction log keeps it as it
+came in the request body). Every client mistake is an `InvalidInput` (HTTP 400) with the contract's
+message, counted in `fraud_rejected_requests_total{reason}`.
 
 The transformer is the safety net (DESIGN 16): a predictor call that fails on the predictor's side
 (no connection, a connection dropped mid-request, a timeout, a 5xx) is retried once on the other
@@ -28,16 +26,23 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import NoReturn
 
 import aiohttp
 import numpy as np
 import orjson
 from fraud.contract import FeatureContract
 from fraud.export import INPUT_NAME
-from fraud.inference_log import MATRIX_INPUT, TRANSACTION_ID_INPUT, row_transaction_ids
+from fraud.protocol import (
+    FRAUD_PROBABILITY,
+    IS_FRAUD,
+    RequestRefused,
+    Tensor,
+    decode_request,
+    input_types,
+    output_types,
+    row_transaction_ids,
+)
 from fraud.routes import Backend
-from fraud.schema import MAX_TRANSACTION_ID_CHARS
 from kserve import Model
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import InferenceError, InvalidInput
@@ -45,15 +50,13 @@ from kserve.model import InferenceVerb, append_forwardable_headers
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 
 from fraud_serving.answer import RETRIED_FROM_HEADER, PredictorAnswer, read_answer
-from fraud_serving.fast_route import DEFAULT_MAX_ROWS, ProtocolError, binary_request, body_limit, json_kind
+from fraud_serving.fast_route import DEFAULT_MAX_ROWS, ProtocolError, binary_request, body_limit
 from fraud_serving.metrics import UNKNOWN_VERSION, TransformerMetrics
 from fraud_serving.payload_log import PayloadLogger
 from fraud_serving.routing import NoPredictor, Routes, TagHosts
 from fraud_serving.shadow import ShadowScorer
 
 INLINE_ROWS = 256
-ACCEPTED_DATATYPES = {"FP32": np.float32, "FP64": np.float64}
-NON_NEGATIVE = ("Time", "Amount")
 
 
 class PredictorFailed(Exception):
@@ -97,7 +100,6 @@ class FraudTransformer(Model):
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         self.contract = contract
         self.features = contract.features
-        self._feature_index = {name: i for i, name in enumerate(self.features)}
         self.routes = routes
         self.metrics = metrics
         self.max_rows = max_rows
@@ -123,13 +125,10 @@ class FraudTransformer(Model):
         return self.ready and bool(self.routes.backends)
 
     def get_input_types(self) -> list[dict]:
-        return [{"name": MATRIX_INPUT, "datatype": "FP64", "shape": [-1, len(self.features)]}] + [
-            {"name": feature, "datatype": "FP64", "shape": [-1]} for feature in self.features] + [
-            {"name": TRANSACTION_ID_INPUT, "datatype": "BYTES", "shape": [-1]}]
+        return input_types(self.features)
 
     def get_output_types(self) -> list[dict]:
-        return [{"name": "fraud_probability", "datatype": "FP32", "shape": [-1]},
-                {"name": "is_fraud", "datatype": "INT32", "shape": [-1]}]
+        return output_types()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -148,161 +147,26 @@ class FraudTransformer(Model):
 
     async def preprocess(self, payload, headers: dict | None = None) -> InferRequest:
         if not isinstance(payload, InferRequest):
-            self._reject("protocol", "send Open Inference Protocol v2 to /v2/models/{name}/infer")
-        rows = _declared_rows(payload)
+            self.metrics.rejected.labels("protocol").inc()
+            raise InvalidInput("send Open Inference Protocol v2 to /v2/models/{name}/infer")
+        rows = int(payload.inputs[0].shape[0]) if payload.inputs and payload.inputs[0].shape else 0
         if rows > INLINE_ROWS:
-            scaled = await asyncio.get_running_loop().run_in_executor(None, self.scale_request, payload)
+            scaled, ids = await asyncio.get_running_loop().run_in_executor(None, self.scale_request, payload)
         else:
-            scaled = self.scale_request(payload)
+            scaled, ids = self.scale_request(payload)
         scaled_input = InferInput(INPUT_NAME, list(scaled.shape), "FP32", data=scaled)
-        ids = next((tensor.data for tensor in payload.inputs if tensor.name == TRANSACTION_ID_INPUT), None)
         return ScaledRequest(self.name, [scaled_input], payload.id or str(uuid.uuid4()), ids, payload.id)
 
-    def scale_request(self, request: InferRequest) -> np.ndarray:
-        """Raw features in contract order, validated, → scaled float32 `[N, 30]` (contract.transform)."""
-        return self.contract.transform(self.raw_features(request))
-
-    def raw_features(self, request: InferRequest) -> np.ndarray:
-        ids = [tensor for tensor in request.inputs if tensor.name == TRANSACTION_ID_INPUT]
-        inputs = [tensor for tensor in request.inputs if tensor.name != TRANSACTION_ID_INPUT]
-        if not inputs:
-            self._reject("empty", "the request has no inputs" if not ids else
-                         f"the request has no feature inputs besides {TRANSACTION_ID_INPUT!r}")
-        if len(inputs) == 1 and (len(inputs[0].shape) == 2 or inputs[0].name == MATRIX_INPUT):
-            raw = self._matrix(inputs[0])
-        else:
-            raw = self._columns(inputs)
-        if len(ids) > 1:
-            self._reject("duplicate_column", f"duplicate inputs: {TRANSACTION_ID_INPUT}")
-        if ids:
-            self._check_transaction_ids(ids[0], len(raw))
-        finite = np.isfinite(raw)
-        if not finite.all():
-            columns = [self.features[i] for i in np.flatnonzero(~finite.all(axis=0))]
-            self._reject("nan", f"NaN or infinite values in {', '.join(columns)}")
-        for feature in NON_NEGATIVE:
-            column = raw[:, self._feature_index[feature]]
-            if (column < 0).any():
-                row = int(np.argmax(column < 0))
-                self._reject("negative_value", f"{feature} must not be negative (row {row}: {column[row]})")
-        return raw
-
-    def _matrix(self, tensor: InferInput) -> np.ndarray:
-        n_features = len(self.features)
-        shape = list(tensor.shape)
-        self._check_datatype(tensor)
-        if len(shape) != 2 or shape[1] != n_features:
-            self._reject("shape", f"input {tensor.name!r}: shape {shape} is not [N, {n_features}] "
-                                  f"(columns in contract order: {self.features[0]}, {self.features[1]} … "
-                                  f"{self.features[-1]})")
-        self._check_rows(tensor.name, shape[0])
-        return self._as_array(tensor)
-
-    def _columns(self, inputs: list[InferInput]) -> np.ndarray:
-        names = [tensor.name for tensor in inputs]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            self._reject("duplicate_column", f"duplicate inputs: {', '.join(duplicates)}")
-        unknown = [name for name in names if name not in self._feature_index]
-        if unknown:
-            self._reject("unknown_column", f"unknown inputs: {', '.join(unknown)} (send one [N, "
-                                           f"{len(self.features)}] input or one [N] input per feature)")
-        missing = [feature for feature in self.features if feature not in names]
-        if missing:
-            self._reject("missing_column", f"missing inputs: {', '.join(missing)}")
-        lengths = set()
-        for tensor in inputs:
-            self._check_datatype(tensor)
-            if len(tensor.shape) != 1:
-                self._reject("shape", f"input {tensor.name!r}: shape {list(tensor.shape)} is not [N]")
-            lengths.add(tensor.shape[0])
-        if len(lengths) != 1:
-            self._reject("shape", f"inputs have different lengths: "
-                                  f"{', '.join(f'{t.name} {list(t.shape)}' for t in inputs)}")
-        self._check_rows(inputs[0].name, lengths.pop())
-        by_name = {tensor.name: tensor for tensor in inputs}
-        return np.column_stack([self._as_array(by_name[feature]) for feature in self.features])
-
-    def _check_transaction_ids(self, tensor: InferInput, rows: int) -> None:
-        """The optional ids input: BYTES `[N]`, one non-empty string of at most 128 characters per row.
-        Only checked: the ids travel on in the request body (the prediction log keeps them)."""
-        name = tensor.name
-        if tensor.datatype != "BYTES":
-            self._reject("transaction_id", f"input {name!r}: datatype {tensor.datatype} is not BYTES")
-        if len(tensor.shape) != 1 or tensor.shape[0] != rows:
-            self._reject("transaction_id", f"input {name!r}: shape {list(tensor.shape)} is not [{rows}] "
-                                           f"(one id per row)")
-        data = tensor.data
-        if not isinstance(data, list):
-            self._reject("transaction_id", f"input {name!r}: send the ids as a JSON list of strings (the binary "
-                                           "extension is not accepted for them)")
-        if len(data) != rows:
-            self._reject("transaction_id", f"input {name!r}: {len(data)} ids for {rows} rows")
-        for index, value in enumerate(data):
-            if not isinstance(value, str) or not 0 < len(value) <= MAX_TRANSACTION_ID_CHARS:
-                found = (f"{len(value)} characters" if isinstance(value, str) else json_kind(value))
-                self._reject("transaction_id", f"input {name!r}: ids must be strings of 1 to "
-                                               f"{MAX_TRANSACTION_ID_CHARS} characters; found {found} at element "
-                                               f"{index}")
-
-    def _check_datatype(self, tensor: InferInput) -> None:
-        if tensor.datatype not in ACCEPTED_DATATYPES:
-            self._reject("datatype", f"input {tensor.name!r}: datatype {tensor.datatype} is not FP32 or FP64")
-
-    def _check_rows(self, name: str, rows: int) -> None:
-        if rows < 1:
-            self._reject("empty", f"input {name!r} has no rows")
-        if rows > self.max_rows:
-            self._reject("row_limit", f"input {name!r}: {rows} rows exceed the limit of {self.max_rows} "
-                                      "per request")
-
-    def _as_array(self, tensor: InferInput) -> np.ndarray:
-        if isinstance(tensor.data, list):
-            values = self._checked_numbers(tensor)
-        else:  # the binary extension: raw little-endian floats, numbers by construction
-            try:
-                values = tensor.as_numpy()
-            except ValueError as error:
-                self._reject("data", f"input {tensor.name!r}: data does not fit shape {list(tensor.shape)} and "
-                                     f"datatype {tensor.datatype} ({error})")
-        return values.astype(np.float64, copy=False)
-
-    def _checked_numbers(self, tensor: InferInput) -> np.ndarray:
-        """JSON data as an array of the tensor's datatype, refusing anything but numbers.
-
-        `np.asarray(data, dtype=float64)` would turn "NaN" and "1e999" into floats, null into NaN and
-        true into 1.0; without a dtype NumPy keeps strings, nulls and lists visible in the dtype (U, O)
-        and only booleans mixed with numbers become floats, so only the elements equal to 0 or 1 need a
-        type check. Measured on 10,000 rows: see README (bad input)."""
-        shape = list(tensor.shape)
+    def scale_request(self, request: InferRequest) -> tuple[np.ndarray, list[str] | None]:
+        """The rows checked by the one contract (`fraud.protocol`) → scaled float32 `[N, 30]`
+        (contract.transform) and the ids input if sent; a refusal is counted by its reason and
+        answered 400 (`InvalidInput`)."""
         try:
-            values = np.asarray(tensor.data)
-        except ValueError:  # ragged: rows of different lengths, or a list where a number belongs
-            values = None
-        if values is not None and values.dtype.kind in "fi" and (values.shape == tuple(shape) or (
-                values.ndim == 1 and values.size == int(np.prod(shape)))):
-            if _has_booleans(tensor.data, values):
-                self._reject_element(tensor)
-            return values.reshape(shape).astype(ACCEPTED_DATATYPES[tensor.datatype], copy=False)
-        self._reject_element(tensor)
-        size = values.size if values is not None and values.dtype.kind in "fi" else None
-        numpy_shape = f"({','.join(map(str, shape))}{',' if len(shape) == 1 else ''})"  # NumPy's own words
-        reason = (f"cannot reshape array of size {size} into shape {numpy_shape}" if size is not None
-                  else "rows of different lengths")
-        self._reject("data", f"input {tensor.name!r}: data does not fit shape {shape} and datatype "
-                             f"{tensor.datatype} ({reason})")
-
-    def _reject_element(self, tensor: InferInput) -> None:
-        """400 naming the first element that is not a number (flat index in row-major order), if any."""
-        nested = len(tensor.shape) > 1 and bool(tensor.data) and isinstance(tensor.data[0], list)
-        for index, value in enumerate(_leaves(tensor.data, len(tensor.shape) if nested else 1)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                self._reject("element_type", f"input {tensor.name!r}: {tensor.datatype} data must be numbers; "
-                                             f"found {json_kind(value)} at element {index}")
-
-    def _reject(self, reason: str, message: str) -> NoReturn:
-        self.metrics.rejected.labels(reason).inc()
-        raise InvalidInput(message)
+            decoded = decode_request([_tensor(tensor) for tensor in request.inputs], self.features, self.max_rows)
+        except RequestRefused as refused:
+            self.metrics.rejected.labels(refused.reason).inc()
+            raise InvalidInput(str(refused)) from None
+        return self.contract.transform(decoded.features), decoded.transaction_ids
 
     async def predict(self, payload: InferRequest, headers: dict | None = None,
                       response_headers: dict | None = None) -> PredictorAnswer:
@@ -389,8 +253,8 @@ class FraudTransformer(Model):
             response_id=answer.request_id,
             model_name=self.name,
             model_version=answer.model_version,
-            infer_outputs=[InferOutput("fraud_probability", [n], "FP32", answer.fraud_probability),
-                           InferOutput("is_fraud", [n], "INT32", answer.is_fraud)],
+            infer_outputs=[InferOutput(FRAUD_PROBABILITY, [n], "FP32", answer.fraud_probability),
+                           InferOutput(IS_FRAUD, [n], "INT32", answer.is_fraud)],
         )
 
     def stop(self) -> None:
@@ -411,29 +275,10 @@ class FraudTransformer(Model):
             await self._session.close()
 
 
-def _leaves(data: list, depth: int):
-    """The elements of nested lists `depth` levels deep, in row-major order (a list deeper down is one)."""
-    for item in data:
-        if depth > 1 and isinstance(item, list):
-            yield from _leaves(item, depth - 1)
-        else:
-            yield item
-
-
-def _has_booleans(data: list, values: np.ndarray) -> bool:
-    """Whether JSON `data` (converted to `values`) held booleans: NumPy turns true and false mixed with
-    numbers into 1.0 and 0.0, so only rows holding a 0 or a 1 need a look at their Python types
-    (≈ 1 µs a row; every row when all values are 0 or 1: 11 ms for 10,000 rows)."""
-    suspects = (values == 0) | (values == 1)
-    if values.ndim == 1:
-        return bool(suspects.any()) and bool in set(map(type, data))
-    rows = np.flatnonzero(suspects.any(axis=1))
-    return any(bool in set(map(type, data[row])) for row in rows.tolist())
-
-
-def _declared_rows(request: InferRequest) -> int:
-    shape = request.inputs[0].shape if request.inputs else []
-    return int(shape[0]) if shape and isinstance(shape[0], int) else 0
+def _tensor(tensor: InferInput) -> Tensor:
+    """An input as the contract reads it: JSON data as sent, binary data decoded only when asked."""
+    return Tensor(tensor.name, tensor.datatype, list(tensor.shape),
+                  tensor.data if isinstance(tensor.data, list) else tensor.as_numpy)
 
 
 def _error_message(answer: bytes) -> str:

@@ -214,11 +214,11 @@ def test_deploy_step_leaves_a_canary_that_serve_splits_80_20_and_a_rerun_keeps_i
 
     import httpx
     import numpy as np
+    from fraud.protocol import request_body
     from fraud.schema import FEATURES
     from fraud_control.local_state import LocalInferenceService
     from fraud_control.processes import free_port
     from fraud_pipelines.local import RunRefused, run_local
-    from fraud_serving.client import v2_request
 
     from tests.integration.serving_fixtures import FRAUD_ROLLOUT, LocalRuntimeHandle
 
@@ -241,7 +241,7 @@ def test_deploy_step_leaves_a_canary_that_serve_splits_80_20_and_a_rerun_keeps_i
         served = []
         with httpx.Client(timeout=30) as client:
             for row in rows:
-                response = client.post(f"http://127.0.0.1:{port}/v2/models/fraud-detector/infer", json=v2_request(row[None, :]))
+                response = client.post(f"http://127.0.0.1:{port}/v2/models/fraud-detector/infer", json=request_body(row[None, :]))
                 assert response.status_code == 200, response.text
                 served.append(response.json()["model_version"])
         # A rerun into the same --out while serve runs: refused before any step (it once trained for
@@ -259,7 +259,7 @@ def test_deploy_step_leaves_a_canary_that_serve_splits_80_20_and_a_rerun_keeps_i
         for path in report["artifacts"].values():
             assert Path(path).exists()
         with httpx.Client(timeout=30) as client:
-            response = client.post(f"http://127.0.0.1:{port}/v2/models/fraud-detector/infer", json=v2_request(rows[:1]))
+            response = client.post(f"http://127.0.0.1:{port}/v2/models/fraud-detector/infer", json=request_body(rows[:1]))
         assert response.status_code == 200, response.text
     finally:
         process.terminate()

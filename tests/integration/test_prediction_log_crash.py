@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 import httpx
 import numpy as np
 import pytest
+from fraud import protocol
 from fraud.inference_log import REQUEST_EVENT
 from fraud.schema import FEATURES
 from fraud_control.deploy import deploy
@@ -30,7 +31,7 @@ from fraud_control.prediction_store import open_store
 from fraud_control.processes import free_port
 from fraud_control.processes import start_sink as start_runtime_sink
 from fraud_control.runtime import LocalRuntime
-from fraud_serving.client import infer_url, v2_request
+from fraud_serving.client import infer_url
 from prometheus_client.parser import text_string_to_metric_families
 
 from fraud_rollout.serving_session import LocalServing
@@ -69,7 +70,7 @@ class Load:
                 ids = [f"{request_id}-t{row}" for row in range(ROWS)]
                 n += 1
                 try:
-                    response = http.post(url, json=v2_request(raw[start:start + ROWS], request_id, ids),
+                    response = http.post(url, json=protocol.request_body(raw[start:start + ROWS], request_id, ids),
                                          headers={"Ce-Id": request_id})
                 except httpx.TransportError as error:
                     self.failures.append(f"{request_id}: {type(error).__name__} {error}")

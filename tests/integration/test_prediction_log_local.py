@@ -9,11 +9,12 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from fraud.protocol import request_body
 from fraud.schema import FEATURES
 from fraud_control.prediction_store import open_store
 from fraud_control.runtime import PAIRS_FILE, read_runtime
 from fraud_control.store_evidence import store_evidence
-from fraud_serving.client import infer_url, v2_request
+from fraud_serving.client import infer_url
 from prometheus_client.parser import text_string_to_metric_families
 
 from fraud_rollout.replay_pairs import paired_from_log, read_pairs, wait_drained, wait_logged
@@ -41,7 +42,7 @@ def test_every_answered_request_is_logged_once_and_labels_join(tiny_run, tmp_pat
         with httpx.Client(timeout=30) as client:
             for i in range(REQUESTS):
                 rows = slice(i * ROWS, (i + 1) * ROWS)
-                response = client.post(infer_url(serving.url), json=v2_request(raw[rows], f"req-{i}", ids[rows]),
+                response = client.post(infer_url(serving.url), json=request_body(raw[rows], f"req-{i}", ids[rows]),
                                        headers={"Ce-Id": f"req-{i}"})
                 assert response.status_code == 200, response.text
                 answered[response.json()["model_version"]] += ROWS
@@ -97,7 +98,7 @@ def test_a_new_canary_joins_the_sinks_feedback_signals_and_nothing_is_lost(tiny_
     def send(client: httpx.Client, first: int) -> None:
         for i in range(first, first + REQUESTS):
             rows = slice(i * ROWS, (i + 1) * ROWS)
-            response = client.post(infer_url(serving.url), json=v2_request(raw[rows], f"req-{i}", ids[rows]))
+            response = client.post(infer_url(serving.url), json=request_body(raw[rows], f"req-{i}", ids[rows]))
             assert response.status_code == 200, response.text
             answered[response.json()["model_version"]] += ROWS
 

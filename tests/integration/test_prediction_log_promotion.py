@@ -20,8 +20,8 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
+from fraud.protocol import request_body
 from fraud.schema import FEATURES
-from fraud_serving.client import v2_request
 
 from tests.integration.serving_fixtures import start_local_runtime
 from tests.integration.test_canary_analysis import pipeline_report  # noqa: F401
@@ -50,7 +50,7 @@ class LiveClient:
             i = 0
             while not self._stop.is_set():
                 rows = self.raw[(i * ROWS) % (len(self.raw) - ROWS):][:ROWS]
-                body = v2_request(rows, f"live-{i}", [f"live-{i}-{row}" for row in range(ROWS)])
+                body = request_body(rows, f"live-{i}", [f"live-{i}-{row}" for row in range(ROWS)])
                 try:
                     response = client.post(self.infer_url, json=body, headers={"Ce-Id": f"live-{i}"})
                 except httpx.HTTPError as error:

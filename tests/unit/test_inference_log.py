@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 from fraud.inference_log import LoggedResponse, pair_body, parse_pair, parse_request, parse_response
 from fraud.labels import check_labels
+from fraud.protocol import RequestRefused
 from fraud.schema import DataError
 
 from tests.prediction_log import features, request_body, response_body
@@ -17,20 +18,26 @@ def test_ids_come_from_the_transaction_id_input_else_a_one_row_requests_id():
     assert columns.features.tolist() == features(3).tolist()
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda b: b["inputs"][0]["data"][0].__setitem__(3, True), "'transactions': data must be a list of numbers"),
-    (lambda b: b["inputs"][0].__setitem__("shape", [2, 29]), "input 'transactions': shape [2, 29] is not [N, 30]"),
+@pytest.mark.parametrize("change, reason, message", [
+    (lambda b: b["inputs"][0]["data"][0].__setitem__(3, True), "element_type",
+     "input 'transactions': FP64 data must be numbers; found a boolean at element 3"),
+    (lambda b: b["inputs"][0].__setitem__("shape", [2, 29]), "shape",
+     "input 'transactions': shape [2, 29] is not [N, 30] (columns in contract order: Time, V1 … Amount)"),
     (lambda b: b["inputs"].append({"name": "email", "datatype": "BYTES", "shape": [2], "data": ["x", "y"]}),
-     "unknown inputs: transactions, email"),
+     "unknown_column", "unknown inputs: transactions, email (send one [N, 30] input or one [N] input per feature)"),
     (lambda b: b["inputs"].append({"name": "transaction_id", "datatype": "BYTES", "shape": [1], "data": ["x"]}),
-     "input 'transaction_id' must be BYTES of shape [2] (one string per row), got BYTES [1]"),
+     "transaction_id", "input 'transaction_id': shape [1] is not [2] (one id per row)"),
+    # the transformer answers 400 to these, so no response follows: the log keeps no rows of them
+    (lambda b: b["inputs"][0]["data"][1].__setitem__(29, -1.0), "negative_value",
+     "Amount must not be negative (row 1: -1.0)"),
+    (lambda b: b["inputs"][0]["data"][0].__setitem__(5, 1e309), "nan", "NaN or infinite values in V5"),
 ])
-def test_anything_but_a_v2_request_of_the_contract_is_refused_naming_it(change, message):
+def test_the_log_refuses_what_the_transformer_refuses_in_its_words(change, reason, message):
     body = request_body(features(2))
     change(body)
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(RequestRefused) as error:
         parse_request(body)
-    assert str(error.value) == message
+    assert (error.value.reason, str(error.value)) == (reason, message)
 
 
 def test_a_response_names_the_registered_version_and_checks_its_outputs():

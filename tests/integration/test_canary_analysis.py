@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from fraud import registry
 from fraud.export import SignatureScorer
-from fraud.schema import FEATURES
+from fraud.schema import FEATURES, DataError
 from fraud_control.prometheus import metrics_from_prometheus
 from fraud_control.runtime import read_runtime
 from mlflow import MlflowClient
@@ -193,6 +193,21 @@ def test_prometheus_per_version_queries_return_the_replayed_counts(prometheus, c
     assert {v: m.answered for v, m in online.items()} == {v: int(n) for v, n in expected.items()}
     assert all(m.errors == 0 and m.confusion is None for m in online.values())
     assert 0 < online["v2"].latency_p99_ms < 10_000 and 'job="fraud-detector"' in queries["rows"]
+
+
+def test_a_failed_query_and_a_server_that_is_not_prometheus_are_named(prometheus, canary_runtime):
+    # Prometheus's own refusal of a query (a window it cannot parse), with its words
+    with pytest.raises(DataError) as refused:
+        metrics_from_prometheus(prometheus, window="5x")
+    assert str(refused.value).startswith(
+        f"--prometheus {prometheus}: query 'sum by (model_version, decision) "
+        f"(increase(fraud_predictions_total{{job=\"fraud-detector\"}}[5x]))' failed: ")
+    assert "parse error" in str(refused.value)
+    # a live server that is not Prometheus (the transformer) answers the API path with its own error
+    with pytest.raises(DataError) as wrong:
+        metrics_from_prometheus(canary_runtime.url)
+    assert str(wrong.value).startswith(f"--prometheus {canary_runtime.url}: query 'sum by (model_version, decision) "
+                                       f"(fraud_predictions_total{{job=\"fraud-detector\"}})' failed: ")
 
 
 def test_analyze_cli_from_prometheus_never_promotes_without_labels(prometheus, canary_runtime, pipeline_report):

@@ -8,18 +8,16 @@ import math
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
 from fraud import simulate
-from fraud.schema import DataError
 from fraud_canary.analysis import analyze, metrics_from_replay, supported_recall_drop
 from fraud_canary.evidence import plan_recall_evidence
 from fraud_canary.metrics import version_metrics
 from fraud_canary.policy import CanaryPolicy, OfflineMetrics
 from fraud_control.processes import free_port
-from fraud_control.prometheus import metrics_from_prometheus, prometheus_queries
+from fraud_control.prometheus import prometheus_queries
 
 from fraud_rollout.cli import main
 from fraud_rollout.demo_report import ImpactAssumptions, business_impact
@@ -215,70 +213,6 @@ def test_demo_report_html_shows_every_section_escaped():
     v2 = report["business_impact"]["if_serving_all"]["v2"]
     assert f"<tr><td>v2 serving all of the holdout</td><td>1 / 1</td><td>0</td><td>100</td><td>0</td>" \
            f"<td>{v2['review_cost']:,.0f}</td><td>{v2['net_benefit']:,.0f}</td></tr>" in page
-
-
-@pytest.fixture
-def answering_server():
-    """A loopback HTTP server; `answer(query)` gives (status, body) for each request's PromQL query."""
-    answer = {"for": lambda query: (200, b"")}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            query = parse_qs(urlparse(self.path).query).get("query", [""])[0]
-            status, body = answer["for"](query)
-            self.send_response(status)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield answer, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
-def _vector(*samples) -> bytes:
-    result = [{"metric": labels, "value": [0, str(value)]} for labels, value in samples]
-    return json.dumps({"status": "success", "data": {"result": result}}).encode()
-
-
-def test_prometheus_answers_that_are_not_results_are_named(answering_server):
-    answer, url = answering_server
-    answer["for"] = lambda query: (200, b"<html>a login page</html>")
-    with pytest.raises(DataError, match=f"--prometheus {url}: not a Prometheus API answer: <html>a login page"):
-        metrics_from_prometheus(url)
-    answer["for"] = lambda query: (400, json.dumps({"status": "error", "error": "parse error at char 7"}).encode())
-    with pytest.raises(DataError, match=r"query 'sum by \(model_version, decision\).*' failed: parse error at char 7"):
-        metrics_from_prometheus(url)
-
-
-def test_prometheus_vectors_become_version_metrics(answering_server):
-    answer, url = answering_server
-
-    def answer_for(query: str) -> tuple[int, bytes]:
-        if "fraud_predictions_total" in query:
-            return 200, _vector(({"model_version": "v1", "decision": "fraud"}, 3),
-                                ({"model_version": "v1", "decision": "legit"}, 77),
-                                ({"model_version": "v2", "decision": "legit"}, 19))
-        if "fraud_predictor_errors_total" in query:
-            return 200, _vector(({"model_version": "v2"}, 1), ({"model_version": "unknown"}, 0))
-        return 200, _vector(({"model_version": "v1"}, 0.012), ({"model_version": "v2"}, 0.25))
-
-    answer["for"] = answer_for
-    online, queries = metrics_from_prometheus(url, window="5m")
-    assert sorted(online) == ["v1", "v2"]  # a version with no rows and no failures is not a version
-    assert (online["v1"].requests, online["v1"].errors, online["v1"].flagged) == (80, 0, 3)
-    assert (online["v2"].requests, online["v2"].errors, online["v2"].confusion) == (20, 1, None)
-    assert online["v2"].traffic_share == 0.2 and online["v2"].latency_p99_ms == 250.0
-    assert online["v1"].latency_p50_ms == 12.0
-    assert queries["rows"].startswith("sum by (model_version, decision) (increase(fraud_predictions_total{")
 
 
 def test_the_replay_sends_each_batchs_transaction_ids_and_its_request_id_as_ce_id():

@@ -74,7 +74,7 @@ def _read_csv(path: str) -> pd.DataFrame:
 
 
 def train_step(dataset_path: str, contract_path: str, profile_path: str, model_dir: str, *, version: int,
-               window: str, config: TrainConfig, mlflow_tracking_uri: str = "") -> dict:
+               window: str, config: TrainConfig, settings: Settings, mlflow_tracking_uri: str = "") -> dict:
     """Train on one window, export the artifact (with the contract's feature profile, for
     monitoring) into `model_dir`, log and register it in MLflow."""
     frame = pd.read_parquet(dataset_path)
@@ -98,7 +98,7 @@ def train_step(dataset_path: str, contract_path: str, profile_path: str, model_d
     monitoring = fit_score_profile(trained.validation_labels, trained.validation_scores, trained.threshold.value)
     export.export_model(trained.model, trained.threshold.value, contract, model_dir, version, metadata,
                         monitoring=monitoring, feature_profile=feature_profile)
-    tracking_uri = registry.resolve_tracking_uri(mlflow_tracking_uri, in_pod=Settings().in_cluster)
+    tracking_uri = registry.resolve_tracking_uri(mlflow_tracking_uri or settings.MLFLOW_TRACKING_URI, in_pod=settings.in_cluster)
     mlflow_info = registry.log_training(
         tracking_uri, run_name=f"train-{export.version_label(version)}", params=config_params(config),
         history=trained.history, artifact_root=model_dir,
@@ -163,17 +163,18 @@ def gate_step(evaluation_path: str, gate_path: str, markdown_path: str, policy: 
 
 
 def baseline_step(dataset_path: str, contract_path: str, profile_path: str, model_dir: str, contract_out: str,
-                  profile_out: str, *, champion_version: int | None, config: TrainConfig,
+                  profile_out: str, *, champion_version: int | None, config: TrainConfig, settings: Settings,
                   mlflow_tracking_uri: str = "", found_by: str = "") -> dict:
     """The baseline a candidate is gated against: registered version `champion_version` copied from
     the registry, else v1 trained on the reference window (the first run bootstraps). Writes the
     baseline's feature contract to `contract_out` and its feature profile to `profile_out` (the
     candidate must use the deployed transformer's contract) and returns its metadata with `source`,
     `registry_version` and `candidate_version`."""
-    tracking_uri = registry.resolve_tracking_uri(mlflow_tracking_uri, in_pod=Settings().in_cluster)
+    tracking_uri = registry.resolve_tracking_uri(mlflow_tracking_uri or settings.MLFLOW_TRACKING_URI, in_pod=settings.in_cluster)
     if champion_version is None:
         metadata = {**train_step(dataset_path, contract_path, profile_path, model_dir, version=1,
-                                 window="reference", config=config, mlflow_tracking_uri=tracking_uri),
+                                 window="reference", config=config, settings=settings,
+                                 mlflow_tracking_uri=tracking_uri),
                     "source": "trained"}
     else:
         mlflow_info = registry.download_version(tracking_uri, champion_version, model_dir)
@@ -205,9 +206,10 @@ def _champion_feature_profile(model_dir: str, profile_path: str, champion_versio
     log.info("baseline: champion has no %s; its contract's is this run's", PROFILE_FILE)
 
 
-def register_step(baseline_dir: str, candidate_dir: str, mlflow_tracking_uri: str = "") -> dict[str, int]:
+def register_step(baseline_dir: str, candidate_dir: str, settings: Settings,
+                  mlflow_tracking_uri: str = "") -> dict[str, int]:
     """Candidate → alias `challenger`; the baseline becomes `champion` if none is set yet."""
-    tracking_uri = registry.resolve_tracking_uri(mlflow_tracking_uri, in_pod=Settings().in_cluster)
+    tracking_uri = registry.resolve_tracking_uri(mlflow_tracking_uri or settings.MLFLOW_TRACKING_URI, in_pod=settings.in_cluster)
     baseline = export.read_metadata(baseline_dir)["mlflow"]["registered_version"]
     candidate = export.read_metadata(candidate_dir)["mlflow"]["registered_version"]
     if registry.CHAMPION not in registry.aliases(tracking_uri):

@@ -79,7 +79,7 @@ def train_model(dataset: Input[Dataset], feature_contract: Input[Artifact], feat
 
     config = train_config(epochs=epochs, batch_size=batch_size, seed=seed, min_precision=min_precision)
     result = train_step(dataset.path, feature_contract.path, feature_profile.path, model.path, version=version,
-                        window=window, config=config, mlflow_tracking_uri=mlflow_tracking_uri or Settings().MLFLOW_TRACKING_URI)
+                        window=window, config=config, settings=Settings(), mlflow_tracking_uri=mlflow_tracking_uri)
     model.metadata.update({k: result[k] for k in ("model_version", "contract_id", "threshold", "window")})
     for key in ("threshold", "validation_precision", "validation_recall", "epochs_run", "train_seconds"):
         metrics.log_metric(key, float(result[key]))
@@ -126,7 +126,8 @@ def baseline_model(dataset: Input[Dataset], feature_contract: Input[Artifact], f
                            champion_version=champion.registry_version if champion else None,
                            found_by=champion.found_by if champion else "",
                            config=train_config(epochs=epochs, batch_size=batch_size, seed=seed,
-                                               min_precision=min_precision), mlflow_tracking_uri=tracking_uri)
+                                               min_precision=min_precision), settings=settings,
+                           mlflow_tracking_uri=tracking_uri)
     model.metadata.update({k: result[k] for k in ("model_version", "contract_id", "threshold", "window", "source",
                                                   "registry_version")})
     baseline_contract.metadata["contract_id"] = result["contract_id"]
@@ -251,7 +252,7 @@ def register_models(baseline: Input[Model], candidate: Input[Model], mlflow_trac
     from fraud.settings import Settings
     from fraud.steps import register_step
 
-    print(register_step(baseline.path, candidate.path, mlflow_tracking_uri or Settings().MLFLOW_TRACKING_URI))
+    print(register_step(baseline.path, candidate.path, Settings(), mlflow_tracking_uri))
 
 
 def progressive_rollout(target: str, namespace: str, local_state_dir: str, plan: str, window_seconds: float,

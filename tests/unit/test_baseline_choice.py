@@ -7,6 +7,7 @@ import json
 
 import pytest
 from fraud import registry
+from fraud.settings import Settings
 from fraud_control import canary
 from fraud_control.local_store import LocalStore
 from fraud_control.registry_aliases import Champion, champion_for, choose_champion, deployed_champion
@@ -94,7 +95,8 @@ def test_a_champion_exported_without_a_feature_profile_gets_this_runs_only_for_t
     def baseline(profile_path, out):
         return baseline_step("", str(champion / "feature_contract.json"), str(profile_path), str(out / "model"),
                              str(out / "contract.json"), str(out / "profile.json"), champion_version=version,
-                             config=TrainConfig(), mlflow_tracking_uri=tracking_uri, found_by="alias champion")
+                             config=TrainConfig(), settings=Settings(), mlflow_tracking_uri=tracking_uri,
+                             found_by="alias champion")
 
     result = baseline(same, tmp_path / "run1")
     assert result["source"] == "champion" and result["candidate_version"] == 2

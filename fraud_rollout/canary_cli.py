@@ -74,7 +74,7 @@ def add_analyze_options(group) -> None:
 def canary_command(args: argparse.Namespace) -> int:
     if args.action == "analyze":
         return analyze_command(args)
-    return run_operation(args.action, args, Settings())
+    return run_operation(args.action, args, args.settings)
 
 
 def local_status(state_dir: Path) -> dict:
@@ -188,21 +188,25 @@ def apply_recommendation(action: str, args, tracking_uri: str, subject: dict | N
     if action not in ("promote", "rollback"):
         return 0, "hold: nothing changed"
     args.tracking_uri = getattr(args, "tracking_uri", "") or tracking_uri
-    code = run_operation(action, args, Settings())
+    code = run_operation(action, args, args.settings)
     where = args.state_dir if getattr(args, "target", "local") == "local" else "the InferenceService"
     return code, f"{action} applied to {where}" if code == 0 else f"{action} refused"
 
 
 def local_subject(state_dir: Path) -> dict | None:
     """What the local state dir has deployed now: the subject a replay against it records."""
-    return current_subject(argparse.Namespace(target="local", state_dir=state_dir))
+    from fraud_control.local_store import LocalStore
+    from fraud_control.subject import read_subject
+
+    subject = read_subject(LocalStore(state_dir, "fraud-detector"))
+    return None if subject is None else subject.to_dict()
 
 
 def evidence_mismatch(args, evidence_subject: dict | None) -> str | None:
     """Why the evidence must not be applied to what is deployed now, or None."""
     from fraud_control.subject import mismatch, read_subject
 
-    return mismatch(evidence_subject, read_subject(open_store(args, Settings())))
+    return mismatch(evidence_subject, read_subject(open_store(args, args.settings)))
 
 
 def analyze_command(args) -> int:
@@ -252,7 +256,7 @@ def analyze_command(args) -> int:
 
     code = 0
     if args.apply:
-        tracking_uri = (getattr(args, "tracking_uri", "") or Settings().MLFLOW_TRACKING_URI
+        tracking_uri = (getattr(args, "tracking_uri", "") or args.settings.MLFLOW_TRACKING_URI
                         or pipeline.get("mlflow", {}).get("tracking_uri", ""))
         code, applied = apply_recommendation(analysis["action"], args, tracking_uri, subject)
         analysis["applied"] = {"action": analysis["action"], "target": args.target, "exit_code": code,

@@ -133,6 +133,9 @@ def run(argv: list[str] | None = None) -> int:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     if not verbose and (args.command, getattr(args, "bench", None)) in TF_IN_PROCESS:
         import_tensorflow_quietly()
+    from fraud.settings import Settings
+
+    args.settings = Settings()  # the environment, read once for the whole command
     try:
         if getattr(args, "state_dir", False) is None:  # not given: the pipeline run's state, else the demo's
             from fraud_rollout import local_defaults

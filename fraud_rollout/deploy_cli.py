@@ -9,7 +9,6 @@ import json
 import sys
 from pathlib import Path
 
-from fraud.settings import Settings
 from fraud_control.canary import DEFAULT_CANARY_PERCENT, DEFAULT_TIMEOUT_S
 from fraud_control.isvc import DEFAULT_IMAGE
 
@@ -101,7 +100,7 @@ def deploy_command(args: argparse.Namespace) -> int:
     try:
         rollout = deploy(args.target, baseline, candidate, namespace=args.namespace or "default",
                          canary_percent=args.canary_percent, supersede=args.supersede, state_dir=args.state_dir,
-                         image=args.serving_image, timeout_s=args.timeout, settings=Settings(),
+                         image=args.serving_image, timeout_s=args.timeout, settings=args.settings,
                          kubeconfig=args.kubeconfig, context=args.context,
                          prediction_log_url=args.prediction_log_url or "", **optional)
     except RolloutError as error:

@@ -143,7 +143,6 @@ def _options(args):
     from dataclasses import replace
 
     from fraud.pipeline_config import DEFAULTS
-    from fraud.settings import Settings
     from fraud_pipelines.local import LocalRunOptions
 
     fraud_rate = _fraud_rate(args)
@@ -152,7 +151,7 @@ def _options(args):
                      fraud_rate=args.fraud_rate)
     return LocalRunOptions(out_dir=args.out, config=config,
                            source_csv=str(args.source_csv.resolve()) if args.source_csv is not None else "",
-                           mlflow_tracking_uri=args.mlflow_tracking_uri or Settings().MLFLOW_TRACKING_URI,
+                           mlflow_tracking_uri=args.mlflow_tracking_uri or args.settings.MLFLOW_TRACKING_URI,
                            serving_state_dir=args.serving_state_dir, supersede_canary=args.supersede,
                            components_image=components_image(args))
 

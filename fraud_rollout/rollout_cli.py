@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-from fraud.settings import Settings
-
 from fraud_rollout.args import (
     DefaultsHelpRawEpilog,
     UsageError,
@@ -148,7 +146,7 @@ def start_command(args: argparse.Namespace, source=None) -> int:
     from fraud_control.store import NotDeployed, RolloutError
 
     options = rollout_options(args)
-    store = open_store(args, Settings())
+    store = open_store(args, args.settings)
     endpoint = None
     try:
         controller = rollout_controller(options, store, source)
@@ -207,7 +205,7 @@ def format_state(state: dict, running: bool | None = None) -> str:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    store = open_store(args, Settings())
+    store = open_store(args, args.settings)
     states = _states(args, store)
     state = states.read()
     if state is None:
@@ -229,7 +227,7 @@ def abort_command(args: argparse.Namespace) -> int:
     from fraud_control.rollout import ABORTED, RUNNING, running_rollout
     from fraud_control.store import NotDeployed, RolloutError, require
 
-    settings = Settings()
+    settings = args.settings
     store = open_store(args, settings)
     states = _states(args, store)
     running = running_rollout(states)

@@ -44,5 +44,5 @@ def current_subject(args: argparse.Namespace) -> dict | None:
     """What the store `args` names has deployed now (`fraud_control.subject`), None if nothing."""
     from fraud_control.subject import read_subject
 
-    subject = read_subject(open_store(args, Settings()))
+    subject = read_subject(open_store(args, args.settings))
     return None if subject is None else subject.to_dict()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fraud.durations import parse_duration
 from fraud_canary.analysis import AUTO
-from fraud_control.local_state import DEFAULT_STATE_DIR
+from fraud_control.inferenceservice.local_state import DEFAULT_STATE_DIR
 
 
 class UsageError(Exception):

@@ -1,7 +1,7 @@
 """`fraud-rollout bench coverage`: the coverage of the interval the label-free promotion rule uses,
 on real model scores (issue 17).
 
-Parses and prints; the study is `fraud_control.label_free_coverage`. A pipeline run's holdout is
+Parses and prints; the study is `fraud_control.rollout.label_free_coverage`. A pipeline run's holdout is
 scored once by its baseline (models.v1 of the report) and its candidate (models.v2); per shadow
 share, bootstrap rollouts of rows × shadow × windows shadow pairs are judged by the rule's lower
 bounds (paired CBPE of Δ recall under each version's calibration) and compared with the true Δ on
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fraud_canary.paired_scores import DRAWS
 from fraud_canary.simulation import DEMO_WINDOW_ROWS
-from fraud_control.label_free_coverage import (
+from fraud_control.rollout.label_free_coverage import (
     RULE,
     Coverage,
     PairedHoldout,

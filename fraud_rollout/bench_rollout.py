@@ -9,7 +9,7 @@ a good canary with labels.
 `--report`: the live regime of `good` and `equal` with scored shadow pairs, so the label-free
 promotion rule has what it reads: the report's holdout scored by models.v1 (baseline) and models.v2
 (`good`'s canary), or by models.v1 as both (`equal`), resampled as each window's shadow pairs
-(`fraud_control.label_free_coverage.scored_pairs`). Measured on a 1,000,000-transaction run's report
+(`fraud_control.rollout.label_free_coverage.scored_pairs`). Measured on a 1,000,000-transaction run's report
 (2,000 rollouts per scenario, 10 rollouts per second: the label-free bound's Monte Carlo at the last
 step): `good` promoted in every one (median 3 windows), `equal` in 0.9975 and inconclusive in the
 rest, none rolled back. Without `--report` the live regime cannot promote.
@@ -37,7 +37,7 @@ from fraud_canary.simulation import (
     seeds_promoted,
     simulate,
 )
-from fraud_control.label_free_coverage import equal_canary, score_holdout, scored_pairs
+from fraud_control.rollout.label_free_coverage import equal_canary, score_holdout, scored_pairs
 from fraud_serving.shadow import DEFAULT_SHADOW_PERCENT
 
 from fraud_rollout.args import UsageError, non_negative_int, number_within, positive_int

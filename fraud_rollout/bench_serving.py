@@ -33,10 +33,10 @@ from urllib.request import urlopen
 
 import numpy as np
 from fraud.export import read_contract
+from fraud.processes import ServerProcess
 from fraud.protocol import request_body
 from fraud.schema import FEATURES
-from fraud_control.isvc import NAME
-from fraud_control.processes import ServerProcess
+from fraud_control.inferenceservice.isvc import NAME
 from fraud_serving.fast_route import INFERENCE_CONTENT_LENGTH_HEADER, binary_request
 from fraud_serving.shadow import DEFAULT_SHADOW_PERCENT
 
@@ -360,8 +360,9 @@ def run_benchmark(baseline: Path, requests: int = 2_000, rows: int = 10_000, dur
     shadow comparison (a second predictor and three transformers with routes files) and the logging
     comparison (a transformer posting to `prediction_sink_url`, else to the real prediction-log sink
     started here on a SQLite file in the bench's log dir, so the numbers include its commits)."""
+    from fraud.processes import stop_all
     from fraud.routes import Backend, write_routes
-    from fraud_control.processes import start_predictor, start_sink, start_transformer, stop_all
+    from fraud_control.local_runtime.servers import start_predictor, start_sink, start_transformer
 
     with tempfile.TemporaryDirectory() as logs, ExitStack() as stack:
         predictor = start_predictor(baseline, Path(logs))

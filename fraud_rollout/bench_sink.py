@@ -9,7 +9,7 @@ times, in one run:
 
 - the signals' computation (what a scrape waits for) without the window's index, as the store
   was before it had one, and with it;
-- the real sink (`python -m fraud_control.prediction_sink --models-file …`, a subprocess): its first `/metrics`
+- the real sink (`python -m fraud_control.prediction_log.sink --models-file …`, a subprocess): its first `/metrics`
   after start, which computes the signals, against the 1 s target (Prometheus' scrape timeout is 10 s);
 - the same with a busy window (`--busy-hours`, 25: about 350k rows at the default volume, what the
   demo's replay serves): a scrape that waits for the whole computation (`--scrape-wait inf`, before)
@@ -51,7 +51,7 @@ def fill(path: Path, rows: int, days: int, versions: list[str], features: np.nda
          progress=print) -> tuple[int, float]:
     """`rows` answered predictions over the `days` before now, 80 % the first version's; returns
     (rows in the last hour, seconds taken). The schema is the store's own (open_store creates it)."""
-    from fraud_control.prediction_store import open_store
+    from fraud_control.prediction_log.store import open_store
 
     with open_store(str(path)):
         pass
@@ -84,8 +84,8 @@ def signals_seconds(path: Path, models, window: timedelta, *, indexed: bool) -> 
     """Time one computation of the feedback signals over the last `window` (what a scrape waits
     for), on the store as it is now or (`indexed` False) as it was before it had the window's index:
     that is dropped after the store is open, since opening it creates the index."""
-    from fraud_control.prediction_store import open_store
-    from fraud_control.store_feedback import signals_of
+    from fraud_control.prediction_log.feedback import signals_of
+    from fraud_control.prediction_log.store import open_store
 
     with open_store(str(path)) as store:
         if not indexed:
@@ -103,7 +103,7 @@ def first_scrape_seconds(path: Path, roots: list[str], workdir: Path,
     """Start the real sink on `path` (with more of its flags, `options`) and time its first /metrics;
     (seconds, fraud_feedback_* samples in it, seconds from the first scrape until one shows them)."""
     import httpx
-    from fraud_control.processes import start_sink
+    from fraud_control.local_runtime.servers import start_sink
 
     models_file = workdir / "models.json"
     models_file.write_text(json.dumps(roots))
@@ -131,8 +131,8 @@ def first_scrape_seconds(path: Path, roots: list[str], workdir: Path,
 def bench_command(args) -> int:
     import pandas as pd
     from fraud.schema import FEATURES
-    from fraud_control.prediction_store import open_store
-    from fraud_control.store_feedback import monitored_models
+    from fraud_control.prediction_log.feedback import monitored_models
+    from fraud_control.prediction_log.store import open_store
 
     from fraud_rollout.local_defaults import pipeline_report
     from fraud_rollout.replay_source import read_pipeline_report

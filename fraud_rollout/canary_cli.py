@@ -10,12 +10,12 @@ from pathlib import Path
 from fraud.schema import DataError
 from fraud.settings import Settings
 from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics, paired_from_replay
-from fraud_control.prometheus import DEFAULT_SELECTOR, metrics_from_prometheus
+from fraud_control.rollout.prometheus import DEFAULT_SELECTOR, metrics_from_prometheus
 
 from fraud_rollout.args import UsageError, detectable_difference, non_negative_float, since_time
 from fraud_rollout.targets import add_target_options, current_subject, open_store
 
-DEFAULT_TIMEOUT_S = 600.0  # fraud_control.canary.DEFAULT_TIMEOUT_S, without importing it at parse time
+DEFAULT_TIMEOUT_S = 600.0  # fraud_control.canary.operations.DEFAULT_TIMEOUT_S, without importing it at parse time
 
 
 def register(commands) -> None:
@@ -78,8 +78,8 @@ def canary_command(args: argparse.Namespace) -> int:
 
 
 def local_status(state_dir: Path) -> dict:
-    from fraud_control.local_state import LocalInferenceService, revision_status
-    from fraud_control.runtime import read_runtime
+    from fraud_control.inferenceservice.local_state import LocalInferenceService, revision_status
+    from fraud_control.local_runtime.runtime import read_runtime
 
     status = revision_status(LocalInferenceService(state_dir))
     status["runtime"] = read_runtime(state_dir)
@@ -87,10 +87,10 @@ def local_status(state_dir: Path) -> dict:
 
 
 def run_operation(action: str, args: argparse.Namespace, settings: Settings) -> int:
-    """status / promote / rollback through `fraud_control.canary`, the same for both targets.
+    """status / promote / rollback through `fraud_control.canary.operations`, the same for both targets.
     Exit 1 on a refused or failed operation (the message says why), 2 when nothing is deployed."""
-    from fraud_control import canary
-    from fraud_control.store import NotDeployed, RolloutError
+    from fraud_control.canary import operations as canary
+    from fraud_control.inferenceservice.store import NotDeployed, RolloutError
 
     store = open_store(args, settings)
     tracking_uri = getattr(args, "tracking_uri", "") or settings.MLFLOW_TRACKING_URI
@@ -166,7 +166,7 @@ def expected_canary_percent(args) -> float:
             raise DataError(f"--expected-canary-percent {args.expected_canary_percent:g}: must be between 0 and 100")
         return args.expected_canary_percent
     if args.target == "local":
-        from fraud_control.local_state import LocalInferenceService
+        from fraud_control.inferenceservice.local_state import LocalInferenceService
 
         service = LocalInferenceService(args.state_dir)
         if service.exists():
@@ -204,7 +204,7 @@ def local_subject(state_dir: Path) -> dict | None:
 
 def evidence_mismatch(args, evidence_subject: dict | None) -> str | None:
     """Why the evidence must not be applied to what is deployed now, or None."""
-    from fraud_control.subject import mismatch, read_subject
+    from fraud_control.inferenceservice.subject import mismatch, read_subject
 
     return mismatch(evidence_subject, read_subject(open_store(args, args.settings)))
 
@@ -233,7 +233,7 @@ def analyze_command(args) -> int:
         evidence = {"source": "replay", "replay_report": str(args.replay_report)}
         subject = replay_report.get("subject")
     elif args.store is not None:  # the prediction log: what was served, and the labels that have matured
-        from fraud_control.store_evidence import store_evidence
+        from fraud_control.rollout.store_evidence import store_evidence
 
         logged = store_evidence(args.store, (baseline_version, canary_version), since=args.since,
                                 until=args.until, label_maturity_days=args.label_maturity)

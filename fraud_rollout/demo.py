@@ -119,8 +119,8 @@ def _pipeline(args, out: Path) -> tuple[dict, Path]:
 def _forget_demo_rollout(state_dir: Path) -> None:
     """Remove the InferenceService an earlier demo left in the demo's state dir, unless a `serve`
     runs it (then the deploy step refuses its running canary as KServe would, naming --supersede)."""
-    from fraud_control.local_state import LocalInferenceService
-    from fraud_control.runtime import read_runtime
+    from fraud_control.inferenceservice.local_state import LocalInferenceService
+    from fraud_control.local_runtime.runtime import read_runtime
 
     service = LocalInferenceService(state_dir)
     if service.exists() and not read_runtime(state_dir):
@@ -136,7 +136,7 @@ def _role_artifacts(pipeline: dict) -> tuple[str, str]:
 def deployed_by_pipeline(state_dir: Path, artifacts: tuple[str, str]) -> bool:
     """Does the InferenceService in `state_dir` already run this run's (baseline, candidate), the
     candidate as a canary (the pipeline's local deploy step wrote it)?"""
-    from fraud_control.local_state import LocalInferenceService
+    from fraud_control.inferenceservice.local_state import LocalInferenceService
 
     service = LocalInferenceService(state_dir)
     if not service.exists() or "canaryTrafficPercent" not in service.get()["spec"]["predictor"]:
@@ -234,7 +234,7 @@ def run_demo(args) -> int:
     from fraud.files import read_json, write_json
     from fraud.schema import FEATURES
     from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics, paired_from_replay
-    from fraud_control.runtime import PAIRS_FILE
+    from fraud_control.local_runtime.runtime import PAIRS_FILE
 
     from fraud_rollout import demo_feedback, demo_report
     from fraud_rollout.canary_cli import local_status, local_subject
@@ -382,13 +382,13 @@ def progressive_rollout(source, url: str, state_dir: Path, offline: dict, tracki
     """`fraud-rollout rollout start` on the demo's runtime, its evidence a labelled replay of the
     holdout in windows (with the shadow pairs); returns the rollout's final state (`steps[]`)."""
     from fraud_canary.progressive import RolloutPolicy
-    from fraud_control.local_store import LocalStore
-    from fraud_control.rollout import Controller, RolloutConfig
-    from fraud_control.rollout_evidence import AfterLocalApply
-    from fraud_control.rollout_record import JsonLinesLog, step_line
-    from fraud_control.rollout_run import LOG_FILE, score_profiles
-    from fraud_control.rollout_state import LocalRolloutState
-    from fraud_control.runtime import PAIRS_FILE
+    from fraud_control.inferenceservice.local_store import LocalStore
+    from fraud_control.local_runtime.runtime import PAIRS_FILE
+    from fraud_control.rollout.controller import Controller, RolloutConfig
+    from fraud_control.rollout.evidence import AfterLocalApply
+    from fraud_control.rollout.record import JsonLinesLog, step_line
+    from fraud_control.rollout.run import LOG_FILE, score_profiles
+    from fraud_control.rollout.state import LocalRolloutState
 
     from fraud_rollout.replay_load import ReplayOptions
     from fraud_rollout.rollout_replay import ReplayWindow

@@ -26,7 +26,7 @@ from fraud.profile import FeatureProfile
 from fraud.schema import LABEL, TRANSACTION_ID
 from fraud.score_profile import ScoreProfile
 from fraud_canary.feedback import FeedbackSignals
-from fraud_control.runtime import PREDICTION_LOG_FILE
+from fraud_control.local_runtime.runtime import PREDICTION_LOG_FILE
 
 LABELS_FILE = "labels.csv"
 #: Per-version counts both analyses must agree on (latency differs: the store's is the transformer's).
@@ -76,7 +76,7 @@ def signals_and_drift(store_path: Path, since: datetime, until: datetime, profil
     alerts the feedback rules fire on the window, and (`months`, from the simulate step) the drift
     of every simulated month."""
     from fraud_canary.feedback import feedback_alerts
-    from fraud_control.store_feedback import store_signals
+    from fraud_control.prediction_log.feedback import store_signals
 
     signals = store_signals(str(store_path), profiles, feature_profile, since=since, until=until)
     if signals is None:
@@ -95,8 +95,8 @@ def feedback_loop(store_path: Path, url: str, holdout: pd.DataFrame, versions: t
     """After the replay (which started at `since`): wait until the log has every event, analyze the
     window from it, deliver the labels, analyze again; `report.json`'s `feedback` and `drift`."""
     from fraud.labels import read_labels
-    from fraud_control.prediction_store import open_store
-    from fraud_control.store_evidence import store_evidence
+    from fraud_control.prediction_log.store import open_store
+    from fraud_control.rollout.store_evidence import store_evidence
 
     from fraud_rollout.replay_pairs import wait_logged
 
@@ -148,7 +148,7 @@ def estimates(store_path: Path, since: datetime, until: datetime, signals: Feedb
     the true precision and recall of the same rows."""
     from fraud_canary.performance import PerformanceEstimate
     from fraud_canary.served import judged_by
-    from fraud_control.prediction_store import open_store
+    from fraud_control.prediction_log.store import open_store
 
     with open_store(str(store_path)) as store:
         served, pairs = store.served(since, until), store.pairs(since, until)

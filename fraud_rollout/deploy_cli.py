@@ -1,4 +1,4 @@
-"""`fraud-rollout deploy`: the pipeline's deploy step (`fraud_control.deploy.deploy`) from the
+"""`fraud-rollout deploy`: the pipeline's deploy step (`fraud_control.canary.deploy.deploy`) from the
 command line. The InferenceService is created with the baseline if absent, then the candidate
 goes out as a canary next to it; on `--target kserve` both models are uploaded to S3 first
 (settings from the environment: `fraud.settings.Settings`)."""
@@ -9,8 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-from fraud_control.canary import DEFAULT_CANARY_PERCENT, DEFAULT_TIMEOUT_S
-from fraud_control.isvc import DEFAULT_IMAGE
+from fraud_control.canary.operations import DEFAULT_CANARY_PERCENT, DEFAULT_TIMEOUT_S
+from fraud_control.inferenceservice.isvc import DEFAULT_IMAGE
 
 from fraud_rollout.args import UsageError, non_negative_float
 from fraud_rollout.targets import add_target_options
@@ -87,8 +87,8 @@ def exported_model(option: str, root: Path) -> Path:
 
 def deploy_command(args: argparse.Namespace) -> int:
     """Exit 0 with what was done, 1 when the rollout was refused or failed, 2 on bad input."""
-    from fraud_control.deploy import deploy
-    from fraud_control.store import RolloutError
+    from fraud_control.canary.deploy import deploy
+    from fraud_control.inferenceservice.store import RolloutError
     from minio.error import S3Error
     from urllib3.exceptions import HTTPError
 

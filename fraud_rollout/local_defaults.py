@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from fraud_control.local_state import DEFAULT_STATE_DIR, LocalInferenceService
+from fraud_control.inferenceservice.local_state import DEFAULT_STATE_DIR, LocalInferenceService
 
 RUN_STATE_DIR = DEFAULT_STATE_DIR
 RUN_REPORT = Path(".fraud-rollout/run/report.json")

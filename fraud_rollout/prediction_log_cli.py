@@ -8,14 +8,14 @@ from pathlib import Path
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from fraud_control import prediction_sink
+    from fraud_control.prediction_log import sink as prediction_sink
 
     return prediction_sink.serve(args, prog="fraud-rollout sink serve")
 
 
 def _ingest(args: argparse.Namespace) -> int:
     from fraud.labels import read_labels
-    from fraud_control.prediction_store import StoreError, open_store
+    from fraud_control.prediction_log.store import StoreError, open_store
 
     from fraud_rollout.args import UsageError
 
@@ -36,7 +36,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def register(commands) -> None:
-    from fraud_control.prediction_sink import add_arguments
+    from fraud_control.prediction_log.sink import add_arguments
 
     from fraud_rollout.args import listen_port
 

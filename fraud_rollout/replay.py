@@ -157,7 +157,7 @@ def replay_command(args) -> int:
                             progress=not args.no_progress)
     pairs_log = args.pairs_log
     if pairs_log is None and args.target == "local":
-        from fraud_control.runtime import PAIRS_FILE
+        from fraud_control.local_runtime.runtime import PAIRS_FILE
 
         pairs_log = args.state_dir / PAIRS_FILE if (args.state_dir / PAIRS_FILE).is_file() else None
     elif pairs_log is not None and not pairs_log.is_file():
@@ -176,7 +176,7 @@ def bench_command(args) -> int:
     import tempfile
     from contextlib import ExitStack
 
-    from fraud_control.runtime import PAIRS_FILE
+    from fraud_control.local_runtime.runtime import PAIRS_FILE
 
     from fraud_rollout.serving_session import LocalServing
 

@@ -107,7 +107,7 @@ def skew_check(rows: pd.DataFrame, raw: np.ndarray, artifacts: dict[str, str]) -
 
 def build_report(source: ReplaySource, options: ReplayOptions, rows: ReplayRows, rows_file: Path,
                  skew: dict | None, subject: dict | None = None, paired: dict | None = None) -> dict:
-    """The replay report; `subject` is the InferenceService replayed against (fraud_control.subject),
+    """The replay report; `subject` is the InferenceService replayed against (fraud_control.inferenceservice.subject),
     which `canary analyze --apply` compares with what is deployed then; `paired` the shadow pairs'
     `PairedOutcomes.to_dict()` (replay_pairs), None without shadow scoring."""
     from fraud_canary.metrics import UNATTRIBUTED

@@ -1,5 +1,5 @@
 """`fraud-rollout rollout start|status|abort`: the progressive rollout controller
-(`fraud_control.rollout`) on the local state dir or a cluster."""
+(`fraud_control.rollout.controller`) on the local state dir or a cluster."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +19,7 @@ from fraud_rollout.args import (
 from fraud_rollout.targets import add_target_options, open_store
 
 DEFAULT_PLAN = "5,20,50,100"  # fraud_canary.progressive.RolloutPolicy().plan, without importing it at parse time
-DEFAULT_TIMEOUT_S = 600.0  # fraud_control.canary.DEFAULT_TIMEOUT_S
+DEFAULT_TIMEOUT_S = 600.0  # fraud_control.canary.operations.DEFAULT_TIMEOUT_S
 
 #: `rollout start`'s exit codes: how the rollout ended, so a script or a pipeline step can branch on it
 #: without parsing the output. 1 (failed or refused) and 2 (bad input) are every command's.
@@ -102,7 +102,7 @@ def positive_float(text: str) -> float:
 
 
 def _states(args: argparse.Namespace, store):
-    from fraud_control.rollout_run import rollout_states
+    from fraud_control.rollout.run import rollout_states
 
     return rollout_states(args.target, store, args.state_dir)
 
@@ -126,7 +126,7 @@ def rollout_command(args: argparse.Namespace) -> int:
 
 def rollout_options(args: argparse.Namespace):
     """`rollout start`'s options as the control layer's `RolloutOptions`."""
-    from fraud_control.rollout_run import RolloutOptions, parse_plan
+    from fraud_control.rollout.run import RolloutOptions, parse_plan
 
     return RolloutOptions(target=args.target, state_dir=args.state_dir, plan=parse_plan(args.plan),
                           max_holds=args.max_holds, window_s=args.window, min_requests=args.min_requests,
@@ -141,9 +141,9 @@ def rollout_options(args: argparse.Namespace):
 def start_command(args: argparse.Namespace, source=None) -> int:
     """`rollout start`; `source` replaces the live evidence (the demo's labelled replay). Exits with
     how the rollout ended (EXIT_*, in `rollout --help`)."""
-    from fraud_control.rollout import ABORTED, PAUSED, PROMOTED, ROLLED_BACK, RolloutRunning
-    from fraud_control.rollout_run import rollout_controller
-    from fraud_control.store import NotDeployed, RolloutError
+    from fraud_control.inferenceservice.store import NotDeployed, RolloutError
+    from fraud_control.rollout.controller import ABORTED, PAUSED, PROMOTED, ROLLED_BACK, RolloutRunning
+    from fraud_control.rollout.run import rollout_controller
 
     options = rollout_options(args)
     store = open_store(args, args.settings)
@@ -153,7 +153,7 @@ def start_command(args: argparse.Namespace, source=None) -> int:
     except NotDeployed as error:
         raise UsageError(str(error)) from None
     if args.analysis_port is not None:
-        from fraud_control.analysis_endpoint import AnalysisEndpoint
+        from fraud_control.rollout.analysis_endpoint import AnalysisEndpoint
 
         try:
             endpoint = AnalysisEndpoint(args.analysis_port, args.analysis_host)
@@ -223,9 +223,9 @@ def status_command(args: argparse.Namespace) -> int:
 
 def abort_command(args: argparse.Namespace) -> int:
     """Ask the running controller to roll back and wait for it; with none running, roll back directly."""
-    from fraud_control import canary
-    from fraud_control.rollout import ABORTED, RUNNING, running_rollout
-    from fraud_control.store import NotDeployed, RolloutError, require
+    from fraud_control.canary import operations as canary
+    from fraud_control.inferenceservice.store import NotDeployed, RolloutError, require
+    from fraud_control.rollout.controller import ABORTED, RUNNING, running_rollout
 
     settings = args.settings
     store = open_store(args, settings)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from fraud.schema import FEATURES, LABEL
 from fraud_canary.paired import PairedOutcomes
-from fraud_control.rollout import Evidence, RolloutAborted, Window, now_iso
+from fraud_control.rollout.controller import Evidence, RolloutAborted, Window, now_iso
 
 from fraud_rollout.replay_load import ReplayOptions, default_batch, send, transaction_ids
 from fraud_rollout.replay_pairs import labels_by_request, paired_from_log, read_pairs, wait_drained

@@ -68,8 +68,8 @@ def register(commands, bench) -> None:
 def write_canary_manifest(state_dir: Path, baseline: Path, candidate: Path | None, canary_percent: int) -> dict:
     """Create the InferenceService with `baseline`, then patch in `candidate` as a canary (DESIGN 6)."""
     from fraud.export import read_contract, read_metadata
-    from fraud_control import isvc
-    from fraud_control.local_state import LocalInferenceService
+    from fraud_control.inferenceservice import isvc
+    from fraud_control.inferenceservice.local_state import LocalInferenceService
 
     if not 0 <= canary_percent <= 100:
         raise ValueError(f"--canary-percent {canary_percent}: must be within 0..100")
@@ -96,7 +96,7 @@ def write_canary_manifest(state_dir: Path, baseline: Path, candidate: Path | Non
 
 def prediction_log_url(option: str | None, state_dir: Path) -> str | None:
     """`--prediction-log`: None when not given, the state dir's SQLite file for 'default'."""
-    from fraud_control.runtime import PREDICTION_LOG_FILE
+    from fraud_control.local_runtime.runtime import PREDICTION_LOG_FILE
 
     if option == "default":
         return str((state_dir / PREDICTION_LOG_FILE).resolve())
@@ -104,10 +104,10 @@ def prediction_log_url(option: str | None, state_dir: Path) -> str | None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from fraud_control.local_state import LocalInferenceService
-    from fraud_control.processes import LOOPBACK, ServerFailed, check_port_free
-    from fraud_control.runtime import LocalRuntime, claim_state_dir
-    from fraud_control.traffic import traffic_status
+    from fraud.processes import LOOPBACK, ServerFailed, check_port_free
+    from fraud_control.inferenceservice.local_state import LocalInferenceService
+    from fraud_control.inferenceservice.traffic import traffic_status
+    from fraud_control.local_runtime.runtime import LocalRuntime, claim_state_dir
 
     from fraud_rollout import canary_cli
 
@@ -120,7 +120,7 @@ def serve_command(args: argparse.Namespace) -> int:
     # state dir creates it.
     check_port_free(args.http_port, "--http-port")
     if args.baseline is None:
-        from fraud_control.local_state import NotFound
+        from fraud_control.inferenceservice.local_state import NotFound
 
         try:
             LocalInferenceService(args.state_dir).get()

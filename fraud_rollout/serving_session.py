@@ -12,8 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from fraud_control.local_state import LocalInferenceService
-from fraud_control.processes import (
+from fraud.processes import (
     LOOPBACK,
     POLL_SECONDS,
     READY_TIMEOUT_SECONDS,
@@ -23,7 +22,8 @@ from fraud_control.processes import (
     log_tail,
     stop_process,
 )
-from fraud_control.runtime import read_runtime
+from fraud_control.inferenceservice.local_state import LocalInferenceService
+from fraud_control.local_runtime.runtime import read_runtime
 
 #: `fraud-rollout …` with this interpreter.
 FRAUD_ROLLOUT = [sys.executable, "-m", "fraud_rollout"]

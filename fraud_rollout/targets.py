@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fraud.settings import Settings
-from fraud_control.store import InferenceServiceStore
+from fraud_control.inferenceservice.store import InferenceServiceStore
 
 from fraud_rollout.args import UsageError, state_dir_option
 
@@ -28,21 +28,21 @@ def open_store(args: argparse.Namespace, settings: Settings) -> InferenceService
     (a ValueError, exit 2) for no usable kubeconfig."""
     name = getattr(args, "name", None) or "fraud-detector"
     if getattr(args, "target", "local") == "kserve":
-        from fraud_control.kube_store import KubeStore, custom_objects_api
+        from fraud_control.inferenceservice.kube_store import KubeStore, custom_objects_api
 
         if not getattr(args, "namespace", None):
             raise UsageError("--namespace is required with --target kserve")
         api = custom_objects_api(getattr(args, "kubeconfig", None) or settings.KUBECONFIG or None,
                                  getattr(args, "context", None), in_cluster=settings.in_cluster)
         return KubeStore(api, args.namespace, name)
-    from fraud_control.local_store import LocalStore
+    from fraud_control.inferenceservice.local_store import LocalStore
 
     return LocalStore(args.state_dir, name)
 
 
 def current_subject(args: argparse.Namespace) -> dict | None:
-    """What the store `args` names has deployed now (`fraud_control.subject`), None if nothing."""
-    from fraud_control.subject import read_subject
+    """What the store `args` names has deployed now (`fraud_control.inferenceservice.subject`), None if nothing."""
+    from fraud_control.inferenceservice.subject import read_subject
 
     subject = read_subject(open_store(args, args.settings))
     return None if subject is None else subject.to_dict()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fraud_control.artifact_store import S3Settings, s3_client
-from fraud_control.isvc import IsvcSpec
+from fraud.artifact_store import S3Settings, s3_client
+from fraud_control.inferenceservice.isvc import IsvcSpec
 from fraud_devcluster import cluster, servers
 from fraud_devcluster.cluster import Cluster
 from kubernetes import client, config

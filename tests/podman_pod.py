@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fraud_control.processes import die_with_parent
+from fraud.processes import die_with_parent
 from fraud_devcluster import images
 
 from tests.pod_command import command_line
@@ -153,7 +153,7 @@ def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 @dataclass(frozen=True)
 class Container:
     """A container this process runs in the foreground (`podman run`, its output in a log file), so
-    `fraud_control.processes.ServerProcess` waits on it and stops it (podman passes the SIGTERM on)."""
+    `fraud.processes.ServerProcess` waits on it and stops it (podman passes the SIGTERM on)."""
 
     name: str
     process: subprocess.Popen

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from fraud_control.processes import die_with_parent, free_port
+from fraud.processes import die_with_parent, free_port
 
 #: Debian installs the server outside PATH (`pg_config` may be absent).
 DEBIAN_ROOT = Path("/usr/lib/postgresql")

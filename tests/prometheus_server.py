@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fraud_control.processes import free_port
+from fraud.processes import free_port
 
 DEADLINE_SECONDS = 120.0
 

@@ -1,4 +1,4 @@
-"""The prediction-log sink as its own process on a free loopback port (`python -m fraud_control.prediction_sink`),
+"""The prediction-log sink as its own process on a free loopback port (`python -m fraud_control.prediction_log.sink`),
 and CloudEvents posted to it as KServe's agent and the local poster send them."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import httpx
 import orjson
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
-from fraud_control.processes import free_port
+from fraud.processes import free_port
 
 from tests.prediction_log import T0
 
@@ -46,7 +46,7 @@ class SinkProcess:
 
 def start_sink(store: str, log: Path, port: int | None = None, *extra: str) -> SinkProcess:
     port = port or free_port()
-    return start_sink_command([sys.executable, "-m", "fraud_control.prediction_sink", "--store", store,
+    return start_sink_command([sys.executable, "-m", "fraud_control.prediction_log.sink", "--store", store,
                                "--port", str(port), *extra], port, log)
 
 

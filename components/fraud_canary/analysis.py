@@ -1,7 +1,7 @@
 """A canary analysis: the recommendation under the stated policy, and what the default policy says.
 
 Online evidence is a replay report (labelled: confusion counts per version) or the transformer's
-Prometheus counters (`fraud_control.prometheus`; no labels, so recall and precision stay
+Prometheus counters (`fraud_control.rollout.prometheus`; no labels, so recall and precision stay
 "insufficient" and the analysis can roll back on health but never promote). Offline evidence is
 the pipeline report's holdout metrics per version. `recommend` decides.
 

@@ -1,5 +1,5 @@
 """The label-free signals of live traffic, per version and per feature, in one value that the
-Prometheus collector (`fraud_control.feedback_metrics`) and the report read.
+Prometheus collector (`fraud_control.prediction_log.feedback_metrics`) and the report read.
 
 Paired CBPE (`paired_estimates`). CBPE on a model's own calibrated scores cannot see concept
 drift: the frauds of a pattern the model scores low look legitimate to it (v1 on the drifted

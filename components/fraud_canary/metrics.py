@@ -1,6 +1,6 @@
 """Per-version online metrics: what each model version did with the traffic it was sent.
 
-`version_metrics` counts from one entry per transaction (a replay); `fraud_control.prometheus`
+`version_metrics` counts from one entry per transaction (a replay); `fraud_control.rollout.prometheus`
 builds the same `VersionMetrics` from the transformer's counters (no labels, so no confusion).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Per-version metrics from the prediction log: what was served, and the labels that have matured.
 
-The log (`fraud_control.prediction_store`) holds one row per served transaction: the version that
+The log (`fraud_control.prediction_log.store`) holds one row per served transaction: the version that
 answered (the response body's `model_version`), its score and decision, when it was requested and
 answered, and, once ingested, its label and when the label arrived. A label arrives weeks to
 months after the prediction (a chargeback), so recall and precision count only the rows whose
@@ -111,7 +111,7 @@ def _other(pairs: pd.DataFrame, column: str, forward: np.ndarray) -> np.ndarray:
 def served_pairs(pairs: pd.DataFrame, *, baseline_version: str, canary_version: str, as_of: datetime,
                  label_maturity: timedelta = timedelta(0)) -> PairedOutcomes | None:
     """Paired outcomes of the logged shadow pairs of these two versions, served either way round
-    (`prediction_store.PAIR_COLUMNS`); None when no pair is about them."""
+    (`fraud_control.prediction_log.store.PAIR_COLUMNS`); None when no pair is about them."""
     mine, forward = _sides(pairs, baseline_version, canary_version)
     if not mine.any():
         return None

@@ -23,7 +23,7 @@ DESIGN decision 18, issue 17. The model of one window of traffic (no servers):
   `PairedScores` the label-free promotion rule reads, so in the `live` regime nothing can promote.
   Given them, each window's pairs are also counted by decision cell and score bucket: as many
   pairs as its decision table, drawn (with their calibrations) from a real labelled holdout scored
-  by both exported models (`fraud_control.label_free_coverage`, which counts them as the
+  by both exported models (`fraud_control.rollout.label_free_coverage`, which counts them as the
   transformer's counters do). They are drawn independently of the cell model's decision table:
   the table and the scores are two samples of the same kind of holdout (the same law in
   expectation, up to the difference between the README's run and the scored one), not the same
@@ -33,7 +33,7 @@ DESIGN decision 18, issue 17. The model of one window of traffic (no servers):
   discordant scored rows), which matters only where both could fire at once: the `good` canary's
   discordant pairs (0.12 % of rows) sit far below `paired.disagreement`'s null.
 
-A rollout is the controller's loop (`fraud_control.rollout.Controller.run_step/run`) around the
+A rollout is the controller's loop (`fraud_control.rollout.controller.Controller.run_step/run`) around the
 real `judge`: one `Ledger` for the whole rollout, per step windows until the verdict is not hold
 (`holds` reset per step); advance moves on, promote and rollback end it, inconclusive pauses it.
 """

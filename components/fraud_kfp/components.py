@@ -116,7 +116,7 @@ def baseline_model(dataset: Input[Dataset], feature_contract: Input[Artifact], f
     announce_step()  # the step's log names the container it runs in
     from fraud.settings import Settings
     from fraud.steps import baseline_step, train_config
-    from fraud_control.registry_aliases import champion_for
+    from fraud_control.canary.registry_aliases import champion_for
 
     settings = Settings()
     tracking_uri = mlflow_tracking_uri or settings.MLFLOW_TRACKING_URI
@@ -225,7 +225,7 @@ def deploy_canary(baseline: Input[Model], candidate: Input[Model], target: str, 
     from fraud.container import announce_step
 
     announce_step()  # the step's log names the container it runs in
-    from fraud_control.deploy import deploy
+    from fraud_control.canary.deploy import deploy
 
     rollout = deploy(target, baseline.path, candidate.path, namespace=namespace, canary_percent=canary_percent,
                      supersede=supersede, state_dir=local_state_dir, bucket=bucket, image=serving_image,
@@ -279,7 +279,7 @@ def progressive_rollout(target: str, namespace: str, local_state_dir: str, plan:
     from fraud.container import announce_step
 
     announce_step()  # the step's log names the container it runs in
-    from fraud_control.rollout_run import rollout_step
+    from fraud_control.rollout.run import rollout_step
 
     state = rollout_step(report.path, target=target, namespace=namespace, state_dir=local_state_dir, plan=plan,
                          window_s=window_seconds, min_requests=min_requests, metrics_url=metrics_url,

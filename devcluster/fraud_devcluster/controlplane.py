@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from fraud_control.processes import free_port
+from fraud.processes import free_port
 
 from fraud_devcluster import gobuild, servers
 from fraud_devcluster.pki import LOOPBACK, Pki

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from fraud_control.artifact_store import S3Settings, missing_under
+from fraud.artifact_store import S3Settings, missing_under
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 

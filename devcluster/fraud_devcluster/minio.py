@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from fraud_control.processes import free_port
+from fraud.processes import free_port
 
 from fraud_devcluster import gobuild, servers
 from fraud_devcluster.pki import LOOPBACK

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fraud_control.processes import free_port
+from fraud.processes import free_port
 
 from fraud_devcluster import gobuild, servers
 from fraud_devcluster.pki import LOOPBACK

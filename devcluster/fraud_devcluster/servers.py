@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fraud_control.processes import die_with_parent, log_tail
+from fraud.processes import die_with_parent, log_tail
 
 READY_TIMEOUT_S = 120.0
 #: Set by `tie_to_this_process()`: servers get SIGTERM when the process that started them dies, so

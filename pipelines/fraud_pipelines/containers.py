@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 from fraud.container import STEP_LINE, container_id
-from fraud_control.processes import die_with_parent, stop_process
+from fraud.processes import die_with_parent, stop_process
 
 from fraud_pipelines.console import ANSI, ERROR
 

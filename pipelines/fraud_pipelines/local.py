@@ -26,7 +26,7 @@ from typing import TextIO
 from fraud import registry
 from fraud.files import read_json, write_json
 from fraud.pipeline_config import DEFAULTS, PipelineConfig
-from fraud_control.local_state import DEFAULT_STATE_DIR as SERVING_STATE_DIR
+from fraud_control.inferenceservice.local_state import DEFAULT_STATE_DIR as SERVING_STATE_DIR
 
 from fraud_pipelines.console import PipelineConsole
 from fraud_pipelines.containers import ComponentsImage, StepContainers, StepUnproven, steps_in_containers
@@ -69,8 +69,8 @@ def preflight_deploy(options: LocalRunOptions) -> None:
     """Refuse a run whose deploy step would be refused: an earlier run's canary still splits traffic
     in the state dir (the deploy step checks again; this saves the training and keeps the report of
     the run whose canary that is)."""
-    from fraud_control.canary import running_canary
-    from fraud_control.local_state import LocalInferenceService
+    from fraud_control.canary.operations import running_canary
+    from fraud_control.inferenceservice.local_state import LocalInferenceService
 
     service = LocalInferenceService(options.serving_state_dir)
     running = None if options.supersede_canary or not service.exists() else running_canary(service.get())
@@ -90,7 +90,7 @@ def known_state_dirs(options: LocalRunOptions) -> list[Path]:
 
 def _serves_from(state_dir: Path, directory: Path) -> bool:
     """Does the InferenceService in `state_dir` serve an artifact under `directory`?"""
-    from fraud_control.local_state import LocalInferenceService
+    from fraud_control.inferenceservice.local_state import LocalInferenceService
 
     service = LocalInferenceService(state_dir)
     return service.exists() and f"{directory.resolve()}/" in json.dumps([service.get(), service.revisions()])

@@ -8,10 +8,10 @@ with the default image, and a test recompiles and compares it.
 from pathlib import Path
 from typing import NamedTuple
 
+from fraud.artifact_store import REQUIRED_ENV_VARS
 from fraud.gate import GatePolicy
 from fraud.pipeline_config import DEFAULTS
-from fraud_control.artifact_store import REQUIRED_ENV_VARS
-from fraud_control.isvc import DEFAULT_IMAGE as SERVING_IMAGE
+from fraud_control.inferenceservice.isvc import DEFAULT_IMAGE as SERVING_IMAGE
 from fraud_kfp import DEFAULT_IMAGE, build
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Artifact, Dataset, Model

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from fraud_canary.progressive import RolloutPolicy
-from fraud_control.rollout import RolloutConfig
+from fraud_control.rollout.controller import RolloutConfig
 from fraud_kfp import DEFAULT_IMAGE, build
 from kfp import dsl
 

@@ -9,7 +9,7 @@ Shadow scores (`shadow`) need the revision besides the one that answered. Locall
 `Routes.other`. In a cluster the one `--predictor_host` hides the revisions behind Knative's split,
 so the transformer is given the tag-routing hosts as well (`--shadow_hosts
 latest=http://latest-<isvc>-predictor.<ns>,prev=http://prev-<isvc>-predictor.<ns>`; our
-InferenceService sets `serving.kserve.io/enable-tag-routing: "true"`, fraud_control.isvc). Which
+InferenceService sets `serving.kserve.io/enable-tag-routing: "true"`, fraud_control.inferenceservice.isvc). Which
 version a tag serves changes with every promote and rollback and the transformer is not told, so
 `TagHosts` learns it from the `model_version` each host answers and asks the host whose last
 answer was a version other than the served one; failing that, one not heard from yet, then one
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from fraud.routes import Backend, read_routes
 
-#: The tag of the rolled-out revision (fraud_control.isvc.TRAFFIC_TAGS).
+#: The tag of the rolled-out revision (fraud_control.inferenceservice.isvc.TRAFFIC_TAGS).
 ROLLED_OUT_TAG = "prev"
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fraud_control import canary
-from fraud_control.kube_store import KubeStore
+from fraud_control.canary import operations as canary
+from fraud_control.inferenceservice.kube_store import KubeStore
 
 from tests.cluster_fixtures import Namespace, model_spec
 

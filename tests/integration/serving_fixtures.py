@@ -29,18 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fraud_control.local_state import LocalInferenceService
-from fraud_control.processes import (
-    POLL_SECONDS,
-    READY_TIMEOUT_SECONDS,
-    ServerFailed,
-    ServerProcess,
-    free_port,
-    start_predictor,
-    start_transformer,
-    stop_all,
-)
-from fraud_control.runtime import read_runtime
+from fraud.processes import POLL_SECONDS, READY_TIMEOUT_SECONDS, ServerFailed, ServerProcess, free_port, stop_all
+from fraud_control.inferenceservice.local_state import LocalInferenceService
+from fraud_control.local_runtime.runtime import read_runtime
+from fraud_control.local_runtime.servers import start_predictor, start_transformer
 
 REPO = Path(__file__).resolve().parents[2]
 #: `fraud-rollout …` with this interpreter (what the console script runs)

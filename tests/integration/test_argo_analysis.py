@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fraud_control.analysis_endpoint import AnalysisEndpoint
+from fraud_control.rollout.analysis_endpoint import AnalysisEndpoint
 from fraud_devcluster import argo, servers
 from kubernetes import client
 

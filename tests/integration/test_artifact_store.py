@@ -7,7 +7,7 @@ import dataclasses
 import secrets
 
 import pytest
-from fraud_control.artifact_store import S3Settings, artifact_prefix, missing_under, s3_client, upload_artifact
+from fraud.artifact_store import S3Settings, artifact_prefix, missing_under, s3_client, upload_artifact
 from minio.error import S3Error
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,8 @@ import pytest
 from fraud import registry
 from fraud.export import SignatureScorer
 from fraud.schema import FEATURES, DataError
-from fraud_control.prometheus import metrics_from_prometheus
-from fraud_control.runtime import read_runtime
+from fraud_control.local_runtime.runtime import read_runtime
+from fraud_control.rollout.prometheus import metrics_from_prometheus
 from mlflow import MlflowClient
 
 from fraud_rollout.canary_cli import local_subject

@@ -7,12 +7,13 @@ from dataclasses import replace
 
 import pytest
 from fraud import registry
-from fraud_control import canary, isvc
-from fraud_control.deploy import spec_for_artifact
-from fraud_control.kube_store import KubeStore
-from fraud_control.local_store import LocalStore
-from fraud_control.store import NotDeployed, RolloutRefused
-from fraud_control.subject import mismatch, read_subject
+from fraud_control.canary import operations as canary
+from fraud_control.canary.deploy import spec_for_artifact
+from fraud_control.inferenceservice import isvc
+from fraud_control.inferenceservice.kube_store import KubeStore
+from fraud_control.inferenceservice.local_store import LocalStore
+from fraud_control.inferenceservice.store import NotDeployed, RolloutRefused
+from fraud_control.inferenceservice.subject import mismatch, read_subject
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +32,7 @@ def store(request, tmp_path):
 def specs(store, tiny_run, request):
     """v1 and v2 from real exported models: uploaded to the cluster's MinIO for the kube store."""
     if isinstance(store, KubeStore):
-        from fraud_control.artifact_store import upload_artifact
+        from fraud.artifact_store import upload_artifact
 
         settings = request.getfixturevalue("s3_settings")
         return tuple(spec_for_artifact(root, upload_artifact(root, "fraud-models", settings=settings),

@@ -15,7 +15,7 @@ from fraud import simulate
 from fraud.export import export_model, read_contract, read_score_profile
 from fraud.train import TrainConfig, train
 from fraud_canary.agreement import agreement_with_offline
-from fraud_control.runtime import read_runtime
+from fraud_control.local_runtime.runtime import read_runtime
 
 pytestmark = pytest.mark.integration
 

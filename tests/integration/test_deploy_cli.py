@@ -55,8 +55,8 @@ def test_deploy_to_kserve_uploads_and_canaries_through_the_kubeconfig_given(tiny
     import os
 
     import yaml
-    from fraud_control import isvc
-    from fraud_control.artifact_store import artifact_prefix
+    from fraud.artifact_store import artifact_prefix
+    from fraud_control.inferenceservice import isvc
 
     from tests.integration.kube_fixtures import kubeconfig_for
 

@@ -10,11 +10,12 @@ import subprocess
 import time
 
 import pytest
-from fraud_control import canary, isvc
-from fraud_control.deploy import deploy_from_artifacts, spec_for_artifact
-from fraud_control.isvc import IsvcSpec
-from fraud_control.kube_store import KubeStore, MissingPermission
-from fraud_control.store import RolloutError, RolloutRefused, RolloutTimeout
+from fraud_control.canary import operations as canary
+from fraud_control.canary.deploy import deploy_from_artifacts, spec_for_artifact
+from fraud_control.inferenceservice import isvc
+from fraud_control.inferenceservice.isvc import IsvcSpec
+from fraud_control.inferenceservice.kube_store import KubeStore, MissingPermission
+from fraud_control.inferenceservice.store import RolloutError, RolloutRefused, RolloutTimeout
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
@@ -272,7 +273,7 @@ def test_deploy_from_artifacts_uploads_both_models_to_minio_and_rolls_out_the_ca
     """The deploy step's cluster side end to end: real exported models to MinIO, then the canary,
     which turns Ready only because its storage URI resolves there; a rerun uploads to the same URIs
     and changes nothing."""
-    from fraud_control.artifact_store import artifact_prefix
+    from fraud.artifact_store import artifact_prefix
 
     def run():
         return deploy_from_artifacts(tiny_run.v1, tiny_run.v2, namespace=target.name, bucket="fraud-models",
@@ -321,7 +322,7 @@ def test_a_reruns_baseline_is_the_champion_the_cluster_rolls_out(target, tiny_ru
     import shutil
 
     from fraud import registry
-    from fraud_control.registry_aliases import Champion, deployed_champion
+    from fraud_control.canary.registry_aliases import Champion, deployed_champion
 
     def register(root, label: str) -> int:  # as train_step does: log, then record the run in metadata.json
         info = registry.log_training(tracking_uri, run_name=f"train-{label}", params={}, history={}, metrics={},

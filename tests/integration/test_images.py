@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from fraud_control import isvc
+from fraud_control.inferenceservice import isvc
 from fraud_devcluster import images
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import shlex
 import subprocess
 
 import pytest
-from fraud_control.traffic import traffic_status
+from fraud_control.inferenceservice.traffic import traffic_status
 
 from tests.docs import docs_text
 

@@ -14,7 +14,7 @@ bound is set so that a rule keeping its promise fails it rarely:
   that case is refused in every draw, its coverage 0.945-0.968: README).
 
 The numbers on the 1,000,000-row run's models are in the README ("Label-free promotion") and in
-`fraud_control.label_free_coverage`'s docstring.
+`fraud_control.rollout.label_free_coverage`'s docstring.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from fraud_canary.progressive import Ledger, Observation, RolloutPolicy, label_free_evidence
 from fraud_canary.simulation import DEMO_WINDOW_ROWS
-from fraud_control.label_free_coverage import (
+from fraud_control.rollout.label_free_coverage import (
     RULE,
     PairedHoldout,
     lower_bounds,

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fraud_control import isvc
+from fraud_control.inferenceservice import isvc
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 

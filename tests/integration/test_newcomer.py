@@ -13,8 +13,8 @@ import time
 
 import pandas as pd
 import pytest
-from fraud_control.processes import free_port
-from fraud_control.runtime import read_runtime
+from fraud.processes import free_port
+from fraud_control.local_runtime.runtime import read_runtime
 
 from tests.integration.conftest import SMALL_DEMO
 

@@ -24,7 +24,7 @@ def test_committed_yaml_is_what_the_code_compiles(tmp_path, module):
 
 @PIPELINES
 def test_the_committed_yaml_says_its_image_is_unpublished_and_one_for_a_pushed_image_does_not(tmp_path, module):
-    from fraud_control.isvc import DEFAULT_IMAGE as SERVING_IMAGE
+    from fraud_control.inferenceservice.isvc import DEFAULT_IMAGE as SERVING_IMAGE
     from fraud_kfp import DEFAULT_IMAGE
 
     committed = module.COMPILED.read_text()
@@ -214,10 +214,10 @@ def test_deploy_step_leaves_a_canary_that_serve_splits_80_20_and_a_rerun_keeps_i
 
     import httpx
     import numpy as np
+    from fraud.processes import free_port
     from fraud.protocol import request_body
     from fraud.schema import FEATURES
-    from fraud_control.local_state import LocalInferenceService
-    from fraud_control.processes import free_port
+    from fraud_control.inferenceservice.local_state import LocalInferenceService
     from fraud_pipelines.local import RunRefused, run_local
 
     from tests.integration.serving_fixtures import FRAUD_ROLLOUT, LocalRuntimeHandle

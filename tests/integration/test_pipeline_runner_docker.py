@@ -50,7 +50,7 @@ def test_a_step_that_fails_in_its_container_fails_the_run_naming_it_and_its_log(
     log = Path(message.split("its log: ")[1].split(";")[0].split(" ")[0])
     assert log.name == "baseline-model.log"
     assert (step := STEP_LINE.search(log.read_text())) and step["container"] != "none", log.read_text()[-2000:]
-    assert log.read_text().rstrip().splitlines()[-1].startswith("fraud_control.store.TargetUnavailable: ")
+    assert log.read_text().rstrip().splitlines()[-1].startswith("fraud_control.inferenceservice.store.TargetUnavailable: ")
     ran = (log.parent / "simulate-drift.log").read_text()
     assert (step := STEP_LINE.search(ran)) and step["container"] != "none", ran[-2000:]
 

@@ -24,13 +24,13 @@ import numpy as np
 import pytest
 from fraud import protocol
 from fraud.inference_log import REQUEST_EVENT
+from fraud.processes import free_port
 from fraud.schema import FEATURES
-from fraud_control.deploy import deploy
-from fraud_control.local_state import LocalInferenceService
-from fraud_control.prediction_store import open_store
-from fraud_control.processes import free_port
-from fraud_control.processes import start_sink as start_runtime_sink
-from fraud_control.runtime import LocalRuntime
+from fraud_control.canary.deploy import deploy
+from fraud_control.inferenceservice.local_state import LocalInferenceService
+from fraud_control.local_runtime.runtime import LocalRuntime
+from fraud_control.local_runtime.servers import start_sink as start_runtime_sink
+from fraud_control.prediction_log.store import open_store
 from fraud_serving.client import infer_url
 from prometheus_client.parser import text_string_to_metric_families
 

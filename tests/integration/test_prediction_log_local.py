@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from fraud.protocol import request_body
 from fraud.schema import FEATURES
-from fraud_control.prediction_store import open_store
-from fraud_control.runtime import PAIRS_FILE, read_runtime
-from fraud_control.store_evidence import store_evidence
+from fraud_control.local_runtime.runtime import PAIRS_FILE, read_runtime
+from fraud_control.prediction_log.store import open_store
+from fraud_control.rollout.store_evidence import store_evidence
 from fraud_serving.client import infer_url
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -126,7 +126,8 @@ def test_bench_logging_comparison_reports_that_nothing_was_lost(tiny_run, tmp_pa
     """A smoke run with tiny numbers (the real run is `fraud-rollout bench serving`): the logging
     transformer posts to a real sink, and once each run's backlog drained, every request wrk had
     answered has its two events acknowledged."""
-    from fraud_control.processes import start_predictor, start_sink, start_transformer, stop_all
+    from fraud.processes import stop_all
+    from fraud_control.local_runtime.servers import start_predictor, start_sink, start_transformer
 
     from fraud_rollout.bench_serving import BenchReport, logging_comparison
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from fraud.inference_log import REQUEST_EVENT, RESPONSE_EVENT
-from fraud_control.prediction_store import feature_matrix, open_store
+from fraud_control.prediction_log.store import feature_matrix, open_store
 
 from tests.prediction_log import T0, features, request_body, response_body
 from tests.sink_process import batch, binary, kserve_event, start_sink, structured
@@ -117,7 +117,7 @@ def test_a_request_the_transformer_refused_is_kept_without_rows_and_its_batch_is
 
 def test_start_errors_exit_2_with_one_line(tmp_path, sink):
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "fraud_control.prediction_sink", *args], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "fraud_control.prediction_log.sink", *args], capture_output=True,
                               text=True, timeout=60)
 
     (tmp_path / "file").write_text("")

@@ -13,7 +13,7 @@ import httpx
 import psycopg
 import pytest
 from fraud.inference_log import RESPONSE_EVENT
-from fraud_control.prediction_store import open_store
+from fraud_control.prediction_log.store import open_store
 
 from tests.manifests import PREDICTION_LOG, STORE_SECRET, STORE_SECRET_KEY, one, render
 from tests.pod_command import command_line, container_port
@@ -32,7 +32,7 @@ def probe(container: dict, name: str) -> tuple[str, int]:
 def test_the_sinks_container_command_serves_and_stores_as_its_probes_say(postgres_server, postgres_url, tmp_path):
     (container,) = one(render(PREDICTION_LOG), "Deployment")["spec"]["template"]["spec"]["containers"]
     argv, container_env = command_line(container, {STORE_SECRET: {STORE_SECRET_KEY: postgres_url}})
-    assert argv[:3] == ["python", "-m", "fraud_control.prediction_sink"] and "--store" not in argv
+    assert argv[:3] == ["python", "-m", "fraud_control.prediction_log.sink"] and "--store" not in argv
     assert container_env == {"PREDICTION_LOG_STORE_URL": postgres_url}  # the store the sink opens
     (ready_path, port), (alive_path, alive_port) = probe(container, "readinessProbe"), probe(container, "livenessProbe")
     assert probe(container, "startupProbe") == (alive_path, alive_port) and alive_port == port

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from fraud.inference_log import REQUEST_EVENT, log_event
 from fraud.labels import check_labels
-from fraud_control.prediction_store import StoreError, feature_matrix, open_store
+from fraud_control.prediction_log.store import StoreError, feature_matrix, open_store
 
 from tests.prediction_log import T0, features, request_body, served_pair, shadow_pair
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from fraud import export, registry
-from fraud_control import isvc
-from fraud_control.local_state import LocalInferenceService
+from fraud_control.inferenceservice import isvc
+from fraud_control.inferenceservice.local_state import LocalInferenceService
 
 from fraud_rollout.pipeline_cli import gate_rejection
 from tests.integration.conftest import SMALL_DEMO

@@ -17,15 +17,15 @@ from fraud_canary.analysis import offline_metrics
 from fraud_canary.metrics import Confusion, VersionMetrics
 from fraud_canary.policy import OfflineMetrics
 from fraud_canary.progressive import RolloutPolicy
-from fraud_control import canary
-from fraud_control.analysis_endpoint import AnalysisEndpoint
-from fraud_control.kube_store import KubeStore
-from fraud_control.local_store import LocalStore
-from fraud_control.rollout import Controller, Evidence, RolloutAborted, RolloutConfig, Window, now_iso
-from fraud_control.rollout_evidence import AfterLocalApply, MetricsWindow, PrometheusWindow, WindowSpec
-from fraud_control.rollout_record import KubeEvents
-from fraud_control.rollout_run import score_profiles
-from fraud_control.rollout_state import ConfigMapRolloutState
+from fraud_control.canary import operations as canary
+from fraud_control.inferenceservice.kube_store import KubeStore
+from fraud_control.inferenceservice.local_store import LocalStore
+from fraud_control.rollout.analysis_endpoint import AnalysisEndpoint
+from fraud_control.rollout.controller import Controller, Evidence, RolloutAborted, RolloutConfig, Window, now_iso
+from fraud_control.rollout.evidence import AfterLocalApply, MetricsWindow, PrometheusWindow, WindowSpec
+from fraud_control.rollout.record import KubeEvents
+from fraud_control.rollout.run import score_profiles
+from fraud_control.rollout.state import ConfigMapRolloutState
 from kubernetes import client
 
 from fraud_rollout.cli import main
@@ -175,7 +175,7 @@ def test_abort_with_no_controller_rolls_back_directly(canary_cluster, capsys):
 
 
 def test_a_missing_configmap_permission_is_one_line(canary_cluster, tmp_path, capsys):
-    from fraud_control.processes import free_port
+    from fraud.processes import free_port
     from prometheus_client import start_http_server
 
     canary_cluster.namespace.apply_pipeline_rbac(drop_verb="patch")  # the state's first write is a patch

@@ -27,12 +27,12 @@ from fraud.schema import FEATURES
 from fraud.train import TrainConfig, train
 from fraud_canary.analysis import offline_metrics
 from fraud_canary.progressive import RolloutPolicy
-from fraud_control import canary
-from fraud_control.local_store import LocalStore
-from fraud_control.rollout import Controller, RolloutConfig
-from fraud_control.rollout_evidence import AfterLocalApply
-from fraud_control.rollout_state import LocalRolloutState
-from fraud_control.runtime import PAIRS_FILE
+from fraud_control.canary import operations as canary
+from fraud_control.inferenceservice.local_store import LocalStore
+from fraud_control.local_runtime.runtime import PAIRS_FILE
+from fraud_control.rollout.controller import Controller, RolloutConfig
+from fraud_control.rollout.evidence import AfterLocalApply
+from fraud_control.rollout.state import LocalRolloutState
 
 from fraud_rollout.replay_load import ReplayOptions
 from fraud_rollout.rollout_replay import ReplayWindow
@@ -254,8 +254,8 @@ def test_a_hold_waits_for_a_new_full_window_and_without_labels_the_last_step_pau
 def test_a_dead_metrics_url_is_refused_before_the_first_patch(tiny_run, tmp_path):
     """The live source is read once before any patch: it once patched the canary to 5 % and then
     waited on a URL nothing answers, silently."""
-    from fraud_control.local_state import LocalInferenceService
-    from fraud_control.processes import free_port
+    from fraud.processes import free_port
+    from fraud_control.inferenceservice.local_state import LocalInferenceService
 
     from fraud_rollout.serving_cli import write_canary_manifest
 

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 from fraud.export import MODEL_NAME, SAVEDMODEL_DIR
-from fraud_control.processes import free_port
-from fraud_control.runtime import LOCK_FILE, read_runtime
+from fraud.processes import free_port
+from fraud_control.local_runtime.runtime import LOCK_FILE, read_runtime
 
 from tests.integration.serving_fixtures import FRAUD_ROLLOUT
 

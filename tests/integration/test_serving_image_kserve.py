@@ -38,13 +38,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from fraud.artifact_store import upload_artifact
+from fraud.processes import LOOPBACK, ServerFailed, ServerProcess, free_port
 from fraud.schema import FEATURES
-from fraud_control import canary, isvc
-from fraud_control.artifact_store import upload_artifact
-from fraud_control.deploy import spec_for_artifact
-from fraud_control.kube_store import KubeStore
-from fraud_control.prediction_store import open_store
-from fraud_control.processes import LOOPBACK, ServerFailed, ServerProcess, free_port
+from fraud_control.canary import operations as canary
+from fraud_control.canary.deploy import spec_for_artifact
+from fraud_control.inferenceservice import isvc
+from fraud_control.inferenceservice.kube_store import KubeStore
+from fraud_control.prediction_log.store import open_store
 from fraud_devcluster import images
 from fraud_devcluster.images import REPO
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig

@@ -16,9 +16,9 @@ import httpx
 import numpy as np
 import pytest
 from fraud.export import SignatureScorer
+from fraud.processes import free_port
 from fraud.schema import FEATURES
-from fraud_control import isvc
-from fraud_control.processes import free_port
+from fraud_control.inferenceservice import isvc
 from fraud_serving.scoring import TOLERANCE
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 

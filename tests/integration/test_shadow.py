@@ -16,10 +16,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from fraud.processes import ServerProcess, free_port
 from fraud.routes import Backend, write_routes
 from fraud.schema import FEATURES
-from fraud_control.processes import ServerProcess, free_port, start_predictor, start_server
-from fraud_control.runtime import PAIRS_FILE
+from fraud_control.local_runtime.runtime import PAIRS_FILE
+from fraud_control.local_runtime.servers import start_predictor, start_server
 from fraud_serving.answer import RETRIED_FROM_HEADER
 
 from fraud_rollout.replay import run_replay

@@ -14,7 +14,7 @@ from fraud.export import SignatureScorer, read_feature_profile, read_score_profi
 from fraud.inference_log import REQUEST_EVENT, RESPONSE_EVENT
 from fraud.schema import FEATURES
 from fraud_canary.feedback import feedback_signals
-from fraud_control.feedback_metrics import FeedbackCollector
+from fraud_control.prediction_log.feedback_metrics import FeedbackCollector
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 

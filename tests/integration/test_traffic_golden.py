@@ -12,9 +12,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fraud_control.isvc import IsvcSpec
-from fraud_control.kube_store import KubeStore
-from fraud_control.local_store import LocalStore
+from fraud_control.inferenceservice.isvc import IsvcSpec
+from fraud_control.inferenceservice.kube_store import KubeStore
+from fraud_control.inferenceservice.local_store import LocalStore
 
 from tests.cluster_fixtures import model_spec
 from tests.integration.traffic_sequence import Models, run_sequence

@@ -19,8 +19,9 @@ import aiohttp
 import httpx
 import psutil
 import pytest
+from fraud.processes import POLL_SECONDS, READY_TIMEOUT_SECONDS, stop_all
 from fraud.schema import FEATURES
-from fraud_control.processes import POLL_SECONDS, READY_TIMEOUT_SECONDS, start_server, start_transformer, stop_all
+from fraud_control.local_runtime.servers import start_server, start_transformer
 from fraud_serving.fast_route import body_limit
 
 from tests.integration.serving_fixtures import (

@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fraud_control import canary
-from fraud_control.isvc import IsvcSpec
-from fraud_control.store import InferenceServiceStore, RolloutTimeout
-from fraud_control.traffic import conditions_of, spec_observed
+from fraud_control.canary import operations as canary
+from fraud_control.inferenceservice.isvc import IsvcSpec
+from fraud_control.inferenceservice.store import InferenceServiceStore, RolloutTimeout
+from fraud_control.inferenceservice.traffic import conditions_of, spec_observed
 
 FIELDS = ("canaryTrafficPercent", "latestCreatedRevision", "latestReadyRevision", "latestRolledoutRevision",
           "previousRolledoutRevision", "modelVersion")

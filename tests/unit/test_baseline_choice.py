@@ -8,10 +8,10 @@ import json
 import pytest
 from fraud import registry
 from fraud.settings import Settings
-from fraud_control import canary
-from fraud_control.local_store import LocalStore
-from fraud_control.registry_aliases import Champion, champion_for, choose_champion, deployed_champion
-from fraud_control.store import RolloutRefused
+from fraud_control.canary import operations as canary
+from fraud_control.canary.registry_aliases import Champion, champion_for, choose_champion, deployed_champion
+from fraud_control.inferenceservice.local_store import LocalStore
+from fraud_control.inferenceservice.store import RolloutRefused
 
 from tests.unit.test_serving_local_state import artifact_root, spec
 

@@ -199,4 +199,4 @@ def test_deploy_to_kserve_without_s3_settings_names_them(tmp_path):
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == ("fraud-rollout deploy: error: S3 settings missing from the environment: S3_ENDPOINT, "
                              "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (set them from the Secret with "
-                             "kfp.kubernetes.use_secret_as_env, see fraud_control.artifact_store)\n")
+                             "kfp.kubernetes.use_secret_as_env, see fraud.artifact_store)\n")

@@ -39,7 +39,7 @@ def test_sink_port_out_of_range_is_refused_at_parse_time(tmp_path, port, message
 
 def test_the_sink_started_as_a_module_refuses_a_port_out_of_range_too(tmp_path):
     """What the local runtime and the sink's image run; it once raised OverflowError from bind()."""
-    result = subprocess.run([sys.executable, "-m", "fraud_control.prediction_sink", "--port", "99999", "--store",
+    result = subprocess.run([sys.executable, "-m", "fraud_control.prediction_log.sink", "--port", "99999", "--store",
                              str(tmp_path / "s.db")], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1] == (
@@ -77,7 +77,7 @@ def test_help_into_head_is_not_a_traceback(tmp_path):
 @pytest.mark.parametrize("reader, statuses", [("head -1", {"0", "141"}), ("head -n 0", {"141"})])
 def test_many_lines_into_a_closed_pipe_exit_141_without_a_traceback(tmp_path, reader, statuses):
     """`head -n 0` exits before the CLI writes anything: the write always meets a closed pipe."""
-    from fraud_control.rollout_state import LocalRolloutState
+    from fraud_control.rollout.state import LocalRolloutState
 
     LocalRolloutState(tmp_path / "state").write({"status": "promoted", "steps": [{"percent": p} for p in range(100)]})
     result, shown, status = piped(f"rollout status --json --state-dir {tmp_path / 'state'}", reader, tmp_path)

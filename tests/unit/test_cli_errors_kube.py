@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fraud_control.processes import free_port
+from fraud.processes import free_port
 
 from tests.unit.test_cli_errors_exits import fraud_rollout, one_error_line
 

@@ -15,7 +15,7 @@ from fraud_canary.feature_drift import chi_square_homogeneity, drifted_features,
 from fraud_canary.feedback import FeedbackSignals, VersionSignals
 from fraud_canary.performance import Estimate, estimate_performance
 from fraud_canary.score_shift import PSI_EPSILON, flag_rate, psi, score_ks, score_psi
-from fraud_control.feedback_metrics import FeedbackCollector
+from fraud_control.prediction_log.feedback_metrics import FeedbackCollector
 from prometheus_client import CollectorRegistry, generate_latest
 from scipy import stats
 

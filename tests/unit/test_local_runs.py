@@ -6,8 +6,8 @@ from __future__ import annotations
 import io
 import logging
 
-from fraud_control import isvc
-from fraud_control.local_state import LocalInferenceService
+from fraud_control.inferenceservice import isvc
+from fraud_control.inferenceservice.local_state import LocalInferenceService
 from fraud_pipelines.console import PipelineConsole
 from fraud_pipelines.local import new_run_dir, prune_runs
 

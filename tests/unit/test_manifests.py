@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fraud_control import isvc
-from fraud_control.kserve_canary import BASE_MANIFEST_SPEC, manifest_yaml
-from fraud_control.prediction_sink import STORE_ENV
+from fraud_control.inferenceservice import isvc
+from fraud_control.inferenceservice.kserve_canary import BASE_MANIFEST_SPEC, manifest_yaml
+from fraud_control.prediction_log.sink import STORE_ENV
 from fraud_devcluster.images import REPO, copied, instructions
 
 from tests.docs import docs_text
@@ -147,7 +147,7 @@ def test_s3_secret_template_holds_placeholders_and_the_keys_both_readers_need():
     assert template["metadata"]["name"] == "fraud-detector-s3"
     annotations = template["metadata"]["annotations"]
     assert {"serving.kserve.io/s3-endpoint", "serving.kserve.io/s3-usehttps", "serving.kserve.io/s3-region"} <= set(annotations)
-    from fraud_control.artifact_store import REQUIRED_ENV_VARS
+    from fraud.artifact_store import REQUIRED_ENV_VARS
 
     data = template["stringData"]
     assert set(REQUIRED_ENV_VARS) <= set(data)
@@ -184,7 +184,7 @@ def test_the_readme_secret_command_makes_the_secret_both_readers_need(tmp_path):
     import base64
     import os
 
-    from fraud_control.artifact_store import REQUIRED_ENV_VARS
+    from fraud.artifact_store import REQUIRED_ENV_VARS
 
     script = "\n".join(setup_block())
     script = script[:script.index("| kubectl apply -f -")]
@@ -289,7 +289,7 @@ def test_the_sinks_store_url_comes_from_the_secret_only():
     argv, env = command_line(container, {STORE_SECRET: {STORE_SECRET_KEY: url}})
     # the URL reaches the sink in its environment only: never in the command line the node's
     # process list shows (the sink reads PREDICTION_LOG_STORE_URL when --store is absent)
-    assert argv == ["python", "-m", "fraud_control.prediction_sink", "--host", "0.0.0.0", "--port", "8090",
+    assert argv == ["python", "-m", "fraud_control.prediction_log.sink", "--host", "0.0.0.0", "--port", "8090",
                     "--retention-days", "90"]
     assert env == {STORE_ENV: url} and not any(url in arg for arg in argv)
     with pytest.raises(ValueError, match="env PREDICTION_LOG_STORE_URL: no key 'url' in Secret 'fraud-prediction-log-store'"):

@@ -35,7 +35,7 @@ TRANSFORMER_METRICS = frozenset({
     "fraud_request_seconds_bucket", "fraud_request_seconds_sum", "fraud_request_seconds_count",
 })
 SCRAPE_METRICS = frozenset({"up"})
-#: The label-free signals computed from the prediction store (control/fraud_control/feedback_metrics.py).
+#: The label-free signals computed from the prediction store (control/fraud_control/prediction_log/feedback_metrics.py).
 FEEDBACK_METRICS = frozenset({
     "fraud_feedback_rows", "fraud_feedback_flag_rate", "fraud_feedback_score_psi", "fraud_feedback_score_ks",
     "fraud_feedback_score_ks_p_value", "fraud_feedback_estimated_precision", "fraud_feedback_estimated_recall",
@@ -256,7 +256,7 @@ def test_feedback_metric_names_are_the_ones_the_collector_exports():
     from fraud_canary.feature_drift import FeatureDrift
     from fraud_canary.feedback import FeedbackSignals, VersionSignals
     from fraud_canary.performance import Estimate
-    from fraud_control.feedback_metrics import FeedbackCollector
+    from fraud_control.prediction_log.feedback_metrics import FeedbackCollector
     from prometheus_client import CollectorRegistry
 
     interval = Estimate(0.5, 0.4, 0.6)

@@ -22,8 +22,8 @@ from aiohttp import web
 from fastapi import FastAPI
 from fraud.contract import FeatureContract
 from fraud.inference_log import PAIR_EVENT, REQUEST_EVENT, RESPONSE_EVENT
+from fraud.processes import free_port
 from fraud.schema import FEATURES
-from fraud_control.processes import free_port
 from fraud_serving.fast_route import INFERENCE_CONTENT_LENGTH_HEADER, binary_request, install_fast_infer_route
 from fraud_serving.metrics import TransformerMetrics
 from fraud_serving.payload_log import (

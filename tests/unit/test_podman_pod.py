@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from fraud_control.isvc import POD_SECURITY_CONTEXT, SECURITY_CONTEXT
+from fraud_control.inferenceservice.isvc import POD_SECURITY_CONTEXT, SECURITY_CONTEXT
 
 from tests.podman_pod import effective_security_context, run_args, security_args, volume_args, with_flag
 

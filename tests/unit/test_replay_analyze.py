@@ -12,12 +12,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 from fraud import simulate
+from fraud.processes import free_port
 from fraud_canary.analysis import analyze, metrics_from_replay, supported_recall_drop
 from fraud_canary.evidence import plan_recall_evidence
 from fraud_canary.metrics import version_metrics
 from fraud_canary.policy import CanaryPolicy, OfflineMetrics
-from fraud_control.processes import free_port
-from fraud_control.prometheus import prometheus_queries
+from fraud_control.rollout.prometheus import prometheus_queries
 
 from fraud_rollout.cli import main
 from fraud_rollout.demo_report import ImpactAssumptions, business_impact

@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from fraud_control.analysis_endpoint import AnalysisEndpoint
+from fraud_control.rollout.analysis_endpoint import AnalysisEndpoint
 
 from tests.http_json import get_json
 

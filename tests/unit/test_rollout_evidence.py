@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from fraud_control.rollout_evidence import delta, paired_decisions, parse_metrics, requests_in, version_metrics
+from fraud_control.rollout.evidence import delta, paired_decisions, parse_metrics, requests_in, version_metrics
 from fraud_serving.metrics import TransformerMetrics
 from prometheus_client import CollectorRegistry, generate_latest
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from fraud import registry
-from fraud_control.rollout_record import JsonLinesLog, MlflowStepTags, step_line
+from fraud_control.rollout.record import JsonLinesLog, MlflowStepTags, step_line
 
 from tests.mlflow_registry import registry_with_v1_and_v2
 

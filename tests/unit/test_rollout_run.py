@@ -1,6 +1,6 @@
-"""`fraud_control.rollout_run`: the errors a rollout start gives before it touches a store."""
+"""`fraud_control.rollout.run`: the errors a rollout start gives before it touches a store."""
 import pytest
-from fraud_control.rollout_run import RolloutStartError, open_store, parse_plan
+from fraud_control.rollout.run import RolloutStartError, open_store, parse_plan
 
 
 def test_the_plan_error_names_the_option_the_caller_has():

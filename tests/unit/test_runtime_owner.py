@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from fraud_control.processes import PortInUse, check_port_free, free_port, port_holder
-from fraud_control.runtime import LOCK_FILE, RUNTIME_FILE, StateDirBusy, claim_state_dir, read_runtime
+from fraud.processes import PortInUse, check_port_free, free_port, port_holder
+from fraud_control.local_runtime.runtime import LOCK_FILE, RUNTIME_FILE, StateDirBusy, claim_state_dir, read_runtime
 
 HOLD_THE_STATE_DIR = """
 import sys
 from pathlib import Path
-from fraud_control.runtime import claim_state_dir
+from fraud_control.local_runtime.runtime import claim_state_dir
 owner = claim_state_dir(Path(sys.argv[1]), "http://127.0.0.1:8123")  # held while referenced
 print("claimed", flush=True)
 sys.stdin.read()  # hold the lock until killed

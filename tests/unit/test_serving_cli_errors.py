@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from fraud import simulate
-from fraud_control.processes import free_port
+from fraud.processes import free_port
 
 
 def fraud_rollout(*args: str, cwd: Path) -> subprocess.CompletedProcess:

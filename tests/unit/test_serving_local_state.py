@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from fraud.contract import FeatureContract
 from fraud.schema import FEATURES
-from fraud_control import isvc
-from fraud_control.local_state import (
+from fraud_control.inferenceservice import isvc
+from fraud_control.inferenceservice.local_state import (
     LocalInferenceService,
     NotFound,
     StateError,
@@ -205,7 +205,7 @@ def test_importable_without_kserve_or_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys, fraud_control.local_state, fraud_control.runtime; "
+    code = ("import sys, fraud_control.inferenceservice.local_state, fraud_control.local_runtime.runtime; "
             "print(sorted(m for m in ('kserve', 'tensorflow', 'fastapi') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -213,7 +213,7 @@ def test_importable_without_kserve_or_tensorflow():
 
 
 def test_the_sinks_feedback_models_are_the_served_artifacts_rolled_out_first(service, tmp_path, caplog):
-    from fraud_control.runtime import feedback_models, needed_revisions
+    from fraud_control.local_runtime.runtime import feedback_models, needed_revisions
 
     roots = [artifact_root(tmp_path, n) for n in (1, 2)]
     service.create(isvc.inference_service(spec(roots[0], 1)))
@@ -221,7 +221,7 @@ def test_the_sinks_feedback_models_are_the_served_artifacts_rolled_out_first(ser
     assert needed_revisions(manifest) == [REV2, REV1]
     # These artifacts carry no score profile (exported before the feedback signals): the sink runs
     # without them, and the log says why, naming v1's: the rolled-out one is read first.
-    with caplog.at_level("WARNING", logger="fraud_control.runtime"):
+    with caplog.at_level("WARNING", logger="fraud_control.local_runtime.runtime"):
         assert feedback_models(manifest, service.revisions()) == ()
     version_dir = roots[0] / "fraud-detector" / "1"
     assert caplog.messages == [f"the prediction-log sink reports no feedback signals: {roots[0]}: no "

@@ -10,7 +10,7 @@ import pytest
 from fraud.contract import FeatureContract
 from fraud.routes import Backend, write_routes
 from fraud.schema import FEATURES
-from fraud_control import isvc
+from fraud_control.inferenceservice import isvc
 from fraud_serving.__main__ import build_parser
 from fraud_serving.fast_route import INFERENCE_CONTENT_LENGTH_HEADER, binary_request, parse_request
 from fraud_serving.metrics import ScoreHistogram, TransformerMetrics
@@ -110,7 +110,7 @@ def test_invalid_requests_name_the_field_and_count_the_reason(transformer, regis
 
 def test_unreachable_predictor_is_an_inference_error_and_counted(contract, registry):
     """Connection refused on a real socket: a 5xx (InferenceError), never a client error, and counted."""
-    from fraud_control.processes import free_port
+    from fraud.processes import free_port
     from kserve.errors import InferenceError
 
     model = FraudTransformer("fraud-detector", contract, Routes.single(f"127.0.0.1:{free_port()}"),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fraud.schema import PAIRED_SCORE_BOUNDS, DataError
 from fraud_canary.paired_scores import CELLS, PairedScores
-from fraud_control.rollout_evidence import delta, paired_decisions, paired_scores, parse_metrics
+from fraud_control.rollout.evidence import delta, paired_decisions, paired_scores, parse_metrics
 from fraud_serving.metrics import TransformerMetrics
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families

@@ -17,9 +17,9 @@ from fraud.profile import PROFILE_FILE, fit_feature_profile
 from fraud.schema import FEATURES
 from fraud.score_profile import MONITORING_FILE, fit_score_profile
 from fraud_canary.feedback import FeedbackSignals, feedback_signals
-from fraud_control.prediction_sink import FeedbackCache, SinkMetrics
-from fraud_control.prediction_store import StoreError, open_store
-from fraud_control.store_feedback import monitored_models, store_signals
+from fraud_control.prediction_log.feedback import monitored_models, store_signals
+from fraud_control.prediction_log.sink import FeedbackCache, SinkMetrics
+from fraud_control.prediction_log.store import StoreError, open_store
 
 from tests.prediction_log import T0, features, served_pair
 
@@ -220,7 +220,7 @@ def test_a_bad_feedback_window_is_named(tmp_path, value, message):
 
 def test_store_signals_judge_every_version_on_its_pairs_by_the_newest_models_calibration(store_url):
     from fraud_canary.feedback import feedback_alerts, paired_estimates
-    from fraud_control.feedback_metrics import FeedbackCollector
+    from fraud_control.prediction_log.feedback_metrics import FeedbackCollector
     from prometheus_client import CollectorRegistry, generate_latest
 
     from tests.prediction_log import shadow_pair

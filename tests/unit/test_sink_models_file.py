@@ -9,7 +9,7 @@ from fraud.contract import fit_contract
 from fraud.files import write_json
 from fraud.profile import fit_feature_profile
 from fraud_canary.feedback import FeedbackSignals
-from fraud_control.prediction_sink import FeedbackCache, ModelsFile, SinkMetrics
+from fraud_control.prediction_log.sink import FeedbackCache, ModelsFile, SinkMetrics
 
 from tests.unit.test_sink_feedback import model_root, reference_frame
 

@@ -1,12 +1,12 @@
 """The reference InferenceService manifest (manifests/inferenceservice/inferenceservice.yaml).
 
-The canary operations live in `fraud_control.canary` (over `kube_store` or `local_store`); this
+The canary operations live in `fraud_control.canary.operations` (over `kube_store` or `local_store`); this
 module keeps only the reference manifest, whose generated header names it.
 """
 from __future__ import annotations
 
-from fraud_control import isvc
-from fraud_control.isvc import IsvcSpec
+from fraud_control.inferenceservice import isvc
+from fraud_control.inferenceservice.isvc import IsvcSpec
 
 #: The inputs of manifests/inferenceservice/inferenceservice.yaml: tests keep that file equal to
 #: `manifest_yaml(BASE_MANIFEST_SPEC)` and to what `kubectl kustomize` renders. A real deploy
@@ -16,8 +16,8 @@ BASE_MANIFEST_SPEC = IsvcSpec(storage_uri="s3://fraud-models/fraud-detector/v1",
                               prediction_log_url=isvc.prediction_log_url("fraud-rollout"))
 MANIFEST_HEADER = """\
 # Generated: the InferenceService the deploy step creates for v1, from
-# fraud_control.isvc.inference_service(kserve_canary.BASE_MANIFEST_SPEC). Do not edit; regenerate with
-#   python -c 'from fraud_control.kserve_canary import manifest_yaml; print(manifest_yaml(), end="")' \\
+# fraud_control.inferenceservice.isvc.inference_service(kserve_canary.BASE_MANIFEST_SPEC). Do not edit; regenerate with
+#   python -c 'from fraud_control.inferenceservice.kserve_canary import manifest_yaml; print(manifest_yaml(), end="")' \\
 #     > manifests/inferenceservice/inferenceservice.yaml
 """
 

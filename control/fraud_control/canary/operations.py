@@ -22,11 +22,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from fraud_control import isvc, registry_aliases
-from fraud_control.isvc import CANARY_MODES, CONTRACT_ANNOTATION, IsvcSpec
-from fraud_control.store import InferenceServiceStore, RolloutError, RolloutRefused, RolloutTimeout, require
-from fraud_control.subject import revision_model, subject_of
-from fraud_control.traffic import (
+from fraud_control.canary import registry_aliases
+from fraud_control.inferenceservice import isvc
+from fraud_control.inferenceservice.isvc import CANARY_MODES, CONTRACT_ANNOTATION, IsvcSpec
+from fraud_control.inferenceservice.store import (
+    InferenceServiceStore,
+    RolloutError,
+    RolloutRefused,
+    RolloutTimeout,
+    require,
+)
+from fraud_control.inferenceservice.subject import revision_model, subject_of
+from fraud_control.inferenceservice.traffic import (
     conditions_of,
     describe_conditions,
     is_true,

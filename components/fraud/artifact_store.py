@@ -54,7 +54,7 @@ class S3Settings:
         missing = [name for name in REQUIRED_ENV_VARS if not environ.get(name)]
         if missing:
             raise ValueError(f"S3 settings missing from the environment: {', '.join(missing)} (set them from the "
-                             f"Secret with kfp.kubernetes.use_secret_as_env, see fraud_control.artifact_store)")
+                             f"Secret with kfp.kubernetes.use_secret_as_env, see fraud.artifact_store)")
         endpoint = environ["S3_ENDPOINT"].strip().rstrip("/")
         secure = _flag(environ.get("S3_USE_HTTPS", ""), True)
         if "://" in endpoint:

@@ -48,8 +48,8 @@ from fraud_canary.progressive import (
 )
 from fraud_canary.served import MaturedLabels
 
-from fraud_control import canary
-from fraud_control.store import InferenceServiceStore, RolloutError, RolloutRefused
+from fraud_control.canary import operations as canary
+from fraud_control.inferenceservice.store import InferenceServiceStore, RolloutError, RolloutRefused
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class Evidence:
 
 
 class EvidenceSource(Protocol):
-    """Where a step's evidence comes from: the transformer's counters (`rollout_evidence`), or a
+    """Where a step's evidence comes from: the transformer's counters (`evidence`), or a
     labelled replay (`fraud_rollout.rollout_replay`)."""
 
     def window(self, percent: int, stop: Callable[[], bool]) -> Evidence:

@@ -9,7 +9,7 @@ structured mode (`application/cloudevents+json`), or a list of structured events
 poster retries; KServe's agent does not). `GET /healthz` is 200 while the store answers,
 `GET /metrics` is Prometheus text: the sink's own metrics and, given the models it logs (`--model`,
 their artifact roots), the label-free feedback signals of the served rows of the last
-`--feedback-window` (`fraud_control.feedback_metrics`: flag rate, score shift and CBPE precision
+`--feedback-window` (`fraud_control.prediction_log.feedback_metrics`: flag rate, score shift and CBPE precision
 and recall per version, drift per feature; the alerts of manifests/monitoring read them). Instead of
 `--model`, `--models-file` names a JSON list of artifact roots that someone else rewrites (the local
 runtime, on a new canary, a promote or a rollback): the sink re-reads it when it changes, without
@@ -25,7 +25,7 @@ computation and its result. A scrape waits for it at most `--scrape-wait` second
 with the signals computed before (none yet after a start or a change of models); a busy window
 never times a scrape out.
 
-    python -m fraud_control.prediction_sink --store URL --port P [--host 127.0.0.1] [--retention-days D]
+    python -m fraud_control.prediction_log.sink --store URL --port P [--host 127.0.0.1] [--retention-days D]
         [--model ROOT ... | --models-file FILE] [--feedback-window 1h] [--scrape-wait 0.5]
 """
 from __future__ import annotations
@@ -55,6 +55,7 @@ from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_dict, from_http
 from fraud.durations import parse_duration
 from fraud.inference_log import EVENT_TYPES, LogEvent, log_event
+from fraud.processes import LOOPBACK, port_holder
 from fraud_canary.feedback import FeedbackSignals
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
@@ -63,10 +64,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from fraud_control.feedback_metrics import FeedbackCollector
-from fraud_control.prediction_store import PredictionStore, RecordResult, StoreError, open_store
-from fraud_control.processes import LOOPBACK, port_holder
-from fraud_control.store_feedback import MonitoredModels, monitored_models, store_signals
+from fraud_control.prediction_log.feedback import MonitoredModels, monitored_models, store_signals
+from fraud_control.prediction_log.feedback_metrics import FeedbackCollector
+from fraud_control.prediction_log.store import PredictionStore, RecordResult, StoreError, open_store
 
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
@@ -462,7 +462,7 @@ def _port(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser, port: Callable[[str], int] = _port) -> None:
-    """The sink's flags (shared by `python -m fraud_control.prediction_sink` and `fraud-rollout sink serve`);
+    """The sink's flags (shared by `python -m fraud_control.prediction_log.sink` and `fraud-rollout sink serve`);
     `port` is the --port type (`fraud-rollout` passes its range-checked `args.listen_port`)."""
     parser.add_argument("--store", default=None,
                         help=f"a SQLite file (path or sqlite:///PATH) or postgresql://… URL (default ${STORE_ENV}, "

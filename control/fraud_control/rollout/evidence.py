@@ -28,8 +28,8 @@ from fraud_canary.metrics import VersionMetrics
 from fraud_canary.paired import Discordant, PairedOutcomes
 from fraud_canary.paired_scores import CELLS, PairedScores
 
-from fraud_control.prometheus import DEFAULT_SELECTOR, PERCENTILES, prometheus_query
-from fraud_control.rollout import Evidence, EvidenceSource, RolloutAborted, Window, now_iso
+from fraud_control.rollout.controller import Evidence, EvidenceSource, RolloutAborted, Window, now_iso
+from fraud_control.rollout.prometheus import DEFAULT_SELECTOR, PERCENTILES, prometheus_query
 
 Sample = tuple[str, tuple[tuple[str, str], ...]]
 Snapshot = dict[Sample, float]
@@ -295,8 +295,8 @@ class AfterLocalApply:
         self.source, self.state_dir, self.poll_s, self.timeout_s = source, Path(state_dir), poll_s, timeout_s
 
     def window(self, percent: int, stop: Callable[[], bool]) -> Evidence:
-        from fraud_control.local_state import LocalInferenceService
-        from fraud_control.runtime import read_runtime
+        from fraud_control.inferenceservice.local_state import LocalInferenceService
+        from fraud_control.local_runtime.runtime import read_runtime
 
         wanted = LocalInferenceService(self.state_dir).get()["metadata"]["generation"]
         deadline = time.monotonic() + self.timeout_s

@@ -1,6 +1,6 @@
 """The label-free feedback signals as Prometheus gauges: a custom collector that exports, at each
 scrape, the latest `FeedbackSignals` its source returns (computed from the prediction store by
-`fraud_control.store_feedback`, not on the serving path; the prediction sink serves them on its
+`fraud_control.prediction_log.feedback`, not on the serving path; the prediction sink serves them on its
 /metrics when given the models, `--model`).
 
     fraud_feedback_rows{model_version}                         served rows the signals are over

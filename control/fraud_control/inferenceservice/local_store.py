@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fraud_control.isvc import NAME
-from fraud_control.local_state import DEFAULT_STATE_DIR, LocalInferenceService, StateError
-from fraud_control.store import RolloutError
+from fraud_control.inferenceservice.isvc import NAME
+from fraud_control.inferenceservice.local_state import DEFAULT_STATE_DIR, LocalInferenceService, StateError
+from fraud_control.inferenceservice.store import RolloutError
 
 
 class LocalStore:

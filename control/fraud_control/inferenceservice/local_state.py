@@ -37,7 +37,7 @@ from typing import Any
 from fraud.export import SAVEDMODEL_DIR, find_version_dir
 from fraud.files import write_json
 
-from fraud_control import isvc
+from fraud_control.inferenceservice import isvc
 
 STATE_FILE = "inferenceservice.json"
 REVISIONS_FILE = "revisions.json"

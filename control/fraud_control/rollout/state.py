@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from fraud.files import read_json, write_json
 
-from fraud_control.kube_store import REQUEST_TIMEOUT_S, MissingPermission, server_message
-from fraud_control.runtime import pid_alive
-from fraud_control.store import RolloutError
+from fraud_control.inferenceservice.kube_store import REQUEST_TIMEOUT_S, MissingPermission, server_message
+from fraud_control.inferenceservice.store import RolloutError
+from fraud_control.local_runtime.runtime import pid_alive
 
 if TYPE_CHECKING:
     from kubernetes import client

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from fraud_control import isvc
-from fraud_control.store import InferenceServiceStore
+from fraud_control.inferenceservice import isvc
+from fraud_control.inferenceservice.store import InferenceServiceStore
 
 
 @dataclass(frozen=True)

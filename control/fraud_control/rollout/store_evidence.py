@@ -14,8 +14,8 @@ from fraud_canary.metrics import VersionMetrics
 from fraud_canary.paired import PairedOutcomes
 from fraud_canary.served import MaturedLabels, feedback_summary, newly_matured, served_metrics, served_pairs
 
-from fraud_control.prediction_store import StoreError, open_store
-from fraud_control.rollout import Evidence, EvidenceSource
+from fraud_control.prediction_log.store import StoreError, open_store
+from fraud_control.rollout.controller import Evidence, EvidenceSource
 
 
 @dataclass(frozen=True)

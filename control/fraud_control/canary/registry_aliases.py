@@ -10,9 +10,9 @@ from pathlib import Path
 from fraud import registry
 from fraud.export import read_metadata
 
-from fraud_control.local_state import local_artifact_path
-from fraud_control.store import InferenceServiceStore, RolloutRefused
-from fraud_control.subject import subject_of
+from fraud_control.inferenceservice.local_state import local_artifact_path
+from fraud_control.inferenceservice.store import InferenceServiceStore, RolloutRefused
+from fraud_control.inferenceservice.subject import subject_of
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +99,11 @@ def deployed_champion(store: InferenceServiceStore, tracking_uri: str) -> Champi
 def champion_store(target: str, namespace: str, state_dir: str | Path, in_cluster: bool) -> InferenceServiceStore:
     """Where the deploy step of `target` ("kserve" | "local") keeps the InferenceService."""
     if target == "local":
-        from fraud_control.local_store import LocalStore
+        from fraud_control.inferenceservice.local_store import LocalStore
 
         return LocalStore(state_dir)
     if target == "kserve":
-        from fraud_control.kube_store import KubeStore, custom_objects_api
+        from fraud_control.inferenceservice.kube_store import KubeStore, custom_objects_api
 
         return KubeStore(custom_objects_api(in_cluster=in_cluster), namespace)
     raise ValueError(f"deploy target must be 'kserve' or 'local', got {target!r}")

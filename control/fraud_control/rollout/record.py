@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any, TextIO
 from fraud import registry
 from fraud.files import json_safe
 
-from fraud_control.isvc import GROUP, VERSION
-from fraud_control.kube_store import REQUEST_TIMEOUT_S, MissingPermission, server_message
-from fraud_control.registry_aliases import registered_version
-from fraud_control.store import RolloutError
+from fraud_control.canary.registry_aliases import registered_version
+from fraud_control.inferenceservice.isvc import GROUP, VERSION
+from fraud_control.inferenceservice.kube_store import REQUEST_TIMEOUT_S, MissingPermission, server_message
+from fraud_control.inferenceservice.store import RolloutError
 
 if TYPE_CHECKING:
     from kubernetes import client

@@ -13,11 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 from fraud.settings import Settings
 
-from fraud_control import isvc
-from fraud_control.canary import DEFAULT_CANARY_PERCENT, DEFAULT_POLL_S, DEFAULT_TIMEOUT_S, Rollout, deploy_canary
-from fraud_control.isvc import IsvcSpec
-from fraud_control.local_state import DEFAULT_STATE_DIR
-from fraud_control.local_store import LocalStore
+from fraud_control.canary.operations import (
+    DEFAULT_CANARY_PERCENT,
+    DEFAULT_POLL_S,
+    DEFAULT_TIMEOUT_S,
+    Rollout,
+    deploy_canary,
+)
+from fraud_control.inferenceservice import isvc
+from fraud_control.inferenceservice.isvc import IsvcSpec
+from fraud_control.inferenceservice.local_state import DEFAULT_STATE_DIR
+from fraud_control.inferenceservice.local_store import LocalStore
 
 if TYPE_CHECKING:
     from kubernetes import client
@@ -48,8 +54,9 @@ def deploy_from_artifacts(champion_root: str | Path, candidate_root: str | Path,
     `context`, else the pod's service account; it is built before uploading, so a missing
     kubeconfig fails before anything is written. `prediction_log_url`: the sink of KServe's payload
     logger on the transformer ("" none)."""
-    from fraud_control.artifact_store import upload_artifact
-    from fraud_control.kube_store import KubeStore, custom_objects_api
+    from fraud.artifact_store import upload_artifact
+
+    from fraud_control.inferenceservice.kube_store import KubeStore, custom_objects_api
 
     api = api or custom_objects_api(kubeconfig, context, in_cluster=in_cluster)
     champion = spec_for_artifact(champion_root, upload_artifact(champion_root, bucket, settings=s3_settings),

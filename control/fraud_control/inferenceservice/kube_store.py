@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fraud_control.isvc import GROUP, NAME, PLURAL, VERSION
-from fraud_control.store import RolloutError, TargetUnavailable
+from fraud_control.inferenceservice.isvc import GROUP, NAME, PLURAL, VERSION
+from fraud_control.inferenceservice.store import RolloutError, TargetUnavailable
 
 if TYPE_CHECKING:
     from kubernetes import client

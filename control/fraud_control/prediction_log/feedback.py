@@ -2,7 +2,7 @@
 `store_signals` reads a window of served rows and scores each version against its own offline
 score profile, every row's inputs against the contract's feature profile and, on the shadow pairs,
 every version's decisions against the newest model's calibration (paired CBPE). The prediction
-sink's /metrics exports them (`fraud_control.feedback_metrics`); the demo's report reads them.
+sink's /metrics exports them (`fraud_control.prediction_log.feedback_metrics`); the demo's report reads them.
 
 `monitored_models` reads those profiles from the models' artifact roots (`fraud.export`: a root
 carries `monitoring.json` in its version directory and `feature_profile.json` beside its contract).
@@ -22,7 +22,7 @@ from fraud.score_profile import MONITORING_FILE, ScoreProfile
 from fraud_canary.feedback import FeedbackSignals, feedback_signals
 from fraud_canary.served import judged_by
 
-from fraud_control.prediction_store import PredictionStore, feature_matrix, open_store
+from fraud_control.prediction_log.store import PredictionStore, feature_matrix, open_store
 
 
 def store_signals(url: str, profiles: dict[str, ScoreProfile], feature_profile: FeatureProfile, *,

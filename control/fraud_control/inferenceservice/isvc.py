@@ -32,7 +32,7 @@ ROLLED_OUT_ANNOTATION = "fraud-rollout/rolled-out-model"
 #: (kserve@v0.20.0 pkg/controller/v1beta1/inferenceservice/reconcilers/knative/ksvc_reconciler.go:140
 #: `latestTarget.Tag = "latest"`, :150 `Tag: "prev"`; `prev` exists only while the canary is below 100 %).
 TRAFFIC_TAGS = ("latest", "prev")
-#: The prediction-log sink's Service (`fraud_control.prediction_sink`), which KServe's payload logger posts to.
+#: The prediction-log sink's Service (`fraud_control.prediction_log.sink`), which KServe's payload logger posts to.
 PREDICTION_LOG_SERVICE = "fraud-prediction-log"
 
 

@@ -15,11 +15,11 @@ from fraud.settings import Settings
 from fraud_canary.analysis import OfflineMetrics
 from fraud_canary.progressive import RolloutPolicy
 
-from fraud_control.local_state import DEFAULT_STATE_DIR
-from fraud_control.prometheus import DEFAULT_SELECTOR
-from fraud_control.rollout import Controller, EvidenceSource, RolloutConfig
-from fraud_control.store import InferenceServiceStore, require
-from fraud_control.subject import Subject, subject_of
+from fraud_control.inferenceservice.local_state import DEFAULT_STATE_DIR
+from fraud_control.inferenceservice.store import InferenceServiceStore, require
+from fraud_control.inferenceservice.subject import Subject, subject_of
+from fraud_control.rollout.controller import Controller, EvidenceSource, RolloutConfig
+from fraud_control.rollout.prometheus import DEFAULT_SELECTOR
 
 log = logging.getLogger(__name__)
 #: The step log in a local state dir (target kserve: stdout, the pod's log).
@@ -94,14 +94,14 @@ def open_store(target: str, *, namespace: str = "", name: str = "fraud-detector"
     """The InferenceService store of a target: the cluster's API (kserve) or a local state dir."""
     settings = settings or Settings()
     if target == "kserve":
-        from fraud_control.kube_store import KubeStore, custom_objects_api
+        from fraud_control.inferenceservice.kube_store import KubeStore, custom_objects_api
 
         if not namespace:
             raise RolloutStartError("a namespace is required with target kserve")
         api = custom_objects_api(kubeconfig or settings.KUBECONFIG or None, context, in_cluster=settings.in_cluster)
         return KubeStore(api, namespace, name)
     if target == "local":
-        from fraud_control.local_store import LocalStore
+        from fraud_control.inferenceservice.local_store import LocalStore
 
         return LocalStore(state_dir, name)
     raise RolloutStartError(f"target must be 'local' or 'kserve', got {target!r}")
@@ -109,7 +109,7 @@ def open_store(target: str, *, namespace: str = "", name: str = "fraud-detector"
 
 def rollout_states(target: str, store: Any, state_dir: str | Path):
     """Where the controller keeps its state: a ConfigMap next to the InferenceService, or the state dir."""
-    from fraud_control.rollout_state import ConfigMapRolloutState, LocalRolloutState
+    from fraud_control.rollout.state import ConfigMapRolloutState, LocalRolloutState
 
     if target == "kserve":
         return ConfigMapRolloutState(store.api.api_client, store.namespace, store.name)
@@ -122,7 +122,7 @@ def model_versions(options: RolloutOptions, subject: Subject) -> tuple[str, str]
     versions = [subject.rolled_out_model.get("modelVersion") or "",
                 (subject.canary_model or {}).get("modelVersion") or ""]
     if options.target == "local":
-        from fraud_control.local_state import LocalInferenceService
+        from fraud_control.inferenceservice.local_state import LocalInferenceService
 
         revisions = LocalInferenceService(options.state_dir).revisions()
         for i, revision in enumerate((subject.latest_rolled_out_revision, subject.latest_ready_revision)):
@@ -137,7 +137,7 @@ def storage_uris(options: RolloutOptions, subject: Subject) -> tuple[str, str]:
     """(rolled out, canary) storage URIs, as `model_versions` finds the versions."""
     uris = [subject.rolled_out_model.get("storageUri") or "", (subject.canary_model or {}).get("storageUri") or ""]
     if options.target == "local":
-        from fraud_control.local_state import LocalInferenceService
+        from fraud_control.inferenceservice.local_state import LocalInferenceService
 
         revisions = LocalInferenceService(options.state_dir).revisions()
         for i, revision in enumerate((subject.latest_rolled_out_revision, subject.latest_ready_revision)):
@@ -152,7 +152,7 @@ def score_profiles(uris: dict[str, str]) -> tuple[dict[str, ScoreProfile], list[
     from fraud.export import read_score_profile
     from fraud.score_profile import MONITORING_FILE
 
-    from fraud_control.local_state import local_artifact_path
+    from fraud_control.inferenceservice.local_state import local_artifact_path
 
     profiles: dict[str, ScoreProfile] = {}
     problems: list[str] = []
@@ -173,9 +173,8 @@ def score_profiles(uris: dict[str, str]) -> tuple[dict[str, ScoreProfile], list[
 def _s3_profile(uri: str, filename: str) -> ScoreProfile:
     import json
 
+    from fraud.artifact_store import S3Settings, s3_client
     from minio.error import S3Error
-
-    from fraud_control.artifact_store import S3Settings, s3_client
 
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     s3 = s3_client(S3Settings.from_env())
@@ -197,8 +196,8 @@ def _s3_profile(uri: str, filename: str) -> ScoreProfile:
 def evidence_source(options: RolloutOptions, baseline: str, candidate: str) -> tuple[EvidenceSource, Callable[[], None]]:
     """The live source the options name (the transformer's /metrics, or Prometheus), and its check
     that it answers, which the controller runs once it has claimed the rollout, before any patch."""
-    from fraud_control.rollout_evidence import AfterLocalApply, MetricsWindow, PrometheusWindow, WindowSpec
-    from fraud_control.runtime import read_runtime
+    from fraud_control.local_runtime.runtime import read_runtime
+    from fraud_control.rollout.evidence import AfterLocalApply, MetricsWindow, PrometheusWindow, WindowSpec
 
     if options.metrics_url and options.prometheus_url:
         raise RolloutStartError("rollout start: give at most one of --metrics-url URL and --prometheus URL")
@@ -220,9 +219,9 @@ def evidence_source(options: RolloutOptions, baseline: str, candidate: str) -> t
         source = MetricsWindow(url, spec, baseline, candidate)
     metrics_url = "" if options.prometheus_url else url
     if options.labels_from:
-        from fraud_control.prediction_store import StoreError
-        from fraud_control.prediction_store import open_store as open_prediction_store
-        from fraud_control.store_evidence import WithStoreLabels
+        from fraud_control.prediction_log.store import StoreError
+        from fraud_control.prediction_log.store import open_store as open_prediction_store
+        from fraud_control.rollout.store_evidence import WithStoreLabels
 
         try:
             with open_prediction_store(options.labels_from, create=False) as labels:  # fails here, before any step
@@ -242,8 +241,8 @@ def check_reachable(options: RolloutOptions, metrics_url: str) -> None:
     patching the canary to its first step and then waiting on it."""
     from fraud.schema import DataError
 
-    from fraud_control.prometheus import prometheus_query
-    from fraud_control.rollout_evidence import scrape
+    from fraud_control.rollout.evidence import scrape
+    from fraud_control.rollout.prometheus import prometheus_query
 
     try:
         if options.prometheus_url:
@@ -257,7 +256,7 @@ def check_reachable(options: RolloutOptions, metrics_url: str) -> None:
 
 def recorders(options: RolloutOptions, store: Any, subject: Subject, tracking_uri: str) -> list:
     """Where each step is recorded: JSON lines, Kubernetes Events (kserve), MLflow tags on the candidate."""
-    from fraud_control.rollout_record import JsonLinesLog, KubeEvents, MlflowStepTags
+    from fraud_control.rollout.record import JsonLinesLog, KubeEvents, MlflowStepTags
 
     out: list = []
     if options.target == "kserve":

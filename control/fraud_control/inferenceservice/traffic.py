@@ -3,8 +3,8 @@ KFP UI and the CLI print it). Works on any InferenceService dict: a cluster's, o
 """
 from __future__ import annotations
 
-from fraud_control import isvc
-from fraud_control.isvc import CONTRACT_ANNOTATION
+from fraud_control.inferenceservice import isvc
+from fraud_control.inferenceservice.isvc import CONTRACT_ANNOTATION
 
 
 def conditions_of(obj: dict) -> list[dict]:

@@ -29,22 +29,14 @@ from pathlib import Path
 from typing import IO
 
 from fraud.files import write_json
+from fraud.processes import LOOPBACK, PortInUse, ServerFailed, ServerProcess, stop_all
 from fraud.routes import Backend, write_routes
 
-from fraud_control import isvc
-from fraud_control.local_state import LocalInferenceService, local_artifact_path
-from fraud_control.prediction_store import redacted_url
-from fraud_control.processes import (
-    LOOPBACK,
-    PortInUse,
-    ServerFailed,
-    ServerProcess,
-    start_predictor,
-    start_sink,
-    start_transformer,
-    stop_all,
-)
-from fraud_control.store_feedback import monitored_models
+from fraud_control.inferenceservice import isvc
+from fraud_control.inferenceservice.local_state import LocalInferenceService, local_artifact_path
+from fraud_control.local_runtime.servers import start_predictor, start_sink, start_transformer
+from fraud_control.prediction_log.feedback import monitored_models
+from fraud_control.prediction_log.store import redacted_url
 
 logger = logging.getLogger(__name__)
 

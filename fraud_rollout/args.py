@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fraud.canary_percent import canary_percent as check_canary_percent
 from fraud.durations import parse_duration
 from fraud_canary.analysis import AUTO
 from fraud_control.inferenceservice.local_state import DEFAULT_STATE_DIR
@@ -141,3 +142,11 @@ class DefaultsHelp(argparse.HelpFormatter):
 
 class DefaultsHelpRawEpilog(DefaultsHelp, argparse.RawDescriptionHelpFormatter):
     """DefaultsHelp, with the description and epilog kept as written (a table of exit codes)."""
+
+
+def canary_percent(text: str) -> int:
+    """argparse type: a canary's share of traffic (`fraud.canary_percent`)."""
+    try:
+        return check_canary_percent(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

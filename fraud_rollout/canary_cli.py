@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from fraud.canary_percent import DEFAULT_CANARY_PERCENT, splits_traffic
 from fraud.schema import DataError
 from fraud.settings import Settings
 from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics, paired_from_replay
@@ -171,9 +172,9 @@ def expected_canary_percent(args) -> float:
         service = LocalInferenceService(args.state_dir)
         if service.exists():
             percent = service.get()["spec"]["predictor"].get("canaryTrafficPercent")
-            if percent is not None and 0 < percent < 100:
+            if splits_traffic(percent):
                 return float(percent)
-    return 20.0
+    return float(DEFAULT_CANARY_PERCENT)
 
 
 def apply_recommendation(action: str, args, tracking_uri: str, subject: dict | None) -> tuple[int, str]:

@@ -9,23 +9,12 @@ import json
 import sys
 from pathlib import Path
 
-from fraud_control.canary.operations import DEFAULT_CANARY_PERCENT, DEFAULT_TIMEOUT_S
+from fraud.canary_percent import DEFAULT_CANARY_PERCENT
+from fraud_control.canary.operations import DEFAULT_TIMEOUT_S
 from fraud_control.inferenceservice.isvc import DEFAULT_IMAGE
 
-from fraud_rollout.args import UsageError, non_negative_float
+from fraud_rollout.args import UsageError, canary_percent, non_negative_float
 from fraud_rollout.targets import add_target_options
-
-
-def canary_percent(text: str) -> int:
-    """argparse type: the canary's share, a whole number in 1..99 (0 and 100 are rollback and promote)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= 99:
-        raise argparse.ArgumentTypeError(f"{text!r} must be between 1 and 99 (0 is `fraud-rollout canary rollback`, "
-                                         "100 `fraud-rollout canary promote`)")
-    return value
 
 
 def register(commands) -> None:

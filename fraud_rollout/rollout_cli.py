@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from fraud.canary_percent import splits_traffic
+
 from fraud_rollout.args import (
     DefaultsHelpRawEpilog,
     UsageError,
@@ -149,7 +151,7 @@ def start_command(args: argparse.Namespace, source=None) -> int:
     store = open_store(args, args.settings)
     endpoint = None
     try:
-        controller = rollout_controller(options, store, source)
+        controller = rollout_controller(options, store, source, settings=args.settings)
     except NotDeployed as error:
         raise UsageError(str(error)) from None
     if args.analysis_port is not None:
@@ -251,7 +253,7 @@ def abort_command(args: argparse.Namespace) -> int:
     except NotDeployed as error:
         raise UsageError(str(error)) from None
     percent = canary.canary_percent_of(current)
-    if percent is None or not 0 < percent < 100:
+    if not splits_traffic(percent):
         raise UsageError(f"rollout abort: nothing to abort on {store.where}: no rollout controller runs and no "
                          f"canary is in progress (canaryTrafficPercent {'absent' if percent is None else percent})")
     tracking_uri = args.tracking_uri or settings.MLFLOW_TRACKING_URI

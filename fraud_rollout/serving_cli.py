@@ -8,9 +8,10 @@ import signal
 import sys
 from pathlib import Path
 
+from fraud.canary_percent import DEFAULT_CANARY_PERCENT
 from fraud.protocol import FRAUD_PROBABILITY, IS_FRAUD
 
-from fraud_rollout.args import UsageError, number_within, positive_int, state_dir_option, tcp_port
+from fraud_rollout.args import UsageError, canary_percent, number_within, positive_int, state_dir_option, tcp_port
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,8 @@ def register(commands, bench) -> None:
     state_dir_option(serve)
     serve.add_argument("--baseline", type=Path, help="artifact root of the rolled-out model (creates the manifest)")
     serve.add_argument("--candidate", type=Path, help="artifact root of the canary model")
-    serve.add_argument("--canary-percent", type=int, default=20, help="traffic share of the candidate (0..100)")
+    serve.add_argument("--canary-percent", type=canary_percent, default=DEFAULT_CANARY_PERCENT,
+                       help="traffic share of the candidate (1..99)")
     serve.add_argument("--http-port", type=tcp_port, default=8080,
                        help="transformer HTTP port (KServe listens on all interfaces; clients use 127.0.0.1)")
     serve.add_argument("--max-rows", type=positive_int, default=10_000, help="most rows per request")
@@ -70,9 +72,6 @@ def write_canary_manifest(state_dir: Path, baseline: Path, candidate: Path | Non
     from fraud.export import read_contract, read_metadata
     from fraud_control.inferenceservice import isvc
     from fraud_control.inferenceservice.local_state import LocalInferenceService
-
-    if not 0 <= canary_percent <= 100:
-        raise ValueError(f"--canary-percent {canary_percent}: must be within 0..100")
 
     def spec(root: Path) -> isvc.IsvcSpec:
         root = root.resolve()

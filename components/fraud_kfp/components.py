@@ -225,11 +225,12 @@ def deploy_canary(baseline: Input[Model], candidate: Input[Model], target: str, 
     from fraud.container import announce_step
 
     announce_step()  # the step's log names the container it runs in
+    from fraud.settings import Settings
     from fraud_control.canary.deploy import deploy
 
     rollout = deploy(target, baseline.path, candidate.path, namespace=namespace, canary_percent=canary_percent,
                      supersede=supersede, state_dir=local_state_dir, bucket=bucket, image=serving_image,
-                     timeout_s=timeout_seconds, prediction_log_url=prediction_log_url)
+                     timeout_s=timeout_seconds, prediction_log_url=prediction_log_url, settings=Settings())
     with open(traffic.path, "w") as out:
         out.write(rollout.markdown)
     traffic.metadata.update({"action": rollout.action, "traffic": rollout.status["traffic"],
@@ -279,12 +280,13 @@ def progressive_rollout(target: str, namespace: str, local_state_dir: str, plan:
     from fraud.container import announce_step
 
     announce_step()  # the step's log names the container it runs in
+    from fraud.settings import Settings
     from fraud_control.rollout.run import rollout_step
 
     state = rollout_step(report.path, target=target, namespace=namespace, state_dir=local_state_dir, plan=plan,
                          window_s=window_seconds, min_requests=min_requests, metrics_url=metrics_url,
                          prometheus_url=prometheus_url, max_holds=max_holds, tracking_uri=tracking_uri,
-                         timeout_s=timeout_seconds)
+                         timeout_s=timeout_seconds, settings=Settings())
     report.metadata.update({"status": state["status"], "percent": state["percent"], "steps": len(state["steps"])})
     return state["status"]
 

@@ -26,6 +26,7 @@ from fraud import protocol
 from fraud.inference_log import REQUEST_EVENT
 from fraud.processes import free_port
 from fraud.schema import FEATURES
+from fraud.settings import Settings
 from fraud_control.canary.deploy import deploy
 from fraud_control.inferenceservice.local_state import LocalInferenceService
 from fraud_control.local_runtime.runtime import LocalRuntime
@@ -126,7 +127,8 @@ def test_a_sink_killed_under_load_loses_no_event_and_fails_no_inference(tiny_run
     state = tmp_path / "state"
     sink: SinkProcess = start_sink(store_url, tmp_path / "sink.log", free_port())
     try:
-        deploy("local", tiny_run.v1, tiny_run.v2, canary_percent=50, state_dir=state, prediction_log_url=sink.url)
+        deploy("local", tiny_run.v1, tiny_run.v2, canary_percent=50, state_dir=state, prediction_log_url=sink.url,
+               settings=Settings())
         load = Load()
         # serve's default shadow share (10 %): the shadow pairs' events go through the killed sink too
         with LocalServing(state, log_dir=tmp_path / "logs") as serving:

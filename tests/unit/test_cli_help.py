@@ -33,5 +33,5 @@ def test_every_option_has_help_and_every_default_is_shown():
 def test_a_default_is_named_once():
     serve = next(p for path, p in commands(build_parser()) if path == ("serve",))
     shown = " ".join(serve.format_help().split())
-    assert "traffic share of the candidate (0..100) (default 20)" in shown
+    assert "traffic share of the candidate (1..99) (default 20)" in shown
     assert shown.count("default: the transformer's measured-affordable share") == 1

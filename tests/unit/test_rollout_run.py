@@ -1,5 +1,6 @@
 """`fraud_control.rollout.run`: the errors a rollout start gives before it touches a store."""
 import pytest
+from fraud.settings import Settings
 from fraud_control.rollout.run import RolloutStartError, open_store, parse_plan
 
 
@@ -15,5 +16,5 @@ def test_the_plan_error_names_the_option_the_caller_has():
 ])
 def test_a_target_that_cannot_be_opened_is_one_line(tmp_path, target, namespace, message):
     with pytest.raises(RolloutStartError) as raised:
-        open_store(target, namespace=namespace, state_dir=tmp_path)
+        open_store(target, namespace=namespace, state_dir=tmp_path, settings=Settings())
     assert str(raised.value) == message

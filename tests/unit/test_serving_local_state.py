@@ -94,7 +94,10 @@ def test_rollback_of_a_canary_pins_it_to_zero(service, tmp_path):
     assert split(pinned) == {REV2: 0, REV1: 100}
     assert predictor_status(pinned)["latestRolledoutRevision"] == REV1
     # re-applying v1's storageUri undoes the spec too: a new revision serving v1
-    rebuilt = service.patch_merge(isvc.canary_patch(spec(tmp_path / "v1", 1), 100))
+    # (an operator's kubectl patch: canary_patch itself only writes canary percents, 1..99)
+    patch = isvc.canary_patch(spec(tmp_path / "v1", 1), 20)
+    patch["spec"]["predictor"]["canaryTrafficPercent"] = 100
+    rebuilt = service.patch_merge(patch)
     assert predictor_status(rebuilt)["latestCreatedRevision"] == REV3
     assert split(rebuilt) == {REV3: 100}
     assert service.revisions()[REV3]["modelVersion"] == "v1"

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fraud.canary_percent import DEFAULT_CANARY_PERCENT
 from fraud.settings import Settings
 
 from fraud_control.canary.operations import (
-    DEFAULT_CANARY_PERCENT,
     DEFAULT_POLL_S,
     DEFAULT_TIMEOUT_S,
     Rollout,
@@ -71,13 +71,12 @@ def deploy_from_artifacts(champion_root: str | Path, candidate_root: str | Path,
 def deploy(target: str, champion_root: str | Path, candidate_root: str | Path, *, namespace: str = "default",
            canary_percent: int = DEFAULT_CANARY_PERCENT, supersede: bool = False,
            state_dir: str | Path = DEFAULT_STATE_DIR, bucket: str = "fraud-models", image: str = isvc.DEFAULT_IMAGE,
-           timeout_s: float = DEFAULT_TIMEOUT_S, settings: Settings | None = None,
+           timeout_s: float = DEFAULT_TIMEOUT_S, settings: Settings,
            kubeconfig: str | None = None, context: str | None = None, prediction_log_url: str = "") -> Rollout:
     """Create the InferenceService with the champion if absent, then canary the candidate.
     `kubeconfig` / `context` (target kserve) default to `$KUBECONFIG`, else the pod's account.
     `prediction_log_url`: the prediction-log sink KServe's logger posts to ("" none)."""
     if target == "kserve":
-        settings = settings or Settings()
         return deploy_from_artifacts(champion_root, candidate_root, namespace=namespace, bucket=bucket, image=image,
                                      canary_percent=canary_percent, supersede=supersede, timeout_s=timeout_s,
                                      in_cluster=settings.in_cluster, kubeconfig=kubeconfig or settings.KUBECONFIG or None,

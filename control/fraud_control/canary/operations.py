@@ -22,6 +22,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from fraud.canary_percent import DEFAULT_CANARY_PERCENT, splits_traffic
+from fraud.canary_percent import canary_percent as check_canary_percent
+
 from fraud_control.canary import registry_aliases
 from fraud_control.inferenceservice import isvc
 from fraud_control.inferenceservice.isvc import CANARY_MODES, CONTRACT_ANNOTATION, IsvcSpec
@@ -44,7 +47,6 @@ from fraud_control.inferenceservice.traffic import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CANARY_PERCENT = 20
 #: Knative pulls the image and the storage initializer the model: minutes on a cold node.
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_POLL_S = 2.0
@@ -151,7 +153,7 @@ def running_canary(current: dict | None) -> tuple[str, int] | None:
     """("v2 (its storage URI)", 20) while a canary splits traffic (0 < percent < 100), else None:
     what a new candidate's deploy is refused for unless it supersedes it."""
     running = canary_percent_of(current) if current else None
-    if current is None or running is None or not 0 < running < 100:
+    if current is None or not splits_traffic(running):
         return None
     return f"{isvc.predictor_model_version(current) or '?'} ({isvc.predictor_storage_uri(current)})", running
 
@@ -179,8 +181,7 @@ def deploy_canary(store: InferenceServiceStore, candidate: IsvcSpec, champion: I
     traffic an operator has set since. Another candidate's canary still running (0 < percent < 100)
     is refused unless `supersede`. Raises RolloutRefused, RolloutTimeout (both RolloutError).
     """
-    if not 0 < canary_percent < 100:
-        raise ValueError(f"canary percent must be between 1 and 99, got {canary_percent}")
+    canary_percent = check_canary_percent(canary_percent, "canary percent")
     actions = []
     current = store.get()
     if current is None:
@@ -219,8 +220,7 @@ def set_canary_percent(store: InferenceServiceStore, percent: int, *, timeout_s:
     """Move a running canary to `percent` % (1..99; 100 is `promote`, 0 is `rollback`): merge patch of
     `canaryTrafficPercent` only, which changes traffic, not the predictor's revision; waits for the new
     generation to be Ready. The refusals of `promote`: Standard mode, no canary, a canary not Ready."""
-    if not 0 < percent < 100:
-        raise ValueError(f"canary percent must be between 1 and 99 (100 is promote, 0 is rollback), got {percent}")
+    percent = check_canary_percent(percent, "canary percent")
     current = require(store)
     check_canary_mode(current, store.where)
     running = canary_percent_of(current)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from fraud.canary_percent import canary_percent
 from fraud.export import MODEL_DIR
 from fraud.export import MODEL_NAME as NAME
 
@@ -172,8 +173,7 @@ def inference_service(spec: IsvcSpec) -> dict:
 def canary_patch(spec: IsvcSpec, percent: int, rolled_out: dict | None = None) -> dict:
     """Merge patch: the predictor moves to `spec`'s model with `percent` % of traffic (a new revision);
     `rolled_out` (revision, modelVersion, storageUri) is recorded in ROLLED_OUT_ANNOTATION."""
-    if not 0 <= percent <= 100:
-        raise ValueError(f"canary percent must be within 0..100, got {percent}")
+    percent = canary_percent(percent, "canary percent")
     predictor = predictor_spec(IsvcSpec(**{**spec.__dict__, "canary_percent": percent}))
     if rolled_out:
         predictor["annotations"] = {ROLLED_OUT_ANNOTATION: json.dumps(rolled_out, sort_keys=True)}

@@ -90,9 +90,8 @@ class RolloutOptions:
 
 def open_store(target: str, *, namespace: str = "", name: str = "fraud-detector",
                state_dir: str | Path = DEFAULT_STATE_DIR, kubeconfig: str | None = None, context: str | None = None,
-               settings: Settings | None = None) -> InferenceServiceStore:
+               settings: Settings) -> InferenceServiceStore:
     """The InferenceService store of a target: the cluster's API (kserve) or a local state dir."""
-    settings = settings or Settings()
     if target == "kserve":
         from fraud_control.inferenceservice.kube_store import KubeStore, custom_objects_api
 
@@ -270,8 +269,7 @@ def recorders(options: RolloutOptions, store: Any, subject: Subject, tracking_ur
 
 
 def rollout_controller(options: RolloutOptions, store: InferenceServiceStore, source: EvidenceSource | None = None,
-                       on_step: OnStep | None = None,
-                       settings: Settings | None = None) -> Controller:
+                       on_step: OnStep | None = None, *, settings: Settings) -> Controller:
     """The controller for the canary `store` holds; `source` replaces the live evidence (a replay).
     NotDeployed when there is no InferenceService, RolloutStartError when it has no canary."""
     subject = subject_of(require(store), store.where)
@@ -283,7 +281,7 @@ def rollout_controller(options: RolloutOptions, store: InferenceServiceStore, so
     profiles, problems = score_profiles({baseline: rolled_out_uri, candidate: canary_uri})
     for problem in problems:
         log.debug("no label-free promotion evidence: %s", problem)  # the last step says what is missing
-    tracking_uri = options.tracking_uri or (settings or Settings()).MLFLOW_TRACKING_URI
+    tracking_uri = options.tracking_uri or settings.MLFLOW_TRACKING_URI
     config = RolloutConfig(baseline_version=baseline, canary_version=candidate, offline=options.offline,
                            policy=RolloutPolicy(plan=options.plan, max_holds=options.max_holds,
                                                 fail_closed=options.fail_closed),
@@ -297,17 +295,17 @@ def rollout_controller(options: RolloutOptions, store: InferenceServiceStore, so
 
 
 def start_rollout(options: RolloutOptions, store: InferenceServiceStore, source: EvidenceSource | None = None,
-                  on_step: OnStep | None = None) -> dict[str, Any]:
+                  on_step: OnStep | None = None, *, settings: Settings) -> dict[str, Any]:
     """Run the rollout to its end; the final state (status, steps, result). RolloutError when a
     patch fails, RolloutRunning when another controller owns the InferenceService."""
-    return rollout_controller(options, store, source, on_step).run()
+    return rollout_controller(options, store, source, on_step, settings=settings).run()
 
 
 def rollout_step(report_path: str | Path, *, target: str, namespace: str = "", name: str = "fraud-detector",
                  state_dir: str | Path = DEFAULT_STATE_DIR, plan: str = "5,20,50,100", window_s: float = 60.0,
                  min_requests: int = 0, metrics_url: str = "", prometheus_url: str = "", labels_from: str = "",
                  label_maturity_days: float = 0.0, max_holds: int = RolloutPolicy().max_holds, tracking_uri: str = "",
-                 timeout_s: float = RolloutConfig.timeout_s) -> dict[str, Any]:
+                 timeout_s: float = RolloutConfig.timeout_s, settings: Settings) -> dict[str, Any]:
     """The pipeline step: run the rollout on the canary the target holds and write its report
     (`{"rollout": state}`, as `rollout start --out` does) to `report_path`; the final state."""
     from fraud.files import write_json
@@ -317,6 +315,7 @@ def rollout_step(report_path: str | Path, *, target: str, namespace: str = "", n
                              metrics_url=metrics_url, prometheus_url=prometheus_url, labels_from=labels_from,
                              label_maturity_days=label_maturity_days, tracking_uri=tracking_uri,
                              timeout_s=timeout_s)
-    state = start_rollout(options, open_store(target, namespace=namespace, name=name, state_dir=state_dir))
+    store = open_store(target, namespace=namespace, name=name, state_dir=state_dir, settings=settings)
+    state = start_rollout(options, store, settings=settings)
     write_json(report_path, {"rollout": state})
     return state

@@ -311,7 +311,8 @@ def run_demo(args) -> int:
             print("\nrolling out: canaryTrafficPercent 5 → 20 → 50 → 100, one replay window per step", flush=True)
             rollout = progressive_rollout(source, serving.url, state_dir, holdout_metrics, tracking_uri,
                                           (baseline_version, canary_version), args.detectable_recall_difference,
-                                          dict(zip((baseline_version, canary_version), _role_artifacts(pipeline))))
+                                          dict(zip((baseline_version, canary_version), _role_artifacts(pipeline))),
+                                          args.settings)
             timings["rollout"] = round(time.perf_counter() - mark, 1)
             result = rollout["result"]
             applied = {"action": rollout["status"], "detail": result.get("action") or result["note"],
@@ -378,7 +379,7 @@ def run_demo(args) -> int:
 
 
 def progressive_rollout(source, url: str, state_dir: Path, offline: dict, tracking_uri: str,
-                        versions: tuple[str, str], detectable, artifacts: dict[str, str]) -> dict:
+                        versions: tuple[str, str], detectable, artifacts: dict[str, str], settings) -> dict:
     """`fraud-rollout rollout start` on the demo's runtime, its evidence a labelled replay of the
     holdout in windows (with the shadow pairs); returns the rollout's final state (`steps[]`)."""
     from fraud_canary.progressive import RolloutPolicy
@@ -396,7 +397,7 @@ def progressive_rollout(source, url: str, state_dir: Path, offline: dict, tracki
     windows = ReplayWindow(source.frame, ReplayOptions(url=url, progress=False),
                            max(1, int(len(source.frame) * ROLLOUT_WINDOW_SHARE)),
                            pairs_log=state_dir / PAIRS_FILE, versions=versions)
-    profiles, _ = score_profiles(artifacts)  # without them the labelled replay still decides
+    profiles, _ = score_profiles(artifacts, settings)  # without them the labelled replay still decides
     config = RolloutConfig(baseline_version=versions[0], canary_version=versions[1], offline=offline,
                            policy=RolloutPolicy(), detectable=detectable, tracking_uri=tracking_uri, poll_s=0.2,
                            profiles=profiles)

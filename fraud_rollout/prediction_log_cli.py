@@ -10,7 +10,7 @@ from pathlib import Path
 def _serve(args: argparse.Namespace) -> int:
     from fraud_control.prediction_log import sink as prediction_sink
 
-    return prediction_sink.serve(args, prog="fraud-rollout sink serve")
+    return prediction_sink.serve(args, args.settings, prog="fraud-rollout sink serve")
 
 
 def _ingest(args: argparse.Namespace) -> int:

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fraud.export import MODEL_NAME, read_metadata
-from fraud.settings import Settings
 
 S3_ENV_VARS = ("S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_USE_HTTPS",
                "S3_VERIFY_SSL", "AWS_REGION")
@@ -46,11 +45,9 @@ class S3Settings:
     region: str | None = None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> S3Settings:
-        """From the variables above (default: the process's, through `fraud.settings.Settings`);
-        ValueError names any that are missing."""
-        if environ is None:
-            environ = Settings().model_dump()
+    def from_env(cls, environ: Mapping[str, str]) -> S3Settings:
+        """From the variables above (an entry point's `Settings().model_dump()`); ValueError names
+        any that are missing."""
         missing = [name for name in REQUIRED_ENV_VARS if not environ.get(name)]
         if missing:
             raise ValueError(f"S3 settings missing from the environment: {', '.join(missing)} (set them from the "
@@ -94,16 +91,15 @@ def artifact_prefix(root: str | Path, model_name: str = MODEL_NAME) -> str:
 
 
 def upload_artifact(root: str | Path, bucket: str, prefix: str | None = None,
-                    settings: S3Settings | None = None, create_bucket: bool = True) -> str:
+                    *, settings: S3Settings, create_bucket: bool = True) -> str:
     """Upload every file under `root` to `s3://bucket/prefix/…` keeping relative paths; returns the
-    `s3://bucket/prefix` URI for `storageUri`. `prefix` defaults to `artifact_prefix(root)`;
-    `settings` to `S3Settings.from_env()`."""
+    `s3://bucket/prefix` URI for `storageUri`. `prefix` defaults to `artifact_prefix(root)`."""
     root = Path(root)
     files = _files(root)
     if not files:
         raise FileNotFoundError(f"{root}: no files to upload")
     prefix = (prefix or artifact_prefix(root)).strip("/")
-    s3 = s3_client(settings or S3Settings.from_env())
+    s3 = s3_client(settings)
     if create_bucket and not s3.bucket_exists(bucket):
         s3.make_bucket(bucket)
     for path in files:
@@ -111,7 +107,7 @@ def upload_artifact(root: str | Path, bucket: str, prefix: str | None = None,
     return f"s3://{bucket}/{prefix}"
 
 
-def missing_under(uri: str, settings: S3Settings | None = None) -> str:
+def missing_under(uri: str, settings: S3Settings) -> str:
     """"" when `s3://bucket/prefix` holds at least one object, else one line saying what is missing
     (what KServe's storage initializer would fail on)."""
     from minio.error import S3Error
@@ -120,7 +116,7 @@ def missing_under(uri: str, settings: S3Settings | None = None) -> str:
         return f"storage URI {uri!r} is not an s3:// URI"
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     try:
-        objects = s3_client(settings or S3Settings.from_env()).list_objects(
+        objects = s3_client(settings).list_objects(
             bucket, prefix=prefix.rstrip("/") + "/", recursive=True)
         if next(iter(objects), None) is not None:
             return ""

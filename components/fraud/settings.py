@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     """Local runtime: an integer seeding the transformer's traffic split and shadow sampling, so a
     sequential replay routes the same rows the same way every run (Knative's split has no seed)."""
 
+    PREDICTION_LOG_STORE_URL: str = Field(default="", repr=False)
+    """The prediction-log sink's store when `--store` is absent (from a Secret: a PostgreSQL URL
+    may carry a password); never printed."""
+
     @property
     def in_cluster(self) -> bool:
         return bool(self.KUBERNETES_SERVICE_HOST)

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from fraud.artifact_store import S3Settings, missing_under
+from fraud.settings import Settings
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fraud_devcluster.knative")
     parser.add_argument("--kubeconfig", required=True)
     args = parser.parse_args(argv)
-    settings = S3Settings.from_env()  # the cluster's MinIO, from the environment `cluster.up` sets
+    settings = S3Settings.from_env(Settings().model_dump())  # the cluster's MinIO: the environment `cluster.up` sets
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     api = client.CustomObjectsApi(config.new_client_from_config(config_file=args.kubeconfig))
     Standin(api, lambda uri: missing_under(uri, settings)).run()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fraud.settings import Settings
 from fraud_canary.analysis import offline_metrics
 from fraud_canary.metrics import Confusion, VersionMetrics
 from fraud_canary.policy import OfflineMetrics
@@ -250,7 +251,7 @@ def test_a_good_candidate_is_promoted_on_a_real_transformers_counters_through_pr
     api = canary_cluster.namespace.token_api()
     store = KubeStore(api, ns)
     report = json.loads(Path(pipeline_report).read_text())
-    profiles, problems = score_profiles({"v1": str(tiny_run.v1), "v2": str(tiny_run.v2)})
+    profiles, problems = score_profiles({"v1": str(tiny_run.v1), "v2": str(tiny_run.v2)}, Settings())
     assert problems == []
     spec = WindowSpec(seconds=3, min_requests=300, poll_s=0.2)
     with start_local_runtime(tmp_path / "state", tiny_run.v1, tiny_run.v2, 20, tmp_path / "logs",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fraud.artifact_store import S3Settings
 from fraud.canary_percent import DEFAULT_CANARY_PERCENT
 from fraud.settings import Settings
 
@@ -46,10 +47,9 @@ def deploy_from_artifacts(champion_root: str | Path, candidate_root: str | Path,
                           image: str = isvc.DEFAULT_IMAGE, canary_percent: int = DEFAULT_CANARY_PERCENT,
                           supersede: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
                           poll_s: float = DEFAULT_POLL_S, api: client.CustomObjectsApi | None = None,
-                          s3_settings: Any = None, in_cluster: bool = False, kubeconfig: str | None = None,
+                          s3_settings: S3Settings, in_cluster: bool = False, kubeconfig: str | None = None,
                           context: str | None = None, prediction_log_url: str = "") -> Rollout:
-    """The deploy step's whole cluster side: upload both exported models to S3 (settings from the
-    environment unless given; content-addressed prefixes, so a rerun uploads to the same URIs),
+    """The deploy step's whole cluster side: upload both exported models to S3 (content-addressed prefixes, so a rerun uploads to the same URIs),
     then `deploy_canary` in `namespace`. The client is `api`, else built from `kubeconfig` /
     `context`, else the pod's service account; it is built before uploading, so a missing
     kubeconfig fails before anything is written. `prediction_log_url`: the sink of KServe's payload
@@ -77,10 +77,14 @@ def deploy(target: str, champion_root: str | Path, candidate_root: str | Path, *
     `kubeconfig` / `context` (target kserve) default to `$KUBECONFIG`, else the pod's account.
     `prediction_log_url`: the prediction-log sink KServe's logger posts to ("" none)."""
     if target == "kserve":
+        from fraud_control.inferenceservice.kube_store import custom_objects_api
+
+        # the client first: a missing kubeconfig fails before the S3 settings are even read
+        api = custom_objects_api(kubeconfig or settings.KUBECONFIG or None, context, in_cluster=settings.in_cluster)
         return deploy_from_artifacts(champion_root, candidate_root, namespace=namespace, bucket=bucket, image=image,
-                                     canary_percent=canary_percent, supersede=supersede, timeout_s=timeout_s,
-                                     in_cluster=settings.in_cluster, kubeconfig=kubeconfig or settings.KUBECONFIG or None,
-                                     context=context, prediction_log_url=prediction_log_url)
+                                     canary_percent=canary_percent, supersede=supersede, timeout_s=timeout_s, api=api,
+                                     s3_settings=S3Settings.from_env(settings.model_dump()),
+                                     prediction_log_url=prediction_log_url)
     if target == "local":
         champion = spec_for_artifact(champion_root, str(Path(champion_root).resolve()), namespace=namespace,
                                      image=image, prediction_log_url=prediction_log_url)

@@ -38,7 +38,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import queue
 import socket
 import sys
@@ -56,6 +55,7 @@ from cloudevents.http import CloudEvent, from_dict, from_http
 from fraud.durations import parse_duration
 from fraud.inference_log import EVENT_TYPES, LogEvent, log_event
 from fraud.processes import LOOPBACK, port_holder
+from fraud.settings import Settings
 from fraud_canary.feedback import FeedbackSignals
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
@@ -71,7 +71,7 @@ from fraud_control.prediction_log.store import PredictionStore, RecordResult, St
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 #: The store URL when --store is not given (a pod reads it from a Secret).
-STORE_ENV = "PREDICTION_LOG_STORE_URL"
+STORE_ENV = "PREDICTION_LOG_STORE_URL"  # a field of fraud.settings.Settings
 DEFAULT_RETENTION_DAYS = 90
 RETENTION_INTERVAL_S = 3600.0
 DEFAULT_FEEDBACK_WINDOW = "1h"
@@ -488,9 +488,9 @@ def add_arguments(parser: argparse.ArgumentParser, port: Callable[[str], int] = 
                              f"answers with the last ones (default {SCRAPE_WAIT_S:g}; inf: until they are done)")
 
 
-def serve(args: argparse.Namespace, prog: str = "prediction-sink") -> int:
+def serve(args: argparse.Namespace, settings: Settings, prog: str = "prediction-sink") -> int:
     """Run the sink until SIGINT/SIGTERM; exit 2 with one line when it cannot start."""
-    store_url = args.store or os.environ.get(STORE_ENV, "")
+    store_url = args.store or settings.PREDICTION_LOG_STORE_URL
     if not store_url:
         print(f"{prog}: error: no store: give --store URL or set {STORE_ENV}", file=sys.stderr)
         return 2
@@ -562,7 +562,7 @@ def _listen(host: str, port: int) -> socket.socket:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prediction-sink", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return serve(parser.parse_args(argv))
+    return serve(parser.parse_args(argv), Settings())
 
 
 def _one_line(error: BaseException) -> str:

@@ -144,9 +144,9 @@ def storage_uris(options: RolloutOptions, subject: Subject) -> tuple[str, str]:
     return uris[0], uris[1]
 
 
-def score_profiles(uris: dict[str, str]) -> tuple[dict[str, ScoreProfile], list[str]]:
+def score_profiles(uris: dict[str, str], settings: Settings) -> tuple[dict[str, ScoreProfile], list[str]]:
     """Each version's score profile (calibration) read from its artifact: a local directory, or an
-    s3:// prefix (MinIO, credentials from the environment); and why any could not be read. Without
+    s3:// prefix (MinIO, credentials from `settings`); and why any could not be read. Without
     both, the rollout cannot promote on label-free evidence (it says so at the last step)."""
     from fraud.export import read_score_profile
     from fraud.score_profile import MONITORING_FILE
@@ -161,7 +161,7 @@ def score_profiles(uris: dict[str, str]) -> tuple[dict[str, ScoreProfile], list[
             if path is not None:
                 profiles[version] = read_score_profile(path)
             elif uri.startswith("s3://"):
-                profiles[version] = _s3_profile(uri, MONITORING_FILE)
+                profiles[version] = _s3_profile(uri, MONITORING_FILE, settings)
             else:
                 problems.append(f"{version}: storage URI {uri!r} is neither a local path nor s3://")
         except (OSError, ValueError, KeyError) as error:
@@ -169,14 +169,14 @@ def score_profiles(uris: dict[str, str]) -> tuple[dict[str, ScoreProfile], list[
     return profiles, problems
 
 
-def _s3_profile(uri: str, filename: str) -> ScoreProfile:
+def _s3_profile(uri: str, filename: str, settings: Settings) -> ScoreProfile:
     import json
 
     from fraud.artifact_store import S3Settings, s3_client
     from minio.error import S3Error
 
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    s3 = s3_client(S3Settings.from_env())
+    s3 = s3_client(S3Settings.from_env(settings.model_dump()))
     try:
         key = next((o.object_name for o in s3.list_objects(bucket, prefix=prefix.rstrip("/") + "/", recursive=True)
                     if o.object_name and o.object_name.endswith("/" + filename)), None)
@@ -278,7 +278,7 @@ def rollout_controller(options: RolloutOptions, store: InferenceServiceStore, so
                                 "deploy a candidate first (`fraud-rollout deploy` or the pipeline)")
     baseline, candidate = model_versions(options, subject)
     rolled_out_uri, canary_uri = storage_uris(options, subject)
-    profiles, problems = score_profiles({baseline: rolled_out_uri, candidate: canary_uri})
+    profiles, problems = score_profiles({baseline: rolled_out_uri, candidate: canary_uri}, settings)
     for problem in problems:
         log.debug("no label-free promotion evidence: %s", problem)  # the last step says what is missing
     tracking_uri = options.tracking_uri or settings.MLFLOW_TRACKING_URI

@@ -75,7 +75,7 @@ def test_the_scanner_finds_what_it_looks_for(tmp_path):
         "aws_access_key_id: AKIA" + "IOSFODNN7EXAMPLE",
         "password: " + "hunter2hunter2x9",
         "password: " + "Secret123",  # a word that starts like a reference is still a literal
-        "MINIO_ROOT_PASSWORD: minio" + "123",
+        "MINIO_ROOT_PASSWORD=minio" + "123",
         "-----BEGIN RSA " + "PRIVATE KEY-----",
         "slack: xoxb-" + "1234567890-abcdefghij",
         "github: ghp_" + "aB3dE6gH9jK2" + "mN5pQ8sT1vW4" + "yZ7bC0eF3hJ6",

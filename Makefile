@@ -16,9 +16,13 @@ demo: $(INSTALLED)
 
 # The Go servers (CPU-bound) build while the images (network and disk) and lint run: on a fresh
 # 2-core machine that overlap is several minutes of the 60-minute budget.
+# The suite runs in random order (pytest-random-order): modules shuffled, and tests within each
+# module, so no test can rely on another having run; a module's tests stay together, so its module
+# fixtures are built once. The seed is printed: replay an order with --random-order-seed=N. Here,
+# not in pyproject's addopts: `pytest path::test`, -x and --ff runs keep the file order.
 test: $(SYSTEM)
 	$(MAKE) --no-print-directory -j 3 lint go-servers images
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q --random-order --durations=25
 
 # Layers (import-linter contracts in pyproject.toml), lint and types: part of `make test`.
 lint: $(INSTALLED)

@@ -6,8 +6,9 @@
   them in a cluster (`--predictor_host`), as a context manager.
 - `start_local_runtime(state_dir, baseline, candidate, percent, log_dir)`: `fraud-rollout serve`
   (the local canary runtime) as a subprocess, as a context manager.
-- fixtures `canary_runtime` (module: v1 rolled out, v2 at 20 %; a test that moves the split
-  puts it back) and `serving_stack` (module: a transformer wired with `--predictor_host` to the
+- fixtures `canary_runtime` (module: v1 rolled out, v2 at 20 %; no test may leave it otherwise),
+  `fresh_canary_runtime` (the same, for one test: for a test that promotes, rolls back or kills
+  a process, so that the module's tests pass in any order) and `serving_stack` (module: a transformer wired with `--predictor_host` to the
   runtime's v1 predictor, as KServe wires a cluster transformer). Sharing the predictors keeps a
   module to two TensorFlow process starts (≈ 15–25 s each on this machine). Import both into the
   same module: a fixture imported into two modules is set up once per module.
@@ -157,6 +158,15 @@ def canary_runtime(tiny_run, tmp_path_factory) -> Iterator[LocalRuntimeHandle]:
     """`fraud-rollout serve`: v1 rolled out, v2 as a 20 % canary."""
     root = tmp_path_factory.mktemp("canary_runtime")
     with start_local_runtime(root / "state", tiny_run.v1, tiny_run.v2, 20, root / "logs") as handle:
+        yield handle
+
+
+@pytest.fixture
+def fresh_canary_runtime(tiny_run, tmp_path) -> Iterator[LocalRuntimeHandle]:
+    """`fraud-rollout serve` as `canary_runtime` starts it, for one test only: one that changes what
+    the module's runtime serves (promotes, rolls back, kills a predictor), which every other test of
+    the module would otherwise see, or not, depending on the order."""
+    with start_local_runtime(tmp_path / "state", tiny_run.v1, tiny_run.v2, 20, tmp_path / "logs") as handle:
         yield handle
 
 

@@ -2,7 +2,8 @@
 scraping the transformer, and killing the canary predictor mid-replay.
 
 One `fraud-rollout serve` (v1 rolled out, v2 at 20 %) on the tiny models serves the module; the kill
-test rolls the canary back and runs last.
+test, which rolls its canary back and clears its MLflow challenger, has a runtime and a pipeline
+report (registry) of its own, so that the module's tests pass in any order.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from fraud_rollout.replay import run_replay
 from fraud_rollout.replay_load import ReplayOptions
 from fraud_rollout.replay_report import read_replay
 from fraud_rollout.replay_source import ReplaySource
-from tests.integration.serving_fixtures import canary_runtime, metric_value  # noqa: F401
+from tests.integration.serving_fixtures import canary_runtime, fresh_canary_runtime, metric_value  # noqa: F401
 from tests.prometheus_server import prometheus_api, prometheus_scraping
 
 pytestmark = pytest.mark.integration
@@ -44,11 +45,10 @@ def _counts(labels: np.ndarray, flagged: np.ndarray) -> dict:
             "recall": tp / (tp + fn) if tp + fn else None}
 
 
-@pytest.fixture(scope="module")
-def pipeline_report(tiny_run, tmp_path_factory) -> Path:
-    """A pipeline report for the tiny models: their holdout metrics (their own signatures), the
-    holdout as Parquet, and an MLflow registry where v1 is champion and v2 challenger."""
-    root = tmp_path_factory.mktemp("tiny_pipeline")
+def write_pipeline_report(tiny_run, root: Path) -> Path:
+    """A pipeline report for the tiny models in `root`: their holdout metrics (their own
+    signatures), the holdout as Parquet, and an MLflow registry where v1 is champion and v2
+    challenger."""
     holdout = tiny_run.windows["holdout"].reset_index(drop=True)
     holdout.to_parquet(root / "holdout.parquet", index=False)
     scaled = tiny_run.contract.transform(holdout.loc[:, list(FEATURES)].to_numpy(dtype=np.float64))
@@ -67,6 +67,12 @@ def pipeline_report(tiny_run, tmp_path_factory) -> Path:
               "mlflow": {"tracking_uri": tracking_uri}, "data": {"n_transactions": 40_000}}
     (root / "report.json").write_text(json.dumps(report))
     return root / "report.json"
+
+
+@pytest.fixture(scope="module")
+def pipeline_report(tiny_run, tmp_path_factory) -> Path:
+    """`write_pipeline_report` once for the module (no test may change its registry)."""
+    return write_pipeline_report(tiny_run, tmp_path_factory.mktemp("tiny_pipeline"))
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +244,14 @@ def canary_predictor_pid(runtime) -> int:
 
 
 def test_killing_the_canary_predictor_fails_no_client_request_and_its_retries_roll_it_back(
-        canary_runtime, source, pipeline_report, tmp_path):
+        fresh_canary_runtime, tiny_run, tmp_path):
+    from fraud_rollout.replay_source import load_source
+
+    # its own runtime and registry: the kill, the rollback and the cleared challenger stay with this test
+    canary_runtime = fresh_canary_runtime
+    (tmp_path / "pipeline").mkdir()
+    pipeline_report = write_pipeline_report(tiny_run, tmp_path / "pipeline")
+    source = load_source(None, pipeline_report)
     pid = canary_predictor_pid(canary_runtime)
     before = transformer_metrics(canary_runtime)
     limit, kill_at = 4_000, 800

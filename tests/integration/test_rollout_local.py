@@ -27,7 +27,6 @@ from fraud.schema import FEATURES
 from fraud.train import TrainConfig, train
 from fraud_canary.analysis import offline_metrics
 from fraud_canary.progressive import RolloutPolicy
-from fraud_control.canary import operations as canary
 from fraud_control.inferenceservice.local_store import LocalStore
 from fraud_control.local_runtime.runtime import PAIRS_FILE
 from fraud_control.rollout.controller import Controller, RolloutConfig
@@ -94,10 +93,11 @@ def flags_everything(tiny_run, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def bad_runtime(tiny_run, flags_everything, tmp_path_factory):
-    root = tmp_path_factory.mktemp("rollout_bad")
-    with start_local_runtime(root / "state", tiny_run.v1, flags_everything, 20, root / "logs") as handle:
+@pytest.fixture
+def bad_runtime(tiny_run, flags_everything, tmp_path):
+    """One per test: each test's rollout ends it (aborted, rolled back) and leaves its rollout state
+    behind, which the next test's `rollout start` would otherwise find, depending on the order."""
+    with start_local_runtime(tmp_path / "state", tiny_run.v1, flags_everything, 20, tmp_path / "logs") as handle:
         yield handle
 
 
@@ -191,7 +191,6 @@ def test_abort_stops_a_running_controller_and_a_second_start_is_refused(bad_runt
 
 def test_a_candidate_that_flags_everything_is_rolled_back_on_live_metrics(bad_runtime, traffic,
                                                                          pipeline_report):  # noqa: F811
-    canary.set_canary_percent(LocalStore(bad_runtime.state_dir), 20)  # the previous test rolled it back
     log = bad_runtime.state_dir / "steps.jsonl"
     controller = rollout(bad_runtime, "start", "--window", "1", "--min-requests", "200", "--poll", "0.2",
                          "--max-holds", "1", "--report", str(pipeline_report), "--log", str(log), "--json")

@@ -2,7 +2,8 @@
 
 One `fraud-rollout serve` (v1 rolled out, v2 at 20 %) serves the module; the endpoint tests put a
 cluster-wired transformer (`--predictor_host`) in front of its v1 predictor, the canary tests go
-through the runtime's own transformer.
+through the runtime's own transformer. The test that promotes and rolls back has a runtime of its
+own (`fresh_canary_runtime`): the others see the module's runtime as it started, in any order.
 """
 from __future__ import annotations
 
@@ -22,7 +23,13 @@ from fraud_control.inferenceservice import isvc
 from fraud_serving.scoring import TOLERANCE
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
-from tests.integration.serving_fixtures import canary_runtime, metric_value, serving_stack, v2_json  # noqa: F401
+from tests.integration.serving_fixtures import (  # noqa: F401
+    canary_runtime,
+    fresh_canary_runtime,
+    metric_value,
+    serving_stack,
+    v2_json,
+)
 
 pytestmark = pytest.mark.integration
 JSON = {"content-type": "application/json"}
@@ -592,27 +599,27 @@ class Background:
         self._thread.join(30)
 
 
-def test_promote_then_rollback_without_a_failed_request(canary_runtime, one_row):
-    with Background(canary_runtime.infer_url, one_row) as traffic:
-        promoted = canary_runtime.cli("canary", "promote")
+def test_promote_then_rollback_without_a_failed_request(fresh_canary_runtime, one_row):
+    with Background(fresh_canary_runtime.infer_url, one_row) as traffic:
+        promoted = fresh_canary_runtime.cli("canary", "promote")
         assert promoted.returncode == 0, promoted.stderr
-        canary_runtime.wait_applied()
-        assert send(canary_runtime.infer_url, one_row, 300) == {(200, "v2"): 300}
+        fresh_canary_runtime.wait_applied()
+        assert send(fresh_canary_runtime.infer_url, one_row, 300) == {(200, "v2"): 300}
 
-        rolled_back = canary_runtime.cli("canary", "rollback")
+        rolled_back = fresh_canary_runtime.cli("canary", "rollback")
         assert rolled_back.returncode == 0, rolled_back.stderr
         assert "latestRolledoutRevision:   fraud-detector-predictor-00001 (v1)" in rolled_back.stdout
-        canary_runtime.wait_applied()
-        assert send(canary_runtime.infer_url, one_row, 300) == {(200, "v1"): 300}
+        fresh_canary_runtime.wait_applied()
+        assert send(fresh_canary_runtime.infer_url, one_row, 300) == {(200, "v1"): 300}
 
         # promote again through the same API the deploy step uses, then back to the 20 % canary
-        canary_runtime.service.patch_json(isvc.promote_patch())
-        canary_runtime.wait_applied()
-        assert send(canary_runtime.infer_url, one_row, 200) == {(200, "v2"): 200}
-        status = canary_runtime.service.patch_merge({"spec": {"predictor": {"canaryTrafficPercent": 20}}})
+        fresh_canary_runtime.service.patch_json(isvc.promote_patch())
+        fresh_canary_runtime.wait_applied()
+        assert send(fresh_canary_runtime.infer_url, one_row, 200) == {(200, "v2"): 200}
+        status = fresh_canary_runtime.service.patch_merge({"spec": {"predictor": {"canaryTrafficPercent": 20}}})
         assert [(e["revisionName"][-5:], e["percent"]) for e in status["status"]["components"]["predictor"][
             "traffic"]] == [("00002", 20), ("00001", 80)]
-        canary_runtime.wait_applied()
+        fresh_canary_runtime.wait_applied()
     assert not traffic.errors, traffic.errors[:5]
     assert traffic.statuses[200] > 50, traffic.statuses  # the background really ran through the switches
 

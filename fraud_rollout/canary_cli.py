@@ -8,12 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fraud.canary_percent import DEFAULT_CANARY_PERCENT, splits_traffic
-from fraud.schema import DataError
 from fraud.settings import Settings
 from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics, paired_from_replay
 from fraud_control.rollout.prometheus import DEFAULT_SELECTOR, metrics_from_prometheus
 
-from fraud_rollout.args import UsageError, detectable_difference, non_negative_float, since_time
+from fraud_rollout.args import UsageError, canary_percent, detectable_difference, non_negative_float, since_time
 from fraud_rollout.targets import add_target_options, current_subject, open_store
 
 DEFAULT_TIMEOUT_S = 600.0  # fraud_control.canary.operations.DEFAULT_TIMEOUT_S, without importing it at parse time
@@ -63,7 +62,7 @@ def add_analyze_options(group) -> None:
     group.add_argument("--report", type=Path, dest="pipeline_report",
                        help="pipeline report.json with the offline metrics (default: the replay report's, "
                             "else .fraud-rollout/run/report.json)")
-    group.add_argument("--expected-canary-percent", type=float,
+    group.add_argument("--expected-canary-percent", type=canary_percent,
                        help="canaryTrafficPercent the share is checked against (default: the local manifest's, else 20)")
     group.add_argument("--detectable-recall-difference", type=detectable_difference,
                        help="recall drop the evidence must be able to detect (default 0.10; 'auto': the smallest "
@@ -163,9 +162,7 @@ def format_status(traffic: dict, local: dict | None = None) -> str:
 
 def expected_canary_percent(args) -> float:
     if args.expected_canary_percent is not None:
-        if not 0 < args.expected_canary_percent < 100:
-            raise DataError(f"--expected-canary-percent {args.expected_canary_percent:g}: must be between 0 and 100")
-        return args.expected_canary_percent
+        return float(args.expected_canary_percent)
     if args.target == "local":
         from fraud_control.inferenceservice.local_state import LocalInferenceService
 

@@ -13,8 +13,10 @@ LOWEST, HIGHEST = 1, 99
 
 
 def canary_percent(value: object, name: str = "") -> int:
-    """`value` (an int or its text) as a canary's percent; ValueError naming it (after `name`) and what to do."""
+    """`value` (an int, its text or a whole float) as a canary's percent; ValueError naming it (after `name`) and what to do."""
     shown = f"{name} {value!r}" if name else repr(value)
+    if isinstance(value, float) and value.is_integer():  # a policy's 20.0
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError(f"{shown} is not a whole number")
     try:

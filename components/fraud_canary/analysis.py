@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, replace
 from typing import Any
 
+from fraud.canary_percent import DEFAULT_CANARY_PERCENT
+
 from fraud_canary.decision import Recommendation, recommend
 from fraud_canary.evidence import plan_recall_evidence
 from fraud_canary.metrics import Confusion, VersionMetrics
@@ -149,7 +151,7 @@ def _default_policy_says(by_default: Recommendation, default: CanaryPolicy) -> d
 
 
 def analyze(online: Online, offline: Offline, *, baseline_version: str, canary_version: str,
-            canary_percent: float = 20.0, detectable: float | str | None = None,
+            canary_percent: float = DEFAULT_CANARY_PERCENT, detectable: float | str | None = None,
             paired: PairedOutcomes | None = None) -> dict[str, Any]:
     """The recommendation under the stated policy, and what the default policy says.
 

@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from fraud.canary_percent import DEFAULT_CANARY_PERCENT, canary_percent
+
 from fraud_canary.counts import finite, ratio
 from fraud_canary.proportions import IntervalMethod
 
@@ -38,7 +40,7 @@ class CanaryPolicy:
     same numbers (error rate, p99, share ± tolerance, flag-rate ratio): change both together."""
 
     #: `canaryTrafficPercent` the canary was deployed with.
-    target_canary_percent: float = 20.0
+    target_canary_percent: float = float(DEFAULT_CANARY_PERCENT)
     #: Allowed distance (percentage points) of the observed canary share from the target.
     canary_percent_tolerance: float = 5.0
     #: Error-rate objective, per version.
@@ -77,8 +79,9 @@ class CanaryPolicy:
         values = {k: v for k, v in asdict(self).items() if isinstance(v, float)}
         if not all(map(math.isfinite, values.values())):
             raise ValueError(f"policy values must be finite: {values}")
-        if not (0 < self.target_canary_percent < 100 and 0 <= self.canary_percent_tolerance < 100):
-            raise ValueError("target_canary_percent must be in (0, 100) and the tolerance in [0, 100)")
+        canary_percent(self.target_canary_percent, "target_canary_percent")
+        if not 0 <= self.canary_percent_tolerance < 100:
+            raise ValueError("canary_percent_tolerance must be in [0, 100)")
         if not (0 < self.alpha < 1 and 0 < self.power < 1 and 0 < self.confidence < 1):
             raise ValueError("alpha, power and confidence must be in (0, 1)")
         if not (0 <= self.max_error_rate < 1 and self.max_p99_latency_ms > 0 and self.max_flag_rate_ratio >= 1):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from fraud.artifact_store import REQUIRED_ENV_VARS
+from fraud.canary_percent import DEFAULT_CANARY_PERCENT
 from fraud.gate import GatePolicy
 from fraud.pipeline_config import DEFAULTS
 from fraud_control.inferenceservice.isvc import DEFAULT_IMAGE as SERVING_IMAGE
@@ -52,7 +53,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE, serving_image_default: str = SERV
         baseline_from: str = "champion",
         deploy_target: str = "kserve",
         namespace: str = "kubeflow-user-example-com",
-        canary_percent: int = 20,
+        canary_percent: int = DEFAULT_CANARY_PERCENT,
         supersede_canary: bool = False,
         local_state_dir: str = ".fraud-rollout/serving",
         model_bucket: str = "fraud-models",

@@ -3,7 +3,7 @@ import pytest
 from fraud.canary_percent import DEFAULT_CANARY_PERCENT, canary_percent, splits_traffic
 
 
-@pytest.mark.parametrize("value, percent", [(1, 1), (99, 99), ("20", 20), (DEFAULT_CANARY_PERCENT, 20)])
+@pytest.mark.parametrize("value, percent", [(1, 1), (99, 99), ("20", 20), (20.0, 20), (DEFAULT_CANARY_PERCENT, 20)])
 def test_a_whole_percent_in_1_to_99_is_a_canary(value, percent):
     assert canary_percent(value) == percent and splits_traffic(percent)
 
@@ -14,6 +14,7 @@ def test_a_whole_percent_in_1_to_99_is_a_canary(value, percent):
     (100, "canary percent 100 must be between 1 and 99 (0 is `fraud-rollout canary rollback`, 100 `fraud-rollout "
           "canary promote`)"),
     ("2.5", "canary percent '2.5' is not a whole number"),
+    (2.5, "canary percent 2.5 is not a whole number"),
     (True, "canary percent True is not a whole number"),
     (None, "canary percent None is not a whole number"),
 ])

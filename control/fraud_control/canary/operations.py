@@ -150,7 +150,7 @@ def _create_champion(store: InferenceServiceStore, candidate: IsvcSpec, champion
 
 
 def running_canary(current: dict | None) -> tuple[str, int] | None:
-    """("v2 (its storage URI)", 20) while a canary splits traffic (0 < percent < 100), else None:
+    """("v2 (its storage URI)", 20) while a canary splits traffic (1..99 %), else None:
     what a new candidate's deploy is refused for unless it supersedes it."""
     running = canary_percent_of(current) if current else None
     if current is None or not splits_traffic(running):
@@ -178,7 +178,7 @@ def deploy_canary(store: InferenceServiceStore, candidate: IsvcSpec, champion: I
     creating it with `champion` first if it is absent.
 
     Idempotent: the same candidate (storage URI and model version) again changes nothing, whatever
-    traffic an operator has set since. Another candidate's canary still running (0 < percent < 100)
+    traffic an operator has set since. Another candidate's canary still running (1..99 %)
     is refused unless `supersede`. Raises RolloutRefused, RolloutTimeout (both RolloutError).
     """
     canary_percent = check_canary_percent(canary_percent, "canary percent")

@@ -13,11 +13,12 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from fraud.waiting import poll
 
 LOOPBACK = "127.0.0.1"
 ALL_INTERFACES = "0.0.0.0"  # where KServe's HTTP server listens
@@ -131,16 +132,15 @@ class ServerProcess:
         return self.process.poll() is None
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> ServerProcess:
-        deadline = time.monotonic() + timeout
-        while not self.ready():
+        def exited() -> None:
             if not self.alive():
                 raise ServerFailed(f"{self.role} on port {self.port} exited with {self.process.returncode}:\n"
                                    f"{self.log_tail()}", self.log_path)
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServerFailed(f"{self.role} on port {self.port} not ready after {timeout:.0f} s:\n"
-                                   f"{self.log_tail()}", self.log_path)
-            time.sleep(POLL_SECONDS)  # between readiness polls, not instead of one
+
+        if not poll(self.ready, timeout_s=timeout, poll_s=POLL_SECONDS, give_up=exited):
+            self.stop()
+            raise ServerFailed(f"{self.role} on port {self.port} not ready after {timeout:.0f} s:\n"
+                               f"{self.log_tail()}", self.log_path)
         return self
 
     def stop(self, timeout: float = 15.0) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import yaml
+from fraud.waiting import poll
 
 from fraud_devcluster.servers import ClusterFailed
 
@@ -35,13 +35,13 @@ def apply_documents(kubeconfig: Path, documents: list[dict]) -> None:
 def wait_established(kubeconfig: Path, crds: list[str], timeout_s: float = 60.0) -> None:
     """Until every CRD's Established condition is True (`kubectl wait` fails at once on a CRD
     that has no conditions yet)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    pending: list[str] = []
+
+    def established() -> bool:
         items = json.loads(run(kubeconfig, "get", "crd", *crds, "-o", "json"))["items"]
-        pending = [i["metadata"]["name"] for i in items if not any(
+        pending[:] = [i["metadata"]["name"] for i in items if not any(
             c["type"] == "Established" and c["status"] == "True" for c in (i.get("status") or {}).get("conditions") or [])]
-        if not pending:
-            return
-        if time.monotonic() > deadline:
-            raise ClusterFailed(f"CRDs not established after {timeout_s:.0f} s: {', '.join(pending)}")
-        time.sleep(0.2)
+        return not pending
+
+    if not poll(established, timeout_s=timeout_s, poll_s=0.2):
+        raise ClusterFailed(f"CRDs not established after {timeout_s:.0f} s: {', '.join(pending)}")

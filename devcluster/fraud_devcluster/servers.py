@@ -6,7 +6,6 @@ import os
 import signal
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fraud.processes import die_with_parent, log_tail
+from fraud.waiting import poll
 
 READY_TIMEOUT_S = 120.0
 #: Set by `tie_to_this_process()`: servers get SIGTERM when the process that started them dies, so
@@ -47,6 +47,19 @@ def spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None 
     return Started(name, process.pid, log)
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether any process of process group `pgid` still runs (zombies count as gone): a server's
+    children (a Go server's, podman's conmon) can outlive its leader."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -62,16 +75,14 @@ def alive(pid: int) -> bool:
 
 def wait_until(server: Started, ready: Callable[[], bool], timeout_s: float = READY_TIMEOUT_S) -> None:
     """Poll `ready()` until true; ClusterFailed when the process exits first or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def exited() -> None:
         if not alive(server.pid):
             raise ClusterFailed(f"{server.name} exited while starting; end of {server.log}:\n"
                                 f"{log_tail(server.log, 15)}")
-        if ready():
-            return
-        time.sleep(0.2)
-    raise ClusterFailed(f"{server.name} not ready after {timeout_s:.0f} s; end of {server.log}:\n"
-                        f"{log_tail(server.log, 15)}")
+
+    if not poll(ready, timeout_s=timeout_s, poll_s=0.2, give_up=exited):
+        raise ClusterFailed(f"{server.name} not ready after {timeout_s:.0f} s; end of {server.log}:\n"
+                            f"{log_tail(server.log, 15)}")
 
 
 def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
@@ -89,8 +100,5 @@ def stop(pid: int, timeout_s: float = 15.0) -> None:
             os.killpg(pid, sig)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and alive(pid):
-            time.sleep(0.1)
-        if not alive(pid):
+        if poll(lambda: not group_alive(pid), timeout_s=wait_s, poll_s=0.1):
             return

@@ -19,7 +19,6 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from pathlib import Path
 import yaml
 from fraud.container import STEP_LINE, container_id
 from fraud.processes import die_with_parent, stop_process
+from fraud.waiting import poll
 
 from fraud_pipelines.console import ANSI, ERROR
 
@@ -85,15 +85,14 @@ def podman_service(socket_path: Path, podman_env: Mapping[str, str], log_path: P
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(podman_env),
                                    preexec_fn=die_with_parent)
     try:
-        deadline = time.monotonic() + SERVICE_READY_SECONDS
-        while not _accepts(socket_path):
+        def exited() -> None:
             if process.poll() is not None:
                 raise ContainersUnavailable(f"podman system service exited with {process.returncode}; "
                                             f"its log: {log_path}")
-            if time.monotonic() > deadline:
-                raise ContainersUnavailable(f"podman system service not ready after {SERVICE_READY_SECONDS:.0f} s; "
-                                            f"its log: {log_path}")
-            time.sleep(0.05)  # between connection attempts, not instead of one
+
+        if not poll(lambda: _accepts(socket_path), timeout_s=SERVICE_READY_SECONDS, poll_s=0.05, give_up=exited):
+            raise ContainersUnavailable(f"podman system service not ready after {SERVICE_READY_SECONDS:.0f} s; "
+                                        f"its log: {log_path}")
         yield url
     finally:
         stop_process(process, 15.0)
@@ -206,13 +205,13 @@ class StepContainers(logging.Filter):
         """The step's log without the k8s-file framing. A step whose outputs are missing failed, and
         its error line is its log's last: podman's conmon may still be writing it when kfp reports
         the end (seen on a loaded machine), so wait for that line, at most LOG_SETTLE_S."""
-        deadline = time.monotonic() + LOG_SETTLE_S
-        while True:
+        def settled() -> tuple[str] | None:
             text = _LOG_LINE.sub("", log.read_text(errors="replace")) if log.is_file() else ""
             failed = not all((root / "executor_output.json").exists() for root in self.pipeline_root.glob(f"*/{task}"))
-            if not failed or any(ERROR.match(line) for line in text.splitlines()) or time.monotonic() > deadline:
-                return text
-            time.sleep(0.1)  # between reads of the log conmon is finishing
+            return (text,) if not failed or any(ERROR.match(line) for line in text.splitlines()) else None
+
+        found = poll(settled, timeout_s=LOG_SETTLE_S, poll_s=0.1)  # between reads of the log conmon is finishing
+        return found[0] if found else _LOG_LINE.sub("", log.read_text(errors="replace")) if log.is_file() else ""
 
     def failure(self) -> str | None:
         """The first task (in run order) that failed a check, named with its problem and log."""

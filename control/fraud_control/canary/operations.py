@@ -18,12 +18,12 @@ semantics (DESIGN decisions 6 and 12):
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from fraud.canary_percent import DEFAULT_CANARY_PERCENT, splits_traffic
 from fraud.canary_percent import canary_percent as check_canary_percent
+from fraud.waiting import poll
 
 from fraud_control.canary import registry_aliases
 from fraud_control.inferenceservice import isvc
@@ -90,21 +90,26 @@ def _wait(store: InferenceServiceStore, generation: int, done: Callable[[dict], 
     """Poll (a readiness check, every `poll_s`) until the controller has acted on `generation`'s
     spec and `done(obj)`; RolloutTimeout with the conditions after `timeout_s` (at once on a store
     whose writes reconcile the status, where waiting changes nothing)."""
-    deadline = time.monotonic() + (0.0 if store.reconciles_on_write else timeout_s)
-    while True:
+    last: dict = {}  # the object as the last check saw it
+
+    def acted_on() -> dict | None:
         obj = store.get()
         if obj is None:
             raise RolloutError(f"InferenceService {store.where} disappeared while waiting for it to be {what}")
-        observed = obj.get("status", {}).get("observedGeneration", 0)
-        if obj["metadata"]["generation"] >= generation and spec_observed(obj, created_before) and done(obj):
-            return obj
-        if time.monotonic() >= deadline:
-            waited = "" if store.reconciles_on_write else f" after {timeout_s:g} s"
-            raise RolloutTimeout(
-                f"InferenceService {store.where} was not {what} at generation {generation}{waited} "
-                f"(observedGeneration {observed}). Conditions: {describe_conditions(conditions_of(obj))}",
-                conditions_of(obj))
-        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        last.clear()
+        last.update(obj)
+        done_now = obj["metadata"]["generation"] >= generation and spec_observed(obj, created_before) and done(obj)
+        return obj if done_now else None
+
+    found = poll(acted_on, timeout_s=0.0 if store.reconciles_on_write else timeout_s, poll_s=poll_s)
+    if found is not None:
+        return found
+    waited = "" if store.reconciles_on_write else f" after {timeout_s:g} s"
+    observed = last.get("status", {}).get("observedGeneration", 0)
+    raise RolloutTimeout(
+        f"InferenceService {store.where} was not {what} at generation {generation}{waited} "
+        f"(observedGeneration {observed}). Conditions: {describe_conditions(conditions_of(last))}",
+        conditions_of(last))
 
 
 def check_canary_mode(obj: dict, where: str) -> None:

@@ -13,10 +13,10 @@ import os
 import signal
 import socket
 import subprocess
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 from fraud.waiting import poll
 
@@ -121,11 +121,10 @@ class ServerProcess:
         return f"{self.url}/v2/models/{self.model_name}/infer"
 
     def ready(self) -> bool:
+        path = self.ready_path or f"/v2/models/{self.model_name}/ready"
         try:
-            path = self.ready_path or f"/v2/models/{self.model_name}/ready"
-            with urllib.request.urlopen(f"{self.url}{path}", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
+            return httpx.get(f"{self.url}{path}", timeout=2).status_code == 200
+        except (httpx.HTTPError, OSError):
             return False
 
     def alive(self) -> bool:

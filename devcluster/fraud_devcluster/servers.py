@@ -6,12 +6,11 @@ import os
 import signal
 import ssl
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from fraud.processes import die_with_parent, log_tail
 from fraud.waiting import poll
 
@@ -87,9 +86,8 @@ def wait_until(server: Started, ready: Callable[[], bool], timeout_s: float = RE
 
 def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2, context=context) as response:
-            return response.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError):
+        return httpx.get(url, timeout=2, verify=context or True).status_code == 200
+    except (httpx.HTTPError, OSError, ssl.SSLError):
         return False
 
 

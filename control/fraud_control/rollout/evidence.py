@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import math
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 from fraud.schema import PAIRED_SCORE_BOUNDS, DataError
 from fraud_canary.metrics import VersionMetrics
@@ -55,10 +54,12 @@ def parse_metrics(text: str) -> Snapshot:
 def scrape(url: str, timeout: float = 10.0) -> Snapshot:
     """The transformer's `/metrics`; DataError naming the URL when it cannot be read."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return parse_metrics(response.read().decode())
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        raise DataError(f"--metrics-url {url}: cannot scrape the transformer ({getattr(error, 'reason', error)})") from None
+        response = httpx.get(url, timeout=timeout)
+        if response.status_code != 200:
+            raise ValueError(f"HTTP {response.status_code}")
+        return parse_metrics(response.text)
+    except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as error:
+        raise DataError(f"--metrics-url {url}: cannot scrape the transformer ({error})") from None
 
 
 def delta(end: Snapshot, start: Snapshot) -> Snapshot:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import math
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any
 
+import httpx
 from fraud.schema import DataError
 from fraud_canary.metrics import VersionMetrics
 
@@ -22,13 +21,10 @@ PERCENTILES = (50, 95, 99)
 def prometheus_query(url: str, query: str, timeout: float = 10.0) -> list[dict[str, Any]]:
     """An instant query; the result vector (DataError naming the URL when it fails)."""
     address = f"{url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
-    try:
-        with urllib.request.urlopen(address, timeout=timeout) as response:
-            text = response.read().decode()
-    except urllib.error.HTTPError as error:  # Prometheus answers 400/422 with a JSON error
-        text = error.read().decode(errors="replace")
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        raise DataError(f"--prometheus {url}: cannot reach Prometheus ({getattr(error, 'reason', error)})") from None
+    try:  # Prometheus answers a refused query 400/422 with a JSON error: read any status's body
+        text = httpx.get(address, timeout=timeout).text
+    except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as error:
+        raise DataError(f"--prometheus {url}: cannot reach Prometheus ({error})") from None
     try:
         body = json.loads(text)
     except ValueError:

@@ -18,11 +18,16 @@ demo: $(INSTALLED)
 # 2-core machine that overlap is several minutes of the 60-minute budget.
 # The suite runs in random order (pytest-random-order): modules shuffled, and tests within each
 # module, so no test can rely on another having run; a module's tests stay together, so its module
-# fixtures are built once. The seed is printed: replay an order with --random-order-seed=N. Here,
-# not in pyproject's addopts: `pytest path::test`, -x and --ff runs keep the file order.
+# fixtures are built once. The seed is printed first (pytest -q hides the plugin's header): replay an
+# order with `make test SEED=N`. Here, not in pyproject's addopts: `pytest path::test`, -x and --ff
+# runs keep the file order.
+SEED ?=
 test: $(SYSTEM)
 	$(MAKE) --no-print-directory -j 3 lint go-servers images
-	$(BIN)/pytest -q --random-order --durations=25
+	@seed=$(SEED); seed=$${seed:-$$(od -An -N2 -tu2 /dev/urandom | tr -d ' ')}; \
+	  echo "test order: --random-order-seed=$$seed (make test SEED=$$seed runs this order again)"; \
+	  echo "$(BIN)/pytest -q --random-order --random-order-seed=$$seed --durations=25"; \
+	  $(BIN)/pytest -q --random-order --random-order-seed=$$seed --durations=25
 
 # Layers (import-linter contracts in pyproject.toml), lint and types: part of `make test`.
 lint: $(INSTALLED)

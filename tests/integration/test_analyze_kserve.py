@@ -21,10 +21,12 @@ def cluster_subject(kubeconfig: str, ns: str) -> dict:
     """What `fraud-rollout replay --target kserve` records: the canary the evidence is about."""
     import argparse
 
+    from fraud.settings import Settings
+
     from fraud_rollout.targets import current_subject
 
     return current_subject(argparse.Namespace(target="kserve", namespace=ns, name="fraud-detector",
-                                              kubeconfig=kubeconfig, context=None))
+                                              kubeconfig=kubeconfig, context=None, settings=Settings()))
 
 
 def write_reports(tmp_path, tracking_uri: str, canary_errors: int = 0, subject: dict | None = None) -> tuple[str, str]:

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 from fraud import registry
+from fraud.settings import Settings
 from fraud_control.canary import operations as canary
 from fraud_control.canary.deploy import spec_for_artifact
 from fraud_control.inferenceservice import isvc
@@ -161,7 +162,7 @@ def test_cli_apply_refuses_stale_local_evidence_and_applies_a_matching_replay(ti
     state = tmp_path / "serving"
     store = LocalStore(state)
     canary.deploy_canary(store, v2, v1, **FAST)
-    target = argparse.Namespace(target="local", state_dir=state, name="fraud-detector")
+    target = argparse.Namespace(target="local", state_dir=state, name="fraud-detector", settings=Settings())
     seen = current_subject(target)
     other = shutil.copytree(tiny_run.v2, tmp_path / "other-run" / "v2")
     canary.deploy_canary(store, replace(v2, storage_uri=str(other.resolve())), v1, supersede=True, **FAST)

@@ -193,8 +193,8 @@ def apply_recommendation(action: str, args, tracking_uri: str, subject: dict | N
 
 def local_subject(state_dir: Path) -> dict | None:
     """What the local state dir has deployed now: the subject a replay against it records."""
-    from fraud_control.local_store import LocalStore
-    from fraud_control.subject import read_subject
+    from fraud_control.inferenceservice.local_store import LocalStore
+    from fraud_control.inferenceservice.subject import read_subject
 
     subject = read_subject(LocalStore(state_dir, "fraud-detector"))
     return None if subject is None else subject.to_dict()

@@ -3,6 +3,7 @@ one of these things fails here, naming where it crept in."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 from pathlib import Path
 
@@ -65,3 +66,29 @@ def test_a_canary_percent_is_checked_in_one_place():
     pattern = re.compile(r"0 < [\w.\[\]\"']*percent[\w.\[\]\"']* < 100|1 <= [\w.]*percent[\w.]* <= 99")
     where = sorted(path for path in MODULES if pattern.search((ROOT / path).read_text()))
     assert where == []
+
+
+def _resolves(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def test_every_import_of_the_project_resolves_also_inside_functions():
+    """Imports inside functions (kept lazy for start-up time) run only when called: a module moved
+    without them updated would fail first in a user's hands."""
+    unresolved = sorted({f"{path}:{node.lineno} {node.module}" for path, tree in MODULES.items()
+                         for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+                         and node.module.split(".")[0].startswith("fraud") and not _resolves(node.module)})
+    assert unresolved == []
+
+
+def test_every_python_dash_m_names_a_module_that_exists():
+    """A module run with `python -m`, in commands the code starts, manifests, Dockerfiles and docs."""
+    texts = [path for top in (*PRODUCT, "manifests", "docs", "tests") for path in (ROOT / top).rglob("*")
+             if path.is_file() and path.suffix in {".py", ".md", ".yaml", ""} and "__pycache__" not in path.parts]
+    named = re.compile(r"""-m["']?,?\s*["']?(fraud[a-z_.]*[a-z_])""")
+    missing = sorted({f"{path.relative_to(ROOT)}: {module}" for path in [*texts, ROOT / "README.md"]
+                      for module in named.findall(path.read_text(errors="replace")) if not _resolves(module)})
+    assert missing == []

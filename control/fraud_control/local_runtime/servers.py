@@ -45,7 +45,7 @@ def start_server(role: str, args: list[str], log_dir: Path, model_name: str = NA
 def start_sink(store_url: str, log_dir: Path, *, retention_days: float | None = None, port: int | None = None,
                label: str = "prediction-log", niceness: int = 0, models: Sequence[Path] = (),
                models_file: Path | None = None, options: Sequence[str] = ()) -> ServerProcess:
-    """Launch the prediction-log sink (`python -m fraud_control.prediction_sink`) on a loopback port
+    """Launch the prediction-log sink (`python -m fraud_control.prediction_log.sink`) on a loopback port
     writing to `store_url`; does not wait. `niceness` > 0 runs it at a lower CPU priority. `models`:
     the artifact roots whose feedback signals its /metrics reports (`--model`); or `models_file`, a
     JSON list of them it re-reads when it changes (`--models-file`); `options`, more of its flags."""
@@ -53,7 +53,7 @@ def start_sink(store_url: str, log_dir: Path, *, retention_days: float | None = 
     check_port_free(port)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{label}-{port}.log"
-    command = [sys.executable, "-m", "fraud_control.prediction_sink", "--store", store_url,
+    command = [sys.executable, "-m", "fraud_control.prediction_log.sink", "--store", store_url,
                "--host", LOOPBACK, "--port", str(port)]
     if retention_days is not None:
         command += ["--retention-days", f"{retention_days:g}"]

@@ -133,9 +133,8 @@ def bench_command(args) -> int:
     from fraud.schema import FEATURES
     from fraud_control.prediction_log.feedback import monitored_models
     from fraud_control.prediction_log.store import open_store
-
-    from fraud_rollout.local_defaults import pipeline_report
-    from fraud_rollout.replay_source import read_pipeline_report
+    from fraud_ops.local_defaults import pipeline_report
+    from fraud_ops.replay_source import read_pipeline_report
 
     report = read_pipeline_report(args.report or pipeline_report())
     roots = [report["models"][role]["artifact"] for role in ("v1", "v2")]

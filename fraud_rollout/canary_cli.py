@@ -212,10 +212,9 @@ def evidence_mismatch(args, evidence_subject: dict | None) -> str | None:
 
 def analyze_command(args) -> int:
     from fraud.files import json_safe
-
-    from fraud_rollout.local_defaults import pipeline_report
-    from fraud_rollout.replay_report import read_replay
-    from fraud_rollout.replay_source import read_pipeline_report
+    from fraud_ops.local_defaults import pipeline_report
+    from fraud_ops.replay_report import read_replay
+    from fraud_ops.replay_source import read_pipeline_report
 
     if sum(x is not None for x in (args.replay_report, args.prometheus, args.store)) != 1:
         raise UsageError("canary analyze: give exactly one of --replay-report FILE, --prometheus URL and --store URL")

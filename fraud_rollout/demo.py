@@ -97,10 +97,10 @@ def _pipeline(args, out: Path) -> tuple[dict, Path]:
     """Run the pipeline into out/pipeline (or read --from-report); the report and its path."""
     from fraud import registry
     from fraud.report import text_summary
+    from fraud_ops.replay_source import read_pipeline_report
     from fraud_pipelines.local import run_local
 
     from fraud_rollout.pipeline_cli import _options
-    from fraud_rollout.replay_source import read_pipeline_report
 
     if args.from_report is not None:
         return read_pipeline_report(args.from_report, option="--from-report"), args.from_report.resolve()
@@ -149,7 +149,7 @@ def serving_for(pipeline: dict, state_dir: Path, log_dir: Path, shadow: float | 
                 prediction_log: Path | None = None, split_seed: int | None = None):
     """`fraud-rollout serve` for the run: the manifest the pipeline deployed as it is, or (a run
     without the local deploy, or --from-report) a new one with v1 rolled out and v2 at 20 %."""
-    from fraud_rollout.serving_session import LocalServing
+    from fraud_ops.serving_session import LocalServing
 
     baseline, candidate = _role_artifacts(pipeline)
     store = None if prediction_log is None else str(prediction_log)
@@ -235,14 +235,14 @@ def run_demo(args) -> int:
     from fraud.schema import FEATURES
     from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics, paired_from_replay
     from fraud_control.local_runtime.runtime import PAIRS_FILE
+    from fraud_ops import demo_feedback, demo_report
+    from fraud_ops.replay_load import ReplayOptions
+    from fraud_ops.replay_report import offline_decisions, summary_lines
+    from fraud_ops.replay_source import load_source
 
-    from fraud_rollout import demo_feedback, demo_report
     from fraud_rollout.canary_cli import local_status, local_subject
     from fraud_rollout.pipeline_cli import gate_rejection
     from fraud_rollout.replay import run_replay
-    from fraud_rollout.replay_load import ReplayOptions
-    from fraud_rollout.replay_report import offline_decisions, summary_lines
-    from fraud_rollout.replay_source import load_source
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -390,9 +390,8 @@ def progressive_rollout(source, url: str, state_dir: Path, offline: dict, tracki
     from fraud_control.rollout.record import JsonLinesLog, step_line
     from fraud_control.rollout.run import LOG_FILE, score_profiles
     from fraud_control.rollout.state import LocalRolloutState
-
-    from fraud_rollout.replay_load import ReplayOptions
-    from fraud_rollout.rollout_replay import ReplayWindow
+    from fraud_ops.replay_load import ReplayOptions
+    from fraud_ops.rollout_replay import ReplayWindow
 
     windows = ReplayWindow(source.frame, ReplayOptions(url=url, progress=False),
                            max(1, int(len(source.frame) * ROLLOUT_WINDOW_SHARE)),

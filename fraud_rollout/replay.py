@@ -30,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 from fraud.schema import FEATURES
+from fraud_ops import local_defaults
+from fraud_ops.replay_load import ReplayOptions, ReplayRows, check_endpoint, default_batch, replay
+from fraud_ops.replay_report import build_report, rows_path, skew_check, summary_lines, write_report
+from fraud_ops.replay_source import ReplaySource, load_source, read_pipeline_report
 
-from fraud_rollout import local_defaults
 from fraud_rollout.args import non_negative_float, positive_int
-from fraud_rollout.replay_load import ReplayOptions, ReplayRows, check_endpoint, default_batch, replay
-from fraud_rollout.replay_report import build_report, rows_path, skew_check, summary_lines, write_report
-from fraud_rollout.replay_source import ReplaySource, load_source, read_pipeline_report
 from fraud_rollout.targets import add_target_options, current_subject
 
 log = logging.getLogger(__name__)
@@ -122,8 +122,7 @@ def shadow_pairs(url: str, pairs_log: Path, rows: ReplayRows, subject: dict | No
     """The paired outcomes of this replay's shadowed requests (see replay_pairs), once the
     transformer's shadow work is drained; None (and a warning) when there are none to be had."""
     from fraud.schema import DataError
-
-    from fraud_rollout.replay_pairs import labels_by_request, paired_from_log, paired_versions, read_pairs, wait_drained
+    from fraud_ops.replay_pairs import labels_by_request, paired_from_log, paired_versions, read_pairs, wait_drained
 
     versions = paired_versions(subject, rows)
     if versions is None:
@@ -177,8 +176,7 @@ def bench_command(args) -> int:
     from contextlib import ExitStack
 
     from fraud_control.local_runtime.runtime import PAIRS_FILE
-
-    from fraud_rollout.serving_session import LocalServing
+    from fraud_ops.serving_session import LocalServing
 
     report = args.report or local_defaults.pipeline_report()
     pipeline = read_pipeline_report(report)

@@ -238,7 +238,7 @@ def check_ready(option: str, url: str) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from fraud_rollout.bench_serving import measure, run_benchmark
+    from fraud_ops.bench_serving import measure, run_benchmark
 
     if args.baseline is None and args.report is not None:
         try:

@@ -23,10 +23,10 @@ from fraud_control.local_runtime.runtime import PAIRS_FILE
 from fraud_control.local_runtime.servers import start_predictor, start_server
 from fraud_ops.replay_load import ReplayOptions
 from fraud_ops.replay_pairs import read_pairs, wait_drained
+from fraud_ops.replay_run import run_replay
 from fraud_ops.replay_source import load_source
 from fraud_serving.answer import RETRIED_FROM_HEADER
 
-from fraud_rollout.replay import run_replay
 from tests.integration.serving_fixtures import metric_value, predictor_of, start_local_runtime
 
 pytestmark = pytest.mark.integration

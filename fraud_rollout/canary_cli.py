@@ -12,6 +12,7 @@ from fraud.schema import DataError
 from fraud.settings import Settings
 from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics, paired_from_replay
 from fraud_control.rollout.prometheus import DEFAULT_SELECTOR, metrics_from_prometheus
+from fraud_ops.local_canary import local_status
 
 from fraud_rollout.args import UsageError, detectable_difference, non_negative_float, since_time
 from fraud_rollout.targets import add_target_options, current_subject, open_store
@@ -76,15 +77,6 @@ def canary_command(args: argparse.Namespace) -> int:
     if args.action == "analyze":
         return analyze_command(args)
     return run_operation(args.action, args, args.settings)
-
-
-def local_status(state_dir: Path) -> dict:
-    from fraud_control.inferenceservice.local_state import LocalInferenceService, revision_status
-    from fraud_control.local_runtime.runtime import read_runtime
-
-    status = revision_status(LocalInferenceService(state_dir))
-    status["runtime"] = read_runtime(state_dir)
-    return status
 
 
 def run_operation(action: str, args: argparse.Namespace, settings: Settings) -> int:
@@ -192,15 +184,6 @@ def apply_recommendation(action: str, args, tracking_uri: str, subject: dict | N
     code = run_operation(action, args, args.settings)
     where = args.state_dir if getattr(args, "target", "local") == "local" else "the InferenceService"
     return code, f"{action} applied to {where}" if code == 0 else f"{action} refused"
-
-
-def local_subject(state_dir: Path) -> dict | None:
-    """What the local state dir has deployed now: the subject a replay against it records."""
-    from fraud_control.local_store import LocalStore
-    from fraud_control.subject import read_subject
-
-    subject = read_subject(LocalStore(state_dir, "fraud-detector"))
-    return None if subject is None else subject.to_dict()
 
 
 def evidence_mismatch(args, evidence_subject: dict | None) -> str | None:

@@ -155,11 +155,10 @@ def _replay_and_analyze(args, story: dict, source, serving, state_dir: Path, out
     holdout_metrics, versions, analyze_with)."""
     from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics, paired_from_replay
     from fraud_control.local_runtime.runtime import PAIRS_FILE
+    from fraud_ops.local_canary import local_subject
     from fraud_ops.replay_load import ReplayOptions
     from fraud_ops.replay_report import summary_lines
     from fraud_ops.replay_run import run_replay
-
-    from fraud_rollout.canary_cli import local_subject
 
     pipeline = story["pipeline"]
     mark = time.perf_counter()
@@ -213,8 +212,7 @@ def _apply(args, story: dict, source, serving, state_dir: Path, raw: np.ndarray,
     """Apply the recommendation as a progressive rollout (unless --no-apply), then probe where traffic
     goes (story: applied, rollout, traffic_after)."""
     from fraud_ops.demo_steps import probe_traffic, progressive_rollout, role_artifacts, traffic_summary
-
-    from fraud_rollout.canary_cli import local_status
+    from fraud_ops.local_canary import local_status
 
     applied = {"action": story["analysis"]["action"], "detail": "not applied (--no-apply)", "exit_code": None}
     rollout = None

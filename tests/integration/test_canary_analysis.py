@@ -23,13 +23,13 @@ from fraud.export import SignatureScorer
 from fraud.schema import FEATURES, DataError
 from fraud_control.local_runtime.runtime import read_runtime
 from fraud_control.rollout.prometheus import metrics_from_prometheus
+from fraud_ops.local_canary import local_subject
 from fraud_ops.replay_load import ReplayOptions
 from fraud_ops.replay_report import read_replay
 from fraud_ops.replay_run import run_replay
 from fraud_ops.replay_source import ReplaySource
 from mlflow import MlflowClient
 
-from fraud_rollout.canary_cli import local_subject
 from tests.integration.serving_fixtures import canary_runtime, fresh_canary_runtime, metric_value  # noqa: F401
 from tests.prometheus_server import prometheus_api, prometheus_scraping
 

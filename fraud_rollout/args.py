@@ -122,7 +122,7 @@ def since_time(text: str) -> datetime:
 
 
 def state_dir_option(parser: argparse.ArgumentParser) -> None:
-    # None: resolved after parsing (fraud_rollout.local_defaults), so the demo's state is found too
+    # None: resolved after parsing (fraud_ops.local_defaults), so the demo's state is found too
     parser.add_argument("--state-dir", type=Path, default=None,
                         help=f"local runtime state (the InferenceService manifest; default {DEFAULT_STATE_DIR}, "
                              "else the demo's, .fraud-rollout/demo/serving)")

@@ -29,12 +29,12 @@ from fraud_control.rollout.label_free_coverage import (
     pairs_per_rollout,
     score_holdout,
 )
+from fraud_ops import local_defaults
+from fraud_ops.replay_source import read_holdout, read_pipeline_report
 from scipy import stats
 
-from fraud_rollout import local_defaults
 from fraud_rollout.args import UsageError, non_negative_int, positive_int
 from fraud_rollout.bench_rollout import shadow_share
-from fraud_rollout.replay_source import read_holdout, read_pipeline_report
 
 #: Shadow shares studied by default: below, at and above the transformer's 10 %, and every row.
 SHADOW_SHARES = (0.05, 0.10, 0.25, 1.0)

@@ -38,10 +38,10 @@ from fraud_canary.simulation import (
     simulate,
 )
 from fraud_control.rollout.label_free_coverage import equal_canary, score_holdout, scored_pairs
+from fraud_ops.replay_source import read_holdout, read_pipeline_report
 from fraud_serving.shadow import DEFAULT_SHADOW_PERCENT
 
 from fraud_rollout.args import UsageError, non_negative_int, number_within, positive_int
-from fraud_rollout.replay_source import read_holdout, read_pipeline_report
 
 #: The scenarios a pipeline report's models can stand in for: its candidate over its baseline, its baseline over itself.
 SCORED_SCENARIOS = (GOOD.name, EQUAL.name)

@@ -11,6 +11,7 @@ from fraud.canary_percent import DEFAULT_CANARY_PERCENT, splits_traffic
 from fraud.settings import Settings
 from fraud_canary.analysis import analyze, format_analysis, metrics_from_replay, offline_metrics, paired_from_replay
 from fraud_control.rollout.prometheus import DEFAULT_SELECTOR, metrics_from_prometheus
+from fraud_ops.local_canary import local_status
 
 from fraud_rollout.args import UsageError, canary_percent, detectable_difference, non_negative_float, since_time
 from fraud_rollout.targets import add_target_options, current_subject, open_store
@@ -75,15 +76,6 @@ def canary_command(args: argparse.Namespace) -> int:
     if args.action == "analyze":
         return analyze_command(args)
     return run_operation(args.action, args, args.settings)
-
-
-def local_status(state_dir: Path) -> dict:
-    from fraud_control.inferenceservice.local_state import LocalInferenceService, revision_status
-    from fraud_control.local_runtime.runtime import read_runtime
-
-    status = revision_status(LocalInferenceService(state_dir))
-    status["runtime"] = read_runtime(state_dir)
-    return status
 
 
 def run_operation(action: str, args: argparse.Namespace, settings: Settings) -> int:
@@ -191,15 +183,6 @@ def apply_recommendation(action: str, args, tracking_uri: str, subject: dict | N
     return code, f"{action} applied to {where}" if code == 0 else f"{action} refused"
 
 
-def local_subject(state_dir: Path) -> dict | None:
-    """What the local state dir has deployed now: the subject a replay against it records."""
-    from fraud_control.inferenceservice.local_store import LocalStore
-    from fraud_control.inferenceservice.subject import read_subject
-
-    subject = read_subject(LocalStore(state_dir, "fraud-detector"))
-    return None if subject is None else subject.to_dict()
-
-
 def evidence_mismatch(args, evidence_subject: dict | None) -> str | None:
     """Why the evidence must not be applied to what is deployed now, or None."""
     from fraud_control.inferenceservice.subject import mismatch, read_subject
@@ -209,10 +192,9 @@ def evidence_mismatch(args, evidence_subject: dict | None) -> str | None:
 
 def analyze_command(args) -> int:
     from fraud.files import json_safe
-
-    from fraud_rollout.local_defaults import pipeline_report
-    from fraud_rollout.replay_report import read_replay
-    from fraud_rollout.replay_source import read_pipeline_report
+    from fraud_ops.local_defaults import pipeline_report
+    from fraud_ops.replay_report import read_replay
+    from fraud_ops.replay_source import read_pipeline_report
 
     if sum(x is not None for x in (args.replay_report, args.prometheus, args.store)) != 1:
         raise UsageError("canary analyze: give exactly one of --replay-report FILE, --prometheus URL and --store URL")

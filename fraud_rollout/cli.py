@@ -138,7 +138,7 @@ def run(argv: list[str] | None = None) -> int:
     args.settings = Settings()  # the environment, read once for the whole command
     try:
         if getattr(args, "state_dir", False) is None:  # not given: the pipeline run's state, else the demo's
-            from fraud_rollout import local_defaults
+            from fraud_ops import local_defaults
 
             args.state_dir = (local_defaults.state_dir() if getattr(args, "target", "local") == "local"
                               else local_defaults.RUN_STATE_DIR)

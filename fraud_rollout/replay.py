@@ -7,9 +7,10 @@ decision, the score, the request's latency and whether it failed. From those row
 computes per-version confusion counts, precision, recall, F1, flag rate, traffic share, latency
 percentiles and error rate.
 
-The parts: `replay_source` (what is sent), `replay_load` (how: `--batch` rows per request,
-`--concurrency` requests in flight, optionally paced at `--rate`), `replay_report` (metrics, the
-skew check, the report); this module holds the commands and `run_replay`, which ties them.
+The engine is in `fraud_ops`: `replay_source` (what is sent), `replay_load` (how: `--batch` rows per
+request, `--concurrency` requests in flight, optionally paced at `--rate`), `replay_report` (metrics,
+the skew check, the report) and `replay_run` (`run_replay`, which ties them); this module holds the
+commands.
 
 Outputs: a JSON report (`--out`, NaN written as null) and beside it a Parquet file with one row per
 transaction (`rows_file` in the report), which the skew check and notebook 02 read.
@@ -22,23 +23,17 @@ artifact and runs the check itself.
 from __future__ import annotations
 
 import argparse
-import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-from fraud.schema import FEATURES
+from fraud_ops import local_defaults
+from fraud_ops.replay_load import ReplayOptions
+from fraud_ops.replay_report import summary_lines
+from fraud_ops.replay_run import run_replay
+from fraud_ops.replay_source import load_source, read_pipeline_report
 
-from fraud_rollout import local_defaults
 from fraud_rollout.args import non_negative_float, positive_int
-from fraud_rollout.replay_load import ReplayOptions, ReplayRows, check_endpoint, default_batch, replay
-from fraud_rollout.replay_report import build_report, rows_path, skew_check, summary_lines, write_report
-from fraud_rollout.replay_source import ReplaySource, load_source, read_pipeline_report
 from fraud_rollout.targets import add_target_options, current_subject
-
-log = logging.getLogger(__name__)
 
 
 def register(commands, bench) -> None:
@@ -87,61 +82,6 @@ def add_replay_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-@dataclass
-class ReplayResult:
-    report: dict
-    report_path: Path
-    rows: ReplayRows
-
-
-def run_replay(source: ReplaySource, options: ReplayOptions, out: Path, *, skew: bool = True,
-               on_progress: Callable[[int], None] | None = None, subject: dict | None = None,
-               pairs_log: Path | None = None) -> ReplayResult:
-    """Check the endpoint, replay, write the rows file and the report (with the skew check when
-    each answering version's artifact is known, and the paired outcomes when `pairs_log` is the
-    transformer's shadow pair log)."""
-    check_endpoint(options.url, options.model_name)
-    if options.batch is None:  # resolved here too, so that the report states it
-        options = replace(options, batch=default_batch(min(len(source.frame), options.limit or len(source.frame))))
-    rows = replay(source, options, on_progress)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame = rows.frame()
-    frame.to_parquet(rows_path(out), index=False)
-    skew_result = None
-    if skew and source.artifacts:
-        raw = source.frame.loc[:, list(FEATURES)].to_numpy(dtype=np.float64)[: len(frame)]
-        skew_result = skew_check(frame, raw, source.artifacts)
-    paired = shadow_pairs(options.url, pairs_log, rows, subject) if pairs_log is not None else None
-    report = build_report(source, options, rows, rows_path(out), skew_result, subject, paired)
-    write_report(report, out)
-    return ReplayResult(report, out, rows)
-
-
-def shadow_pairs(url: str, pairs_log: Path, rows: ReplayRows, subject: dict | None) -> dict | None:
-    """The paired outcomes of this replay's shadowed requests (see replay_pairs), once the
-    transformer's shadow work is drained; None (and a warning) when there are none to be had."""
-    from fraud.schema import DataError
-
-    from fraud_rollout.replay_pairs import labels_by_request, paired_from_log, paired_versions, read_pairs, wait_drained
-
-    versions = paired_versions(subject, rows)
-    if versions is None:
-        log.warning("no paired outcomes: fewer than two versions answered")
-        return None
-    try:
-        wait_drained(url)
-    except DataError as error:
-        log.warning("no paired outcomes: %s", error)
-        return None
-    if not Path(pairs_log).is_file():
-        log.warning("no paired outcomes: %s does not exist (shadow scoring off?)", pairs_log)
-        return None
-    paired = paired_from_log(read_pairs(pairs_log), labels_by_request(rows, rows.id_prefix),
-                             baseline_version=versions[0], canary_version=versions[1])
-    return None if paired is None else paired.to_dict()
-
-
 def replay_command(args) -> int:
     from fraud_rollout.args import UsageError
 
@@ -177,8 +117,7 @@ def bench_command(args) -> int:
     from contextlib import ExitStack
 
     from fraud_control.local_runtime.runtime import PAIRS_FILE
-
-    from fraud_rollout.serving_session import LocalServing
+    from fraud_ops.serving_session import LocalServing
 
     report = args.report or local_defaults.pipeline_report()
     pipeline = read_pipeline_report(report)

@@ -111,9 +111,8 @@ def _states(args: argparse.Namespace, store):
 
 def _offline(args: argparse.Namespace) -> dict:
     from fraud_canary.analysis import offline_metrics
-
-    from fraud_rollout.local_defaults import pipeline_report
-    from fraud_rollout.replay_source import read_pipeline_report
+    from fraud_ops.local_defaults import pipeline_report
+    from fraud_ops.replay_source import read_pipeline_report
 
     path = args.pipeline_report or pipeline_report()
     if args.pipeline_report is None and not path.is_file():

@@ -107,6 +107,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from fraud_control.inferenceservice.local_state import LocalInferenceService
     from fraud_control.inferenceservice.traffic import traffic_status
     from fraud_control.local_runtime.runtime import LocalRuntime, claim_state_dir
+    from fraud_ops.local_canary import local_status
 
     from fraud_rollout import canary_cli
 
@@ -145,7 +146,7 @@ def serve_command(args: argparse.Namespace) -> int:
         runtime.start()
         print(f"serving {service.get()['metadata']['name']} at {runtime.transformer.url} "
               f"(state {args.state_dir}); Ctrl-C stops", flush=True)
-        print(canary_cli.format_status(traffic_status(service.get()), canary_cli.local_status(args.state_dir)),
+        print(canary_cli.format_status(traffic_status(service.get()), local_status(args.state_dir)),
               flush=True)
         runtime.follow()
     except KeyboardInterrupt:
@@ -238,7 +239,7 @@ def check_ready(option: str, url: str) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from fraud_rollout.bench_serving import measure, run_benchmark
+    from fraud_ops.bench_serving import measure, run_benchmark
 
     if args.baseline is None and args.report is not None:
         try:

@@ -23,13 +23,13 @@ from fraud.export import SignatureScorer
 from fraud.schema import FEATURES, DataError
 from fraud_control.local_runtime.runtime import read_runtime
 from fraud_control.rollout.prometheus import metrics_from_prometheus
+from fraud_ops.local_canary import local_subject
+from fraud_ops.replay_load import ReplayOptions
+from fraud_ops.replay_report import read_replay
+from fraud_ops.replay_run import run_replay
+from fraud_ops.replay_source import ReplaySource
 from mlflow import MlflowClient
 
-from fraud_rollout.canary_cli import local_subject
-from fraud_rollout.replay import run_replay
-from fraud_rollout.replay_load import ReplayOptions
-from fraud_rollout.replay_report import read_replay
-from fraud_rollout.replay_source import ReplaySource
 from tests.integration.serving_fixtures import canary_runtime, fresh_canary_runtime, metric_value  # noqa: F401
 from tests.prometheus_server import prometheus_api, prometheus_scraping
 
@@ -77,7 +77,7 @@ def pipeline_report(tiny_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def source(tiny_run, pipeline_report) -> ReplaySource:
-    from fraud_rollout.replay_source import load_source
+    from fraud_ops.replay_source import load_source
 
     return load_source(None, pipeline_report)
 
@@ -245,7 +245,7 @@ def canary_predictor_pid(runtime) -> int:
 
 def test_killing_the_canary_predictor_fails_no_client_request_and_its_retries_roll_it_back(
         fresh_canary_runtime, tiny_run, tmp_path):
-    from fraud_rollout.replay_source import load_source
+    from fraud_ops.replay_source import load_source
 
     # its own runtime and registry: the kill, the rollback and the cleared challenger stay with this test
     canary_runtime = fresh_canary_runtime

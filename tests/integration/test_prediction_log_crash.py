@@ -32,10 +32,10 @@ from fraud_control.inferenceservice.local_state import LocalInferenceService
 from fraud_control.local_runtime.runtime import LocalRuntime
 from fraud_control.local_runtime.servers import start_sink as start_runtime_sink
 from fraud_control.prediction_log.store import open_store
+from fraud_ops.serving_session import LocalServing
 from fraud_serving.client import infer_url
 from prometheus_client.parser import text_string_to_metric_families
 
-from fraud_rollout.serving_session import LocalServing
 from tests.integration.test_prediction_log_local import wait_logged
 from tests.prediction_log import features, request_body
 from tests.sink_process import SinkProcess, batch, kserve_event, start_sink

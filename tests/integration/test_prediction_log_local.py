@@ -14,11 +14,10 @@ from fraud.schema import FEATURES
 from fraud_control.local_runtime.runtime import PAIRS_FILE, read_runtime
 from fraud_control.prediction_log.store import open_store
 from fraud_control.rollout.store_evidence import store_evidence
+from fraud_ops.replay_pairs import paired_from_log, read_pairs, wait_drained, wait_logged
+from fraud_ops.serving_session import FRAUD_ROLLOUT, LocalServing
 from fraud_serving.client import infer_url
 from prometheus_client.parser import text_string_to_metric_families
-
-from fraud_rollout.replay_pairs import paired_from_log, read_pairs, wait_drained, wait_logged
-from fraud_rollout.serving_session import FRAUD_ROLLOUT, LocalServing
 
 pytestmark = pytest.mark.integration
 
@@ -128,8 +127,7 @@ def test_bench_logging_comparison_reports_that_nothing_was_lost(tiny_run, tmp_pa
     answered has its two events acknowledged."""
     from fraud.processes import stop_all
     from fraud_control.local_runtime.servers import start_predictor, start_sink, start_transformer
-
-    from fraud_rollout.bench_serving import BenchReport, logging_comparison
+    from fraud_ops.bench_serving import BenchReport, logging_comparison
 
     logs = tmp_path / "logs"
     predictor = start_predictor(tiny_run.v1, logs)

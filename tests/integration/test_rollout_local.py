@@ -32,9 +32,9 @@ from fraud_control.local_runtime.runtime import PAIRS_FILE
 from fraud_control.rollout.controller import Controller, RolloutConfig
 from fraud_control.rollout.evidence import AfterLocalApply
 from fraud_control.rollout.state import LocalRolloutState
+from fraud_ops.replay_load import ReplayOptions
+from fraud_ops.rollout_replay import ReplayWindow
 
-from fraud_rollout.replay_load import ReplayOptions
-from fraud_rollout.rollout_replay import ReplayWindow
 from tests.integration.serving_fixtures import FRAUD_ROLLOUT, start_local_runtime, v2_json
 from tests.integration.test_canary_analysis import pipeline_report  # noqa: F401
 

@@ -635,7 +635,7 @@ def test_predict_command_sends_a_csv(canary_runtime, tiny_run, tmp_path):
 
 def test_bench_serving_runs_and_reports_every_target(serving_stack, tiny_run):
     """A smoke run with tiny numbers (the real run is `fraud-rollout bench serving`)."""
-    from fraud_rollout.bench_serving import measure
+    from fraud_ops.bench_serving import measure
 
     report = measure(serving_stack.predictor.url, serving_stack.transformer.url, tiny_run.v1, requests=30,
                      rows=300, duration=1, connections=4)

@@ -21,12 +21,12 @@ from fraud.routes import Backend, write_routes
 from fraud.schema import FEATURES
 from fraud_control.local_runtime.runtime import PAIRS_FILE
 from fraud_control.local_runtime.servers import start_predictor, start_server
+from fraud_ops.replay_load import ReplayOptions
+from fraud_ops.replay_pairs import read_pairs, wait_drained
+from fraud_ops.replay_run import run_replay
+from fraud_ops.replay_source import load_source
 from fraud_serving.answer import RETRIED_FROM_HEADER
 
-from fraud_rollout.replay import run_replay
-from fraud_rollout.replay_load import ReplayOptions
-from fraud_rollout.replay_pairs import read_pairs, wait_drained
-from fraud_rollout.replay_source import load_source
 from tests.integration.serving_fixtures import metric_value, predictor_of, start_local_runtime
 
 pytestmark = pytest.mark.integration
@@ -205,9 +205,8 @@ def test_cluster_wiring_learns_which_tag_host_serves_the_other_version(shadow_ru
 
 def test_bench_shadow_comparison_runs_and_reports_its_targets(start_v1_transformer, shadow_runtime, tmp_path):
     """A smoke run with tiny numbers (the real run is `fraud-rollout bench serving`)."""
+    from fraud_ops.bench_serving import BenchReport, shadow_comparison
     from fraud_serving.shadow import DEFAULT_SHADOW_PERCENT
-
-    from fraud_rollout.bench_serving import BenchReport, shadow_comparison
 
     v2 = predictor_of(shadow_runtime, "v2").url
     servers = {percent: start_v1_transformer(v2, percent, tmp_path / f"bench-{percent:g}.jsonl")

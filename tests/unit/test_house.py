@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCT = ("components", "control", "serving", "pipelines", "devcluster", "fraud_rollout")
+PRODUCT = ("components", "control", "serving", "pipelines", "devcluster", "ops", "fraud_rollout")
 
 
 def product_modules() -> dict[str, ast.Module]:

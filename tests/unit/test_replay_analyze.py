@@ -18,10 +18,10 @@ from fraud_canary.evidence import plan_recall_evidence
 from fraud_canary.metrics import version_metrics
 from fraud_canary.policy import CanaryPolicy, OfflineMetrics
 from fraud_control.rollout.prometheus import prometheus_queries
+from fraud_ops.demo_report import ImpactAssumptions, business_impact
+from fraud_ops.replay_load import default_batch
 
 from fraud_rollout.cli import main
-from fraud_rollout.demo_report import ImpactAssumptions, business_impact
-from fraud_rollout.replay_load import default_batch
 
 
 @dataclass
@@ -168,8 +168,7 @@ def test_business_impact_arithmetic_and_stated_assumptions():
 def _demo_report(online):
     """A demo report.json as `fraud-rollout demo` assembles it, from `online` and a made-up holdout."""
     from fraud.files import json_safe
-
-    from fraud_rollout.demo_report import online_vs_offline
+    from fraud_ops.demo_report import online_vs_offline
 
     curve = [0.0, 0.5, 1.0]
     models = {v: {"version": v, "holdout": {**m.to_dict(), "roc_auc": 0.97, "pr_auc": 0.8}, "threshold": 0.5,
@@ -195,7 +194,7 @@ def _demo_report(online):
 
 
 def test_demo_report_html_shows_every_section_escaped():
-    from fraud_rollout.demo_report import report_html
+    from fraud_ops.demo_report import report_html
 
     report = _demo_report(_online())
     page = report_html(report, None, None)
@@ -218,7 +217,7 @@ def test_demo_report_html_shows_every_section_escaped():
 def test_the_replay_sends_each_batchs_transaction_ids_and_its_request_id_as_ce_id():
     """A recording v2 server on loopback: every request carries its rows' ids as the BYTES
     `transaction_id` input and `Ce-Id` equal to its v2 id (what the prediction log keys on)."""
-    from fraud_rollout.replay_load import ReplayOptions, send
+    from fraud_ops.replay_load import ReplayOptions, send
 
     seen: list[tuple[str, dict]] = []
 

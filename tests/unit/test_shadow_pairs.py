@@ -4,10 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fraud_canary.paired import paired_outcomes
+from fraud_ops.replay_pairs import paired_from_log
 from fraud_serving.__main__ import main
 from fraud_serving.routing import TagHosts
-
-from fraud_rollout.replay_pairs import paired_from_log
 
 
 def record(request_id, served_version, shadow_version, served, shadow):

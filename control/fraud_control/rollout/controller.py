@@ -115,7 +115,7 @@ class Evidence:
 
 class EvidenceSource(Protocol):
     """Where a step's evidence comes from: the transformer's counters (`evidence`), or a
-    labelled replay (`fraud_rollout.rollout_replay`)."""
+    labelled replay (`fraud_ops.rollout_replay`)."""
 
     def window(self, percent: int, stop: Callable[[], bool]) -> Evidence:
         """The next window's evidence for the step at `percent`, once it is full; it starts where

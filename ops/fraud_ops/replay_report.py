@@ -18,8 +18,8 @@ import pandas as pd
 from fraud.protocol import FRAUD_PROBABILITY, IS_FRAUD
 from fraud.schema import DataError
 
-from fraud_rollout.replay_load import ReplayOptions, ReplayRows
-from fraud_rollout.replay_source import ReplaySource
+from fraud_ops.replay_load import ReplayOptions, ReplayRows
+from fraud_ops.replay_source import ReplaySource
 
 log = logging.getLogger(__name__)
 ROWS_SUFFIX = ".rows.parquet"

@@ -290,6 +290,6 @@ def report_html(report: dict, summary: dict | None, rows: pd.DataFrame | None) -
     if "as_replayed" in impact:
         scenarios.append(("as replayed (the canary split)", impact["as_replayed"]))
     checks = sorted(report["analysis"]["checks"], key=lambda c: CHECK_ORDER[c["status"]])
-    return render("fraud_rollout", "demo_report.html.j2", {
+    return render("fraud_ops", "demo_report.html.j2", {
         "report": report, "css": CSS, "figures": figures(report, summary, rows), "checks": checks,
         "metrics_table": metrics_table(report["pipeline"]["models"]), "scenarios": scenarios}, filters={"f": _f})

@@ -19,9 +19,9 @@ from fraud.schema import FEATURES, LABEL
 from fraud_canary.paired import PairedOutcomes
 from fraud_control.rollout.controller import Evidence, RolloutAborted, Window, now_iso
 
-from fraud_rollout.replay_load import ReplayOptions, default_batch, send, transaction_ids
-from fraud_rollout.replay_pairs import labels_by_request, paired_from_log, read_pairs, wait_drained
-from fraud_rollout.replay_report import online_metrics
+from fraud_ops.replay_load import ReplayOptions, default_batch, send, transaction_ids
+from fraud_ops.replay_pairs import labels_by_request, paired_from_log, read_pairs, wait_drained
+from fraud_ops.replay_report import online_metrics
 
 
 class ReplayWindow:

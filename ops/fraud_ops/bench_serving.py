@@ -280,7 +280,7 @@ def settle(server_url: str) -> float | None:
     """Until a logging transformer has posted the events its wrk run queued (otherwise posting that
     backlog, and the sink storing it, runs during the next configuration's latency run); the seconds
     it took, None for a transformer without a prediction log."""
-    from fraud_rollout.replay_pairs import LOG_QUEUE_METRIC, gauge, wait_logged
+    from fraud_ops.replay_pairs import LOG_QUEUE_METRIC, gauge, wait_logged
 
     if gauge(server_url, LOG_QUEUE_METRIC) is None:
         return None

@@ -23,7 +23,7 @@ import orjson
 from fraud.schema import DataError
 from fraud_canary.paired import PairedOutcomes, paired_outcomes
 
-from fraud_rollout.replay_load import ReplayRows
+from fraud_ops.replay_load import ReplayRows
 
 IN_FLIGHT_METRIC = "fraud_shadow_in_flight"
 LOG_QUEUE_METRIC = "fraud_payload_log_queue"

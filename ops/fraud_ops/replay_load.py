@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from fraud.schema import FEATURES, LABEL, TRANSACTION_ID, DataError
 
-from fraud_rollout.replay_source import ReplaySource
+from fraud_ops.replay_source import ReplaySource
 
 log = logging.getLogger(__name__)
 #: The default batch keeps at least this many requests (the split is per request: ±0.9 points at

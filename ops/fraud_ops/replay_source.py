@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from fraud.schema import FEATURES, LABEL, TRANSACTION_ID, DataError, check_transactions
 
-from fraud_rollout import local_defaults
+from fraud_ops import local_defaults
 
 log = logging.getLogger(__name__)
 

@@ -98,7 +98,7 @@ def feedback_loop(store_path: Path, url: str, holdout: pd.DataFrame, versions: t
     from fraud_control.prediction_log.store import open_store
     from fraud_control.rollout.store_evidence import store_evidence
 
-    from fraud_rollout.replay_pairs import wait_logged
+    from fraud_ops.replay_pairs import wait_logged
 
     wait_logged(url)  # every answered request's events are committed in the store
     until = datetime.now(UTC)  # the window: the replay's requests, not the rollout's that follow

@@ -1,0 +1,1 @@
+"""The local operations engines the CLI calls: replay, LocalServing, the benchmarks' measuring, the demo's steps."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from fraud.canary_percent import splits_traffic
+from fraud.waiting import poll
 
 from fraud_rollout.args import (
     DefaultsHelpRawEpilog,
@@ -235,16 +235,16 @@ def abort_command(args: argparse.Namespace) -> int:
     if running is not None:
         states.request_abort(args.reason)
         print(f"asked the rollout controller (pid {running.get('pid')} on {running.get('host')}) to abort", flush=True)
-        deadline = time.monotonic() + args.timeout
-        while True:
+        def stopped() -> tuple[dict] | None:
             state = states.read() or {}
-            if state.get("status") != RUNNING or not states.is_running(state):
-                break
-            if time.monotonic() > deadline:
-                print(f"fraud-rollout rollout abort: the controller did not stop within {args.timeout:g} s "
-                      f"({states.where} still says running)", file=sys.stderr)
-                return 1
-            time.sleep(0.2)
+            return (state,) if state.get("status") != RUNNING or not states.is_running(state) else None
+
+        found = poll(stopped, timeout_s=args.timeout, poll_s=0.2)
+        if found is None:
+            print(f"fraud-rollout rollout abort: the controller did not stop within {args.timeout:g} s "
+                  f"({states.where} still says running)", file=sys.stderr)
+            return 1
+        state = found[0]
         print(format_state(state, False))
         return 0 if state.get("status") == ABORTED else 1
     try:

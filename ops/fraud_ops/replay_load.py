@@ -81,20 +81,15 @@ class EndpointUnreachable(DataError):
 
 def check_endpoint(url: str, model_name: str, timeout: float = 10.0) -> None:
     """Fail fast, naming the URL, when the endpoint is not a ready v2 model."""
-    import urllib.error
-    import urllib.request
-
+    import httpx
     from fraud_serving.client import infer_url
 
     ready = infer_url(url, model_name).removesuffix("/infer") + "/ready"
     try:
-        with urllib.request.urlopen(ready, timeout=timeout) as response:
-            status, text = response.status, ""
-    except urllib.error.HTTPError as error:
-        status, text = error.code, error.read(200).decode(errors="replace")
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        reason = getattr(error, "reason", error)
-        raise EndpointUnreachable(f"--url {url}: cannot reach the endpoint ({reason})") from None
+        response = httpx.get(ready, timeout=timeout)
+        status, text = response.status_code, response.text[:200]
+    except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as error:
+        raise EndpointUnreachable(f"--url {url}: cannot reach the endpoint ({error})") from None
     if status != 200:
         raise EndpointUnreachable(f"--url {url}: model {model_name!r} is not ready ({status} from {ready}: {text})")
 

@@ -11,16 +11,15 @@ replays: the ids carry this replay's token) are left out.
 """
 from __future__ import annotations
 
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import numpy as np
 import orjson
 from fraud.schema import DataError
+from fraud.waiting import poll
 from fraud_canary.paired import PairedOutcomes, paired_outcomes
 
 from fraud_ops.replay_load import ReplayRows
@@ -107,9 +106,8 @@ def gauge(url: str, name: str, timeout: float = 5.0) -> float | None:
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
-        with urllib.request.urlopen(metrics_url(url), timeout=timeout) as response:
-            text = response.read().decode()
-    except (urllib.error.URLError, OSError):
+        text = httpx.get(metrics_url(url), timeout=timeout).text
+    except (httpx.HTTPError, OSError):
         return None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -121,16 +119,17 @@ def gauge(url: str, name: str, timeout: float = 5.0) -> float | None:
 def wait_zero(url: str, name: str, what: str, hint: str, timeout: float) -> None:
     """Until the transformer's gauge `name` reads 0; DataError naming the URL if it does not in
     `timeout` or shows no such gauge (`hint` says why it might not)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    last: list[float] = []
+
+    def drained() -> bool:
         value = gauge(url, name)
         if value is None:
             raise DataError(f"{metrics_url(url)}: no {name} gauge ({hint})")
-        if value == 0:
-            return
-        if time.monotonic() > deadline:
-            raise DataError(f"{metrics_url(url)}: {value:g} {what} after {timeout:g} s")
-        time.sleep(POLL_SECONDS)  # between reads of the gauge, not instead of one
+        last[:] = [value]
+        return value == 0
+
+    if not poll(drained, timeout_s=timeout, poll_s=POLL_SECONDS):
+        raise DataError(f"{metrics_url(url)}: {last[0]:g} {what} after {timeout:g} s")
 
 
 def wait_drained(url: str, timeout: float = DRAIN_TIMEOUT_SECONDS) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from fraud.processes import (
@@ -22,6 +21,7 @@ from fraud.processes import (
     log_tail,
     stop_process,
 )
+from fraud.waiting import poll
 from fraud_control.inferenceservice.local_state import LocalInferenceService
 from fraud_control.local_runtime.runtime import read_runtime
 
@@ -94,21 +94,25 @@ class LocalServing:
 
     def wait_applied(self, generation: int | None = None) -> dict:
         """Until this `serve` reports the manifest's generation applied (runtime.json names our pid)."""
-        deadline = time.monotonic() + self.ready_timeout
-        while True:
-            wanted = generation
-            if wanted is None and self.service.exists():
-                wanted = self.service.get()["metadata"]["generation"]
+        wanted: list[int | None] = [generation]
+
+        def applied() -> dict | None:
+            if generation is None and self.service.exists():
+                wanted[0] = self.service.get()["metadata"]["generation"]
             runtime = read_runtime(self.state_dir)
-            if (wanted is not None and runtime.get("pid") == self.process.pid and runtime.get("transformer")
-                    and runtime.get("appliedGeneration") == wanted):
-                return runtime
+            done = (wanted[0] is not None and runtime.get("pid") == self.process.pid and runtime.get("transformer")
+                    and runtime.get("appliedGeneration") == wanted[0])
+            return runtime if done else None
+
+        def exited() -> None:
             if self.process.poll() is not None:
                 raise ServerFailed(f"fraud-rollout serve exited with {self.process.returncode}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise ServerFailed(f"fraud-rollout serve: generation {wanted} not applied after "
-                                   f"{self.ready_timeout:.0f} s:\n{self.log_tail()}")
-            time.sleep(POLL_SECONDS)  # between polls of runtime.json, not instead of one
+
+        runtime = poll(applied, timeout_s=self.ready_timeout, poll_s=POLL_SECONDS, give_up=exited)
+        if runtime is None:
+            raise ServerFailed(f"fraud-rollout serve: generation {wanted[0]} not applied after "
+                               f"{self.ready_timeout:.0f} s:\n{self.log_tail()}")
+        return runtime
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

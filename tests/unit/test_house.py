@@ -92,3 +92,21 @@ def test_every_python_dash_m_names_a_module_that_exists():
     missing = sorted({f"{path.relative_to(ROOT)}: {module}" for path in [*texts, ROOT / "README.md"]
                       for module in named.findall(path.read_text(errors="replace")) if not _resolves(module)})
     assert missing == []
+
+
+#: Loops that sleep and are not waits for a condition: each says what it is instead.
+NOT_WAITS = {
+    "components/fraud/waiting.py": "the one wait helper",
+    "control/fraud_control/local_runtime/runtime.py": "the runtime's watch loop, for as long as it serves",
+    "devcluster/fraud_devcluster/knative.py": "the stand-in controller's reconcile loop",
+    "serving/fraud_serving/payload_log.py": "the logger's batching and backoff on the event loop",
+    "ops/fraud_ops/replay_load.py": "the replay's pacing at a rate",
+    "ops/fraud_ops/bench_sink.py": "the benchmark's scrapes, measured",
+}
+
+
+def test_waits_for_a_condition_go_through_the_one_helper():
+    sleeping = sorted({path for path, tree in MODULES.items() for node in ast.walk(tree)
+                       if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                       and node.func.attr == "sleep"})
+    assert sleeping == sorted(NOT_WAITS)

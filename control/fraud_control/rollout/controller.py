@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from fraud.schema import DataError
 from fraud.score_profile import ScoreProfile
+from fraud.waiting import poll
 from fraud_canary.metrics import VersionMetrics
 from fraud_canary.paired import PairedOutcomes
 from fraud_canary.paired_scores import PairedScores
@@ -315,11 +316,11 @@ class Controller:
 
     def _pause(self, seconds: float) -> None:
         """Wait before reading the evidence again, noticing an abort request."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        def aborted() -> None:
             if self.stop_requested():
                 raise RolloutAborted("abort requested while waiting for readable evidence")
-            time.sleep(min(self.config.poll_s, max(0.0, deadline - time.monotonic())))
+
+        poll(lambda: None, timeout_s=seconds, poll_s=self.config.poll_s, give_up=aborted)
 
     def _finish(self, status: str, outcome: canary.Rollout | None, note: str = "") -> dict[str, Any]:
         result: dict[str, Any] = {"status": status, "note": note}

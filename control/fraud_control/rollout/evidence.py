@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from fraud.schema import PAIRED_SCORE_BOUNDS, DataError
+from fraud.waiting import poll
 from fraud_canary.metrics import VersionMetrics
 from fraud_canary.paired import Discordant, PairedOutcomes
 from fraud_canary.paired_scores import CELLS, PairedScores
@@ -207,17 +208,20 @@ class WindowSpec:
 def wait_full(spec: WindowSpec, started: float, counted: Callable[[], int], stop: Callable[[], bool],
               what: str) -> int:
     """Poll until the window is full; the requests counted. RolloutAborted when `stop()`."""
-    while True:
+    last = [0]
+
+    def full() -> tuple[int] | None:
         if stop():
             raise RolloutAborted("abort requested while the window filled")
-        requests = counted()
-        elapsed = time.monotonic() - started
-        if elapsed >= spec.seconds and requests >= spec.min_requests:
-            return requests
-        if elapsed > spec.max_seconds:
-            raise DataError(f"{what}: only {requests} of {spec.min_requests} requests after {elapsed:.0f} s: "
-                            "is traffic reaching the transformer?")
-        time.sleep(spec.poll_s)
+        last[0] = counted()
+        full_now = time.monotonic() - started >= spec.seconds and last[0] >= spec.min_requests
+        return (last[0],) if full_now else None
+
+    found = poll(full, timeout_s=started + spec.max_seconds - time.monotonic(), poll_s=spec.poll_s)
+    if found is None:
+        raise DataError(f"{what}: only {last[0]} of {spec.min_requests} requests after "
+                        f"{time.monotonic() - started:.0f} s: is traffic reaching the transformer?")
+    return found[0]
 
 
 def _evidence(counts: Snapshot, started: float, started_at: str, requests: int, versions: tuple[str, str],
@@ -300,12 +304,12 @@ class AfterLocalApply:
         from fraud_control.local_runtime.runtime import read_runtime
 
         wanted = LocalInferenceService(self.state_dir).get()["metadata"]["generation"]
-        deadline = time.monotonic() + self.timeout_s
-        while (read_runtime(self.state_dir).get("appliedGeneration") or 0) < wanted:
+        def aborted() -> None:
             if stop():
                 raise RolloutAborted("abort requested while the runtime applied the step")
-            if time.monotonic() > deadline:
-                raise DataError(f"the local runtime in {self.state_dir} did not apply generation {wanted} in "
-                                f"{self.timeout_s:g} s: is `fraud-rollout serve` running?")
-            time.sleep(self.poll_s)
+
+        if not poll(lambda: (read_runtime(self.state_dir).get("appliedGeneration") or 0) >= wanted,
+                    timeout_s=self.timeout_s, poll_s=self.poll_s, give_up=aborted):
+            raise DataError(f"the local runtime in {self.state_dir} did not apply generation {wanted} in "
+                            f"{self.timeout_s:g} s: is `fraud-rollout serve` running?")
         return self.source.window(percent, stop)

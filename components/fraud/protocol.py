@@ -127,12 +127,6 @@ def json_tensor(tensor: object, position: int, binary: bool = False) -> Tensor:
     return Tensor(name, datatype, shape, data)
 
 
-def declared_rows(inputs: Sequence[Tensor]) -> int:
-    """The rows the first input says it holds (0 if it does not say): decides where decoding runs."""
-    shape = inputs[0].shape if inputs else []
-    return int(shape[0]) if shape and isinstance(shape[0], int) else 0
-
-
 def decode_request(inputs: Sequence[Tensor], features: Sequence[str] = FEATURES,
                    max_rows: int | None = None) -> DecodedRequest:
     """The rows of a request's inputs, checked; `RequestRefused` naming the first problem."""

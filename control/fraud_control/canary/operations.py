@@ -90,14 +90,13 @@ def _wait(store: InferenceServiceStore, generation: int, done: Callable[[dict], 
     """Poll (a readiness check, every `poll_s`) until the controller has acted on `generation`'s
     spec and `done(obj)`; RolloutTimeout with the conditions after `timeout_s` (at once on a store
     whose writes reconcile the status, where waiting changes nothing)."""
-    last: dict = {}  # the object as the last check saw it
+    seen: list[dict] = [{}]  # the object as the last check saw it
 
     def acted_on() -> dict | None:
         obj = store.get()
         if obj is None:
             raise RolloutError(f"InferenceService {store.where} disappeared while waiting for it to be {what}")
-        last.clear()
-        last.update(obj)
+        seen[0] = obj
         done_now = obj["metadata"]["generation"] >= generation and spec_observed(obj, created_before) and done(obj)
         return obj if done_now else None
 
@@ -105,6 +104,7 @@ def _wait(store: InferenceServiceStore, generation: int, done: Callable[[dict], 
     if found is not None:
         return found
     waited = "" if store.reconciles_on_write else f" after {timeout_s:g} s"
+    last = seen[0]
     observed = last.get("status", {}).get("observedGeneration", 0)
     raise RolloutTimeout(
         f"InferenceService {store.where} was not {what} at generation {generation}{waited} "
